@@ -1,0 +1,366 @@
+"""Exported heads: write `head.safetensors` + `card.json` (+ `model.onnx`), load them back
+safely, and predict new images headless.
+
+The card is self-describing (classes, task, head config, backbone name and weights hash,
+preprocessing, metrics, versions) and is validated against `CARD_SCHEMA` on load. Loading
+never unpickles anything: tensors come from safetensors, the rest from JSON. A head is
+only run on features of the backbone it was trained on: the backbone's weights hash and
+preprocessing must match the card's, or loading is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+
+from . import __version__
+from .errors import ExportError, UnreadableImage
+from .fsutil import atomic_path, atomic_write_json
+from .progress import Progress
+
+CARD_FORMAT = "loff-head"
+CARD_VERSION = 1
+
+CARD_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["format", "format_version", "task", "classes", "head", "backbone", "preprocessing", "files"],
+    "properties": {
+        "format": {"const": CARD_FORMAT},
+        "format_version": {"type": "integer", "minimum": 1, "maximum": CARD_VERSION},
+        "task": {"enum": ["classification", "ordinal"]},
+        "classes": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+        "head": {
+            "type": "object",
+            "required": ["kind", "task", "num_classes", "feature_dim", "grid_hw"],
+            "properties": {
+                "kind": {"enum": ["linear", "attention", "vit"]},
+                "num_classes": {"type": "integer", "minimum": 2},
+                "feature_dim": {"type": "integer", "minimum": 1},
+                "grid_hw": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
+            },
+        },
+        "backbone": {
+            "type": "object",
+            "required": ["name", "weights_hash", "image_size", "fingerprint"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "weights_hash": {"type": "string", "minLength": 8},
+                "image_size": {"type": "integer", "minimum": 8},
+                "fingerprint": {"type": "string", "minLength": 8},
+            },
+        },
+        "preprocessing": {
+            "type": "object",
+            "required": ["image_size", "mean", "std"],
+            "properties": {
+                "mean": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+                "std": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+            },
+        },
+        "files": {
+            "type": "object",
+            "required": ["head", "head_sha256"],
+            "properties": {"head": {"const": "head.safetensors"}, "head_sha256": {"type": "string"}},
+        },
+        "metrics": {"type": "object"},
+    },
+}
+
+
+@dataclass
+class LoadedHead:
+    """An exported head, checked and ready to run on a backbone's tokens."""
+
+    folder: Path
+    card: dict[str, Any]
+    head_config: Any
+    module: Any  # torch.nn.Module in eval mode
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def task(self) -> str:
+        return self.card["task"]
+
+
+# -- export ------------------------------------------------------------------------------
+def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = None, onnx: bool = False,
+                progress: Progress = Progress()) -> dict[str, Any]:
+    """Write a run's head as a self-describing package; returns what was written."""
+    out_dir = Path(out_dir)
+    run = project.run(run_id)
+    head_config, state = project.load_head(run)
+    progress.report(0, 3 if onnx else 2, "writing head")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    head_path = out_dir / "head.safetensors"
+    with atomic_path(head_path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": CARD_FORMAT})
+    card = _make_card(project, run, head_config, _sha256(head_path))
+    progress.report(1, 3 if onnx else 2, "writing card")
+    written = {"head": str(head_path), "card": str(out_dir / "card.json")}
+    if onnx:
+        progress.check()
+        card["onnx"] = export_onnx(out_dir, card, head_config, state, progress=progress)
+        written["onnx"] = str(out_dir / "model.onnx")
+    validate_card(card, out_dir / "card.json")
+    atomic_write_json(out_dir / "card.json", card)
+    progress.report(3 if onnx else 2, 3 if onnx else 2, "exported")
+    return {"run": run.run_id, "out_dir": str(out_dir), "files": written, "card": card}
+
+
+def _make_card(project: Any, run: Any, head_config: Any, head_sha256: str) -> dict[str, Any]:
+    record = run.record
+    backbone = dict(record["backbone"])
+    metrics = {}
+    for split in ("val", "test"):
+        path = run.path / f"eval-{split}.json"
+        if path.exists():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            metrics[split] = {"n": saved.get("n"), "metrics": saved.get("metrics"), "ci": saved.get("ci")}
+    return {
+        "format": CARD_FORMAT,
+        "format_version": CARD_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "run": run.run_id,
+        "task": record["task"],
+        "classes": list(record["classes"]),
+        "head": head_config.to_dict(),
+        "backbone": backbone,
+        "preprocessing": {
+            "image_size": backbone["image_size"],
+            "mean": list(backbone["mean"]),
+            "std": list(backbone["std"]),
+            "grid": backbone.get("grid"),
+            "decode": "DICOM modality LUT + VOI LUT/window, MONOCHROME1 inverted, scaled to [0, 1]; "
+                      "PNG/JPEG grey; multi-frame: central frame",
+            "resize": "aspect-preserving resize of the longer side to image_size, zero-padded to a square",
+            "channels": "grey repeated to 3 channels, then (x - mean) / std",
+            "features": "tokens average-pooled to at most grid x grid and rounded to float16, as in the cache",
+        },
+        "training": {
+            "config": record.get("train_config"),
+            "best_epoch": record.get("best_epoch"),
+            "best_score": record.get("best_score"),
+            "monitor": record.get("monitor"),
+            "stopped": record.get("stopped"),
+            "n_train": record.get("n_train"),
+            "n_val": record.get("n_val"),
+            "synthetic_data": bool(project.settings.synthetic),
+        },
+        "metrics": metrics,
+        "files": {"head": "head.safetensors", "head_sha256": head_sha256},
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    import safetensors
+    import timm
+
+    return {
+        "loff_studio": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# -- ONNX --------------------------------------------------------------------------------
+def export_onnx(out_dir: Path, card: dict[str, Any], head_config: Any, state: dict[str, Any], *,
+                progress: Progress = Progress()) -> dict[str, Any]:
+    """Backbone + head in one graph: preprocessed image [B,3,S,S] in, probabilities out.
+
+    Checked against PyTorch on a sample batch with onnxruntime; the largest difference is
+    returned (and recorded in the card).
+    """
+    import numpy as np
+
+    backbone = _backbone_for_card(card, weights=None, random_init=None, device="cpu")
+    model = _ImageToProbabilities(backbone.token_module(), _build_head(head_config, state), card["task"]).eval()
+    size = int(card["preprocessing"]["image_size"])
+    sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    path = out_dir / "model.onnx"
+    with atomic_path(path) as tmp:
+        with torch.no_grad():
+            torch.onnx.export(
+                model, (sample,), str(tmp), input_names=["image"], output_names=["probabilities"],
+                dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=18,
+                dynamo=False,
+            )
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": sample.numpy()})[0]
+    with torch.no_grad():
+        want = model(sample).numpy()
+    diff = float(np.max(np.abs(got - want)))
+    if not diff < 1e-3:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"ONNX output differs from PyTorch by {diff:.2e}; not exported", path)
+    return {"file": "model.onnx", "input": "image [batch, 3, %d, %d], preprocessed as in 'preprocessing'" % (size, size),
+            "output": "probabilities [batch, %d]" % len(card["classes"]), "max_abs_diff_vs_torch": diff,
+            "opset": 18}
+
+
+class _ImageToProbabilities(torch.nn.Module):
+    """Image tensor -> backbone tokens -> float16 rounding (as the cache) -> head -> probabilities."""
+
+    def __init__(self, tokens: torch.nn.Module, head: torch.nn.Module, task: str):
+        super().__init__()
+        self.tokens, self.head, self.task = tokens, head, task
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        from .heads import probabilities
+
+        cls, grid = self.tokens(image)
+        return probabilities(self.head(cls.half().float(), grid.half().float()), self.task)
+
+
+# -- load + predict ----------------------------------------------------------------------
+def validate_card(card: Any, path: Path | str) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.validate(card, CARD_SCHEMA)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ExportError(f"model card is not valid at {where}: {exc.message}", path) from None
+    if card["head"]["num_classes"] != len(card["classes"]):
+        raise ExportError("model card lists %d classes but the head has %d outputs"
+                          % (len(card["classes"]), card["head"]["num_classes"]), path)
+
+
+def load_exported_head(folder: Path | str, device: str = "cpu") -> LoadedHead:
+    """Load `card.json` + `head.safetensors` from a folder; no pickle is ever read."""
+    folder = Path(folder)
+    card_path, head_path = folder / "card.json", folder / "head.safetensors"
+    if not card_path.is_file() or not head_path.is_file():
+        raise ExportError("not an exported head (needs card.json and head.safetensors)", folder)
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"card.json is not valid JSON ({exc})", card_path) from None
+    validate_card(card, card_path)
+    if _sha256(head_path) != card["files"]["head_sha256"]:
+        raise ExportError("head.safetensors does not match the checksum in card.json (file changed or corrupt)", head_path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .heads import HeadConfig
+
+    try:
+        state = load_file(str(head_path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ExportError(f"cannot read head weights ({exc})", head_path) from None
+    head_config = HeadConfig.from_dict(card["head"])
+    try:
+        module = _build_head(head_config, state)
+    except RuntimeError as exc:
+        raise ExportError(f"head weights do not fit the head described in card.json ({exc})", head_path) from None
+    return LoadedHead(folder, card, head_config, module.to(device))
+
+
+def _build_head(head_config: Any, state: dict[str, Any]) -> Any:
+    from .heads import build_head
+
+    module = build_head(head_config)
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
+def _backbone_for_card(card: dict[str, Any], *, weights: Optional[str], random_init: Optional[bool], device: str) -> Any:
+    """The card's backbone, checked to be the very one the head was trained on."""
+    from .backbones import BackboneSpec, load_backbone
+
+    b = card["backbone"]
+    use_random = b.get("random_init", False) if random_init is None else random_init
+    if weights is None and not use_random:
+        weights = b.get("weights_file") if b.get("weights_file") and Path(b["weights_file"]).is_file() else None
+    spec = BackboneSpec(
+        name=b["name"], weights=weights, random_init=bool(use_random), seed=int(b.get("seed", 0)),
+        image_size=int(b["image_size"]), grid=b.get("grid"),
+    )
+    backbone = load_backbone(spec, device=device)
+    if backbone.weights_hash != b["weights_hash"]:
+        raise ExportError(
+            f"this head was trained on features of {b['name']} with weights {b['weights_hash']}, but the "
+            f"backbone loaded now has weights {backbone.weights_hash}; pass the same weights "
+            f"({'--random-init' if b.get('random_init') else '--weights FILE'})"
+        )
+    if backbone.fingerprint != b["fingerprint"]:
+        raise ExportError(
+            f"this head expects backbone features with fingerprint {b['fingerprint']} (input size, grid, "
+            f"preprocessing); the backbone loaded now gives {backbone.fingerprint}"
+        )
+    return backbone
+
+
+def collect_image_files(paths: Iterable[Path | str]) -> list[Path]:
+    """Files as given, and image files found recursively in given folders (sorted)."""
+    from .images import is_image_candidate
+
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_candidate(f)))
+        else:
+            found.append(p)
+    return found
+
+
+def predict_files(head_dir: Path | str, paths: Iterable[Path | str], *, weights: Optional[str] = None,
+                  random_init: Optional[bool] = None, device: str = "auto", batch_size: int = 8,
+                  progress: Progress = Progress()) -> dict[str, Any]:
+    """Recompute features for new files with the card's backbone and run the head on them."""
+    import numpy as np
+
+    from .heads import predicted_class, probabilities
+    from .images import load_pixels
+
+    loaded = load_exported_head(head_dir)
+    backbone = _backbone_for_card(loaded.card, weights=weights, random_init=random_init, device=device)
+    head = loaded.module.to(backbone.device)
+    files = collect_image_files(paths)
+    predictions: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    for start in range(0, len(files), batch_size):
+        progress.check()
+        chunk, pixels = [], []
+        for f in files[start:start + batch_size]:
+            try:
+                pixels.append(backbone.preprocessor(load_pixels(f)))
+                chunk.append(f)
+            except UnreadableImage as exc:
+                failures.append({"path": str(f), "reason": exc.reason})
+        if chunk:
+            batch = torch.from_numpy(np.stack(pixels)).to(backbone.device)
+            cls, grid = backbone.tokens(batch)
+            with torch.inference_mode():
+                probs = probabilities(head(cls.half().float(), grid.half().float()), loaded.task).cpu().numpy()
+            for f, row, p in zip(chunk, probs, predicted_class(probs, loaded.task)):
+                predictions.append({"path": str(f), "predicted": loaded.classes[int(p)],
+                                    "probabilities": [round(float(x), 6) for x in row]})
+        progress.report(min(start + batch_size, len(files)), len(files), f"predicted {len(predictions)} images")
+    return {"head": str(head_dir), "classes": loaded.classes, "task": loaded.task,
+            "predictions": predictions, "failed": failures}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,532 @@
+"""The project folder: its versioned settings file, catalog, caches and training runs.
+
+A project is a folder the user owns. Everything inside is addressed relative to it, so
+the folder can be moved; the images it was imported from are referenced (relative to the
+project when possible, with the absolute path as a fallback), never copied.
+
+This module orchestrates the engine's steps (import, extract, train, evaluate) over one
+project. Each step is a plain method taking a `Progress`; the CLI and the app's worker
+threads call the same methods.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import fcntl
+import json
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from .catalog import Catalog, CatalogEntry, assign_splits, scan_folder
+from .errors import CacheError, ProjectError, TrainingError
+from .fsutil import atomic_path, atomic_write_json
+from .progress import Progress
+
+PROJECT_FILE = "loff-project.json"
+SCHEMA_VERSION = 1
+TASKS = ("classification", "ordinal")
+
+
+@dataclass
+class ProjectSettings:
+    """What `loff-project.json` holds. Unknown keys from a newer minor version are kept."""
+
+    name: str
+    created: str
+    salt: str
+    schema_version: int = SCHEMA_VERSION
+    images_root: Optional[str] = None  # relative to the project folder
+    images_root_absolute: Optional[str] = None
+    classes: list[str] = field(default_factory=list)
+    task: str = "classification"
+    label_name: Optional[str] = None
+    seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    synthetic: bool = False
+    catalog_version: int = 0  # bumped on every import; runs remember it (stale flag)
+    active_cache: Optional[str] = None  # fingerprint of the cache made by the last extract
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProjectSettings":
+        known = {f for f in cls.__dataclass_fields__ if f != "extras"}
+        extras = {k: v for k, v in data.items() if k not in known}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if "split_fractions" in kwargs:
+            kwargs["split_fractions"] = tuple(kwargs["split_fractions"])
+        return cls(**kwargs, extras=extras)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        extras = data.pop("extras")
+        data["split_fractions"] = list(self.split_fractions)
+        return {**extras, **data}
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    imported: int
+    labelled: int
+    failures: list[dict[str, str]]
+    warnings: list[str]
+    classes: list[str]
+    splits: dict[str, int]
+    per_class: dict[str, int]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    path: Path
+    record: dict[str, Any]
+
+    @property
+    def head_path(self) -> Path:
+        return self.path / "head.safetensors"
+
+
+class Project:
+    """One project folder. Open it with `Project.open`, create one with `Project.create`."""
+
+    def __init__(self, root: Path, settings: ProjectSettings):
+        self.root = Path(root)
+        self.settings = settings
+        self._catalog: Optional[Catalog] = None
+
+    # -- files -------------------------------------------------------------------------
+    @property
+    def settings_path(self) -> Path:
+        return self.root / PROJECT_FILE
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.csv"
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "import-report.json"
+
+    @property
+    def caches_dir(self) -> Path:
+        return self.root / "caches"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    # -- life cycle --------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path | str, name: Optional[str] = None, *, seed: int = 0) -> "Project":
+        root = Path(root)
+        if (root / PROJECT_FILE).exists():
+            raise ProjectError(f"{root}: a project already exists here; open it instead")
+        if root.exists() and not root.is_dir():
+            raise ProjectError(f"{root}: not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+        settings = ProjectSettings(
+            name=name or root.resolve().name,
+            created=_now(),
+            salt=secrets.token_hex(16),
+            seed=seed,
+        )
+        project = cls(root, settings)
+        project.save()
+        return project
+
+    @classmethod
+    def open(cls, root: Path | str) -> "Project":
+        root = Path(root)
+        path = root / PROJECT_FILE
+        if not path.is_file():
+            raise ProjectError(f"{root}: not a LOFF Studio project (no {PROJECT_FILE}); create one with `loff import`")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ProjectError(f"{path}: unreadable project file ({exc})") from exc
+        version = data.get("schema_version")
+        if not isinstance(version, int):
+            raise ProjectError(f"{path}: project file has no schema_version")
+        if version > SCHEMA_VERSION:
+            raise ProjectError(
+                f"{path}: project was written by a newer LOFF Studio (schema {version}, this one reads {SCHEMA_VERSION})"
+            )
+        try:
+            settings = ProjectSettings.from_dict(data)
+        except TypeError as exc:
+            raise ProjectError(f"{path}: project file is missing fields ({exc})") from exc
+        return cls(root, settings)
+
+    @classmethod
+    def open_or_create(cls, root: Path | str) -> "Project":
+        root = Path(root)
+        return cls.open(root) if (root / PROJECT_FILE).exists() else cls.create(root)
+
+    def save(self) -> None:
+        atomic_write_json(self.settings_path, self.settings.to_dict())
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the project's write lock; a second process is refused, not corrupted."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / ".lock", "a+")
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "another process"
+                raise ProjectError(
+                    f"{self.root}: the project is being changed by {owner}; wait for it to finish or close it"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
+
+    # -- catalog -----------------------------------------------------------------------
+    @property
+    def salt(self) -> bytes:
+        return bytes.fromhex(self.settings.salt)
+
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            if not self.catalog_path.exists():
+                raise ProjectError(f"{self.root}: no images imported yet; run `loff import {self.root} IMAGES_DIR`")
+            self._catalog = Catalog.load(self.catalog_path)
+        return self._catalog
+
+    def has_catalog(self) -> bool:
+        return self.catalog_path.exists()
+
+    def images_root(self) -> Path:
+        """The folder the catalog's paths are relative to, found again after a move."""
+        rel, absolute = self.settings.images_root, self.settings.images_root_absolute
+        if rel is not None and (self.root / rel).is_dir():
+            return (self.root / rel).resolve()
+        if absolute is not None and Path(absolute).is_dir():
+            return Path(absolute)
+        raise ProjectError(
+            f"{self.root}: the images folder is missing (was {absolute}); move it back or re-import"
+        )
+
+    def image_path(self, entry: CatalogEntry) -> Path:
+        return self.images_root() / entry.path
+
+    def import_images(
+        self,
+        images_dir: Path | str,
+        *,
+        labels_csv: Optional[Path | str] = None,
+        label_column: Optional[str] = None,
+        file_column: Optional[str] = None,
+        patient_column: Optional[str] = None,
+        classes: Optional[list[str]] = None,
+        task: Optional[str] = None,
+        progress: Progress = Progress(),
+    ) -> ImportSummary:
+        images_dir = Path(images_dir)
+        if not images_dir.is_dir():
+            raise ProjectError(f"{images_dir}: not a folder")
+        if task is not None and task not in TASKS:
+            raise ProjectError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        catalog = scan_folder(
+            images_dir,
+            salt=self.salt,
+            labels_csv=Path(labels_csv) if labels_csv else None,
+            label_column=label_column,
+            file_column=file_column,
+            patient_column=patient_column,
+            classes=classes,
+            progress=progress,
+        )
+        entries = assign_splits(catalog.entries, seed=self.settings.seed, fractions=self.settings.split_fractions)
+        catalog = replace(catalog, entries=entries)
+        catalog.save(self.catalog_path)
+        self._catalog = catalog
+        report = {
+            "images_root": str(images_dir),
+            "imported": len(catalog.entries),
+            "failed": [{"path": f.path, "reason": f.reason} for f in catalog.failures],
+            "warnings": list(catalog.warnings),
+            "date": _now(),
+        }
+        atomic_write_json(self.report_path, report)
+        s = self.settings
+        s.images_root = _relative_or_none(images_dir, self.root)
+        s.images_root_absolute = str(images_dir.resolve())
+        s.classes = list(catalog.classes)
+        s.label_name = label_column or s.label_name
+        if task is not None:
+            s.task = task
+        s.catalog_version += 1
+        self.save()
+        return self.import_summary()
+
+    def import_summary(self) -> ImportSummary:
+        catalog = self.catalog()
+        report = self.import_report()
+        labelled = [e for e in catalog.entries if e.label is not None]
+        splits: dict[str, int] = {}
+        per_class: dict[str, int] = {c: 0 for c in catalog.classes}
+        for e in labelled:
+            splits[e.split or "none"] = splits.get(e.split or "none", 0) + 1
+            per_class[e.label] = per_class.get(e.label, 0) + 1
+        return ImportSummary(
+            imported=len(catalog.entries),
+            labelled=len(labelled),
+            failures=report.get("failed", []),
+            warnings=report.get("warnings", []),
+            classes=list(catalog.classes),
+            splits=splits,
+            per_class=per_class,
+        )
+
+    def import_report(self) -> dict[str, Any]:
+        if not self.report_path.exists():
+            return {}
+        return json.loads(self.report_path.read_text(encoding="utf-8"))
+
+    # -- features ----------------------------------------------------------------------
+    def extract(
+        self,
+        spec: Any,
+        *,
+        device: str = "auto",
+        batch_size: int = 16,
+        num_workers: Optional[int] = None,
+        progress: Progress = Progress(),
+    ) -> Any:
+        """Run the frozen backbone over every catalogued image; returns an ExtractResult."""
+        from .cache import extract_features
+
+        catalog = self.catalog()
+        root = self.images_root()
+        items = [(e.image_id, root / e.path) for e in catalog.entries]
+        result = extract_features(
+            items, spec, self.caches_dir, device=device, batch_size=batch_size,
+            num_workers=num_workers, progress=progress,
+        )
+        fingerprint = Path(result.cache_path).name.split(".")[0]
+        self.settings.active_cache = fingerprint
+        self.save()
+        if result.failures:
+            self._record_extract_failures(result.failures)
+        return result
+
+    def _record_extract_failures(self, failures: list[Any]) -> None:
+        report = self.import_report()
+        known = {f["path"] for f in report.get("failed", [])}
+        root = self.images_root()
+        for f in failures:
+            rel = _relative_or_none(Path(f.path), root) or str(f.path)
+            if rel not in known:
+                report.setdefault("failed", []).append({"path": rel, "reason": f.reason})
+        atomic_write_json(self.report_path, report)
+
+    def cache_paths(self) -> list[Path]:
+        return sorted(self.caches_dir.glob("*.h5")) if self.caches_dir.is_dir() else []
+
+    def open_cache(self, fingerprint: Optional[str] = None) -> Any:
+        from .cache import FeatureCache
+
+        fingerprint = fingerprint or self.settings.active_cache
+        if fingerprint is None:
+            raise CacheError(f"{self.root}: no feature cache yet; run `loff extract {self.root}`")
+        path = self.caches_dir / f"{fingerprint}.h5"
+        if not path.exists():
+            raise CacheError(f"{path}: feature cache is missing or unfinished; run `loff extract {self.root}` to finish it")
+        return FeatureCache.open(path)
+
+    # -- training ----------------------------------------------------------------------
+    def labelled_split(self, split: str, cache: Any) -> tuple[list[str], list[int], list[CatalogEntry]]:
+        """Image ids, class indices and entries of one split that the cache holds."""
+        catalog = self.catalog()
+        cached = set(cache.image_ids)
+        entries = [e for e in catalog.in_split(split) if e.label is not None and e.image_id in cached]
+        return [e.image_id for e in entries], [catalog.class_index(e.label) for e in entries], entries
+
+    def train(
+        self,
+        config: Any,
+        *,
+        progress: Progress = Progress(),
+        on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
+    ) -> RunInfo:
+        """Train a head on the active cache; the run folder appears only when complete."""
+        from .training import train_head
+
+        cache = self.open_cache()
+        classes = self.catalog().classes
+        if len(classes) < 2:
+            raise TrainingError(f"{self.root}: training needs at least two classes; labels found: {classes or 'none'}")
+        train_ids, train_y, _ = self.labelled_split("train", cache)
+        val_ids, val_y, _ = self.labelled_split("val", cache)
+        if not train_ids:
+            raise TrainingError(f"{self.root}: no labelled training images with features; import labels and extract first")
+        if config.task == "ordinal" and len(classes) < 3:
+            raise TrainingError("the ordinal task needs at least three ordered levels")
+        started = _now()
+        result = train_head(
+            cache, train_ids, train_y, val_ids, val_y, config,
+            num_classes=len(classes), progress=progress, on_epoch=on_epoch,
+        )
+        run_id = self._new_run_id(config.head)
+        record = {
+            "run_id": run_id,
+            "started": started,
+            "finished": _now(),
+            "task": config.task,
+            "classes": list(classes),
+            "train_config": _config_dict(config),
+            "head_config": result.head_config.to_dict(),
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "best_score": result.best_score,
+            "monitor": result.monitor,
+            "stopped": result.stopped,
+            "n_train": len(train_ids),
+            "n_val": len(val_ids),
+            "catalog_version": self.settings.catalog_version,
+            "cache_fingerprint": cache.fingerprint,
+            "backbone": cache.backbone,
+        }
+        return self._write_run(run_id, record, result.state_dict)
+
+    def _new_run_id(self, head: str) -> str:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_id, n = f"{stamp}-{head}", 1
+        while (self.runs_dir / run_id).exists():
+            n += 1
+            run_id = f"{stamp}-{head}-{n}"
+        return run_id
+
+    def _write_run(self, run_id: str, record: dict[str, Any], state_dict: dict[str, Any]) -> RunInfo:
+        from safetensors.torch import save_file
+
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.runs_dir / f".{run_id}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staging / "head.safetensors"))
+            atomic_write_json(staging / "run.json", record)
+            os.replace(staging, self.runs_dir / run_id)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self.run(run_id)
+
+    def runs(self) -> list[RunInfo]:
+        if not self.runs_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.runs_dir.iterdir()):
+            if path.name.startswith(".") or not (path / "run.json").is_file():
+                continue
+            found.append(RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8"))))
+        return found
+
+    def run(self, run_id: Optional[str] = None) -> RunInfo:
+        runs = self.runs()
+        if not runs:
+            raise ProjectError(f"{self.root}: no training runs yet; run `loff train {self.root}`")
+        if run_id is None:
+            return runs[-1]
+        for r in runs:
+            if r.run_id == run_id:
+                return r
+        raise ProjectError(f"{self.root}: no run {run_id!r}; runs: {', '.join(r.run_id for r in runs)}")
+
+    def stale_reasons(self, run: RunInfo) -> list[str]:
+        """Why a run's head no longer matches the project (labels or cache changed)."""
+        reasons = []
+        if run.record.get("catalog_version") != self.settings.catalog_version:
+            reasons.append("images or labels were re-imported after this run was trained")
+        if run.record.get("cache_fingerprint") != self.settings.active_cache:
+            reasons.append("the active feature cache is from another backbone or settings")
+        return reasons
+
+    def load_head(self, run: RunInfo) -> tuple[Any, dict[str, Any]]:
+        from safetensors.torch import load_file
+
+        from .heads import HeadConfig
+
+        config = HeadConfig.from_dict(run.record["head_config"])
+        return config, load_file(str(run.head_path))
+
+    # -- evaluation --------------------------------------------------------------------
+    def evaluate(self, run_id: Optional[str] = None, split: str = "test", *, n_bootstrap: int = 1000) -> dict[str, Any]:
+        """Metrics and per-image predictions of a run on one split; saved with the run."""
+        from .metrics import evaluate_predictions
+        from .training import predict_probabilities
+
+        run = self.run(run_id)
+        cache = self.open_cache(run.record["cache_fingerprint"])
+        ids, y, entries = self.labelled_split(split, cache)
+        if not ids:
+            raise ProjectError(f"{self.root}: the {split} split has no labelled images with features")
+        head_config, state = self.load_head(run)
+        probs = predict_probabilities(head_config, state, cache, ids)
+        classes = run.record["classes"]
+        task = run.record["task"]
+        evaluation = evaluate_predictions(y, probs, classes, task, n_bootstrap=n_bootstrap, seed=self.settings.seed)
+        from .heads import predicted_class
+
+        predicted = predicted_class(probs, task)
+        predictions = [
+            {
+                "image_id": e.image_id,
+                "path": e.path,
+                "label": e.label,
+                "predicted": classes[int(p)],
+                "probabilities": [round(float(x), 6) for x in row],
+            }
+            for e, p, row in zip(entries, predicted, probs)
+        ]
+        result = {
+            "run": run.run_id,
+            "split": split,
+            "task": task,
+            "classes": classes,
+            "n": len(ids),
+            "stale": self.stale_reasons(run),
+            **evaluation,
+            "predictions": predictions,
+        }
+        atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
+        self._write_predictions_csv(run.path / f"predictions-{split}.csv", predictions, classes)
+        return result
+
+    @staticmethod
+    def _write_predictions_csv(path: Path, predictions: list[dict[str, Any]], classes: list[str]) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["image_id", "path", "label", "predicted", *[f"p_{c}" for c in classes]])
+                for p in predictions:
+                    writer.writerow([p["image_id"], p["path"], p["label"], p["predicted"], *p["probabilities"]])
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _relative_or_none(path: Path, start: Path) -> Optional[str]:
+    try:
+        return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        return None
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    data = asdict(config)
+    return json.loads(json.dumps(data, default=str))

@@ -1,0 +1,101 @@
+"""The project folder: relative paths survive a move, a second writer is refused, files
+from a newer version are refused, and the engine never imports Qt."""
+
+from __future__ import annotations
+
+import ast
+import json
+import multiprocessing as mp
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from loff_core.errors import ProjectError
+from loff_core.project import PROJECT_FILE, Project
+
+
+def _png_folder(root: Path, n: int = 6) -> Path:
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (32, 24), color=40 * i).save(root / label / f"{label}{i}.png")
+    return root
+
+
+def test_project_folder_can_be_moved(tmp_path):
+    work = tmp_path / "work"
+    images = _png_folder(work / "images")
+    project = Project.create(work / "proj")
+    summary = project.import_images(images)
+    assert summary.imported == 12 and summary.classes == ["a", "b"]
+    assert project.settings.images_root == "../images"
+
+    shutil.move(str(work), str(tmp_path / "moved"))
+    moved = Project.open(tmp_path / "moved" / "proj")
+    entry = moved.catalog().entries[0]
+    assert moved.image_path(entry).is_file()
+    assert str(tmp_path / "moved") in str(moved.image_path(entry))
+
+
+def test_settings_round_trip_and_unknown_keys_are_kept(tmp_path):
+    project = Project.create(tmp_path / "p")
+    data = json.loads(project.settings_path.read_text())
+    data["added_by_a_newer_minor_version"] = {"x": 1}
+    project.settings_path.write_text(json.dumps(data))
+    again = Project.open(tmp_path / "p")
+    again.save()
+    assert json.loads(again.settings_path.read_text())["added_by_a_newer_minor_version"] == {"x": 1}
+    assert again.settings.salt == project.settings.salt and len(bytes.fromhex(again.settings.salt)) == 16
+
+
+def test_newer_schema_is_refused(tmp_path):
+    project = Project.create(tmp_path / "p")
+    data = json.loads(project.settings_path.read_text())
+    data["schema_version"] = 99
+    project.settings_path.write_text(json.dumps(data))
+    with pytest.raises(ProjectError, match="newer LOFF Studio"):
+        Project.open(tmp_path / "p")
+
+
+def test_corrupt_project_file_is_named(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / PROJECT_FILE).write_text("{ not json")
+    with pytest.raises(ProjectError, match=PROJECT_FILE):
+        Project.open(tmp_path / "p")
+
+
+def _hold_lock(root: str, ready, release) -> None:
+    with Project.open(root).lock():
+        ready.set()
+        release.wait(30)
+
+
+def test_second_process_is_refused_by_the_lock(tmp_path):
+    Project.create(tmp_path / "p")
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path / "p"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(ProjectError, match="being changed by process"):
+            with Project.open(tmp_path / "p").lock():
+                pass
+    finally:
+        release.set()
+        holder.join(30)
+    with Project.open(tmp_path / "p").lock():  # free again once the other process is done
+        pass
+
+
+def test_engine_never_imports_qt():
+    engine = Path(__file__).resolve().parents[1] / "loff_core"
+    offenders = []
+    for path in engine.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in {"PySide6", "pyqtgraph", "shiboken6", "app"}]
+    assert offenders == []
