@@ -1,0 +1,227 @@
+"""Evaluation metrics with bootstrap confidence intervals, as JSON-safe dicts.
+
+Point estimates use scikit-learn / SciPy (AMAE has no library function). The bootstrap
+(percentile, 95 %, resampling images with a seeded NumPy generator) is vectorised: accuracy,
+balanced accuracy, MAE-type metrics and AUC (Mann-Whitney form via `scipy.stats.rankdata`,
+identical to `roc_auc_score`) are computed for all resamples at once; Kendall's tau uses
+`scipy.stats.kendalltau` per resample.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+def _f(x: Any) -> Optional[float]:
+    """A finite float, or None."""
+    if x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _auc(y: np.ndarray, probs: np.ndarray, k: int) -> Optional[float]:
+    from sklearn.metrics import roc_auc_score
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if k == 2:
+                if len(np.unique(y)) < 2:
+                    return None
+                return _f(roc_auc_score(y, probs[:, 1]))
+            if len(np.unique(y)) < k:
+                return None
+            p = probs / probs.sum(axis=1, keepdims=True)
+            return _f(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(k))))
+    except ValueError:
+        return None
+
+
+def _tau(a: np.ndarray, b: np.ndarray) -> Optional[float]:
+    from scipy.stats import kendalltau
+
+    if len(a) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _f(kendalltau(a, b).statistic)
+
+
+def _tau_nan(a: np.ndarray, b: np.ndarray) -> float:
+    t = _tau(a, b)
+    return math.nan if t is None else t
+
+
+def _amae(y: np.ndarray, pred: np.ndarray) -> Optional[float]:
+    """Average MAE over the true levels present (CSAW-M)."""
+    err = np.abs(pred.astype(np.float64) - y)
+    levels = np.unique(y)
+    if levels.size == 0:
+        return None
+    return float(np.mean([err[y == lv].mean() for lv in levels]))
+
+
+def _point(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, task: str, k: int) -> dict[str, Optional[float]]:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    from .heads import expected_level
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out: dict[str, Optional[float]] = {
+            "accuracy": _f(accuracy_score(y, pred)),
+            "balanced_accuracy": _f(balanced_accuracy_score(y, pred)),
+            "auc": _auc(y, probs, k),
+        }
+    if task == "ordinal":
+        err = np.abs(pred - y)
+        out["kendall_tau"] = _tau(y, pred)
+        out["kendall_tau_score"] = _tau(y, expected_level(probs))
+        out["amae"] = _amae(y, pred)
+        out["mae"] = _f(err.mean())
+        out["accuracy_within_1"] = _f((err <= 1).mean())
+    return out
+
+
+# -- vectorised bootstrap ----------------------------------------------------------------
+
+
+def _boot_auc_binary(pos: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """AUC per row of resampled labels `pos` [B,N] bool and scores [B,N] (Mann-Whitney U)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score, axis=1)
+    n1 = pos.sum(axis=1).astype(np.float64)
+    n0 = pos.shape[1] - n1
+    u = (ranks * pos).sum(axis=1) - n1 * (n1 + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = u / (n1 * n0)
+    auc[(n1 == 0) | (n0 == 0)] = np.nan
+    return auc
+
+
+def _bootstrap(
+    y: np.ndarray, probs: np.ndarray, pred: np.ndarray, task: str, k: int, names: Sequence[str],
+    n_bootstrap: int, seed: int,
+) -> dict[str, Optional[list[float]]]:
+    from .heads import expected_level
+
+    n = len(y)
+    if n_bootstrap <= 0 or n == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_bootstrap, n))
+    yb = y[idx]
+    pb = pred[idx]
+    values: dict[str, np.ndarray] = {}
+    values["accuracy"] = (yb == pb).mean(axis=1)
+
+    onehot_true = yb[..., None] == np.arange(k)  # [B, N, K]
+    n_c = onehot_true.sum(axis=1)  # [B, K]
+    hit_c = (onehot_true & (pb == yb)[..., None]).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(n_c > 0, hit_c / np.maximum(n_c, 1), np.nan)
+        values["balanced_accuracy"] = np.nanmean(np.where(n_c > 0, recall, np.nan), axis=1)
+
+    if k == 2:
+        values["auc"] = _boot_auc_binary(yb == 1, probs[idx, 1])
+    else:
+        per_class = np.stack([_boot_auc_binary(yb == c, probs[idx, c]) for c in range(k)], axis=1)
+        values["auc"] = per_class.mean(axis=1)  # nan when any class is missing: undefined
+
+    if task == "ordinal":
+        err = np.abs(pb - yb).astype(np.float64)
+        values["mae"] = err.mean(axis=1)
+        values["accuracy_within_1"] = (err <= 1).mean(axis=1)
+        err_c = (onehot_true * err[..., None]).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values["amae"] = np.nanmean(np.where(n_c > 0, err_c / np.maximum(n_c, 1), np.nan), axis=1)
+        level = expected_level(probs)
+        values["kendall_tau"] = np.array([_tau_nan(yb[i], pb[i]) for i in range(n_bootstrap)])
+        values["kendall_tau_score"] = np.array([_tau_nan(yb[i], level[idx[i]]) for i in range(n_bootstrap)])
+
+    ci: dict[str, Optional[list[float]]] = {}
+    for name in names:
+        v = values.get(name)
+        if v is None:
+            continue
+        v = v[np.isfinite(v)]
+        ci[name] = None if v.size == 0 else [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+    return ci
+
+
+def _roc(y_bin: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(y_bin, score)
+    thr = np.where(np.isfinite(thr), thr, 1.0)
+    return {"fpr": [float(x) for x in fpr], "tpr": [float(x) for x in tpr], "thresholds": [float(x) for x in thr]}
+
+
+def evaluate_predictions(
+    y_true: Sequence[int],
+    probs: Any,
+    classes: Sequence[str],
+    task: str,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Metrics, 95 % bootstrap CIs, per-class scores, confusion matrix and ROC curves."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from .heads import predicted_class
+
+    classes = [str(c) for c in classes]
+    k = len(classes)
+    y = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    p = np.asarray(probs.detach().cpu().numpy() if hasattr(probs, "detach") else probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape != (len(y), k):
+        raise ValueError(f"probabilities must be [{len(y)}, {k}]; got {list(p.shape)}")
+    if len(y) and (y.min() < 0 or y.max() >= k):
+        raise ValueError(f"labels must be in 0..{k - 1}")
+    pred = predicted_class(p, task) if len(y) else np.zeros(0, dtype=np.int64)
+
+    metrics = _point(y, p, pred, task, k) if len(y) else {"accuracy": None, "balanced_accuracy": None, "auc": None}
+    ci = _bootstrap(y, p, pred, task, k, list(metrics), n_bootstrap, seed)
+    for name in metrics:
+        if metrics[name] is None:
+            ci[name] = None
+        else:
+            ci.setdefault(name, None)
+
+    labels = list(range(k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    per_class = {
+        c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(sup[i])}
+        for i, c in enumerate(classes)
+    }
+    cm = confusion_matrix(y, pred, labels=labels).tolist() if len(y) else [[0] * k for _ in range(k)]
+
+    roc: Optional[dict[str, Any]]
+    if k == 2:
+        roc = _roc(y == 1, p[:, 1]) if len(np.unique(y)) == 2 else None
+    else:
+        roc = {}
+        for i, c in enumerate(classes):
+            pos = y == i
+            if 0 < pos.sum() < len(y):
+                roc[c] = _roc(pos, p[:, i])
+
+    return {
+        "metrics": metrics,
+        "ci": ci,
+        "per_class": per_class,
+        "confusion_matrix": [[int(v) for v in row] for row in cm],
+        "roc": roc,
+    }
