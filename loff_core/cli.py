@@ -100,11 +100,19 @@ def backbone_spec_from_args(args: argparse.Namespace) -> Any:
 def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
     from .project import Project
 
+    from contextlib import nullcontext
+
+    from .cache import distributed_rank_world
+
     project = Project.open(args.project)
     spec = backbone_spec_from_args(args)
-    with project.lock():
-        result = _run_with_progress("extract", args.quiet, lambda p: project.extract(
+    rank, world = distributed_rank_world()  # under torchrun: N processes, one cache
+    with project.lock() if rank == 0 else nullcontext():
+        result = _run_with_progress("extract", args.quiet or rank != 0, lambda p: project.extract(
             spec, device=args.device, batch_size=args.batch_size, num_workers=args.workers, progress=p))
+    if rank != 0:
+        return {"rank": rank, "world_size": world, "extracted": result.extracted}
+    project = Project.open(args.project)
     cache = project.open_cache()
     return {
         "cache": str(Path(result.cache_path).relative_to(project.root)),
@@ -116,6 +124,9 @@ def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
         "failed": [{"path": f.path, "reason": f.reason} for f in result.failures],
         "seconds": round(result.seconds, 2),
         "bytes_per_image": cache.nbytes_per_image(),
+        "notes": result.notes,
+        "stopped": result.stopped,
+        "world_size": world,
     }
 
 
@@ -254,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", parents=[common], help="run the frozen backbone once per image into the HDF5 cache")
     p.add_argument("project", type=Path)
-    p.add_argument("--backbone", help="timm model name (default: efficientnet_lite0 on CPU; a DINOv2 ViT on a GPU "
+    p.add_argument("--backbone", help="timm model name (default: tf_efficientnet_lite0 on CPU; a DINOv2 ViT on a GPU "
                                       "when its weights are cached)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights", help="local weights file (.safetensors or .pth, loaded without running code)")

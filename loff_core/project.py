@@ -306,7 +306,7 @@ class Project:
         progress: Progress = Progress(),
     ) -> Any:
         """Run the frozen backbone over every catalogued image; returns an ExtractResult."""
-        from .cache import extract_features
+        from .cache import distributed_rank_world, extract_features
 
         catalog = self.catalog()
         root = self.images_root()
@@ -315,6 +315,8 @@ class Project:
             items, spec, self.caches_dir, device=device, batch_size=batch_size,
             num_workers=num_workers, progress=progress,
         )
+        if distributed_rank_world()[0] != 0:
+            return result  # under torchrun, rank 0 merges and records the cache
         fingerprint = Path(result.cache_path).name.split(".")[0]
         self.settings.active_cache = fingerprint
         self.save()

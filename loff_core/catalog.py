@@ -1,0 +1,401 @@
+"""The catalog: which images a project has, their labels, patients and splits.
+
+`scan_folder` walks an image folder in place (never copying or moving a file), reads each
+header, attaches labels (from a CSV or from sub-folder names) and a de-identified patient
+key, and lists every file it could not read with the reason. `assign_splits` divides the
+labelled images into train / val / test by patient (no patient on two sides),
+stratified by label and deterministic for a seed. The catalog is saved as CSV with a small
+JSON sidecar for classes, failures and warnings.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from .errors import ProjectError, UnreadableImage
+from .fsutil import atomic_path, atomic_write_json
+from .images import is_image_candidate, read_info
+from .progress import Progress
+
+SPLITS = ("train", "val", "test")
+FILE_COLUMNS = ("file", "filename", "file_name", "path", "image", "image_path", "sop_instance_uid",
+                "sopinstanceuid")
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    image_id: str
+    path: str  # relative to the images root, POSIX
+    patient_key: str
+    label: Optional[str]
+    split: Optional[str]
+    format: str
+    modality: Optional[str]
+    view: Optional[str]
+    laterality: Optional[str]
+    rows: int
+    cols: int
+    frames: int
+    pixel_spacing: Optional[str]
+
+
+@dataclass(frozen=True)
+class ImportFailure:
+    path: str
+    reason: str
+
+
+@dataclass
+class Catalog:
+    entries: list[CatalogEntry]
+    classes: list[str]
+    failures: list[ImportFailure] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def _meta_path(path: Path) -> Path:
+        return Path(str(path) + ".meta.json")
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        names = [f.name for f in fields(CatalogEntry)]
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(names)
+                for e in self.entries:
+                    # None is written as an empty cell; "" never occurs in these fields
+                    writer.writerow(["" if v is None else v for v in (getattr(e, n) for n in names)])
+        atomic_write_json(self._meta_path(path), {
+            "classes": list(self.classes),
+            "failures": [asdict(f) for f in self.failures],
+            "warnings": list(self.warnings),
+        })
+
+    @classmethod
+    def load(cls, path: Path) -> "Catalog":
+        path = Path(path)
+        try:
+            with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+                rows = list(csv.DictReader(fh))
+            meta_path = cls._meta_path(path)
+            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
+            raise ProjectError(f"{path}: unreadable catalog ({exc})") from None
+        entries = []
+        try:
+            for r in rows:
+                get = lambda k: (r.get(k) or None)  # noqa: E731
+                entries.append(CatalogEntry(
+                    image_id=r["image_id"], path=r["path"], patient_key=r["patient_key"], label=get("label"),
+                    split=get("split"), format=r["format"], modality=get("modality"), view=get("view"),
+                    laterality=get("laterality"), rows=int(r["rows"]), cols=int(r["cols"]),
+                    frames=int(r["frames"] or 1), pixel_spacing=get("pixel_spacing"),
+                ))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ProjectError(f"{path}: damaged catalog ({exc})") from None
+        classes = list(meta.get("classes") or natural_class_order({e.label for e in entries if e.label}))
+        return cls(entries, classes, [ImportFailure(**f) for f in meta.get("failures", [])],
+                   list(meta.get("warnings", [])))
+
+    def in_split(self, split: str) -> list[CatalogEntry]:
+        return [e for e in self.entries if e.split == split]
+
+    def class_index(self, label: str) -> int:
+        try:
+            return self.classes.index(label)
+        except ValueError:
+            raise ValueError(f"label {label!r} is not one of the classes {self.classes}") from None
+
+    def by_id(self) -> dict[str, CatalogEntry]:
+        return {e.image_id: e for e in self.entries}
+
+
+# -- helpers ---------------------------------------------------------------------------
+def image_id_for(rel_path: str) -> str:
+    return hashlib.sha1(rel_path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def patient_key_for(salt: bytes, patient_id: str) -> str:
+    return hmac.new(salt, patient_id.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:16]
+
+
+def display_path(rel: str) -> str:
+    """A path safe to print: undecodable bytes from non-UTF-8 names shown as U+FFFD."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def natural_class_order(labels: Iterable[str]) -> list[str]:
+    """Numbers in numeric order; BI-RADS A-D and mini-MIAS F, G, D in their clinical order;
+    anything else alphabetically (case-insensitive)."""
+    labels = sorted({str(x) for x in labels if x not in (None, "")})
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        pass
+    upper = {x.upper() for x in labels}
+    for order in (["A", "B", "C", "D"], ["F", "G", "D"]):
+        if upper <= set(order) and len(upper) == len(labels):
+            return sorted(labels, key=lambda x: order.index(x.upper()))
+    return sorted(labels, key=lambda x: (x.casefold(), x))
+
+
+def _walk(root: Path, failures: list[ImportFailure], progress: Progress) -> list[Path]:
+    found: list[Path] = []
+
+    def onerror(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename else root
+        rel = _rel(where, root)
+        failures.append(ImportFailure(rel, f"folder cannot be read ({exc.strerror or exc})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
+        progress.check()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            if path.is_symlink() and not path.exists():
+                failures.append(ImportFailure(_rel(path, root), "broken or looping symbolic link"))
+                continue
+            if is_image_candidate(path):
+                found.append(path)
+    return found
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return Path(os.path.relpath(path, root)).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+# -- labels CSV ------------------------------------------------------------------------
+@dataclass
+class _LabelTable:
+    by_key: dict[str, tuple[str, Optional[str], int]]  # key -> (label, patient, row number)
+    file_column: str
+    warnings: list[str]
+
+
+def _read_labels_csv(path: Path, label_column: Optional[str], file_column: Optional[str],
+                     patient_column: Optional[str]) -> tuple[list[dict[str, str]], str, str]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ProjectError(f"{path}: labels CSV is not UTF-8 text") from None
+    except OSError as exc:
+        raise ProjectError(f"{path}: labels CSV cannot be read ({exc.strerror or exc})") from None
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+    columns = [c for c in (reader.fieldnames or []) if c is not None]
+    if not columns:
+        raise ProjectError(f"{path}: labels CSV has no header row")
+    lower = {c.strip().lower(): c for c in columns}
+
+    def need(name: Optional[str], what: str) -> Optional[str]:
+        if name is None:
+            return None
+        if name in columns:
+            return name
+        if name.lower() in lower:
+            return lower[name.lower()]
+        raise ProjectError(f"{path}: no {what} column {name!r}; the CSV has columns {', '.join(columns)}")
+
+    file_col = need(file_column, "file")
+    if file_col is None:
+        file_col = next((lower[c] for c in FILE_COLUMNS if c in lower), None)
+        if file_col is None:
+            raise ProjectError(f"{path}: cannot tell which column names the image file; the CSV has columns "
+                               f"{', '.join(columns)}; pass --file-column")
+    patient_col = need(patient_column, "patient")
+    label_col = need(label_column, "label")
+    if label_col is None:
+        rest = [c for c in columns if c not in (file_col, patient_col)]
+        if "label" in lower:
+            label_col = lower["label"]
+        elif len(rest) == 1:
+            label_col = rest[0]
+        else:
+            raise ProjectError(f"{path}: which column holds the label? pass --label-column; the CSV has columns "
+                               f"{', '.join(columns)}")
+    rows = []
+    try:
+        for r in reader:
+            rows.append({"file": (r.get(file_col) or "").strip(), "label": (r.get(label_col) or "").strip(),
+                         "patient": (r.get(patient_col) or "").strip() if patient_col else ""})
+    except csv.Error as exc:
+        raise ProjectError(f"{path}: malformed CSV ({exc})") from None
+    return rows, file_col, label_col
+
+
+def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = None,
+                label_column: Optional[str] = None, file_column: Optional[str] = None,
+                patient_column: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                progress: Progress = Progress()) -> Catalog:
+    """Scan ROOT recursively (in place); see the module docstring."""
+    root = Path(root)
+    failures: list[ImportFailure] = []
+    warnings: list[str] = []
+    progress.report(0, 0, "listing files")
+    files = _walk(root, failures, progress)
+    if labels_csv is not None:
+        files = [f for f in files if f.resolve() != Path(labels_csv).resolve()]
+    infos: list[tuple[str, Any]] = []
+    for n, path in enumerate(files):
+        if n % 16 == 0:
+            progress.check()
+        rel = _rel(path, root)
+        try:
+            infos.append((rel, read_info(path)))
+        except UnreadableImage as exc:
+            failures.append(ImportFailure(display_path(rel), exc.reason))
+        progress.report(n + 1, len(files), f"scanned {n + 1} files")
+
+    labels: dict[str, str] = {}
+    csv_patients: dict[str, str] = {}
+    if labels_csv is not None:
+        rows, file_col, label_col = _read_labels_csv(Path(labels_csv), label_column, file_column, patient_column)
+        by_rel = {rel: rel for rel, _ in infos}
+        names: dict[str, list[str]] = defaultdict(list)
+        stems: dict[str, list[str]] = defaultdict(list)
+        uids: dict[str, str] = {}
+        for rel, info in infos:
+            names[rel.rsplit("/", 1)[-1]].append(rel)
+            stems[rel.rsplit("/", 1)[-1].split(".")[0]].append(rel)
+            if info.sop_instance_uid:
+                uids[info.sop_instance_uid] = rel
+        missing, blank, conflicts, duplicates = [], 0, [], 0
+        first_row: dict[str, int] = {}
+        for i, r in enumerate(rows, start=2):
+            key = r["file"].replace("\\", "/").lstrip("./") if r["file"] else ""
+            rel = by_rel.get(key) or uids.get(key)
+            if rel is None:
+                cand = names.get(key) or stems.get(key) or stems.get(key.rsplit("/", 1)[-1].split(".")[0])
+                rel = cand[0] if cand and len(cand) == 1 else None
+            if rel is None:
+                missing.append(f"row {i} ({r['file'] or 'empty'})")
+                continue
+            if rel in first_row:
+                duplicates += 1
+                if r["label"] and labels.get(rel) not in (None, r["label"]):
+                    conflicts.append(f"row {i} ({r['file']})")
+                continue
+            first_row[rel] = i
+            if not r["label"]:
+                blank += 1
+                continue
+            labels[rel] = r["label"]
+            if r["patient"]:
+                csv_patients[rel] = r["patient"]
+        csv_name = Path(labels_csv).name
+        if missing:
+            warnings.append(f"{csv_name}: {len(missing)} rows name no image in the folder: "
+                            + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        if duplicates:
+            warnings.append(f"{csv_name}: {duplicates} duplicate rows for the same image; the first row is used"
+                            + (f"; conflicting labels in {', '.join(conflicts[:10])}" if conflicts else ""))
+        if blank:
+            warnings.append(f"{csv_name}: {blank} rows have an empty label; those images are unlabelled")
+        unlisted = len(infos) - len(first_row)
+        if unlisted > 0:
+            warnings.append(f"{csv_name}: {unlisted} images have no row; they are imported unlabelled")
+    else:
+        tops = {rel.split("/", 1)[0] for rel, _ in infos if "/" in rel}
+        if len(tops) >= 2 and all("/" in rel for rel, _ in infos):
+            labels = {rel: rel.split("/", 1)[0] for rel, _ in infos}
+
+    if classes:
+        classes = [str(c) for c in classes]
+        unknown = sorted({v for v in labels.values() if v not in classes})
+        if unknown:
+            warnings.append(f"labels not among the classes {', '.join(classes)}: {', '.join(unknown[:10])}; "
+                            f"those images are unlabelled")
+            labels = {k: v for k, v in labels.items() if v in classes}
+        class_order = list(classes)
+    else:
+        class_order = natural_class_order(labels.values())
+
+    entries: list[CatalogEntry] = []
+    no_patient = 0
+    for rel, info in infos:
+        pid = csv_patients.get(rel) or info.patient_id
+        if not pid:
+            no_patient += 1
+            pid = "file:" + rel
+        spacing = f"{info.pixel_spacing[0]:g}\\{info.pixel_spacing[1]:g}" if info.pixel_spacing else None
+        entries.append(CatalogEntry(
+            image_id=image_id_for(rel), path=rel, patient_key=patient_key_for(salt, pid), label=labels.get(rel),
+            split=None, format=info.format, modality=info.modality, view=info.view, laterality=info.laterality,
+            rows=info.rows, cols=info.cols, frames=info.frames, pixel_spacing=spacing,
+        ))
+    if no_patient:
+        warnings.append(f"{no_patient} images have no patient ID (no DICOM PatientID and no patient column); "
+                        f"each is treated as its own patient for the split")
+    multi = sum(1 for e in entries if e.frames > 1)
+    if multi:
+        warnings.append(f"{multi} multi-frame images (e.g. tomosynthesis): the central frame is used")
+    progress.report(len(files), len(files), f"imported {len(entries)} images, {len(failures)} unreadable")
+    return Catalog(entries, class_order, failures, warnings)
+
+
+def assign_splits(entries: Sequence[CatalogEntry], *, seed: int = 0,
+                  fractions: Sequence[float] = (0.7, 0.15, 0.15)) -> list[CatalogEntry]:
+    """Patient-grouped, label-stratified train/val/test split; unlabelled images get None."""
+    fractions = np.asarray(fractions, dtype=float)
+    if fractions.shape != (3,) or np.any(fractions < 0) or fractions.sum() <= 0:
+        raise ValueError(f"split fractions must be three non-negative numbers, got {list(fractions)}")
+    fractions = fractions / fractions.sum()
+    labels_of: dict[str, Counter] = defaultdict(Counter)
+    for e in entries:
+        if e.label is not None:
+            labels_of[e.patient_key][e.label] += 1
+    groups: dict[str, list[str]] = defaultdict(list)
+    for patient in sorted(labels_of):
+        # the patient's most common label (ties: the alphabetically first) decides the stratum
+        top = sorted(labels_of[patient].items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        groups[top].append(patient)
+    rng = np.random.default_rng(seed)
+    split_of: dict[str, str] = {}
+    carry = np.zeros(3)
+    for label in sorted(groups):
+        patients = groups[label]
+        order = rng.permutation(len(patients))
+        # cumulative rounding with carry-over, so totals across strata follow the fractions
+        want = fractions * len(patients) + carry
+        counts = np.floor(want).astype(int)
+        short = len(patients) - counts.sum()
+        for k in np.argsort(-(want - counts), kind="stable")[:short]:
+            counts[k] += 1
+        carry = want - counts
+        bounds = np.cumsum(counts)
+        for pos, idx in enumerate(order):
+            split_of[patients[idx]] = SPLITS[int(np.searchsorted(bounds, pos, side="right"))]
+    _ensure_nonempty(split_of, fractions, rng)
+    return [replace(e, split=split_of.get(e.patient_key) if e.label is not None else None) for e in entries]
+
+
+def _ensure_nonempty(split_of: dict[str, str], fractions: np.ndarray, rng: np.random.Generator) -> None:
+    """With at least three patients, every split asked for gets one (taken from the biggest)."""
+    if len(split_of) < 3:
+        return
+    for split, frac in zip(SPLITS, fractions):
+        if frac <= 0 or split in split_of.values():
+            continue
+        counts = Counter(split_of.values())
+        donor = counts.most_common(1)[0][0]
+        candidates = sorted(p for p, s in split_of.items() if s == donor)
+        split_of[candidates[int(rng.integers(len(candidates)))]] = split

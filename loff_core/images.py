@@ -1,0 +1,388 @@
+"""Decode one image file: DICOM (compressed transfer syntaxes included), PNG / JPEG /
+TIFF / PGM, and NIfTI / MHA / NRRD volumes.
+
+`read_info` reads only the header (fast, used by the import scan); `load_pixels` returns
+the image as float32 `H x W` in [0, 1] with bright = dense: DICOM modality LUT, then VOI
+LUT or window, then MONOCHROME1 inverted; 12-16 bit precision is kept until the final
+scaling. Multi-frame images (tomosynthesis) give their central frame; colour images their
+luminance. Every problem becomes `UnreadableImage(path, reason)` with a reason a person
+understands; nothing here ever puts a patient identifier in a message.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import UnreadableImage
+
+MAX_PIXELS = 200_000_000  # rows x cols x frames x samples; a 60000 x 60000 header is refused before decoding
+
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
+RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".bmp")
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
+IMAGE_EXTENSIONS = DICOM_EXTENSIONS + RASTER_EXTENSIONS + VOLUME_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str  # "dicom" | "png" | "jpeg" | "tiff" | "pgm" | "bmp" | "nifti" | "mha" | "nrrd"
+    rows: int
+    cols: int
+    frames: int = 1
+    modality: Optional[str] = None
+    view: Optional[str] = None
+    laterality: Optional[str] = None
+    pixel_spacing: Optional[tuple[float, float]] = None
+    sop_instance_uid: Optional[str] = None
+    photometric: Optional[str] = None
+    transfer_syntax: Optional[str] = None
+    bits_stored: Optional[int] = None
+    samples: int = 1
+    # raw PatientID: in memory only, to compute the salted patient key; never written or shown
+    patient_id: Optional[str] = field(default=None, repr=False, compare=False)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_image_candidate(path: Path) -> bool:
+    """By extension (case-insensitive), or an extension-less file with the DICOM magic."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix in IMAGE_EXTENSIONS:
+        return True
+    return suffix == "" and _has_dicom_magic(path)
+
+
+def _kind(path: Path) -> str:
+    suffix = _suffix(path)
+    if suffix in DICOM_EXTENSIONS or suffix == "":
+        return "dicom"
+    if suffix in (".png",):
+        return "png"
+    if suffix in (".jpg", ".jpeg"):
+        return "jpeg"
+    if suffix in (".tif", ".tiff"):
+        return "tiff"
+    if suffix in (".pgm", ".pnm"):
+        return "pgm"
+    if suffix == ".bmp":
+        return "bmp"
+    if suffix in (".nii", ".nii.gz"):
+        return "nifti"
+    if suffix in (".mha", ".mhd"):
+        return "mha"
+    if suffix == ".nrrd":
+        return "nrrd"
+    return "dicom"
+
+
+def _basic_checks(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except PermissionError:
+        raise UnreadableImage(path, "permission denied") from None
+    except OSError as exc:
+        raise UnreadableImage(path, f"cannot be read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise UnreadableImage(path, "empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise UnreadableImage(path, "permission denied")
+
+
+def _check_size(path: Path, rows: int, cols: int, frames: int = 1, samples: int = 1) -> None:
+    if rows <= 0 or cols <= 0:
+        raise UnreadableImage(path, f"image has no size ({rows} x {cols} pixels)")
+    if rows * cols * max(frames, 1) * max(samples, 1) > MAX_PIXELS:
+        raise UnreadableImage(path, f"image too large: the header claims {rows} x {cols} pixels"
+                                    + (f" x {frames} frames" if frames > 1 else "")
+                                    + f" (limit {MAX_PIXELS:,} pixels)")
+
+
+# -- DICOM -----------------------------------------------------------------------------
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+
+
+def _dcmread_header(path: Path) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        # stop_before_pixels would hide whether pixel data exist; defer_size keeps big
+        # values (the pixel data) on disk, so this still reads only the header
+        return pydicom.dcmread(path, defer_size=1024)
+    except InvalidDicomError:
+        raise UnreadableImage(path, "not a DICOM file (no DICOM header)") from None
+    except PermissionError:
+        raise UnreadableImage(path, "permission denied") from None
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, MemoryError,
+            NotImplementedError, LookupError) as exc:
+        raise UnreadableImage(path, f"truncated or damaged DICOM ({_short(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises a zoo of types on damaged files
+        raise UnreadableImage(path, f"damaged DICOM ({_short(exc)})") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
+
+
+def _get(ds: Any, name: str) -> Any:
+    try:
+        return ds.get(name)
+    except Exception:  # noqa: BLE001 - a damaged element reads as missing
+        return None
+
+
+def _dicom_info(path: Path) -> ImageInfo:
+    from pydicom.uid import UID
+
+    ds = _dcmread_header(path)
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        sop_class = _get(ds, "SOPClassUID")
+        what = f" ({UID(str(sop_class)).name})" if sop_class else ""
+        raise UnreadableImage(path, f"no pixel data{what}; e.g. a structured report or presentation state")
+    meta = getattr(ds, "file_meta", None)
+    syntax = _get(meta, "TransferSyntaxUID") if meta is not None else None
+    if syntax is not None:
+        uid = UID(str(syntax))
+        if not uid.is_transfer_syntax:
+            raise UnreadableImage(path, f"unknown transfer syntax {uid}")
+    try:
+        rows, cols = int(_get(ds, "Rows") or 0), int(_get(ds, "Columns") or 0)
+        frames = int(_get(ds, "NumberOfFrames") or 1)
+        samples = int(_get(ds, "SamplesPerPixel") or 1)
+        bits_alloc = _get(ds, "BitsAllocated")
+        bits_stored = _get(ds, "BitsStored")
+    except (TypeError, ValueError) as exc:
+        raise UnreadableImage(path, f"damaged image header ({_short(exc)})") from None
+    if rows <= 0 or cols <= 0:
+        raise UnreadableImage(path, "header has no image size (Rows / Columns missing or 0)")
+    if bits_alloc is not None and bits_stored is not None and int(bits_stored) > int(bits_alloc):
+        raise UnreadableImage(path, f"inconsistent header: BitsStored {bits_stored} > BitsAllocated {bits_alloc}")
+    _check_size(path, rows, cols, frames, samples)
+    spacing = None
+    raw = _get(ds, "PixelSpacing") or _get(ds, "ImagerPixelSpacing")
+    try:
+        if raw is not None and len(raw) == 2:
+            r, c = float(raw[0]), float(raw[1])
+            spacing = (r, c) if r > 0 and c > 0 and np.isfinite(r) and np.isfinite(c) else None
+    except (TypeError, ValueError):
+        spacing = None
+    view = _get(ds, "ViewPosition") or None
+    if not view:
+        seq = _get(ds, "ViewCodeSequence")
+        try:
+            meaning = str(seq[0].CodeMeaning).lower() if seq else ""
+        except Exception:  # noqa: BLE001
+            meaning = ""
+        view = "CC" if "cranio-caudal" in meaning else "MLO" if "medio-lateral oblique" in meaning else None
+    laterality = _get(ds, "ImageLaterality") or _get(ds, "Laterality") or None
+    pid = _get(ds, "PatientID")
+    return ImageInfo(
+        format="dicom", rows=rows, cols=cols, frames=frames, samples=samples,
+        modality=str(_get(ds, "Modality") or "") or None,
+        view=str(view) if view else None, laterality=str(laterality) if laterality else None,
+        pixel_spacing=spacing, sop_instance_uid=str(_get(ds, "SOPInstanceUID") or "") or None,
+        photometric=str(_get(ds, "PhotometricInterpretation") or "") or None,
+        transfer_syntax=str(syntax) if syntax else None,
+        bits_stored=int(bits_stored) if bits_stored is not None else None,
+        patient_id=str(pid).strip() if pid not in (None, "") else None,
+    )
+
+
+def _dicom_pixels(path: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    info = _dicom_info(path)  # all header checks first: nothing big is allocated for a bad header
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001
+        raise UnreadableImage(path, f"damaged DICOM ({_short(exc)})") from None
+    frame = info.frames // 2 if info.frames > 1 else None
+    try:
+        arr = ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        msg = _short(exc)
+        if "plugin" in msg.lower() or "decoder" in msg.lower() or "no pixel data handler" in msg.lower():
+            from pydicom.uid import UID
+
+            name = UID(info.transfer_syntax).name if info.transfer_syntax else "an unknown transfer syntax"
+            raise UnreadableImage(path, f"compressed with {name}, which no installed decoder reads") from None
+        raise UnreadableImage(path, f"pixel data cannot be decoded ({msg})") from None
+    except (ValueError, EOFError, OSError, MemoryError, AttributeError, KeyError, TypeError, IndexError) as exc:
+        raise UnreadableImage(path, f"pixel data cannot be decoded ({_short(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise various types on lying data
+        raise UnreadableImage(path, f"pixel data cannot be decoded ({_short(exc)})") from None
+    if frame is not None and arr.ndim >= 3 and arr.shape[0] == info.frames:
+        arr = arr[frame]
+    photometric = (info.photometric or "").upper()
+    if info.samples > 1 or arr.ndim == 3:
+        if photometric.startswith("YBR") and photometric != "YBR_FULL_422" or photometric == "YBR_FULL":
+            from pydicom.pixels import convert_color_space
+
+            try:
+                arr = convert_color_space(arr, photometric, "RGB")
+            except Exception as exc:  # noqa: BLE001
+                raise UnreadableImage(path, f"colour conversion failed ({_short(exc)})") from None
+        rgb = arr.astype(np.float64)
+        if rgb.ndim != 3 or rgb.shape[-1] < 3:
+            raise UnreadableImage(path, f"unexpected colour pixel layout {arr.shape}")
+        out = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+        return _finish(path, out, invert=False)
+    try:
+        values = apply_modality_lut(arr, ds).astype(np.float64)
+        values = apply_voi_lut(values, ds) if _has_voi(ds) else values
+    except Exception as exc:  # noqa: BLE001
+        raise UnreadableImage(path, f"LUT / window could not be applied ({_short(exc)})") from None
+    return _finish(path, np.asarray(values, dtype=np.float64), invert=photometric == "MONOCHROME1")
+
+
+def _has_voi(ds: Any) -> bool:
+    return "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+
+
+def _finish(path: Path, values: np.ndarray, *, invert: bool) -> np.ndarray:
+    if values.ndim != 2:
+        values = np.squeeze(values)
+        if values.ndim != 2:
+            raise UnreadableImage(path, f"not a 2-D image (shape {values.shape})")
+    if not np.all(np.isfinite(values)):
+        raise UnreadableImage(path, "pixel values are not finite (NaN or infinity)")
+    lo, hi = float(values.min()), float(values.max())
+    out = np.zeros(values.shape, np.float32) if hi <= lo else ((values - lo) / (hi - lo)).astype(np.float32)
+    return 1.0 - out if invert and hi > lo else out
+
+
+# -- rasters and volumes ---------------------------------------------------------------
+def _open_raster(path: Path) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # our own MAX_PIXELS check below replaces Pillow's warning
+    try:
+        return Image.open(path)
+    except PermissionError:
+        raise UnreadableImage(path, "permission denied") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage(path, f"not a readable {_kind(path).upper()} image") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnreadableImage(path, f"damaged image ({_short(exc)})") from None
+
+
+def _raster_info(path: Path) -> ImageInfo:
+    img = _open_raster(path)
+    with img:
+        cols, rows = img.size
+        frames = int(getattr(img, "n_frames", 1) or 1)
+        _check_size(path, rows, cols, 1, len(img.getbands()))
+        return ImageInfo(format=_kind(path), rows=rows, cols=cols, frames=frames, photometric=img.mode)
+
+
+def _raster_pixels(path: Path) -> np.ndarray:
+    _raster_info(path)
+    img = _open_raster(path)
+    try:
+        with img:
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames > 1:
+                img.seek(frames // 2)
+            img.load()
+            mode = img.mode
+            if mode in ("L", "P", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "1", "PA", "La", "RGBa", "LAB", "HSV"):
+                if mode in ("P", "PA", "CMYK", "YCbCr", "1", "LAB", "HSV", "La", "RGBa"):
+                    img = img.convert("RGB")
+                arr = np.asarray(img, dtype=np.float64)
+                if arr.ndim == 3:
+                    arr = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114 if arr.shape[-1] >= 3 \
+                        else arr[..., 0]
+                return np.clip(arr / 255.0, 0, 1).astype(np.float32)
+            arr = np.asarray(img)
+    except UnreadableImage:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise UnreadableImage(path, f"damaged or truncated image ({_short(exc)})") from None
+    if arr.dtype == np.uint16 or mode.startswith("I;16"):
+        return (arr.astype(np.float64) / 65535.0).astype(np.float32)
+    return _finish(path, arr.astype(np.float64), invert=False)
+
+
+def _volume_info(path: Path) -> ImageInfo:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise UnreadableImage(path, f"not a readable {_kind(path)} volume ({_short(exc).split(':')[-1].strip()})") from None
+    size = reader.GetSize()
+    cols, rows = int(size[0]), int(size[1]) if len(size) > 1 else 1
+    frames = int(size[2]) if len(size) > 2 else 1
+    _check_size(path, rows, cols, frames, reader.GetNumberOfComponents())
+    spacing = reader.GetSpacing()
+    return ImageInfo(format=_kind(path), rows=rows, cols=cols, frames=frames,
+                     pixel_spacing=(float(spacing[1]), float(spacing[0])) if len(spacing) > 1 else None)
+
+
+def _volume_pixels(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    _volume_info(path)
+    try:
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))  # [z, y, x] (+ components)
+    except RuntimeError as exc:
+        raise UnreadableImage(path, f"volume cannot be decoded ({_short(exc).split(':')[-1].strip()})") from None
+    if arr.ndim == 4:
+        arr = arr.mean(axis=-1)
+    if arr.ndim == 3:
+        arr = arr[arr.shape[0] // 2]
+    return _finish(path, arr.astype(np.float64), invert=False)
+
+
+# -- public ----------------------------------------------------------------------------
+def read_info(path: Path | str) -> ImageInfo:
+    """Header only; raises UnreadableImage with the reason."""
+    path = Path(path)
+    _basic_checks(path)
+    kind = _kind(path)
+    if kind == "dicom":
+        return _dicom_info(path)
+    if kind in ("nifti", "mha", "nrrd"):
+        return _volume_info(path)
+    return _raster_info(path)
+
+
+def load_pixels(path: Path | str) -> np.ndarray:
+    """float32 H x W in [0, 1], bright = dense; raises UnreadableImage with the reason."""
+    path = Path(path)
+    _basic_checks(path)
+    kind = _kind(path)
+    try:
+        if kind == "dicom":
+            return _dicom_pixels(path)
+        if kind in ("nifti", "mha", "nrrd"):
+            return _volume_pixels(path)
+        return _raster_pixels(path)
+    except UnreadableImage:
+        raise
+    except MemoryError:
+        raise UnreadableImage(path, "not enough memory to decode the image") from None
+    except Exception as exc:  # noqa: BLE001 - last line of defence: a bad file never crashes a run
+        raise UnreadableImage(path, f"cannot be decoded ({type(exc).__name__}: {_short(exc)})") from None

@@ -1,0 +1,161 @@
+"""The HDF5 feature cache: contents, resume after a crash (bit for bit), bad files, OOM,
+full disk, Stop, and fingerprints that never mix."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from loff_core import cache as cache_mod
+from loff_core.backbones import BackboneSpec, load_backbone
+from loff_core.cache import FeatureCache, extract_features
+from loff_core.errors import CacheError
+from loff_core.progress import Progress
+
+SPEC = BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2)
+
+
+@pytest.fixture()
+def images(tmp_path) -> list[tuple[str, Path]]:
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(11):
+        path = tmp_path / "img" / f"{i:02d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray((rng.random((40 + i, 30)) * 255).astype(np.uint8)).save(path)
+        items.append((f"id{i:02d}", path))
+    return items
+
+
+@pytest.fixture(autouse=True)
+def _no_fault():
+    yield
+    cache_mod._FAULT_INJECTOR = None
+
+
+def _arrays(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with FeatureCache.open(path) as c:
+        mem = c.to_memory()
+        return c.image_ids, mem.cls.copy(), mem.grid.copy()
+
+
+def test_cache_holds_what_the_backbone_computes(images, tmp_path):
+    result = extract_features(images, SPEC, tmp_path / "caches", device="cpu", batch_size=4, num_workers=0)
+    assert result.extracted == 11 and result.skipped == 0 and result.failures == []
+    with FeatureCache.open(result.cache_path) as c:
+        assert c.image_ids == [i for i, _ in images]
+        assert c.feature_dim == 192 and c.grid_hw == (2, 2)
+        assert c.nbytes_per_image() == (2 * 2 * 192 + 192) * 2
+        assert c.backbone["name"] == SPEC.name and c.fingerprint == result.cache_path.stem
+        cls, grid = c.read(c.indices(["id03", "id07"]))
+        assert cls.dtype == np.float16 and grid.shape == (2, 192, 2, 2)
+        mem = c.to_memory()
+        assert np.array_equal(mem.read(mem.indices(["id03", "id07"]))[1], grid)
+    # the same numbers as running the backbone directly
+    from loff_core.images import load_pixels
+
+    b = load_backbone(SPEC, "cpu")
+    x = torch.from_numpy(b.preprocessor(load_pixels(images[3][1])))[None]
+    want_cls, want_grid = b.tokens(x)
+    assert np.allclose(cls[0].astype(np.float32), want_cls[0].numpy(), atol=2e-2, rtol=1e-2)
+    assert np.allclose(grid[0].astype(np.float32), want_grid[0].numpy(), atol=2e-2, rtol=1e-2)
+    # a re-run has nothing to do
+    again = extract_features(images, SPEC, tmp_path / "caches", device="cpu", batch_size=4, num_workers=0)
+    assert again.extracted == 0 and again.skipped == 11
+
+
+def test_resume_after_crash_is_bit_identical(images, tmp_path):
+    whole = extract_features(images, SPEC, tmp_path / "a", device="cpu", batch_size=3, num_workers=0)
+
+    def crash(stage, n):
+        if stage == "write" and n == 2:
+            raise KeyboardInterrupt  # stands in for a kill between batches
+    cache_mod._FAULT_INJECTOR = crash
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(images, SPEC, tmp_path / "b", device="cpu", batch_size=3, num_workers=0)
+    cache_mod._FAULT_INJECTOR = None
+    parts = list((tmp_path / "b").glob("*.parts/*.h5"))
+    assert len(parts) == 2 and not list((tmp_path / "b").glob("*.h5"))
+    resumed = extract_features(images, SPEC, tmp_path / "b", device="cpu", batch_size=3, num_workers=0)
+    assert resumed.skipped == 6 and resumed.extracted == 5
+    a, b = _arrays(whole.cache_path), _arrays(resumed.cache_path)
+    assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+    assert not list((tmp_path / "b").glob("*.parts"))
+
+
+def test_unreadable_files_are_listed_and_the_rest_cached(images, tmp_path):
+    bad = tmp_path / "img" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    result = extract_features(images + [("bad", bad)], SPEC, tmp_path / "c", device="cpu", batch_size=4,
+                              num_workers=1)
+    assert result.extracted == 11
+    assert len(result.failures) == 1 and result.failures[0].path == str(bad) and result.failures[0].reason
+    with FeatureCache.open(result.cache_path) as c:
+        assert "bad" not in c.image_ids and len(c.image_ids) == 11
+
+
+def test_out_of_memory_halves_the_batch_and_tells(images, tmp_path):
+    whole = extract_features(images, SPEC, tmp_path / "a", device="cpu", batch_size=4, num_workers=0)
+
+    def oom(stage, n):
+        if stage == "forward" and n > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+    cache_mod._FAULT_INJECTOR = oom
+    messages = []
+    result = extract_features(images, SPEC, tmp_path / "b", device="cpu", batch_size=4, num_workers=0,
+                              progress=Progress(on_report=lambda d, t, m: messages.append(m)))
+    assert "GPU out of memory: retrying with batch size 2" in result.notes
+    assert any("retrying with batch size 2" in m for m in messages)
+    a, b = _arrays(whole.cache_path), _arrays(result.cache_path)
+    assert a[0] == b[0] and np.allclose(a[1].astype(np.float32), b[1].astype(np.float32), atol=1e-2)
+
+
+def test_full_disk_stops_with_a_clear_message_and_keeps_finished_work(images, tmp_path):
+    def full(stage, n):
+        if stage == "write" and n == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+    cache_mod._FAULT_INJECTOR = full
+    with pytest.raises(CacheError, match="No space left on device.*kept"):
+        extract_features(images, SPEC, tmp_path / "c", device="cpu", batch_size=4, num_workers=0)
+    cache_mod._FAULT_INJECTOR = None
+    assert len(list((tmp_path / "c").glob("*.parts/*.h5"))) == 1
+    resumed = extract_features(images, SPEC, tmp_path / "c", device="cpu", batch_size=4, num_workers=0)
+    assert resumed.skipped == 4 and resumed.extracted == 7
+
+
+def test_stop_keeps_what_is_done_and_resume_finishes(images, tmp_path):
+    progress = Progress()
+    progress.on_report = lambda d, t, m: progress.request_stop() if d >= 4 else None
+    stopped = extract_features(images, SPEC, tmp_path / "c", device="cpu", batch_size=4, num_workers=0,
+                               progress=progress)
+    assert stopped.stopped and stopped.extracted == 4
+    with FeatureCache.open(stopped.cache_path) as c:
+        assert len(c.image_ids) == 4
+    rest = extract_features(images, SPEC, tmp_path / "c", device="cpu", batch_size=4, num_workers=0)
+    assert rest.extracted == 7
+    with FeatureCache.open(rest.cache_path) as c:
+        assert sorted(c.image_ids) == sorted(i for i, _ in images)
+
+
+def test_other_settings_get_another_file(images, tmp_path):
+    a = extract_features(images[:3], SPEC, tmp_path / "c", device="cpu", num_workers=0)
+    b = extract_features(images[:3], BackboneSpec(**{**SPEC.__dict__, "grid": 1}), tmp_path / "c", device="cpu",
+                         num_workers=0)
+    assert a.cache_path != b.cache_path and a.cache_path.exists() and b.cache_path.exists()
+    with FeatureCache.open(b.cache_path) as c:
+        assert c.grid_hw == (1, 1)
+
+
+def test_unfinished_file_is_refused(tmp_path):
+    import h5py
+
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["fingerprint"] = "x"
+    with pytest.raises(CacheError, match="unfinished"):
+        FeatureCache.open(path)
