@@ -360,11 +360,15 @@ def assign_splits(entries: Sequence[CatalogEntry], *, seed: int = 0,
         raise ValueError(f"split fractions must be three non-negative numbers, got {list(fractions)}")
     fractions = fractions / fractions.sum()
     labels_of: dict[str, Counter] = defaultdict(Counter)
+    first_path: dict[str, str] = {}
     for e in entries:
         if e.label is not None:
             labels_of[e.patient_key][e.label] += 1
+            first_path[e.patient_key] = min(first_path.get(e.patient_key, e.path), e.path)
     groups: dict[str, list[str]] = defaultdict(list)
-    for patient in sorted(labels_of):
+    # patients in the order of their first image's path: independent of the project's salt,
+    # so the same folder and seed give the same split in every project
+    for patient in sorted(labels_of, key=lambda p: first_path[p]):
         # the patient's most common label (ties: the alphabetically first) decides the stratum
         top = sorted(labels_of[patient].items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
         groups[top].append(patient)
@@ -384,11 +388,12 @@ def assign_splits(entries: Sequence[CatalogEntry], *, seed: int = 0,
         bounds = np.cumsum(counts)
         for pos, idx in enumerate(order):
             split_of[patients[idx]] = SPLITS[int(np.searchsorted(bounds, pos, side="right"))]
-    _ensure_nonempty(split_of, fractions, rng)
+    _ensure_nonempty(split_of, fractions, rng, first_path)
     return [replace(e, split=split_of.get(e.patient_key) if e.label is not None else None) for e in entries]
 
 
-def _ensure_nonempty(split_of: dict[str, str], fractions: np.ndarray, rng: np.random.Generator) -> None:
+def _ensure_nonempty(split_of: dict[str, str], fractions: np.ndarray, rng: np.random.Generator,
+                     first_path: dict[str, str]) -> None:
     """With at least three patients, every split asked for gets one (taken from the biggest)."""
     if len(split_of) < 3:
         return
@@ -397,5 +402,5 @@ def _ensure_nonempty(split_of: dict[str, str], fractions: np.ndarray, rng: np.ra
             continue
         counts = Counter(split_of.values())
         donor = counts.most_common(1)[0][0]
-        candidates = sorted(p for p, s in split_of.items() if s == donor)
+        candidates = sorted((p for p, s in split_of.items() if s == donor), key=lambda p: first_path[p])
         split_of[candidates[int(rng.integers(len(candidates)))]] = split

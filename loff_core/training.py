@@ -296,7 +296,7 @@ def train_head(
 
     history: list[dict[str, Any]] = []
     best_state: Optional[dict[str, torch.Tensor]] = None
-    best_score, best_epoch = -math.inf, 0
+    best_score, best_epoch, best_loss = -math.inf, 0, math.inf
     stale = 0
     stopped = "completed"
     epoch = 0
@@ -347,8 +347,12 @@ def train_head(
         history.append(entry)
         if on_epoch is not None:
             on_epoch(dict(entry))
-        if best_state is None or score > best_score + _IMPROVEMENT:
-            best_score, best_epoch, stale = float(score), epoch + 1, 0
+        # better monitor, or (a saturated monitor such as AUC = 1) an equal one with a lower
+        # validation loss: ranking alone would keep an early, badly calibrated head
+        loss_now = ev.loss if ev is not None else train_loss
+        tie_better = abs(score - best_score) <= _IMPROVEMENT and loss_now < best_loss - _IMPROVEMENT
+        if best_state is None or score > best_score + _IMPROVEMENT or tie_better:
+            best_score, best_epoch, stale, best_loss = float(score), epoch + 1, 0, float(loss_now)
             best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
         else:
             stale += 1
