@@ -154,7 +154,12 @@ def _dicom_info(path: Path) -> ImageInfo:
     from pydicom.uid import UID
 
     ds = _dcmread_header(path)
+    if len(ds) == 0:
+        raise UnreadableImage(path, "truncated DICOM: the file ends inside its header")
     if not any(tag in ds for tag in _PIXEL_TAGS):
+        if _get(ds, "Rows") is not None or _get(ds, "BitsAllocated") is not None:
+            raise UnreadableImage(path, "truncated DICOM: image attributes but the pixel data are missing "
+                                        "(the file ends early)")
         sop_class = _get(ds, "SOPClassUID")
         what = f" ({UID(str(sop_class)).name})" if sop_class else ""
         raise UnreadableImage(path, f"no pixel data{what}; e.g. a structured report or presentation state")

@@ -135,7 +135,7 @@ def _write_dicom(path: Path, pixels: np.ndarray, patient: str, view: str, latera
     ds.BitsStored = 12
     ds.HighBit = 11
     ds.PixelRepresentation = 0
-    ds.WindowCenter = MAX_VALUE / 2
+    ds.WindowCenter = (MAX_VALUE + 1) // 2  # with width 4096 this maps 0..4095 linearly, no clipping
     ds.WindowWidth = MAX_VALUE + 1
     ds.PixelData = values.tobytes()
     if UID(syntax) != ExplicitVRLittleEndian:
