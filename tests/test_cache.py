@@ -159,3 +159,18 @@ def test_unfinished_file_is_refused(tmp_path):
         f.attrs["fingerprint"] = "x"
     with pytest.raises(CacheError, match="unfinished"):
         FeatureCache.open(path)
+
+
+def test_read_only_location_is_a_clear_error(images, tmp_path, monkeypatch):
+    """Tests run as root (chmod does not stop root), so the OS error is injected."""
+    import errno as _errno
+
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *a, **kw):
+        if self.name == "caches":
+            raise OSError(_errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *a, **kw)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(CacheError, match="cannot create the cache folder.*Read-only file system"):
+        extract_features(images, SPEC, tmp_path / "caches", device="cpu", num_workers=0)

@@ -1,0 +1,274 @@
+"""Promises to a clinician's workstation, each proven here: kills never corrupt, patient
+data never leave the project, untrusted model files never run code, and memory stays
+bounded at 20,000 images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from loff_core.cache import FeatureCache, extract_features
+from loff_core.cli import main
+from loff_core.project import Project
+from loff_core.synthetic import write_synthetic_dataset
+
+TINY = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32", "--grid", "2"]
+
+
+def _loff(*args: object, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "loff_core.cli", *map(str, args), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, **kw)
+
+
+def _json(capsys, *args) -> dict:
+    capsys.readouterr()
+    code = main([str(a) for a in args] + ["--json", "--quiet"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- 2. killing never corrupts -----------------------------------------------------------
+def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, capsys):
+    labels = write_synthetic_dataset(tmp_path / "img", n_patients=30, size=(64, 52), seed=4)
+    project = tmp_path / "p"
+    _json(capsys, "import", project, tmp_path / "img", "--labels", labels, "--label-column", "masking_level")
+    p = Project.open(project)
+    items = [(e.image_id, p.image_path(e)) for e in p.catalog().entries]
+    from loff_core.backbones import BackboneSpec
+
+    spec = BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2)
+    reference = extract_features(items, spec, tmp_path / "reference", device="cpu", batch_size=4, num_workers=0)
+
+    rng = random.Random(11)
+    n_batches = (len(items) + 3) // 4
+    kill_after = sorted(rng.sample(range(0, n_batches), 10))  # shards present when the kill lands
+    kills = 0
+    for target in kill_after:
+        proc = _loff("extract", project, *TINY, "--batch-size", "4", "--workers", "0")
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            parts = list((project / "caches").glob("*.parts/*.h5"))
+            if len(parts) >= target:
+                time.sleep(rng.uniform(0, 0.05))  # land anywhere, also in the middle of a write
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=60)
+        proc.stderr.close()
+        kills += proc.returncode == -signal.SIGKILL
+        Project.open(project)  # opens every time; the lock died with the process
+    assert kills >= 8  # a run may finish before its kill point on a fast machine
+    _json(capsys, "extract", project, *TINY, "--batch-size", "4", "--workers", "0")
+    done = Project.open(project).open_cache()
+    with FeatureCache.open(reference.cache_path) as ref:
+        assert done.image_ids == ref.image_ids
+        a, b = ref.to_memory(), done.to_memory()
+        assert np.array_equal(a.cls, b.cls) and np.array_equal(a.grid, b.grid)  # bit for bit
+    assert not list((project / "caches").glob("*.parts")) and not list((project / "caches").glob(".*.tmp"))
+
+
+def test_sigkill_during_training_keeps_the_previous_head_and_project(tmp_path, capsys):
+    labels = write_synthetic_dataset(tmp_path / "img", n_patients=16, size=(64, 52), seed=4)
+    project = tmp_path / "p"
+    _json(capsys, "import", project, tmp_path / "img", "--labels", labels, "--label-column", "masking_level")
+    _json(capsys, "extract", project, *TINY, "--workers", "0")
+    first = _json(capsys, "train", project, "--head", "linear", "--epochs", "2")["run"]
+    run_dir = project / "runs" / first
+    before = {f.name: _sha(f) for f in run_dir.iterdir()}
+    settings = _sha(project / "loff-project.json")
+    proc = _loff("train", project, "--head", "vit", "--epochs", "100000", "--patience", "100000")
+    time.sleep(8)  # well into training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert {f.name: _sha(f) for f in run_dir.iterdir()} == before
+    assert _sha(project / "loff-project.json") == settings
+    info = _json(capsys, "info", project)
+    assert [r["run"] for r in info["runs"]] == [first]  # no half-written run shows up
+    _json(capsys, "evaluate", project, "--run", first, "--bootstrap", "10")
+
+
+# -- 4. no patient data leaves the project ---------------------------------------------
+SENTINELS = {
+    "PatientName": "Zzyzx^Sentinelname",
+    "PatientID": "PID-SENTINEL-4711",
+    "PatientBirthDate": "19230417",
+    "AccessionNumber": "ACC-SENTINEL-99",
+    "InstitutionName": "Sentinel General Hospital",
+    "ReferringPhysicianName": "Quux^Sentineldoctor",
+}
+
+
+def _plant_sentinels(folder: Path) -> None:
+    for i, path in enumerate(sorted(folder.rglob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        for key, value in SENTINELS.items():
+            setattr(ds, key, value if key != "PatientID" else f"{value}-{i // 2}")
+        ds.save_as(path)
+
+
+def test_patient_identifiers_never_leave_the_project(tmp_path):
+    labels = write_synthetic_dataset(tmp_path / "img", n_patients=12, size=(64, 52), seed=6)
+    _plant_sentinels(tmp_path / "img")
+    labels.unlink()  # patients come from the DICOM PatientID only
+    # folder-name labels: two classes by sub-folder
+    for d in sorted((tmp_path / "img").iterdir()):
+        target = tmp_path / "site" / ("dense" if int(d.name[-4:]) % 2 else "fatty") / d.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(d), target)
+    out_dir = tmp_path / "outside"
+    out_dir.mkdir()
+    project, export = out_dir / "project", out_dir / "export"
+    log = out_dir / "terminal.txt"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    steps = [
+        ["import", project, tmp_path / "site"],
+        ["extract", project, *TINY, "--workers", "1"],
+        ["train", project, "--head", "attention", "--epochs", "2"],
+        ["evaluate", project],
+        ["export", project, export, "--onnx"],
+        ["predict", export, tmp_path / "site", "--random-init", "--csv", out_dir / "predictions.csv"],
+        ["info", project],
+    ]
+    with open(log, "w") as fh:
+        for step in steps:
+            code = subprocess.run([sys.executable, "-m", "loff_core.cli", *map(str, step), "--json"],
+                                  stdout=fh, stderr=fh, env=env).returncode
+            assert code == 0, (step, log.read_text()[-2000:])
+    written = [f for f in out_dir.rglob("*") if f.is_file()]
+    assert len(written) > 10 and any(f.suffix == ".onnx" for f in written)
+    needles = [v.encode() for v in SENTINELS.values()] + [b"Sentinel", b"SENTINEL", b"Zzyzx", b"Quux"]
+    needles += [v.split("^")[0].encode() for v in SENTINELS.values() if "^" in v]
+    for f in written:
+        data = f.read_bytes()
+        for needle in needles:
+            assert needle not in data, f"{needle!r} found in {f.relative_to(out_dir)}"
+    # the de-identified key is a salted hash; the salt stays in the project file
+    salt = json.loads((project / "loff-project.json").read_text())["salt"]
+    catalog = (project / "catalog.csv").read_text()
+    import hmac
+
+    key = hmac.new(bytes.fromhex(salt), b"PID-SENTINEL-4711-0", hashlib.sha256).hexdigest()[:16]
+    assert key in catalog
+    for f in written:
+        if f.name != "loff-project.json":
+            assert salt.encode() not in f.read_bytes(), f"salt leaked into {f.name}"
+
+
+# -- 5. untrusted model files ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    labels = write_synthetic_dataset(root / "img", n_patients=10, size=(64, 52), seed=8)
+    project = root / "p"
+    for args in (["import", project, root / "img", "--labels", labels, "--label-column", "masking_level"],
+                 ["extract", project, *TINY, "--workers", "0"],
+                 ["train", project, "--head", "linear", "--epochs", "1"],
+                 ["export", project, root / "head"]):
+        assert main([str(a) for a in args] + ["--quiet"]) == 0
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_or_foreign_heads_are_refused_with_the_reason(exported, tmp_path, capsys):
+    from loff_core.errors import ExportError
+    from loff_core.export import load_exported_head
+
+    load_exported_head(exported / "head")  # the genuine one loads
+    bad = _copy(exported / "head", tmp_path / "schema")
+    card = json.loads((bad / "card.json").read_text())
+    card["task"] = "regression"
+    (bad / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ExportError, match="not valid at task"):
+        load_exported_head(bad)
+
+    swapped = _copy(exported / "head", tmp_path / "swapped")
+    raw = bytearray((swapped / "head.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (swapped / "head.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ExportError, match="checksum"):
+        load_exported_head(swapped)
+
+    # a pickle posing as the head is never read: only head.safetensors counts
+    marker = tmp_path / "pwned"
+    evil = _copy(exported / "head", tmp_path / "evil")
+    (evil / "head.safetensors").write_bytes(
+        b"\x80\x04\x95" + f"cos\nsystem\n(S'touch {marker}'\ntR.".encode())
+    with pytest.raises(ExportError):
+        load_exported_head(evil)
+    assert not marker.exists()
+
+    # a head trained on one backbone's features is refused on another's
+    img = next((exported / "img").rglob("*.dcm"))
+    capsys.readouterr()
+    code = main(["predict", str(exported / "head"), str(img), "--weights", str(_other_weights(tmp_path)), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "trained on features of vit_tiny_patch16_224 with weights" in err
+
+
+def _other_weights(tmp_path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    from loff_core.backbones import BackboneSpec, load_backbone
+
+    b = load_backbone(BackboneSpec(name="vit_tiny_patch16_224", random_init=True, seed=99, image_size=32, grid=2), "cpu")
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in b.model.state_dict().items()}, str(path))
+    return path
+
+
+# -- 6. scale ---------------------------------------------------------------------------
+def test_twenty_thousand_image_import_stays_bounded(tmp_path):
+    """20,000 small PNGs: import finishes with peak memory well under a bound (measured in
+    a fresh process, so other tests do not count)."""
+    from PIL import Image
+
+    folder = tmp_path / "many"
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+    buf = folder / "a" / "0.png"
+    buf.parent.mkdir(parents=True)
+    Image.fromarray(tile).save(buf)
+    data = buf.read_bytes()
+    for i in range(20000):
+        d = folder / ("a" if i % 2 else "b") / f"{i // 1000:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i}.png").write_bytes(data)
+    buf.unlink()
+    code = (
+        "import re, json; from loff_core.cli import main; "
+        f"rc = main(['import', {str(tmp_path / 'p')!r}, {str(folder)!r}, '--quiet']); "
+        # VmHWM (peak RSS of this process image); ru_maxrss would include the forking pytest process
+        "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+        "print(json.dumps({'rc': rc, 'peak_mb': hwm / 1024}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0, out.stderr[-2000:]
+    project = Project.open(tmp_path / "p")
+    assert len(project.catalog().entries) == 20000
+    assert result["peak_mb"] < 400, result  # python + numpy + PIL + pydicom + 20k entries
+    print(f"20,000-image import: peak RSS {result['peak_mb']:.0f} MB")
