@@ -20,16 +20,32 @@ from .progress import Cancelled, Progress
 
 # -- progress on the terminal ------------------------------------------------------------
 class TerminalProgress:
-    """A tqdm bar on stderr fed by a `Progress`; silent when stderr is not a terminal
-    except for one line per message change, so logs stay readable."""
+    """A tqdm bar on stderr fed by a `Progress`. When stderr is not a terminal (a log file,
+    CI), no bar: one plain line at most every 10 seconds and at the end, so logs stay
+    readable."""
+
+    LOG_INTERVAL = 10.0
 
     def __init__(self, desc: str, quiet: bool = False):
+        import time
+
         self.desc, self.quiet = desc, quiet
         self._bar = None
+        self._tty = sys.stderr.isatty()
+        self._clock = time.monotonic
+        self._last_line = -1e9
+        self._last: tuple[int, int, str] = (0, 0, "")
         self.progress = Progress(on_report=self._on_report)
 
     def _on_report(self, done: int, total: int, message: str) -> None:
         if self.quiet:
+            return
+        self._last = (done, total, message)
+        if not self._tty:
+            now = self._clock()
+            if now - self._last_line >= self.LOG_INTERVAL:
+                self._last_line = now
+                self._print_line()
             return
         if self._bar is None:
             from tqdm import tqdm
@@ -43,9 +59,16 @@ class TerminalProgress:
             self._bar.set_postfix_str(message, refresh=False)
         self._bar.refresh()
 
+    def _print_line(self) -> None:
+        done, total, message = self._last
+        count = f"{done}/{total}" if total else str(done)
+        print(f"{self.desc}: {count} {message}".rstrip(), file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+        elif not self.quiet and not self._tty and self._last != (0, 0, ""):
+            self._print_line()
 
 
 def _run_with_progress(desc: str, quiet: bool, fn: Callable[[Progress], Any]) -> Any:
