@@ -377,6 +377,8 @@ class Project:
         if config.task == "ordinal" and len(classes) < 3:
             raise TrainingError("the ordinal task needs at least three ordered levels")
         started = _now()
+        for leftover in self.runs_dir.glob(".*.partial") if self.runs_dir.is_dir() else []:
+            shutil.rmtree(leftover, ignore_errors=True)  # from a run killed while it was being saved
         result = train_head(
             cache, train_ids, train_y, val_ids, val_y, config,
             num_classes=len(classes), progress=progress, on_epoch=on_epoch,
