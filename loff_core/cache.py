@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .catalog import ImportFailure
-from .errors import CacheError, UnreadableImage
+from .errors import CacheError, UnreadableImage, is_out_of_memory
 from .features import InMemoryFeatures, _IdIndex
 from .progress import Progress
 
@@ -163,7 +163,9 @@ class _DecodeDataset:
             return index, None, exc.reason
         except MemoryError:
             return index, None, "image too large to decode in memory"
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - one bad file must not stop the run
             return index, None, f"could not be decoded ({type(exc).__name__}: {exc})"
 
 
@@ -216,13 +218,6 @@ def _read_shard(path: Path) -> Optional[tuple[list[str], list[tuple[str, str]]]]
         return ids, list(zip(fids, reasons))
     except (OSError, KeyError):
         return None
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -388,7 +383,7 @@ def _forward_with_retry(backbone: Any, batch: Any, sub_batch: int, progress: Pro
                 grid_parts.append(grid.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy())
             return np.concatenate(cls_parts), np.ascontiguousarray(np.concatenate(grid_parts)), sub_batch
         except Exception as exc:  # noqa: BLE001
-            if not _is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             if backbone.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -44,3 +44,11 @@ class ExportError(LoffError):
     def __init__(self, message: str, path: Optional[Path | str] = None):
         self.path = None if path is None else str(path)
         super().__init__(message if path is None else f"{path}: {message}")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error (torch.cuda.OutOfMemoryError or the older RuntimeError),
+    recognised without importing torch."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()

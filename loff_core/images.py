@@ -367,11 +367,18 @@ def read_info(path: Path | str) -> ImageInfo:
     path = Path(path)
     _basic_checks(path)
     kind = _kind(path)
-    if kind == "dicom":
-        return _dicom_info(path)
-    if kind in ("nifti", "mha", "nrrd"):
-        return _volume_info(path)
-    return _raster_info(path)
+    try:
+        if kind == "dicom":
+            return _dicom_info(path)
+        if kind in ("nifti", "mha", "nrrd"):
+            return _volume_info(path)
+        return _raster_info(path)
+    except UnreadableImage:
+        raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a bad header never crashes an import
+        raise UnreadableImage(path, f"unreadable header ({type(exc).__name__}: {_short(exc)})") from None
 
 
 def load_pixels(path: Path | str) -> np.ndarray:
@@ -389,5 +396,8 @@ def load_pixels(path: Path | str) -> np.ndarray:
         raise
     except MemoryError:
         raise UnreadableImage(path, "not enough memory to decode the image") from None
-    except Exception as exc:  # noqa: BLE001 - last line of defence: a bad file never crashes a run
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - last line of defence, also for decoder panics
+        # (Rust decoders raise pyo3 PanicException, a BaseException, on some damaged data)
         raise UnreadableImage(path, f"cannot be decoded ({type(exc).__name__}: {_short(exc)})") from None

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .augment import AugmentConfig, TensorAugment
-from .errors import TrainingError
+from .backbones import resolve_device
+from .errors import TrainingError, is_out_of_memory
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
 
@@ -59,19 +60,6 @@ class TrainResult:
     best_score: float
     monitor: str
     stopped: str  # "completed" | "early_stopping" | "user_stop"
-
-
-def _device(name: str = "auto") -> torch.device:
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def _in_memory(source: Any) -> Any:
@@ -194,7 +182,7 @@ def train_head(
 
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     data = _in_memory(source)
     try:
         train_idx = np.asarray(data.indices(list(train_ids)), dtype=np.int64)
@@ -316,7 +304,7 @@ def train_head(
                 break
             ev = evaluate() if has_val else None
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-            if not _is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             if batch_size <= 1:
                 raise TrainingError("GPU out of memory even with batch size 1; use a smaller head "
@@ -389,7 +377,7 @@ def predict_probabilities(
     batch_size: int = 256,
 ) -> np.ndarray:
     """[N, K] float64 probabilities of `image_ids` (no augmentation, eval mode)."""
-    dev = _device(device)
+    dev = resolve_device(device)
     head = build_head(head_config)
     head.load_state_dict(state_dict, strict=True)
     head = head.to(dev).eval()

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from loff_core.cli import main
+from loff_cli import loff_json
 from loff_core.errors import UnreadableImage
 from loff_core.images import load_pixels, read_info
 from loff_core.synthetic import write_synthetic_dataset
@@ -120,12 +121,6 @@ def corpus(tmp_path_factory):
     return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-def _json(capsys, *args) -> dict:
-    capsys.readouterr()
-    code = main([str(a) for a in args] + ["--json", "--quiet"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return json.loads(out.out)
 
 
 def test_import_and_extract_name_every_bad_file(corpus, tmp_path, capsys, monkeypatch):
@@ -135,7 +130,7 @@ def test_import_and_extract_name_every_bad_file(corpus, tmp_path, capsys, monkey
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p).endswith("denied.dcm")
                         else real_access(p, mode, **kw))
     project = tmp_path / "p"
-    out = _json(capsys, "import", project, images)
+    out = loff_json(capsys, "import", project, images)
     failed = {f["path"]: f["reason"] for f in out["failed"]}
     late = ("bad/lying-syntax.dcm", "bad/short-pixels.dcm", "bad/truncated.png")
     import_time = {k: v for k, v in expect.items() if k not in late}
@@ -149,7 +144,7 @@ def test_import_and_extract_name_every_bad_file(corpus, tmp_path, capsys, monkey
     assert out["imported"] == len(good) + 3 + 5  # + 3 with good headers, bad data + 5 odd-but-good files
     assert any("multi-frame" in w and "central frame" in w for w in out["warnings"])
 
-    ext = _json(capsys, "extract", project, *TINY)
+    ext = loff_json(capsys, "extract", project, *TINY)
     ext_failed = {f["path"]: f["reason"] for f in ext["failed"]}
     for name in ("lying-syntax.dcm", "short-pixels.dcm", "truncated.png"):
         hit = [r for p, r in ext_failed.items() if p.endswith(name)]
@@ -162,7 +157,7 @@ def test_import_and_extract_name_every_bad_file(corpus, tmp_path, capsys, monkey
 
 def test_empty_folder_imports_nothing_cleanly(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    out = _json(capsys, "import", tmp_path / "p", tmp_path / "empty")
+    out = loff_json(capsys, "import", tmp_path / "p", tmp_path / "empty")
     assert out["imported"] == 0 and out["failed"] == []
 
 
@@ -172,7 +167,7 @@ def test_labels_csv_problems_become_warnings(tmp_path, capsys):
     rows += [rows[1], rows[2].rsplit(",", 2)[0] + ",7," + rows[2].rsplit(",", 1)[1],  # duplicate + conflict
              "nowhere/missing.dcm,3,SYN-9999", rows[3].split(",")[0] + ",,SYN-0002"]
     (tmp_path / "labels.csv").write_text("\n".join(rows[:5] + rows[6:]) + "\n")  # row 5's image has no row
-    out = _json(capsys, "import", tmp_path / "p", tmp_path / "img", "--labels", tmp_path / "labels.csv",
+    out = loff_json(capsys, "import", tmp_path / "p", tmp_path / "img", "--labels", tmp_path / "labels.csv",
                 "--label-column", "masking_level", "--classes", "1,2,3,4,5,6,7,8")
     text = " ".join(out["warnings"])
     assert "1 rows name no image" in text and "missing.dcm" in text

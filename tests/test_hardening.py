@@ -21,6 +21,7 @@ import pytest
 
 from loff_core.cache import FeatureCache, extract_features
 from loff_core.cli import main
+from loff_cli import loff_json
 from loff_core.project import Project
 from loff_core.synthetic import write_synthetic_dataset
 
@@ -33,12 +34,6 @@ def _loff(*args: object, **kw) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, **kw)
 
 
-def _json(capsys, *args) -> dict:
-    capsys.readouterr()
-    code = main([str(a) for a in args] + ["--json", "--quiet"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return json.loads(out.out)
 
 
 def _sha(path: Path) -> str:
@@ -49,7 +44,7 @@ def _sha(path: Path) -> str:
 def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, capsys):
     labels = write_synthetic_dataset(tmp_path / "img", n_patients=30, size=(64, 52), seed=4)
     project = tmp_path / "p"
-    _json(capsys, "import", project, tmp_path / "img", "--labels", labels, "--label-column", "masking_level")
+    loff_json(capsys, "import", project, tmp_path / "img", "--labels", labels, "--label-column", "masking_level")
     p = Project.open(project)
     items = [(e.image_id, p.image_path(e)) for e in p.catalog().entries]
     from loff_core.backbones import BackboneSpec
@@ -76,7 +71,7 @@ def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, c
         kills += proc.returncode == -signal.SIGKILL
         Project.open(project)  # opens every time; the lock died with the process
     assert kills >= 8  # a run may finish before its kill point on a fast machine
-    _json(capsys, "extract", project, *TINY, "--batch-size", "4", "--workers", "0")
+    loff_json(capsys, "extract", project, *TINY, "--batch-size", "4", "--workers", "0")
     done = Project.open(project).open_cache()
     with FeatureCache.open(reference.cache_path) as ref:
         assert done.image_ids == ref.image_ids
@@ -88,9 +83,9 @@ def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, c
 def test_sigkill_during_training_keeps_the_previous_head_and_project(tmp_path, capsys):
     labels = write_synthetic_dataset(tmp_path / "img", n_patients=16, size=(64, 52), seed=4)
     project = tmp_path / "p"
-    _json(capsys, "import", project, tmp_path / "img", "--labels", labels, "--label-column", "masking_level")
-    _json(capsys, "extract", project, *TINY, "--workers", "0")
-    first = _json(capsys, "train", project, "--head", "linear", "--epochs", "2")["run"]
+    loff_json(capsys, "import", project, tmp_path / "img", "--labels", labels, "--label-column", "masking_level")
+    loff_json(capsys, "extract", project, *TINY, "--workers", "0")
+    first = loff_json(capsys, "train", project, "--head", "linear", "--epochs", "2")["run"]
     run_dir = project / "runs" / first
     before = {f.name: _sha(f) for f in run_dir.iterdir()}
     settings = _sha(project / "loff-project.json")
@@ -102,9 +97,9 @@ def test_sigkill_during_training_keeps_the_previous_head_and_project(tmp_path, c
     assert proc.returncode == -signal.SIGKILL
     assert {f.name: _sha(f) for f in run_dir.iterdir()} == before
     assert _sha(project / "loff-project.json") == settings
-    info = _json(capsys, "info", project)
+    info = loff_json(capsys, "info", project)
     assert [r["run"] for r in info["runs"]] == [first]  # no half-written run shows up
-    _json(capsys, "evaluate", project, "--run", first, "--bootstrap", "10")
+    loff_json(capsys, "evaluate", project, "--run", first, "--bootstrap", "10")
 
 
 # -- 4. no patient data leaves the project ---------------------------------------------

@@ -19,17 +19,12 @@ import numpy as np
 import pytest
 
 from loff_core.cli import main
+from loff_cli import loff_json
 from loff_core.synthetic import write_synthetic_dataset
 
 BACKBONE = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "96", "--grid", "6"]
 
 
-def loff(capsys, *args) -> dict:
-    capsys.readouterr()
-    code = main([str(a) for a in args] + ["--json", "--quiet"])
-    captured = capsys.readouterr()
-    assert code == 0, f"loff {args[0]} failed: {captured.err}"
-    return json.loads(captured.out)
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +51,21 @@ def test_classification_story(dicom_folder, tmp_path, capsys):
     labels = _binary_labels(level_csv, tmp_path / "dense.csv")
     project = tmp_path / "project"
 
-    imported = loff(capsys, "import", project, images, "--labels", labels, "--label-column", "dense",
+    imported = loff_json(capsys, "import", project, images, "--labels", labels, "--label-column", "dense",
                     "--patient-column", "patient")
     assert imported["imported"] == 140 and imported["failed"] == []
     assert set(imported["classes"]) == {"dense", "fatty"}
     assert set(imported["splits"]) == {"train", "val", "test"}
 
-    extracted = loff(capsys, "extract", project, *BACKBONE, "--batch-size", "16", "--workers", "0")
+    extracted = loff_json(capsys, "extract", project, *BACKBONE, "--batch-size", "16", "--workers", "0")
     assert extracted["images"] == 140 and extracted["failed"] == []
     assert extracted["bytes_per_image"] == (6 * 6 * 192 + 192) * 2
 
-    trained = loff(capsys, "train", project, "--head", "attention", "--epochs", "25", "--seed", "0")
+    trained = loff_json(capsys, "train", project, "--head", "attention", "--epochs", "25", "--seed", "0")
     run = trained["run"]
     assert trained["n_train"] > 80
 
-    evaluated = loff(capsys, "evaluate", project, "--run", run, "--split", "test", "--bootstrap", "200")
+    evaluated = loff_json(capsys, "evaluate", project, "--run", run, "--split", "test", "--bootstrap", "200")
     metrics = evaluated["metrics"]
     assert metrics["auc"] > 0.8, metrics
     assert metrics["balanced_accuracy"] > 0.65, metrics
@@ -78,14 +73,14 @@ def test_classification_story(dicom_folder, tmp_path, capsys):
     assert lo <= metrics["auc"] <= hi
     assert sum(map(sum, evaluated["confusion_matrix"])) == len(evaluated["predictions"]) == evaluated["n"]
 
-    exported = loff(capsys, "export", project, tmp_path / "head", "--run", run, "--onnx")
+    exported = loff_json(capsys, "export", project, tmp_path / "head", "--run", run, "--onnx")
     card = json.loads((tmp_path / "head" / "card.json").read_text())
     assert card["classes"] == evaluated["classes"]
     assert card["metrics"]["test"]["metrics"]["auc"] == pytest.approx(metrics["auc"])
     assert exported["onnx"]["max_abs_diff_vs_torch"] < 1e-3
 
     test_files = [images / p["path"] for p in evaluated["predictions"]]
-    predicted = loff(capsys, "predict", tmp_path / "head", *test_files, "--random-init")
+    predicted = loff_json(capsys, "predict", tmp_path / "head", *test_files, "--random-init")
     by_path = {Path(p["path"]).resolve(): p for p in predicted["predictions"]}
     assert len(by_path) == len(test_files)
     agree = 0
@@ -99,29 +94,29 @@ def test_classification_story(dicom_folder, tmp_path, capsys):
 def test_ordinal_story(dicom_folder, tmp_path, capsys):
     images, level_csv = dicom_folder
     project = tmp_path / "project"
-    loff(capsys, "import", project, images, "--labels", level_csv, "--label-column", "masking_level",
+    loff_json(capsys, "import", project, images, "--labels", level_csv, "--label-column", "masking_level",
          "--patient-column", "patient", "--task", "ordinal")
-    loff(capsys, "extract", project, *BACKBONE, "--batch-size", "32", "--workers", "0")
-    trained = loff(capsys, "train", project, "--head", "vit", "--epochs", "20")
+    loff_json(capsys, "extract", project, *BACKBONE, "--batch-size", "32", "--workers", "0")
+    trained = loff_json(capsys, "train", project, "--head", "vit", "--epochs", "20")
     assert trained["task"] == "ordinal" and trained["classes"] == [str(i) for i in range(1, 9)]
-    evaluated = loff(capsys, "evaluate", project, "--split", "test", "--bootstrap", "100")
+    evaluated = loff_json(capsys, "evaluate", project, "--split", "test", "--bootstrap", "100")
     m = evaluated["metrics"]
     assert m["kendall_tau"] > 0.4, m
     assert m["amae"] < 2.0, m
     for p in evaluated["predictions"]:
         assert len(p["probabilities"]) == 8 and abs(sum(p["probabilities"]) - 1) < 1e-3
 
-    info = loff(capsys, "info", project)
+    info = loff_json(capsys, "info", project)
     assert info["runs"][0]["stale"] == []
     # re-importing the labels makes the head stale, visibly
-    loff(capsys, "import", project, images, "--labels", level_csv, "--label-column", "masking_level",
+    loff_json(capsys, "import", project, images, "--labels", level_csv, "--label-column", "masking_level",
          "--patient-column", "patient")
-    info = loff(capsys, "info", project)
+    info = loff_json(capsys, "info", project)
     assert any("re-imported" in s for s in info["runs"][0]["stale"])
 
 
 def test_demo_project_is_synthetic_and_ready(tmp_path, capsys):
-    out = loff(capsys, "demo", tmp_path / "demo", "--patients", "10")
+    out = loff_json(capsys, "demo", tmp_path / "demo", "--patients", "10")
     assert out["synthetic"] is True and out["imported"] == 20 and out["task"] == "ordinal"
     assert "SYNTHETIC" in (tmp_path / "demo" / "README.txt").read_text()
 
