@@ -246,7 +246,7 @@ class FrozenBackbone:
         self.model.to(device)
         if device.type == "cuda" and not hasattr(model, "patch_embed"):
             self.model.to(memory_format=torch.channels_last)
-        self._module = _TokenModule(model, spec.grid).eval()
+        self._module = _token_module_class()(model, spec.grid).eval()
         with torch.inference_mode():
             cls, grid = self._module(torch.zeros(1, 3, image_size, image_size, device=device))
         self.feature_dim = int(cls.shape[1])
@@ -284,55 +284,64 @@ class FrozenBackbone:
         return cls.float(), grid.float()
 
 
-def _torch_module_base() -> type:
-    import torch
+def _token_module_class() -> type:
+    """`_TokenModule` is an nn.Module; it is defined on first use so that importing this
+    module (for BackboneSpec, say) does not import torch."""
+    global _TOKEN_MODULE
+    if _TOKEN_MODULE is None:
+        import torch
 
-    return torch.nn.Module
+        class _TokenModule(torch.nn.Module):
+            """Backbone forward -> (pooled/CLS embedding, pooled token grid)."""
+
+            def __init__(self, model: Any, grid: Optional[int]):
+                super().__init__()
+                self.model = model
+                self.grid = grid
+                self.prefix = int(getattr(model, "num_prefix_tokens",
+                                          1 if getattr(model, "cls_token", None) is not None else 0))
+
+            def forward(self, image: Any) -> tuple[Any, Any]:
+                import torch.nn.functional as F
+
+                feats = self.model.forward_features(image)
+                cls = self.model.forward_head(feats, pre_logits=True)
+                if feats.ndim == 3:  # ViT-style [B, prefix + h*w, C]
+                    patches = feats[:, self.prefix:]
+                    b, n, c = patches.shape
+                    h, w = _patch_grid(self.model, image, n)
+                    grid = patches.transpose(1, 2).reshape(b, c, h, w)
+                elif feats.ndim == 4:
+                    grid = feats
+                    if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
+                        grid = grid.permute(0, 3, 1, 2)
+                else:
+                    raise BackboneError(f"unsupported feature shape {tuple(feats.shape)} from the backbone")
+                if cls.ndim != 2:
+                    cls = cls.flatten(1)
+                if self.grid is not None and (grid.shape[2] > self.grid or grid.shape[3] > self.grid):
+                    grid = F.adaptive_avg_pool2d(grid, (min(self.grid, grid.shape[2]), min(self.grid, grid.shape[3])))
+                return cls, grid
+
+        _TOKEN_MODULE = _TokenModule
+    return _TOKEN_MODULE
 
 
-class _TokenModule(_torch_module_base()):  # type: ignore[misc]
-    """Backbone forward -> (pooled/CLS embedding, pooled token grid)."""
+_TOKEN_MODULE: Optional[type] = None
 
-    def __init__(self, model: Any, grid: Optional[int]):
-        super().__init__()
-        self.model = model
-        self.grid = grid
-        self.prefix = int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0))
 
-    def forward(self, image: Any) -> tuple[Any, Any]:
-        import torch.nn.functional as F
-
-        feats = self.model.forward_features(image)
-        cls = self.model.forward_head(feats, pre_logits=True)
-        if feats.ndim == 3:  # ViT-style [B, prefix + h*w, C]
-            patches = feats[:, self.prefix:]
-            b, n, c = patches.shape
-            h, w = self._patch_grid(image, n)
-            grid = patches.transpose(1, 2).reshape(b, c, h, w)
-        elif feats.ndim == 4:
-            grid = feats
-            if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
-                grid = grid.permute(0, 3, 1, 2)
-        else:
-            raise BackboneError(f"unsupported feature shape {tuple(feats.shape)} from the backbone")
-        if cls.ndim != 2:
-            cls = cls.flatten(1)
-        if self.grid is not None and (grid.shape[2] > self.grid or grid.shape[3] > self.grid):
-            grid = F.adaptive_avg_pool2d(grid, (min(self.grid, grid.shape[2]), min(self.grid, grid.shape[3])))
-        return cls, grid
-
-    def _patch_grid(self, image: Any, n: int) -> tuple[int, int]:
-        pe = getattr(self.model, "patch_embed", None)
-        if pe is not None and hasattr(pe, "dynamic_feat_size"):
-            h, w = pe.dynamic_feat_size(tuple(image.shape[-2:]))
-            if h * w == n:
-                return int(h), int(w)
-        if pe is not None and getattr(pe, "grid_size", None) is not None and pe.grid_size[0] * pe.grid_size[1] == n:
-            return int(pe.grid_size[0]), int(pe.grid_size[1])
-        side = int(round(n ** 0.5))
-        if side * side != n:
-            raise BackboneError(f"cannot arrange {n} patch tokens into a grid")
-        return side, side
+def _patch_grid(model: Any, image: Any, n: int) -> tuple[int, int]:
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and hasattr(pe, "dynamic_feat_size"):
+        h, w = pe.dynamic_feat_size(tuple(image.shape[-2:]))
+        if h * w == n:
+            return int(h), int(w)
+    if pe is not None and getattr(pe, "grid_size", None) is not None and pe.grid_size[0] * pe.grid_size[1] == n:
+        return int(pe.grid_size[0]), int(pe.grid_size[1])
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise BackboneError(f"cannot arrange {n} patch tokens into a grid")
+    return side, side
 
 
 def _create(name: str, image_size: Optional[int], seed: int) -> Any:

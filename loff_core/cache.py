@@ -58,6 +58,11 @@ def cache_path_for(caches_dir: Path, fingerprint: str) -> Path:
     return Path(caches_dir) / f"{fingerprint}.h5"
 
 
+def summary_path_for(cache_path: Path) -> Path:
+    """`<fingerprint>.json` beside the cache: what it holds, readable without h5py."""
+    return Path(cache_path).with_suffix(".json")
+
+
 class FeatureCache(_IdIndex):
     """A finished cache file (read side). Implements `features.FeatureSource`."""
 
@@ -449,4 +454,12 @@ def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any, prev
         for h in handles:
             h.close()
     os.replace(tmp, final)
+    from .fsutil import atomic_write_json
+
+    # a small summary beside the cache, so the app can show it without opening HDF5
+    atomic_write_json(summary_path_for(final), {
+        "fingerprint": backbone.fingerprint, "backbone": backbone.describe(), "images": n,
+        "grid_hw": list(backbone.grid_hw), "feature_dim": backbone.feature_dim,
+        "bytes_per_image": (gh * gw * c + c) * 2,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     shutil.rmtree(parts, ignore_errors=True)

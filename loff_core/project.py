@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
+
 from .catalog import Catalog, CatalogEntry, assign_splits, scan_folder
 from .errors import CacheError, ProjectError, TrainingError
 from .fsutil import atomic_path, atomic_write_json
@@ -467,6 +469,35 @@ class Project:
         config = HeadConfig.from_dict(run.record["head_config"])
         return config, load_file(str(run.head_path))
 
+    def explain(self, run_id: Optional[str], image_ids: list[str]) -> dict[str, Any]:
+        """Per image: class probabilities and the head's attention over the token grid
+        ([h, w], max 1), for the viewer's heat map. Reads only these images' features."""
+        import torch
+
+        from .heads import attention_map, build_head, probabilities
+
+        run = self.run(run_id)
+        cache = self.open_cache(run.record["cache_fingerprint"])
+        head_config, state = self.load_head(run)
+        head = build_head(head_config)
+        head.load_state_dict(state, strict=True)
+        head.eval()
+        idx = cache.indices(image_ids)
+        order = np.argsort(idx)  # h5py reads fastest in file order
+        cls, grid = cache.read(idx[order])
+        with torch.inference_mode():
+            c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
+            probs = probabilities(head(c, g), run.record["task"]).numpy()
+            maps = attention_map(head, c, g).numpy()
+        back = np.argsort(order)
+        maps = maps[back]
+        entries = self.catalog().by_id()
+        size = int(cache.backbone["image_size"])
+        heat = [_heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
+                for m, i in zip(maps, image_ids)]
+        return {"image_ids": list(image_ids), "probabilities": probs[back], "attention": maps, "heat": heat,
+                "classes": run.record["classes"], "task": run.record["task"]}
+
     # -- evaluation --------------------------------------------------------------------
     def evaluate(self, run_id: Optional[str] = None, split: str = "test", *, n_bootstrap: int = 1000) -> dict[str, Any]:
         """Metrics and per-image predictions of a run on one split; saved with the run."""
@@ -518,6 +549,19 @@ class Project:
                 writer.writerow(["image_id", "path", "label", "predicted", *[f"p_{c}" for c in classes]])
                 for p in predictions:
                     writer.writerow([p["image_id"], p["path"], p["label"], p["predicted"], *p["probabilities"]])
+
+
+def _heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.ndarray:
+    """A token-grid map over the padded square the backbone saw -> the part over the image
+    (the preprocessor centres the aspect-kept image on a size x size square)."""
+    from PIL import Image
+
+    up = np.asarray(Image.fromarray(grid_map.astype(np.float32), mode="F").resize((size, size),
+                                                                                 Image.Resampling.BILINEAR))
+    scale = size / max(rows, cols)
+    nh, nw = max(1, round(rows * scale)), max(1, round(cols * scale))
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return up[top:top + nh, left:left + nw]
 
 
 def _now() -> str:

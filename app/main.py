@@ -1,0 +1,219 @@
+"""LOFF Studio, the desktop app: `loff-studio [PROJECT]`.
+
+The window is a thin Qt layer over `loff_core`. It never imports torch or h5py at module
+level and never runs a long call on the GUI thread: every engine step goes through the
+worker bridge (`app/workers.py`). First launch opens a synthetic demo project.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QListWidget, QMainWindow, QMenu,
+                               QMessageBox, QTabWidget)
+
+from loff_core.errors import LoffError
+
+from .pages.cache_page import CachePage
+from .pages.import_page import ImportPage
+from .pages.predict_page import PredictPage
+from .pages.results_page import ResultsPage
+from .pages.train_page import TrainPage
+from .pages.viewer_page import ViewerPage
+from .state import AppState, data_dir, recent_projects, settings, setup_logging
+
+log = logging.getLogger("loff_studio")
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, state: Optional[AppState] = None):
+        super().__init__()
+        self.state = state or AppState()
+        self.setWindowTitle("LOFF Studio")
+        self.tabs = QTabWidget()
+        self.import_page = ImportPage(self.state)
+        self.cache_page = CachePage(self.state)
+        self.train_page = TrainPage(self.state)
+        self.results_page = ResultsPage(self.state)
+        self.viewer_page = ViewerPage(self.state)
+        self.predict_page = PredictPage(self.state)
+        for page, name in ((self.import_page, "1 Import"), (self.cache_page, "2 Cache"), (self.train_page, "3 Train"),
+                           (self.results_page, "4 Results"), (self.viewer_page, "5 Viewer"),
+                           (self.predict_page, "6 Predict && export")):
+            self.tabs.addTab(page, name)
+        self.setCentralWidget(self.tabs)
+        self.problems = QListWidget()
+        self.problems.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
+        self.problems.setToolTip("messages and problems; select and Ctrl+C to copy")
+        dock = QDockWidget("Messages", self)
+        dock.setObjectName("messages")
+        dock.setWidget(self.problems)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
+        self.problems.setMinimumHeight(60)
+        self.resizeDocks([dock], [110], Qt.Orientation.Vertical)
+        self.banner = QLabel("")
+        self.statusBar().addPermanentWidget(self.banner)
+        self._menus()
+        self.state.message.connect(self.show_message)
+        self.state.project_changed.connect(self._project_changed)
+        self.state.browse.connect(lambda ids, caption: self.tabs.setCurrentWidget(self.viewer_page))
+        self.state.busy_changed.connect(lambda busy: self.statusBar().showMessage(
+            f"{self.state.runner.job.name} running..." if busy and self.state.runner.job else "ready"))
+        s = settings()
+        if s.value("geometry") is not None:
+            self.restoreGeometry(s.value("geometry"))
+            self.restoreState(s.value("window_state"))
+        else:
+            self.resize(1400, 900)
+
+    # -- menus -------------------------------------------------------------------------
+    def _menus(self) -> None:
+        menu = self.menuBar().addMenu("&File")
+        for text, shortcut, slot in (("&New project...", QKeySequence.StandardKey.New, self.new_project),
+                                     ("&Open project...", QKeySequence.StandardKey.Open, self.choose_project),
+                                     ("Open the &demo project", None, self.open_demo)):
+            action = QAction(text, self)
+            if shortcut is not None:
+                action.setShortcut(shortcut)
+            action.triggered.connect(slot)
+            menu.addAction(action)
+        self.recent_menu = QMenu("&Recent projects", self)
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        menu.addMenu(self.recent_menu)
+        menu.addSeparator()
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        menu.addAction(quit_action)
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for path in recent_projects():
+            action = QAction(path, self)
+            action.triggered.connect(lambda _=False, p=path: self.open_project(p))
+            self.recent_menu.addAction(action)
+        if not self.recent_menu.actions():
+            self.recent_menu.addAction("(none yet)").setEnabled(False)
+
+    # -- projects ----------------------------------------------------------------------
+    def open_project(self, path: str | Path) -> bool:
+        from loff_core.project import Project
+
+        if self.state.busy:
+            self.show_message("warning", "a job is running; stop it before opening another project")
+            return False
+        try:
+            project = Project.open(path)
+        except LoffError as exc:
+            self.show_message("error", str(exc))
+            return False
+        self.state.set_project(project)
+        return True
+
+    def new_project(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose an empty folder for the new project")
+        if not path:
+            return
+        from loff_core.project import Project
+
+        try:
+            self.state.set_project(Project.open_or_create(path))
+        except LoffError as exc:
+            self.show_message("error", str(exc))
+
+    def choose_project(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a LOFF Studio project folder")
+        if path:
+            self.open_project(path)
+
+    def open_demo(self) -> None:
+        """The synthetic demo project (written once, in the background, on first use)."""
+        root = data_dir() / "demo-project"
+        if (root / "loff-project.json").exists():
+            self.open_project(root)
+            return
+
+        def work(progress: Any) -> Any:
+            from loff_core.demo import create_demo_project
+
+            return create_demo_project(root, progress=progress)
+        self.show_message("info", f"writing the synthetic demo project to {root}")
+        job = self.state.start("demo", work)
+        if job is not None:
+            job.finished.connect(lambda project: self.state.set_project(project))
+
+    def _project_changed(self, project: Any) -> None:
+        if project is None:
+            self.setWindowTitle("LOFF Studio")
+            self.banner.setText("")
+            return
+        synthetic = " - SYNTHETIC demo data" if project.settings.synthetic else ""
+        self.setWindowTitle(f"LOFF Studio - {project.settings.name}{synthetic}")
+        self.banner.setText(f"<b>{project.root}</b>" + (" <span style='color:#c0392b'><b>SYNTHETIC data: no real "
+                                                        "patients</b></span>" if synthetic else ""))
+
+    # -- messages ----------------------------------------------------------------------
+    def show_message(self, level: str, text: str) -> None:
+        prefix = {"error": "Problem: ", "warning": "Warning: "}.get(level, "")
+        self.problems.addItem(prefix + text)
+        self.problems.scrollToBottom()
+        self.statusBar().showMessage(prefix + text, 15000)
+        getattr(log, {"error": "error", "warning": "warning"}.get(level, "info"))(text)
+
+    def keyPressEvent(self, event: Any) -> None:  # noqa: N802 - copy selected messages
+        if event.matches(QKeySequence.StandardKey.Copy) and self.problems.hasFocus():
+            QApplication.clipboard().setText("\n".join(i.text() for i in self.problems.selectedItems()))
+            return
+        super().keyPressEvent(event)
+
+    # -- closing -----------------------------------------------------------------------
+    def closeEvent(self, event: Any) -> None:  # noqa: N802
+        if self.state.busy:
+            job = self.state.runner.job.name if self.state.runner.job else "a job"
+            if not getattr(self, "confirm_close", None):
+                answer = QMessageBox.question(self, "LOFF Studio", f"{job} is still running. Stop it and quit? "
+                                              "Work already finished is kept.")
+                if answer != QMessageBox.StandardButton.Yes:
+                    event.ignore()
+                    return
+            self.state.runner.shutdown()
+        s = settings()
+        s.setValue("geometry", self.saveGeometry())
+        s.setValue("window_state", self.saveState())
+        event.accept()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: loff-studio [PROJECT]\n\nOpens PROJECT (a LOFF Studio project folder), else the last "
+              "project, else the synthetic demo project.")
+        return 0
+    app = QApplication.instance() or QApplication([sys.argv[0]])
+    app.setApplicationName("LOFF Studio")
+    log_path = setup_logging()
+    window = MainWindow()
+    window.show()
+    target = argv[0] if argv else settings().value("last_project")
+    if target and Path(target, "loff-project.json").exists():
+        window.open_project(target)
+    elif argv:
+        from loff_core.project import Project
+
+        try:
+            window.state.set_project(Project.open_or_create(argv[0]))
+        except LoffError as exc:
+            window.show_message("error", str(exc))
+    else:
+        window.open_demo()
+    window.show_message("info", f"log file: {log_path}")
+    return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

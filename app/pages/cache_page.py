@@ -1,0 +1,177 @@
+"""Cache: choose the frozen backbone and run it once per image into the HDF5 cache, in the
+background, with images/s and time left; Stop keeps what is done, Extract again resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit,
+                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from ..state import AppState
+from ..widgets import ProgressStrip, form_row
+
+# name, parameters (millions), note. Kept here so the window need not import torch/timm;
+# loff_core.backbones.SUGGESTED is the engine's list and a test checks both agree.
+SUGGESTED = [
+    ("tf_efficientnet_lite0", 3.4, "CPU default; real ImageNet weights installed with LOFF Studio"),
+    ("vit_small_patch14_dinov2.lvd142m", 22, "DINOv2 ViT-S/14 (weights from the timm cache)"),
+    ("vit_base_patch14_dinov2.lvd142m", 86, "DINOv2 ViT-B/14"),
+    ("vit_large_patch14_dinov2.lvd142m", 304, "DINOv2 ViT-L/14, the LOFF-TA paper's backbone"),
+    ("vit_tiny_patch16_224", 5.7, "tiny ViT, for quick checks with random weights"),
+]
+
+
+class CachePage(QWidget):
+    def __init__(self, state: AppState):
+        super().__init__()
+        self.state = state
+        self.backbone = QComboBox()
+        self.backbone.setEditable(True)
+        for name, params, note in SUGGESTED:
+            self.backbone.addItem(f"{name}", name)
+            self.backbone.setItemData(self.backbone.count() - 1, f"{params} M parameters - {note}", 3)
+        self.note = QLabel(SUGGESTED[0][2])
+        self.backbone.currentIndexChanged.connect(
+            lambda i: self.note.setText(SUGGESTED[i][2] if 0 <= i < len(SUGGESTED) else ""))
+        self.weights = QLineEdit()
+        self.weights.setPlaceholderText("local weights file (.safetensors / .pth), optional")
+        pick = QPushButton("Local weights file...")
+        pick.clicked.connect(self._choose_weights)
+        self.random_init = QCheckBox("random weights (testing only)")
+        self.image_size = QSpinBox()
+        self.image_size.setRange(0, 2048)
+        self.image_size.setSpecialValueText("model default")
+        self.image_size.setSingleStep(32)
+        self.grid = QSpinBox()
+        self.grid.setRange(1, 64)
+        self.grid.setValue(16)
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 1024)
+        self.batch.setValue(16)
+        self.device = QComboBox()
+        self.device.addItem("auto", "auto")
+        self.devices_button = QPushButton("Find GPUs")
+        self.devices_button.clicked.connect(self._find_devices)
+        self.extract_button = QPushButton("Extract")
+        self.extract_button.clicked.connect(self.start_extract)
+        self.strip = ProgressStrip()
+        self.strip.stop_clicked.connect(self.state.runner.stop)
+        self.info = QLabel("")
+        self.info.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Backbone", form_row(self.backbone, self.note))
+        form.addRow("Weights", form_row(self.weights, pick, self.random_init, stretch_last=True))
+        form.addRow("Input", form_row(QLabel("size"), self.image_size, QLabel("token grid at most"), self.grid,
+                                      QLabel("batch"), self.batch))
+        form.addRow("Device", form_row(self.device, self.devices_button))
+        form.addRow("", form_row(self.extract_button, self.strip, stretch_last=True))
+        box = QGroupBox("Frozen backbone -> feature cache (runs once per image)")
+        box.setLayout(form)
+        layout = QVBoxLayout(self)
+        layout.addWidget(box)
+        layout.addWidget(self.info)
+        layout.addStretch(1)
+        state.project_changed.connect(lambda _: self.refresh())
+        state.catalog_changed.connect(self.refresh)
+        state.cache_changed.connect(self.refresh)
+        state.busy_changed.connect(self._busy)
+
+    def _choose_weights(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Backbone weights", "", "Weights (*.safetensors *.pth *.pt *.bin)")
+        if path:
+            self.weights.setText(path)
+            self.random_init.setChecked(False)
+
+    def _find_devices(self) -> None:
+        """Listing GPUs imports torch: done in the job thread, not here."""
+        from loff_core.backbones import list_devices
+
+        job = self.state.start("find devices", lambda progress: list_devices())
+        if job is not None:
+            job.finished.connect(self._devices_found)
+
+    def _devices_found(self, devices: list[dict]) -> None:
+        self.device.clear()
+        self.device.addItem("auto", "auto")
+        for d in devices:
+            self.device.addItem(d["label"], d["device"])
+
+    def spec(self) -> Any:
+        from loff_core.backbones import BackboneSpec
+
+        name = (self.backbone.currentData() if self.backbone.currentText() == self.backbone.itemText(
+            self.backbone.currentIndex()) else None) or self.backbone.currentText().strip()
+        return BackboneSpec(name=name, weights=self.weights.text().strip() or None,
+                            random_init=self.random_init.isChecked(), seed=0,
+                            image_size=self.image_size.value() or None, grid=self.grid.value())
+
+    def start_extract(self) -> None:
+        project = self.state.project
+        if project is None or not project.has_catalog():
+            self.state.message.emit("warning", "import images first")
+            return
+        spec, device, batch = self.spec(), self.device.currentData(), self.batch.value()
+
+        def work(progress: Any) -> Any:
+            with project.lock():
+                return project.extract(spec, device=device, batch_size=batch, progress=progress)
+        job = self.state.start("extract", work)
+        if job is not None:
+            job.progress.connect(self.strip.report)
+            job.finished.connect(self._extracted)
+
+    def _extracted(self, result: Any) -> None:
+        words = "stopped; extract again to resume" if result.stopped else "done"
+        self.state.message.emit("info", f"extraction {words}: {result.extracted} images computed, "
+                                        f"{result.skipped} already cached, {len(result.failures)} unreadable "
+                                        f"({result.seconds:.1f} s)")
+        for note in result.notes:
+            self.state.message.emit("warning", note)
+        for f in result.failures[:20]:
+            self.state.message.emit("warning", f"{f.path}: {f.reason}")
+        self.state.cache_changed.emit()
+        self.state.catalog_changed.emit()  # the import report gained decode failures
+
+    def _busy(self, busy: bool) -> None:
+        project = self.state.project
+        self.extract_button.setEnabled(not busy and project is not None and project.has_catalog())
+        job = self.state.runner.job
+        self.strip.set_running(busy and job is not None and job.name == "extract")
+
+    def refresh(self) -> None:
+        project = self.state.project
+        self._busy(self.state.busy)
+        if project is None:
+            self.info.setText("")
+            return
+        lines = []
+        for path in project.cache_paths():
+            active = path.stem == project.settings.active_cache
+            size = path.stat().st_size / 2**20
+            lines.append(f"{'<b>active</b> ' if active else ''}cache {path.name}: {size:.1f} MB on disk")
+        parts = list(project.caches_dir.glob("*.parts")) if project.caches_dir.is_dir() else []
+        for p in parts:
+            lines.append(f"unfinished extraction {p.stem}: {len(list(p.glob('*.h5')))} batches done "
+                         f"(Extract with the same settings resumes it)")
+        if project.settings.active_cache:
+            lines.append(self._cache_summary(project))
+        self.info.setText("<br>".join(lines) or "No feature cache yet: choose a backbone and Extract.")
+
+    @staticmethod
+    def _cache_summary(project: Any) -> str:
+        """From the JSON summary written beside the cache (the window never opens HDF5)."""
+        import json
+
+        path = project.caches_dir / f"{project.settings.active_cache}.json"
+        if not path.exists():
+            return ""
+        c = json.loads(path.read_text(encoding="utf-8"))
+        b = c["backbone"]
+        total = len(project.catalog().entries) if project.has_catalog() else 0
+        return (f"fingerprint {c['fingerprint']}: {b['name']} ({b.get('weights_source', '')}, weights "
+                f"{b['weights_hash']}), input {b['image_size']} px, token grid {c['grid_hw'][0]} x "
+                f"{c['grid_hw'][1]} x {c['feature_dim']}, {c['bytes_per_image'] / 1024:.1f} KB per image; "
+                f"{c['images']} of {total} images done")

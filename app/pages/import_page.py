@@ -1,0 +1,253 @@
+"""Import: choose an image folder (and a labels CSV), see the catalog, counts, problems,
+and any image in a window/level viewer. Patient names and IDs are never shown; the
+catalog only holds the de-identified patient key."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+                               QListWidget, QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
+
+from loff_core.catalog import CatalogEntry
+
+from ..state import AppState
+from ..widgets import ImagePanel, ProgressStrip, form_row
+
+COLUMNS = [("path", "File"), ("label", "Label"), ("split", "Split"), ("patient_key", "Patient key"),
+           ("modality", "Modality"), ("view", "View"), ("laterality", "Side"), ("size", "Size"),
+           ("format", "Format"), ("image_id", "Image id")]
+
+
+class CatalogModel(QAbstractTableModel):
+    """The catalog as a table model: 20,000 rows stay smooth (no widget per cell)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[CatalogEntry] = []
+
+    def set_entries(self, entries: list[CatalogEntry]) -> None:
+        self.beginResetModel()
+        self.entries = list(entries)
+        self.endResetModel()
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(self.entries)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
+        return len(COLUMNS)
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or role not in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.UserRole):
+            return None
+        e = self.entries[index.row()]
+        key = COLUMNS[index.column()][0]
+        if role == Qt.ItemDataRole.UserRole:
+            return e.image_id
+        if key == "size":
+            return f"{e.rows} x {e.cols}" + (f" x {e.frames}" if e.frames > 1 else "")
+        value = getattr(e, key)
+        return "" if value is None else str(value)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return COLUMNS[section][1]
+        return None
+
+
+class ImportPage(QWidget):
+    def __init__(self, state: AppState):
+        super().__init__()
+        self.state = state
+        self.folder = QLineEdit()
+        self.folder.setPlaceholderText("folder of DICOM / PNG / JPEG images (scanned in place, never copied)")
+        browse = QPushButton("Browse...")
+        browse.clicked.connect(self._choose_folder)
+        self.labels = QLineEdit()
+        self.labels.setPlaceholderText("optional labels CSV (else sub-folder names are the labels)")
+        self.labels.editingFinished.connect(self._read_columns)
+        browse_csv = QPushButton("Browse...")
+        browse_csv.clicked.connect(self._choose_csv)
+        self.file_column, self.label_column, self.patient_column = QComboBox(), QComboBox(), QComboBox()
+        self.task = QComboBox()
+        self.task.addItems(["classification", "ordinal"])
+        self.classes = QLineEdit()
+        self.classes.setPlaceholderText("class order, e.g. F,G,D (optional; low to high for ordinal)")
+        self.import_button = QPushButton("Import")
+        self.import_button.clicked.connect(self.start_import)
+        self.strip = ProgressStrip()
+        self.strip.stop_clicked.connect(self.state.runner.cancel)
+
+        form = QFormLayout()
+        form.addRow("Images", form_row(self.folder, browse, stretch_last=True))
+        form.addRow("Labels CSV", form_row(self.labels, browse_csv, stretch_last=True))
+        form.addRow("Columns", form_row(QLabel("file"), self.file_column, QLabel("label"), self.label_column,
+                                        QLabel("patient"), self.patient_column))
+        form.addRow("Task", form_row(self.task, QLabel("classes"), self.classes, stretch_last=True))
+        form.addRow("", form_row(self.import_button, self.strip, stretch_last=True))
+        top = QGroupBox("Import images")
+        top.setLayout(form)
+
+        self.model = CatalogModel()
+        self.proxy = QSortFilterProxyModel()
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setFilterKeyColumn(-1)
+        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.filter = QLineEdit()
+        self.filter.setPlaceholderText("filter (any column)")
+        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QTableView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.selectionModel().currentRowChanged.connect(self._row_changed)
+        self.counts = QLabel("")
+        self.counts.setWordWrap(True)
+        self.problems = QListWidget()
+        self.problems.setToolTip("files that could not be read, with the reason (select and Ctrl+C to copy)")
+        self.problems.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
+        self.viewer = ImagePanel()
+
+        left = QWidget()
+        lv = QVBoxLayout(left)
+        lv.setContentsMargins(0, 0, 0, 0)
+        lv.addWidget(self.filter)
+        lv.addWidget(self.table, 3)
+        lv.addWidget(self.counts)
+        lv.addWidget(QLabel("Import report: files not imported, and warnings"))
+        lv.addWidget(self.problems, 1)
+        split = QSplitter()
+        split.addWidget(left)
+        split.addWidget(self.viewer)
+        split.setSizes([700, 500])
+        layout = QVBoxLayout(self)
+        layout.addWidget(top)
+        layout.addWidget(split, 1)
+        state.project_changed.connect(lambda _: self.refresh())
+        state.catalog_changed.connect(self.refresh)
+        state.busy_changed.connect(self._busy)
+        self._read_columns()
+
+    # -- choosing inputs ---------------------------------------------------------------
+    def _choose_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Image folder", self.folder.text())
+        if path:
+            self.folder.setText(path)
+
+    def _choose_csv(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Labels CSV", self.folder.text(), "CSV (*.csv *.tsv *.txt)")
+        if path:
+            self.labels.setText(path)
+            self._read_columns()
+
+    def _read_columns(self) -> None:
+        path = Path(self.labels.text().strip())
+        columns: list[str] = []
+        if path.is_file():
+            try:
+                with open(path, newline="", encoding="utf-8-sig") as fh:
+                    sample = fh.read(4096)
+                dialect = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample else csv.excel
+                columns = next(csv.reader(sample.splitlines(), dialect), [])
+            except (OSError, UnicodeDecodeError, csv.Error) as exc:
+                self.state.message.emit("error", f"{path}: cannot read the CSV header ({exc})")
+        for combo, guess in ((self.file_column, ("file", "filename", "path", "image")),
+                             (self.label_column, ("label", "masking_level", "tissue", "density", "class")),
+                             (self.patient_column, ("patient", "patient_id", "woman", "subject"))):
+            combo.clear()
+            combo.addItem("(automatic)" if combo is not self.patient_column else "(from DICOM PatientID)", None)
+            for c in columns:
+                combo.addItem(c, c)
+            for i, c in enumerate(columns):
+                if c.lower() in guess:
+                    combo.setCurrentIndex(i + 1)
+                    break
+
+    # -- import ------------------------------------------------------------------------
+    def start_import(self) -> None:
+        project = self.state.project
+        folder = self.folder.text().strip()
+        if project is None or not folder:
+            self.state.message.emit("warning", "choose an image folder first")
+            return
+        classes = [c.strip() for c in self.classes.text().split(",") if c.strip()] or None
+        kwargs = dict(labels_csv=self.labels.text().strip() or None, label_column=self.label_column.currentData(),
+                      file_column=self.file_column.currentData(), patient_column=self.patient_column.currentData(),
+                      classes=classes, task=self.task.currentText())
+
+        def work(progress: Any) -> Any:
+            with project.lock():
+                return project.import_images(folder, progress=progress, **kwargs)
+        job = self.state.start("import", work)
+        if job is not None:
+            job.progress.connect(self.strip.report)
+            job.finished.connect(self._imported)
+
+    def _imported(self, summary: Any) -> None:
+        self.state.message.emit("info", f"imported {summary.imported} images ({summary.labelled} labelled); "
+                                        f"{len(summary.failures)} could not be read")
+        self.state.catalog_changed.emit()
+
+    def _busy(self, busy: bool) -> None:
+        self.import_button.setEnabled(not busy and self.state.project is not None)
+        self.strip.set_running(busy and self.state.runner.job is not None and self.state.runner.job.name == "import")
+
+    # -- showing -----------------------------------------------------------------------
+    def refresh(self) -> None:
+        project = self.state.project
+        self.problems.clear()
+        if project is None or not project.has_catalog():
+            self.model.set_entries([])
+            self.counts.setText("No images imported yet.")
+            self._busy(self.state.busy)
+            return
+        catalog = project.catalog()
+        self.model.set_entries(catalog.entries)
+        self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+        if not self.folder.text():
+            try:
+                self.folder.setText(str(project.images_root()))
+            except Exception:  # noqa: BLE001 - a moved images folder: the user picks it again
+                pass
+        s = project.import_summary()
+        self.task.setCurrentText(project.settings.task)
+        self.counts.setText(
+            f"{s.imported} images, {s.labelled} labelled. Per label: "
+            + (", ".join(f"{c} {n}" for c, n in s.per_class.items()) or "none")
+            + ". Per split: " + (", ".join(f"{k} {v}" for k, v in sorted(s.splits.items())) or "none")
+            + (" &nbsp; <b>SYNTHETIC demo data</b>" if project.settings.synthetic else ""))
+        for f in s.failures:
+            self.problems.addItem(f"{f['path']}: {f['reason']}")
+        for w in s.warnings:
+            self.problems.addItem(f"warning: {w}")
+        self.table.resizeColumnsToContents()
+        self._busy(self.state.busy)
+        if self.proxy.rowCount():
+            self.table.selectRow(0)
+
+    def _row_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        if not current.isValid() or self.state.project is None:
+            return
+        image_id = self.proxy.data(current, Qt.ItemDataRole.UserRole)
+        self.show_image(image_id)
+
+    def show_image(self, image_id: str) -> None:
+        """Decode in a plain Python thread (not the job runner: viewing must not wait for a
+        long job) and show the result on the GUI thread."""
+        project = self.state.project
+        entry = project.catalog().by_id().get(image_id)
+        if entry is None:
+            return
+        from ..loader import load_async
+
+        caption = (f"{entry.path} | label {entry.label or '-'} | split {entry.split or '-'} | "
+                   f"{entry.modality or entry.format} {entry.view or ''} {entry.laterality or ''}")
+        load_async(self, project.image_path(entry), lambda pixels, error: self.viewer.show_image(
+            pixels, caption if error is None else f"{entry.path}: {error}"))

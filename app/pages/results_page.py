@@ -1,0 +1,225 @@
+"""Results: metrics with 95% intervals, ROC curves with a threshold read-out, a confusion
+matrix whose cells select the images behind them, and for ordinal tasks Kendall's tau,
+AMAE and a predicted-vs-true level plot."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (QComboBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSlider, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ..state import AppState
+from ..widgets import ProgressStrip, bold, form_row
+
+PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7"]
+
+
+class ResultsPage(QWidget):
+    def __init__(self, state: AppState):
+        super().__init__()
+        self.state = state
+        self.run = QComboBox()
+        self.split = QComboBox()
+        self.split.addItems(["test", "val", "train"])
+        self.evaluate_button = QPushButton("Evaluate")
+        self.evaluate_button.clicked.connect(self.start_evaluate)
+        self.strip = ProgressStrip()
+        self.strip.stop_button.hide()
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.metrics = QTableWidget(0, 3)
+        self.metrics.setHorizontalHeaderLabels(["metric", "value", "95% interval"])
+        self.metrics.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.metrics.verticalHeader().setVisible(False)
+        self.confusion = QTableWidget(0, 0)
+        self.confusion.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.confusion.cellClicked.connect(self.select_cell)
+        self.confusion.setToolTip("rows: true class, columns: predicted; click a cell to view its images")
+        self.roc = pg.PlotWidget(title="ROC")
+        self.roc.setLabel("bottom", "false positive rate")
+        self.roc.setLabel("left", "true positive rate")
+        self.roc.addLegend()
+        self.threshold = QSlider(Qt.Orientation.Horizontal)
+        self.threshold.setRange(0, 1000)
+        self.threshold.setValue(500)
+        self.threshold.valueChanged.connect(self._threshold_moved)
+        self.threshold_text = QLabel("")
+        self.marker = pg.ScatterPlotItem(size=12, brush=pg.mkBrush("#e15759"))
+        self.roc.addItem(self.marker)
+        self.levels = pg.PlotWidget(title="predicted vs true level")
+        self.levels.setLabel("bottom", "true level")
+        self.levels.setLabel("left", "expected predicted level")
+        self.view_cell = QPushButton("Open these images in the Viewer")
+        self.view_cell.clicked.connect(self._browse_cell)
+        self.view_cell.setEnabled(False)
+        self.cell_ids: list[str] = []
+        self.cell_caption = ""
+
+        top = form_row(QLabel("run"), self.run, QLabel("split"), self.split, self.evaluate_button, self.strip,
+                       stretch_last=True)
+        grid = QGridLayout()
+        left = QVBoxLayout()
+        left.addWidget(bold("Metrics"))
+        left.addWidget(self.metrics, 2)
+        left.addWidget(bold("Confusion matrix (rows true, columns predicted)"))
+        left.addWidget(self.confusion, 2)
+        left.addWidget(self.view_cell)
+        right = QVBoxLayout()
+        right.addWidget(self.roc, 3)
+        right.addWidget(form_row(QLabel("threshold"), self.threshold, self.threshold_text, stretch_last=True))
+        right.addWidget(self.levels, 2)
+        grid.addLayout(left, 0, 0)
+        grid.addLayout(right, 0, 1)
+        grid.setColumnStretch(0, 1)
+        grid.setColumnStretch(1, 1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(top)
+        layout.addWidget(self.summary)
+        layout.addLayout(grid, 1)
+        self.result: Optional[dict] = None
+        state.project_changed.connect(lambda _: self.refresh())
+        state.runs_changed.connect(self.refresh)
+        state.busy_changed.connect(self._busy)
+
+    def refresh(self) -> None:
+        project = self.state.project
+        current = self.run.currentText()
+        self.run.clear()
+        if project is not None:
+            for r in reversed(project.runs()):
+                self.run.addItem(r.run_id)
+            if current:
+                self.run.setCurrentText(current)
+        self._busy(self.state.busy)
+
+    def _busy(self, busy: bool) -> None:
+        self.evaluate_button.setEnabled(not busy and self.run.count() > 0)
+        job = self.state.runner.job
+        self.strip.set_running(busy and job is not None and job.name == "evaluate")
+
+    def start_evaluate(self) -> None:
+        project, run_id, split = self.state.project, self.run.currentText(), self.split.currentText()
+        if project is None or not run_id:
+            return
+
+        def work(progress: Any) -> Any:
+            progress.report(0, 0, "evaluating with 1000 bootstrap resamples")
+            with project.lock():
+                return project.evaluate(run_id, split, n_bootstrap=1000)
+        job = self.state.start("evaluate", work)
+        if job is not None:
+            job.progress.connect(self.strip.report)
+            job.finished.connect(self.show_result)
+
+    # -- showing -----------------------------------------------------------------------
+    def show_result(self, result: dict) -> None:
+        self.result = result
+        self.state.last_evaluation = result
+        self.state.evaluation_changed.emit(result)
+        stale = result.get("stale") or []
+        self.summary.setText(f"run <b>{result['run']}</b> on the {result['split']} split: {result['n']} images, "
+                             f"task {result['task']}" + (f" &nbsp; <span style='color:#c0392b'>stale: "
+                                                         f"{'; '.join(stale)}</span>" if stale else ""))
+        self.metrics.setRowCount(0)
+        for name, value in result["metrics"].items():
+            ci = result.get("ci", {}).get(name)
+            row = self.metrics.rowCount()
+            self.metrics.insertRow(row)
+            for col, text in enumerate([name.replace("_", " "), "n/a" if value is None else f"{value:.3f}",
+                                        f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else ""]):
+                self.metrics.setItem(row, col, QTableWidgetItem(text))
+        self.metrics.resizeColumnsToContents()
+        self._show_confusion(result)
+        self._show_roc(result)
+        self._show_levels(result)
+
+    def _show_confusion(self, result: dict) -> None:
+        cm = np.asarray(result["confusion_matrix"])
+        classes = result["classes"]
+        self.confusion.clear()
+        self.confusion.setRowCount(len(classes))
+        self.confusion.setColumnCount(len(classes))
+        self.confusion.setHorizontalHeaderLabels([f"pred {c}" for c in classes])
+        self.confusion.setVerticalHeaderLabels([f"true {c}" for c in classes])
+        rows = cm.sum(axis=1, keepdims=True).clip(min=1)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                share = cm[i, j] / rows[i, 0]  # row-normalised shade: fair for imbalanced classes
+                item = QTableWidgetItem(f"{cm[i, j]}  ({share:.0%})")
+                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                green = i == j
+                item.setBackground(QBrush(QColor(89, 161, 79, int(40 + 180 * share)) if green else
+                                          QColor(225, 87, 89, int(30 + 180 * share))))
+                self.confusion.setItem(i, j, item)
+        self.confusion.resizeColumnsToContents()
+        self.cell_ids = []
+        self.view_cell.setEnabled(False)
+
+    def select_cell(self, row: int, col: int) -> None:
+        """Select the images of one confusion-matrix cell (true = row, predicted = column)."""
+        if self.result is None:
+            return
+        classes = self.result["classes"]
+        self.cell_ids = [p["image_id"] for p in self.result["predictions"]
+                         if p["label"] == classes[row] and p["predicted"] == classes[col]]
+        self.cell_caption = f"true {classes[row]}, predicted {classes[col]} ({len(self.cell_ids)} images)"
+        self.view_cell.setEnabled(bool(self.cell_ids))
+        self.view_cell.setText(f"Open {len(self.cell_ids)} images (true {classes[row]}, predicted "
+                               f"{classes[col]}) in the Viewer")
+
+    def _browse_cell(self) -> None:
+        if self.cell_ids:
+            self.state.browse.emit(list(self.cell_ids), self.cell_caption)
+
+    def _show_roc(self, result: dict) -> None:
+        self.roc.clear()
+        self.roc.addItem(self.marker)
+        self.roc.plot([0, 1], [0, 1], pen=pg.mkPen("#999", style=Qt.PenStyle.DashLine))
+        roc = result.get("roc") or {}
+        self._binary_roc = roc if "fpr" in roc else None
+        if self._binary_roc:
+            self.roc.plot(roc["fpr"], roc["tpr"], pen=pg.mkPen(PALETTE[0], width=2),
+                          name=f"{result['classes'][1]} vs {result['classes'][0]}")
+            self.threshold.setEnabled(True)
+            self._threshold_moved(self.threshold.value())
+        else:
+            for k, (name, curve) in enumerate(roc.items()):
+                self.roc.plot(curve["fpr"], curve["tpr"], pen=pg.mkPen(PALETTE[k % len(PALETTE)], width=2),
+                              name=f"{name} vs rest")
+            self.threshold.setEnabled(False)
+            self.threshold_text.setText("threshold read-out: binary tasks")
+            self.marker.setData([], [])
+
+    def _threshold_moved(self, value: int) -> None:
+        """The operating point at a threshold on P(positive), from the per-image predictions."""
+        if self.result is None or not getattr(self, "_binary_roc", None):
+            return
+        t = value / 1000
+        classes = self.result["classes"]
+        y = np.array([p["label"] == classes[1] for p in self.result["predictions"]])
+        score = np.array([p["probabilities"][1] for p in self.result["predictions"]])
+        pred = score >= t
+        tpr = (pred & y).sum() / max(y.sum(), 1)
+        fpr = (pred & ~y).sum() / max((~y).sum(), 1)
+        self.marker.setData([fpr], [tpr])
+        self.threshold_text.setText(f"P({classes[1]}) >= {t:.3f}: sensitivity {tpr:.3f}, specificity {1 - fpr:.3f}")
+
+    def _show_levels(self, result: dict) -> None:
+        self.levels.clear()
+        if result["task"] != "ordinal":
+            self.levels.setTitle("predicted vs true level (ordinal tasks)")
+            return
+        self.levels.setTitle(f"predicted vs true level: Kendall tau {result['metrics'].get('kendall_tau', 0):.3f}, "
+                             f"AMAE {result['metrics'].get('amae', 0):.3f}")
+        k = len(result["classes"])
+        true = np.array([result["classes"].index(p["label"]) + 1 for p in result["predictions"]], float)
+        expected = np.array([float(np.dot(p["probabilities"], np.arange(1, k + 1))) for p in result["predictions"]])
+        jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(true))
+        self.levels.plot(true + jitter, expected, pen=None, symbol="o", symbolSize=6,
+                         symbolBrush=pg.mkBrush(78, 121, 167, 160))
+        self.levels.plot([1, k], [1, k], pen=pg.mkPen("#999", style=Qt.PenStyle.DashLine))

@@ -1,0 +1,202 @@
+"""Train: a compact head on the cached features with tensor augmentations, in a worker
+thread with live curves. Stop keeps the best head so far (a run is saved); Cancel drops
+the training (no run is saved, the previous runs stay as they were). Runs are listed with
+their settings and scores and flagged when stale (labels or cache changed since)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ..state import AppState
+from ..widgets import ProgressStrip, form_row
+
+
+def _spin(lo: float, hi: float, value: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(lo, hi)
+    box.setDecimals(decimals)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+class TrainPage(QWidget):
+    def __init__(self, state: AppState):
+        super().__init__()
+        self.state = state
+        self.head = QComboBox()
+        self.head.addItems(["vit", "attention", "linear"])
+        self.head.setToolTip("vit: a small ViT over the token grid (LOFF-TA); attention: attention pooling; "
+                             "linear: a linear probe on the CLS embedding")
+        self.task = QComboBox()
+        self.task.addItems(["classification", "ordinal"])
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 1000)
+        self.epochs.setValue(30)
+        self.lr = _spin(1e-6, 1.0, 5e-4, 1e-4, decimals=6)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.augment = QCheckBox("tensor augmentations")
+        self.augment.setChecked(True)
+        self.crop = _spin(0, 1, 0.5, 0.05)
+        self.noise = _spin(0, 2, 0.05, 0.01)
+        self.dropout = _spin(0, 0.9, 0.1, 0.05)
+        self.mixup = _spin(0, 2, 0.2, 0.05)
+        self.flip = _spin(0, 1, 0.5, 0.05)
+        self.augment.toggled.connect(lambda on: [w.setEnabled(on) for w in (self.crop, self.noise, self.dropout,
+                                                                            self.mixup, self.flip)])
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.start_training)
+        self.strip = ProgressStrip(cancel=True)
+        self.strip.stop_clicked.connect(self.state.runner.stop)
+        self.strip.cancel_clicked.connect(self.state.runner.cancel)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Head", form_row(self.head, QLabel("task"), self.task, QLabel("epochs"), self.epochs,
+                                     QLabel("learning rate"), self.lr, QLabel("seed"), self.seed))
+        form.addRow("Augment", form_row(self.augment, QLabel("flip"), self.flip, QLabel("crop"), self.crop,
+                                        QLabel("noise"), self.noise, QLabel("token dropout"), self.dropout,
+                                        QLabel("mixup alpha"), self.mixup))
+        form.addRow("", form_row(self.train_button, self.strip, stretch_last=True))
+        box = QGroupBox("Train a compact head on the cached features")
+        box.setLayout(form)
+
+        self.loss_plot = pg.PlotWidget(title="loss per epoch")
+        self.loss_plot.addLegend()
+        self.loss_plot.setLabel("bottom", "epoch")
+        self.metric_plot = pg.PlotWidget(title="validation metric per epoch")
+        self.metric_plot.setLabel("bottom", "epoch")
+        self.train_curve = self.loss_plot.plot([], [], pen=pg.mkPen("#4e79a7", width=2), name="train loss")
+        self.val_curve = self.loss_plot.plot([], [], pen=pg.mkPen("#f28e2b", width=2), name="validation loss")
+        self.metric_curve = self.metric_plot.plot([], [], pen=pg.mkPen("#59a14f", width=2), symbol="o",
+                                                  symbolSize=5)
+        plots = QHBoxLayout()
+        plots.addWidget(self.loss_plot)
+        plots.addWidget(self.metric_plot)
+
+        self.runs = QTableWidget(0, 8)
+        self.runs.setHorizontalHeaderLabels(["run", "head", "task", "best score", "monitor", "epochs",
+                                             "augment", "stale?"])
+        self.runs.horizontalHeader().setStretchLastSection(True)
+        self.runs.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.runs.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(box)
+        layout.addWidget(self.status)
+        layout.addLayout(plots, 2)
+        layout.addWidget(QLabel("Runs of this project (compare settings and scores)"))
+        layout.addWidget(self.runs, 1)
+        self.history: list[dict] = []
+        state.project_changed.connect(lambda _: self.refresh())
+        state.catalog_changed.connect(self.refresh)
+        state.cache_changed.connect(self.refresh)
+        state.runs_changed.connect(self.refresh)
+        state.busy_changed.connect(self._busy)
+
+    # -- training ----------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        augment = None if not self.augment.isChecked() else {
+            "hflip": self.flip.value(), "crop_prob": self.crop.value(), "noise_std": self.noise.value(),
+            "token_dropout": self.dropout.value(), "mixup_alpha": self.mixup.value()}
+        return {"head": self.head.currentText(), "task": self.task.currentText(), "epochs": self.epochs.value(),
+                "lr": self.lr.value(), "seed": self.seed.value(), "augment": augment}
+
+    def start_training(self) -> None:
+        project = self.state.project
+        ready, why = self.ready()
+        if not ready:
+            self.state.message.emit("warning", why)
+            return
+        chosen = self.settings()
+        self.history = []
+        self._plot()
+        job_box: dict[str, Any] = {}
+
+        def work(progress: Any) -> Any:
+            from dataclasses import replace
+
+            from loff_core.augment import AugmentConfig
+            from loff_core.training import TrainConfig
+
+            augment = AugmentConfig.off() if chosen["augment"] is None else replace(AugmentConfig(),
+                                                                                      **chosen["augment"])
+            config = TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"],
+                                 lr=chosen["lr"], seed=chosen["seed"], augment=augment)
+            with project.lock():
+                return project.train(config, progress=progress, on_epoch=job_box["job"].emit_epoch)
+        job = self.state.start("train", work)
+        if job is not None:
+            job_box["job"] = job
+            job.progress.connect(self.strip.report)
+            job.epoch.connect(self._epoch)
+            job.finished.connect(self._trained)
+
+    def _epoch(self, entry: dict) -> None:
+        self.history.append(entry)
+        self._plot()
+
+    def _plot(self) -> None:
+        epochs = [h["epoch"] for h in self.history]
+        self.train_curve.setData(epochs, [h["train_loss"] for h in self.history])
+        val = [(h["epoch"], h["val_loss"]) for h in self.history if h.get("val_loss") is not None]
+        self.val_curve.setData([e for e, _ in val], [v for _, v in val])
+        monitor = next((k for k in (self.history[-1] if self.history else {}) if k.startswith("val_") and
+                        k not in ("val_loss", "val_accuracy", "val_balanced_accuracy")), None)
+        if monitor:
+            self.metric_plot.setTitle(monitor.replace("_", " "))
+            self.metric_curve.setData(epochs, [h[monitor] for h in self.history])
+        else:
+            self.metric_curve.setData([], [])
+
+    def _trained(self, run: Any) -> None:
+        r = run.record
+        self.state.message.emit("info", f"run {run.run_id}: best {r['monitor']} {r['best_score']:.3f} at epoch "
+                                        f"{r['best_epoch']} ({r['stopped'].replace('_', ' ')})")
+        self.state.runs_changed.emit()
+
+    # -- state -------------------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        project = self.state.project
+        if project is None or not project.has_catalog():
+            return False, "import labelled images first"
+        if len(project.settings.classes) < 2:
+            return False, "training needs labels with at least two classes"
+        if not project.settings.active_cache:
+            return False, "extract features first (Cache page)"
+        return True, ""
+
+    def _busy(self, busy: bool) -> None:
+        ready, why = self.ready()
+        self.train_button.setEnabled(ready and not busy)
+        self.train_button.setToolTip(why)
+        job = self.state.runner.job
+        self.strip.set_running(busy and job is not None and job.name == "train")
+
+    def refresh(self) -> None:
+        project = self.state.project
+        self._busy(self.state.busy)
+        ready, why = self.ready()
+        self.status.setText("" if ready else why)
+        self.runs.setRowCount(0)
+        if project is None:
+            return
+        self.task.setCurrentText(project.settings.task)
+        for r in project.runs():
+            rec = r.record
+            stale = project.stale_reasons(r)
+            aug = (rec.get("train_config") or {}).get("augment", {})
+            values = [r.run_id, rec["head_config"]["kind"], rec["task"], f"{rec['best_score']:.3f}", rec["monitor"],
+                      f"{len(rec['history'])} (best {rec['best_epoch']})",
+                      "on" if aug.get("enabled", True) else "off", "; ".join(stale) or "up to date"]
+            row = self.runs.rowCount()
+            self.runs.insertRow(row)
+            for col, v in enumerate(values):
+                self.runs.setItem(row, col, QTableWidgetItem(str(v)))
+        self.runs.resizeColumnsToContents()

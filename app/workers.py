@@ -1,0 +1,123 @@
+"""The one bridge between loff_core's long jobs and Qt.
+
+A `Job` wraps a plain engine call `fn(progress, *args)`; it is moved to its own QThread
+and turns the engine's `Progress` reports into Qt signals. `stop()` asks the job to finish
+early and keep what it has (the best head so far, the images already cached); `cancel()`
+asks it to drop the work (`Cancelled` is raised between batches). The GUI thread never
+runs `fn` itself. `JobRunner` owns at most one running job per window.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from typing import Any, Callable, Optional
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from loff_core.errors import LoffError
+from loff_core.progress import Cancelled, Progress
+
+log = logging.getLogger("loff_studio")
+
+
+class Job(QObject):
+    progress = Signal(int, int, str)
+    epoch = Signal(dict)  # training curves: one history entry per epoch
+    finished = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal()
+
+    def __init__(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+        super().__init__()
+        self.name = name
+        self._fn, self._args, self._kwargs = fn, args, kwargs
+        self.progress_state = Progress(on_report=self._report)
+        self.thread_name: Optional[str] = None  # recorded for tests: never the GUI thread
+
+    def _report(self, done: int, total: int, message: str) -> None:
+        self.progress.emit(int(done), int(total), str(message))
+
+    def emit_epoch(self, entry: dict) -> None:
+        self.epoch.emit(dict(entry))
+
+    @Slot()
+    def run(self) -> None:
+        self.thread_name = threading.current_thread().name
+        try:
+            result = self._fn(self.progress_state, *self._args, **self._kwargs)
+        except Cancelled:
+            log.info("%s cancelled", self.name)
+            self.cancelled.emit()
+        except LoffError as exc:
+            log.warning("%s failed: %s", self.name, exc)
+            self.failed.emit(str(exc))
+        except Exception as exc:  # noqa: BLE001 - shown as one line, details in the log
+            log.error("%s: unexpected error\n%s", self.name, traceback.format_exc())
+            self.failed.emit(f"Unexpected error in {self.name}: {type(exc).__name__}: {exc} (details in the log)")
+        else:
+            self.finished.emit(result)
+
+    def stop(self) -> None:
+        self.progress_state.request_stop()
+
+    def cancel(self) -> None:
+        self.progress_state.cancel()
+
+
+class JobRunner(QObject):
+    """Starts one job at a time on a QThread and cleans up after it."""
+
+    busy_changed = Signal(bool)
+
+    def __init__(self, parent: Optional[QObject] = None):
+        super().__init__(parent)
+        self.job: Optional[Job] = None
+        self.thread: Optional[QThread] = None
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.isRunning()
+
+    def start(self, job: Job) -> Job:
+        if self.busy:
+            raise RuntimeError(f"{self.job.name if self.job else 'a job'} is still running")
+        thread = QThread()
+        thread.setObjectName(f"loff-{job.name}")
+        job.moveToThread(thread)
+        thread.started.connect(job.run)
+        for signal in (job.finished, job.failed, job.cancelled):
+            signal.connect(thread.quit)
+        thread.finished.connect(self._done)
+        self.job, self.thread = job, thread
+        thread.start()
+        self.busy_changed.emit(True)
+        return job
+
+    @Slot()
+    def _done(self) -> None:
+        if self.thread is not None:
+            self.thread.wait()
+            self.thread.deleteLater()
+        self.thread = None
+        self.busy_changed.emit(False)
+
+    def stop(self) -> None:
+        if self.job is not None and self.busy:
+            self.job.stop()
+
+    def cancel(self) -> None:
+        if self.job is not None and self.busy:
+            self.job.cancel()
+
+    def shutdown(self, timeout_ms: int = 120_000) -> bool:
+        """Cancel the running job and wait for its thread (window closing)."""
+        if not self.busy:
+            return True
+        assert self.job is not None and self.thread is not None
+        self.job.cancel()
+        self.job.stop()
+        ok = self.thread.wait(timeout_ms)
+        self._done()
+        return ok
