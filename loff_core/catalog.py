@@ -24,12 +24,13 @@ import numpy as np
 
 from .errors import ProjectError, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json
-from .images import is_image_candidate, read_info
+from .images import IMAGE_EXTENSIONS, is_image_candidate, read_info
 from .progress import Progress
 
 SPLITS = ("train", "val", "test")
-FILE_COLUMNS = ("file", "filename", "file_name", "path", "image", "image_path", "sop_instance_uid",
-                "sopinstanceuid")
+FILE_COLUMNS = ("file", "filename", "path", "image", "image_path", "file_name", "sop_instance_uid",
+                "sopinstanceuid")  # tried in this order (case-insensitive) when no file column is named
+_OPTIONAL_TEXT = ("label", "split", "modality", "view", "laterality", "pixel_spacing")
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,19 @@ class Catalog:
     def save(self, path: Path) -> None:
         path = Path(path)
         names = [f.name for f in fields(CatalogEntry)]
+        # None is written as an empty cell; the rare empty string is listed in the sidecar
+        empty = [[i, n] for i, e in enumerate(self.entries) for n in _OPTIONAL_TEXT if getattr(e, n) == ""]
         with atomic_path(path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(names)
                 for e in self.entries:
-                    # None is written as an empty cell; "" never occurs in these fields
                     writer.writerow(["" if v is None else v for v in (getattr(e, n) for n in names)])
         atomic_write_json(self._meta_path(path), {
             "classes": list(self.classes),
             "failures": [asdict(f) for f in self.failures],
             "warnings": list(self.warnings),
+            "empty_strings": empty,
         })
 
     @classmethod
@@ -104,7 +107,13 @@ class Catalog:
                 ))
         except (KeyError, ValueError, TypeError) as exc:
             raise ProjectError(f"{path}: damaged catalog ({exc})") from None
-        classes = list(meta.get("classes") or natural_class_order({e.label for e in entries if e.label}))
+        try:
+            for i, name in meta.get("empty_strings", []):
+                entries[int(i)] = replace(entries[int(i)], **{str(name): ""})
+        except (IndexError, TypeError, ValueError) as exc:
+            raise ProjectError(f"{path}: damaged catalog sidecar ({exc})") from None
+        classes = meta.get("classes")
+        classes = list(classes) if classes is not None else natural_class_order({e.label for e in entries if e.label})
         return cls(entries, classes, [ImportFailure(**f) for f in meta.get("failures", [])],
                    list(meta.get("warnings", [])))
 
@@ -150,13 +159,27 @@ def natural_class_order(labels: Iterable[str]) -> list[str]:
     return sorted(labels, key=lambda x: (x.casefold(), x))
 
 
+def _stem(name: str) -> str:
+    """The file name without its image extension (".nii.gz" counts as one); dots inside
+    the name (UID-named files) are kept."""
+    lower = name.lower()
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if lower.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _unique(candidates: Optional[list[str]]) -> Optional[str]:
+    return candidates[0] if candidates and len(candidates) == 1 else None
+
+
 def _walk(root: Path, failures: list[ImportFailure], progress: Progress) -> list[Path]:
     found: list[Path] = []
 
     def onerror(exc: OSError) -> None:
         where = Path(exc.filename) if exc.filename else root
         rel = _rel(where, root)
-        failures.append(ImportFailure(rel, f"folder cannot be read ({exc.strerror or exc})"))
+        failures.append(ImportFailure(display_path(rel), f"folder cannot be read ({exc.strerror or exc})"))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
         progress.check()
@@ -165,11 +188,12 @@ def _walk(root: Path, failures: list[ImportFailure], progress: Progress) -> list
             if name.startswith("."):
                 continue
             path = Path(dirpath) / name
-            if path.is_symlink() and not path.exists():
-                failures.append(ImportFailure(_rel(path, root), "broken or looping symbolic link"))
+            if not is_image_candidate(path):
                 continue
-            if is_image_candidate(path):
-                found.append(path)
+            if path.is_symlink() and not path.exists():
+                failures.append(ImportFailure(display_path(_rel(path, root)), "broken or looping symbolic link"))
+                continue
+            found.append(path)
     return found
 
 
@@ -275,17 +299,19 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
         uids: dict[str, str] = {}
         for rel, info in infos:
             names[rel.rsplit("/", 1)[-1]].append(rel)
-            stems[rel.rsplit("/", 1)[-1].split(".")[0]].append(rel)
+            stems[_stem(rel.rsplit("/", 1)[-1])].append(rel)
             if info.sop_instance_uid:
                 uids[info.sop_instance_uid] = rel
         missing, blank, conflicts, duplicates = [], 0, [], 0
         first_row: dict[str, int] = {}
         for i, r in enumerate(rows, start=2):
-            key = r["file"].replace("\\", "/").lstrip("./") if r["file"] else ""
-            rel = by_rel.get(key) or uids.get(key)
-            if rel is None:
-                cand = names.get(key) or stems.get(key) or stems.get(key.rsplit("/", 1)[-1].split(".")[0])
-                rel = cand[0] if cand and len(cand) == 1 else None
+            key = r["file"].replace("\\", "/")
+            while key.startswith("./"):
+                key = key[2:]
+            # the relative path, else the bare file name (when unique), else the stem, else the SOPInstanceUID
+            base = key.rsplit("/", 1)[-1]
+            rel = by_rel.get(key) or _unique(names.get(base)) or _unique(stems.get(key)) \
+                or _unique(stems.get(_stem(base))) or uids.get(key)
             if rel is None:
                 missing.append(f"row {i} ({r['file'] or 'empty'})")
                 continue
@@ -295,12 +321,12 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
                     conflicts.append(f"row {i} ({r['file']})")
                 continue
             first_row[rel] = i
+            if r["patient"]:
+                csv_patients[rel] = r["patient"]  # the CSV's patient beats the DICOM PatientID
             if not r["label"]:
                 blank += 1
                 continue
             labels[rel] = r["label"]
-            if r["patient"]:
-                csv_patients[rel] = r["patient"]
         csv_name = Path(labels_csv).name
         if missing:
             warnings.append(f"{csv_name}: {len(missing)} rows name no image in the folder: "
@@ -378,18 +404,31 @@ def assign_splits(entries: Sequence[CatalogEntry], *, seed: int = 0,
     for label in sorted(groups):
         patients = groups[label]
         order = rng.permutation(len(patients))
-        # cumulative rounding with carry-over, so totals across strata follow the fractions
-        want = fractions * len(patients) + carry
-        counts = np.floor(want).astype(int)
-        short = len(patients) - counts.sum()
-        for k in np.argsort(-(want - counts), kind="stable")[:short]:
-            counts[k] += 1
-        carry = want - counts
+        counts, want = _stratum_counts(len(patients), fractions, carry)
+        carry = np.clip(want - counts, -1.0, 1.0)
         bounds = np.cumsum(counts)
         for pos, idx in enumerate(order):
             split_of[patients[idx]] = SPLITS[int(np.searchsorted(bounds, pos, side="right"))]
     _ensure_nonempty(split_of, fractions, rng, first_path)
     return [replace(e, split=split_of.get(e.patient_key) if e.label is not None else None) for e in entries]
+
+
+def _stratum_counts(n: int, fractions: np.ndarray, carry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many of a stratum's N patients go to train / val / test: largest-remainder
+    rounding of the fractions plus the carry-over from earlier strata (so totals across
+    strata follow the fractions); every split asked for gets one when N allows it."""
+    want = fractions * n + carry
+    target = np.clip(want, 0.0, None)
+    target = target * (n / target.sum()) if target.sum() > 0 else fractions * n
+    counts = np.floor(target).astype(int)
+    for k in np.argsort(-(target - counts), kind="stable")[: n - int(counts.sum())]:
+        counts[k] += 1
+    wanted = fractions > 0
+    if n >= int(wanted.sum()):
+        for k in np.flatnonzero(wanted & (counts == 0)):
+            counts[int(np.argmax(counts))] -= 1
+            counts[k] += 1
+    return counts, want
 
 
 def _ensure_nonempty(split_of: dict[str, str], fractions: np.ndarray, rng: np.random.Generator,

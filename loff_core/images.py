@@ -150,6 +150,15 @@ def _get(ds: Any, name: str) -> Any:
         return None
 
 
+def _decoder_available(uid: Any) -> bool:
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(uid).is_available)
+    except Exception:  # noqa: BLE001 - NotImplementedError for syntaxes pydicom has no decoder for
+        return False
+
+
 def _dicom_info(path: Path) -> ImageInfo:
     from pydicom.uid import UID
 
@@ -161,14 +170,21 @@ def _dicom_info(path: Path) -> ImageInfo:
             raise UnreadableImage(path, "truncated DICOM: image attributes but the pixel data are missing "
                                         "(the file ends early)")
         sop_class = _get(ds, "SOPClassUID")
-        what = f" ({UID(str(sop_class)).name})" if sop_class else ""
+        name = UID(str(sop_class)).name if sop_class else ""
+        if "image storage" in name.lower() and "presentation state" not in name.lower():
+            raise UnreadableImage(path, f"truncated DICOM: an image ({name}) whose pixel data are missing "
+                                        "(the file ends early)")
+        what = f" ({name})" if name else ""
         raise UnreadableImage(path, f"no pixel data{what}; e.g. a structured report or presentation state")
     meta = getattr(ds, "file_meta", None)
     syntax = _get(meta, "TransferSyntaxUID") if meta is not None else None
     if syntax is not None:
-        uid = UID(str(syntax))
+        uid = UID(str(syntax).strip())
         if not uid.is_transfer_syntax:
             raise UnreadableImage(path, f"unknown transfer syntax {uid}")
+        if not _decoder_available(uid):
+            raise UnreadableImage(path, f"unsupported transfer syntax {uid} ({uid.name}): "
+                                        "no installed decoder reads it")
     try:
         rows, cols = int(_get(ds, "Rows") or 0), int(_get(ds, "Columns") or 0)
         frames = int(_get(ds, "NumberOfFrames") or 1)
@@ -223,7 +239,11 @@ def _dicom_pixels(path: Path) -> np.ndarray:
         raise UnreadableImage(path, f"damaged DICOM ({_short(exc)})") from None
     frame = info.frames // 2 if info.frames > 1 else None
     try:
-        arr = ds.pixel_array
+        from pydicom.pixels import pixel_array
+
+        # only the central frame is decoded; colour (YBR_FULL / YBR_FULL_422 included) comes
+        # back as RGB, pydicom 3 converts it (as_rgb=True), so it is not converted again here
+        arr = pixel_array(ds, index=frame)
     except (NotImplementedError, RuntimeError) as exc:
         msg = _short(exc)
         if "plugin" in msg.lower() or "decoder" in msg.lower() or "no pixel data handler" in msg.lower():
@@ -236,17 +256,8 @@ def _dicom_pixels(path: Path) -> np.ndarray:
         raise UnreadableImage(path, f"pixel data cannot be decoded ({_short(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise various types on lying data
         raise UnreadableImage(path, f"pixel data cannot be decoded ({_short(exc)})") from None
-    if frame is not None and arr.ndim >= 3 and arr.shape[0] == info.frames:
-        arr = arr[frame]
     photometric = (info.photometric or "").upper()
     if info.samples > 1 or arr.ndim == 3:
-        if photometric.startswith("YBR") and photometric != "YBR_FULL_422" or photometric == "YBR_FULL":
-            from pydicom.pixels import convert_color_space
-
-            try:
-                arr = convert_color_space(arr, photometric, "RGB")
-            except Exception as exc:  # noqa: BLE001
-                raise UnreadableImage(path, f"colour conversion failed ({_short(exc)})") from None
         rgb = arr.astype(np.float64)
         if rgb.ndim != 3 or rgb.shape[-1] < 3:
             raise UnreadableImage(path, f"unexpected colour pixel layout {arr.shape}")
@@ -351,12 +362,14 @@ def _volume_pixels(path: Path) -> np.ndarray:
 
     _volume_info(path)
     try:
-        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))  # [z, y, x] (+ components)
+        image = sitk.ReadImage(str(path))
+        components = image.GetNumberOfComponentsPerPixel()
+        arr = sitk.GetArrayFromImage(image)  # [z, y, x] (+ components)
     except RuntimeError as exc:
         raise UnreadableImage(path, f"volume cannot be decoded ({_short(exc).split(':')[-1].strip()})") from None
-    if arr.ndim == 4:
-        arr = arr.mean(axis=-1)
-    if arr.ndim == 3:
+    if components > 1 and arr.ndim >= 3:
+        arr = arr.mean(axis=-1)  # vector pixels: their mean
+    while arr.ndim > 2:  # [.., z, y, x]: the central slice along z (and t)
         arr = arr[arr.shape[0] // 2]
     return _finish(path, arr.astype(np.float64), invert=False)
 

@@ -17,6 +17,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+# Every one of these encodes in this environment (RLE: pydicom's own encoder; JPEG 2000:
+# pylibjpeg-openjpeg; JPEG-LS: pyjpegls / gdcm); tests/test_images.py decodes each against
+# its uncompressed twin, so a missing encoder shows up there rather than in the demo.
 DEFAULT_SYNTAXES = (
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2.5",  # RLE Lossless
@@ -24,6 +27,8 @@ DEFAULT_SYNTAXES = (
     "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
 )
 DEFAULT_PHOTOMETRICS = ("MONOCHROME2", "MONOCHROME1")
+_J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
 MAX_VALUE = 4095  # 12 bits stored
 
 
@@ -138,6 +143,10 @@ def _write_dicom(path: Path, pixels: np.ndarray, patient: str, view: str, latera
     ds.WindowCenter = (MAX_VALUE + 1) // 2  # with width 4096 this maps 0..4095 linearly, no clipping
     ds.WindowWidth = MAX_VALUE + 1
     ds.PixelData = values.tobytes()
+    if UID(syntax) in _J2K and min(values.shape) < 32:
+        # openjpeg always uses 6 wavelet resolution levels, which need both sides >= 32
+        # pixels: tiny test images of a JPEG 2000 slot are written uncompressed instead
+        syntax = ExplicitVRLittleEndian
     if UID(syntax) != ExplicitVRLittleEndian:
         ds.compress(syntax, values, generate_instance_uid=False)
     ds.save_as(path, enforce_file_format=True)

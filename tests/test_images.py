@@ -134,3 +134,145 @@ def test_real_chest_xray_samples_decode():
     for f in files:
         pixels = load_pixels(f)
         assert pixels.ndim == 2 and pixels.dtype == np.float32 and 0.2 < pixels.mean() < 0.9, f.name
+
+
+# -- refusals: every bad file becomes UnreadableImage with a reason -------------------------
+def _mr(tmp_path: Path, name: str, **changes) -> Path:
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    ds.save_as(tmp_path / name)
+    return tmp_path / name
+
+
+def test_bits_stored_above_bits_allocated_is_refused(tmp_path):
+    path = _mr(tmp_path, "bits.dcm", BitsStored=20)
+    for fn in (read_info, load_pixels):
+        with pytest.raises(UnreadableImage, match="BitsStored 20 > BitsAllocated 16"):
+            fn(path)
+
+
+def test_damaged_files_name_their_reason(tmp_path):
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    whole = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    (tmp_path / "truncated.dcm").write_bytes(whole[:700])
+    (tmp_path / "random.dcm").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    noise = np.random.default_rng(1).integers(0, 65535, (64, 64)).astype(np.uint16)
+    Image.fromarray(noise).save(tmp_path / "ok.png")
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "ok.png").read_bytes()[:3000])
+    (tmp_path / "text.png").write_text("not a png at all")
+    expect = {"empty.dcm": "empty file", "truncated.dcm": "truncated", "random.dcm": "not a DICOM",
+              "text.png": "not a readable PNG"}
+    for name, words in expect.items():
+        for fn in (read_info, load_pixels):
+            with pytest.raises(UnreadableImage) as err:
+                fn(tmp_path / name)
+            assert words.lower() in err.value.reason.lower(), (name, err.value.reason)
+            assert err.value.path == str(tmp_path / name)
+    with pytest.raises(UnreadableImage, match="truncated|damaged"):
+        load_pixels(tmp_path / "truncated.png")
+
+
+def test_dicom_without_pixel_data_is_refused():
+    with pytest.raises(UnreadableImage, match="no pixel data") as err:
+        read_info(get_testdata_file("rtplan.dcm"))
+    assert "structured report" in err.value.reason
+
+
+def test_unknown_and_undecodable_transfer_syntaxes_are_named(tmp_path):
+    from pydicom.encaps import encapsulate
+
+    for uid in ("1.2.3.4.5.6", "1.2.840.10008.1.2.4.100"):  # made up; MPEG2 (no decoder)
+        ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+        ds.file_meta.TransferSyntaxUID = uid
+        ds.PixelData = encapsulate([ds.PixelData])
+        path = tmp_path / f"{uid}.dcm"
+        ds.save_as(path, enforce_file_format=False, implicit_vr=False, little_endian=True)
+        with pytest.raises(UnreadableImage, match=f"transfer syntax {uid}"):
+            read_info(path)
+
+
+def test_zero_pixel_spacing_keeps_the_image(tmp_path):
+    path = _mr(tmp_path, "zero.dcm", PixelSpacing=[0, 0])
+    assert read_info(path).pixel_spacing is None and load_pixels(path).shape == (64, 64)
+    assert read_info(get_testdata_file("MR_small.dcm")).pixel_spacing is not None
+
+
+def test_ybr_full_decodes_like_its_rgb_twin():
+    rgb = load_pixels(get_testdata_file("SC_rgb.dcm"))
+    ybr = load_pixels(get_testdata_file("SC_ybr_full_uncompressed.dcm"))
+    assert read_info(get_testdata_file("SC_ybr_full_uncompressed.dcm")).photometric == "YBR_FULL"
+    assert np.abs(rgb - ybr).max() < 0.02  # YCbCr rounding only; converted once, not twice
+
+
+def test_patient_id_stays_out_of_repr_and_messages(tmp_path):
+    path = _mr(tmp_path, "pid.dcm", PatientID="SECRET-42", BitsStored=20)
+    info = read_info(_mr(tmp_path, "ok.dcm", PatientID="SECRET-42"))
+    assert info.patient_id == "SECRET-42" and "SECRET" not in repr(info)
+    with pytest.raises(UnreadableImage) as err:
+        read_info(path)
+    assert "SECRET" not in str(err.value)
+
+
+def test_candidates_by_extension(tmp_path):
+    for name in ("a.DCM", "b.nii.gz", "c.NII.GZ", "d.tiff", "e.mha", "f.nrrd", "g.pgm"):
+        assert is_image_candidate(tmp_path / name), name
+    for name in ("a.txt", "b.gz", "labels.csv"):
+        assert not is_image_candidate(tmp_path / name), name
+    assert not is_image_candidate(tmp_path / "missing-extensionless")  # OSError -> False
+
+
+def test_volumes_give_their_central_slice(tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    vol = np.zeros((5, 12, 10), np.int16)  # z, y, x
+    for z in range(5):
+        vol[z, : z + 2] = 100 * (z + 1)
+    for name in ("v.nii.gz", "v.mha", "v.nrrd"):
+        sitk.WriteImage(sitk.GetImageFromArray(vol), str(tmp_path / name))
+        info = read_info(tmp_path / name)
+        assert (info.rows, info.cols, info.frames) == (12, 10, 5)
+        got = load_pixels(tmp_path / name)
+        assert got.shape == (12, 10) and got.dtype == np.float32
+        assert np.array_equal(got, (vol[2] > 0).astype(np.float32))
+
+
+def test_eight_bit_and_palette_rasters(tmp_path):
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(grey).save(tmp_path / "g.jpg", quality=100)
+    Image.fromarray(grey).save(tmp_path / "g.tif")
+    Image.fromarray(grey).convert("P").save(tmp_path / "p.bmp")
+    assert np.allclose(load_pixels(tmp_path / "g.tif"), grey / 255.0, atol=1e-6)
+    assert np.abs(load_pixels(tmp_path / "g.jpg") - grey / 255.0).max() < 0.05
+    assert np.allclose(load_pixels(tmp_path / "p.bmp"), grey / 255.0, atol=1e-6)
+    assert read_info(tmp_path / "g.tif").format == "tiff"
+
+
+def test_synthetic_level_drives_brightness(tmp_path):
+    import csv
+
+    from scipy.stats import spearmanr
+
+    labels = write_synthetic_dataset(tmp_path, n_patients=16, size=(64, 52), seed=1)
+    rows = list(csv.DictReader(labels.open()))
+    assert len(rows) == 32 and {r["patient"] for r in rows} == {f"SYN-{i:04d}" for i in range(1, 17)}
+    levels, means = [], []
+    for r in rows:
+        x = load_pixels(tmp_path / r["file"])
+        levels.append(int(r["masking_level"]))
+        means.append(x[x > 0.05].mean())
+    assert set(levels) == set(range(1, 9))
+    assert spearmanr(levels, means).statistic > 0.8
+    ds = pydicom.dcmread(tmp_path / rows[0]["file"])
+    assert "SYNTHETIC" in ds.SeriesDescription and "SYNTHETIC" in ds.ImageComments
+    assert ds.BitsStored == 12 and ds.Modality == "MG" and ds.PatientID == rows[0]["patient"]
+
+
+def test_synthetic_is_deterministic_and_fast(tmp_path):
+    started = time.monotonic()
+    write_synthetic_dataset(tmp_path / "a", n_patients=70, size=(128, 104), seed=3)
+    assert time.monotonic() - started < 10
+    write_synthetic_dataset(tmp_path / "b", n_patients=4, size=(32, 26), seed=3)
+    write_synthetic_dataset(tmp_path / "c", n_patients=4, size=(32, 26), seed=3)
+    for f in sorted((tmp_path / "b").rglob("*")):
+        twin = tmp_path / "c" / f.relative_to(tmp_path / "b")
+        assert f.is_dir() or f.read_bytes() == twin.read_bytes(), f
