@@ -17,11 +17,19 @@ _MAX_SIDE = 2048  # views are downsampled to this for display; the engine always
 
 
 class _Relay(QObject):
+    """Lives on the GUI thread; the pool thread emits `done`, Qt queues it to the GUI."""
+
     done = Signal(object, object, object)  # token, pixels, error
 
+    def __init__(self, parent: QObject):
+        super().__init__(parent)
+        self.token = 0
+        self.callback: Optional[Callable[..., Any]] = None
+        self.done.connect(self._deliver)
 
-_relays: dict[int, _Relay] = {}
-_latest: dict[int, int] = {}
+    def _deliver(self, token: int, pixels: Any, error: Any) -> None:
+        if token == self.token and self.callback is not None:  # stale results are dropped
+            self.callback(pixels, error)
 
 
 def _decode(path: Path) -> tuple[Optional[np.ndarray], Optional[str]]:
@@ -36,24 +44,22 @@ def _decode(path: Path) -> tuple[Optional[np.ndarray], Optional[str]]:
 
 
 def load_async(owner: QObject, path: Path, callback: Callable[[Optional[np.ndarray], Optional[str]], Any]) -> None:
-    key = id(owner)
-    relay = _relays.get(key)
+    """Decode `path` in the pool; `callback(pixels, error)` runs on the GUI thread, only for
+    the newest request of this `owner`."""
+    relay = owner.findChild(_Relay, "loff-relay")
     if relay is None:
-        relay = _relays[key] = _Relay()
-        relay.setParent(owner)
-    token = _latest.get(key, 0) + 1
-    _latest[key] = token
-    try:
-        relay.done.disconnect()
-    except (RuntimeError, TypeError):
-        pass
+        relay = _Relay(owner)
+        relay.setObjectName("loff-relay")
+    relay.token += 1
+    relay.callback = callback
+    token = relay.token
 
-    def deliver(tok: int, pixels: Any, error: Any) -> None:
-        if tok == _latest.get(key):
-            callback(pixels, error)
-    relay.done.connect(deliver)
-    future = _POOL.submit(_decode, Path(path))
-    future.add_done_callback(lambda f: relay.done.emit(token, *f.result()))
+    def done(future: Any) -> None:
+        try:
+            relay.done.emit(token, *future.result())
+        except RuntimeError:  # the widget was closed meanwhile
+            pass
+    _POOL.submit(_decode, Path(path)).add_done_callback(done)
 
 
 def wait_idle() -> None:

@@ -39,13 +39,16 @@ class ProgressStrip(QWidget):
         row.addWidget(self.label, 3)
         row.addWidget(self.stop_button)
         row.addWidget(self.cancel_button)
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
         self.set_running(False)
 
     def set_running(self, running: bool) -> None:
         self.stop_button.setEnabled(running)
         self.cancel_button.setEnabled(running)
-        if not running:
+        if not running and self.bar.maximum() == 0:  # a busy indicator that finished: show it full
             self.bar.setRange(0, 1)
+            self.bar.setValue(1)
 
     def report(self, done: int, total: int, message: str) -> None:
         if total > 0:

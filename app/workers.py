@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
+import weakref
 from typing import Any, Callable, Optional
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
@@ -66,6 +68,39 @@ class Job(QObject):
         self.progress_state.cancel()
 
 
+#: every worker QThread ever started (weakly held), so tests can check none is left running
+ALL_THREADS: "weakref.WeakSet[QThread]" = weakref.WeakSet()
+
+
+def _join(thread: QThread, timeout_s: float, pump: bool = True) -> bool:
+    """Wait for a QThread to end without holding the GIL.
+
+    `QThread.wait()` called from Python blocks while holding the GIL; a worker thread that
+    needs the GIL on its way out (emitting `finished` to Python slots) then deadlocks. So
+    poll `isRunning()` and sleep (which releases the GIL), keeping the event loop alive."""
+    from PySide6.QtCore import QCoreApplication
+
+    deadline = time.monotonic() + timeout_s
+    while thread.isRunning():
+        if time.monotonic() > deadline:
+            return False
+        if pump:
+            QCoreApplication.processEvents()
+        time.sleep(0.005)
+    return True
+
+
+def running_threads() -> list[QThread]:
+    out = []
+    for t in list(ALL_THREADS):
+        try:
+            if t.isRunning():
+                out.append(t)
+        except RuntimeError:  # C++ object already deleted
+            pass
+    return out
+
+
 class JobRunner(QObject):
     """Starts one job at a time on a QThread and cleans up after it."""
 
@@ -78,12 +113,15 @@ class JobRunner(QObject):
 
     @property
     def busy(self) -> bool:
-        return self.thread is not None and self.thread.isRunning()
+        # True until `_done` ran on the GUI thread: the job's own result signals were queued
+        # before the thread's `finished`, so pages have handled them when busy turns False.
+        return self.thread is not None
 
     def start(self, job: Job) -> Job:
         if self.busy:
             raise RuntimeError(f"{self.job.name if self.job else 'a job'} is still running")
         thread = QThread()
+        ALL_THREADS.add(thread)
         thread.setObjectName(f"loff-{job.name}")
         job.moveToThread(thread)
         thread.started.connect(job.run)
@@ -97,10 +135,11 @@ class JobRunner(QObject):
 
     @Slot()
     def _done(self) -> None:
-        if self.thread is not None:
-            self.thread.wait()
-            self.thread.deleteLater()
-        self.thread = None
+        thread, self.thread = self.thread, None
+        if thread is None:
+            return
+        _join(thread, 30.0, pump=False)  # `finished` is emitted just before the thread really ends
+        thread.deleteLater()
         self.busy_changed.emit(False)
 
     def stop(self) -> None:
@@ -118,6 +157,6 @@ class JobRunner(QObject):
         assert self.job is not None and self.thread is not None
         self.job.cancel()
         self.job.stop()
-        ok = self.thread.wait(timeout_ms)
+        ok = _join(self.thread, timeout_ms / 1000)
         self._done()
         return ok

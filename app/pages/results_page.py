@@ -43,12 +43,15 @@ class ResultsPage(QWidget):
         self.roc = pg.PlotWidget(title="ROC")
         self.roc.setLabel("bottom", "false positive rate")
         self.roc.setLabel("left", "true positive rate")
-        self.roc.addLegend()
+        self.roc.addLegend(offset=(-10, -10))  # bottom right: curves live top left
         self.threshold = QSlider(Qt.Orientation.Horizontal)
         self.threshold.setRange(0, 1000)
         self.threshold.setValue(500)
         self.threshold.valueChanged.connect(self._threshold_moved)
         self.threshold_text = QLabel("")
+        self.positive = QComboBox()  # the class whose probability is thresholded (one vs rest)
+        self.positive.setToolTip("class scored as positive (one vs rest for more than two classes)")
+        self.positive.currentIndexChanged.connect(lambda _: self._threshold_moved(self.threshold.value()))
         self.marker = pg.ScatterPlotItem(size=12, brush=pg.mkBrush("#e15759"))
         self.roc.addItem(self.marker)
         self.levels = pg.PlotWidget(title="predicted vs true level")
@@ -71,7 +74,8 @@ class ResultsPage(QWidget):
         left.addWidget(self.view_cell)
         right = QVBoxLayout()
         right.addWidget(self.roc, 3)
-        right.addWidget(form_row(QLabel("threshold"), self.threshold, self.threshold_text, stretch_last=True))
+        right.addWidget(form_row(QLabel("P("), self.positive, QLabel(") >="), self.threshold,
+                                         self.threshold_text, stretch_last=True))
         right.addWidget(self.levels, 2)
         grid.addLayout(left, 0, 0)
         grid.addLayout(right, 0, 1)
@@ -108,9 +112,9 @@ class ResultsPage(QWidget):
             return
 
         def work(progress: Any) -> Any:
-            progress.report(0, 0, "evaluating with 1000 bootstrap resamples")
+            progress.report(0, 0, "evaluating with 200 bootstrap resamples")
             with project.lock():
-                return project.evaluate(run_id, split, n_bootstrap=1000)
+                return project.evaluate(run_id, split, n_bootstrap=200)
         job = self.state.start("evaluate", work)
         if job is not None:
             job.progress.connect(self.strip.report)
@@ -119,6 +123,7 @@ class ResultsPage(QWidget):
     # -- showing -----------------------------------------------------------------------
     def show_result(self, result: dict) -> None:
         self.result = result
+        self.strip.label.setText("")
         self.state.last_evaluation = result
         self.state.evaluation_changed.emit(result)
         stale = result.get("stale") or []
@@ -167,9 +172,9 @@ class ResultsPage(QWidget):
         classes = self.result["classes"]
         self.cell_ids = [p["image_id"] for p in self.result["predictions"]
                          if p["label"] == classes[row] and p["predicted"] == classes[col]]
-        self.cell_caption = f"true {classes[row]}, predicted {classes[col]} ({len(self.cell_ids)} images)"
+        self.cell_caption = f"true {classes[row]}, predicted {classes[col]} ({_n_images(len(self.cell_ids))})"
         self.view_cell.setEnabled(bool(self.cell_ids))
-        self.view_cell.setText(f"Open {len(self.cell_ids)} images (true {classes[row]}, predicted "
+        self.view_cell.setText(f"Open {_n_images(len(self.cell_ids))} (true {classes[row]}, predicted "
                                f"{classes[col]}) in the Viewer")
 
     def _browse_cell(self) -> None:
@@ -181,33 +186,37 @@ class ResultsPage(QWidget):
         self.roc.addItem(self.marker)
         self.roc.plot([0, 1], [0, 1], pen=pg.mkPen("#999", style=Qt.PenStyle.DashLine))
         roc = result.get("roc") or {}
-        self._binary_roc = roc if "fpr" in roc else None
-        if self._binary_roc:
+        classes = result["classes"]
+        if "fpr" in roc:
             self.roc.plot(roc["fpr"], roc["tpr"], pen=pg.mkPen(PALETTE[0], width=2),
-                          name=f"{result['classes'][1]} vs {result['classes'][0]}")
-            self.threshold.setEnabled(True)
-            self._threshold_moved(self.threshold.value())
+                          name=f"{classes[1]} vs {classes[0]}")
         else:
             for k, (name, curve) in enumerate(roc.items()):
                 self.roc.plot(curve["fpr"], curve["tpr"], pen=pg.mkPen(PALETTE[k % len(PALETTE)], width=2),
                               name=f"{name} vs rest")
-            self.threshold.setEnabled(False)
-            self.threshold_text.setText("threshold read-out: binary tasks")
-            self.marker.setData([], [])
+        self.positive.blockSignals(True)
+        self.positive.clear()
+        self.positive.addItems([str(c) for c in classes])
+        self.positive.setCurrentIndex(1 if len(classes) == 2 else len(classes) - 1)
+        self.positive.blockSignals(False)
+        self._threshold_moved(self.threshold.value())
 
     def _threshold_moved(self, value: int) -> None:
-        """The operating point at a threshold on P(positive), from the per-image predictions."""
-        if self.result is None or not getattr(self, "_binary_roc", None):
+        """The operating point at a threshold on P(class), one vs rest, from the per-image
+        predictions; the marker sits on that class's ROC curve."""
+        if self.result is None or self.positive.currentIndex() < 0:
             return
         t = value / 1000
-        classes = self.result["classes"]
-        y = np.array([p["label"] == classes[1] for p in self.result["predictions"]])
-        score = np.array([p["probabilities"][1] for p in self.result["predictions"]])
+        k = self.positive.currentIndex()
+        name = self.result["classes"][k]
+        y = np.array([p["label"] == name for p in self.result["predictions"]])
+        score = np.array([p["probabilities"][k] for p in self.result["predictions"]])
         pred = score >= t
         tpr = (pred & y).sum() / max(y.sum(), 1)
         fpr = (pred & ~y).sum() / max((~y).sum(), 1)
         self.marker.setData([fpr], [tpr])
-        self.threshold_text.setText(f"P({classes[1]}) >= {t:.3f}: sensitivity {tpr:.3f}, specificity {1 - fpr:.3f}")
+        self.threshold_text.setText(f"{t:.3f}: sensitivity {tpr:.3f}, specificity {1 - fpr:.3f} "
+                                    f"({int(y.sum())} positive, {int((~y).sum())} negative)")
 
     def _show_levels(self, result: dict) -> None:
         self.levels.clear()
@@ -223,3 +232,7 @@ class ResultsPage(QWidget):
         self.levels.plot(true + jitter, expected, pen=None, symbol="o", symbolSize=6,
                          symbolBrush=pg.mkBrush(78, 121, 167, 160))
         self.levels.plot([1, k], [1, k], pen=pg.mkPen("#999", style=Qt.PenStyle.DashLine))
+
+
+def _n_images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"

@@ -68,7 +68,7 @@ class TrainPage(QWidget):
         box.setLayout(form)
 
         self.loss_plot = pg.PlotWidget(title="loss per epoch")
-        self.loss_plot.addLegend()
+        self.loss_plot.addLegend(offset=(-10, 10))  # top right: losses start high on the left
         self.loss_plot.setLabel("bottom", "epoch")
         self.metric_plot = pg.PlotWidget(title="validation metric per epoch")
         self.metric_plot.setLabel("bottom", "epoch")
@@ -99,6 +99,7 @@ class TrainPage(QWidget):
         state.cache_changed.connect(self.refresh)
         state.runs_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
+        self.runs.cellClicked.connect(self._run_clicked)
 
     # -- training ----------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -154,6 +155,21 @@ class TrainPage(QWidget):
             self.metric_curve.setData(epochs, [h[monitor] for h in self.history])
         else:
             self.metric_curve.setData([], [])
+
+    def show_history(self, history: list[dict]) -> None:
+        """Draw the curves of a finished run (click a row of the runs table)."""
+        self.history = [dict(h) for h in history]
+        self._plot()
+
+    def _run_clicked(self, row: int, _col: int) -> None:
+        project = self.state.project
+        item = self.runs.item(row, 0)
+        if project is None or item is None or self.state.busy:
+            return
+        try:
+            self.show_history(project.run(item.text()).record.get("history", []))
+        except Exception as exc:  # noqa: BLE001 - a damaged run folder is a message
+            self.state.message.emit("error", str(exc))
 
     def _trained(self, run: Any) -> None:
         r = run.record

@@ -9,7 +9,8 @@ from typing import Any, Optional
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLabel, QListWidget, QPushButton, QSlider, QVBoxLayout,
+                               QWidget)
 
 from ..loader import load_async
 from ..state import AppState
@@ -39,10 +40,15 @@ class ViewerPage(QWidget):
         self.bars = pg.PlotWidget(title="probability per class")
         self.bars.setYRange(0, 1)
         self.bars.setMaximumWidth(360)
+        self.image_list = QListWidget()  # the images being stepped through: click one to show it
+        self.image_list.setMaximumWidth(260)
+        self.image_list.setToolTip("the images of the evaluated split or of the chosen confusion-matrix cell")
+        self.image_list.currentRowChanged.connect(self._list_clicked)
         side = QVBoxLayout()
         side.addWidget(self.details)
         side.addWidget(self.bars, 1)
         main = QHBoxLayout()
+        main.addWidget(self.image_list)
         main.addWidget(self.panel, 3)
         main.addLayout(side, 1)
         layout = QVBoxLayout(self)
@@ -57,6 +63,17 @@ class ViewerPage(QWidget):
         state.browse.connect(self.browse)
         state.evaluation_changed.connect(self._evaluation)
         state.project_changed.connect(lambda _: self.browse([], ""))
+        state.busy_changed.connect(self._busy_changed)
+
+    def _busy_changed(self, busy: bool) -> None:
+        """An explanation that waited for another job is computed when that job ends."""
+        if not busy and self.ids and self.ids[self.index] not in self.explained and self.isVisible():
+            self._explain(self.ids[self.index])
+
+    def _list_clicked(self, row: int) -> None:
+        if 0 <= row < len(self.ids) and row != self.index:
+            self.index = row
+            self.show_current()
 
     def _evaluation(self, result: dict) -> None:
         if not self.ids:
@@ -65,6 +82,15 @@ class ViewerPage(QWidget):
     def browse(self, ids: list[str], caption: str) -> None:
         self.ids, self.index, self.explained = list(ids), 0, {}
         self.source.setText(caption)
+        project = self.state.project
+        by_id = project.catalog().by_id() if project is not None and project.has_catalog() else {}
+        self.image_list.blockSignals(True)
+        self.image_list.clear()
+        for image_id in self.ids:
+            e = by_id.get(image_id)
+            self.image_list.addItem(f"{e.path}  [{e.label or '-'}]" if e is not None else image_id)
+        self.image_list.setCurrentRow(0 if self.ids else -1)
+        self.image_list.blockSignals(False)
         self.show_current()
 
     def step(self, delta: int) -> None:
@@ -85,6 +111,10 @@ class ViewerPage(QWidget):
         image_id = self.ids[self.index]
         entry = project.catalog().by_id().get(image_id)
         self.position.setText(f"{self.index + 1} / {len(self.ids)}")
+        if self.image_list.currentRow() != self.index:
+            self.image_list.blockSignals(True)
+            self.image_list.setCurrentRow(self.index)
+            self.image_list.blockSignals(False)
         if entry is None:
             return
         caption = f"{entry.path} | true label: {entry.label or '-'}"
