@@ -1,0 +1,188 @@
+"""Breast-tissue classification (Fatty / Fatty-glandular / Dense-glandular) on the real
+mini-MIAS mammograms with frozen EfficientNet-Lite0 features (real ImageNet weights):
+5-fold cross-validation split by woman, comparing heads and tensor augmentations.
+
+mini-MIAS lists films in pairs: left (even number) and right (odd number) of one woman
+(README, note 1), so woman = (refnum + 1) // 2; both films of a woman are always in the same
+fold (StratifiedGroupKFold). In each fold a further 20 % of the training women (again by
+woman) is held out for the head's early stopping / best-epoch choice; metrics come from
+`loff_core.metrics.evaluate_predictions` on the test fold only.
+
+    python benchmarks/accuracy_minimias.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import apply_threads, machine_block, machine_info, table, write_json  # noqa: E402
+
+DATA = Path("/work/shared/data/mini-mias")
+CLASSES = ["F", "G", "D"]  # fatty < fatty-glandular < dense-glandular
+
+
+def load_dataset(root: Path) -> tuple[list[tuple[str, Path]], list[int], list[int]]:
+    with open(root / "labels.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    items, ys, women = [], [], []
+    for r in rows:
+        path = root / "images" / r["file"]
+        if not path.exists() or r["tissue"] not in CLASSES:
+            continue
+        n = int(r["refnum"].lower().replace("mdb", ""))
+        items.append((r["refnum"], path))
+        ys.append(CLASSES.index(r["tissue"]))
+        women.append((n + 1) // 2)
+    return items, ys, women
+
+
+def configs(mode: str) -> list[dict[str, Any]]:
+    from loff_core.augment import AugmentConfig
+
+    on, off = AugmentConfig(), AugmentConfig.off()
+    out = [dict(name="linear probe (CLS), no aug", head="linear", augment=off),
+           dict(name="attention, no aug", head="attention", augment=off),
+           dict(name="attention + tensor aug", head="attention", augment=on),
+           dict(name="vit, no aug", head="vit", augment=off),
+           dict(name="vit + tensor aug", head="vit", augment=on)]
+    if mode == "full":
+        out.append(dict(name="attention + strong aug", head="attention",
+                        augment=AugmentConfig(crop_scale=(0.4, 1.0), noise_std=0.1, token_dropout=0.2,
+                                              mixup_alpha=0.4, mixup_prob=0.7)))
+        out.append(dict(name="linear probe (CLS) + tensor aug", head="linear", augment=on))
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from loff_core.backbones import BackboneSpec
+    from loff_core.cache import FeatureCache, extract_features
+    from loff_core.metrics import evaluate_predictions
+    from loff_core.training import TrainConfig, predict_probabilities, train_head
+
+    items, ys, women = load_dataset(args.data)
+    if args.limit:
+        keep = [i for i in range(len(items)) if women[i] <= args.limit // 2]
+        items, ys, women = [items[i] for i in keep], [ys[i] for i in keep], [women[i] for i in keep]
+    y_all, g_all = np.asarray(ys), np.asarray(women)
+    ids_all = np.asarray([i for i, _ in items])
+    outer = list(StratifiedGroupKFold(n_splits=args.folds_total, shuffle=True, random_state=0)
+                 .split(ids_all, y_all, g_all))[:args.folds]
+    results = []
+    extraction = []
+    for size, grid in args.settings:
+        spec = BackboneSpec(name="tf_efficientnet_lite0", image_size=size, grid=grid)
+        res = extract_features(items, spec, args.cache_dir, device=args.device, batch_size=16)
+        extraction.append({"image_size": size, "grid": grid, "seconds": res.seconds, "extracted": res.extracted,
+                           "skipped": res.skipped, "failures": len(res.failures)})
+        cache = FeatureCache.open(res.cache_path)
+        source = cache.to_memory()
+        setting = f"{size}px, grid {cache.grid_hw[0]}x{cache.grid_hw[1]}"
+        per_cfg: dict[str, list[dict[str, Any]]] = {}
+        walls: dict[str, float] = {}
+        for fold, (tr, te) in enumerate(outer):
+            inner = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=fold)
+            fit, val = next(inner.split(tr, y_all[tr], g_all[tr]))
+            fit, val = tr[fit], tr[val]
+            # majority-class baseline: training class frequencies as constant probabilities
+            freq = np.bincount(y_all[tr], minlength=len(CLASSES)) / len(tr)
+            probs = np.tile(freq, (len(te), 1))
+            base = evaluate_predictions(y_all[te], probs, CLASSES, "classification", n_bootstrap=0)["metrics"]
+            per_cfg.setdefault("majority class", []).append(base)
+            walls.setdefault("majority class", 0.0)
+            for cfg in configs(args.mode):
+                if args.only and not any(o in cfg["name"] for o in args.only):
+                    continue
+                t0 = time.perf_counter()
+                config = TrainConfig(head=cfg["head"], epochs=args.epochs, patience=args.patience,
+                                     batch_size=32, lr=args.lr, device=args.device, augment=cfg["augment"], seed=fold)
+                tr_res = train_head(source, list(ids_all[fit]), list(y_all[fit]), list(ids_all[val]),
+                                    list(y_all[val]), config, num_classes=len(CLASSES))
+                probs = predict_probabilities(tr_res.head_config, tr_res.state_dict, source, list(ids_all[te]),
+                                              device=args.device)
+                m = evaluate_predictions(y_all[te], probs, CLASSES, "classification", n_bootstrap=0)["metrics"]
+                m["best_epoch"] = tr_res.best_epoch
+                m["epochs_run"] = len(tr_res.history)
+                per_cfg.setdefault(cfg["name"], []).append(m)
+                walls[cfg["name"]] = walls.get(cfg["name"], 0.0) + time.perf_counter() - t0
+        cache.close()
+        for name, ms in per_cfg.items():
+            row = {"setting": setting, "config": name, "folds": len(ms), "wall_s": walls[name]}
+            for key in ("accuracy", "balanced_accuracy", "auc", "best_epoch"):
+                vals = [m.get(key) for m in ms if m.get(key) is not None]
+                row[key] = (float(np.mean(vals)), float(np.std(vals))) if vals else (None, None)
+            results.append(row)
+    return {"results": results, "extraction": extraction, "images": len(items), "women": len(set(women)),
+            "class_counts": {c: int((y_all == i).sum()) for i, c in enumerate(CLASSES)}}
+
+
+def pm(v: tuple) -> str:
+    return "n/a" if v[0] is None else f"{v[0]:.3f} ± {v[1]:.3f}"
+
+
+def report(out: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) -> str:
+    rows = [[r["setting"], r["config"], pm(r["accuracy"]), pm(r["balanced_accuracy"]), pm(r["auc"]),
+             "-" if r["best_epoch"][0] is None else f"{r['best_epoch'][0]:.1f}", r["wall_s"]] for r in out["results"]]
+    ext = "; ".join(f"{e['image_size']}px grid {e['grid']}: {e['seconds']:.1f} s "
+                    f"({e['extracted']} extracted, {e['skipped']} already cached, {e['failures']} failed)"
+                    for e in out["extraction"])
+    return (f"## mini-MIAS tissue type (F/G/D), tf_efficientnet_lite0 frozen features\n\n{machine_block(info)}\n\n"
+            + table(["features", "head / augmentation", "accuracy", "balanced acc.", "macro AUC (OvR)",
+                     "best epoch", f"wall s ({args.folds} folds)"], rows)
+            + f"\n\n- {out['images']} images of {out['women']} women; classes {out['class_counts']}. "
+            f"{args.folds} of {args.folds_total} StratifiedGroupKFold folds by woman, mean ± std over folds; "
+            f"up to {args.epochs} epochs, patience {args.patience}, lr {args.lr}, batch 32, best epoch by validation "
+            f"macro AUC on 20 % of the training women.\n- Extraction (once per setting): {ext}.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache-dir", type=Path, default=Path("/tmp/loff-bench-minimias-caches"),
+                   help="feature caches (reused by later runs; extraction resumes)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--folds", type=int, default=None, help="how many of the 5 folds to run")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="input sizes (with each of --grids)")
+    p.add_argument("--grids", type=int, nargs="+", default=[16], help="grid caps, with --sizes")
+    p.add_argument("--only", nargs="+", default=None, help="run only configurations whose name contains one of these")
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's); 1 is far faster for small ops on a busy CPU")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    apply_threads(args.threads)
+    if not (args.data / "labels.csv").exists() or not (args.data / "images").is_dir():
+        print(f"skipped: data absent ({args.data})")
+        return 0
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    d = {"full": dict(folds=5, epochs=40, settings=[(224, 16), (448, 16), (448, 8)], limit=0),
+         "quick": dict(folds=2, epochs=10, settings=[(224, 16)], limit=0),
+         "smoke": dict(folds=2, epochs=2, settings=[(128, 16)], limit=60)}[args.mode]
+    args.folds = args.folds or d["folds"]
+    args.settings = [(s, g) for s in args.sizes for g in args.grids] if args.sizes else d["settings"]
+    args.limit = d["limit"]
+    args.folds_total = 5
+    if args.epochs is None:
+        args.epochs = d["epochs"]
+    info = machine_info(args.device)
+    out = run(args)
+    print(report(out, info, args))
+    write_json(args.json, {"benchmark": "accuracy_minimias", "mode": args.mode, "machine": info, **out,
+                           "settings": {k: str(v) for k, v in vars(args).items()}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
