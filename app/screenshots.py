@@ -121,9 +121,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             predict.start_predict()
             _wait(app, idle, 600)
     import_page = w.import_page
-    if import_page.proxy.rowCount():
+    if import_page.model.rowCount():
         import_page.table.selectRow(0)
-        import_page.table.setCurrentIndex(import_page.proxy.index(0, 0))
+        import_page.table.setCurrentIndex(import_page.model.index(0, 0))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QListWidget, QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
 
 from loff_core.catalog import CatalogEntry
+from loff_core.errors import LoffError
 
 from ..state import AppState
 from ..widgets import ImagePanel, ProgressStrip, form_row
@@ -24,19 +25,67 @@ COLUMNS = [("path", "File"), ("label", "Label"), ("split", "Split"), ("patient_k
 
 
 class CatalogModel(QAbstractTableModel):
-    """The catalog as a table model: 20,000 rows stay smooth (no widget per cell)."""
+    """The catalog as a table model that sorts and filters itself: the display strings are
+    computed once per import, so sorting or filtering 20,000 rows is a Python sort or scan
+    over them (tens of ms), not a Qt proxy calling `data()` a million times."""
 
     def __init__(self) -> None:
         super().__init__()
         self.entries: list[CatalogEntry] = []
+        self._cells: list[tuple[str, ...]] = []
+        self._haystack: list[str] = []  # the row's cells, lower case, for the filter
+        self._order: list[int] = []  # all rows in the current sort order
+        self._rows: list[int] = []  # the rows shown: _order filtered
+        self._needle = ""
+        self._sort: tuple[int, Qt.SortOrder] = (0, Qt.SortOrder.AscendingOrder)
+
+    @staticmethod
+    def _cell(e: CatalogEntry, key: str) -> str:
+        if key == "size":
+            return f"{e.rows} x {e.cols}" + (f" x {e.frames}" if e.frames > 1 else "")
+        value = getattr(e, key)
+        return "" if value is None else str(value)
 
     def set_entries(self, entries: list[CatalogEntry]) -> None:
         self.beginResetModel()
         self.entries = list(entries)
+        self._cells = [tuple(self._cell(e, key) for key, _ in COLUMNS) for e in self.entries]
+        self._haystack = ["\x1f".join(c).casefold() for c in self._cells]
+        self._order = self._sorted(*self._sort)
+        self._rows = self._filtered()
         self.endResetModel()
 
+    def _sorted(self, column: int, order: Qt.SortOrder) -> list[int]:
+        if COLUMNS[column][0] == "size":
+            key = lambda i: (self.entries[i].rows * self.entries[i].cols, self.entries[i].frames)  # noqa: E731
+        else:
+            key = lambda i: self._cells[i][column].casefold()  # noqa: E731
+        return sorted(range(len(self.entries)), key=key, reverse=order == Qt.SortOrder.DescendingOrder)
+
+    def _filtered(self) -> list[int]:
+        if not self._needle:
+            return list(self._order)
+        return [i for i in self._order if self._needle in self._haystack[i]]
+
+    def set_filter(self, text: str) -> None:
+        self.beginResetModel()
+        self._needle = text.strip().casefold()
+        self._rows = self._filtered()
+        self.endResetModel()
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        self.layoutAboutToBeChanged.emit()
+        old = self.persistentIndexList()
+        old_entries = [self._rows[i.row()] for i in old]
+        self._sort = (column, order)
+        self._order = self._sorted(column, order)
+        self._rows = self._filtered()
+        where = {entry: row for row, entry in enumerate(self._rows)}
+        self.changePersistentIndexList(old, [self.index(where[e], i.column()) for e, i in zip(old_entries, old)])
+        self.layoutChanged.emit()
+
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
-        return 0 if parent.isValid() else len(self.entries)
+        return 0 if parent.isValid() else len(self._rows)
 
     def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
         return len(COLUMNS)
@@ -44,14 +93,10 @@ class CatalogModel(QAbstractTableModel):
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid() or role not in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.UserRole):
             return None
-        e = self.entries[index.row()]
-        key = COLUMNS[index.column()][0]
+        i = self._rows[index.row()]
         if role == Qt.ItemDataRole.UserRole:
-            return e.image_id
-        if key == "size":
-            return f"{e.rows} x {e.cols}" + (f" x {e.frames}" if e.frames > 1 else "")
-        value = getattr(e, key)
-        return "" if value is None else str(value)
+            return self.entries[i].image_id
+        return self._cells[i][index.column()]
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: N802
         if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
@@ -93,15 +138,11 @@ class ImportPage(QWidget):
         top.setLayout(form)
 
         self.model = CatalogModel()
-        self.proxy = QSortFilterProxyModel()
-        self.proxy.setSourceModel(self.model)
-        self.proxy.setFilterKeyColumn(-1)
-        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         self.filter = QLineEdit()
         self.filter.setPlaceholderText("filter (any column)")
-        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.filter.textChanged.connect(self.model.set_filter)
         self.table = QTableView()
-        self.table.setModel(self.proxy)
+        self.table.setModel(self.model)
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QTableView.SelectionMode.SingleSelection)
@@ -229,13 +270,13 @@ class ImportPage(QWidget):
             self.problems.addItem(f"warning: {w}")
         self.table.resizeColumnsToContents()
         self._busy(self.state.busy)
-        if self.proxy.rowCount():
+        if self.model.rowCount():
             self.table.selectRow(0)
 
     def _row_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         if not current.isValid() or self.state.project is None:
             return
-        image_id = self.proxy.data(current, Qt.ItemDataRole.UserRole)
+        image_id = self.model.data(current, Qt.ItemDataRole.UserRole)
         self.show_image(image_id)
 
     def show_image(self, image_id: str) -> None:
@@ -249,5 +290,10 @@ class ImportPage(QWidget):
 
         caption = (f"{entry.path} | label {entry.label or '-'} | split {entry.split or '-'} | "
                    f"{entry.modality or entry.format} {entry.view or ''} {entry.laterality or ''}")
-        load_async(self, project.image_path(entry), lambda pixels, error: self.viewer.show_image(
+        try:
+            path = project.image_path(entry)
+        except LoffError as exc:  # the images folder was moved: say so, keep the table
+            self.viewer.show_image(None, str(exc))
+            return
+        load_async(self, path, lambda pixels, error: self.viewer.show_image(
             pixels, caption if error is None else f"{entry.path}: {error}"))

@@ -12,6 +12,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLabel, QListWidget, QPushButton, QSlider, QVBoxLayout,
                                QWidget)
 
+from loff_core.errors import LoffError
+
 from ..loader import load_async
 from ..state import AppState
 from ..widgets import ImagePanel, form_row
@@ -118,7 +120,12 @@ class ViewerPage(QWidget):
         if entry is None:
             return
         caption = f"{entry.path} | true label: {entry.label or '-'}"
-        load_async(self, project.image_path(entry), lambda px, err: self._shown(image_id, px, caption, err))
+        try:
+            path = project.image_path(entry)
+        except LoffError as exc:  # the images folder was moved: say so
+            self._shown(image_id, None, caption, str(exc))
+            return
+        load_async(self, path, lambda px, err: self._shown(image_id, px, caption, err))
 
     def _shown(self, image_id: str, pixels: Any, caption: str, error: Optional[str]) -> None:
         self.panel.show_image(pixels, caption if error is None else f"{caption}: {error}")
