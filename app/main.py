@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QListWidget, QMainWindow, QMenu,
                                QMessageBox, QTabWidget)
@@ -199,6 +199,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     log_path = setup_logging()
     window = MainWindow()
     window.show()
+    QTimer.singleShot(300, window.state.warm_up_engine)  # after the first paint
     target = argv[0] if argv else settings().value("last_project")
     if target and Path(target, "loff-project.json").exists():
         window.open_project(target)

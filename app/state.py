@@ -7,6 +7,7 @@ cache changed, runs changed, a set of images to step through), never directly.
 from __future__ import annotations
 
 import logging
+import threading
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -66,6 +67,15 @@ def setup_logging() -> Path:
     return path
 
 
+#: what the engine imports lazily, imported by `AppState.warm_up_engine` at start
+WARM_MODULES = (
+    "torch", "timm", "h5py", "scipy.stats", "scipy.ndimage", "sklearn.metrics", "pydicom", "pydicom.pixels",
+    "PIL.Image", "SimpleITK", "safetensors.torch", "jsonschema",
+    "loff_core.backbones", "loff_core.cache", "loff_core.training", "loff_core.metrics", "loff_core.export",
+    "loff_core.augment", "loff_core.heads", "loff_core.images",
+)
+
+
 class AppState(QObject):
     project_changed = Signal(object)  # Project or None
     catalog_changed = Signal()
@@ -97,6 +107,28 @@ class AppState(QObject):
     @property
     def busy(self) -> bool:
         return self.runner.busy
+
+    # -- engine warm-up ----------------------------------------------------------------
+    def warm_up_engine(self) -> threading.Thread:
+        """Import the engine's heavy dependencies in a background thread, soon after start.
+
+        The engine imports them lazily (so `loff --help` is fast). Imported for the first
+        time inside a job, they stalled the window for up to 0.3 s at a time (measured in
+        tests/test_app.py): C extension set-up holds the GIL, and PySide6's import hook
+        reads the source of every module imported after it. Done while the user is still
+        looking at the first page, every job starts with them loaded. Returns the thread
+        (tests join it)."""
+        def work() -> None:
+            import importlib
+
+            for name in WARM_MODULES:
+                try:
+                    importlib.import_module(name)
+                except Exception as exc:  # noqa: BLE001 - a broken install shows up when a job runs
+                    log.warning("engine warm-up: %s not imported (%s)", name, exc)
+        thread = threading.Thread(target=work, name="loff-warm-up", daemon=True)
+        thread.start()
+        return thread
 
     # -- project -----------------------------------------------------------------------
     def set_project(self, project: Any) -> None:

@@ -152,10 +152,13 @@ def test_whole_story_through_the_window(qtbot, window, images, tmp_path):
 
 
 def test_event_loop_keeps_answering_while_jobs_run(qtbot, window, images, tmp_path):
-    """A 20 ms timer keeps firing while extraction and training run in the worker; the long call never
-    runs on the GUI thread. (The bound is 250 ms, not 100: these CI machines are shared
-    2-core VMs where the backbone's own threads compete with the GUI thread.)"""
+    """A 20 ms timer keeps firing within 100 ms while extraction and training run in the
+    worker; the long call never runs on the GUI thread. Measured here: 35-43 ms alone,
+    up to 55 ms with a second copy of this test on the same 2 cores."""
     w = window
+    # as `loff-studio` does soon after start (AppState.warm_up_engine): imported for the
+    # first time inside a job, torch, scipy.stats... stalled the event loop up to 0.32 s
+    w.state.warm_up_engine().join()
     _new_project(w, tmp_path / "project")
     _import(qtbot, w, images)
     ticks: list[float] = []
@@ -183,7 +186,8 @@ def test_event_loop_keeps_answering_while_jobs_run(qtbot, window, images, tmp_pa
     assert len(w.state.project.runs()) == 1
     assert len(seen_threads) == 2 and threading.main_thread().name not in seen_threads
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-    assert len(ticks) > 10 and max(gaps) < 0.25, f"longest pause of the event loop {max(gaps):.3f} s"
+    print(f"longest pause of the event loop while jobs ran: {max(gaps) * 1000:.0f} ms over {len(ticks)} ticks")
+    assert len(ticks) > 10 and max(gaps) < 0.1, f"longest pause of the event loop {max(gaps):.3f} s"
 
 
 def test_stop_cancel_and_close_while_training(qtbot, window, images, tmp_path):
