@@ -41,6 +41,7 @@ class ProgressStrip(QWidget):
         row.addWidget(self.cancel_button)
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
+        self.bar.setTextVisible(False)  # no "0%" before anything ran
         self.set_running(False)
 
     def set_running(self, running: bool) -> None:
@@ -51,6 +52,7 @@ class ProgressStrip(QWidget):
             self.bar.setValue(1)
 
     def report(self, done: int, total: int, message: str) -> None:
+        self.bar.setTextVisible(True)
         if total > 0:
             self.bar.setRange(0, total)
             self.bar.setValue(min(done, total))

@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train a compact head on the cached features")
     p.add_argument("project", type=Path)
-    p.add_argument("--head", choices=["linear", "attention", "vit"], default="vit")
+    p.add_argument("--head", choices=["linear", "attention", "vit"], default="linear")
     p.add_argument("--task", choices=["classification", "ordinal"])
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int, default=0)

@@ -138,6 +138,12 @@ class ResultsPage(QWidget):
             for col, text in enumerate([name.replace("_", " "), "n/a" if value is None else f"{value:.3f}",
                                         f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else ""]):
                 self.metrics.setItem(row, col, QTableWidgetItem(text))
+        for name, pc in (result.get("per_class") or {}).items():  # per class: no interval computed
+            row = self.metrics.rowCount()
+            self.metrics.insertRow(row)
+            text = (f"{pc['precision']:.3f} / {pc['recall']:.3f}")
+            for col, cell in enumerate([f"class {name}: precision / recall", text, f"n = {pc['support']}"]):
+                self.metrics.setItem(row, col, QTableWidgetItem(cell))
         self.metrics.resizeColumnsToContents()
         self._show_confusion(result)
         self._show_roc(result)
@@ -220,8 +226,8 @@ class ResultsPage(QWidget):
 
     def _show_levels(self, result: dict) -> None:
         self.levels.clear()
+        self.levels.setVisible(result["task"] == "ordinal")  # the ROC gets the room otherwise
         if result["task"] != "ordinal":
-            self.levels.setTitle("predicted vs true level (ordinal tasks)")
             return
         self.levels.setTitle(f"predicted vs true level: Kendall tau {result['metrics'].get('kendall_tau', 0):.3f}, "
                              f"AMAE {result['metrics'].get('amae', 0):.3f}")

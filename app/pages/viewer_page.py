@@ -24,8 +24,10 @@ class ViewerPage(QWidget):
         super().__init__()
         self.state = state
         self.panel = ImagePanel()
-        self.heat_on = QCheckBox("attention heat map")
+        self.heat_on = QCheckBox("heat map")
         self.heat_on.setChecked(True)
+        self.heat_on.setToolTip("where the head looked: attention weights (attention / vit heads) or each token's "
+                                "contribution to the predicted class (linear head), over the image")
         self.heat_on.toggled.connect(lambda _: self._redraw_heat())
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
