@@ -3,6 +3,7 @@ subprocess workers, medians. Nothing here re-implements the engine (`loff_core`)
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -269,3 +270,33 @@ def synthetic_items(folder: Path, n_images: int, size: tuple[int, int], syntaxes
     items = [(f"img{i:06d}", folder / r["file"]) for i, r in enumerate(rows)]
     ys = [int(r["masking_level"]) - 1 for r in rows]
     return items, ys
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: --quick, --smoke, --device, --threads,
+    --json (and the hidden --_worker used to run one measurement in a fresh process)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small, CI-safe run")
+    p.add_argument("--smoke", action="store_true", help="even smaller (tests)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's); 1 is far faster for small ops on a busy CPU")
+    p.add_argument("--json", default=None)
+    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_bench_args(p: argparse.ArgumentParser, argv: Optional[list[str]],
+                     worker: Optional[Any] = None) -> Optional[argparse.Namespace]:
+    """Parse, apply --threads; in a `--_worker` process run `worker(task)`, print its JSON
+    result and return None (the caller then exits 0)."""
+    args = p.parse_args(argv)
+    apply_threads(args.threads)
+    if args._worker:
+        if worker is None:
+            p.error("this benchmark has no worker processes")
+        task = load_task(args._worker)
+        preimport()
+        print(json.dumps(worker(task)))
+        return None
+    return args

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import apply_threads, machine_block, machine_info, table, write_json  # noqa: E402
+from _common import bench_parser, parse_bench_args, machine_block, machine_info, table, write_json  # noqa: E402
 
 DATA = Path("/work/shared/data/mini-mias")
 CLASSES = ["F", "G", "D"]  # fatty < fatty-glandular < dense-glandular
@@ -144,11 +144,8 @@ def report(out: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--smoke", action="store_true")
+    p = bench_parser(__doc__)
     p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/loff-bench-minimias-caches"),
                    help="feature caches (reused by later runs; extraction resumes)")
     p.add_argument("--epochs", type=int, default=None)
@@ -158,11 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", default=None, help="run only configurations whose name contains one of these")
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's); 1 is far faster for small ops on a busy CPU")
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    apply_threads(args.threads)
+    args = parse_bench_args(p, argv)
+    assert args is not None
     if not (args.data / "labels.csv").exists() or not (args.data / "images").is_dir():
         print(f"skipped: data absent ({args.data})")
         return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (apply_threads, Timer, machine_block, machine_info, median, synthetic_items, table,  # noqa: E402
+from _common import (bench_parser, parse_bench_args, Timer, machine_block, machine_info, median, synthetic_items, table,  # noqa: E402
                      write_json)
 
 TARGET_RATIO = 0.9
@@ -154,10 +154,7 @@ def report(reads: dict, grids: list, sizes: list, info: dict, args: argparse.Nam
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p = bench_parser(__doc__)
     p.add_argument("--backbone", default=None)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--grid", type=int, default=16)
@@ -165,11 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--head", default="vit")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's); 1 is far faster for small ops on a busy CPU")
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    apply_threads(args.threads)
+    args = parse_bench_args(p, argv)
+    assert args is not None
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     d = {
         "full": dict(images=512, backbone="vit_small_patch14_dinov2", image_size=224, repeats=3,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (apply_threads, Timer, machine_block, machine_info, median, synthetic_items, table,  # noqa: E402
+from _common import (bench_parser, parse_bench_args, Timer, machine_block, machine_info, median, synthetic_items, table,  # noqa: E402
                      write_json)
 
 TARGET_RATIO = 0.8
@@ -187,10 +187,7 @@ def report(ext: dict[str, Any], dec: list[dict[str, Any]], info: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p = bench_parser(__doc__)
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--images", type=int, default=None)
@@ -198,11 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the engine's)")
     p.add_argument("--decode-images", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's); 1 is far faster for small ops on a busy CPU")
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    apply_threads(args.threads)
+    args = parse_bench_args(p, argv)
+    assert args is not None
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     d = {"full": dict(images=256, image_size=224, decode_images=48, repeats=3),
          "quick": dict(images=64, image_size=224, decode_images=12, repeats=2),

@@ -13,7 +13,6 @@ variant's alone); the variants are interleaved over the repeats and medians are 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (apply_threads, load_task, MemoryMeter, Timer, preimport, machine_block, machine_info, median, mib, peak_bf16_for,  # noqa: E402
+from _common import (bench_parser, parse_bench_args, MemoryMeter, Timer, machine_block, machine_info, median, mib, peak_bf16_for,  # noqa: E402
                      run_worker, synthetic_items, table, write_json)
 
 SCRIPT = Path(__file__).resolve()
@@ -223,10 +222,7 @@ def report(results: list[dict[str, Any]], info: dict[str, Any], args: argparse.N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small, CI-safe run")
-    p.add_argument("--smoke", action="store_true", help="even smaller (tests)")
-    p.add_argument("--device", default="cpu")
+    p = bench_parser(__doc__)
     p.add_argument("--backbones", nargs="+", default=None)
     p.add_argument("--pretrained", action="store_true", help="real weights for every backbone (from the timm cache)")
     p.add_argument("--images", type=int, default=None)
@@ -237,16 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loff-epochs", type=int, default=None)
     p.add_argument("--head", default="vit", choices=["linear", "attention", "vit"])
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's); 1 is far faster for small ops on a busy CPU")
-    p.add_argument("--json", default=None)
-    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    apply_threads(args.threads)
-    if args._worker:
-        task = load_task(args._worker)
-        preimport()
-        print(json.dumps(WORKERS[task["kind"]](task)))
+    args = parse_bench_args(p, argv, lambda task: WORKERS[task["kind"]](task))
+    if args is None:
         return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     defaults = {

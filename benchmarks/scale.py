@@ -9,8 +9,6 @@ and merged in 256-row blocks; training copies it into RAM only below 2 GiB).
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import sys
 import tempfile
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (apply_threads, load_task, MemoryMeter, Timer, machine_block, machine_info, mib, preimport, run_worker,  # noqa: E402
+from _common import (bench_parser, parse_bench_args, MemoryMeter, Timer, machine_block, machine_info, mib, run_worker,  # noqa: E402
                      synthetic_items, table, write_json)
 
 SCRIPT = Path(__file__).resolve()
@@ -63,24 +61,13 @@ def worker(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p = bench_parser(__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=None)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=16,
                    help="extraction batch size (16, the engine default: one shard file per batch)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's); 1 is far faster for small ops on a busy CPU")
-    p.add_argument("--json", default=None)
-    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    apply_threads(args.threads)
-    if args._worker:
-        task = load_task(args._worker)
-        preimport()
-        print(json.dumps(worker(task)))
+    args = parse_bench_args(p, argv, worker)
+    if args is None:
         return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     sizes = args.sizes or {"full": [1000, 5000, 20000], "quick": [200, 1000], "smoke": [50, 200]}[mode]
