@@ -7,8 +7,8 @@ cache changed, runs changed, a set of images to step through), never directly.
 from __future__ import annotations
 
 import logging
-import threading
 import os
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
