@@ -149,7 +149,7 @@ def report(reads: dict, grids: list, sizes: list, info: dict, args: argparse.Nam
             f"- ratio = RAM epoch time / HDF5 epoch time (1.0 = reading the HDF5 file costs nothing). "
             f"Medians of {args.repeats} interleaved repeats after one warm-up each; file in the OS page cache.\n\n"
             f"### Cache size per image\n\n{t2}\n\n### Grid pooling and head step time (features in RAM)\n\n{t3}\n\n"
-            f"- {args.backbone} at {args.image_size}px, {len(grids) and grids[0] and reads['images']} images; "
+            f"- {args.backbone} at {args.image_size}px, {reads['images']} images; "
             f"step = one train_head epoch / steps. Medians of {args.repeats} interleaved repeats.")
 
 
