@@ -144,25 +144,9 @@ class Project:
     @classmethod
     def open(cls, root: Path | str) -> "Project":
         root = Path(root)
-        path = root / PROJECT_FILE
-        if not path.is_file():
+        if not (root / PROJECT_FILE).is_file():
             raise ProjectError(f"{root}: not a LOFF Studio project (no {PROJECT_FILE}); create one with `loff import`")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProjectError(f"{path}: unreadable project file ({exc})") from exc
-        version = data.get("schema_version")
-        if not isinstance(version, int):
-            raise ProjectError(f"{path}: project file has no schema_version")
-        if version > SCHEMA_VERSION:
-            raise ProjectError(
-                f"{path}: project was written by a newer LOFF Studio (schema {version}, this one reads {SCHEMA_VERSION})"
-            )
-        try:
-            settings = ProjectSettings.from_dict(data)
-        except TypeError as exc:
-            raise ProjectError(f"{path}: project file is missing fields ({exc})") from exc
-        return cls(root, settings)
+        return cls(root, _read_settings(root / PROJECT_FILE))
 
     @classmethod
     def open_or_create(cls, root: Path | str) -> "Project":
@@ -175,8 +159,12 @@ class Project:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the project's write lock; a second process is refused, not corrupted."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        handle = open(self.root / ".lock", "a+")
+        path = self.root / ".lock"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+        except OSError as exc:  # a read-only or full location: say so, not a traceback
+            raise ProjectError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
         try:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -190,6 +178,12 @@ class Project:
             handle.truncate()
             handle.write(f"process {os.getpid()}")
             handle.flush()
+            # another process may have changed the project since it was opened (the app keeps
+            # it open for hours): work under the lock starts from what is on disk, so a save
+            # here cannot undo that process's import or extraction
+            if self.settings_path.is_file():
+                self.settings = _read_settings(self.settings_path)
+            self._catalog = None
             yield
         finally:
             handle.close()
@@ -562,6 +556,27 @@ def _heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.
     nh, nw = max(1, round(rows * scale)), max(1, round(cols * scale))
     top, left = (size - nh) // 2, (size - nw) // 2
     return up[top:top + nh, left:left + nw]
+
+
+def _read_settings(path: Path) -> ProjectSettings:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProjectError(f"{path}: unreadable project file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ProjectError(f"{path}: unreadable project file (not a JSON object)")
+    version = data.get("schema_version")
+    if not isinstance(version, int):
+        raise ProjectError(f"{path}: project file has no schema_version")
+    if version > SCHEMA_VERSION:
+        raise ProjectError(
+            f"{path}: project was written by a newer LOFF Studio (schema {version}, this one reads {SCHEMA_VERSION})"
+        )
+    try:
+        settings = ProjectSettings.from_dict(data)
+    except TypeError as exc:
+        raise ProjectError(f"{path}: project file is missing fields ({exc})") from exc
+    return settings
 
 
 def _now() -> str:

@@ -90,6 +90,36 @@ def test_second_process_is_refused_by_the_lock(tmp_path):
         pass
 
 
+def test_work_under_the_lock_starts_from_the_project_on_disk(tmp_path):
+    """The app keeps a project open for hours; if another process re-imports meanwhile, the
+    app's next extraction must not write its stale settings (old catalog version and
+    classes) back over the new ones."""
+    from loff_core.backbones import BackboneSpec
+
+    Project.create(tmp_path / "p").import_images(_png_folder(tmp_path / "first"))
+    long_open = Project.open(tmp_path / "p")  # e.g. the app's window
+    assert long_open.settings.classes == ["a", "b"]
+
+    other = Project.open(tmp_path / "p")  # e.g. `loff import` in a terminal
+    folder = tmp_path / "second"
+    for label in ("x", "y", "z"):
+        (folder / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (32, 24), color=60 * i).save(folder / label / f"{label}{i}.png")
+    with other.lock():
+        other.import_images(folder)
+    version = other.settings.catalog_version
+
+    with long_open.lock():
+        long_open.extract(BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2),
+                          device="cpu", batch_size=4, num_workers=0)
+    on_disk = Project.open(tmp_path / "p").settings
+    assert on_disk.catalog_version == version
+    assert on_disk.classes == ["x", "y", "z"]
+    assert on_disk.active_cache is not None
+    assert len(long_open.catalog().entries) == 6  # the new catalog, not the cached old one
+
+
 def test_engine_never_imports_qt():
     engine = Path(__file__).resolve().parents[1] / "loff_core"
     offenders = []
