@@ -42,9 +42,14 @@ CARD_SCHEMA: dict[str, Any] = {
             "required": ["kind", "task", "num_classes", "feature_dim", "grid_hw"],
             "properties": {
                 "kind": {"enum": ["linear", "attention", "vit"]},
+                "task": {"enum": ["classification", "ordinal"]},
                 "num_classes": {"type": "integer", "minimum": 2},
                 "feature_dim": {"type": "integer", "minimum": 1},
                 "grid_hw": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
+                "width": {"type": "integer", "minimum": 1, "maximum": 65536},
+                "depth": {"type": "integer", "minimum": 0, "maximum": 64},
+                "num_heads": {"type": "integer", "minimum": 1, "maximum": 1024},
+                "dropout": {"type": "number", "minimum": 0, "maximum": 1},
             },
         },
         "backbone": {
@@ -55,12 +60,17 @@ CARD_SCHEMA: dict[str, Any] = {
                 "weights_hash": {"type": "string", "minLength": 8},
                 "image_size": {"type": "integer", "minimum": 8},
                 "fingerprint": {"type": "string", "minLength": 8},
+                "grid": {"type": ["integer", "null"], "minimum": 1},
+                "seed": {"type": "integer"},
+                "random_init": {"type": "boolean"},
+                "weights_file": {"type": ["string", "null"]},
             },
         },
         "preprocessing": {
             "type": "object",
             "required": ["image_size", "mean", "std"],
             "properties": {
+                "image_size": {"type": "integer", "minimum": 8},
                 "mean": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
                 "std": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
             },
@@ -238,9 +248,15 @@ def validate_card(card: Any, path: Path | str) -> None:
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
         raise ExportError(f"model card is not valid at {where}: {exc.message}", path) from None
-    if card["head"]["num_classes"] != len(card["classes"]):
+    head = card["head"]
+    if head["num_classes"] != len(card["classes"]):
         raise ExportError("model card lists %d classes but the head has %d outputs"
-                          % (len(card["classes"]), card["head"]["num_classes"]), path)
+                          % (len(card["classes"]), head["num_classes"]), path)
+    if head["task"] != card["task"]:
+        raise ExportError(f"model card's task is {card['task']} but its head was built for {head['task']}", path)
+    if head["kind"] != "linear" and head.get("width", 192) % head.get("num_heads", 4):
+        raise ExportError(f"model card is not valid at head: width {head.get('width', 192)} is not divisible by "
+                          f"num_heads {head.get('num_heads', 4)}", path)
 
 
 def load_exported_head(folder: Path | str, device: str = "cpu") -> LoadedHead:
@@ -268,7 +284,7 @@ def load_exported_head(folder: Path | str, device: str = "cpu") -> LoadedHead:
     head_config = HeadConfig.from_dict(card["head"])
     try:
         module = _build_head(head_config, state)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         raise ExportError(f"head weights do not fit the head described in card.json ({exc})", head_path) from None
     return LoadedHead(folder, card, head_config, module.to(device))
 

@@ -207,12 +207,20 @@ def test_tampered_or_foreign_heads_are_refused_with_the_reason(exported, tmp_pat
     with pytest.raises(ExportError, match="checksum"):
         load_exported_head(swapped)
 
-    # a pickle posing as the head is never read: only head.safetensors counts
+    # a working malicious pickle posing as the head, with the card's checksum updated to
+    # match it, is refused by the safetensors parser and never executed
     marker = tmp_path / "pwned"
+    payload = _malicious_pickle(marker)
+    subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"],
+                   input=payload, check=True)
+    assert marker.exists(), "the planted pickle must really run code when unpickled"
+    marker.unlink()
     evil = _copy(exported / "head", tmp_path / "evil")
-    (evil / "head.safetensors").write_bytes(
-        b"\x80\x04\x95" + f"cos\nsystem\n(S'touch {marker}'\ntR.".encode())
-    with pytest.raises(ExportError):
+    (evil / "head.safetensors").write_bytes(payload)
+    card = json.loads((evil / "card.json").read_text())
+    card["files"]["head_sha256"] = hashlib.sha256(payload).hexdigest()
+    (evil / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ExportError, match="cannot read head weights"):
         load_exported_head(evil)
     assert not marker.exists()
 
@@ -222,6 +230,45 @@ def test_tampered_or_foreign_heads_are_refused_with_the_reason(exported, tmp_pat
     code = main(["predict", str(exported / "head"), str(img), "--weights", str(_other_weights(tmp_path)), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and "trained on features of vit_tiny_patch16_224 with weights" in err
+
+
+class _Touch:
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _malicious_pickle(marker: Path) -> bytes:
+    import pickle
+
+    return pickle.dumps(_Touch(marker), protocol=4)
+
+
+@pytest.mark.parametrize("edits, reason", [
+    ({"head": {"width": "abc"}}, "not valid at head/width"),
+    ({"head": {"num_heads": 0}}, "not valid at head/num_heads"),
+    ({"head": {"kind": "attention", "num_heads": 5}}, "not divisible by num_heads"),
+    ({"head": {"kind": "attention"}}, "do not fit the head described"),
+    ({"head": {"dropout": "x"}}, "not valid at head/dropout"),
+    ({"head": {"task": "ordinal"}}, "head was built for ordinal"),
+    ({"backbone": {"grid": "x"}}, "not valid at backbone/grid"),
+    ({"backbone": {"seed": "abc"}}, "not valid at backbone/seed"),
+    ({"preprocessing": {"image_size": -3}}, "not valid at preprocessing/image_size"),
+])
+def test_a_tampered_card_is_refused_with_a_one_line_reason(exported, tmp_path, capsys, edits, reason):
+    bad = _copy(exported / "head", tmp_path / "bad")
+    card = json.loads((bad / "card.json").read_text())
+    for section, values in edits.items():
+        card[section].update(values)
+    (bad / "card.json").write_text(json.dumps(card))
+    img = next((exported / "img").rglob("*.dcm"))
+    capsys.readouterr()
+    code = main(["predict", str(bad), str(img), "--random-init", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert reason in err and "card.json" in err and "Traceback" not in err
 
 
 def _other_weights(tmp_path: Path) -> Path:
