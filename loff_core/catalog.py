@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import ProjectError, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json
-from .images import IMAGE_EXTENSIONS, is_image_candidate, read_info
+from .images import IMAGE_EXTENSIONS, _suffix, is_image_candidate, read_info, special_file_reason
 from .progress import Progress
 
 SPLITS = ("train", "val", "test")
@@ -131,8 +131,18 @@ class Catalog:
 
 
 # -- helpers ---------------------------------------------------------------------------
-def image_id_for(rel_path: str) -> str:
-    return hashlib.sha1(rel_path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+def image_id_for(rel_path: str, version: str = "") -> str:
+    """Stable id of one file's content at import: its relative path plus `version` (size and
+    modification time). The feature cache is keyed by it, so a file replaced or edited in
+    place, or another folder re-imported with the same names, gets a new id and is
+    extracted again instead of silently reusing the old features."""
+    key = rel_path if not version else f"{rel_path}\0{version}"
+    return hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def file_version(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def patient_key_for(salt: bytes, patient_id: str) -> str:
@@ -188,6 +198,11 @@ def _walk(root: Path, failures: list[ImportFailure], progress: Progress) -> list
             if name.startswith("."):
                 continue
             path = Path(dirpath) / name
+            if _suffix(path) in IMAGE_EXTENSIONS or _suffix(path) == "":
+                special = special_file_reason(path)  # a FIFO would block the scan: never opened
+                if special is not None:
+                    failures.append(ImportFailure(display_path(_rel(path, root)), special))
+                    continue
             if not is_image_candidate(path):
                 continue
             if path.is_symlink() and not path.exists():
@@ -195,6 +210,16 @@ def _walk(root: Path, failures: list[ImportFailure], progress: Progress) -> list
                 continue
             found.append(path)
     return found
+
+
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes made grey on load
+
+
+def _is_colour(info: Any) -> bool:
+    """A colour image, which `load_pixels` turns into its luminance (0.299 R + 0.587 G + 0.114 B)."""
+    if info.format == "dicom":
+        return info.samples > 1
+    return info.format not in ("nifti", "mha", "nrrd") and info.photometric in _COLOUR_MODES
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -279,14 +304,19 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
     if labels_csv is not None:
         files = [f for f in files if f.resolve() != Path(labels_csv).resolve()]
     infos: list[tuple[str, Any]] = []
+    versions: dict[str, str] = {}
     for n, path in enumerate(files):
         if n % 16 == 0:
             progress.check()
         rel = _rel(path, root)
         try:
-            infos.append((rel, read_info(path)))
+            info = read_info(path)
+            versions[rel] = file_version(path)
+            infos.append((rel, info))
         except UnreadableImage as exc:
             failures.append(ImportFailure(display_path(rel), exc.reason))
+        except OSError as exc:  # vanished or became unreadable between reading and stat
+            failures.append(ImportFailure(display_path(rel), f"cannot be read ({exc.strerror or exc})"))
         progress.report(n + 1, len(files), f"scanned {n + 1} files")
 
     labels: dict[str, str] = {}
@@ -364,7 +394,7 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
             pid = "file:" + rel
         spacing = f"{info.pixel_spacing[0]:g}\\{info.pixel_spacing[1]:g}" if info.pixel_spacing else None
         entries.append(CatalogEntry(
-            image_id=image_id_for(rel), path=rel, patient_key=patient_key_for(salt, pid), label=labels.get(rel),
+            image_id=image_id_for(rel, versions[rel]), path=rel, patient_key=patient_key_for(salt, pid), label=labels.get(rel),
             split=None, format=info.format, modality=info.modality, view=info.view, laterality=info.laterality,
             rows=info.rows, cols=info.cols, frames=info.frames, pixel_spacing=spacing,
         ))
@@ -374,6 +404,10 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
     multi = sum(1 for e in entries if e.frames > 1)
     if multi:
         warnings.append(f"{multi} multi-frame images (e.g. tomosynthesis): the central frame is used")
+    colour = [rel for rel, info in infos if _is_colour(info)]
+    if colour:
+        warnings.append(f"{len(colour)} RGB (colour) images: converted to grey (luminance), colour is not used: "
+                        + ", ".join(display_path(r) for r in colour[:5]) + (" ..." if len(colour) > 5 else ""))
     progress.report(len(files), len(files), f"imported {len(entries)} images, {len(failures)} unreadable")
     return Catalog(entries, class_order, failures, warnings)
 

@@ -129,3 +129,34 @@ def test_engine_never_imports_qt():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in {"PySide6", "pyqtgraph", "shiboken6", "app"}]
     assert offenders == []
+
+
+def test_changed_files_are_extracted_again_after_a_re_import(tmp_path):
+    """The cache is keyed by the file's content at import (path + size + mtime), so features
+    of replaced or edited images are never silently reused."""
+    import os
+
+    from loff_core.backbones import BackboneSpec
+
+    spec = BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2)
+    images = _png_folder(tmp_path / "images", n=3)
+    project = Project.create(tmp_path / "p")
+    project.import_images(images)
+    assert project.extract(spec, device="cpu", num_workers=0).extracted == 6
+
+    project.import_images(images)  # nothing changed: nothing to extract
+    assert project.extract(spec, device="cpu", num_workers=0).extracted == 0
+
+    edited = images / "a" / "a1.png"
+    Image.new("L", (32, 24), color=250).save(edited)
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
+    project.import_images(images)
+    assert project.extract(spec, device="cpu", num_workers=0).extracted == 1
+
+    shutil.rmtree(images)  # another folder with the same file names
+    for label in ("a", "b"):
+        (images / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (40, 30), color=200 - 30 * i).save(images / label / f"{label}{i}.png")
+    project.import_images(images)
+    assert project.extract(spec, device="cpu", num_workers=0).extracted == 6
