@@ -117,8 +117,9 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
     head_path = out_dir / "head.safetensors"
     with atomic_path(head_path) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": CARD_FORMAT})
-    card = _make_card(project, run, head_config, _sha256(head_path))
     progress.report(1, 3 if onnx else 2, "writing card")
+    _evaluate_if_needed(project, run)
+    card = _make_card(project, run, head_config, _sha256(head_path))
     written = {"head": str(head_path), "card": str(out_dir / "card.json")}
     if onnx:
         progress.check()
@@ -128,6 +129,19 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
     atomic_write_json(out_dir / "card.json", card)
     progress.report(3 if onnx else 2, 3 if onnx else 2, "exported")
     return {"run": run.run_id, "out_dir": str(out_dir), "files": written, "card": card}
+
+
+def _evaluate_if_needed(project: Any, run: Any) -> None:
+    """A card carries the run's validation and test metrics: splits never evaluated are
+    evaluated now (an empty split is left out)."""
+    from .errors import ProjectError
+
+    for split in ("val", "test"):
+        if not (run.path / f"eval-{split}.json").exists():
+            try:
+                project.evaluate(run.run_id, split)
+            except ProjectError:
+                pass  # e.g. no labelled images with features in that split
 
 
 def _make_card(project: Any, run: Any, head_config: Any, head_sha256: str) -> dict[str, Any]:

@@ -183,6 +183,14 @@ def exported(tmp_path_factory):
     return root
 
 
+def test_card_of_a_run_never_evaluated_still_carries_its_metrics(exported):
+    """The fixture exports right after training; export evaluates the missing splits."""
+    card = json.loads((exported / "head" / "card.json").read_text())
+    for split in ("val", "test"):
+        m = card["metrics"][split]
+        assert m["n"] > 0 and 0.0 <= m["metrics"]["accuracy"] <= 1.0 and "auc" in m["metrics"], m
+
+
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
