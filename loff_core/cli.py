@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -135,6 +137,7 @@ def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
             spec, device=args.device, batch_size=args.batch_size, num_workers=args.workers, progress=p))
     if rank != 0:
         return {"rank": rank, "world_size": world, "extracted": result.extracted}
+    _print_notes("extract", result.notes)
     project = Project.open(args.project)
     cache = project.open_cache()
     return {
@@ -177,9 +180,18 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     with project.lock():
         run = _run_with_progress("train", args.quiet, lambda p: project.train(config, progress=p, on_epoch=curves.append))
     r = run.record
+    _print_notes("train", r.get("notes", []))
     return {"run": run.run_id, "head": r["head_config"]["kind"], "task": r["task"], "classes": r["classes"],
             "best_epoch": r["best_epoch"], "monitor": r["monitor"], "best_score": r["best_score"],
-            "stopped": r["stopped"], "epochs": len(r["history"]), "n_train": r["n_train"], "n_val": r["n_val"]}
+            "stopped": r["stopped"], "epochs": len(r["history"]), "n_train": r["n_train"], "n_val": r["n_val"],
+            "notes": list(r.get("notes", []))}
+
+
+def _print_notes(command: str, notes: list[str]) -> None:
+    """What a step did differently (e.g. a smaller batch after a GPU out-of-memory): on
+    stderr even with --quiet, since it can change results and speed."""
+    for note in notes:
+        print(f"loff {command}: note: {note}", file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,7 +240,8 @@ def _write_predictions_csv(path: Path, out: dict[str, Any]) -> None:
 
     from .fsutil import atomic_path
 
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(
+            tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "predicted", *[f"p_{c}" for c in out["classes"]]])
         for p in out["predictions"]:
@@ -356,12 +369,63 @@ def _version() -> str:
     return __version__
 
 
+_SAFETENSORS_IO = re.compile(r"I/O error: (?P<reason>.*?) \(os error (?P<errno>\d+)\)(?: at path \"(?P<path>.*)\")?")
+
+
+def file_error_reason(exc: BaseException, where: Optional[Path] = None) -> Optional[str]:
+    """A one-line reason for a file-system error (read-only or full disk, permission, ...):
+    "cannot write FILE: Read-only file system". None when `exc` is no such error.
+
+    Besides OSError this recognises safetensors' I/O errors (a Rust error type whose text
+    carries the OS error). An error that names no file is said to be about `where` (the
+    folder or file the command writes). Every write in the engine goes through a temporary
+    file renamed over its target, so an error here leaves the files already written as they
+    were."""
+    if isinstance(exc, OSError):
+        code, reason = exc.errno, exc.strerror
+        filename = exc.filename if exc.filename is not None else exc.filename2
+    else:
+        match = _SAFETENSORS_IO.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
+        if match is None:
+            return None
+        code, reason, filename = int(match["errno"]), match["reason"], match["path"]
+    if not reason:  # e.g. h5py: an OSError with only a message
+        reason = _one_line(str(exc)) or type(exc).__name__
+    from .fsutil import WRITE_ERRNOS
+
+    verb = "cannot write" if code in WRITE_ERRNOS else "cannot access"
+    if filename is None:
+        if code is None:
+            return _one_line(reason)
+        return f"{verb} {'in ' + str(where) if where is not None else 'a file'}: {reason}"
+    return _one_line(f"{verb} {os.fsdecode(filename)}: {reason}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _written_location(args: argparse.Namespace) -> Optional[Path]:
+    """Where a command writes: what a file-system error that names no file is about."""
+    if args.command == "export":
+        return args.out_dir
+    if args.command == "predict":
+        return args.csv
+    return getattr(args, "project", None)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = args.func(args)
     except LoffError as exc:
-        print(f"loff {args.command}: {exc}", file=sys.stderr)
+        print(f"loff {args.command}: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - only file-system errors are turned into a reason
+        reason = file_error_reason(exc, _written_location(args))
+        if reason is None:
+            raise
+        print(f"loff {args.command}: {reason}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, Cancelled):
         print(f"loff {args.command}: interrupted; work already finished is kept", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -17,8 +18,11 @@ def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
     A crash or an exception leaves the old target untouched and removes the temporary.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _naming(exc, target, None) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -27,9 +31,34 @@ def atomic_path(target: Path | str, suffix: str = "") -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        named = _naming(exc, target, tmp_path)
+        if named is exc:
+            raise
+        raise named from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # "cannot write" errors
+
+
+def _naming(exc: OSError, target: Path, tmp: Path | None) -> OSError:
+    """The error as the user should read it: about the target, not the hidden temporary
+    (a full disk on write() names no file at all)."""
+    name = exc.filename
+    if name is not None:
+        about_tmp = tmp is not None and os.fsdecode(name) == str(tmp)
+        if tmp is None:  # mkstemp names the temporary it tried to create
+            base = os.path.basename(os.fsdecode(name))
+            about_tmp = base.startswith(f".{target.name}.") and base.endswith(".tmp")
+    else:
+        about_tmp = tmp is None or exc.errno in WRITE_ERRNOS
+    if about_tmp:
+        return OSError(exc.errno, exc.strerror or str(exc), str(target)) if exc.errno is not None else exc
+    return exc
 
 
 def atomic_write_text(target: Path | str, text: str) -> None:

@@ -12,6 +12,7 @@ understands; nothing here ever puts a patient identifier in a message.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -52,7 +53,24 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def special_file_reason(path: Path | str) -> Optional[str]:
+    """Why `path` is no file to read (a named pipe, socket or device, which would block or
+    stream forever when opened), found without opening it; None for a regular file (or a
+    path that cannot be looked at: that is reported where it is read)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return f"not a regular file but {kind}; skipped without reading it"
+
+
 def _has_dicom_magic(path: Path) -> bool:
+    if special_file_reason(path) is not None:
+        return False  # opening a FIFO would wait forever for a writer
     try:
         with open(path, "rb") as fh:
             fh.seek(128)
@@ -94,6 +112,9 @@ def _kind(path: Path) -> str:
 
 
 def _basic_checks(path: Path) -> None:
+    special = special_file_reason(path)
+    if special is not None:
+        raise UnreadableImage(path, special)
     try:
         size = path.stat().st_size
     except PermissionError:

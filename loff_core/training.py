@@ -60,6 +60,7 @@ class TrainResult:
     best_score: float
     monitor: str
     stopped: str  # "completed" | "early_stopping" | "user_stop"
+    notes: list[str] = field(default_factory=list)  # what was done differently, e.g. a GPU out-of-memory retry
 
 
 def _in_memory(source: Any) -> Any:
@@ -287,6 +288,7 @@ def train_head(
     best_score, best_epoch, best_loss = -math.inf, 0, math.inf
     stale = 0
     stopped = "completed"
+    notes: list[str] = []
     epoch = 0
     while epoch < config.epochs:
         started = time.monotonic()
@@ -310,7 +312,9 @@ def train_head(
                 raise TrainingError("GPU out of memory even with batch size 1; use a smaller head "
                                     "(--head linear), a smaller grid, or train on the CPU (--device cpu)") from None
             batch_size = max(1, batch_size // 2)
-            progress.report(0, 0, f"GPU out of memory: retrying with batch size {batch_size}")
+            message = f"GPU out of memory: retrying with batch size {batch_size}"
+            notes.append(message)
+            progress.report(0, 0, message)
             del exc
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -364,6 +368,7 @@ def train_head(
         best_score=float(best_score),
         monitor=monitor,
         stopped=stopped,
+        notes=notes,
     )
 
 

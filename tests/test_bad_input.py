@@ -143,6 +143,8 @@ def test_import_and_extract_name_every_bad_file(corpus, tmp_path, capsys, monkey
         assert rel in catalog
     assert out["imported"] == len(good) + 3 + 5  # + 3 with good headers, bad data + 5 odd-but-good files
     assert any("multi-frame" in w and "central frame" in w for w in out["warnings"])
+    rgb = [w for w in out["warnings"] if "RGB" in w]  # SC_rgb.dcm: what is done with its colour is said
+    assert len(rgb) == 1 and "converted to grey (luminance)" in rgb[0] and "odd/rgb.dcm" in rgb[0], out["warnings"]
 
     ext = loff_json(capsys, "extract", project, *TINY)
     ext_failed = {f["path"]: f["reason"] for f in ext["failed"]}

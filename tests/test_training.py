@@ -3,6 +3,8 @@ survives a (simulated) GPU out-of-memory, refuses bad input, and predicts like i
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -141,10 +143,45 @@ def test_out_of_memory_halves_the_batch(monkeypatch):
     assert [e["batch_size"] for e in r.history] == [16, 16, 16]
     assert r.stopped == "completed"
     assert "GPU out of memory: retrying with batch size 16" in messages
+    assert r.notes == ["GPU out of memory: retrying with batch size 16"]  # in the result, not only progress
 
     monkeypatch.setattr(training, "_FAULT_INJECTOR", lambda bs: (_ for _ in ()).throw(RuntimeError("out of memory")))
     with pytest.raises(TrainingError, match="batch size 1"):
         train_head(src, *_split(src, y), _cfg(batch_size=4), num_classes=3)
+
+
+def test_out_of_memory_note_reaches_train_json_run_record_and_stderr(monkeypatch, tmp_path, capsys):
+    """The OOM retry is in `loff train --json`'s `notes`, in the saved run.json, and on
+    stderr even with --quiet (like extraction's notes)."""
+    from loff_cli import loff_json
+
+    from loff_core.project import Project
+
+    loff_json(capsys, "demo", tmp_path / "p", "--patients", "8")
+    loff_json(capsys, "extract", tmp_path / "p", "--backbone", "vit_tiny_patch16_224", "--random-init",
+              "--image-size", "32", "--grid", "2", "--workers", "0")
+    raised = []
+
+    def inject(batch_size):
+        if batch_size == 8 and not raised:
+            raised.append(batch_size)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(training, "_FAULT_INJECTOR", inject)
+    capsys.readouterr()
+    from loff_core.cli import main
+
+    assert main(["train", str(tmp_path / "p"), "--epochs", "1", "--batch-size", "8", "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    note = "GPU out of memory: retrying with batch size 4"
+    assert raised == [8] and out["notes"] == [note]
+    assert Project.open(tmp_path / "p").run(out["run"]).record["notes"] == [note]
+    assert f"loff train: note: {note}" in captured.err
+
+    monkeypatch.setattr(training, "_FAULT_INJECTOR", None)
+    clean = loff_json(capsys, "train", tmp_path / "p", "--epochs", "1")
+    assert clean["notes"] == [] and Project.open(tmp_path / "p").run(clean["run"]).record["notes"] == []
 
 
 def test_oom_retry_matches_a_clean_run_at_the_smaller_batch(monkeypatch):
