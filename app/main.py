@@ -134,9 +134,14 @@ class MainWindow(QMainWindow):
     def open_demo(self) -> None:
         """The synthetic demo project (written once, in the background, on first use)."""
         root = data_dir() / "demo-project"
-        if (root / "loff-project.json").exists():
+        if (root / "loff-project.json").exists() and (root / "catalog.csv").exists():
             self.open_project(root)
             return
+        if root.exists():  # left half-written by a version that did not write it atomically
+            import shutil
+
+            self.show_message("warning", f"the demo project at {root} is incomplete; writing it again")
+            shutil.rmtree(root, ignore_errors=True)
 
         def work(progress: Any) -> Any:
             from loff_core.demo import create_demo_project
@@ -177,7 +182,8 @@ class MainWindow(QMainWindow):
             job = self.state.runner.job.name if self.state.runner.job else "a job"
             if not getattr(self, "confirm_close", None):
                 answer = QMessageBox.question(self, "LOFF Studio", f"{job} is still running. Stop it and quit? "
-                                              "Work already finished is kept.")
+                                              "Quitting stops it like the Stop button: training keeps the best "
+                                              "head so far, extraction keeps the finished batches.")
                 if answer != QMessageBox.StandardButton.Yes:
                     event.ignore()
                     return

@@ -8,6 +8,8 @@ its settings (`synthetic: true`), in a README inside it, and in the DICOM header
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from .errors import ProjectError
@@ -35,21 +37,34 @@ Try:
 
 def create_demo_project(root: Path | str, *, n_patients: int = 60, seed: int = 0,
                         progress: Progress = Progress()) -> Project:
-    """Write images + labels into ROOT/images and import them as an ordinal project."""
+    """Write images + labels into ROOT/images and import them as an ordinal project.
+
+    Everything is written into a hidden sibling folder first and renamed to ROOT at the
+    end, so a demo interrupted half-way (the app closed on first launch) never leaves a
+    project without images behind: ROOT either is complete or does not exist."""
     from .synthetic import write_synthetic_dataset
 
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise ProjectError(f"{root}: folder is not empty; choose a new folder for the demo project")
-    project = Project.create(root, name="LOFF Studio demo (synthetic)", seed=seed)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    work = root.parent / f".{root.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)  # what an interrupted earlier attempt left
+    project = Project.create(work, name="LOFF Studio demo (synthetic)", seed=seed)
     progress.report(0, 2, "writing synthetic images")
-    labels = write_synthetic_dataset(root / "images", n_patients=n_patients, seed=seed)
+    labels = write_synthetic_dataset(work / "images", n_patients=n_patients, seed=seed)
     progress.check()
     project.settings.synthetic = True
-    project.import_images(root / "images", labels_csv=labels, label_column="masking_level",
+    project.import_images(work / "images", labels_csv=labels, label_column="masking_level",
                           file_column="file", patient_column="patient",
                           classes=[str(i) for i in range(1, 9)], task="ordinal",
                           progress=progress.child(1, 2))
-    atomic_write_text(root / "README.txt", DEMO_README.format(root=root))
+    atomic_write_text(work / "README.txt", DEMO_README.format(root=root))
+    os.replace(work, root)  # an empty ROOT is replaced; a complete demo appears at once
+    project = Project.open(root)
+    project.settings.images_root_absolute = str((root / "images").resolve())
+    if project.settings.labels_source:
+        project.settings.labels_source["csv_absolute"] = str((root / project.settings.labels_source["csv"]).resolve())
+    project.save()
     progress.report(2, 2, "demo project ready")
     return project

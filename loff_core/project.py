@@ -53,6 +53,10 @@ class ProjectSettings:
     synthetic: bool = False
     catalog_version: int = 0  # bumped on every import; runs remember it (stale flag)
     active_cache: Optional[str] = None  # fingerprint of the cache made by the last extract
+    # how the last import found its labels, so a re-import (the app's Import page) can offer
+    # the same: {"csv", "csv_absolute", "label_column", "file_column", "patient_column",
+    # "classes"}; None: folder names
+    labels_source: Optional[dict[str, Any]] = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -261,11 +265,26 @@ class Project:
         s.images_root_absolute = str(images_dir.resolve())
         s.classes = list(catalog.classes)
         s.label_name = label_column or s.label_name
+        s.labels_source = None if not labels_csv else {
+            "csv": _relative_or_none(Path(labels_csv), self.root), "csv_absolute": str(Path(labels_csv).resolve()),
+            "label_column": label_column, "file_column": file_column, "patient_column": patient_column,
+            "classes": list(classes) if classes else None}
         if task is not None:
             s.task = task
         s.catalog_version += 1
         self.save()
         return self.import_summary()
+
+    def labels_csv(self) -> Optional[Path]:
+        """The labels CSV of the last import, found again after a move; None for folder names
+        or when the file is gone."""
+        src = self.settings.labels_source
+        if not src:
+            return None
+        for candidate in (self.root / src["csv"] if src.get("csv") else None, src.get("csv_absolute")):
+            if candidate is not None and Path(candidate).is_file():
+                return Path(candidate).resolve()
+        return None
 
     def import_summary(self) -> ImportSummary:
         catalog = self.catalog()
@@ -314,7 +333,15 @@ class Project:
         if distributed_rank_world()[0] != 0:
             return result  # under torchrun, rank 0 merges and records the cache
         fingerprint = Path(result.cache_path).name.split(".")[0]
-        self.settings.active_cache = fingerprint
+        previous = self.settings.active_cache
+        if (result.stopped and previous not in (None, fingerprint)
+                and (self.caches_dir / f"{previous}.h5").exists()):
+            # a stopped extraction with other settings does not replace the cache training
+            # uses; running extract again with these settings finishes it and switches over
+            result.notes.append(f"stopped before the end: training keeps using the previous cache {previous}; "
+                                f"extract again with these settings to finish {fingerprint} and use it")
+        else:
+            self.settings.active_cache = fingerprint
         self.save()
         if result.failures:
             self._record_extract_failures(result.failures)
@@ -393,6 +420,7 @@ class Project:
             "best_score": result.best_score,
             "monitor": result.monitor,
             "stopped": result.stopped,
+            "notes": list(result.notes),
             "n_train": len(train_ids),
             "n_val": len(val_ids),
             "catalog_version": self.settings.catalog_version,
@@ -537,12 +565,21 @@ class Project:
 
     @staticmethod
     def _write_predictions_csv(path: Path, predictions: list[dict[str, Any]], classes: list[str]) -> None:
+        # UTF-8; a file name that is not UTF-8 (bytes on POSIX, held as surrogates) is
+        # written as its original bytes, like catalog.csv, so the path names the file
         with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(["image_id", "path", "label", "predicted", *[f"p_{c}" for c in classes]])
                 for p in predictions:
                     writer.writerow([p["image_id"], p["path"], p["label"], p["predicted"], *p["probabilities"]])
+
+    @staticmethod
+    def read_predictions_csv(path: Path | str) -> list[dict[str, str]]:
+        """The rows of a `predictions-SPLIT.csv` as written by `evaluate` (or by `loff predict
+        --csv`), paths decoded as they were written (non-UTF-8 bytes back to surrogates)."""
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            return list(csv.DictReader(fh))
 
 
 def _heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.ndarray:

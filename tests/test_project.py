@@ -160,3 +160,26 @@ def test_changed_files_are_extracted_again_after_a_re_import(tmp_path):
             Image.new("L", (40, 30), color=200 - 30 * i).save(images / label / f"{label}{i}.png")
     project.import_images(images)
     assert project.extract(spec, device="cpu", num_workers=0).extracted == 6
+
+
+def test_a_stopped_extraction_does_not_replace_the_cache_training_uses(tmp_path):
+    from loff_core.backbones import BackboneSpec
+    from loff_core.progress import Progress
+
+    project = Project.create(tmp_path / "p")
+    project.import_images(_png_folder(tmp_path / "images", n=4))
+    first = BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2)
+    project.extract(first, device="cpu", num_workers=0)
+    complete = project.settings.active_cache
+
+    progress = Progress()
+    progress.on_report = lambda d, t, m: progress.request_stop() if d >= 2 else None
+    other = BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=48, grid=2)
+    result = project.extract(other, device="cpu", num_workers=0, batch_size=2, progress=progress)
+    assert result.stopped and result.extracted < 8
+    assert Project.open(tmp_path / "p").settings.active_cache == complete
+    assert any("keeps using the previous cache" in n for n in result.notes)
+
+    finished = project.extract(other, device="cpu", num_workers=0, batch_size=2)  # resumed to the end
+    assert not finished.stopped
+    assert Project.open(tmp_path / "p").settings.active_cache != complete

@@ -121,6 +121,29 @@ def test_demo_project_is_synthetic_and_ready(tmp_path, capsys):
     assert "SYNTHETIC" in (tmp_path / "demo" / "README.txt").read_text()
 
 
+def test_an_interrupted_demo_leaves_no_half_project(tmp_path):
+    """Stopped while writing (the app closed on first launch): ROOT does not exist, so the
+    next launch writes it again instead of opening a project without images."""
+    from loff_core.demo import create_demo_project
+    from loff_core.progress import Cancelled, Progress
+
+    progress = Progress()
+
+    def on_report(done, total, message):
+        if "writing synthetic images" in message:
+            progress.cancel()  # seen once the images are written, before the import
+
+    progress.on_report = on_report
+    with pytest.raises(Cancelled):
+        create_demo_project(tmp_path / "demo", n_patients=4, progress=progress)
+    assert not (tmp_path / "demo").exists(), "a half-written demo project was left behind"
+    project = create_demo_project(tmp_path / "demo", n_patients=4)
+    assert project.has_catalog() and len(project.catalog().entries) == 8
+    assert project.images_root() == (tmp_path / "demo" / "images").resolve()
+    assert project.labels_csv() is not None and project.labels_csv().parent.parent == (tmp_path / "demo").resolve()
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
 def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nowhere"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()

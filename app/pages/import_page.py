@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-                               QListWidget, QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
+                               QListWidget, QMessageBox, QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
 
 from loff_core.catalog import CatalogEntry
 from loff_core.errors import LoffError
@@ -171,7 +171,7 @@ class ImportPage(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(top)
         layout.addWidget(split, 1)
-        state.project_changed.connect(lambda _: self.refresh())
+        state.project_changed.connect(lambda _: (self._fill_from_project(), self.refresh()))
         state.catalog_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
         self._read_columns()
@@ -187,6 +187,38 @@ class ImportPage(QWidget):
         if path:
             self.labels.setText(path)
             self._read_columns()
+
+    def _fill_from_project(self) -> None:
+        """A project just opened: the import fields show how its images were imported (folder,
+        labels CSV and columns, classes, task), so a re-import keeps its labels unless the
+        user changes them."""
+        project = self.state.project
+        folder, labels, src = "", "", None
+        if project is not None and project.has_catalog():
+            try:
+                folder = str(project.images_root())
+            except LoffError:  # a moved images folder: the user picks it again
+                pass
+            src = project.settings.labels_source
+            csv_path = project.labels_csv()
+            labels = str(csv_path) if csv_path else ""
+        self.folder.setText(folder)
+        self.labels.setText(labels)
+        self._read_columns()
+        if src and labels:
+            for combo, key in ((self.file_column, "file_column"), (self.label_column, "label_column"),
+                               (self.patient_column, "patient_column")):
+                i = combo.findData(src.get(key))
+                if src.get(key) is not None and i >= 0:
+                    combo.setCurrentIndex(i)
+        self.classes.setText(",".join(src["classes"]) if src and src.get("classes") else "")
+        if project is not None:
+            self.task.setCurrentText(project.settings.task)
+
+    def confirm(self, text: str) -> bool:
+        """Ask before replacing a catalog (tests replace this method)."""
+        answer = QMessageBox.question(self, "Re-import", text)
+        return answer == QMessageBox.StandardButton.Yes
 
     def _read_columns(self) -> None:
         path = Path(self.labels.text().strip())
@@ -219,7 +251,17 @@ class ImportPage(QWidget):
             self.state.message.emit("warning", "choose an image folder first")
             return
         classes = [c.strip() for c in self.classes.text().split(",") if c.strip()] or None
-        kwargs = dict(labels_csv=self.labels.text().strip() or None, label_column=self.label_column.currentData(),
+        labels_csv = self.labels.text().strip()
+        if project.has_catalog():
+            n = len(project.catalog().entries)
+            source = (f"from {Path(labels_csv).name}, column {self.label_column.currentText()}" if labels_csv
+                      else "from sub-folder names (no labels CSV chosen)")
+            runs = len(project.runs())
+            if not self.confirm(f"Re-import replaces the catalog of {n} images.\n\nLabels will come {source}."
+                                + (f"\n\nThe {runs} trained runs are kept but will be marked stale." if runs else "")
+                                + "\n\nContinue?"):
+                return
+        kwargs = dict(labels_csv=labels_csv or None, label_column=self.label_column.currentData(),
                       file_column=self.file_column.currentData(), patient_column=self.patient_column.currentData(),
                       classes=classes, task=self.task.currentText())
 
@@ -252,13 +294,7 @@ class ImportPage(QWidget):
         catalog = project.catalog()
         self.model.set_entries(catalog.entries)
         self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
-        if not self.folder.text():
-            try:
-                self.folder.setText(str(project.images_root()))
-            except Exception:  # noqa: BLE001 - a moved images folder: the user picks it again
-                pass
         s = project.import_summary()
-        self.task.setCurrentText(project.settings.task)
         self.counts.setText(
             f"{s.imported} images, {s.labelled} labelled. Per label: "
             + (", ".join(f"{c} {n}" for c, n in s.per_class.items()) or "none")

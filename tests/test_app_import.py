@@ -1,0 +1,49 @@
+"""The Import page on a project that already has images: the fields show how it was
+imported, and a re-import asks first, so labels are never silently replaced."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from test_app import _import, _new_project, _wait_idle, images, qtbot_button, window  # noqa: E402,F401
+
+pytestmark = pytest.mark.gui
+
+
+def test_reopened_project_keeps_its_labels_on_re_import(qtbot, window, images, tmp_path):  # noqa: F811
+    from loff_core.project import Project
+
+    w, page = window, window.import_page
+    folder, labels = images
+    _new_project(w, tmp_path / "p")
+    _import(qtbot, w, images)
+    classes = w.state.project.settings.classes
+    assert len(classes) >= 2 and w.state.project.settings.labels_source["label_column"] == "masking_level"
+
+    _new_project(w, tmp_path / "other")  # another project: its fields are empty, not the first one's
+    assert page.folder.text() == "" and page.labels.text() == ""
+
+    w.state.set_project(Project.open(tmp_path / "p"))  # reopened later (e.g. the next day)
+    assert page.folder.text() == str(folder)
+    assert page.labels.text() == str(labels.resolve())
+    assert page.label_column.currentData() == "masking_level" and page.patient_column.currentData() == "patient"
+
+    asked: list[str] = []
+    page.confirm = lambda text: asked.append(text) or False  # the user says No
+    version = w.state.project.settings.catalog_version
+    qtbot.mouseClick(page.import_button, qtbot_button())
+    assert len(asked) == 1 and "replaces the catalog of 24 images" in asked[0] and labels.name in asked[0]
+    assert not w.state.busy and w.state.project.settings.catalog_version == version
+
+    page.confirm = lambda text: asked.append(text) or True  # Yes: same labels as before
+    qtbot.mouseClick(page.import_button, qtbot_button())
+    _wait_idle(qtbot, w)
+    settings = Project.open(tmp_path / "p").settings
+    assert settings.catalog_version == version + 1 and settings.classes == classes
+
+    page.labels.setText("")  # labels from folder names now: the question says so
+    page.confirm = lambda text: asked.append(text) or False
+    qtbot.mouseClick(page.import_button, qtbot_button())
+    assert "sub-folder names" in asked[-1]
