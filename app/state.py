@@ -100,6 +100,7 @@ class AppState(QObject):
             return None
         job = Job(name, fn, *args, **kwargs)
         job.failed.connect(lambda text: self.message.emit("error", text))
+        job.notice.connect(lambda text: self.message.emit("warning", text))  # at once, while it runs
         job.cancelled.connect(lambda: self.message.emit("info", f"{name} cancelled; nothing was changed"))
         log.info("start %s", name)
         return self.runner.start(job)

@@ -5,6 +5,14 @@ and turns the engine's `Progress` reports into Qt signals. `stop()` asks the job
 early and keep what it has (the best head so far, the images already cached); `cancel()`
 asks it to drop the work (`Cancelled` is raised between batches). The GUI thread never
 runs `fn` itself. `JobRunner` owns at most one running job per window.
+
+Closing the window (`JobRunner.shutdown`) follows one rule: a job whose `on_close` is
+"stop" (training, extraction: they keep what is done) is stopped, as the Stop button does;
+any other job is cancelled. Never both, so the outcome does not depend on timing.
+
+Engine reports that are notices (`loff_core.progress.is_notice`, e.g. "GPU out of memory:
+retrying with batch size 8") are also emitted as `notice` the moment they happen, so the
+window shows them as warnings while the job goes on.
 """
 
 from __future__ import annotations
@@ -16,10 +24,10 @@ import traceback
 import weakref
 from typing import Any, Callable, Optional
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from loff_core.errors import LoffError
-from loff_core.progress import Cancelled, Progress
+from loff_core.progress import Cancelled, Progress, is_notice
 
 log = logging.getLogger("loff_studio")
 
@@ -30,6 +38,7 @@ class Job(QObject):
     finished = Signal(object)
     failed = Signal(str)
     cancelled = Signal()
+    notice = Signal(str)  # a report the user must see at once (the job goes on)
 
     def __init__(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any):
         super().__init__()
@@ -37,9 +46,14 @@ class Job(QObject):
         self._fn, self._args, self._kwargs = fn, args, kwargs
         self.progress_state = Progress(on_report=self._report)
         self.thread_name: Optional[str] = None  # recorded for tests: never the GUI thread
+        self.on_close = "cancel"  # or "stop": what closing the window does to this job
+        self.notices: list[str] = []  # the notices already emitted (pages skip them in the result)
 
     def _report(self, done: int, total: int, message: str) -> None:
         self.progress.emit(int(done), int(total), str(message))
+        if is_notice(message) and message not in self.notices:
+            self.notices.append(message)
+            self.notice.emit(str(message))
 
     def emit_epoch(self, entry: dict) -> None:
         self.epoch.emit(dict(entry))
@@ -129,12 +143,17 @@ class JobRunner(QObject):
             signal.connect(thread.quit)
         thread.finished.connect(self._done)
         self.job, self.thread = job, thread
-        thread.start()
+        # started on the next turn of the event loop, so the caller connects the job's
+        # signals (progress, finished) before the job can emit them, however fast it is
+        QTimer.singleShot(0, lambda: thread.start() if self.thread is thread else None)
         self.busy_changed.emit(True)
         return job
 
     @Slot()
     def _done(self) -> None:
+        sender = self.sender()
+        if sender is not None and sender is not self.thread:
+            return  # a late `finished` of a thread `shutdown` already ended: not the job running now
         thread, self.thread = self.thread, None
         if thread is None:
             return
@@ -151,12 +170,15 @@ class JobRunner(QObject):
             self.job.cancel()
 
     def shutdown(self, timeout_ms: int = 120_000) -> bool:
-        """Cancel the running job and wait for its thread (window closing)."""
+        """Stop (`on_close == "stop"`) or else cancel the running job, and wait for its
+        thread (window closing)."""
         if not self.busy:
             return True
         assert self.job is not None and self.thread is not None
-        self.job.cancel()
-        self.job.stop()
+        if self.job.on_close == "stop":
+            self.job.stop()
+        else:
+            self.job.cancel()
         ok = _join(self.thread, timeout_ms / 1000)
         self._done()
         return ok

@@ -18,6 +18,16 @@ from typing import Callable, Optional
 
 ReportFn = Callable[[int, int, str], None]
 
+#: how a report's message starts when it is a notice: the job goes on, but the user must be
+#: told at once (the GUI shows it as a warning, not only as the passing progress text)
+NOTICE_PREFIXES = ("GPU out of memory",)
+
+
+def is_notice(message: str) -> bool:
+    """True for a report message that is a notice (see `NOTICE_PREFIXES`), e.g. the
+    "GPU out of memory: retrying with batch size N" of extraction and training."""
+    return str(message).startswith(NOTICE_PREFIXES)
+
 
 class Cancelled(Exception):
     """Raised by `Progress.check()` when the job was asked to stop."""

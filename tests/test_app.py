@@ -103,11 +103,15 @@ def test_whole_story_through_the_window(qtbot, window, images, tmp_path):
     assert page.train_button.isEnabled()
     page.head.setCurrentText("attention")
     page.epochs.setValue(2)
+    page.lr.setValue(0.001)
+    page.seed.setValue(7)
     qtbot.mouseClick(page.train_button, qtbot_button())
     _wait_idle(qtbot, w)
     qtbot.waitUntil(lambda: page.runs.rowCount() == 1, timeout=LONG)
     assert len(page.history) == 2 and len(page.train_curve.getData()[0]) == 2
-    assert page.runs.item(0, 7).text() == "up to date"
+    row = _runs_row(page, 0)
+    assert row["stale?"] == "up to date" and row["learning rate"] == "0.001" and row["seed"] == "7"
+    assert row["augment"] == "flip 0.5, crop 0.5, noise 0.05, token dropout 0.1, mixup 0.2"
 
     results = w.results_page
     assert results.evaluate_button.isEnabled()
@@ -191,7 +195,7 @@ def test_event_loop_keeps_answering_while_jobs_run(qtbot, window, images, tmp_pa
     assert len(ticks) > 10 and max(gaps) < 0.1, f"longest pause of the event loop {max(gaps):.3f} s"
 
 
-def test_stop_cancel_and_close_while_training(qtbot, window, images, tmp_path):
+def test_stop_cancel_and_close_while_training(qtbot, window, images, tmp_path, monkeypatch):
     w = window
     _new_project(w, tmp_path / "project")
     _import(qtbot, w, images)
@@ -212,12 +216,31 @@ def test_stop_cancel_and_close_while_training(qtbot, window, images, tmp_path):
     _wait_idle(qtbot, w)
     runs = w.state.project.runs()
     assert len(runs) == 1 and runs[0].record["stopped"] == "user_stop"
-    # Close while training: the job stops, the thread ends, the project stays intact
+    # Close while training = Stop, whatever the timing: the thread ends and the best head so
+    # far is saved as a run, as the Stop button does (never cancelled)
+    qtbot.mouseClick(page.train_button, qtbot_button())
+    qtbot.waitUntil(lambda: len(page.history) >= 1, timeout=LONG)
+    job = w.state.runner.job
+    w.close()
+    assert not w.state.busy and not job.progress_state.cancelled
+    runs = w.state.project.runs()
+    assert len(runs) == 2 and [r.record["stopped"] for r in runs] == ["user_stop", "user_stop"]
+    # a close before the first epoch ends: the engine keeps the partial first epoch as the
+    # best head so far (a stop never drops the run), so a run is saved here too
+    from loff_core import training
+
+    def hold_first_step(batch_size):  # the first step waits until the window asked to stop
+        deadline = time.monotonic() + 60
+        while not w.state.runner.job.progress_state.stop_requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+    monkeypatch.setattr(training, "_FAULT_INJECTOR", hold_first_step)
+    w.show()
     qtbot.mouseClick(page.train_button, qtbot_button())
     qtbot.waitUntil(lambda: w.state.busy, timeout=LONG)
     w.close()
     assert not w.state.busy
-    assert len(w.state.project.runs()) == 1
+    runs = w.state.project.runs()
+    assert len(runs) == 3 and runs[-1].record["stopped"] == "user_stop" and len(runs[-1].record["history"]) == 1
 
 
 def test_errors_are_messages_not_tracebacks(qtbot, window, tmp_path):
@@ -229,6 +252,16 @@ def test_errors_are_messages_not_tracebacks(qtbot, window, tmp_path):
     texts = [w.problems.item(i).text() for i in range(w.problems.count())]
     assert any("does-not-exist: not a folder" in t for t in texts), texts
     assert not any("Traceback" in t for t in texts)
+
+
+def test_predictions_with_non_utf8_file_names_are_shown_and_saved(window, tmp_path):
+    odd = os.fsdecode(b"/data/caf\xe9.png")  # a Linux file name that is not UTF-8
+    predict = window.predict_page
+    predict.show_predictions({"classes": ["a", "b"], "task": "classification", "failed": [],
+                              "predictions": [{"path": odd, "predicted": "b", "probabilities": [0.25, 0.75]}]})
+    assert predict.table.item(0, 0).text() == "/data/caf\ufffd.png"  # shown, not silently dropped
+    predict.save_csv(str(tmp_path / "predictions.csv"))
+    assert b"/data/caf\xe9.png,b,0.25,0.75" in (tmp_path / "predictions.csv").read_bytes()
 
 
 def test_window_module_does_not_import_torch_or_h5py():
@@ -396,3 +429,203 @@ def test_twenty_thousand_rows_stay_smooth(qtbot, window, tmp_path):
     # generous bounds for shared 2-core machines; Qt's QSortFilterProxyModel over the same
     # rows took 0.66 s to filter and 1.7 s to sort here, this model 2 ms and 12 ms
     assert filtered < 0.5 and sorted_s < 0.5 and opened < 20.0
+
+
+# -- helpers for tests that need runs or results but no training --------------------------
+def _runs_row(page, row: int) -> dict[str, str]:
+    """One row of the Train page's runs table, by column title."""
+    t = page.runs
+    return {t.horizontalHeaderItem(c).text(): t.item(row, c).text() for c in range(t.columnCount())}
+
+
+def _write_run(project, run_id: str, **config) -> None:
+    """A run folder with a run.json shaped as `Project.train` writes it (no head weights)."""
+    from loff_core.project import _config_dict
+    from loff_core.training import TrainConfig
+
+    if not project.has_catalog():  # the images an evaluation names (their files need not exist)
+        from loff_core.catalog import Catalog, CatalogEntry
+
+        entries = [CatalogEntry(image_id=f"i{k}", path=f"img{k}.png", patient_key=f"{k:016x}", label="ab"[k % 2],
+                                split="test", format="png", modality="", view="", laterality="", rows=8, cols=8,
+                                frames=1, pixel_spacing=None) for k in range(4)]
+        Catalog(entries, ["a", "b"]).save(project.catalog_path)
+    folder = project.runs_dir / run_id
+    folder.mkdir(parents=True)
+    record = {"run_id": run_id, "task": "classification", "classes": ["a", "b"],
+              "train_config": _config_dict(TrainConfig(**config)), "head_config": {"kind": "linear"},
+              "history": [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.6, "val_auc": 0.8}],
+              "best_epoch": 1, "best_score": 0.8, "monitor": "val_auc", "stopped": "completed", "notes": []}
+    (folder / "run.json").write_text(json.dumps(record))
+
+
+def _evaluation(run_id: str) -> dict:
+    predictions = [{"image_id": f"i{k}", "label": "ab"[k % 2], "predicted": "ab"[k // 2 % 2],
+                    "probabilities": [0.3 + 0.1 * k, 0.7 - 0.1 * k]} for k in range(4)]
+    return {"run": run_id, "split": "test", "n": 4, "task": "classification", "stale": [],
+            "metrics": {"auc": 0.75, "accuracy": 0.5}, "ci": {"auc": [0.5, 1.0]},
+            "per_class": {"a": {"precision": 0.5, "recall": 0.5, "support": 2}},
+            "confusion_matrix": [[1, 1], [1, 1]], "classes": ["a", "b"],
+            "roc": {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 0.5, 1.0]}, "predictions": predictions}
+
+
+def _points(curve) -> int:
+    x = curve.getData()[0]
+    return 0 if x is None else len(x)
+
+
+def test_another_project_or_a_vanished_run_clears_results_and_curves(qtbot, window, tmp_path):
+    from loff_core.project import Project
+
+    w = window
+    results, train = w.results_page, w.train_page
+    first, second = Project.create(tmp_path / "first"), Project.create(tmp_path / "second")
+    for project in (first, second):
+        _write_run(project, "r1")  # the same run name in both: only the project changed
+
+    def show_r1():
+        results.show_result(_evaluation("r1"))
+        train._run_clicked(0, 0)
+        assert results.metrics.rowCount() == 3 and results.confusion.rowCount() == 2 and results.summary.text()
+        assert [i for i in results.roc.getPlotItem().listDataItems() if i is not results.marker]
+        assert _points(train.train_curve) == 1 and _points(train.metric_curve) == 1
+
+    def assert_cleared():
+        assert results.result is None and results.summary.text() == "" and results.metrics.rowCount() == 0
+        assert results.confusion.rowCount() == 0 and results.threshold_text.text() == ""
+        assert not [i for i in results.roc.getPlotItem().listDataItems() if i is not results.marker]
+        assert not results.view_cell.isEnabled() and w.state.last_evaluation is None
+        assert _points(train.train_curve) == 0 and _points(train.val_curve) == 0 and _points(train.metric_curve) == 0
+
+    w.state.set_project(first)
+    show_r1()
+    w.state.set_project(second)  # opening another project: nothing of the first stays on screen
+    assert_cleared()
+    show_r1()
+    import shutil
+
+    shutil.rmtree(second.runs_dir / "r1")  # the evaluated run disappears
+    w.state.runs_changed.emit()
+    assert_cleared()
+
+
+def test_runs_table_shows_learning_rate_seed_and_augmentation(qtbot, window, tmp_path):
+    from loff_core.augment import AugmentConfig
+    from loff_core.project import Project
+
+    project = Project.create(tmp_path / "p")
+    _write_run(project, "r1-default")
+    _write_run(project, "r2-plain", lr=0.002, seed=11, augment=AugmentConfig.off())
+    _write_run(project, "r3-strong", lr=1e-4, seed=3, augment=AugmentConfig(hflip=1.0, noise_std=0.2, mixup_alpha=0))
+    window.state.set_project(project)
+    rows = [_runs_row(window.train_page, r) for r in range(window.train_page.runs.rowCount())]
+    got = [(r["run"], r["learning rate"], r["seed"], r["augment"]) for r in rows]
+    assert got == [("r1-default", "0.0005", "0", "flip 0.5, crop 0.5, noise 0.05, token dropout 0.1, mixup 0.2"),
+                   ("r2-plain", "0.002", "11", "off"),
+                   ("r3-strong", "0.0001", "3", "flip 1, crop 0.5, noise 0.2, token dropout 0.1, mixup 0")]
+    assert rows[0]["stale?"]  # still the last column
+
+
+def test_predict_is_enabled_by_a_head_folder_alone(window):
+    predict = window.predict_page
+    assert predict.run.count() == 0 and not predict.predict_button.isEnabled()
+    predict.head_dir.setText("/somewhere/exported-head")
+    assert predict.predict_button.isEnabled()
+    predict.head_dir.setText("  ")
+    assert not predict.predict_button.isEnabled()
+
+
+def test_failed_csv_save_is_a_message_and_the_csv_lists_unreadable_files(window, tmp_path):
+    w = window
+    predict = w.predict_page
+    predict.show_predictions({"classes": ["a", "b"], "task": "classification",
+                              "predictions": [{"path": "/data/one.png", "predicted": "b",
+                                               "probabilities": [0.25, 0.75]}],
+                              "failed": [{"path": "/data/broken.dcm", "reason": "not a DICOM file"}]})
+    (tmp_path / "a-file").write_text("")
+    bad = tmp_path / "a-file" / "predictions.csv"  # its folder cannot exist: a file is in the way
+    predict.save_csv(str(bad))  # no exception on the GUI thread
+    texts = [w.problems.item(i).text() for i in range(w.problems.count())]
+    assert any(t.startswith("Problem: could not save the predictions to " + str(bad)) for t in texts), texts
+    assert predict.result is not None and predict.table.rowCount() == 2 and predict.save_button.isEnabled()
+    good = tmp_path / "predictions.csv"
+    predict.save_csv(str(good))
+    assert good.read_text().splitlines() == ["path,predicted,p_a,p_b", "/data/one.png,b,0.25,0.75",
+                                             "/data/broken.dcm,not read: not a DICOM file,,"]
+    assert "saved 1 predictions and 1 unreadable files to" in w.problems.item(w.problems.count() - 1).text()
+
+
+def test_closing_stops_jobs_that_keep_work_and_cancels_the_others(qtbot):
+    """The window-closing rule (JobRunner.shutdown): Stop for a job marked on_close="stop"
+    (training, extraction), Cancel for any other; never both, so timing cannot decide."""
+    from app.state import AppState
+
+    state = AppState()
+    outcome: list[str] = []
+
+    def loop(progress):
+        while True:
+            progress.check()  # a cancel is seen here first, as between training steps
+            if progress.stop_requested:
+                return "kept"
+            time.sleep(0.005)
+    for on_close in ("stop", "cancel"):
+        job = state.start(on_close, loop)
+        job.on_close = on_close
+        job.finished.connect(outcome.append)
+        job.cancelled.connect(lambda: outcome.append("dropped"))
+        qtbot.wait(50)
+        assert state.runner.shutdown()
+        qtbot.waitUntil(lambda: len(outcome) == (1 if on_close == "stop" else 2), timeout=LONG)
+    assert outcome == ["kept", "dropped"]
+
+
+def test_out_of_memory_retry_is_a_warning_while_the_job_runs(qtbot, window, images, tmp_path, monkeypatch):
+    """Injected CUDA OOM (on the CPU, as the engine tests do) during extraction and training
+    driven from the window: the "retrying with batch size N" notice reaches Messages as a
+    warning while the job still runs, once, before the job's own result message."""
+    import torch
+
+    from loff_core import cache, training
+
+    w = window
+    seen: list[tuple[str, str, bool]] = []
+    w.state.message.connect(lambda level, text: seen.append((level, text, w.state.busy)))
+    _new_project(w, tmp_path / "project")
+    _import(qtbot, w, images)
+
+    def forward_oom(stage, n):
+        if stage == "forward" and n > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+    monkeypatch.setattr(cache, "_FAULT_INJECTOR", forward_oom)
+    w.cache_page.batch.setValue(4)
+    _extract(qtbot, w)
+    monkeypatch.setattr(cache, "_FAULT_INJECTOR", None)
+
+    raised = []
+
+    def train_oom(batch_size):
+        if batch_size == 32 and not raised:
+            raised.append(batch_size)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+    monkeypatch.setattr(training, "_FAULT_INJECTOR", train_oom)
+    w.train_page.epochs.setValue(1)
+    qtbot.mouseClick(w.train_page.train_button, qtbot_button())
+    _wait_idle(qtbot, w)
+    assert raised == [32] and len(w.state.project.runs()) == 1
+
+    for note, done in (("GPU out of memory: retrying with batch size 2", "extraction done"),
+                       ("GPU out of memory: retrying with batch size 16", "run ")):
+        at = [k for k, (level, text, busy) in enumerate(seen) if text == note]
+        assert len(at) == 1, (note, seen)  # shown once, not again when the job ends
+        level, _, busy = seen[at[0]]
+        finished = next(k for k, (_, text, _) in enumerate(seen) if text.startswith(done))
+        assert level == "warning" and busy and at[0] < finished, seen
+        assert sum(w.problems.item(i).text() == "Warning: " + note for i in range(w.problems.count())) == 1
+
+
+def test_cache_page_lists_cpu_before_gpus_are_looked_for(window):
+    device = window.cache_page.device
+    assert [device.itemData(i) for i in range(device.count())] == ["auto", "cpu"]
+    device.setCurrentIndex(1)
+    assert device.currentData() == "cpu"

@@ -52,6 +52,7 @@ class CachePage(QWidget):
         self.batch.setValue(16)
         self.device = QComboBox()
         self.device.addItem("auto", "auto")
+        self.device.addItem("CPU", "cpu")  # GPUs are listed by "Find GPUs" (that imports torch)
         self.devices_button = QPushButton("Find GPUs")
         self.devices_button.clicked.connect(self._find_devices)
         self.extract_button = QPushButton("Extract")
@@ -120,6 +121,7 @@ class CachePage(QWidget):
                 return project.extract(spec, device=device, batch_size=batch, progress=progress)
         job = self.state.start("extract", work)
         if job is not None:
+            job.on_close = "stop"  # closing the window keeps the finished batches, like Stop
             job.progress.connect(self.strip.report)
             job.finished.connect(self._extracted)
 
@@ -128,8 +130,10 @@ class CachePage(QWidget):
         self.state.message.emit("info", f"extraction {words}: {result.extracted} images computed, "
                                         f"{result.skipped} already cached, {len(result.failures)} unreadable "
                                         f"({result.seconds:.1f} s)")
+        shown = self.state.runner.job.notices if self.state.runner.job is not None else []
         for note in result.notes:
-            self.state.message.emit("warning", note)
+            if note not in shown:  # notices were shown as they happened
+                self.state.message.emit("warning", note)
         for f in result.failures[:20]:
             self.state.message.emit("warning", f"{f.path}: {f.reason}")
         self.state.cache_changed.emit()

@@ -4,6 +4,7 @@ the head (safetensors + card.json, optionally ONNX) where the user chooses."""
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -35,6 +36,7 @@ class PredictPage(QWidget):
         pick_folder.clicked.connect(self._choose_folder)
         self.head_dir = QLineEdit()
         self.head_dir.setPlaceholderText("an exported head folder (empty: the run chosen above)")
+        self.head_dir.textChanged.connect(lambda _: self._busy(self.state.busy))  # a head folder alone enables Predict
         self.predict_button = QPushButton("Predict")
         self.predict_button.clicked.connect(self.start_predict)
         self.save_button = QPushButton("Save CSV...")
@@ -63,6 +65,7 @@ class PredictPage(QWidget):
         state.project_changed.connect(lambda _: self.refresh())
         state.runs_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
+        self._busy(state.busy)  # no run and no head folder yet: Predict starts disabled
 
     def refresh(self) -> None:
         self.run.clear()
@@ -141,14 +144,16 @@ class PredictPage(QWidget):
         self.table.setColumnCount(2 + len(classes))
         self.table.setHorizontalHeaderLabels(["file", "predicted", *[f"P({c})" for c in classes]])
         self.table.setRowCount(len(rows) + len(result["failed"]))
+        from loff_core.catalog import display_path  # a non-UTF-8 name shown with U+FFFD, not dropped
+
         for i, p in enumerate(rows):
-            for j, v in enumerate([p["path"], p["predicted"], *[f"{x:.3f}" for x in p["probabilities"]]]):
+            for j, v in enumerate([display_path(p["path"]), p["predicted"], *[f"{x:.3f}" for x in p["probabilities"]]]):
                 self.table.setItem(i, j, QTableWidgetItem(str(v)))
         for k, f in enumerate(result["failed"]):
             self.table.setItem(len(rows) + k, 0, QTableWidgetItem(f["path"]))
             self.table.setItem(len(rows) + k, 1, QTableWidgetItem(f"not read: {f['reason']}"))
         self.table.resizeColumnsToContents()
-        self.save_button.setEnabled(bool(rows))
+        self.save_button.setEnabled(bool(rows or result["failed"]))
         self.state.message.emit("info", f"predicted {len(rows)} images; {len(result['failed'])} could not be read")
 
     def save_csv(self, path: Optional[str] = None) -> None:
@@ -160,9 +165,22 @@ class PredictPage(QWidget):
             return
         from loff_core.fsutil import atomic_path
 
-        with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "predicted", *[f"p_{c}" for c in self.result["classes"]]])
-            for p in self.result["predictions"]:
-                writer.writerow([p["path"], p["predicted"], *p["probabilities"]])
-        self.state.message.emit("info", f"saved {len(self.result['predictions'])} predictions to {path}")
+        classes, failed = self.result["classes"], self.result["failed"]
+        try:
+            with atomic_path(Path(path)) as tmp, open(
+                    tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["path", "predicted", *[f"p_{c}" for c in classes]])
+                for p in self.result["predictions"]:
+                    writer.writerow([p["path"], p["predicted"], *p["probabilities"]])
+                for f in failed:  # as in the table: the reason where the prediction would be
+                    writer.writerow([f["path"], f"not read: {f['reason']}", *[""] * len(classes)])
+        except OSError as exc:  # the table and the result stay; the user can choose another file
+            detail = exc.strerror or str(exc)
+            if exc.filename and os.fsdecode(exc.filename) != str(path):
+                detail += f": {os.fsdecode(exc.filename)}"
+            self.state.message.emit("error", f"could not save the predictions to {path} ({detail}); "
+                                             "choose another file")
+            return
+        self.state.message.emit("info", f"saved {len(self.result['predictions'])} predictions"
+                                        f"{f' and {len(failed)} unreadable files' if failed else ''} to {path}")

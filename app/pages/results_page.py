@@ -86,7 +86,7 @@ class ResultsPage(QWidget):
         layout.addWidget(self.summary)
         layout.addLayout(grid, 1)
         self.result: Optional[dict] = None
-        state.project_changed.connect(lambda _: self.refresh())
+        state.project_changed.connect(lambda _: (self.clear(), self.refresh()))
         state.runs_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
 
@@ -99,7 +99,33 @@ class ResultsPage(QWidget):
                 self.run.addItem(r.run_id)
             if current:
                 self.run.setCurrentText(current)
+        if self.result is not None and self.run.findText(self.result["run"]) < 0:
+            self.clear()  # the evaluated run is gone (or another project is open)
         self._busy(self.state.busy)
+
+    def clear(self) -> None:
+        """Show no evaluation: summary, metrics, confusion matrix, ROC and levels emptied."""
+        if self.result is not None and self.state.last_evaluation is self.result:
+            self.state.last_evaluation = None  # the viewer no longer explains with that run
+        self.result = None
+        self.summary.setText("")
+        self.strip.label.setText("")
+        self.metrics.setRowCount(0)
+        self.confusion.clear()
+        self.confusion.setRowCount(0)
+        self.confusion.setColumnCount(0)
+        self.cell_ids, self.cell_caption = [], ""
+        self.view_cell.setEnabled(False)
+        self.view_cell.setText("Open these images in the Viewer")
+        self.roc.clear()
+        self.marker.setData([], [])
+        self.roc.addItem(self.marker)
+        self.positive.blockSignals(True)
+        self.positive.clear()
+        self.positive.blockSignals(False)
+        self.threshold_text.setText("")
+        self.levels.clear()
+        self.levels.setTitle("predicted vs true level")
 
     def _busy(self, busy: bool) -> None:
         self.evaluate_button.setEnabled(not busy and self.run.count() > 0)

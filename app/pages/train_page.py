@@ -5,6 +5,7 @@ their settings and scores and flagged when stale (labels or cache changed since)
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pyqtgraph as pg
@@ -13,6 +14,20 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 
 from ..state import AppState
 from ..widgets import ProgressStrip, form_row
+
+
+#: the runs table's columns; "stale?" stays last (it stretches)
+RUN_COLUMNS = ("run", "head", "task", "best score", "monitor", "epochs", "learning rate", "seed", "augment",
+               "stale?")
+AUGMENT_WORDS = (("hflip", "flip"), ("crop_prob", "crop"), ("noise_std", "noise"), ("token_dropout", "token dropout"),
+                 ("mixup_alpha", "mixup"))
+
+
+def augment_text(aug: dict[str, Any]) -> str:
+    """A run's tensor augmentations in the runs table: "off", or each strength."""
+    if not aug.get("enabled", True):
+        return "off"
+    return ", ".join(f"{word} {aug[key]:g}" for key, word in AUGMENT_WORDS if aug.get(key) is not None) or "on"
 
 
 def _spin(lo: float, hi: float, value: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
@@ -29,10 +44,12 @@ class TrainPage(QWidget):
         super().__init__()
         self.state = state
         self.head = QComboBox()
-        self.head.addItems(["linear", "attention", "vit"])  # linear first: the measured default
-        self.head.setToolTip("linear (default): a linear probe on the CLS embedding; on mini-MIAS as accurate "
-                             "as the others and 10-30x cheaper (docs/benchmarks.md)\nattention: attention "
-                             "pooling over the token grid\nvit: a small ViT over the token grid (LOFF-TA)")
+        self.head.addItems(["attention", "linear", "vit"])  # attention first: the measured default
+        self.head.setToolTip("attention (default): attention pooling over the token grid; as accurate as the "
+                             "others on mini-MIAS and far better than linear on the demo (docs/benchmarks.md)\n"
+                             "linear: a probe on the CLS embedding, 10x cheaper, good for global properties\n"
+                             "vit: a small ViT over the token grid (LOFF-TA), the most accurate on the demo, "
+                             "3-4x the attention head's cost")
         self.task = QComboBox()
         self.task.addItems(["classification", "ordinal"])
         self.epochs = QSpinBox()
@@ -81,9 +98,8 @@ class TrainPage(QWidget):
         plots.addWidget(self.loss_plot)
         plots.addWidget(self.metric_plot)
 
-        self.runs = QTableWidget(0, 8)
-        self.runs.setHorizontalHeaderLabels(["run", "head", "task", "best score", "monitor", "epochs",
-                                             "augment", "stale?"])
+        self.runs = QTableWidget(0, len(RUN_COLUMNS))
+        self.runs.setHorizontalHeaderLabels(list(RUN_COLUMNS))
         self.runs.horizontalHeader().setStretchLastSection(True)
         self.runs.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.runs.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
@@ -95,7 +111,8 @@ class TrainPage(QWidget):
         layout.addWidget(QLabel("Runs of this project (compare settings and scores)"))
         layout.addWidget(self.runs, 1)
         self.history: list[dict] = []
-        state.project_changed.connect(lambda _: self.refresh())
+        self.curves_run: str | None = None  # the run whose curves are drawn (None: live training or none)
+        state.project_changed.connect(lambda _: self._project_changed())
         state.catalog_changed.connect(self.refresh)
         state.cache_changed.connect(self.refresh)
         state.runs_changed.connect(self.refresh)
@@ -118,8 +135,14 @@ class TrainPage(QWidget):
             return
         chosen = self.settings()
         self.history = []
+        self.curves_run = None
         self._plot()
         job_box: dict[str, Any] = {}
+        job_known = threading.Event()  # the worker may reach its first epoch before `start` returns
+
+        def on_epoch(entry: dict) -> None:
+            job_known.wait()
+            job_box["job"].emit_epoch(entry)
 
         def work(progress: Any) -> Any:
             from dataclasses import replace
@@ -132,13 +155,15 @@ class TrainPage(QWidget):
             config = TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"],
                                  lr=chosen["lr"], seed=chosen["seed"], augment=augment)
             with project.lock():
-                return project.train(config, progress=progress, on_epoch=job_box["job"].emit_epoch)
+                return project.train(config, progress=progress, on_epoch=on_epoch)
         job = self.state.start("train", work)
         if job is not None:
             job_box["job"] = job
+            job.on_close = "stop"  # closing the window keeps the best head so far, like Stop
             job.progress.connect(self.strip.report)
             job.epoch.connect(self._epoch)
             job.finished.connect(self._trained)
+            job_known.set()
 
     def _epoch(self, entry: dict) -> None:
         self.history.append(entry)
@@ -169,6 +194,7 @@ class TrainPage(QWidget):
             return
         try:
             self.show_history(project.run(item.text()).record.get("history", []))
+            self.curves_run = item.text()
         except Exception as exc:  # noqa: BLE001 - a damaged run folder is a message
             self.state.message.emit("error", str(exc))
 
@@ -176,8 +202,13 @@ class TrainPage(QWidget):
         r = run.record
         done = f"best {r['monitor']} {r['best_score']:.3f} at epoch {r['best_epoch']} ({r['stopped'].replace('_', ' ')})"
         epochs = len(r.get("history", []))
+        self.curves_run = run.run_id
         self.strip.report(epochs, epochs, f"run {run.run_id}: {done}")  # a run that stopped early ends full too
         self.state.message.emit("info", f"run {run.run_id}: {done}")
+        shown = self.state.runner.job.notices if self.state.runner.job is not None else []
+        for note in r.get("notes", []):
+            if note not in shown:  # notices were shown as they happened
+                self.state.message.emit("warning", note)
         self.state.runs_changed.emit()
 
     # -- state -------------------------------------------------------------------------
@@ -198,6 +229,13 @@ class TrainPage(QWidget):
         job = self.state.runner.job
         self.strip.set_running(busy and job is not None and job.name == "train")
 
+    def _project_changed(self) -> None:
+        """Another project: the previous one's curves go with it."""
+        self.show_history([])
+        self.curves_run = None
+        self.strip.label.setText("")
+        self.refresh()
+
     def refresh(self) -> None:
         project = self.state.project
         self._busy(self.state.busy)
@@ -207,13 +245,19 @@ class TrainPage(QWidget):
         if project is None:
             return
         self.task.setCurrentText(project.settings.task)
-        for r in project.runs():
+        runs = project.runs()
+        if self.curves_run is not None and self.curves_run not in {r.run_id for r in runs}:
+            self.show_history([])  # the run whose curves were drawn is gone
+            self.curves_run = None
+        for r in runs:
             rec = r.record
             stale = project.stale_reasons(r)
-            aug = (rec.get("train_config") or {}).get("augment", {})
+            config = rec.get("train_config") or {}
+            lr, seed = config.get("lr"), config.get("seed")
             values = [r.run_id, rec["head_config"]["kind"], rec["task"], f"{rec['best_score']:.3f}", rec["monitor"],
                       f"{len(rec['history'])} (best {rec['best_epoch']})",
-                      "on" if aug.get("enabled", True) else "off", "; ".join(stale) or "up to date"]
+                      "" if lr is None else f"{lr:g}", "" if seed is None else seed,
+                      augment_text(config.get("augment") or {}), "; ".join(stale) or "up to date"]
             row = self.runs.rowCount()
             self.runs.insertRow(row)
             for col, v in enumerate(values):
