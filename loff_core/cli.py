@@ -316,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train a compact head on the cached features")
     p.add_argument("project", type=Path)
-    p.add_argument("--head", choices=["linear", "attention", "vit"], default="linear")
+    p.add_argument("--head", choices=["linear", "attention", "vit"], default="attention",
+                   help="attention (default): attention pooling over the token grid; linear: a probe on the "
+                        "CLS embedding; vit: a small ViT over the grid (LOFF-TA)")
     p.add_argument("--task", choices=["classification", "ordinal"])
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int, default=0)
