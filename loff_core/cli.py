@@ -86,8 +86,11 @@ def _run_with_progress(desc: str, quiet: bool, fn: Callable[[Progress], Any]) ->
 
 # -- commands ----------------------------------------------------------------------------
 def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
+    from .errors import ProjectError
     from .project import Project
 
+    if not args.images_dir.is_dir():  # before a project is created for nothing
+        raise ProjectError(f"{args.images_dir}: not a folder")
     project = Project.open_or_create(args.project)
     with project.lock():
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
@@ -174,7 +177,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         lr=args.lr if args.lr is not None else defaults.lr,
         batch_size=args.batch_size if args.batch_size is not None else defaults.batch_size,
         patience=args.patience if args.patience is not None else defaults.patience,
-        augment=AugmentConfig.off() if args.no_augment else defaults.augment,
+        augment=AugmentConfig.off() if args.no_augment else _augment_from_args(args.augment, defaults.augment),
     )
     curves: list[dict[str, Any]] = []
     with project.lock():
@@ -185,6 +188,46 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             "best_epoch": r["best_epoch"], "monitor": r["monitor"], "best_score": r["best_score"],
             "stopped": r["stopped"], "epochs": len(r["history"]), "n_train": r["n_train"], "n_val": r["n_val"],
             "notes": list(r.get("notes", []))}
+
+
+#: the tensor augmentations and their defaults, as `loff train --help` shows them; a test
+#: checks them against `AugmentConfig()` (kept here so that --help never imports torch)
+AUGMENT_HELP = {
+    "hflip": ("0.5", "probability of a horizontal flip of the token grid"),
+    "crop_prob": ("0.5", "probability of a random resized crop of the grid"),
+    "crop_scale": ("0.6,1.0", "area range of that crop"),
+    "noise_std": ("0.05", "std of Gaussian noise added to the tokens (in units of their std)"),
+    "token_dropout": ("0.1", "share of grid tokens zeroed"),
+    "mixup_alpha": ("0.2", "Beta(alpha, alpha) of mixup"),
+    "mixup_prob": ("0.5", "probability that a batch is mixed"),
+}
+
+
+def _augment_from_args(pairs: Optional[list[str]], base: Any) -> Any:
+    from dataclasses import replace
+
+    from .errors import TrainingError
+
+    changes: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in AUGMENT_HELP:
+            raise TrainingError(f"--augment {pair}: expected NAME=VALUE with NAME one of {', '.join(AUGMENT_HELP)}")
+        try:
+            numbers = tuple(float(v) for v in value.split(","))
+        except ValueError:
+            raise TrainingError(f"--augment {pair}: {value!r} is not a number") from None
+        if key == "crop_scale":
+            if len(numbers) != 2 or not 0 < numbers[0] <= numbers[1] <= 1:
+                raise TrainingError(f"--augment {pair}: expected two numbers LOW,HIGH with 0 < LOW <= HIGH <= 1")
+            changes[key] = numbers
+        elif len(numbers) != 1 or numbers[0] < 0 or (key != "mixup_alpha" and numbers[0] > 1):
+            raise TrainingError(f"--augment {pair}: expected one number in [0, 1]"
+                                + (" (mixup_alpha: >= 0)" if key == "mixup_alpha" else ""))
+        else:
+            changes[key] = numbers[0]
+    return replace(base, **changes) if changes else base
 
 
 def _print_notes(command: str, notes: list[str]) -> None:
@@ -230,6 +273,12 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     out = _run_with_progress("predict", args.quiet, lambda p: predict_files(
         args.head_dir, args.files, weights=args.weights, random_init=True if args.random_init else None,
         device=args.device, batch_size=args.batch_size, progress=p))
+    if not out["predictions"]:
+        from .errors import LoffError
+
+        failed = out.get("failed", [])
+        first = f"; {failed[0]['path']}: {failed[0]['reason']}" if failed else ""
+        raise LoffError(f"no predictions: none of the {len(failed)} files could be read{first}")
     if args.csv:
         _write_predictions_csv(Path(args.csv), out)
     return out
@@ -277,6 +326,26 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- parser ------------------------------------------------------------------------------
+def _at_least(low: float, kind: type = int) -> Any:
+    """argparse type: a number >= low (a clear usage error instead of a traceback later)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value < low or (kind is float and value != value):
+            raise argparse.ArgumentTypeError(f"{text} is too small (at least {low})")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = _at_least(0.0, float)(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -307,10 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", help="local weights file (.safetensors or .pth, loaded without running code)")
     g.add_argument("--random-init", action="store_true", help="seeded random weights (tests, speed checks)")
     p.add_argument("--weights-seed", type=int, default=0, help="seed of --random-init weights")
-    p.add_argument("--image-size", type=int, help="input size in pixels (default: the model's own)")
-    p.add_argument("--grid", type=int, default=16, help="average-pool the token grid to at most GRID x GRID")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, help="decode worker processes (default: up to 4)")
+    p.add_argument("--image-size", type=_at_least(16), help="input size in pixels (default: the model's own)")
+    p.add_argument("--grid", type=_at_least(1), default=16, help="average-pool the token grid to at most GRID x GRID")
+    p.add_argument("--batch-size", type=_at_least(1), default=16)
+    p.add_argument("--workers", type=_at_least(0), help="decode worker processes (default: up to 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_extract)
 
@@ -320,12 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention (default): attention pooling over the token grid; linear: a probe on the "
                         "CLS embedding; vit: a small ViT over the grid (LOFF-TA)")
     p.add_argument("--task", choices=["classification", "ordinal"])
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=_at_least(1))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--lr", type=_positive_float)
+    p.add_argument("--batch-size", type=_at_least(1))
+    p.add_argument("--patience", type=_at_least(1), help="early-stopping patience in epochs")
     p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
+    p.add_argument("--augment", action="append", metavar="NAME=VALUE",
+                   help="change one tensor augmentation (repeatable); defaults: "
+                        + "; ".join(f"{k}={v} ({d})" for k, (v, d) in AUGMENT_HELP.items()) + ". 0 turns one off")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_train)
 
@@ -333,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", type=Path)
     p.add_argument("--run", help="run id (default: the latest)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals")
+    p.add_argument("--bootstrap", type=_at_least(0), default=1000, help="bootstrap resamples for 95%% intervals")
     p.set_defaults(func=cmd_evaluate, describe=_describe_evaluate)
 
     p = sub.add_parser("export", parents=[common], help="write head.safetensors + card.json (+ model.onnx)")
@@ -350,13 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights")
     g.add_argument("--random-init", action="store_true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_at_least(1), default=8)
     p.add_argument("--csv", type=Path, help="also save the predictions as CSV")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", parents=[common], help="write a small synthetic demo project (no download)")
     p.add_argument("project", type=Path)
-    p.add_argument("--patients", type=int, default=60)
+    p.add_argument("--patients", type=_at_least(2), default=60)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", parents=[common], help="what a project holds: images, caches, runs")
