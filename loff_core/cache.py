@@ -29,6 +29,8 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,23 +190,150 @@ def _shard_name(k: int, ids: list[str]) -> str:
     return f"{k:06d}-{digest}.h5"
 
 
+class _TempTarget:
+    """The file under a new HDF5 file (h5py's 'fileobj' driver), so that a full disk can
+    never leave HDF5 with a file it cannot close.
+
+    With HDF5's own driver a write error (ENOSPC, EFBIG) also fails the flush when the file
+    closes; HDF5 keeps half-closed datasets, touches them again when Python frees them
+    (traceback frames, interpreter exit) and the process segfaults. Here no call ever fails
+    towards HDF5 (h5py's driver cannot pass a Python exception through HDF5 either): the
+    first OS error is kept in `error`, and from then on writes go to a small in-memory
+    overlay (reads see it), so HDF5 closes cleanly; the writer checks `error` after each
+    step, stops, and the temp file is deleted."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.pos = 0
+        self.size = 0  # logical end of file (the disk file can be shorter after an error)
+        self.error: Optional[OSError] = None
+        self.overlay: list[tuple[int, bytes]] = []
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise OSError(self.error.errno, self.error.strerror)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = self.size if whence == 2 else pos
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as exc:
+                self.error = exc
+        if self.error is not None:
+            self.overlay.append((self.pos, bytes(view)))
+        self.pos += len(view)
+        self.size = max(self.size, self.pos)
+        return len(view)
+
+    def read(self, size: int) -> bytes:
+        buf = bytearray()
+        if self.pos < self.size:
+            try:
+                buf += os.pread(self.fd, size, self.pos)
+            except OSError as exc:
+                self.error = self.error or exc
+        buf += bytes(size - len(buf))  # past the end reads as zeros, as with HDF5's sec2 driver
+        for off, b in self.overlay:
+            lo, hi = max(off, self.pos), min(off + len(b), self.pos + size)
+            if lo < hi:
+                buf[lo - self.pos:hi - self.pos] = b[lo - off:hi - off]
+        self.pos += size
+        return bytes(buf)
+
+    def truncate(self, size: int) -> int:
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as exc:
+                self.error = exc
+        self.size = size
+        return size
+
+    def flush(self) -> None:
+        pass
+
+
+def _defer_signals(pending: list[tuple[int, Any]]) -> dict[int, Any]:
+    """Python signal handlers (Ctrl-C's KeyboardInterrupt) would raise inside _TempTarget's
+    callbacks, i.e. inside HDF5, with the same crash as above. Until restored, signals are
+    only recorded in `pending`; returns the handlers to call later. Main thread only (no
+    other thread runs Python signal handlers)."""
+    old: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return old
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            old[sig] = handler
+            signal.signal(sig, lambda s, frame: pending.append((s, frame)))
+    return old
+
+
+def _create_h5(tmp: Path, fill: Callable[[Any, Callable[[], None]], None]) -> None:
+    """Write a new HDF5 file `tmp` with fill(file, check) and fsync it; fill calls check()
+    after each large write. On an OS error (full disk) HDF5 still closes cleanly, `tmp` is
+    removed and the first OSError raised."""
+    h5py = _h5py()
+    pending: list[tuple[int, Any]] = []
+    handlers = _defer_signals(pending)
+
+    def deliver() -> None:  # the deferred signals, raised here in Python, outside HDF5
+        while pending:
+            sig, frame = pending.pop(0)
+            handlers[sig](sig, frame)
+
+    def check() -> None:
+        deliver()
+        target.check()
+    try:
+        target = _TempTarget(tmp)
+        try:
+            try:
+                with h5py.File(target, "w") as f:
+                    fill(f, check)
+            except Exception:
+                if target.error is None:
+                    raise
+            target.check()
+            os.fsync(target.fd)
+        except BaseException:
+            os.close(target.fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(target.fd)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    deliver()  # a signal that came while the file closed
+
+
 def _write_shard(path: Path, ids: list[str], cls: np.ndarray, tokens: np.ndarray,
                  failures: list[tuple[str, str]]) -> None:
     """One finished batch: temp file + fsync + rename, so a shard exists whole or not at all."""
     h5py = _h5py()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+    def fill(f: Any, check: Callable[[], None]) -> None:
+        f.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("cls", data=cls)
+        f.create_dataset("tokens", data=tokens)
+        f.create_dataset("failed_ids", data=np.array([i for i, _ in failures], dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("failed_reasons", data=np.array([r for _, r in failures], dtype=object),
+                         dtype=h5py.string_dtype())
+        f.attrs["done"] = 1
     try:
-        with h5py.File(tmp, "w", locking=False) as f:
-            f.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-            f.create_dataset("cls", data=cls)
-            f.create_dataset("tokens", data=tokens)
-            f.create_dataset("failed_ids", data=np.array([i for i, _ in failures], dtype=object),
-                             dtype=h5py.string_dtype())
-            f.create_dataset("failed_reasons", data=np.array([r for _, r in failures], dtype=object),
-                             dtype=h5py.string_dtype())
-            f.attrs["done"] = 1
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        _create_h5(tmp, fill)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -223,6 +352,35 @@ def _read_shard(path: Path) -> Optional[tuple[list[str], list[tuple[str, str]]]]
         return ids, list(zip(fids, reasons))
     except (OSError, KeyError):
         return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _remove_stale_temps(folder: Path, prefix: str) -> None:
+    """Delete `<prefix>...<pid>.tmp` files left by a killed writer (a SIGKILL during the merge
+    leaves a temp file as big as the cache, which nothing else removes). Files of a live
+    process are kept: that process may still be writing them."""
+    try:
+        names = [p for p in Path(folder).iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+    except OSError:
+        return
+    for path in names:
+        pid = path.name[:-len(".tmp")].rpartition(".")[2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                path.unlink()
+            except OSError:
+                pass
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -267,6 +425,10 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
     backbone = load_backbone(spec, device=device)
     final = cache_path_for(caches_dir, backbone.fingerprint)
     parts = caches_dir / f"{backbone.fingerprint}.parts"
+    if rank == 0:  # only rank 0 merges; other ranks may be writing shards right now
+        _remove_stale_temps(caches_dir, f".{final.name}.")
+        if world == 1:
+            _remove_stale_temps(parts, ".")
 
     done_ids: set[str] = set()
     if final.exists():
@@ -422,27 +584,30 @@ def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any, prev
     c = backbone.feature_dim
     gh, gw = backbone.grid_hw
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+    def fill(out: Any, check: Callable[[], None]) -> None:
+        ids_ds = out.create_dataset("image_ids", shape=(n,), dtype=h5py.string_dtype())
+        cls_ds = out.create_dataset("cls", shape=(n, c), dtype=np.float16, chunks=(1, c))
+        tok_ds = out.create_dataset("tokens", shape=(n, gh, gw, c), dtype=np.float16, chunks=(1, gh, gw, c))
+        row = 0
+        step = max(1, min(256, (32 << 20) // max(1, gh * gw * c * 2)))  # <= 32 MB a step
+        for path, count in sources:
+            with h5py.File(path, "r", locking=False) as h:
+                for s in range(0, count, step):
+                    e = min(count, s + step)
+                    ids_ds[row + s:row + e] = h["image_ids"][s:e]
+                    cls_ds[row + s:row + e] = h["cls"][s:e]
+                    tok_ds[row + s:row + e] = h["tokens"][s:e]
+                    check()  # stop at the first failed write (full disk)
+            row += count
+        out.attrs["fingerprint"] = backbone.fingerprint
+        out.attrs["backbone"] = json.dumps(backbone.describe(), sort_keys=True)
+        out.attrs["format_version"] = FORMAT_VERSION
+        out.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        out.attrs["done"] = 1
     try:
-        with h5py.File(tmp, "w", locking=False) as out:
-            ids_ds = out.create_dataset("image_ids", shape=(n,), dtype=h5py.string_dtype())
-            cls_ds = out.create_dataset("cls", shape=(n, c), dtype=np.float16, chunks=(1, c))
-            tok_ds = out.create_dataset("tokens", shape=(n, gh, gw, c), dtype=np.float16, chunks=(1, gh, gw, c))
-            row = 0
-            for path, count in sources:
-                with h5py.File(path, "r", locking=False) as h:
-                    for s in range(0, count, 256):
-                        e = min(count, s + 256)
-                        ids_ds[row + s:row + e] = h["image_ids"][s:e]
-                        cls_ds[row + s:row + e] = h["cls"][s:e]
-                        tok_ds[row + s:row + e] = h["tokens"][s:e]
-                row += count
-            out.attrs["fingerprint"] = backbone.fingerprint
-            out.attrs["backbone"] = json.dumps(backbone.describe(), sort_keys=True)
-            out.attrs["format_version"] = FORMAT_VERSION
-            out.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            out.attrs["done"] = 1
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        _create_h5(tmp, fill)  # removes tmp itself on any failure
+        os.replace(tmp, final)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise CacheError(f"{final}: cannot write the feature cache ({exc.strerror or exc}); the finished "
@@ -450,7 +615,6 @@ def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any, prev
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, final)
     from .fsutil import atomic_write_json
 
     # a small summary beside the cache, so the app can show it without opening HDF5

@@ -128,6 +128,69 @@ def test_full_disk_stops_with_a_clear_message_and_keeps_finished_work(images, tm
     assert resumed.skipped == 4 and resumed.extracted == 7
 
 
+_FULL_DISK_RUN = """
+import json, resource, signal, sys
+from pathlib import Path
+from loff_core.backbones import BackboneSpec
+from loff_core.cache import extract_features
+from loff_core.errors import CacheError
+limit, caches, items, spec = int(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+try:
+    extract_features([(i, Path(p)) for i, p in items], BackboneSpec(**spec), caches, device="cpu",
+                     batch_size=1, num_workers=0)
+except CacheError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.97])  # in a dataset write / in the flush when the file closes
+def test_full_disk_in_the_merge_exits_cleanly_and_resumes(images, tmp_path, fraction):
+    """The shards fit but the merged file does not (a per-file size limit stands in for a full
+    disk: no mount needed). HDF5 used to be left with a file it could not close, and the
+    process segfaulted at exit (rc 139) after the message; now: one line, rc 1, nothing lost."""
+    import json
+    import subprocess
+    import sys
+
+    whole = extract_features(images, SPEC, tmp_path / "a", device="cpu", batch_size=1, num_workers=0)
+    limit = int(whole.cache_path.stat().st_size * fraction)  # every shard is far smaller
+    caches = tmp_path / "c"
+    run = subprocess.run([sys.executable, "-c", _FULL_DISK_RUN, str(limit), str(caches),
+                          json.dumps([(i, str(p)) for i, p in images]), json.dumps(SPEC.__dict__)],
+                         capture_output=True, text=True, timeout=300)
+    final = caches / whole.cache_path.name
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines() == [
+        f"{final}: cannot write the feature cache (File too large); the finished batches are kept in "
+        f"{final.stem}.parts/ and extract resumes from them"]
+    assert not final.exists() and not list(caches.rglob(".*.tmp"))
+    assert len(list(caches.glob("*.parts/*.h5"))) == len(images)
+    resumed = extract_features(images, SPEC, caches, device="cpu", batch_size=1, num_workers=0)
+    assert resumed.extracted == 0 and resumed.skipped == len(images)
+    a, b = _arrays(whole.cache_path), _arrays(resumed.cache_path)
+    assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+    assert not list(caches.glob("*.parts")) and not list(caches.glob(".*.tmp"))
+
+
+def test_stale_merge_temp_of_a_killed_run_is_removed(images, tmp_path):
+    """A SIGKILL in the merge leaves `.<fingerprint>.h5.<pid>.tmp` (as big as the cache); the
+    next extraction removes it, but not the temp file of a process that is still alive."""
+    import subprocess
+    import sys
+
+    first = extract_features(images[:4], SPEC, tmp_path / "c", device="cpu", num_workers=0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = first.cache_path.with_name(f".{first.cache_path.name}.{int(dead.stdout)}.tmp")
+    live = first.cache_path.with_name(f".{first.cache_path.name}.1.tmp")  # pid 1 is alive
+    stale.write_bytes(b"x" * 1000)
+    live.write_bytes(b"x")
+    extract_features(images, SPEC, tmp_path / "c", device="cpu", num_workers=0)
+    assert not stale.exists() and live.exists()
+
+
 def test_stop_keeps_what_is_done_and_resume_finishes(images, tmp_path):
     progress = Progress()
     progress.on_report = lambda d, t, m: progress.request_stop() if d >= 4 else None

@@ -71,6 +71,29 @@ def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, c
         kills += proc.returncode == -signal.SIGKILL
         Project.open(project)  # opens every time; the lock died with the process
     assert kills >= 8  # a run may finish before its kill point on a fast machine
+    # one more kill lands inside the merge: a shim (test-only) makes every HDF5 read-open slow,
+    # and the kill comes as soon as the merge's temp file `.<fingerprint>.h5.<pid>.tmp` appears
+    caches = project / "caches"
+    if not list(caches.glob("*.parts")):  # a run above finished everything: give the merge work again
+        for done_file in caches.glob("*.h5"):
+            done_file.unlink()
+    slow_merge = ("import sys, time, h5py\n"
+                  "class SlowRead(h5py.File):\n"
+                  "    def __init__(self, name, mode='r', *a, **k):\n"
+                  "        if mode == 'r': time.sleep(0.04)\n"
+                  "        super().__init__(name, mode, *a, **k)\n"
+                  "h5py.File = SlowRead\n"
+                  "from loff_core.cli import main\n"
+                  "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", slow_merge, "extract", str(project), *TINY, "--batch-size", "4",
+                             "--workers", "0", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not list(caches.glob(".*.tmp")):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL and list(caches.glob(".*.h5.*.tmp")), "the kill missed the merge"
     loff_json(capsys, "extract", project, *TINY, "--batch-size", "4", "--workers", "0")
     done = Project.open(project).open_cache()
     with FeatureCache.open(reference.cache_path) as ref:
