@@ -354,6 +354,25 @@ def _read_shard(path: Path) -> Optional[tuple[list[str], list[tuple[str, str]]]]
         return None
 
 
+def _worker_init(_worker_id: int) -> None:
+    """A decode worker does not keep the parent's project lock alive (see fsutil)."""
+    from .fsutil import close_inherited_locks
+
+    close_inherited_locks()
+
+
+def _read_failed(final: Path) -> list[tuple[str, str]]:
+    """(image id, reason) of the files a finished cache could not decode (none for caches
+    written before they were recorded)."""
+    h5py = _h5py()
+    with h5py.File(final, "r", locking=False) as f:
+        if "failed_ids" not in f:
+            return []
+        ids = [v.decode() if isinstance(v, bytes) else v for v in f["failed_ids"][:]]
+        reasons = [v.decode() if isinstance(v, bytes) else v for v in f["failed_reasons"][:]]
+    return list(zip(ids, reasons))
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -431,14 +450,20 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
             _remove_stale_temps(parts, ".")
 
     done_ids: set[str] = set()
+    failed_before: list[tuple[str, str]] = []
     if final.exists():
         try:
             with FeatureCache.open(final) as old:
                 done_ids = set(old.image_ids)
+            failed_before = _read_failed(final)
         except CacheError:
             final.unlink()  # an unfinished final file can only come from a foreign writer; redo it
+    # files that could not be decoded are remembered in the cache and not tried again: an
+    # image id names one file content (path, size, mtime), so a fixed file gets a new id
+    wanted = {image_id for image_id, _ in items}
+    failed_before = [(i, r) for i, r in failed_before if i in wanted]
     work: list[tuple[str, Path]] = []
-    seen: set[str] = set(done_ids)
+    seen: set[str] = done_ids | {i for i, _ in failed_before}
     for image_id, path in items:
         if image_id not in seen:
             seen.add(image_id)
@@ -456,7 +481,7 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
     total = len(work)
     done_count = skipped_images
     notes: list[str] = []
-    path_of = {i: str(p) for i, p in work}
+    path_of = {i: str(p) for i, p in items}
     progress.report(done_count, total, f"{len(done_ids)} images already cached; {total - done_count} to go")
 
     extracted, stopped = 0, False
@@ -468,7 +493,7 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
             pin_memory=backbone.device.type == "cuda", prefetch_factor=4 if workers else None,
-            persistent_workers=False,
+            persistent_workers=False, worker_init_fn=_worker_init,
         )
         sub_batch = batch_size
         t0 = time.monotonic()
@@ -512,15 +537,15 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
             return ExtractResult(cache_path=final, extracted=extracted, skipped=skipped_images,
                                  seconds=time.monotonic() - started, batch_size=batch_size, notes=notes)
     present = [n for n in names if (parts / n).exists()]
-    failures: list[tuple[str, str]] = []
+    failures: list[tuple[str, str]] = list(failed_before)
     for name in present:
         got = _read_shard(parts / name)
         if got:
             failures += got[1]
     if plan and present:
-        _merge(final, parts, present, backbone, done_ids)
+        _merge(final, parts, present, backbone)
     elif not final.exists():
-        _merge(final, parts, [], backbone, done_ids)  # nothing readable: an empty, finished cache
+        _merge(final, parts, [], backbone)  # nothing readable: an empty, finished cache
     if not plan:
         shutil.rmtree(parts, ignore_errors=True)
     if world > 1:
@@ -564,7 +589,7 @@ def _forward_with_retry(backbone: Any, batch: Any, sub_batch: int, progress: Pro
             progress.report(progress.last[0], progress.last[1], message)
 
 
-def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any, previous_ids: set[str]) -> None:
+def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any) -> None:
     """Previous final file + shards -> new final file (temp + rename), then drop the shards.
 
     Sources are opened one at a time (a count pass, then a copy pass): with thousands of
@@ -572,14 +597,18 @@ def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any, prev
     chunk caches at 20k images."""
     h5py = _h5py()
     sources: list[tuple[Path, int]] = []
-    if previous_ids and final.exists():
+    failed: list[tuple[str, str]] = []
+    if final.exists():  # finished (extract removed an unfinished one): its features are kept
         with h5py.File(final, "r", locking=False) as h:
             sources.append((final, len(h["image_ids"])))
+        failed += _read_failed(final)
     for name in shard_names:
         path = parts / name
         if path.exists():
             with h5py.File(path, "r", locking=False) as h:
                 sources.append((path, len(h["image_ids"])))
+            got = _read_shard(path)
+            failed += got[1] if got else []
     n = sum(count for _, count in sources)
     c = backbone.feature_dim
     gh, gw = backbone.grid_hw
@@ -587,8 +616,14 @@ def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any, prev
 
     def fill(out: Any, check: Callable[[], None]) -> None:
         ids_ds = out.create_dataset("image_ids", shape=(n,), dtype=h5py.string_dtype())
-        cls_ds = out.create_dataset("cls", shape=(n, c), dtype=np.float16, chunks=(1, c))
-        tok_ds = out.create_dataset("tokens", shape=(n, gh, gw, c), dtype=np.float16, chunks=(1, gh, gw, c))
+        # one image per chunk; an empty cache (no readable image) cannot have chunks
+        cls_ds = out.create_dataset("cls", shape=(n, c), dtype=np.float16, chunks=(1, c) if n else None)
+        tok_ds = out.create_dataset("tokens", shape=(n, gh, gw, c), dtype=np.float16,
+                                    chunks=(1, gh, gw, c) if n else None)
+        out.create_dataset("failed_ids", data=np.array([i for i, _ in failed], dtype=object),
+                           dtype=h5py.string_dtype())
+        out.create_dataset("failed_reasons", data=np.array([r for _, r in failed], dtype=object),
+                           dtype=h5py.string_dtype())
         row = 0
         step = max(1, min(256, (32 << 20) // max(1, gh * gw * c * 2)))  # <= 32 MB a step
         for path, count in sources:

@@ -3,6 +3,8 @@ full disk, Stop, and fingerprints that never mix."""
 
 from __future__ import annotations
 
+import hashlib
+
 import errno
 from pathlib import Path
 
@@ -97,6 +99,31 @@ def test_unreadable_files_are_listed_and_the_rest_cached(images, tmp_path):
     assert len(result.failures) == 1 and result.failures[0].path == str(bad) and result.failures[0].reason
     with FeatureCache.open(result.cache_path) as c:
         assert "bad" not in c.image_ids and len(c.image_ids) == 11
+
+
+def test_unreadable_files_are_remembered_and_a_rerun_rewrites_nothing(images, tmp_path):
+    bad = tmp_path / "img" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    items = images + [("bad", bad)]
+    first = extract_features(items, SPEC, tmp_path / "c", device="cpu", batch_size=4, num_workers=0)
+    before = (first.cache_path.stat().st_mtime_ns, hashlib.sha256(first.cache_path.read_bytes()).hexdigest())
+    again = extract_features(items, SPEC, tmp_path / "c", device="cpu", batch_size=4, num_workers=0)
+    assert again.extracted == 0 and again.skipped == 12
+    assert [(f.path, f.reason) for f in again.failures] == [(f.path, f.reason) for f in first.failures]
+    after = (again.cache_path.stat().st_mtime_ns, hashlib.sha256(again.cache_path.read_bytes()).hexdigest())
+    assert after == before, "a re-run with nothing new rewrote the cache"
+
+
+def test_a_folder_with_no_readable_image_gives_an_empty_finished_cache(tmp_path):
+    bad = []
+    for i in range(3):
+        path = tmp_path / f"broken{i}.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        bad.append((f"b{i}", path))
+    result = extract_features(bad, SPEC, tmp_path / "c", device="cpu", batch_size=2, num_workers=0)
+    assert result.extracted == 3 - len(result.failures) == 0 and len(result.failures) == 3
+    with FeatureCache.open(result.cache_path) as c:
+        assert len(c.image_ids) == 0
 
 
 def test_out_of_memory_halves_the_batch_and_tells(images, tmp_path):
