@@ -91,3 +91,21 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+#: file descriptors of the project locks this process holds (`Project.lock`). Processes
+#: forked while one is held (decode workers) share the lock; they close their copies at
+#: start (`close_inherited_locks`), so a killed parent's lock ends with it, not seconds
+#: later with its orphaned workers.
+HELD_LOCK_FDS: set[int] = set()
+
+
+def close_inherited_locks() -> None:
+    """In a forked child: drop the copies of the parent's lock descriptors (the parent
+    keeps its lock; a flock ends when its last descriptor is closed)."""
+    for fd in list(HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    HELD_LOCK_FDS.clear()

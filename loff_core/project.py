@@ -27,7 +27,7 @@ import numpy as np
 
 from .catalog import Catalog, CatalogEntry, assign_splits, scan_folder
 from .errors import CacheError, ProjectError, TrainingError
-from .fsutil import atomic_path, atomic_write_json
+from .fsutil import HELD_LOCK_FDS, atomic_path, atomic_write_json
 from .progress import Progress
 
 PROJECT_FILE = "loff-project.json"
@@ -182,6 +182,7 @@ class Project:
             handle.truncate()
             handle.write(f"process {os.getpid()}")
             handle.flush()
+            HELD_LOCK_FDS.add(handle.fileno())
             # another process may have changed the project since it was opened (the app keeps
             # it open for hours): work under the lock starts from what is on disk, so a save
             # here cannot undo that process's import or extraction
@@ -190,6 +191,7 @@ class Project:
             self._catalog = None
             yield
         finally:
+            HELD_LOCK_FDS.discard(handle.fileno())
             handle.close()
 
     # -- catalog -----------------------------------------------------------------------
@@ -274,6 +276,11 @@ class Project:
         s.catalog_version += 1
         self.save()
         return self.import_summary()
+
+    def relative(self, path: Path | str) -> str:
+        """A path as `loff` prints it: relative to the project folder (absolute on another
+        drive)."""
+        return _relative_or_none(Path(path), self.root) or str(Path(path).resolve())
 
     def labels_csv(self) -> Optional[Path]:
         """The labels CSV of the last import, found again after a move; None for folder names
@@ -539,10 +546,11 @@ class Project:
         from .heads import predicted_class
 
         predicted = predicted_class(probs, task)
+        images = self.images_root()
         predictions = [
             {
                 "image_id": e.image_id,
-                "path": e.path,
+                "path": self.relative(images / e.path),  # relative to the project folder
                 "label": e.label,
                 "predicted": classes[int(p)],
                 "probabilities": [round(float(x), 6) for x in row],

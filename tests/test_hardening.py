@@ -103,6 +103,27 @@ def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, c
     assert not list((project / "caches").glob("*.parts")) and not list((project / "caches").glob(".*.tmp"))
 
 
+def test_the_lock_dies_with_a_killed_extract_not_with_its_decode_workers(tmp_path, capsys):
+    """Decode workers are forked while the project lock is held; they drop their copy, so a
+    SIGKILLed `loff extract` frees the project at once (its orphaned workers linger for
+    seconds, until they notice the parent is gone)."""
+    labels = write_synthetic_dataset(tmp_path / "img", n_patients=40, size=(64, 52), seed=5)
+    project = tmp_path / "p"
+    loff_json(capsys, "import", project, tmp_path / "img", "--labels", labels, "--label-column", "masking_level")
+    proc = _loff("extract", project, *TINY, "--batch-size", "2", "--workers", "2")
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if list((project / "caches").glob("*.parts/*.h5")):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "extraction ended before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    with Project.open(project).lock():  # free at once, while the orphaned workers may still run
+        pass
+
+
 def test_sigkill_during_training_keeps_the_previous_head_and_project(tmp_path, capsys):
     labels = write_synthetic_dataset(tmp_path / "img", n_patients=16, size=(64, 52), seed=4)
     project = tmp_path / "p"
