@@ -150,7 +150,7 @@ def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
         "images": len(cache.image_ids),
         "extracted": result.extracted,
         "skipped": result.skipped,
-        "failed": [{"path": f.path, "reason": f.reason} for f in result.failures],
+        "failed": [{"path": project.relative(f.path), "reason": f.reason} for f in result.failures],
         "seconds": round(result.seconds, 2),
         "bytes_per_image": cache.nbytes_per_image(),
         "notes": result.notes,

@@ -73,7 +73,7 @@ def trained(tmp_path_factory):
 
 # -- 1. read-only / full locations -------------------------------------------------------
 def test_read_only_project_lock_is_one_line_reason(trained, capsys, monkeypatch):
-    project, _ = trained
+    project, images = trained
     real_open = builtins.open
 
     def read_only(file, mode="r", *args, **kwargs):
@@ -83,7 +83,7 @@ def test_read_only_project_lock_is_one_line_reason(trained, capsys, monkeypatch)
 
     monkeypatch.setattr(project_mod, "open", read_only, raising=False)  # the lock's open()
     for command in (["extract", project, *TINY], ["train", project, "--epochs", "1"], ["evaluate", project],
-                    ["import", project, project / "nowhere"]):
+                    ["import", project, images]):  # the lock comes before any scan
         code, err = _run(capsys, *command)
         line = _one_line(err)
         assert code == 1
@@ -194,8 +194,8 @@ def test_non_utf8_names_through_evaluate_export_and_predict(trained, tmp_path, c
         out = loff_json(capsys, "evaluate", project, "--split", split, "--bootstrap", "20")
         assert out["n"] > 0 and all(os.fsencode(p["path"]).split(b"/")[-1].startswith(ODD)
                                     for p in out["predictions"])
-        for p in out["predictions"]:  # the JSON path gives the file back
-            assert os.path.isfile(os.fsencode(images) + b"/" + os.fsencode(p["path"]))
+        for p in out["predictions"]:  # the JSON path (relative to the project) gives the file back
+            assert os.path.isfile(os.fsencode(project) + b"/" + os.fsencode(p["path"]))
         run = Project.open(project).run(out["run"])
         csv_path = run.path / f"predictions-{split}.csv"
         assert ODD in csv_path.read_bytes()  # the original bytes, not an escape

@@ -79,13 +79,15 @@ def test_classification_story(dicom_folder, tmp_path, capsys):
     assert card["metrics"]["test"]["metrics"]["auc"] == pytest.approx(metrics["auc"])
     assert exported["onnx"]["max_abs_diff_vs_torch"] < 1e-3
 
-    test_files = [images / p["path"] for p in evaluated["predictions"]]
+    # evaluate's paths are relative to the project folder
+    test_files = [project / p["path"] for p in evaluated["predictions"]]
+    assert all(f.resolve().parent.parent == images.resolve() for f in test_files)
     predicted = loff_json(capsys, "predict", tmp_path / "head", *test_files, "--random-init")
     by_path = {Path(p["path"]).resolve(): p for p in predicted["predictions"]}
     assert len(by_path) == len(test_files)
     agree = 0
     for p in evaluated["predictions"]:
-        again = by_path[(images / p["path"]).resolve()]
+        again = by_path[(project / p["path"]).resolve()]
         agree += again["predicted"] == p["predicted"]
         assert np.allclose(again["probabilities"], p["probabilities"], atol=5e-3)
     assert agree == len(test_files)
