@@ -25,7 +25,7 @@ from .pages.predict_page import PredictPage
 from .pages.results_page import ResultsPage
 from .pages.train_page import TrainPage
 from .pages.viewer_page import ViewerPage
-from .state import AppState, data_dir, recent_projects, settings, setup_logging
+from .state import AppState, data_dir, for_window, recent_projects, settings, setup_logging
 
 log = logging.getLogger("loff_studio")
 
@@ -164,6 +164,7 @@ class MainWindow(QMainWindow):
 
     # -- messages ----------------------------------------------------------------------
     def show_message(self, level: str, text: str) -> None:
+        text = for_window(text)
         prefix = {"error": "Problem: ", "warning": "Warning: "}.get(level, "")
         self.problems.addItem(prefix + text)
         self.problems.scrollToBottom()

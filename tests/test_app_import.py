@@ -47,3 +47,19 @@ def test_reopened_project_keeps_its_labels_on_re_import(qtbot, window, images, t
     page.confirm = lambda text: asked.append(text) or False
     qtbot.mouseClick(page.import_button, qtbot_button())
     assert "sub-folder names" in asked[-1]
+
+
+@pytest.mark.parametrize("engine, window_text", [
+    ("no weights for vit_base: they are not in the local timm / Hugging Face cache and nothing is downloaded; "
+     "pass --weights FILE (.safetensors or .pth) or --random-init",
+     "choose a local weights file (.safetensors or .pth) or random weights on the Cache page"),
+    ("device 'cuda' asked for, but no CUDA GPU is available here; use --device cpu", "use device CPU"),
+    ("/p: no feature cache yet; run `loff extract /p`", "run Extract on the Cache page"),
+    ("/p: no training runs yet; run `loff train /p`", "train a head on the Train page"),
+    ("labels.csv: which column holds the label? pass --label-column; the CSV has columns a, b",
+     "choose the label column"),
+])
+def test_engine_messages_name_controls_in_the_window(window, engine, window_text):  # noqa: F811
+    window.show_message("error", engine)
+    shown = window.problems.item(window.problems.count() - 1).text()
+    assert window_text in shown and "--" not in shown and "`loff" not in shown, shown
