@@ -236,7 +236,8 @@ def test_stop_cancel_and_close_while_training(qtbot, window, images, tmp_path, m
     monkeypatch.setattr(training, "_FAULT_INJECTOR", hold_first_step)
     w.show()
     qtbot.mouseClick(page.train_button, qtbot_button())
-    qtbot.waitUntil(lambda: w.state.busy, timeout=LONG)
+    runner = w.state.runner  # the job's thread starts on the next turn of the event loop
+    qtbot.waitUntil(lambda: runner.thread is not None and runner.thread.isRunning(), timeout=LONG)
     w.close()
     assert not w.state.busy
     runs = w.state.project.runs()

@@ -63,3 +63,16 @@ def test_engine_messages_name_controls_in_the_window(window, engine, window_text
     window.show_message("error", engine)
     shown = window.problems.item(window.problems.count() - 1).text()
     assert window_text in shown and "--" not in shown and "`loff" not in shown, shown
+
+
+def test_a_job_signal_is_never_lost_to_a_slow_caller(qtbot, window):  # noqa: F811
+    """Pages connect a job's signals after `state.start` returns; the job must not be able
+    to finish before that (its thread starts on the next turn of the event loop)."""
+    import time
+
+    job = window.state.start("instant", lambda progress: 42)
+    time.sleep(0.3)  # a caller that takes its time before connecting
+    got = []
+    job.finished.connect(got.append)
+    qtbot.waitUntil(lambda: not window.state.busy, timeout=10_000)
+    assert got == [42]
