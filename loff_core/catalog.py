@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import ProjectError, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json
-from .images import IMAGE_EXTENSIONS, _suffix, is_image_candidate, read_info, special_file_reason
+from .images import (IMAGE_EXTENSIONS, _suffix, cbis_ddsm_parts, is_image_candidate, read_info,
+                     special_file_reason)
 from .progress import Progress
 
 SPLITS = ("train", "val", "test")
@@ -303,6 +304,9 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
     files = _walk(root, failures, progress)
     if labels_csv is not None:
         files = [f for f in files if f.resolve() != Path(labels_csv).resolve()]
+    if not files:
+        warnings.append(f"no image files found in {display_path(str(root))} (looked for: "
+                        f"{', '.join(IMAGE_EXTENSIONS)}, and DICOM files without an extension)")
     infos: list[tuple[str, Any]] = []
     versions: dict[str, str] = {}
     for n, path in enumerate(files):
@@ -387,8 +391,13 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
 
     entries: list[CatalogEntry] = []
     no_patient = 0
+    cbis_patients: Counter = Counter()
     for rel, info in infos:
         pid = csv_patients.get(rel) or info.patient_id
+        cbis = cbis_ddsm_parts(pid) if pid and rel not in csv_patients else None
+        if cbis is not None:  # CBIS-DDSM's PatientID names the image; its P_ number the woman
+            pid = cbis[0]
+            cbis_patients[pid] += 1
         if not pid:
             no_patient += 1
             pid = "file:" + rel
@@ -401,6 +410,12 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
     if no_patient:
         warnings.append(f"{no_patient} images have no patient ID (no DICOM PatientID and no patient column); "
                         f"each is treated as its own patient for the split")
+    if cbis_patients:
+        n = sum(cbis_patients.values())
+        warnings.append(f"{n} images' patient IDs were recognised as CBIS-DDSM (one ID per image, e.g. "
+                        f"Mass-Test_P_#####_LEFT_CC) and grouped by their P_ number into {len(cbis_patients)} "
+                        f"patients for the split; view and laterality are read from the ID where the header "
+                        f"lacks them")
     multi = sum(1 for e in entries if e.frames > 1)
     if multi:
         warnings.append(f"{multi} multi-frame images (e.g. tomosynthesis): the central frame is used")

