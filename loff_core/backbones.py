@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import BackboneError
 
-PREPROCESS_VERSION = 1  # bump when Preprocessor's output changes for the same settings
+PREPROCESS_VERSION = 2  # bump when decoding or Preprocessor output changes (2: 16-bit PNG/TIFF min-max stretched)
 
 # Suggested backbones (the app lists them). Parameter counts from timm.
 SUGGESTED = [
