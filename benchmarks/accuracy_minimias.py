@@ -8,6 +8,11 @@ fold (StratifiedGroupKFold). In each fold a further 20 % of the training women (
 woman) is held out for the head's early stopping / best-epoch choice; metrics come from
 `loff_core.metrics.evaluate_predictions` on the test fold only.
 
+The fine-tuning arm (full mode, or `--finetune`) trains the same backbone end to end
+(every weight, BatchNorm in train mode) plus a linear head, with pixel augmentations
+(RandomResizedCrop 0.6-1 + horizontal flip) on the engine's own preprocessed images, the
+same folds, epochs, patience and best-epoch rule (validation macro AUC).
+
     python benchmarks/accuracy_minimias.py --quick
 """
 
@@ -59,6 +64,100 @@ def configs(mode: str) -> list[dict[str, Any]]:
     return out
 
 
+FINETUNE = "fine-tune whole backbone + linear, pixel aug"
+
+
+def finetune_fold(images: Any, y_all: Any, fit: Any, val: Any, te: Any, spec: Any, args: argparse.Namespace,
+                  seed: int) -> dict[str, Any]:
+    """Fine-tune the backbone (built by the engine's `load_backbone`) + a linear head on one
+    fold; returns the test metrics at the best validation epoch."""
+    import copy
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torchvision.transforms import v2
+
+    from loff_core.backbones import load_backbone
+    from loff_core.heads import HeadConfig, build_head
+    from loff_core.metrics import evaluate_predictions
+    from loff_core.training import _lr_at, _val_metrics
+
+    torch.manual_seed(seed)
+    backbone = load_backbone(spec, device=args.device)
+    dev = backbone.device
+    body = backbone.token_module()
+    body.model.requires_grad_(True)
+    head = build_head(HeadConfig(kind="linear", task="classification", num_classes=len(CLASSES),
+                                 feature_dim=backbone.feature_dim, grid_hw=backbone.grid_hw)).to(dev)
+    params = list(body.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.finetune_lr, weight_decay=0.05)
+    size = images.shape[-1]
+    augment = v2.Compose([v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+    bs = 32
+    steps_per_epoch = max(1, len(fit) // bs)
+    total, warmup = args.epochs * steps_per_epoch, max(1, args.epochs * steps_per_epoch // 20)
+    rng = np.random.default_rng(seed)
+
+    def probabilities(idx: Any) -> Any:
+        body.eval()
+        head.eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(idx), 64):
+                cls, grid = body(images[idx[i:i + 64]].to(dev))
+                out.append(torch.softmax(head(cls, grid).float(), dim=1).cpu())
+        return torch.cat(out).numpy()
+
+    best, best_state, best_epoch, bad, step = -float("inf"), None, 0, 0, 0
+    epochs_run = 0
+    for epoch in range(1, args.epochs + 1):
+        body.train()
+        head.train()
+        order = rng.permutation(fit)
+        for k in range(steps_per_epoch):  # full batches only (BatchNorm in train mode)
+            idx = order[k * bs:(k + 1) * bs]
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total, warmup, args.finetune_lr, 1e-6)
+            batch = torch.stack([augment(images[i]) for i in idx]).to(dev)
+            cls, grid = body(batch)
+            loss = F.cross_entropy(head(cls, grid), torch.as_tensor(y_all[idx], device=dev))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            step += 1
+        epochs_run = epoch
+        score = _val_metrics("classification", "val_auc", y_all[val], probabilities(val), len(CLASSES))[2]
+        if score > best:
+            best, best_epoch, bad = score, epoch, 0
+            best_state = (copy.deepcopy(body.state_dict()), copy.deepcopy(head.state_dict()))
+        else:
+            bad += 1
+            if bad >= args.patience:
+                break
+    assert best_state is not None
+    body.load_state_dict(best_state[0])
+    head.load_state_dict(best_state[1])
+    m = evaluate_predictions(y_all[te], probabilities(te), CLASSES, "classification", n_bootstrap=0)["metrics"]
+    m["best_epoch"] = best_epoch
+    m["epochs_run"] = epochs_run
+    return m
+
+
+def preprocessed_images(items: list[tuple[str, Path]], spec: Any) -> Any:
+    """All images decoded and preprocessed once by the engine (`load_pixels` + the backbone's
+    own Preprocessor), as one float32 tensor [N, 3, S, S] in RAM."""
+    import numpy as np
+    import torch
+
+    from loff_core.backbones import load_backbone
+    from loff_core.images import load_pixels
+
+    pre = load_backbone(spec, device="cpu").preprocessor
+    return torch.from_numpy(np.stack([pre(load_pixels(path)) for _, path in items]))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from sklearn.model_selection import StratifiedGroupKFold
@@ -78,6 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  .split(ids_all, y_all, g_all))[:args.folds]
     results = []
     extraction = []
+    finetuned: set[int] = set()
     for size, grid in args.settings:
         spec = BackboneSpec(name="tf_efficientnet_lite0", image_size=size, grid=grid)
         res = extract_features(items, spec, args.cache_dir, device=args.device, batch_size=16)
@@ -88,6 +188,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         setting = f"{size}px, grid {cache.grid_hw[0]}x{cache.grid_hw[1]}"
         per_cfg: dict[str, list[dict[str, Any]]] = {}
         walls: dict[str, float] = {}
+        # once per input size: the fine-tuned model does not use the pooled grid
+        finetune = (args.finetune and size not in finetuned
+                    and (not args.only or any(o in FINETUNE for o in args.only)))
+        if finetune:
+            finetuned.add(size)
+            t0 = time.perf_counter()
+            images = preprocessed_images(items, spec)
+            walls[FINETUNE] = time.perf_counter() - t0  # decoding once, counted in the arm's wall time
         for fold, (tr, te) in enumerate(outer):
             inner = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=fold)
             fit, val = next(inner.split(tr, y_all[tr], g_all[tr]))
@@ -113,6 +221,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 m["epochs_run"] = len(tr_res.history)
                 per_cfg.setdefault(cfg["name"], []).append(m)
                 walls[cfg["name"]] = walls.get(cfg["name"], 0.0) + time.perf_counter() - t0
+            if finetune:
+                t0 = time.perf_counter()
+                per_cfg.setdefault(FINETUNE, []).append(finetune_fold(images, y_all, fit, val, te, spec, args, fold))
+                walls[FINETUNE] += time.perf_counter() - t0
         cache.close()
         for name, ms in per_cfg.items():
             row = {"setting": setting, "config": name, "folds": len(ms), "wall_s": walls[name]}
@@ -155,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", default=None, help="run only configurations whose name contains one of these")
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
+                   help="also fine-tune the whole backbone (default: on in full and smoke mode, off in --quick)")
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
     args = parse_bench_args(p, argv)
     assert args is not None
     if not (args.data / "labels.csv").exists() or not (args.data / "images").is_dir():
@@ -167,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     args.folds = args.folds or d["folds"]
     args.settings = [(s, g) for s in args.sizes for g in args.grids] if args.sizes else d["settings"]
     args.limit = d["limit"]
+    if args.finetune is None:
+        args.finetune = args.mode != "quick"
     args.folds_total = 5
     if args.epochs is None:
         args.epochs = d["epochs"]
