@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -49,6 +50,14 @@ class CatalogEntry:
     cols: int
     frames: int
     pixel_spacing: Optional[str]
+    # `path` with the patient's ID and name parts replaced by `patient-<key>` where the
+    # folder or file names contain them; None when they do not (see `masked_path`)
+    display_path: Optional[str] = None
+
+    @property
+    def shown_path(self) -> str:
+        """The path to show on screen or in a caption: never a patient's ID or name."""
+        return display_path(self.display_path or self.path)  # and undecodable bytes as U+FFFD
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class Catalog:
                     split=get("split"), format=r["format"], modality=get("modality"), view=get("view"),
                     laterality=get("laterality"), rows=int(r["rows"]), cols=int(r["cols"]),
                     frames=int(r["frames"] or 1), pixel_spacing=get("pixel_spacing"),
+                    display_path=get("display_path"),
                 ))
         except (KeyError, ValueError, TypeError) as exc:
             raise ProjectError(f"{path}: damaged catalog ({exc})") from None
@@ -144,6 +154,16 @@ def image_id_for(rel_path: str, version: str = "") -> str:
 def file_version(path: Path) -> str:
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def masked_path(rel: str, identifiers: Iterable[str], patient_key: str) -> Optional[str]:
+    """`rel` with each identifier (PatientID, name parts; 3 characters or more, any case)
+    replaced by `patient-<first 8 of the key>`; None when none occurs. Sites often name
+    folders or files after the patient: the app shows this instead of the real path."""
+    out = rel
+    for ident in sorted({i.strip() for i in identifiers if i and len(i.strip()) >= 3}, key=len, reverse=True):
+        out = re.sub(re.escape(ident), f"patient-{patient_key[:8]}", out, flags=re.IGNORECASE)
+    return out if out != rel else None
 
 
 def patient_key_for(salt: bytes, patient_id: str) -> str:
@@ -394,6 +414,7 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
     cbis_patients: Counter = Counter()
     for rel, info in infos:
         pid = csv_patients.get(rel) or info.patient_id
+        identifiers = [pid or "", info.patient_id or "", *info.patient_names]
         cbis = cbis_ddsm_parts(pid) if pid and rel not in csv_patients else None
         if cbis is not None:  # CBIS-DDSM's PatientID names the image; its P_ number the woman
             pid = cbis[0]
@@ -402,10 +423,12 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
             no_patient += 1
             pid = "file:" + rel
         spacing = f"{info.pixel_spacing[0]:g}\\{info.pixel_spacing[1]:g}" if info.pixel_spacing else None
+        key = patient_key_for(salt, pid)
         entries.append(CatalogEntry(
-            image_id=image_id_for(rel, versions[rel]), path=rel, patient_key=patient_key_for(salt, pid), label=labels.get(rel),
+            image_id=image_id_for(rel, versions[rel]), path=rel, patient_key=key, label=labels.get(rel),
             split=None, format=info.format, modality=info.modality, view=info.view, laterality=info.laterality,
             rows=info.rows, cols=info.cols, frames=info.frames, pixel_spacing=spacing,
+            display_path=masked_path(rel, identifiers + [pid], key) if pid and not pid.startswith("file:") else None,
         ))
     if no_patient:
         warnings.append(f"{no_patient} images have no patient ID (no DICOM PatientID and no patient column); "

@@ -51,6 +51,9 @@ class ImageInfo:
     samples: int = 1
     # raw PatientID: in memory only, to compute the salted patient key; never written or shown
     patient_id: Optional[str] = field(default=None, repr=False, compare=False)
+    # parts of the raw PatientName (family, given, ...): in memory only, to keep them out of
+    # the paths the app shows (`catalog.masked_path`)
+    patient_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 def _suffix(path: Path) -> str:
@@ -270,6 +273,7 @@ def _dicom_info(path: Path) -> ImageInfo:
         transfer_syntax=str(syntax) if syntax else None,
         bits_stored=int(bits_stored) if bits_stored is not None else None,
         patient_id=str(pid).strip() if pid not in (None, "") else None,
+        patient_names=tuple(part for part in re.split(r"[\^=\s,]+", str(_get(ds, "PatientName") or "")) if part),
     )
 
 

@@ -76,3 +76,24 @@ def test_a_job_signal_is_never_lost_to_a_slow_caller(qtbot, window):  # noqa: F8
     job.finished.connect(got.append)
     qtbot.waitUntil(lambda: not window.state.busy, timeout=10_000)
     assert got == [42]
+
+
+def test_patient_ids_in_folder_names_are_not_shown(qtbot, window, images, tmp_path):  # noqa: F811
+    """The synthetic site names each patient's folder and files after the PatientID
+    (SYN-0001/SYN-0001_L_CC.dcm), as many real exports do: the window shows the
+    de-identified key in their place, in the table, the captions and the viewer's list."""
+    from test_app import _visible_texts
+
+    w = window
+    _new_project(w, tmp_path / "p")
+    _import(qtbot, w, images)
+    entries = w.state.project.catalog().entries
+    assert all("SYN-0" in e.path for e in entries)  # the real paths do name the patients
+    w.import_page.table.selectRow(3)
+    w.state.browse.emit([e.image_id for e in entries[:5]], "five images")
+    for page in (w.import_page, w.viewer_page):
+        w.tabs.setCurrentWidget(page)
+        qtbot.wait(200)
+        shown = "\n".join(_visible_texts(w))
+        assert "patient-" in shown
+        assert "SYN-0" not in shown, [t for t in _visible_texts(w) if "SYN-0" in t][:3]

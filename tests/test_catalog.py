@@ -333,3 +333,25 @@ def test_folder_without_images_warns(tmp_path):
     assert project.import_report()["warnings"][0].startswith("no image files found in")  # in the import report
     _png(tmp_path / "docs" / "a.png")
     assert not [w for w in scan_folder(tmp_path / "docs", salt=SALT).warnings if "no image files" in w]
+
+
+def test_patient_ids_and_names_in_folder_names_are_masked_for_display(tmp_path):
+    """Sites often name folders after the patient: what the app shows replaces the ID and
+    the name parts with the de-identified key (the real path stays in the catalog)."""
+    folder = tmp_path / "site"
+    for pid, name in (("MRN-004711", "Doe^Jane"), ("MRN-008152", "Roe^Richard")):
+        family = name.split("^")[0]
+        (folder / f"{pid}_{family.upper()}" / "study").mkdir(parents=True)
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.PatientID, ds.PatientName = pid, name
+        ds.save_as(folder / f"{pid}_{family.upper()}" / "study" / f"{pid}-{family.lower()}.dcm")
+    catalog = scan_folder(folder, salt=SALT)
+    assert len(catalog.entries) == 2
+    for e in catalog.entries:
+        shown = e.shown_path
+        assert "MRN-00" not in shown and "doe" not in shown.lower() and "roe" not in shown.lower(), shown
+        assert f"patient-{e.patient_key[:8]}" in shown and shown.endswith(".dcm") and "/study/" in shown
+        assert "MRN-00" in e.path  # the real path, to find the file, stays in the project
+    catalog.save(tmp_path / "catalog.csv")
+    again = Catalog.load(tmp_path / "catalog.csv")
+    assert [e.shown_path for e in again.entries] == [e.shown_path for e in catalog.entries]

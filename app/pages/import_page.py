@@ -19,7 +19,7 @@ from loff_core.errors import LoffError
 from ..state import AppState
 from ..widgets import ImagePanel, ProgressStrip, form_row
 
-COLUMNS = [("path", "File"), ("label", "Label"), ("split", "Split"), ("patient_key", "Patient key"),
+COLUMNS = [("shown_path", "File"), ("label", "Label"), ("split", "Split"), ("patient_key", "Patient key"),
            ("modality", "Modality"), ("view", "View"), ("laterality", "Side"), ("size", "Size"),
            ("format", "Format"), ("image_id", "Image id")]
 
@@ -324,7 +324,7 @@ class ImportPage(QWidget):
             return
         from ..loader import load_async
 
-        caption = (f"{entry.path} | label {entry.label or '-'} | split {entry.split or '-'} | "
+        caption = (f"{entry.shown_path} | label {entry.label or '-'} | split {entry.split or '-'} | "
                    f"{entry.modality or entry.format} {entry.view or ''} {entry.laterality or ''}")
         try:
             path = project.image_path(entry)
@@ -332,4 +332,4 @@ class ImportPage(QWidget):
             self.viewer.show_image(None, str(exc))
             return
         load_async(self, path, lambda pixels, error: self.viewer.show_image(
-            pixels, caption if error is None else f"{entry.path}: {error}"))
+            pixels, caption if error is None else f"{entry.shown_path}: {error}"))

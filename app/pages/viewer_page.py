@@ -92,7 +92,7 @@ class ViewerPage(QWidget):
         self.image_list.clear()
         for image_id in self.ids:
             e = by_id.get(image_id)
-            self.image_list.addItem(f"{e.path}  [{e.label or '-'}]" if e is not None else image_id)
+            self.image_list.addItem(f"{e.shown_path}  [{e.label or '-'}]" if e is not None else image_id)
         self.image_list.setCurrentRow(0 if self.ids else -1)
         self.image_list.blockSignals(False)
         self.show_current()
@@ -121,7 +121,7 @@ class ViewerPage(QWidget):
             self.image_list.blockSignals(False)
         if entry is None:
             return
-        caption = f"{entry.path} | true label: {entry.label or '-'}"
+        caption = f"{entry.shown_path} | true label: {entry.label or '-'}"
         try:
             path = project.image_path(entry)
         except LoffError as exc:  # the images folder was moved: say so
