@@ -97,3 +97,13 @@ def test_patient_ids_in_folder_names_are_not_shown(qtbot, window, images, tmp_pa
         shown = "\n".join(_visible_texts(w))
         assert "patient-" in shown
         assert "SYN-0" not in shown, [t for t in _visible_texts(w) if "SYN-0" in t][:3]
+
+
+def test_backbone_note_follows_the_name_even_when_typed(window):  # noqa: F811
+    page = window.cache_page
+    page.backbone.setCurrentIndex(0)
+    assert "M parameters" in page.note.text()
+    page.backbone.setEditText("convnext_tiny")  # a timm name typed by the user
+    assert "any timm model name" in page.note.text()
+    page.backbone.setEditText("vit_tiny_patch16_224")
+    assert page.note.text().startswith("5.7 M parameters")

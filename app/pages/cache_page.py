@@ -31,10 +31,10 @@ class CachePage(QWidget):
         self.backbone.setEditable(True)
         for name, params, note in SUGGESTED:
             self.backbone.addItem(f"{name}", name)
-            self.backbone.setItemData(self.backbone.count() - 1, f"{params} M parameters - {note}", 3)
-        self.note = QLabel(SUGGESTED[0][2])
-        self.backbone.currentIndexChanged.connect(
-            lambda i: self.note.setText(SUGGESTED[i][2] if 0 <= i < len(SUGGESTED) else ""))
+            self.backbone.setItemData(self.backbone.count() - 1, f"{params:g} M parameters - {note}", 3)
+        self.note = QLabel()
+        self.backbone.currentTextChanged.connect(self._describe_backbone)
+        self._describe_backbone(self.backbone.currentText())
         self.weights = QLineEdit()
         self.weights.setPlaceholderText("local weights file (.safetensors / .pth), optional")
         pick = QPushButton("Local weights file...")
@@ -85,6 +85,16 @@ class CachePage(QWidget):
         if path:
             self.weights.setText(path)
             self.random_init.setChecked(False)
+
+    def _describe_backbone(self, text: str) -> None:
+        """The note beside the backbone: size and what it is, for a suggested model; for a
+        typed timm name, where its weights must come from."""
+        known = {name: (params, note) for name, params, note in SUGGESTED}
+        if text.strip() in known:
+            params, note = known[text.strip()]
+            self.note.setText(f"{params:g} M parameters - {note}")
+        else:
+            self.note.setText("any timm model name: weights from the local timm cache or a local weights file")
 
     def _find_devices(self) -> None:
         """Listing GPUs imports torch: done in the job thread, not here."""
