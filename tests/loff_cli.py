@@ -14,3 +14,17 @@ def loff_json(capsys, *args: object) -> dict:
     captured = capsys.readouterr()
     assert code == 0, f"loff {args[0]} failed: {captured.err}"
     return json.loads(captured.out)
+
+
+def oom_once(at_batch_size: int) -> tuple:
+    """A training fault injector (`training._FAULT_INJECTOR`) that raises CUDA out of memory
+    once, at the first step with this batch size; returns (injector, list of raises)."""
+    import torch
+
+    raised: list[int] = []
+
+    def inject(batch_size: int) -> None:
+        if batch_size == at_batch_size and not raised:
+            raised.append(batch_size)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+    return inject, raised

@@ -603,12 +603,9 @@ def test_out_of_memory_retry_is_a_warning_while_the_job_runs(qtbot, window, imag
     _extract(qtbot, w)
     monkeypatch.setattr(cache, "_FAULT_INJECTOR", None)
 
-    raised = []
+    from loff_cli import oom_once
 
-    def train_oom(batch_size):
-        if batch_size == 32 and not raised:
-            raised.append(batch_size)
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+    train_oom, raised = oom_once(32)
     monkeypatch.setattr(training, "_FAULT_INJECTOR", train_oom)
     w.train_page.epochs.setValue(1)
     qtbot.mouseClick(w.train_page.train_button, qtbot_button())

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import loff_core.training as training
+from loff_cli import oom_once
 from loff_core.augment import AugmentConfig
 from loff_core.errors import TrainingError
 from loff_core.features import InMemoryFeatures
@@ -128,13 +129,7 @@ def test_cancel_propagates():
 
 def test_out_of_memory_halves_the_batch(monkeypatch):
     src, y = _source()
-    raised = []
-
-    def inject(batch_size):
-        if batch_size == 32 and not raised:
-            raised.append(batch_size)
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
+    inject, raised = oom_once(32)
     monkeypatch.setattr(training, "_FAULT_INJECTOR", inject)
     messages = []
     progress = Progress(on_report=lambda d, t, m: messages.append(m))
@@ -160,13 +155,7 @@ def test_out_of_memory_note_reaches_train_json_run_record_and_stderr(monkeypatch
     loff_json(capsys, "demo", tmp_path / "p", "--patients", "8")
     loff_json(capsys, "extract", tmp_path / "p", "--backbone", "vit_tiny_patch16_224", "--random-init",
               "--image-size", "32", "--grid", "2", "--workers", "0")
-    raised = []
-
-    def inject(batch_size):
-        if batch_size == 8 and not raised:
-            raised.append(batch_size)
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
+    inject, raised = oom_once(8)
     monkeypatch.setattr(training, "_FAULT_INJECTOR", inject)
     capsys.readouterr()
     from loff_core.cli import main
