@@ -6,7 +6,8 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 # Qt 6.5+ on X11 needs libxcb-cursor0, a system library pip cannot install: say so plainly.
 if [ "$(uname -s)" = Linux ] && [ -z "${QT_QPA_PLATFORM:-}" ] && [ -z "${WAYLAND_DISPLAY:-}" ] \
-        && command -v ldconfig >/dev/null && ! ldconfig -p | grep -q 'libxcb-cursor\.so\.0'; then
+        && command -v ldconfig >/dev/null && ! ldconfig -p | grep 'libxcb-cursor\.so\.0' >/dev/null; then
+    # (not grep -q: under pipefail its early exit makes ldconfig die of SIGPIPE, a false alarm)
     echo "studio: Qt needs the system library libxcb-cursor0 to open a window on X11;" >&2
     echo "        install it (Debian / Ubuntu: sudo apt install libxcb-cursor0) and run ./studio.sh again" >&2
     exit 1

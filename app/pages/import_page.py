@@ -118,6 +118,8 @@ class ImportPage(QWidget):
         browse_csv = QPushButton("Browse...")
         browse_csv.clicked.connect(self._choose_csv)
         self.file_column, self.label_column, self.patient_column = QComboBox(), QComboBox(), QComboBox()
+        for combo in (self.file_column, self.label_column, self.patient_column):  # column names unclipped
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.task = QComboBox()
         self.task.addItems(["classification", "ordinal"])
         self.classes = QLineEdit()
