@@ -73,7 +73,7 @@ class FeatureCache(_IdIndex):
         self._h = handle
         self.fingerprint = str(handle.attrs["fingerprint"])
         self.backbone = json.loads(handle.attrs["backbone"])
-        self.image_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in handle["image_ids"][:]]
+        self.image_ids = _strings(handle["image_ids"])
         self._cls = handle["cls"]
         self._tokens = handle["tokens"]
         n, h, w, c = self._tokens.shape
@@ -346,10 +346,7 @@ def _read_shard(path: Path) -> Optional[tuple[list[str], list[tuple[str, str]]]]
         with h5py.File(path, "r", locking=False) as f:
             if not f.attrs.get("done"):
                 return None
-            ids = [s.decode() if isinstance(s, bytes) else s for s in f["image_ids"][:]]
-            fids = [s.decode() if isinstance(s, bytes) else s for s in f["failed_ids"][:]]
-            reasons = [s.decode() if isinstance(s, bytes) else s for s in f["failed_reasons"][:]]
-        return ids, list(zip(fids, reasons))
+            return _strings(f["image_ids"]), _failures(f)
     except (OSError, KeyError):
         return None
 
@@ -366,11 +363,17 @@ def _read_failed(final: Path) -> list[tuple[str, str]]:
     written before they were recorded)."""
     h5py = _h5py()
     with h5py.File(final, "r", locking=False) as f:
-        if "failed_ids" not in f:
-            return []
-        ids = [v.decode() if isinstance(v, bytes) else v for v in f["failed_ids"][:]]
-        reasons = [v.decode() if isinstance(v, bytes) else v for v in f["failed_reasons"][:]]
-    return list(zip(ids, reasons))
+        return _failures(f) if "failed_ids" in f else []
+
+
+def _strings(dataset: Any) -> list[str]:
+    """An HDF5 string dataset as Python strings (h5py gives bytes)."""
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in dataset[:]]
+
+
+def _failures(f: Any) -> list[tuple[str, str]]:
+    """(image id, reason) pairs stored in a shard or a finished cache."""
+    return list(zip(_strings(f["failed_ids"]), _strings(f["failed_reasons"])))
 
 
 def _pid_alive(pid: int) -> bool:
