@@ -211,11 +211,10 @@ class Project:
 
     def images_root(self) -> Path:
         """The folder the catalog's paths are relative to, found again after a move."""
-        rel, absolute = self.settings.images_root, self.settings.images_root_absolute
-        if rel is not None and (self.root / rel).is_dir():
-            return (self.root / rel).resolve()
-        if absolute is not None and Path(absolute).is_dir():
-            return Path(absolute)
+        absolute = self.settings.images_root_absolute
+        found = self._found_again(self.settings.images_root, absolute, Path.is_dir)
+        if found is not None:
+            return found
         raise ProjectError(
             f"{self.root}: the images folder is missing (was {absolute}); move it back or re-import"
         )
@@ -286,11 +285,15 @@ class Project:
         """The labels CSV of the last import, found again after a move; None for folder names
         or when the file is gone."""
         src = self.settings.labels_source
-        if not src:
-            return None
-        for candidate in (self.root / src["csv"] if src.get("csv") else None, src.get("csv_absolute")):
-            if candidate is not None and Path(candidate).is_file():
-                return Path(candidate).resolve()
+        return self._found_again(src.get("csv"), src.get("csv_absolute"), Path.is_file) if src else None
+
+    def _found_again(self, rel: Optional[str], absolute: Optional[str], exists: Any) -> Optional[Path]:
+        """A path stored relative to the project (so the folder can move together with it)
+        and absolute (so the project can move alone): the first that still `exists`."""
+        if rel is not None and exists(self.root / rel):
+            return (self.root / rel).resolve()
+        if absolute is not None and exists(Path(absolute)):
+            return Path(absolute)
         return None
 
     def import_summary(self) -> ImportSummary:
