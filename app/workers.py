@@ -10,9 +10,9 @@ Closing the window (`JobRunner.shutdown`) follows one rule: a job whose `on_clos
 "stop" (training, extraction: they keep what is done) is stopped, as the Stop button does;
 any other job is cancelled. Never both, so the outcome does not depend on timing.
 
-Engine reports that are notices (`loff_core.progress.is_notice`, e.g. "GPU out of memory:
-retrying with batch size 8") are also emitted as `notice` the moment they happen, so the
-window shows them as warnings while the job goes on.
+Engine notices (`Progress.notice`, e.g. "GPU out of memory: retrying with batch size 8")
+are also emitted as `notice` the moment they happen, so the window shows them as warnings
+while the job goes on.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from loff_core.errors import LoffError
-from loff_core.progress import Cancelled, Progress, is_notice
+from loff_core.progress import Cancelled, Progress
 
 log = logging.getLogger("loff_studio")
 
@@ -44,14 +44,16 @@ class Job(QObject):
         super().__init__()
         self.name = name
         self._fn, self._args, self._kwargs = fn, args, kwargs
-        self.progress_state = Progress(on_report=self._report)
+        self.progress_state = Progress(on_report=self._report, on_notice=self._notice)
         self.thread_name: Optional[str] = None  # recorded for tests: never the GUI thread
         self.on_close = "cancel"  # or "stop": what closing the window does to this job
         self.notices: list[str] = []  # the notices already emitted (pages skip them in the result)
 
     def _report(self, done: int, total: int, message: str) -> None:
         self.progress.emit(int(done), int(total), str(message))
-        if is_notice(message) and message not in self.notices:
+
+    def _notice(self, message: str) -> None:
+        if message not in self.notices:
             self.notices.append(message)
             self.notice.emit(str(message))
 

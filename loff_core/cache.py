@@ -589,7 +589,7 @@ def _forward_with_retry(backbone: Any, batch: Any, sub_batch: int, progress: Pro
             message = f"GPU out of memory: retrying with batch size {sub_batch}"
             if message not in notes:
                 notes.append(message)
-            progress.report(progress.last[0], progress.last[1], message)
+                progress.notice(message)
 
 
 def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any) -> None:

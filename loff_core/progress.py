@@ -20,15 +20,6 @@ ReportFn = Callable[[int, int, str], None]
 
 #: how a report's message starts when it is a notice: the job goes on, but the user must be
 #: told at once (the GUI shows it as a warning, not only as the passing progress text)
-NOTICE_PREFIXES = ("GPU out of memory",)
-
-
-def is_notice(message: str) -> bool:
-    """True for a report message that is a notice (see `NOTICE_PREFIXES`), e.g. the
-    "GPU out of memory: retrying with batch size N" of extraction and training."""
-    return str(message).startswith(NOTICE_PREFIXES)
-
-
 class Cancelled(Exception):
     """Raised by `Progress.check()` when the job was asked to stop."""
 
@@ -38,6 +29,9 @@ class Progress:
     """A report callback plus a cancel flag, shared between a job and whoever watches it."""
 
     on_report: Optional[ReportFn] = None
+    #: called with a message the user must see at once while the job goes on (e.g. "GPU out
+    #: of memory: retrying with batch size 8"); the app shows it as a warning
+    on_notice: Optional[Callable[[str], None]] = None
     _event: threading.Event = field(default_factory=threading.Event, repr=False)
     _last: tuple[int, int, str] = (0, 0, "")
     _stop: bool = False
@@ -47,6 +41,12 @@ class Progress:
         self._last = (done, total, message)
         if self.on_report is not None:
             self.on_report(done, total, message)
+
+    def notice(self, message: str) -> None:
+        """Report `message` (it shows where progress shows) and flag it as a notice."""
+        self.report(self._last[0], self._last[1], message)
+        if self.on_notice is not None:
+            self.on_notice(message)
 
     def cancel(self) -> None:
         self._event.set()
@@ -79,7 +79,7 @@ class Progress:
         def forward(done: int, sub_total: int, message: str) -> None:
             parent.report(offset + done, total, message)
 
-        child = Progress(on_report=forward, _event=self._event)
+        child = Progress(on_report=forward, on_notice=self.on_notice, _event=self._event)
         child._stop = self._stop
         return child
 

@@ -314,7 +314,7 @@ def train_head(
             batch_size = max(1, batch_size // 2)
             message = f"GPU out of memory: retrying with batch size {batch_size}"
             notes.append(message)
-            progress.report(0, 0, message)
+            progress.notice(message)
             del exc
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
