@@ -51,13 +51,13 @@ class CatalogEntry:
     frames: int
     pixel_spacing: Optional[str]
     # `path` with the patient's ID and name parts replaced by `patient-<key>` where the
-    # folder or file names contain them; None when they do not (see `masked_path`)
-    display_path: Optional[str] = None
+    # folder or file names contain them; None when they do not (see `mask_identifiers`)
+    masked_path: Optional[str] = None
 
     @property
     def shown_path(self) -> str:
         """The path to show on screen or in a caption: never a patient's ID or name."""
-        return display_path(self.display_path or self.path)  # and undecodable bytes as U+FFFD
+        return display_path(self.masked_path or self.path)  # and undecodable bytes as U+FFFD
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class Catalog:
                     split=get("split"), format=r["format"], modality=get("modality"), view=get("view"),
                     laterality=get("laterality"), rows=int(r["rows"]), cols=int(r["cols"]),
                     frames=int(r["frames"] or 1), pixel_spacing=get("pixel_spacing"),
-                    display_path=get("display_path"),
+                    masked_path=get("masked_path"),
                 ))
         except (KeyError, ValueError, TypeError) as exc:
             raise ProjectError(f"{path}: damaged catalog ({exc})") from None
@@ -156,7 +156,7 @@ def file_version(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def masked_path(rel: str, identifiers: Iterable[str], patient_key: str) -> Optional[str]:
+def mask_identifiers(rel: str, identifiers: Iterable[str], patient_key: str) -> Optional[str]:
     """`rel` with each identifier (PatientID, name parts; 3 characters or more, any case)
     replaced by `patient-<first 8 of the key>`; None when none occurs. Sites often name
     folders or files after the patient: the app shows this instead of the real path."""
@@ -428,7 +428,7 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
             image_id=image_id_for(rel, versions[rel]), path=rel, patient_key=key, label=labels.get(rel),
             split=None, format=info.format, modality=info.modality, view=info.view, laterality=info.laterality,
             rows=info.rows, cols=info.cols, frames=info.frames, pixel_spacing=spacing,
-            display_path=masked_path(rel, identifiers + [pid], key) if pid and not pid.startswith("file:") else None,
+            masked_path=mask_identifiers(rel, identifiers + [pid], key) if pid and not pid.startswith("file:") else None,
         ))
     if no_patient:
         warnings.append(f"{no_patient} images have no patient ID (no DICOM PatientID and no patient column); "

@@ -52,7 +52,7 @@ class ImageInfo:
     # raw PatientID: in memory only, to compute the salted patient key; never written or shown
     patient_id: Optional[str] = field(default=None, repr=False, compare=False)
     # parts of the raw PatientName (family, given, ...): in memory only, to keep them out of
-    # the paths the app shows (`catalog.masked_path`)
+    # the paths the app shows (`catalog.mask_identifiers`)
     patient_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
