@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import LoffError
+from .errors import LoffError, ProjectError, TrainingError
 from .progress import Cancelled, Progress
 
 
@@ -86,7 +86,6 @@ def _run_with_progress(desc: str, quiet: bool, fn: Callable[[Progress], Any]) ->
 
 # -- commands ----------------------------------------------------------------------------
 def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
-    from .errors import ProjectError
     from .project import Project
 
     if not args.images_dir.is_dir():  # before a project is created for nothing
@@ -206,7 +205,6 @@ AUGMENT_HELP = {
 def _augment_from_args(pairs: Optional[list[str]], base: Any) -> Any:
     from dataclasses import replace
 
-    from .errors import TrainingError
 
     changes: dict[str, Any] = {}
     for pair in pairs or []:
@@ -274,8 +272,6 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         args.head_dir, args.files, weights=args.weights, random_init=True if args.random_init else None,
         device=args.device, batch_size=args.batch_size, progress=p))
     if not out["predictions"]:
-        from .errors import LoffError
-
         failed = out.get("failed", [])
         first = f"; {failed[0]['path']}: {failed[0]['reason']}" if failed else ""
         raise LoffError(f"no predictions: none of the {len(failed)} files could be read{first}")
