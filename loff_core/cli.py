@@ -276,21 +276,10 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         first = f"; {failed[0]['path']}: {failed[0]['reason']}" if failed else ""
         raise LoffError(f"no predictions: none of the {len(failed)} files could be read{first}")
     if args.csv:
-        _write_predictions_csv(Path(args.csv), out)
+        from .project import write_predictions_csv
+
+        write_predictions_csv(Path(args.csv), out, with_failed=False)
     return out
-
-
-def _write_predictions_csv(path: Path, out: dict[str, Any]) -> None:
-    import csv
-
-    from .fsutil import atomic_path
-
-    with atomic_path(path) as tmp, open(
-            tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "predicted", *[f"p_{c}" for c in out["classes"]]])
-        for p in out["predictions"]:
-            writer.writerow([p["path"], p["predicted"], *p["probabilities"]])
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:

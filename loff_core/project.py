@@ -606,6 +606,21 @@ def _heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.
     return up[top:top + nh, left:left + nw]
 
 
+def write_predictions_csv(path: Path, result: dict[str, Any], *, with_failed: bool = True) -> None:
+    """`predict_files`' result as CSV (path, predicted, p_<class>...; with_failed: then one
+    row per unreadable file with "not read: <reason>"). UTF-8; a non-UTF-8 file name is
+    written as its original bytes. Temp file + rename."""
+    classes = result["classes"]
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                              errors="surrogateescape") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "predicted", *[f"p_{c}" for c in classes]])
+        for p in result["predictions"]:
+            writer.writerow([p["path"], p["predicted"], *p["probabilities"]])
+        for f in result.get("failed", []) if with_failed else []:
+            writer.writerow([f["path"], f"not read: {f['reason']}", *[""] * len(classes)])
+
+
 def _read_settings(path: Path) -> ProjectSettings:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

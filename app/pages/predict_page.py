@@ -3,7 +3,6 @@ the head (safetensors + card.json, optionally ONNX) where the user chooses."""
 
 from __future__ import annotations
 
-import csv
 import os
 import tempfile
 from pathlib import Path
@@ -163,18 +162,11 @@ class PredictPage(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Save predictions", "predictions.csv", "CSV (*.csv)")
         if not path:
             return
-        from loff_core.fsutil import atomic_path
+        from loff_core.project import write_predictions_csv
 
-        classes, failed = self.result["classes"], self.result["failed"]
-        try:
-            with atomic_path(Path(path)) as tmp, open(
-                    tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["path", "predicted", *[f"p_{c}" for c in classes]])
-                for p in self.result["predictions"]:
-                    writer.writerow([p["path"], p["predicted"], *p["probabilities"]])
-                for f in failed:  # as in the table: the reason where the prediction would be
-                    writer.writerow([f["path"], f"not read: {f['reason']}", *[""] * len(classes)])
+        failed = self.result["failed"]
+        try:  # unreadable files too, as in the table: the reason where the prediction would be
+            write_predictions_csv(Path(path), self.result)
         except OSError as exc:  # the table and the result stay; the user can choose another file
             detail = exc.strerror or str(exc)
             if exc.filename and os.fsdecode(exc.filename) != str(path):
