@@ -198,14 +198,24 @@ class MainWindow(QMainWindow):
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: loff-studio [PROJECT]\n\nOpens PROJECT (a LOFF Studio project folder), else the last "
-              "project, else the synthetic demo project.")
+        print("usage: loff-studio [PROJECT] [--quit-after MS]\n\nOpens PROJECT (a LOFF Studio project folder), else "
+              "the last project, else the synthetic demo project.\n--quit-after MS closes the window MS "
+              "milliseconds after start and prints one line about it (packaging/smoke.sh uses it).")
         return 0
+    quit_after = _pop_quit_after(argv)
     app = QApplication.instance() or QApplication([sys.argv[0]])
     app.setApplicationName("LOFF Studio")
+    app.setDesktopFileName("org.loff.Studio")  # Wayland: ties the window to the installed desktop entry's icon
+    icon = _app_icon()
+    if icon is not None:
+        app.setWindowIcon(icon)
     log_path = setup_logging()
     window = MainWindow()
+    if icon is not None:
+        window.setWindowIcon(icon)
     window.show()
+    if quit_after is not None:
+        QTimer.singleShot(quit_after, lambda: _smoke_quit(app, window, quit_after))
     QTimer.singleShot(300, window.state.warm_up_engine)  # after the first paint
     target = argv[0] if argv else settings().value("last_project")
     if target and Path(target, "loff-project.json").exists():
@@ -221,6 +231,46 @@ def main(argv: Optional[list[str]] = None) -> int:
         window.open_demo()
     window.show_message("info", f"log file: {log_path}")
     return app.exec()
+
+
+def _pop_quit_after(argv: list[str]) -> Optional[int]:
+    """Remove `--quit-after MS` from argv and return MS (None when absent)."""
+    if "--quit-after" not in argv:
+        return None
+    at = argv.index("--quit-after")
+    try:
+        value = int(argv[at + 1])
+    except (IndexError, ValueError):
+        raise SystemExit("loff-studio: --quit-after needs a number of milliseconds") from None
+    del argv[at:at + 2]
+    return value
+
+
+def _app_icon() -> Any:
+    """The application icon from resources/ (PNGs of every size; no SVG plugin needed)."""
+    from PySide6.QtGui import QIcon
+
+    from .resources import resource_path
+
+    try:
+        icon = QIcon()
+        for size in (16, 24, 32, 48, 64, 128, 256, 512):
+            path = resource_path("icons", "hicolor", f"{size}x{size}", "apps", "org.loff.Studio.png")
+            if path.is_file():
+                icon.addFile(str(path))
+    except FileNotFoundError as exc:
+        log.warning("no application icon: %s", exc)
+        return None
+    return None if icon.isNull() else icon
+
+
+def _smoke_quit(app: QApplication, window: MainWindow, after_ms: int) -> None:
+    """`--quit-after`: say what the window shows, then close it as the Quit menu would."""
+    print(f"loff-studio: quitting after {after_ms} ms; title: {window.windowTitle()}; "
+          f"icon: {'yes' if not window.windowIcon().isNull() else 'no'}; pages: {window.tabs.count()}", flush=True)
+    window.confirm_close = True  # no question box when a job still runs: stop it like the Stop button
+    window.close()
+    app.quit()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Build the frozen one-folder LOFF Studio: dist/loff-studio/ with `loff-studio` (window) and
+# `loff` (command), sharing one bundle. Run from anywhere, after the README's set-up
+# (./test.sh or scripts/setup.sh made .venv). Options:
+#   --tar    also write dist/loff-studio-<version>-linux-<arch>.tar.gz (the release artefact)
+# Environment: LOFF_KEEP_TRITON=1 keeps triton in the bundle (left out by default; see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tar=0
+for arg in "$@"; do
+    case "$arg" in
+        --tar) tar=1 ;;
+        -h|--help) sed -n 2,7p "$0"; exit 0 ;;
+        *) echo "build.sh: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+bash scripts/setup.sh
+PY=.venv/bin/python
+# PyInstaller and its community hooks: the `packaging` extra of pyproject.toml
+"$PY" -m pip --disable-pip-version-check -q install -e ".[packaging]"
+"$PY" packaging/make_icons.py --check
+version=$("$PY" -c 'import importlib.metadata as m; print(m.version("loff-studio"))')
+start=$(date +%s)
+LOFF_VERSION=$version "$PY" -m PyInstaller --noconfirm --clean --log-level WARN \
+    --distpath dist --workpath build/pyinstaller packaging/loff-studio.spec
+secs=$(( $(date +%s) - start ))
+size=$(du -sm dist/loff-studio | cut -f1)
+echo "build.sh: dist/loff-studio built in ${secs} s, ${size} MB" >&2
+if [ "$tar" = 1 ]; then
+    arch=$(uname -m)
+    out="dist/loff-studio-${version}-linux-${arch}.tar.gz"
+    start=$(date +%s)
+    # the install scripts and desktop files travel inside the frozen folder's parent
+    stage=build/release/loff-studio-${version}
+    rm -rf build/release && mkdir -p "$stage"
+    cp -a packaging/linux/install.sh packaging/linux/uninstall.sh "$stage"/
+    cp -a packaging/linux/org.loff.Studio.desktop packaging/linux/org.loff.Studio.metainfo.xml "$stage"/
+    mkdir -p "$stage/icons" && cp -a resources/icons/hicolor "$stage/icons/"
+    ln -s "$PWD/dist/loff-studio" "$stage/loff-studio"
+    if command -v pigz >/dev/null; then gz="pigz"; else gz="gzip"; fi
+    tar -C build/release -chf - "loff-studio-${version}" | $gz -6 > "$out"
+    echo "build.sh: $out ($(du -m "$out" | cut -f1) MB) in $(( $(date +%s) - start )) s" >&2
+fi
