@@ -27,17 +27,5 @@ secs=$(( $(date +%s) - start ))
 size=$(du -sm dist/loff-studio | cut -f1)
 echo "build.sh: dist/loff-studio built in ${secs} s, ${size} MB" >&2
 if [ "$tar" = 1 ]; then
-    arch=$(uname -m)
-    out="dist/loff-studio-${version}-linux-${arch}.tar.gz"
-    start=$(date +%s)
-    # the install scripts and desktop files travel inside the frozen folder's parent
-    stage=build/release/loff-studio-${version}
-    rm -rf build/release && mkdir -p "$stage"
-    cp -a packaging/linux/install.sh packaging/linux/uninstall.sh "$stage"/
-    cp -a packaging/linux/org.loff.Studio.desktop packaging/linux/org.loff.Studio.metainfo.xml "$stage"/
-    mkdir -p "$stage/icons" && cp -a resources/icons/hicolor "$stage/icons/"
-    ln -s "$PWD/dist/loff-studio" "$stage/loff-studio"
-    if command -v pigz >/dev/null; then gz="pigz"; else gz="gzip"; fi
-    tar -C build/release -chf - "loff-studio-${version}" | $gz -6 > "$out"
-    echo "build.sh: $out ($(du -m "$out" | cut -f1) MB) in $(( $(date +%s) - start )) s" >&2
+    bash packaging/make_release.sh dist/loff-studio "$version"
 fi

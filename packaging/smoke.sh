@@ -63,11 +63,16 @@ n=$(ls "$work/syntaxes" | wc -l)
 "$PY" packaging/compare_predictions.py "$work/frozen-syntax.json" "$work/source-syntax.json" --min "$n"
 
 step "frozen loff-studio: the window on the demo project, offscreen, quitting by itself"
-out=$(timeout 180 "$STUDIO" "$work/demo" --quit-after 5000 2>"$work/studio.err") || {
+out=$(timeout 180 "$STUDIO" "$work/demo" --quit-after 8000 2>"$work/studio.err") || {
     rc=$?; cat "$work/studio.err" >&2; step "loff-studio exited with $rc"; exit 1; }
 echo "$out"
 echo "$out" | grep -q "SYNTHETIC" || { step "the window did not open the demo project"; cat "$work/studio.err" >&2; exit 1; }
 echo "$out" | grep -q "icon: yes" || { step "the window has no icon"; exit 1; }
 if grep -iE "Traceback|Error" "$work/studio.err"; then step "the window wrote errors"; exit 1; fi
+# the window imports the engine (torch, timm, pydicom...) in a background thread at start;
+# a module the bundle lacks is logged as "engine warm-up: X not imported"
+log="$LOFF_STUDIO_CONFIG_DIR/logs/loff-studio.log"
+[ -s "$log" ] || { step "no log file at $log"; exit 1; }
+if grep -E "not imported|Traceback|ERROR" "$log"; then step "the window logged problems ($log)"; exit 1; fi
 
 step "passed in $(( $(date +%s) - t0 )) s"
