@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v desktop-file-validate >/dev/null || ! command -v appstreamcli >/dev/null; then
     # CI runs as root with the Debian archive reachable
-    (apt-get install -y -q desktop-file-utils appstream >/dev/null 2>&1) \
-        || { apt-get update -q >/dev/null && apt-get install -y -q desktop-file-utils appstream >/dev/null; }
+    (apt-get install -y -q desktop-file-utils appstream pigz >/dev/null 2>&1) \
+        || { apt-get update -q >/dev/null && apt-get install -y -q desktop-file-utils appstream pigz >/dev/null; }
 fi
 desktop-file-validate packaging/linux/org.loff.Studio.desktop
 appstreamcli validate --no-net --pedantic packaging/linux/org.loff.Studio.metainfo.xml

@@ -13,6 +13,11 @@ def _program() -> str:
 
 
 if __name__ == "__main__":
+    # DataLoader decode workers are separate processes; where they are spawned (Windows,
+    # macOS) a frozen program must let a child run as a worker instead of as the program.
+    import multiprocessing
+
+    multiprocessing.freeze_support()
     if _program() == "loff":
         from loff_core.cli import main
     else:
