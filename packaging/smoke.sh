@@ -43,7 +43,8 @@ json "$work/extract.json" "(d['backbone'], d['images'], d['extracted'], len(d['f
 step "frozen loff train / evaluate / export"
 "$LOFF" train "$work/demo" --epochs 3 --device cpu --json --quiet > "$work/train.json"
 "$LOFF" evaluate "$work/demo" --bootstrap 50 --json --quiet > "$work/evaluate.json"
-"$LOFF" export "$work/demo" "$work/export" --json --quiet > "$work/export.json"
+"$LOFF" export "$work/demo" "$work/export" --onnx --json --quiet > "$work/export.json"  # ONNX checked against torch
+[ -s "$work/export/model.onnx" ] || { step "no model.onnx"; exit 1; }
 ls "$work/export"
 "$LOFF" info "$work/demo" --json > /dev/null
 
