@@ -37,6 +37,7 @@ class TerminalProgress:
         self._clock = time.monotonic
         self._last_line = -1e9
         self._last: tuple[int, int, str] = (0, 0, "")
+        self._printed: Optional[tuple[int, int, str]] = None  # the state the last plain line showed
         self.progress = Progress(on_report=self._on_report)
 
     def _on_report(self, done: int, total: int, message: str) -> None:
@@ -62,15 +63,15 @@ class TerminalProgress:
         self._bar.refresh()
 
     def _print_line(self) -> None:
-        done, total, message = self._last
+        done, total, message = self._printed = self._last
         count = f"{done}/{total}" if total else str(done)
         print(f"{self.desc}: {count} {message}".rstrip(), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif not self.quiet and not self._tty and self._last != (0, 0, ""):
-            self._print_line()
+        elif not self.quiet and not self._tty and self._last not in ((0, 0, ""), self._printed):
+            self._print_line()  # the last state, unless the line before already showed it
 
 
 def _run_with_progress(desc: str, quiet: bool, fn: Callable[[Progress], Any]) -> Any:
@@ -158,6 +159,23 @@ def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _describe_extract(out: dict[str, Any]) -> str:
+    if "rank" in out:  # a torchrun rank other than 0: rank 0 prints the summary
+        return f"rank {out['rank']} of {out['world_size']}: extracted {out['extracted']} images"
+    b = out["backbone"]
+    h, w = b.get("grid_hw", ("?", "?"))
+    state = "stopped early (run extract again to resume)" if out["stopped"] else "complete"
+    lines = [f"cache {out['cache']} ({state}): {out['images']} images, backbone {b.get('name')} at "
+             f"{b.get('image_size')} px, {h} x {w} tokens of {b.get('feature_dim')}, "
+             f"{out['bytes_per_image'] / 1024:.0f} KiB per image",
+             f"extracted {out['extracted']}, reused {out['skipped']}, failed {len(out['failed'])} "
+             f"in {out['seconds']:.1f} s"]
+    lines += [f"  {f['path']}: {f['reason']}" for f in out["failed"][:20]]
+    if len(out["failed"]) > 20:
+        lines.append(f"  ... and {len(out['failed']) - 20} more")
+    return "\n".join(lines)
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import replace
 
@@ -187,6 +205,15 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             "best_epoch": r["best_epoch"], "monitor": r["monitor"], "best_score": r["best_score"],
             "stopped": r["stopped"], "epochs": len(r["history"]), "n_train": r["n_train"], "n_val": r["n_val"],
             "notes": list(r.get("notes", []))}
+
+
+def _describe_train(out: dict[str, Any]) -> str:
+    why = {"completed": "all epochs", "early_stopping": "early stopping", "user_stop": "stopped by the user"}
+    score = "n/a" if out["best_score"] is None else f"{out['best_score']:.3f}"
+    return "\n".join([
+        f"run {out['run']}: {out['head']} head, {out['task']} ({', '.join(out['classes'])})",
+        f"best {out['monitor']} {score} at epoch {out['best_epoch']} of {out['epochs']} "
+        f"({why.get(out['stopped'], out['stopped'])}); {out['n_train']} train / {out['n_val']} val images"])
 
 
 #: the tensor augmentations and their defaults, as `loff train --help` shows them; a test
@@ -265,6 +292,14 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k != "card"} | {"onnx": out["card"].get("onnx")}
 
 
+def _describe_export(out: dict[str, Any]) -> str:
+    lines = [f"exported run {out['run']} to {out['out_dir']}"]
+    lines += [f"  {kind:5s} {path}" for kind, path in out["files"].items()]
+    if out.get("onnx") and "max_abs_diff_vs_torch" in out["onnx"]:
+        lines.append(f"  ONNX checked against torch: max difference {out['onnx']['max_abs_diff_vs_torch']:.2e}")
+    return "\n".join(lines)
+
+
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from .export import predict_files
 
@@ -282,6 +317,16 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _describe_predict(out: dict[str, Any]) -> str:
+    classes = out["classes"]
+    lines = [f"{len(out['predictions'])} predictions ({out['task']}; classes {', '.join(classes)})"]
+    for row in out["predictions"]:
+        p = row["probabilities"][classes.index(row["predicted"])] if row["predicted"] in classes else None
+        lines.append(f"  {row['path']}: {row['predicted']}" + (f"  (P {p:.2f})" if p is not None else ""))
+    lines += [f"  failed {f['path']}: {f['reason']}" for f in out.get("failed", [])]
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from .demo import create_demo_project
 
@@ -290,6 +335,11 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     summary = project.import_summary()
     return {"project": str(project.root), "imported": summary.imported, "classes": summary.classes,
             "task": project.settings.task, "synthetic": True, "splits": summary.splits}
+
+
+def _describe_demo(out: dict[str, Any]) -> str:
+    return (f"demo project {out['project']} (SYNTHETIC): {out['imported']} images, {out['task']} classes "
+            f"{', '.join(out['classes'])}; split " + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items())))
 
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
@@ -308,6 +358,24 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
                     "best_score": r.record["best_score"], "monitor": r.record["monitor"],
                     "stale": project.stale_reasons(r)} for r in project.runs()]
     return out
+
+
+def _describe_info(out: dict[str, Any]) -> str:
+    lines = [f"project {out['project']}: {out['name']}" + (" (SYNTHETIC)" if out.get("synthetic") else ""),
+             f"task {out['task']}; classes {', '.join(out['classes'] or []) or 'none yet'}"]
+    if "images" in out:
+        lines.append(f"{out['images']} images ({out['labelled']} labelled, {out['failed']} unreadable); split "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items())))
+    for cache in out["caches"]:
+        active = " (active)" if out["active_cache"] and Path(cache).stem == out["active_cache"] else ""
+        lines.append(f"cache {cache}{active}")
+    for r in out["runs"]:
+        score = "n/a" if r["best_score"] is None else f"{r['best_score']:.3f}"
+        stale = f"  STALE: {'; '.join(r['stale'])}" if r["stale"] else ""
+        lines.append(f"run {r['run']}: {r['head']} {r['task']}, best {r['monitor']} {score}{stale}")
+    if not out["runs"]:
+        lines.append("no runs yet")
+    return "\n".join(lines)
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -366,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_at_least(1), default=16)
     p.add_argument("--workers", type=_at_least(0), help="decode worker processes (default: up to 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.set_defaults(func=cmd_extract)
+    p.set_defaults(func=cmd_extract, describe=_describe_extract)
 
     p = sub.add_parser("train", parents=[common], help="train a compact head on the cached features")
     p.add_argument("project", type=Path)
@@ -384,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change one tensor augmentation (repeatable); defaults: "
                         + "; ".join(f"{k}={v} ({d})" for k, (v, d) in AUGMENT_HELP.items()) + ". 0 turns one off")
     p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, describe=_describe_train)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics and per-image predictions of a run")
     p.add_argument("project", type=Path)
@@ -398,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--run")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (backbone + head), checked against torch")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, describe=_describe_export)
 
     p = sub.add_parser("predict", parents=[common], help="predict new images with an exported head")
     p.add_argument("head_dir", type=Path)
@@ -409,16 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=_at_least(1), default=8)
     p.add_argument("--csv", type=Path, help="also save the predictions as CSV")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, describe=_describe_predict)
 
     p = sub.add_parser("demo", parents=[common], help="write a small synthetic demo project (no download)")
     p.add_argument("project", type=Path)
     p.add_argument("--patients", type=_at_least(2), default=60)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, describe=_describe_demo)
 
     p = sub.add_parser("info", parents=[common], help="what a project holds: images, caches, runs")
     p.add_argument("project", type=Path)
-    p.set_defaults(func=cmd_info)
+    p.set_defaults(func=cmd_info, describe=_describe_info)
     return parser
 
 
@@ -493,7 +561,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         json.dump(out, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        describe = getattr(args, "describe", None)
+        describe = getattr(args, "describe", None)  # every command has one (tests/test_cli_args.py)
         print(describe(out) if describe else json.dumps(out, indent=2, default=str))
     return 0
 
