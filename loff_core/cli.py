@@ -271,15 +271,20 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _describe_evaluate(out: dict[str, Any]) -> str:
-    lines = [f"run {out['run']} on the {out['split']} split ({out['n']} images)"]
+    lines = [f"run {out['run']} on the {out['split']} split ({out['n']} images)", *_metric_lines(out)]
+    lines += [f"warning: stale head: {s}" for s in out.get("stale", [])]
+    return "\n".join(lines)
+
+
+def _metric_lines(out: dict[str, Any]) -> list[str]:
+    lines = []
     for name, value in out["metrics"].items():
         ci = out.get("ci", {}).get(name)
         shown = "n/a" if value is None else f"{value:.3f}"
         lines.append(f"  {name:22s} {shown}" + (f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
     lines.append("confusion matrix (rows true, columns predicted): " + " ".join(out["classes"]))
     lines += ["  " + " ".join(f"{v:4d}" for v in row) for row in out["confusion_matrix"]]
-    lines += [f"warning: stale head: {s}" for s in out.get("stale", [])]
-    return "\n".join(lines)
+    return lines
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -301,20 +306,100 @@ def _describe_export(out: dict[str, Any]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
-    from .export import predict_files
+    from .export import load_run_head, predict_files
 
+    source = args.head_dir
+    if (source / "loff-project.json").is_file():  # a project: predict with one of its runs, as is
+        from .project import Project
+
+        head: Any = load_run_head(Project.open(source), args.run)
+    elif (source / "card.json").is_file() or (source / "head.safetensors").is_file():
+        if args.run:
+            raise LoffError(f"{source}: --run is for a project folder; this is an exported head")
+        head = source
+    else:
+        raise LoffError(f"{source}: neither an exported head (card.json + head.safetensors) nor a LOFF project; "
+                        f"give a project folder (and --run ID), or export a run first with "
+                        f"`loff export PROJECT {source}`")
     out = _run_with_progress("predict", args.quiet, lambda p: predict_files(
-        args.head_dir, args.files, weights=args.weights, random_init=True if args.random_init else None,
+        head, args.files, weights=args.weights, random_init=True if args.random_init else None,
         device=args.device, batch_size=args.batch_size, progress=p))
     if not out["predictions"]:
         failed = out.get("failed", [])
         first = f"; {failed[0]['path']}: {failed[0]['reason']}" if failed else ""
         raise LoffError(f"no predictions: none of the {len(failed)} files could be read{first}")
+    if not isinstance(head, Path):
+        out["run"] = head.card["run"]  # predicted with a project's run
+    _score_labelled_predictions(out, args)
     if args.csv:
         from .project import write_predictions_csv
 
         write_predictions_csv(Path(args.csv), out, with_failed=False)
     return out
+
+
+def _score_labelled_predictions(out: dict[str, Any], args: argparse.Namespace) -> None:
+    """When the files come with labels (a labels CSV, or class sub-folders below a folder
+    given on the command line), add `labelled` and the metrics `evaluate` reports."""
+    from .metrics import evaluate_predictions
+
+    classes = out["classes"]
+    table: dict[str, str] = _labels_from_csv(args) if args.labels else {}
+    roots = [Path(f) for f in args.files if Path(f).is_dir()]
+    for row in out["predictions"]:
+        path = Path(row["path"])
+        label = table.get(path.as_posix()) or table.get(path.name) or table.get(path.stem)
+        if label is None and not args.labels:
+            root = next((r for r in roots if r in path.parents), None)
+            if root is not None:  # the nearest folder below the given one named like a class
+                label = next((part for part in reversed(path.relative_to(root).parts[:-1]) if part in classes), None)
+        if label is not None:
+            if label not in classes:
+                raise LoffError(f"{args.labels or path}: label {label!r} is not one of the head's classes "
+                                f"({', '.join(classes)})")
+            row["label"] = label
+    rows = [r for r in out["predictions"] if "label" in r]
+    out["labelled"] = len(rows)
+    if rows:
+        import numpy as np
+
+        y = [classes.index(r["label"]) for r in rows]
+        probs = np.array([r["probabilities"] for r in rows], dtype=np.float64)
+        out |= {"n": len(rows), **evaluate_predictions(y, probs, classes, out["task"], n_bootstrap=args.bootstrap)}
+
+
+def _labels_from_csv(args: argparse.Namespace) -> dict[str, str]:
+    """file -> label from `--labels CSV` (`--label-column`, `--file-column`; the file cell may
+    be a path as given, a file name or a stem)."""
+    import csv
+
+    try:
+        with open(args.labels, newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(65536)
+            fh.seek(0)
+            try:
+                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
+            except csv.Error:
+                dialect = csv.excel
+            rows = list(csv.DictReader(fh, dialect=dialect))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LoffError(f"{args.labels}: cannot read the labels CSV ({exc})") from None
+    columns = list(rows[0]) if rows else []
+    file_column = args.file_column or next((c for c in columns if c.strip().lower() in
+                                            ("file", "filename", "file_name", "path", "image", "image_path")), None)
+    if not rows or file_column not in columns or args.label_column not in columns:
+        wanted = f"a file column ({file_column or 'file, filename, path or image'}) and the label column " \
+                 f"{args.label_column!r}"
+        raise LoffError(f"{args.labels}: needs {wanted}; columns: {', '.join(columns) or 'none'}")
+    table: dict[str, str] = {}
+    for row in rows:
+        name, label = (row.get(file_column) or "").strip(), (row.get(args.label_column) or "").strip()
+        if name and label:
+            key = Path(name)
+            table.setdefault(key.as_posix(), label)
+            table.setdefault(key.name, label)
+            table.setdefault(key.stem, label)
+    return table
 
 
 def _describe_predict(out: dict[str, Any]) -> str:
@@ -324,6 +409,9 @@ def _describe_predict(out: dict[str, Any]) -> str:
         p = row["probabilities"][classes.index(row["predicted"])] if row["predicted"] in classes else None
         lines.append(f"  {row['path']}: {row['predicted']}" + (f"  (P {p:.2f})" if p is not None else ""))
     lines += [f"  failed {f['path']}: {f['reason']}" for f in out.get("failed", [])]
+    if out.get("labelled"):
+        lines.append(f"metrics on the {out['labelled']} labelled files:")
+        lines += _metric_lines(out)
     return "\n".join(lines)
 
 
@@ -468,9 +556,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (backbone + head), checked against torch")
     p.set_defaults(func=cmd_export, describe=_describe_export)
 
-    p = sub.add_parser("predict", parents=[common], help="predict new images with an exported head")
-    p.add_argument("head_dir", type=Path)
+    p = sub.add_parser("predict", parents=[common], help="predict new images with an exported head or a project's run")
+    p.add_argument("head_dir", type=Path, metavar="HEAD_DIR_OR_PROJECT",
+                   help="an exported head folder, or a project folder (its latest run, or --run ID)")
     p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--run", help="with a project folder: the run to predict with (default: the latest)")
+    p.add_argument("--labels", type=Path, help="labels CSV for the files: metrics are reported as by evaluate "
+                                               "(without it, class sub-folders of a given folder are the labels)")
+    p.add_argument("--label-column", default="label", help="label column of --labels (default: label)")
+    p.add_argument("--file-column", help="file column of --labels (default: file, filename, path or image)")
+    p.add_argument("--bootstrap", type=_at_least(0), default=1000, help="bootstrap resamples for 95%% intervals")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights")
     g.add_argument("--random-init", action="store_true")
