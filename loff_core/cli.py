@@ -177,25 +177,16 @@ def _describe_extract(out: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from dataclasses import replace
+    from dataclasses import fields
 
-    from .augment import AugmentConfig
     from .project import Project
-    from .training import TrainConfig
+    from .settings import AugmentConfig, TrainConfig
 
     project = Project.open(args.project)
-    task = args.task or project.settings.task
-    defaults = TrainConfig(head=args.head, task=task)
-    config = replace(
-        defaults,
-        epochs=args.epochs if args.epochs is not None else defaults.epochs,
-        seed=args.seed,
-        device=args.device,
-        lr=args.lr if args.lr is not None else defaults.lr,
-        batch_size=args.batch_size if args.batch_size is not None else defaults.batch_size,
-        patience=args.patience if args.patience is not None else defaults.patience,
-        augment=AugmentConfig.off() if args.no_augment else _augment_from_args(args.augment, defaults.augment),
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    given.setdefault("task", project.settings.task)
+    given["augment"] = AugmentConfig.off() if args.no_augment else _augment_from_args(args.augment, AugmentConfig())
+    config = TrainConfig(**given)
     curves: list[dict[str, Any]] = []
     with project.lock():
         run = _run_with_progress("train", args.quiet, lambda p: project.train(config, progress=p, on_epoch=curves.append))
@@ -216,22 +207,22 @@ def _describe_train(out: dict[str, Any]) -> str:
         f"({why.get(out['stopped'], out['stopped'])}); {out['n_train']} train / {out['n_val']} val images"])
 
 
-#: the tensor augmentations and their defaults, as `loff train --help` shows them; a test
-#: checks them against `AugmentConfig()` (kept here so that --help never imports torch)
-AUGMENT_HELP = {
-    "hflip": ("0.5", "probability of a horizontal flip of the token grid"),
-    "crop_prob": ("0.5", "probability of a random resized crop of the grid"),
-    "crop_scale": ("0.6,1.0", "area range of that crop"),
-    "noise_std": ("0.05", "std of Gaussian noise added to the tokens (in units of their std)"),
-    "token_dropout": ("0.1", "share of grid tokens zeroed"),
-    "mixup_alpha": ("0.2", "Beta(alpha, alpha) of mixup"),
-    "mixup_prob": ("0.5", "probability that a batch is mixed"),
-}
+def _augment_help() -> dict[str, tuple[str, str]]:
+    """The tensor augmentations as `loff train --help` shows them: name -> (default, help),
+    from their one declaration (loff_core.settings.AugmentConfig)."""
+    from .settings import AugmentConfig, all_fields
+
+    return {f.name: (",".join(map(str, f.default)) if isinstance(f.default, tuple) else str(f.default), f.help)
+            for f in all_fields(AugmentConfig) if f.option is not None}
+
+
+AUGMENT_HELP = _augment_help()
 
 
 def _augment_from_args(pairs: Optional[list[str]], base: Any) -> Any:
     from dataclasses import replace
 
+    from .settings import AugmentConfig, field_info
 
     changes: dict[str, Any] = {}
     for pair in pairs or []:
@@ -239,17 +230,17 @@ def _augment_from_args(pairs: Optional[list[str]], base: Any) -> Any:
         key = key.strip().replace("-", "_")
         if not sep or key not in AUGMENT_HELP:
             raise TrainingError(f"--augment {pair}: expected NAME=VALUE with NAME one of {', '.join(AUGMENT_HELP)}")
+        info = field_info(AugmentConfig, key)
         try:
-            numbers = tuple(float(v) for v in value.split(","))
-        except ValueError:
-            raise TrainingError(f"--augment {pair}: {value!r} is not a number") from None
-        if key == "crop_scale":
-            if len(numbers) != 2 or not 0 < numbers[0] <= numbers[1] <= 1:
+            numbers = tuple(info.check(v) for v in value.split(","))
+        except ValueError as exc:
+            raise TrainingError(f"--augment {pair}: {exc}") from None
+        if isinstance(info.default, tuple):
+            if len(numbers) != 2 or numbers[0] > numbers[1]:
                 raise TrainingError(f"--augment {pair}: expected two numbers LOW,HIGH with 0 < LOW <= HIGH <= 1")
             changes[key] = numbers
-        elif len(numbers) != 1 or numbers[0] < 0 or (key != "mixup_alpha" and numbers[0] > 1):
-            raise TrainingError(f"--augment {pair}: expected one number in [0, 1]"
-                                + (" (mixup_alpha: >= 0)" if key == "mixup_alpha" else ""))
+        elif len(numbers) != 1:
+            raise TrainingError(f"--augment {pair}: expected one number")
         else:
             changes[key] = numbers[0]
     return replace(base, **changes) if changes else base
@@ -480,14 +471,9 @@ def _at_least(low: float, kind: type = int) -> Any:
     return parse
 
 
-def _positive_float(text: str) -> float:
-    value = _at_least(0.0, float)(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import EvaluateSettings, ExtractSettings, TrainConfig, add_options
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -517,36 +503,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", help="local weights file (.safetensors or .pth, loaded without running code)")
     g.add_argument("--random-init", action="store_true", help="seeded random weights (tests, speed checks)")
     p.add_argument("--weights-seed", type=int, default=0, help="seed of --random-init weights")
-    p.add_argument("--image-size", type=_at_least(16), help="input size in pixels (default: the model's own)")
-    p.add_argument("--grid", type=_at_least(1), default=16, help="average-pool the token grid to at most GRID x GRID")
-    p.add_argument("--batch-size", type=_at_least(1), default=16)
-    p.add_argument("--workers", type=_at_least(0), help="decode worker processes (default: up to 4)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_options(p, ExtractSettings)
     p.set_defaults(func=cmd_extract, describe=_describe_extract)
 
     p = sub.add_parser("train", parents=[common], help="train a compact head on the cached features")
     p.add_argument("project", type=Path)
-    p.add_argument("--head", choices=["linear", "attention", "vit"], default="attention",
-                   help="attention (default): attention pooling over the token grid; linear: a probe on the "
-                        "CLS embedding; vit: a small ViT over the grid (LOFF-TA)")
-    p.add_argument("--task", choices=["classification", "ordinal"])
-    p.add_argument("--epochs", type=_at_least(1))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=_positive_float)
-    p.add_argument("--batch-size", type=_at_least(1))
-    p.add_argument("--patience", type=_at_least(1), help="early-stopping patience in epochs")
+    add_options(p, TrainConfig, names=["task"], defaults=False)  # default: the project's task
+    add_options(p, TrainConfig, names=["head", "epochs", "seed", "lr", "batch_size", "patience", "device"])
     p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
     p.add_argument("--augment", action="append", metavar="NAME=VALUE",
                    help="change one tensor augmentation (repeatable); defaults: "
                         + "; ".join(f"{k}={v} ({d})" for k, (v, d) in AUGMENT_HELP.items()) + ". 0 turns one off")
-    p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_train, describe=_describe_train)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics and per-image predictions of a run")
     p.add_argument("project", type=Path)
     p.add_argument("--run", help="run id (default: the latest)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--bootstrap", type=_at_least(0), default=1000, help="bootstrap resamples for 95%% intervals")
+    add_options(p, EvaluateSettings)
     p.set_defaults(func=cmd_evaluate, describe=_describe_evaluate)
 
     p = sub.add_parser("export", parents=[common], help="write head.safetensors + card.json (+ model.onnx)")
@@ -565,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(without it, class sub-folders of a given folder are the labels)")
     p.add_argument("--label-column", default="label", help="label column of --labels (default: label)")
     p.add_argument("--file-column", help="file column of --labels (default: file, filename, path or image)")
-    p.add_argument("--bootstrap", type=_at_least(0), default=1000, help="bootstrap resamples for 95%% intervals")
+    add_options(p, EvaluateSettings)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights")
     g.add_argument("--random-init", action="store_true")

@@ -23,32 +23,13 @@ from .backbones import resolve_device
 from .errors import TrainingError, is_out_of_memory
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
+from .settings import TrainConfig  # declared once, with defaults and help (re-exported here)
 
 #: Test hook: called with the batch size before every training step (e.g. to raise an OOM).
 _FAULT_INJECTOR: Optional[Callable[[int], None]] = None
 
 _MEMORY_LIMIT = 2 * 1024**3
 _IMPROVEMENT = 1e-4
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    head: str = "attention"  # measured: ties linear on mini-MIAS, far better on the demo (docs/benchmarks.md, 4)
-    task: str = "classification"
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_steps: Optional[int] = None  # None: 5% of all steps
-    min_lr: float = 1e-6
-    patience: int = 8
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    class_weights: bool = True
-    width: int = 192
-    depth: int = 2
 
 
 @dataclass
