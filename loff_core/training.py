@@ -72,7 +72,8 @@ def lr_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int, min_l
     from timm.scheduler import CosineLRScheduler
 
     lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
-    return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=min_lr, warmup_t=warmup,
+    # t_initial >= 2: with 1, timm warns that the schedule has no effect (it has none either way then)
+    return CosineLRScheduler(optimizer, t_initial=max(2, total - warmup), lr_min=min_lr, warmup_t=warmup,
                              warmup_lr_init=lr / warmup if warmup > 0 else lr, warmup_prefix=True,
                              t_in_epochs=False)
 
