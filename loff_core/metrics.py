@@ -158,6 +158,28 @@ def _bootstrap(
     return ci
 
 
+def _per_class_auc(y: np.ndarray, probs: np.ndarray, k: int, n_bootstrap: int,
+                   seed: int) -> list[tuple[Optional[float], Optional[list[float]]]]:
+    """Each class's one-vs-rest AUC on P(class) with a 95 % bootstrap interval (the same
+    resamples as the other intervals); (None, None) when the class or the rest is absent."""
+    out: list[tuple[Optional[float], Optional[list[float]]]] = []
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_bootstrap, len(y))) if (
+        n_bootstrap > 0 and len(y)) else None
+    for c in range(k):
+        pos = y == c
+        if not 0 < pos.sum() < len(y):
+            out.append((None, None))
+            continue
+        point = float(_boot_auc_binary(pos[None, :], probs[None, :, c])[0])
+        ci = None
+        if idx is not None:
+            v = _boot_auc_binary(pos[idx], probs[idx, c])
+            v = v[np.isfinite(v)]
+            ci = None if v.size == 0 else [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+        out.append((point, ci))
+    return out
+
+
 def _roc(y_bin: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
     from sklearn.metrics import roc_curve
 
@@ -202,8 +224,10 @@ def evaluate_predictions(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    class_auc = _per_class_auc(y, p, k, n_bootstrap, seed)
     per_class = {
-        c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(sup[i])}
+        c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(sup[i]),
+            "auc": class_auc[i][0], "auc_ci": class_auc[i][1]}
         for i, c in enumerate(classes)
     }
     cm = confusion_matrix(y, pred, labels=labels).tolist() if len(y) else [[0] * k for _ in range(k)]
