@@ -311,6 +311,27 @@ def load_image(owner: QObject, path: Any, callback: Callable[[Any, Optional[str]
 
 
 # -- the page helper -----------------------------------------------------------------------
+class _OnGuiThread(QObject):
+    """Calls a plain function (a lambda) on the GUI thread: connected to a signal of a job
+    that lives on its worker thread, a lambda would run on that thread instead."""
+
+    def __init__(self, fn: Callable[[Any], Any]):
+        super().__init__()
+        self.fn = fn
+
+    @Slot(object)
+    def call(self, value: Any) -> None:
+        self.fn(value)
+
+
+def _gui_slot(job: Any, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    if isinstance(getattr(fn, "__self__", None), QObject):
+        return fn  # a QObject's method: Qt queues it to that object's (GUI) thread
+    relay = _OnGuiThread(fn)
+    job.__dict__.setdefault("_relays", []).append(relay)  # kept alive as long as the job
+    return relay.call
+
+
 def wire(job: Optional[Job], *, strip: Any = None, banner: Any = None, done: Optional[Callable[[Any], Any]] = None,
          partial: Optional[Callable[[Any], Any]] = None) -> Optional[Job]:
     """Connect a heavy job to a page: progress to its strip, failure to its banner (the
@@ -324,7 +345,7 @@ def wire(job: Optional[Job], *, strip: Any = None, banner: Any = None, done: Opt
     if strip is not None:
         job.progress.connect(strip.report)
     if partial is not None:
-        job.partial.connect(partial)
+        job.partial.connect(_gui_slot(job, partial))
     if done is not None:
-        job.finished.connect(done)
+        job.finished.connect(_gui_slot(job, done))
     return job

@@ -19,6 +19,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGroupBox, QLabel, QLineEdit, QMessageBox,
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from ..about import project_backbone
 from ..state import AppState
 from ..widgets import Banner, ProgressStrip, form_row
 from ..workers import wire
@@ -32,19 +33,6 @@ def read_card(head_dir: str | Path) -> Optional[dict]:
     try:
         return json.loads((Path(head_dir) / "card.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-
-
-def project_backbone(project: Any) -> Optional[str]:
-    """The backbone name of the project's active cache (from the JSON beside it)."""
-    import json
-
-    if project is None or not project.settings.active_cache:
-        return None
-    try:
-        summary = json.loads((project.caches_dir / f"{project.settings.active_cache}.json").read_text("utf-8"))
-        return summary["backbone"]["name"]
-    except (OSError, ValueError, KeyError):
         return None
 
 
