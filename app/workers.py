@@ -269,16 +269,21 @@ def start_light(name: str, fn: Callable[..., Any], *args: Any, newest: Optional[
             job._delivered.emit(result, error)
         except RuntimeError:  # the application is closing
             pass
-    _pool().submit(work)
+    future = _pool().submit(work)
+    _PENDING.add(future)
+    future.add_done_callback(_PENDING.discard)
     return job
 
 
-def wait_light() -> None:
-    """Block until the light jobs queued so far have run (tests); results arrive when the
-    event loop next turns."""
-    pool = _pool()
-    for _ in range(2):  # both workers
-        pool.submit(lambda: None).result()
+_PENDING: "set[Any]" = set()  # futures of light jobs not finished yet
+
+
+def wait_light(timeout_s: float = 300.0) -> None:
+    """Block until the light jobs started so far have run (tests); their results arrive
+    when the event loop next turns."""
+    from concurrent.futures import wait
+
+    wait(list(_PENDING), timeout=timeout_s)
 
 
 # -- images for the viewers --------------------------------------------------------------
