@@ -183,6 +183,11 @@ def heat_rgba(heat: np.ndarray, shape: tuple[int, int], mask: Optional[np.ndarra
     """The overlay as RGBA [rows, cols, 4] uint8: the upsampled map in HEAT_MAP colours,
     transparent outside `mask` (no colour on the background); alpha grows with the value,
     so low-attention tissue stays readable under it."""
+    heat = np.asarray(heat, dtype=np.float32)
+    lo, hi = float(heat.min()), float(heat.max())
+    # stretched from the lowest to the highest value of this image: a head that spreads its
+    # attention evenly shows a flat map, not a wash at full strength (the bar says so)
+    heat = (heat - lo) / (hi - lo) if hi - lo > 1e-6 else np.zeros_like(heat)
     up = np.clip(upsample(heat, shape), 0.0, 1.0)
     lut = pg.colormap.get(HEAT_MAP).getLookupTable(nPts=256, alpha=False)
     rgba = np.empty((*shape, 4), np.uint8)
@@ -206,7 +211,9 @@ class ColourBar(QWidget):
         image = QImage(strip.data, 256, 12, 256 * 3, QImage.Format.Format_RGB888).copy()
         self.gradient = QLabel()
         self.gradient.setPixmap(QPixmap.fromImage(image).scaled(160, 12))
-        self.low, self.high = QLabel("low"), QLabel("high")
+        self.low, self.high = QLabel("lowest"), QLabel("highest")
+        self.low.setToolTip("the lowest value of this image's map")
+        self.high.setToolTip("the highest value of this image's map")
         self.meaning = QLabel("")
         self.meaning.setWordWrap(True)
         row = QHBoxLayout(self)
@@ -215,7 +222,7 @@ class ColourBar(QWidget):
             row.addWidget(w)
         row.addWidget(self.meaning, 1)
 
-    def set_meaning(self, text: str, low: str = "low", high: str = "high") -> None:
+    def set_meaning(self, text: str, low: str = "lowest", high: str = "highest") -> None:
         self.meaning.setText(text)
         self.low.setText(low)
         self.high.setText(high)

@@ -23,11 +23,11 @@ from ..workers import load_image, start_light
 
 #: what the heat map shows, per head kind (the colour bar's one line)
 HEAT_MEANING = {
-    "attention": "where the head looked: its attention weight on each region of the cached token grid "
-                 "(relative, max = 1); it is not a finding",
-    "vit": "where the head looked: its attention weight on each region of the cached token grid "
-           "(relative, max = 1); it is not a finding",
-    "linear": "each region's contribution to the predicted class (relative, max = 1); it is not a finding",
+    "attention": "where the head looked: its attention weight on each region of the cached token grid, "
+                 "lowest to highest in this image; not a finding",
+    "vit": "where the head looked: its attention weight on each region of the cached token grid, "
+           "lowest to highest in this image; not a finding",
+    "linear": "each region's contribution to the predicted class, lowest to highest in this image; not a finding",
 }
 DEFAULT_BLEND = 35  # % : the image stays readable under the map
 
@@ -241,7 +241,7 @@ class ViewerPage(QWidget):
         self._redraw_heat()
 
     def _redraw_heat(self) -> None:
-        meaning = HEAT_MEANING.get(self.head_kind, "where the head looked (relative, max = 1)")
+        meaning = HEAT_MEANING.get(self.head_kind, "where the head looked, lowest to highest in this image")
         self.panel.show_heatmap(self.heat, self.opacity.value() / 100, self.heat_on.isChecked(), meaning)
         for panel in self.exam_panels.values():
             self._exam_heat(panel)
