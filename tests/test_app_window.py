@@ -411,3 +411,26 @@ def test_light_jobs_deliver_late_connects_and_run_beside_the_heavy_job(qtbot, wi
     second.finished.connect(out.append)
     qtbot.waitUntil(lambda: first.done and second.done, timeout=LONG)
     assert out == ["new"]
+
+
+def test_a_failed_extraction_is_a_banner_on_the_cache_page_and_its_progress_goes(qtbot, window, images, tmp_path):
+    w = window
+    _new_project(w, tmp_path / "p")
+    _import(qtbot, w, images)
+    page = w.cache_page
+    w.tabs.setCurrentWidget(page)
+    page.backbone.setCurrentText("vit_tiny_patch16_224")
+    page.image_size.setValue(32)
+    page.weights.setText(str(tmp_path / "missing-weights.safetensors"))
+    qtbot.mouseClick(page.extract_button, qtbot_button())
+    _wait_idle(qtbot, w)
+    assert page.banner.isVisible() and page.banner.level == "error"
+    assert "missing-weights.safetensors" in page.banner.text()
+    assert page.strip.label.text() == "" and page.strip.bar.value() < page.strip.bar.maximum()  # no "0 %" left
+    assert w.state.project.settings.active_cache is None and not w.train_page.train_button.isEnabled()
+    page.weights.clear()  # the next job clears the banner
+    page.random_init.setChecked(True)
+    page.grid.setValue(2)
+    qtbot.mouseClick(page.extract_button, qtbot_button())
+    assert page.banner.isHidden()
+    _wait_idle(qtbot, w)
