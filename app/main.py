@@ -355,7 +355,12 @@ def _app_icon() -> Any:
 
 
 def _smoke_quit(app: QApplication, window: MainWindow, after_ms: int) -> None:
-    """`--quit-after`: say what the window shows, then close it as the Quit menu would."""
+    """`--quit-after`: let the light jobs started so far (the engine warm-up imports) finish,
+    so a module missing from a frozen bundle shows in the log; say what the window shows;
+    close it as the Quit menu would."""
+    from .workers import wait_light
+
+    wait_light(120)
     print(f"loff-studio: quitting after {after_ms} ms; title: {window.windowTitle()}; "
           f"icon: {'yes' if not window.windowIcon().isNull() else 'no'}; pages: {window.tabs.count()}", flush=True)
     window.confirm_close = True  # no question box when a job still runs: stop it like the Stop button
