@@ -94,19 +94,53 @@ def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
     with project.lock():
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
         summary = _run_with_progress("import", args.quiet, lambda p: project.import_images(
-            args.images_dir, labels_csv=args.labels, label_column=args.label_column,
+            args.images_dir, labels_csv=_labels_args(args.labels), label_column=args.label_column,
             file_column=args.file_column, patient_column=args.patient_column, classes=classes,
-            task=args.task, progress=p))
+            task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
+            on_patient_overlap=args.on_patient_overlap, progress=p))
     out = asdict(summary)
     out["failed"] = out.pop("failures")
     out["project"] = str(project.root)
+    out["split_source"] = project.settings.split_source
     return out
+
+
+def _labels_args(values: Optional[list[str]]) -> Optional[list[tuple[Optional[str], Path]]]:
+    """`--labels FILE` or `--labels SPLIT=FILE` (repeatable) -> [(split or None, path)]."""
+    from .catalog import split_name
+
+    if not values:
+        return None
+    out: list[tuple[Optional[str], Path]] = []
+    for value in values:
+        head, sep, tail = value.partition("=")
+        if sep and split_name(head) is not None and not Path(value).exists():
+            out.append((split_name(head), Path(tail)))
+        else:
+            out.append((None, Path(value)))
+    return out
+
+
+def describe_split_source(source: Optional[dict[str, Any]]) -> list[str]:
+    """How an import split the images and found the patients, as lines for a person."""
+    if not source:
+        return []
+    lines = [f"split: {source.get('from') or source.get('kind')}"
+             + ("; val carved from train by patient" if source.get("val_carved") else "")]
+    overlap = source.get("patient_overlap")
+    if overlap:
+        lines.append(f"patients on two sides of the given split: {overlap['patients']} ({overlap['images']} images), "
+                     f"{'kept as given' if overlap['action'] == 'keep' else 're-split by patient'}")
+    if source.get("patients_from"):
+        lines.append("patients from: " + ", ".join(f"{k} ({v} images)" for k, v in source["patients_from"].items()))
+    return lines
 
 
 def _describe_import(out: dict[str, Any]) -> str:
     lines = [f"imported {out['imported']} images ({out['labelled']} labelled) into {out['project']}",
              "classes: " + (", ".join(f"{c} ({n})" for c, n in out["per_class"].items()) or "none"),
              "split: " + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items()))]
+    lines += describe_split_source(out.get("split_source"))
     if out["failed"]:
         lines.append(f"{len(out['failed'])} files could not be read:")
         lines += [f"  {f['path']}: {f['reason']}" for f in out["failed"][:50]]
@@ -301,7 +335,8 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
                            "synthetic": project.settings.synthetic}
     if project.has_catalog():
         s = project.import_summary()
-        out |= {"images": s.imported, "labelled": s.labelled, "splits": s.splits, "failed": len(s.failures)}
+        out |= {"images": s.imported, "labelled": s.labelled, "splits": s.splits, "failed": len(s.failures),
+                "split_source": project.settings.split_source}
     out["caches"] = [str(p.relative_to(project.root)) for p in project.cache_paths()]
     out["active_cache"] = project.settings.active_cache
     out["runs"] = [{"run": r.run_id, "head": r.record["head_config"]["kind"], "task": r.record["task"],
@@ -345,10 +380,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", parents=[common], help="scan an image folder (in place) into a project")
     p.add_argument("project", type=Path)
     p.add_argument("images_dir", type=Path)
-    p.add_argument("--labels", type=Path, help="CSV with a file column and a label column")
+    p.add_argument("--labels", action="append", metavar="[SPLIT=]CSV",
+                   help="CSV with a file column and a label column (delimiter detected: , ; or tab). Repeatable; "
+                        "SPLIT=CSV says the CSV's images are that split, e.g. --labels train=CSAW-M_train.csv "
+                        "--labels test=CSAW-M_test.csv")
     p.add_argument("--label-column")
     p.add_argument("--file-column")
-    p.add_argument("--patient-column")
+    p.add_argument("--patient-column", help="default: a column named patient_id, patient, subject, woman, ...")
+    p.add_argument("--split-column", help="take the split from this CSV column (train / val / test, any case; "
+                                          "validation accepted); a split without val gets one carved from train")
+    p.add_argument("--patient-from-name", metavar="REGEX",
+                   help="the patient from the file name: a regular expression with one capture group, e.g. "
+                        "'^(\\d+)_' for NIH ChestX-ray14's PATIENT_FOLLOWUP.png")
+    p.add_argument("--on-patient-overlap", choices=["keep", "resplit"],
+                   help="when the given split puts a patient on two sides: keep it as given, or re-split by "
+                        "patient (default: stop and report the counts)")
     p.add_argument("--classes", help="comma-separated class order (low to high for ordinal labels), e.g. F,G,D")
     p.add_argument("--task", choices=["classification", "ordinal"], help="the project's default task")
     p.set_defaults(func=cmd_import, describe=_describe_import)
