@@ -326,6 +326,83 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
             "task": project.settings.task, "synthetic": True, "splits": summary.splits}
 
 
+def _train_config_from_args(args: argparse.Namespace, task: str) -> Any:
+    from dataclasses import replace
+
+    from .augment import AugmentConfig
+    from .training import TrainConfig
+
+    defaults = TrainConfig(head=args.head, task=task)
+    return replace(
+        defaults, seed=args.seed, device=args.device,
+        epochs=args.epochs if args.epochs is not None else defaults.epochs,
+        lr=args.lr if args.lr is not None else defaults.lr,
+        patience=args.patience if args.patience is not None else defaults.patience,
+        augment=AugmentConfig.off() if args.no_augment else defaults.augment)
+
+
+def cmd_cv(args: argparse.Namespace) -> dict[str, Any]:
+    from .project import Project
+    from .validation import LOGREG, cross_validate
+
+    project = Project.open(args.project)
+    task = args.task or project.settings.task
+    config = LOGREG if args.head == "logreg" else _train_config_from_args(args, task)
+    if config == LOGREG and task != "classification":
+        raise TrainingError("--head logreg (logistic regression on the pooled embedding) is for classification tasks")
+    with project.lock():
+        out = _run_with_progress("cv", args.quiet, lambda p: cross_validate(
+            project, config, folds=args.folds, seed=args.seed, progress=p))
+    if args.json:  # exactly the documented document; the rest is in groups/GROUP/group.json
+        return {"group": out["group"], "folds": out["folds"], "metrics": out["metrics"]}
+    return out
+
+
+def _describe_cv(out: dict[str, Any]) -> str:
+    lines = [f"cross-validation group {out['group']}: {out['completed']} of {out['folds']} folds over train + val "
+             f"({out['n_images']} images, {out['n_patients']} patients; grouped by patient, stratified by label; "
+             f"test untouched)" + (" - stopped early" if out["stopped"] else "")]
+    for name, m in out["metrics"].items():
+        mean = "n/a" if m["mean"] is None else f"{m['mean']:.3f}"
+        sd = "" if m["sd"] is None else f" +- {m['sd']:.3f}"
+        folds = " ".join("n/a" if v is None else f"{v:.3f}" for v in m["per_fold"])
+        lines.append(f"  {name:22s} {mean}{sd}   folds: {folds}")
+    return "\n".join(lines)
+
+
+def cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
+    from .project import Project
+    from .validation import tune
+
+    project = Project.open(args.project)
+    with project.lock():
+        out = _run_with_progress("tune", args.quiet, lambda p: tune(
+            project, trials=args.trials, folds=args.folds, seed=args.seed, task=args.task, device=args.device,
+            progress=p))
+    if args.json:  # exactly the documented document; the rest is in groups/GROUP/group.json
+        return {"leaderboard": [{"config": e["config"], "cv": e["cv"]} for e in out["leaderboard"]],
+                "best": {"config": out["best"]["config"], "cv": out["best"]["cv"]}, "run": out["run"],
+                "test": out["test"]}
+    return out
+
+
+def _describe_tune(out: dict[str, Any]) -> str:
+    lines = ["leaderboard (grouped cross-validation on train + val, mean +- SD):"]
+    for i, e in enumerate(out["leaderboard"], 1):
+        shown = ", ".join(f"{k}={v}" for k, v in e["config"].items())
+        cv = "  ".join(f"{n} {v['mean']:.3f}" + (f"+-{v['sd']:.3f}" if v["sd"] is not None else "")
+                       for n, v in e["cv"].items() if v["mean"] is not None)
+        lines.append(f"  {i:2d}. {shown}\n      {cv}")
+    lines.append(f"winner retrained on train + val as run {out['run']}")
+    if out.get("test"):
+        lines.append(f"test split ({out['n_test']} images), evaluated once:")
+        for name, v in out["test"].items():
+            ci = (out.get("test_ci") or {}).get(name)
+            lines.append(f"  {name:22s} {'n/a' if v is None else f'{v:.3f}'}"
+                         + (f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+    return "\n".join(lines)
+
+
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     from .project import Project
 
@@ -342,10 +419,20 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     out["runs"] = [{"run": r.run_id, "head": r.record["head_config"]["kind"], "task": r.record["task"],
                     "best_score": r.record["best_score"], "monitor": r.record["monitor"],
                     "stale": project.stale_reasons(r)} for r in project.runs()]
+    from .validation import list_groups
+
+    out["groups"] = list_groups(project)
     return out
 
 
 # -- parser ------------------------------------------------------------------------------
+#: what each metric name of `evaluate` / `cv` / `tune` means (shown in --help and docs/cli.md)
+METRICS_HELP = ("Metrics: accuracy (share right); balanced_accuracy (mean recall over classes); auc (ROC AUC; "
+                "macro one-vs-rest over classes); ordinal tasks also: kendall_tau (Kendall's tau-b between true and "
+                "predicted levels), kendall_tau_score (tau-b between true level and the expected level, a "
+                "continuous score: no ties from rounding), amae (mean absolute error per true level, averaged), "
+                "mae, accuracy_within_1 (predicted level at most one off).")
+
 def _at_least(low: float, kind: type = int) -> Any:
     """argparse type: a number >= low (a clear usage error instead of a traceback later)."""
     def parse(text: str) -> Any:
@@ -432,7 +519,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", parents=[common], help="metrics and per-image predictions of a run")
+    p = sub.add_parser("cv", parents=[common], help="K-fold cross-validation over train + val, grouped by patient",
+                       description="Train one head per fold over train + val (folds grouped by patient, stratified "
+                                   "by label; the test split is never read) and report each metric of `evaluate` as "
+                                   "mean, SD and per-fold values; saved as a group that `loff info` lists. " + METRICS_HELP)
+    p.add_argument("project", type=Path)
+    p.add_argument("--folds", type=_at_least(2), default=5)
+    p.add_argument("--head", choices=["linear", "attention", "vit", "logreg"], default="attention",
+                   help="logreg: scikit-learn logistic regression on the pooled embedding, C chosen by inner CV")
+    p.add_argument("--task", choices=["classification", "ordinal"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and of training")
+    p.add_argument("--epochs", type=_at_least(1))
+    p.add_argument("--lr", type=_positive_float)
+    p.add_argument("--patience", type=_at_least(1))
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_cv, describe=_describe_cv)
+
+    p = sub.add_parser("tune", parents=[common], help="find the best head by grouped cross-validation, test it once",
+                       description="Score TRIALS head configurations (head kind, learning rate, epochs / patience, "
+                                   "augmentation off / default / strong) plus a logistic regression on the pooled "
+                                   "embedding by patient-grouped cross-validation on train + val; retrain the winner "
+                                   "on train + val as a normal run and evaluate it once on test. " + METRICS_HELP)
+    p.add_argument("project", type=Path)
+    p.add_argument("--trials", type=_at_least(1), default=8, help="head configurations to try (default 8)")
+    p.add_argument("--folds", type=_at_least(2), default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", choices=["classification", "ordinal"])
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_tune, describe=_describe_tune)
+
+    p = sub.add_parser("evaluate", parents=[common], help="metrics and per-image predictions of a run",
+                       description=METRICS_HELP)
     p.add_argument("project", type=Path)
     p.add_argument("--run", help="run id (default: the latest)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
