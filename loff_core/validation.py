@@ -377,12 +377,14 @@ def _jsonable(config: Any) -> Any:
 
 # -- model selection -------------------------------------------------------------------------
 def search_space(task: str, base: Any) -> list[Any]:
-    """Every head configuration `tune` may try (TrainConfig), in a fixed order."""
+    """Every head configuration `tune` may try (TrainConfig), in a fixed order: epochs /
+    patience are the base's (30 / 8 by default) or twice as long."""
     out = []
+    lengths = ((base.epochs, base.patience), (2 * base.epochs, 2 * base.patience))
     for head in ("attention", "linear", "vit"):
         for augment in ("default", "off", "strong"):
             for lr in (5e-4, 1e-3, 2e-3) if head != "linear" else (1e-3, 3e-3, 1e-2):
-                for epochs, patience in ((30, 8), (60, 15)):
+                for epochs, patience in lengths:
                     out.append(replace(base, head=head, task=task, lr=lr, epochs=epochs, patience=patience,
                                        augment=augment_named(augment)))
     return out
