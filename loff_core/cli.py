@@ -286,6 +286,9 @@ def _describe_evaluate(out: dict[str, Any]) -> str:
     lines.append("confusion matrix (rows true, columns predicted): " + " ".join(out["classes"]))
     lines += ["  " + " ".join(f"{v:4d}" for v in row) for row in out["confusion_matrix"]]
     lines += [f"warning: stale head: {s}" for s in out.get("stale", [])]
+    from .calibration import describe
+
+    lines.append(f"decision: {describe(out.get('operating_point'))}")
     return "\n".join(lines)
 
 
@@ -401,6 +404,23 @@ def _describe_tune(out: dict[str, Any]) -> str:
             lines.append(f"  {name:22s} {'n/a' if v is None else f'{v:.3f}'}"
                          + (f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
     return "\n".join(lines)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    from .calibration import calibrate_run, describe
+    from .project import Project
+
+    project = Project.open(args.project)
+    prevalence = None
+    if args.prevalence:
+        try:
+            prevalence = [float(v) for v in args.prevalence.split(",")]
+        except ValueError:
+            raise TrainingError(f"--prevalence {args.prevalence}: expected numbers separated by commas") from None
+    with project.lock():
+        op = calibrate_run(project, args.run, criterion=args.criterion, target=args.target, threshold=args.threshold,
+                           prevalence=prevalence, prevalence_from_test=args.prevalence_from_test)
+    return {"run": project.run(args.run).run_id, "operating_point": op, "summary": describe(op)}
 
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
@@ -556,6 +576,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--bootstrap", type=_at_least(0), default=1000, help="bootstrap resamples for 95%% intervals")
     p.set_defaults(func=cmd_evaluate, describe=_describe_evaluate)
+
+    p = sub.add_parser("calibrate", parents=[common], help="fit a run's operating point: temperature, prevalence, "
+                                                           "binary threshold",
+                       description="Temperature scaling fitted on the validation split (tune winners: on the "
+                                   "cross-validation's out-of-fold predictions), an optional prevalence correction "
+                                   "(Bayes' prior shift) and, for binary tasks, the decision threshold by a criterion. "
+                                   "Saved in run.json; evaluate, predict (via the exported card) and the viewer use it. "
+                                   "`loff train` already fits the default (Youden's J).")
+    p.add_argument("project", type=Path)
+    p.add_argument("--run", help="run id (default: the latest)")
+    p.add_argument("--criterion", choices=["youden", "sensitivity", "specificity"], default="youden",
+                   help="youden (default): best balanced accuracy on validation; sensitivity / specificity: reach "
+                        "--target on validation")
+    p.add_argument("--target", type=float, help="the sensitivity or specificity to reach, e.g. 0.9")
+    p.add_argument("--threshold", type=float, help="set the threshold by hand (probability of the second class)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prevalence", help="class shares expected where the model is used, in class order, e.g. 0.3,0.7")
+    g.add_argument("--prevalence-from-test", action="store_true",
+                   help="take the prevalence from the test split's labels (you say the test split is like the use)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", parents=[common], help="write head.safetensors + card.json (+ model.onnx)")
     p.add_argument("project", type=Path)

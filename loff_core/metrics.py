@@ -174,8 +174,11 @@ def evaluate_predictions(
     *,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    predicted: Any = None,
 ) -> dict[str, Any]:
-    """Metrics, 95 % bootstrap CIs, per-class scores, confusion matrix and ROC curves."""
+    """Metrics, 95 % bootstrap CIs, per-class scores, confusion matrix and ROC curves.
+    `predicted`: the decided class per image (a run's operating point); default argmax /
+    ordinal decode of `probs`."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from .heads import predicted_class
@@ -189,6 +192,8 @@ def evaluate_predictions(
     if len(y) and (y.min() < 0 or y.max() >= k):
         raise ValueError(f"labels must be in 0..{k - 1}")
     pred = predicted_class(p, task) if len(y) else np.zeros(0, dtype=np.int64)
+    if predicted is not None:
+        pred = np.asarray(predicted, dtype=np.int64).reshape(-1)
 
     metrics = _point(y, p, pred, task, k) if len(y) else {"accuracy": None, "balanced_accuracy": None, "auc": None}
     ci = _bootstrap(y, p, pred, task, k, list(metrics), n_bootstrap, seed)

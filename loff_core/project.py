@@ -476,7 +476,13 @@ class Project:
             "cache_fingerprint": cache.fingerprint,
             "backbone": cache.backbone,
         }
-        return self._write_run(run_id, record, result.state_dict)
+        run = self._write_run(run_id, record, result.state_dict)
+        if val_ids and len(set(val_y)) >= 2:  # temperature (+ binary threshold) chosen on val
+            from .calibration import calibrate_run
+
+            calibrate_run(self, run.run_id)
+            run = self.run(run.run_id)
+        return run
 
     def _new_run_id(self, head: str) -> str:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -560,6 +566,11 @@ class Project:
             c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
             probs = probabilities(head(c, g), run.record["task"]).numpy()
             maps = attention_map(head, c, g).numpy()
+        from .calibration import adjust, decide
+
+        op = run.record.get("operating_point")
+        probs = adjust(probs, op)
+        decided = decide(probs, run.record["task"], op)
         back = np.argsort(order)
         maps = maps[back]
         entries = self.catalog().by_id()
@@ -567,7 +578,8 @@ class Project:
         heat = [_heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
                 for m, i in zip(maps, image_ids)]
         return {"image_ids": list(image_ids), "probabilities": probs[back], "attention": maps, "heat": heat,
-                "classes": run.record["classes"], "task": run.record["task"]}
+                "classes": run.record["classes"], "task": run.record["task"],
+                "predicted": [run.record["classes"][int(c)] for c in decided[back]], "operating_point": op}
 
     # -- evaluation --------------------------------------------------------------------
     def evaluate(self, run_id: Optional[str] = None, split: str = "test", *, n_bootstrap: int = 1000) -> dict[str, Any]:
@@ -584,10 +596,13 @@ class Project:
         probs = predict_probabilities(head_config, state, cache, ids)
         classes = run.record["classes"]
         task = run.record["task"]
-        evaluation = evaluate_predictions(y, probs, classes, task, n_bootstrap=n_bootstrap, seed=self.settings.seed)
-        from .heads import predicted_class
+        from .calibration import adjust, decide
 
-        predicted = predicted_class(probs, task)
+        op = run.record.get("operating_point")
+        probs = adjust(probs, op)  # the run's calibration / prevalence, then its threshold
+        predicted = decide(probs, task, op)
+        evaluation = evaluate_predictions(y, probs, classes, task, n_bootstrap=n_bootstrap, seed=self.settings.seed,
+                                          predicted=predicted)
         images = self.images_root()
         predictions = [
             {
@@ -606,6 +621,7 @@ class Project:
             "classes": classes,
             "n": len(ids),
             "stale": self.stale_reasons(run),
+            "operating_point": op,
             **evaluation,
             "predictions": predictions,
         }

@@ -212,6 +212,7 @@ def run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config
         data = _in_memory(source)  # once for all folds
     cls_all = _read_cls(data, pool.ids) if config == LOGREG else None
     ids = np.asarray(pool.ids, dtype=object)
+    oof = np.full((len(pool.ids), k), np.nan)  # out-of-fold probabilities
     for f, (train_idx, test_idx) in enumerate(splits):
         progress.check()
         if progress.stop_requested and per_fold:
@@ -237,6 +238,7 @@ def run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config
             best_epochs.append(int(result.best_epoch))
             probs = predict_probabilities(result.head_config, result.state_dict, data, list(ids[test_idx]),
                                           device=config.device)
+        oof[test_idx] = probs
         metrics = evaluate_predictions(pool.y[test_idx], probs, classes, task, n_bootstrap=0)["metrics"]
         per_fold.append(metrics)
         sizes.append(int(len(test_idx)))
@@ -244,7 +246,7 @@ def run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config
     if not per_fold:
         raise TrainingError("cross-validation was stopped before the first fold finished")
     return {"folds": folds, "completed": len(per_fold), "metrics": summarise(per_fold),
-            "best_epochs": best_epochs, "fold_extra": extra, "fold_sizes": sizes, "stopped": stopped}
+            "best_epochs": best_epochs, "fold_extra": extra, "fold_sizes": sizes, "stopped": stopped, "oof": oof}
 
 
 def summarise(per_fold: list[dict[str, Optional[float]]]) -> dict[str, dict[str, Any]]:
@@ -450,10 +452,11 @@ def tune_source(source: Any, pool: Pool, classes: Sequence[str], task: str, *, t
         entry = {"config": config_dict(config),
                  "cv": {n: {"mean": v["mean"], "sd": v["sd"]} for n, v in result["metrics"].items()},
                  "per_fold": {n: v["per_fold"] for n, v in result["metrics"].items()},
-                 "best_epochs": result["best_epochs"], "fold_extra": result["fold_extra"], "_config": config}
+                 "best_epochs": result["best_epochs"], "fold_extra": result["fold_extra"], "_config": config,
+                 "_oof": result["oof"]}
         board.append(entry)
         if on_trial is not None:
-            on_trial({k: v for k, v in entry.items() if k != "_config"})
+            on_trial({k: v for k, v in entry.items() if k not in ("_config", "_oof")})
     if not board:
         raise TrainingError("tuning was stopped before the first configuration was scored")
     board.sort(key=lambda e: _rank_key(e, task), reverse=True)
@@ -531,6 +534,14 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
         "backbone": cache.backbone, "group": group,
     }
     run = project._write_run(run_id, record, state)
+    folder = project.root / GROUPS_DIR / group
+    folder.mkdir(parents=True, exist_ok=True)
+    done = ~np.isnan(best["_oof"]).any(axis=1)
+    np.savez(folder / "oof.npz", probabilities=best["_oof"][done], labels=pool.y[done])
+    if len(np.unique(pool.y[done])) >= 2:  # calibrated / thresholded on the out-of-fold predictions
+        from .calibration import calibrate_run
+
+        calibrate_run(project, run.run_id)
     test: Optional[dict[str, Any]] = None
     try:
         evaluation = project.evaluate(run.run_id, "test", n_bootstrap=1000)
@@ -540,8 +551,9 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
 
         if not isinstance(exc, LoffError):
             raise
-    leaderboard = [{k: v for k, v in e.items() if k not in ("_config", "per_fold")} for e in found["leaderboard"]]
-    best_out = {k: v for k, v in best.items() if k != "_config"}
+    leaderboard = [{k: v for k, v in e.items() if k not in ("_config", "_oof", "per_fold")}
+                   for e in found["leaderboard"]]
+    best_out = {k: v for k, v in best.items() if k not in ("_config", "_oof")}
     out = {"group": group, "kind": "tune", "folds": folds, "trials": len(leaderboard), "task": task,
            "leaderboard": leaderboard, "best": best_out, "run": run.run_id,
            "test": None if test is None else test["metrics"], "test_ci": None if test is None else test["ci"],
