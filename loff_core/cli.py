@@ -289,6 +289,12 @@ def _describe_evaluate(out: dict[str, Any]) -> str:
     from .calibration import describe
 
     lines.append(f"decision: {describe(out.get('operating_point'))}")
+    pc = out.get("per_class_auc") or {}
+    if pc and len(out["classes"]) > 2:
+        lines.append("per-class AUC (one vs rest): " + ", ".join(
+            f"{c} {v['auc']:.3f}" + (f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v.get("ci") else "")
+            for c, v in pc.items() if v.get("auc") is not None))
+    lines += [f"warning: {w}" for w in out.get("warnings", [])]
     return "\n".join(lines)
 
 

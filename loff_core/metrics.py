@@ -110,7 +110,7 @@ def _boot_auc_binary(pos: np.ndarray, score: np.ndarray) -> np.ndarray:
 
 def _bootstrap(
     y: np.ndarray, probs: np.ndarray, pred: np.ndarray, task: str, k: int, names: Sequence[str],
-    n_bootstrap: int, seed: int,
+    n_bootstrap: int, seed: int, per_class_out: Optional[dict[int, np.ndarray]] = None,
 ) -> dict[str, Optional[list[float]]]:
     from .heads import expected_level
 
@@ -133,9 +133,13 @@ def _bootstrap(
 
     if k == 2:
         values["auc"] = _boot_auc_binary(yb == 1, probs[idx, 1])
+        if per_class_out is not None:  # with p0 = 1 - p1, class 0's one-vs-rest AUC is the same
+            per_class_out.update({0: values["auc"], 1: values["auc"]})
     else:
         per_class = np.stack([_boot_auc_binary(yb == c, probs[idx, c]) for c in range(k)], axis=1)
         values["auc"] = per_class.mean(axis=1)  # nan when any class is missing: undefined
+        if per_class_out is not None:
+            per_class_out.update({c: per_class[:, c] for c in range(k)})
 
     if task == "ordinal":
         err = np.abs(pb - yb).astype(np.float64)
@@ -164,6 +168,37 @@ def _roc(y_bin: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
     fpr, tpr, thr = roc_curve(y_bin, score)
     thr = np.where(np.isfinite(thr), thr, 1.0)
     return {"fpr": [float(x) for x in fpr], "tpr": [float(x) for x in tpr], "thresholds": [float(x) for x in thr]}
+
+
+def _per_class_auc(y: np.ndarray, p: np.ndarray, classes: Sequence[str],
+                   boot: dict[int, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """One-vs-rest AUC of each class with its 95 % bootstrap interval (from the resamples
+    the macro AUC's interval used; None where undefined)."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, c in enumerate(classes):
+        pos = y == i
+        if not 0 < pos.sum() < len(y):
+            out[c] = {"auc": None, "ci": None}
+            continue
+        point = _boot_auc_binary(pos[None, :], p[None, :, i])[0]
+        v = boot.get(i)
+        v = v[np.isfinite(v)] if v is not None else np.zeros(0)
+        out[c] = {"auc": _f(point),
+                  "ci": [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else None}
+    return out
+
+
+#: an accuracy interval wider than this means the split cannot tell heads apart
+SMALL_SPLIT_CI_WIDTH = 0.2
+
+
+def small_split_warning(n: int, ci: Optional[Sequence[float]], split: str = "test") -> Optional[str]:
+    """A warning when the accuracy's 95 % interval is wider than SMALL_SPLIT_CI_WIDTH."""
+    if not ci or ci[1] - ci[0] <= SMALL_SPLIT_CI_WIDTH:
+        return None
+    return (f"the {split} split ({n} images) is too small to tell heads apart: the 95% interval of the accuracy is "
+            f"[{ci[0]:.2f}, {ci[1]:.2f}], wider than {SMALL_SPLIT_CI_WIDTH}; compare heads with cross-validation "
+            f"(`loff cv`, or Cross-validate on the Train page)")
 
 
 def evaluate_predictions(
@@ -196,7 +231,8 @@ def evaluate_predictions(
         pred = np.asarray(predicted, dtype=np.int64).reshape(-1)
 
     metrics = _point(y, p, pred, task, k) if len(y) else {"accuracy": None, "balanced_accuracy": None, "auc": None}
-    ci = _bootstrap(y, p, pred, task, k, list(metrics), n_bootstrap, seed)
+    boot_per_class: dict[int, np.ndarray] = {}
+    ci = _bootstrap(y, p, pred, task, k, list(metrics), n_bootstrap, seed, boot_per_class)
     for name in metrics:
         if metrics[name] is None:
             ci[name] = None
@@ -223,10 +259,12 @@ def evaluate_predictions(
             if 0 < pos.sum() < len(y):
                 roc[c] = _roc(pos, p[:, i])
 
+    per_class_auc = _per_class_auc(y, p, classes, boot_per_class)
     return {
         "metrics": metrics,
         "ci": ci,
         "per_class": per_class,
+        "per_class_auc": per_class_auc,
         "confusion_matrix": [[int(v) for v in row] for row in cm],
         "roc": roc,
     }

@@ -584,7 +584,7 @@ class Project:
     # -- evaluation --------------------------------------------------------------------
     def evaluate(self, run_id: Optional[str] = None, split: str = "test", *, n_bootstrap: int = 1000) -> dict[str, Any]:
         """Metrics and per-image predictions of a run on one split; saved with the run."""
-        from .metrics import evaluate_predictions
+        from .metrics import evaluate_predictions, small_split_warning
         from .training import predict_probabilities
 
         run = self.run(run_id)
@@ -623,6 +623,7 @@ class Project:
             "stale": self.stale_reasons(run),
             "operating_point": op,
             **evaluation,
+            "warnings": [w for w in [small_split_warning(len(ids), evaluation["ci"].get("accuracy"), split)] if w],
             "predictions": predictions,
         }
         atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})

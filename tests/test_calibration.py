@@ -121,3 +121,22 @@ def test_operating_point_is_used_by_evaluate_export_and_predict(tmp_path, capsys
     old = loff_json(capsys, "predict", tmp_path / "head", *files, "--random-init", "--device", "cpu")
     assert [p["predicted"] for p in old["predictions"]] == [
         "pneumonia" if p["probabilities"][1] > p["probabilities"][0] else "normal" for p in old["predictions"]]
+
+
+def test_per_class_auc_with_intervals_and_small_split_warning():
+    from sklearn.metrics import roc_auc_score
+
+    from loff_core.metrics import evaluate_predictions, small_split_warning
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 60)
+    p = rng.dirichlet([1, 1, 1], 60) + 0.8 * np.eye(3)[y]
+    p /= p.sum(1, keepdims=True)
+    out = evaluate_predictions(y, p, ["F", "G", "D"], "classification", n_bootstrap=300)
+    for i, c in enumerate("FGD"):
+        auc = out["per_class_auc"][c]
+        assert auc["auc"] == pytest.approx(roc_auc_score(y == i, p[:, i]))
+        assert auc["ci"][0] <= auc["auc"] <= auc["ci"][1]
+    ci = out["ci"]["accuracy"]
+    assert (small_split_warning(60, ci) is not None) == (ci[1] - ci[0] > 0.2)
+    assert "loff cv" in small_split_warning(48, [0.45, 0.75]) and small_split_warning(900, [0.70, 0.75]) is None
