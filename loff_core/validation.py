@@ -96,19 +96,31 @@ def inner_split(idx: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int,
 
 
 # -- one configuration over the folds ----------------------------------------------------
+class _Linked(Progress):
+    """A Progress for a part of a job: its own report mapping, the parent's cancel flag, and
+    Stop as soon as the parent (or this one) was asked to stop."""
+
+    parent: Optional[Progress] = None
+
+    @property
+    def stop_requested(self) -> bool:  # type: ignore[override]
+        return self._stop or (self.parent is not None and self.parent.stop_requested)
+
+
+def _linked(parent: Progress, report: Callable[[int, int, str], None]) -> Progress:
+    child = _Linked(on_report=report, on_notice=parent.on_notice, _event=parent._event)
+    child.parent = parent
+    return child
+
+
 def _fold_progress(parent: Progress, fold: int, folds: int, label: str) -> Progress:
     """A Progress for one fold: counts mapped into the parent's [fold, fold + 1) of 1000
     units each, cancel shared, Stop passed on."""
-    child = Progress(on_notice=parent.on_notice, _event=parent._event)
-
     def forward(done: int, total: int, message: str) -> None:
         part = done / total if total else 0.0
         parent.report(fold * 1000 + int(999 * part), folds * 1000, f"{label}fold {fold + 1}/{folds}: {message}")
-        if parent.stop_requested:
-            child.request_stop()
 
-    child.on_report = forward
-    return child
+    return _linked(parent, forward)
 
 
 def _logreg_features(cls: np.ndarray) -> np.ndarray:
@@ -243,8 +255,6 @@ def run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config
         per_fold.append(metrics)
         sizes.append(int(len(test_idx)))
         progress.report((f + 1) * 1000, folds * 1000, f"{label}fold {f + 1}/{folds} done")
-    if not per_fold:
-        raise TrainingError("cross-validation was stopped before the first fold finished")
     return {"folds": folds, "completed": len(per_fold), "metrics": summarise(per_fold),
             "best_epochs": best_epochs, "fold_extra": extra, "fold_sizes": sizes, "stopped": stopped, "oof": oof}
 
@@ -359,6 +369,8 @@ def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
         raise TrainingError("the ordinal task needs at least three ordered levels")
     started = _now()
     result = run_folds(cache, pool, classes, task, config, folds=folds, seed=seed, progress=progress)
+    if result["completed"] == 0:
+        raise TrainingError("cross-validation was stopped before the first fold finished; nothing was saved")
     group = _new_group_id(project, "cv")
     record = {"group": group, "kind": "cv", "folds": folds, "metrics": result["metrics"],
               "completed": result["completed"], "stopped": result["stopped"], "task": task, "classes": classes,
@@ -440,11 +452,8 @@ def tune_source(source: Any, pool: Pool, classes: Sequence[str], task: str, *, t
         if progress.stop_requested and board:
             stopped = True
             break
-        sub = Progress(on_notice=progress.on_notice, _event=progress._event)
-        sub.on_report = lambda d, n, m, t=t: (progress.report(t * 1000 + int(999 * d / n) if n else t * 1000,
-                                                              len(configs) * 1000,
-                                                              f"trial {t + 1}/{len(configs)}: {m}"),
-                                              sub.request_stop() if progress.stop_requested else None)
+        sub = _linked(progress, lambda d, n, m, t=t: progress.report(
+            t * 1000 + int(999 * d / n) if n else t * 1000, len(configs) * 1000, f"trial {t + 1}/{len(configs)}: {m}"))
         result = run_folds(source, pool, classes, task, config, folds=folds, seed=seed, progress=sub)
         if result["stopped"] and result["completed"] < folds:
             stopped = True
@@ -502,20 +511,14 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
         raise TrainingError(f"{project.root}: tuning needs at least two classes")
     started = _now()
     total = 1000
-    search = Progress(on_notice=progress.on_notice, _event=progress._event)
-
-    def watch(d: int, n: int, m: str) -> None:
-        progress.report(int(0.95 * total * d / n) if n else 0, total, m)
-        if progress.stop_requested:
-            search.request_stop()
-
-    search.on_report = watch
+    search = _linked(progress, lambda d, n, m: progress.report(int(0.95 * total * d / n) if n else 0, total, m))
     from .training import _in_memory
 
     data = _in_memory(cache)
     found = tune_source(data, pool, classes, task, trials=trials, folds=folds, seed=seed,
                         base=TrainConfig(task=task, device=device), progress=search, on_trial=on_trial)
     best = found["best"]
+    # not linked to Stop: the winner is always trained to the end (a few seconds)
     final_progress = Progress(on_report=lambda d, n, m: progress.report(950 + int(50 * d / n) if n else 950, total,
                                                                         f"winner on train + val: {m}"),
                               on_notice=progress.on_notice, _event=progress._event)

@@ -152,7 +152,7 @@ class ViewerPage(QWidget):
         def work(progress: Any) -> Any:
             out = project.explain(run_id, [image_id])
             return {"image_id": image_id, "probabilities": out["probabilities"][0], "heat": out["heat"][0],
-                    "classes": out["classes"], "task": out["task"]}
+                    "classes": out["classes"], "task": out["task"], "predicted": out.get("predicted", [None])[0]}
         job = self.state.start("explain", work)
         if job is not None:
             job.finished.connect(self._explanation)
@@ -169,6 +169,7 @@ class ViewerPage(QWidget):
             extra = f"<br>expected level {level:.2f}"
         else:
             predicted, extra = classes[int(np.argmax(probs))], ""
+        predicted = out.get("predicted") or predicted  # the run's operating point (threshold), when it has one
         self.details.setText(f"<b>predicted: {predicted}</b>{extra}<br>"
                              + "<br>".join(f"{c}: {p:.3f}" for c, p in zip(classes, probs)))
         self.bars.clear()
