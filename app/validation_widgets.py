@@ -281,3 +281,67 @@ class ResultsExtras(QWidget):
             return
         self.operating.setText(f"decision: {describe(op)} (saved; evaluate again to see its metrics)")
         self.state.message.emit("info", f"run {result['run']}: threshold {value:.3f} saved")
+
+
+class ImportExtras(QWidget):
+    """Import page: where the split and the patients come from (given split column, a
+    second labels CSV for the official test split, patient from the file name, what to do
+    with patients on two sides), and how the last import assigned them."""
+
+    OVERLAP = (("stop and tell me", None), ("keep the given split", "keep"), ("re-split by patient", "resplit"))
+
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        from PySide6.QtWidgets import QComboBox, QLineEdit
+
+        self.split_column = QComboBox()
+        self.split_column.setToolTip("a CSV column saying train / val / test (any case; validation accepted); "
+                                     "none: folders named train/val/test give the split, else a random split "
+                                     "by patient")
+        self.test_csv = QLineEdit()
+        self.test_csv.setPlaceholderText("optional: labels CSV of the official test split (e.g. CSAW-M_test.csv)")
+        self.test_csv.setToolTip("when set, the labels CSV above defines the train split and this one the test "
+                                 "split; val is carved from train by patient")
+        self.patient_regex = QLineEdit()
+        self.patient_regex.setPlaceholderText(r"optional: patient from the file name, e.g. ^(\d+)_")
+        self.patient_regex.setToolTip("a regular expression with one capture group, searched in each file name")
+        self.overlap = QComboBox()
+        for text, value in self.OVERLAP:
+            self.overlap.addItem(text, value)
+        self.overlap.setToolTip("when the given split puts one patient on two sides")
+        self.assigned = QLabel("")
+        self.assigned.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(form_row(QLabel("split column"), self.split_column, QLabel("test CSV"), self.test_csv,
+                                  stretch_last=True))
+        layout.addWidget(form_row(QLabel("patient from file name"), self.patient_regex,
+                                  QLabel("patient on two sides"), self.overlap, stretch_last=True))
+
+    def set_columns(self, columns: list[str]) -> None:
+        self.split_column.clear()
+        self.split_column.addItem("(none)", None)
+        for c in columns:
+            self.split_column.addItem(c, c)
+        for i, c in enumerate(columns):
+            if c.strip().lower() in ("split", "subset", "partition"):
+                self.split_column.setCurrentIndex(i + 1)
+                break
+
+    def import_kwargs(self, labels_csv: Optional[str]) -> dict[str, Any]:
+        """What to add to / change in `Project.import_images`' arguments."""
+        from pathlib import Path
+
+        out: dict[str, Any] = {"split_column": self.split_column.currentData(),
+                               "patient_from_name": self.patient_regex.text().strip() or None,
+                               "on_patient_overlap": self.overlap.currentData()}
+        test = self.test_csv.text().strip()
+        if test and labels_csv:
+            out["labels_csv"] = [("train", Path(labels_csv)), ("test", Path(test))]
+        return out
+
+    def show_project(self, project: Any) -> None:
+        from loff_core.cli import describe_split_source
+
+        source = project.settings.split_source if project is not None else None
+        self.assigned.setText("<br>".join(describe_split_source(source)))

@@ -118,3 +118,37 @@ def test_results_page_saves_the_operating_point(qtbot, window, tmp_path, capsys)
     qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
     preds = results.result["predictions"]
     assert all((p["predicted"] == "pneumonia") == (p["probabilities"][1] >= 0.73) for p in preds)
+
+
+def test_import_page_takes_csaw_m_official_split_and_says_how(qtbot, window, tmp_path):
+    from loff_core.project import Project
+
+    root = tmp_path / "CSAW-M"
+    header = "Filename;Label;If_cancer"
+    for split, count in (("train", 24), ("test", 8)):
+        rows = [header]
+        for i in range(count):
+            name = f"_{split}_{i:04d}.png"
+            path = root / "images" / "preprocessed" / split / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((20, 16), i * 5, np.uint8)).save(path)
+            rows.append(f"{name};{1 + i % 8};0")
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / f"CSAW-M_{split}.csv").write_text("\n".join(rows) + "\n")
+    w = window
+    w.state.set_project(Project.create(tmp_path / "p"))
+    page = w.import_page
+    page.folder.setText(str(root / "images" / "preprocessed"))
+    page.labels.setText(str(root / "labels" / "CSAW-M_train.csv"))
+    page._read_columns()
+    assert page.extras.split_column.currentData() is None  # CSAW-M has no split column
+    page.extras.test_csv.setText(str(root / "labels" / "CSAW-M_test.csv"))
+    page.task.setCurrentText("ordinal")
+    qtbot.mouseClick(page.import_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.state.busy and page.model.rowCount() == 32, timeout=LONG)
+    project = w.state.project
+    splits = project.import_summary().splits
+    assert splits["test"] == 8 and splits["train"] + splits["val"] == 24 and splits["val"] > 0
+    text = page.extras.assigned.text()
+    assert "labels CSVs per split (train: CSAW-M_train.csv, test: CSAW-M_test.csv)" in text
+    assert "val carved from train by patient" in text and "patients from:" in text
