@@ -527,9 +527,10 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
     run_id = project._new_run_id(head_config.kind)
     record = {
         "run_id": run_id, "started": started, "finished": _now(), "task": task, "classes": list(classes),
-        "train_config": notes.get("train_config", {"head": LOGREG, "C": notes.get("C")}),
+        "train_config": notes.get("train_config", {"head": LOGREG, "C": notes.get("C"), "augment": {"enabled": False},
+                                                   "Cs": list(LOGREG_CS)}),
         "head_config": head_config.to_dict(), "history": notes.get("history", []),
-        "best_epoch": notes.get("epochs", 0), "best_score": (best["cv"].get(PRIMARY[task]) or {}).get("mean"),
+        "best_epoch": notes.get("epochs", 0), "best_score": (best["cv"].get(PRIMARY[task]) or {}).get("mean") or 0.0,
         "monitor": f"cv_{PRIMARY[task]}", "stopped": "completed",
         "notes": [f"chosen by `loff tune` (group {group}): {folds}-fold grouped CV on train + val, then retrained on "
                   f"train + val"], "n_train": len(pool.ids), "n_val": 0,
