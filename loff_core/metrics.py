@@ -15,6 +15,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .settings import EvaluateSettings
+
 
 def _f(x: Any) -> Optional[float]:
     """A finite float, or None."""
@@ -207,7 +209,7 @@ def evaluate_predictions(
     classes: Sequence[str],
     task: str,
     *,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = EvaluateSettings.bootstrap,
     seed: int = 0,
     predicted: Any = None,
 ) -> dict[str, Any]:

@@ -9,6 +9,9 @@ from typing import Any
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from loff_core.settings import ExtractSettings
+
+from ..forms import control_for
 from ..state import AppState
 from ..widgets import ProgressStrip, form_row
 
@@ -44,12 +47,8 @@ class CachePage(QWidget):
         self.image_size.setRange(0, 2048)
         self.image_size.setSpecialValueText("model default")
         self.image_size.setSingleStep(32)
-        self.grid = QSpinBox()
-        self.grid.setRange(1, 64)
-        self.grid.setValue(16)
-        self.batch = QSpinBox()
-        self.batch.setRange(1, 1024)
-        self.batch.setValue(16)
+        self.grid = control_for(ExtractSettings, "grid", high=64)
+        self.batch = control_for(ExtractSettings, "batch_size", high=1024)
         self.device = QComboBox()
         self.device.addItem("auto", "auto")
         self.device.addItem("CPU", "cpu")  # GPUs are listed by "Find GPUs" (that imports torch)

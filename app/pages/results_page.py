@@ -13,6 +13,8 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QComboBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSlider, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
+from loff_core.settings import EvaluateSettings
+
 from ..state import AppState
 from ..widgets import ProgressStrip, bold, form_row
 
@@ -142,9 +144,9 @@ class ResultsPage(QWidget):
             return
 
         def work(progress: Any) -> Any:
-            progress.report(0, 0, "evaluating with 200 bootstrap resamples")
-            with project.lock():
-                return project.evaluate(run_id, split, n_bootstrap=200)
+            progress.report(0, 0, f"evaluating with {EvaluateSettings.bootstrap} bootstrap resamples")
+            with project.lock():  # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
+                return project.evaluate(run_id, split, n_bootstrap=EvaluateSettings.bootstrap)
         job = self.state.start("evaluate", work)
         if job is not None:
             job.progress.connect(self.strip.report)

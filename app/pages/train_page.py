@@ -12,6 +12,9 @@ import pyqtgraph as pg
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig
+
+from ..forms import control_for
 from ..state import AppState
 from ..widgets import ProgressStrip, form_row
 
@@ -30,41 +33,25 @@ def augment_text(aug: dict[str, Any]) -> str:
     return ", ".join(f"{word} {aug[key]:g}" for key, word in AUGMENT_WORDS if aug.get(key) is not None) or "on"
 
 
-def _spin(lo: float, hi: float, value: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setRange(lo, hi)
-    box.setDecimals(decimals)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
 class TrainPage(QWidget):
     def __init__(self, state: AppState):
         super().__init__()
         self.state = state
-        self.head = QComboBox()
-        self.head.addItems(["attention", "linear", "vit"])  # attention first: the measured default
-        self.head.setToolTip("attention (default): attention pooling over the token grid; as accurate as the "
-                             "others on mini-MIAS and far better than linear on the demo (docs/benchmarks.md)\n"
-                             "linear: a probe on the CLS embedding, 10x cheaper, good for global properties\n"
-                             "vit: a small ViT over the token grid (LOFF-TA), the most accurate on the demo, "
-                             "3-4x the attention head's cost")
-        self.task = QComboBox()
-        self.task.addItems(["classification", "ordinal"])
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(30)
-        self.lr = _spin(1e-6, 1.0, 5e-4, 1e-4, decimals=6)
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
+        # every control from the engine's one declaration of the setting (loff_core.settings)
+        self.head = control_for(TrainConfig, "head")
+        self.head.setToolTip("\n".join(f"{k}: {v}" for k, v in HEAD_KINDS.items()))
+        self.task = control_for(TrainConfig, "task")
+        self.epochs = control_for(TrainConfig, "epochs", high=1000)
+        self.lr = control_for(TrainConfig, "lr", step=1e-4, decimals=6)
+        self.seed = control_for(TrainConfig, "seed")
+        self.seed.setMinimum(0)
         self.augment = QCheckBox("tensor augmentations")
         self.augment.setChecked(True)
-        self.crop = _spin(0, 1, 0.5, 0.05)
-        self.noise = _spin(0, 2, 0.05, 0.01)
-        self.dropout = _spin(0, 0.9, 0.1, 0.05)
-        self.mixup = _spin(0, 2, 0.2, 0.05)
-        self.flip = _spin(0, 1, 0.5, 0.05)
+        self.crop = control_for(AugmentConfig, "crop_prob", step=0.05)
+        self.noise = control_for(AugmentConfig, "noise_std", step=0.01)
+        self.dropout = control_for(AugmentConfig, "token_dropout", step=0.05)
+        self.mixup = control_for(AugmentConfig, "mixup_alpha", step=0.05, high=2)
+        self.flip = control_for(AugmentConfig, "hflip", step=0.05)
         self.augment.toggled.connect(lambda on: [w.setEnabled(on) for w in (self.crop, self.noise, self.dropout,
                                                                             self.mixup, self.flip)])
         self.train_button = QPushButton("Train")
