@@ -553,6 +553,15 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     return {"run": project.run(args.run).run_id, "operating_point": op, "summary": describe(op)}
 
 
+def _describe_calibrate(out: dict[str, Any]) -> str:
+    op = out["operating_point"]
+    lines = [f"run {out['run']}: operating point saved (fitted on {op['fitted_on']})", f"  {out['summary']}"]
+    thr = op.get("threshold")
+    if thr and thr.get("sensitivity") is not None:
+        lines.append(f"  there: sensitivity {thr['sensitivity']:.3f}, specificity {thr['specificity']:.3f}")
+    return "\n".join(lines)
+
+
 def _describe_demo(out: dict[str, Any]) -> str:
     return (f"demo project {out['project']} (SYNTHETIC): {out['imported']} images, {out['task']} classes "
             f"{', '.join(out['classes'])}; split " + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items())))
@@ -692,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["classification", "ordinal"])
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and of training")
     p.add_argument("--epochs", type=_at_least(1))
-    p.add_argument("--lr", type=_positive_float)
+    p.add_argument("--lr", type=_at_least(1e-12, float))
     p.add_argument("--patience", type=_at_least(1))
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--device", default="auto")
@@ -737,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prevalence", help="class shares expected where the model is used, in class order, e.g. 0.3,0.7")
     g.add_argument("--prevalence-from-test", action="store_true",
                    help="take the prevalence from the test split's labels (you say the test split is like the use)")
-    p.set_defaults(func=cmd_calibrate)
+    p.set_defaults(func=cmd_calibrate, describe=_describe_calibrate)
 
     p = sub.add_parser("export", parents=[common], help="write head.safetensors + card.json (+ model.onnx)")
     p.add_argument("project", type=Path)
