@@ -112,8 +112,10 @@ def _boot_auc_binary(pos: np.ndarray, score: np.ndarray) -> np.ndarray:
 
 def _bootstrap(
     y: np.ndarray, probs: np.ndarray, pred: np.ndarray, task: str, k: int, names: Sequence[str],
-    n_bootstrap: int, seed: int, per_class_out: Optional[dict[int, np.ndarray]] = None,
+    n_bootstrap: int, seed: int, class_ci: Optional[list[Optional[list[float]]]] = None,
 ) -> dict[str, Optional[list[float]]]:
+    """95 % percentile intervals of the metrics in `names`; `class_ci`, when given, is
+    filled with each class's one-vs-rest AUC interval (None: undefined)."""
     from .heads import expected_level
 
     n = len(y)
@@ -135,13 +137,16 @@ def _bootstrap(
 
     if k == 2:
         values["auc"] = _boot_auc_binary(yb == 1, probs[idx, 1])
-        if per_class_out is not None:  # with p0 = 1 - p1, class 0's one-vs-rest AUC is the same
-            per_class_out.update({0: values["auc"], 1: values["auc"]})
+        per_class = (np.stack([_boot_auc_binary(yb == 0, probs[idx, 0]), values["auc"]], axis=1)
+                     if class_ci is not None else None)
     else:
         per_class = np.stack([_boot_auc_binary(yb == c, probs[idx, c]) for c in range(k)], axis=1)
         values["auc"] = per_class.mean(axis=1)  # nan when any class is missing: undefined
-        if per_class_out is not None:
-            per_class_out.update({c: per_class[:, c] for c in range(k)})
+    if class_ci is not None and per_class is not None:
+        for c in range(k):
+            v = per_class[:, c][np.isfinite(per_class[:, c])]
+            class_ci.append(None if v.size == 0 or not 0 < (y == c).sum() < n else
+                            [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))])
 
     if task == "ordinal":
         err = np.abs(pb - yb).astype(np.float64)
@@ -164,30 +169,21 @@ def _bootstrap(
     return ci
 
 
+def _per_class_auc(y: np.ndarray, probs: np.ndarray, k: int) -> list[Optional[float]]:
+    """Each class's one-vs-rest AUC on P(class); None when the class or the rest is absent."""
+    out: list[Optional[float]] = []
+    for c in range(k):
+        pos = y == c
+        out.append(float(_boot_auc_binary(pos[None, :], probs[None, :, c])[0]) if 0 < pos.sum() < len(y) else None)
+    return out
+
+
 def _roc(y_bin: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
     from sklearn.metrics import roc_curve
 
     fpr, tpr, thr = roc_curve(y_bin, score)
     thr = np.where(np.isfinite(thr), thr, 1.0)
     return {"fpr": [float(x) for x in fpr], "tpr": [float(x) for x in tpr], "thresholds": [float(x) for x in thr]}
-
-
-def _per_class_auc(y: np.ndarray, p: np.ndarray, classes: Sequence[str],
-                   boot: dict[int, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """One-vs-rest AUC of each class with its 95 % bootstrap interval (from the resamples
-    the macro AUC's interval used; None where undefined)."""
-    out: dict[str, dict[str, Any]] = {}
-    for i, c in enumerate(classes):
-        pos = y == i
-        if not 0 < pos.sum() < len(y):
-            out[c] = {"auc": None, "ci": None}
-            continue
-        point = _boot_auc_binary(pos[None, :], p[None, :, i])[0]
-        v = boot.get(i)
-        v = v[np.isfinite(v)] if v is not None else np.zeros(0)
-        out[c] = {"auc": _f(point),
-                  "ci": [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else None}
-    return out
 
 
 #: an accuracy interval wider than this means the split cannot tell heads apart
@@ -233,8 +229,8 @@ def evaluate_predictions(
         pred = np.asarray(predicted, dtype=np.int64).reshape(-1)
 
     metrics = _point(y, p, pred, task, k) if len(y) else {"accuracy": None, "balanced_accuracy": None, "auc": None}
-    boot_per_class: dict[int, np.ndarray] = {}
-    ci = _bootstrap(y, p, pred, task, k, list(metrics), n_bootstrap, seed, boot_per_class)
+    class_ci: list[Optional[list[float]]] = []
+    ci = _bootstrap(y, p, pred, task, k, list(metrics), n_bootstrap, seed, class_ci)
     for name in metrics:
         if metrics[name] is None:
             ci[name] = None
@@ -245,8 +241,10 @@ def evaluate_predictions(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    class_auc = _per_class_auc(y, p, k) if len(y) else [None] * k
     per_class = {
-        c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(sup[i])}
+        c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(sup[i]),
+            "auc": class_auc[i], "auc_ci": class_ci[i] if i < len(class_ci) and class_auc[i] is not None else None}
         for i, c in enumerate(classes)
     }
     cm = confusion_matrix(y, pred, labels=labels).tolist() if len(y) else [[0] * k for _ in range(k)]
@@ -261,7 +259,8 @@ def evaluate_predictions(
             if 0 < pos.sum() < len(y):
                 roc[c] = _roc(pos, p[:, i])
 
-    per_class_auc = _per_class_auc(y, p, classes, boot_per_class)
+    # the same per-class AUCs and intervals keyed for `loff evaluate`'s per-class AUC line
+    per_class_auc = {c: {"auc": v["auc"], "ci": v["auc_ci"]} for c, v in per_class.items()}
     return {
         "metrics": metrics,
         "ci": ci,

@@ -162,7 +162,10 @@ def test_event_loop_keeps_answering_while_jobs_run(qtbot, window, images, tmp_pa
     w = window
     # as `loff-studio` does soon after start (AppState.warm_up_engine): imported for the
     # first time inside a job, torch, scipy.stats... stalled the event loop up to 0.32 s
-    w.state.warm_up_engine().join()
+    from app.workers import wait_light
+
+    w.state.warm_up_engine()
+    wait_light()
     _new_project(w, tmp_path / "project")
     _import(qtbot, w, images)
     ticks: list[float] = []

@@ -24,7 +24,8 @@ def test_perfect_ordinal_predictions():
     assert m["kendall_tau"] == 1 and m["kendall_tau_score"] == 1
     assert m["amae"] == 0 and m["mae"] == 0 and m["accuracy_within_1"] == 1
     assert out["confusion_matrix"] == [[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 2]]
-    assert out["per_class"]["a"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
+    assert out["per_class"]["a"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2, "auc": 1.0,
+                                     "auc_ci": [1.0, 1.0]}
 
 
 def test_known_amae():
@@ -82,3 +83,23 @@ def test_undefined_auc_is_none_not_a_crash():
     assert out["roc"] is None
     assert out["metrics"]["accuracy"] == 2 / 3
     json.dumps(out, allow_nan=False)
+
+
+def test_per_class_auc_is_one_vs_rest_with_an_interval():
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], 40)
+    logits = rng.normal(size=(120, 3)) + 1.5 * np.eye(3)[y] * np.array([1.0, 0.3, 2.0])
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    out = evaluate_predictions(y, p, ["F", "G", "D"], "classification", n_bootstrap=300)
+    for k, name in enumerate(["F", "G", "D"]):
+        pc = out["per_class"][name]
+        assert abs(pc["auc"] - roc_auc_score(y == k, p[:, k])) < 1e-9
+        lo, hi = pc["auc_ci"]
+        assert lo <= pc["auc"] <= hi and hi - lo > 0.01
+    assert out["per_class"]["D"]["auc"] > out["per_class"]["G"]["auc"]  # D separated more strongly
+    json.dumps(out)
+    # a class absent from the labels: no AUC, no interval (not a made-up number)
+    out = evaluate_predictions([0, 0, 1, 1], [[0.9, 0.1, 0.0]] * 2 + [[0.2, 0.7, 0.1]] * 2, ["a", "b", "c"],
+                               "classification", n_bootstrap=50)
+    assert out["per_class"]["c"]["auc"] is None and out["per_class"]["c"]["auc_ci"] is None
+    assert out["per_class"]["a"]["auc"] == 1.0
