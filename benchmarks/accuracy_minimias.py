@@ -13,6 +13,12 @@ The fine-tuning arm (full mode, or `--finetune`) trains the same backbone end to
 (RandomResizedCrop 0.6-1 + horizontal flip) on the engine's own preprocessed images, the
 same folds, epochs, patience and best-epoch rule (validation macro AUC).
 
+Arms added for issue 13 (each optional, see --help): a scikit-learn logistic-regression
+probe on the pooled embedding (C by inner grouped CV, `loff_core.validation.fit_logreg`),
+each tensor augmentation switched off in turn (`--ablation`), and the `loff tune` winner
+chosen inside each outer fold by grouped CV on that fold's training women only, retrained
+on them and scored once on the outer test fold (`--nested-tune`: no peeking).
+
     python benchmarks/accuracy_minimias.py --quick
 """
 
@@ -62,6 +68,24 @@ def configs(mode: str) -> list[dict[str, Any]]:
                                               mixup_alpha=0.4, mixup_prob=0.7)))
         out.append(dict(name="linear probe (CLS) + tensor aug", head="linear", augment=on))
     return out
+
+
+ABLATION = {"hflip": dict(hflip=0.0), "crop": dict(crop_prob=0.0), "noise": dict(noise_std=0.0),
+            "token dropout": dict(token_dropout=0.0), "mixup": dict(mixup_prob=0.0)}
+
+
+def ablation_configs() -> list[dict[str, Any]]:
+    """The attention head with the default tensor augmentations, each one switched off in turn."""
+    from dataclasses import replace
+
+    from loff_core.augment import AugmentConfig
+
+    return [dict(name=f"attention + tensor aug without {name}", head="attention",
+                 augment=replace(AugmentConfig(), **change)) for name, change in ABLATION.items()]
+
+
+LOGREG_ARM = "logistic regression probe (sklearn, C by inner CV)"
+TUNE_ARM = "tune winner (nested)"
 
 
 FINETUNE = "fine-tune whole backbone + linear, pixel aug"
@@ -206,7 +230,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             base = evaluate_predictions(y_all[te], probs, CLASSES, "classification", n_bootstrap=0)["metrics"]
             per_cfg.setdefault("majority class", []).append(base)
             walls.setdefault("majority class", 0.0)
-            for cfg in configs(args.mode):
+            wanted = lambda name: not args.only or any(o in name for o in args.only)  # noqa: E731
+            if args.logreg and wanted(LOGREG_ARM):
+                from loff_core.validation import _logreg_features, _read_cls, fit_logreg, logreg_probabilities
+
+                t0 = time.perf_counter()
+                x_tr = _logreg_features(_read_cls(source, list(ids_all[tr])))
+                fitted = fit_logreg(x_tr, y_all[tr], g_all[tr], len(CLASSES), fold)
+                probs = logreg_probabilities(fitted, _logreg_features(_read_cls(source, list(ids_all[te]))))
+                m = evaluate_predictions(y_all[te], probs, CLASSES, "classification", n_bootstrap=0)["metrics"]
+                per_cfg.setdefault(LOGREG_ARM, []).append(m)
+                walls[LOGREG_ARM] = walls.get(LOGREG_ARM, 0.0) + time.perf_counter() - t0
+            if args.nested_tune and wanted(TUNE_ARM):
+                from loff_core.validation import Pool, config_dict, retrain_final, tune_source
+
+                t0 = time.perf_counter()
+                pool = Pool(list(ids_all[tr]), y_all[tr], g_all[tr])
+                base = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=32, lr=args.lr,
+                                   device=args.device)
+                found = tune_source(source, pool, CLASSES, "classification", trials=args.tune_trials,
+                                    folds=args.tune_folds, seed=fold, base=base)
+                head_config, state, _ = retrain_final(source, pool, CLASSES, "classification", found["best"], fold)
+                probs = predict_probabilities(head_config, state, source, list(ids_all[te]), device=args.device)
+                m = evaluate_predictions(y_all[te], probs, CLASSES, "classification", n_bootstrap=0)["metrics"]
+                m["chosen"] = config_dict(found["best"]["_config"])
+                per_cfg.setdefault(TUNE_ARM, []).append(m)
+                walls[TUNE_ARM] = walls.get(TUNE_ARM, 0.0) + time.perf_counter() - t0
+                print(f"fold {fold}: tune chose {m['chosen']} (inner cv auc "
+                      f"{found['best']['cv']['auc']['mean']:.3f}); outer test acc {m['accuracy']:.3f} "
+                      f"auc {m['auc']:.3f}; {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            arms = configs(args.mode) + (ablation_configs() if args.ablation else [])
+            for cfg in arms:
                 if args.only and not any(o in cfg["name"] for o in args.only):
                     continue
                 t0 = time.perf_counter()
@@ -228,6 +282,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cache.close()
         for name, ms in per_cfg.items():
             row = {"setting": setting, "config": name, "folds": len(ms), "wall_s": walls[name]}
+            if any("chosen" in m for m in ms):
+                row["chosen"] = [m.get("chosen") for m in ms]
             for key in ("accuracy", "balanced_accuracy", "auc", "best_epoch"):
                 vals = [m.get(key) for m in ms if m.get(key) is not None]
                 row[key] = (float(np.mean(vals)), float(np.std(vals))) if vals else (None, None)
@@ -252,7 +308,10 @@ def report(out: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) 
             + f"\n\n- {out['images']} images of {out['women']} women; classes {out['class_counts']}. "
             f"{args.folds} of {args.folds_total} StratifiedGroupKFold folds by woman, mean ± std over folds; "
             f"up to {args.epochs} epochs, patience {args.patience}, lr {args.lr}, batch 32, best epoch by validation "
-            f"macro AUC on 20 % of the training women.\n- Extraction (once per setting): {ext}.")
+            f"macro AUC on 20 % of the training women.\n- Extraction (once per setting): {ext}."
+            + "".join(f"\n- {r['config']} ({r['setting']}), chosen per outer fold: "
+                      + "; ".join(", ".join(f"{k}={v}" for k, v in c.items()) for c in r["chosen"] if c)
+                      for r in out["results"] if r.get("chosen")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=None,
                    help="also fine-tune the whole backbone (default: on in full and smoke mode, off in --quick)")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--logreg", action=argparse.BooleanOptionalAction, default=True,
+                   help="the scikit-learn logistic-regression probe arm (default on)")
+    p.add_argument("--ablation", action="store_true", help="each tensor augmentation switched off in turn")
+    p.add_argument("--nested-tune", action="store_true", help="the `loff tune` winner chosen inside each outer fold")
+    p.add_argument("--tune-trials", type=int, default=8, help="head configurations per nested tune (default 8)")
+    p.add_argument("--tune-folds", type=int, default=5, help="inner folds of the nested tune (default 5)")
     args = parse_bench_args(p, argv)
     assert args is not None
     if not (args.data / "labels.csv").exists() or not (args.data / "images").is_dir():

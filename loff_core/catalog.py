@@ -33,6 +33,18 @@ SPLITS = ("train", "val", "test")
 FILE_COLUMNS = ("file", "filename", "path", "image", "image_path", "file_name", "sop_instance_uid",
                 "sopinstanceuid")  # tried in this order (case-insensitive) when no file column is named
 _OPTIONAL_TEXT = ("label", "split", "modality", "view", "laterality", "pixel_spacing")
+#: a CSV column with one of these names (case-insensitive, in this order) is taken as the
+#: patient when no patient column is named (mini-MIAS calls it "woman")
+PATIENT_COLUMNS = ("patient_id", "patientid", "patient", "subject_id", "subject", "participant_id",
+                   "participant", "woman", "case_id", "individual")
+#: how a given split may be written (any case) -> the split it means
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test"}
+
+
+def split_name(text: Optional[str]) -> Optional[str]:
+    """"Train", "VALIDATION", "test" ... -> "train" | "val" | "test"; None for anything else."""
+    return SPLIT_NAMES.get((text or "").strip().lower())
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,10 @@ class Catalog:
     classes: list[str]
     failures: list[ImportFailure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: where each image's patient came from -> count, e.g. {"CSV column woman": 322}
+    patients_from: dict[str, int] = field(default_factory=dict)
+    #: where the split given at import came from ("" when none was given: a random split)
+    split_from: str = ""
 
     @staticmethod
     def _meta_path(path: Path) -> Path:
@@ -93,6 +109,8 @@ class Catalog:
             "failures": [asdict(f) for f in self.failures],
             "warnings": list(self.warnings),
             "empty_strings": empty,
+            "patients_from": dict(self.patients_from),
+            "split_from": self.split_from,
         })
 
     @classmethod
@@ -126,7 +144,8 @@ class Catalog:
         classes = meta.get("classes")
         classes = list(classes) if classes is not None else natural_class_order({e.label for e in entries if e.label})
         return cls(entries, classes, [ImportFailure(**f) for f in meta.get("failures", [])],
-                   list(meta.get("warnings", [])))
+                   list(meta.get("warnings", [])), dict(meta.get("patients_from") or {}),
+                   str(meta.get("split_from") or ""))
 
     def in_split(self, split: str) -> list[CatalogEntry]:
         return [e for e in self.entries if e.split == split]
@@ -251,15 +270,13 @@ def _rel(path: Path, root: Path) -> str:
 
 
 # -- labels CSV ------------------------------------------------------------------------
-@dataclass
-class _LabelTable:
-    by_key: dict[str, tuple[str, Optional[str], int]]  # key -> (label, patient, row number)
-    file_column: str
-    warnings: list[str]
-
-
 def _read_labels_csv(path: Path, label_column: Optional[str], file_column: Optional[str],
-                     patient_column: Optional[str]) -> tuple[list[dict[str, str]], str, str]:
+                     patient_column: Optional[str], split_column: Optional[str] = None
+                     ) -> tuple[list[dict[str, str]], str, str, Optional[str]]:
+    """The rows of a labels CSV as {"file", "label", "patient", "split"} (the delimiter is
+    detected: comma, semicolon or tab); returns (rows, file column, label column, patient
+    column or None). A column named like a patient (PATIENT_COLUMNS) is used as the patient
+    when none is named; `split_column`'s values must say train / val / test."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -291,39 +308,101 @@ def _read_labels_csv(path: Path, label_column: Optional[str], file_column: Optio
         if file_col is None:
             raise ProjectError(f"{path}: cannot tell which column names the image file; the CSV has columns "
                                f"{', '.join(columns)}; pass --file-column")
+    split_col = need(split_column, "split")
     patient_col = need(patient_column, "patient")
-    label_col = need(label_column, "label")
+    label_named = need(label_column, "label")
+
+    def find_label(patient: Optional[str]) -> Optional[str]:
+        if label_named is not None:
+            return label_named
+        rest = [c for c in columns if c not in (file_col, patient, split_col)]
+        if "label" in lower and lower["label"] not in (patient, split_col):
+            return lower["label"]
+        return rest[0] if len(rest) == 1 else None
+
+    if patient_col is None:  # a column named like a patient, unless it is the only label candidate
+        auto = next((lower[c] for c in PATIENT_COLUMNS if c in lower
+                     and lower[c] not in (file_col, label_named, split_col)), None)
+        if auto is not None and find_label(auto) is not None:
+            patient_col = auto
+    label_col = find_label(patient_col)
     if label_col is None:
-        rest = [c for c in columns if c not in (file_col, patient_col)]
-        if "label" in lower:
-            label_col = lower["label"]
-        elif len(rest) == 1:
-            label_col = rest[0]
-        else:
-            raise ProjectError(f"{path}: which column holds the label? pass --label-column; the CSV has columns "
-                               f"{', '.join(columns)}")
+        raise ProjectError(f"{path}: which column holds the label? pass --label-column; the CSV has columns "
+                           f"{', '.join(columns)}")
     rows = []
+    bad_splits: list[str] = []
     try:
-        for r in reader:
-            rows.append({"file": (r.get(file_col) or "").strip(), "label": (r.get(label_col) or "").strip(),
-                         "patient": (r.get(patient_col) or "").strip() if patient_col else ""})
+        for i, r in enumerate(reader, start=2):
+            row = {"file": (r.get(file_col) or "").strip(), "label": (r.get(label_col) or "").strip(),
+                   "patient": (r.get(patient_col) or "").strip() if patient_col else "", "split": ""}
+            if split_col is not None:
+                value = (r.get(split_col) or "").strip()
+                row["split"] = split_name(value) or ""
+                if not row["split"]:
+                    bad_splits.append(f"row {i} ({value!r})")
+            rows.append(row)
     except csv.Error as exc:
         raise ProjectError(f"{path}: malformed CSV ({exc})") from None
-    return rows, file_col, label_col
+    if bad_splits:
+        raise ProjectError(f"{path}: column {split_col!r} must say train, val or test (any case; 'validation' "
+                           f"accepted) in every row; {len(bad_splits)} rows do not: " + ", ".join(bad_splits[:5])
+                           + (" ..." if len(bad_splits) > 5 else ""))
+    return rows, file_col, label_col, patient_col
 
 
-def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = None,
+def _labels_sources(labels_csv: Any) -> list[tuple[Optional[str], Path]]:
+    """`labels_csv` as given to `scan_folder`: None, one path, or a list of paths and
+    (split, path) pairs -> [(split or None, path)]."""
+    if labels_csv is None:
+        return []
+    if isinstance(labels_csv, (str, os.PathLike)):
+        return [(None, Path(labels_csv))]
+    out: list[tuple[Optional[str], Path]] = []
+    for item in labels_csv:
+        if isinstance(item, (str, os.PathLike)):
+            out.append((None, Path(item)))
+        else:
+            split, path = item
+            if split is not None and split_name(split) is None:
+                raise ProjectError(f"{path}: unknown split {split!r} for a labels CSV; say train, val or test")
+            out.append((split_name(split) if split is not None else None, Path(path)))
+    return out
+
+
+def _patient_pattern(regex: Optional[str]) -> Optional["re.Pattern[str]"]:
+    if regex is None:
+        return None
+    try:
+        pattern = re.compile(regex)
+    except re.error as exc:
+        raise ProjectError(f"--patient-from-name {regex!r}: not a valid regular expression ({exc})") from None
+    if pattern.groups != 1:
+        raise ProjectError(f"--patient-from-name {regex!r}: needs exactly one capture group (the patient), "
+                           f"found {pattern.groups}; e.g. '^(\\d+)_' for NIH ChestX-ray14's PATIENT_FOLLOWUP.png")
+    return pattern
+
+
+def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
                 label_column: Optional[str] = None, file_column: Optional[str] = None,
                 patient_column: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                split_column: Optional[str] = None, patient_from_name: Optional[str] = None,
                 progress: Progress = Progress()) -> Catalog:
-    """Scan ROOT recursively (in place); see the module docstring."""
+    """Scan ROOT recursively (in place); see the module docstring.
+
+    `labels_csv`: one CSV, or several, each optionally with the split it defines
+    ([("train", a.csv), ("test", b.csv)]: CSAW-M's layout). A given split (from
+    `split_column`, from a CSV's split, or from top-level folders named train / val / test)
+    is put in the entries' `split`; `Project.import_images` completes it."""
     root = Path(root)
+    sources = _labels_sources(labels_csv)
+    name_pattern = _patient_pattern(patient_from_name)
     failures: list[ImportFailure] = []
     warnings: list[str] = []
     progress.report(0, 0, "listing files")
     files = _walk(root, failures, progress)
-    if labels_csv is not None:
-        files = [f for f in files if f.resolve() != Path(labels_csv).resolve()]
+    if sources:
+        csv_files = {p.resolve() for _, p in sources}
+        files = [f for f in files if f.resolve() not in csv_files]
     if not files:
         warnings.append(f"no image files found in {display_path(str(root))} (looked for: "
                         f"{', '.join(IMAGE_EXTENSIONS)}, and DICOM files without an extension)")
@@ -345,8 +424,10 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
 
     labels: dict[str, str] = {}
     csv_patients: dict[str, str] = {}
-    if labels_csv is not None:
-        rows, file_col, label_col = _read_labels_csv(Path(labels_csv), label_column, file_column, patient_column)
+    patient_cols: dict[str, str] = {}  # rel -> the CSV column its patient came from
+    given: dict[str, str] = {}  # rel -> the split given by the CSV
+    split_from = ""
+    if sources:
         by_rel = {rel: rel for rel, _ in infos}
         names: dict[str, list[str]] = defaultdict(list)
         stems: dict[str, list[str]] = defaultdict(list)
@@ -356,47 +437,69 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
             stems[_stem(rel.rsplit("/", 1)[-1])].append(rel)
             if info.sop_instance_uid:
                 uids[info.sop_instance_uid] = rel
-        missing, blank, conflicts, duplicates = [], 0, [], 0
-        first_row: dict[str, int] = {}
-        for i, r in enumerate(rows, start=2):
-            key = r["file"].replace("\\", "/")
-            while key.startswith("./"):
-                key = key[2:]
-            # the relative path, else the bare file name (when unique), else the stem, else the SOPInstanceUID
-            base = key.rsplit("/", 1)[-1]
-            rel = by_rel.get(key) or _unique(names.get(base)) or _unique(stems.get(key)) \
-                or _unique(stems.get(_stem(base))) or uids.get(key)
-            if rel is None:
-                missing.append(f"row {i} ({r['file'] or 'empty'})")
-                continue
-            if rel in first_row:
-                duplicates += 1
-                if r["label"] and labels.get(rel) not in (None, r["label"]):
-                    conflicts.append(f"row {i} ({r['file']})")
-                continue
-            first_row[rel] = i
-            if r["patient"]:
-                csv_patients[rel] = r["patient"]  # the CSV's patient beats the DICOM PatientID
-            if not r["label"]:
-                blank += 1
-                continue
-            labels[rel] = r["label"]
-        csv_name = Path(labels_csv).name
-        if missing:
-            warnings.append(f"{csv_name}: {len(missing)} rows name no image in the folder: "
-                            + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
-        if duplicates:
-            warnings.append(f"{csv_name}: {duplicates} duplicate rows for the same image; the first row is used"
-                            + (f"; conflicting labels in {', '.join(conflicts[:10])}" if conflicts else ""))
-        if blank:
-            warnings.append(f"{csv_name}: {blank} rows have an empty label; those images are unlabelled")
+        first_row: dict[str, tuple[str, int]] = {}
+        for csv_split, csv_path in sources:
+            rows, file_col, label_col, patient_col = _read_labels_csv(csv_path, label_column, file_column,
+                                                                      patient_column, split_column)
+            missing, blank, conflicts, duplicates = [], 0, [], 0
+            for i, r in enumerate(rows, start=2):
+                key = r["file"].replace("\\", "/")
+                while key.startswith("./"):
+                    key = key[2:]
+                # the relative path, else the bare file name (when unique), else the stem, else the SOPInstanceUID
+                base = key.rsplit("/", 1)[-1]
+                rel = by_rel.get(key) or _unique(names.get(base)) or _unique(stems.get(key)) \
+                    or _unique(stems.get(_stem(base))) or uids.get(key)
+                if rel is None:
+                    missing.append(f"row {i} ({r['file'] or 'empty'})")
+                    continue
+                if rel in first_row:
+                    duplicates += 1
+                    if r["label"] and labels.get(rel) not in (None, r["label"]):
+                        conflicts.append(f"row {i} ({r['file']})")
+                    continue
+                first_row[rel] = (csv_path.name, i)
+                if r["patient"]:
+                    csv_patients[rel] = r["patient"]  # the CSV's patient beats the DICOM PatientID
+                    patient_cols[rel] = patient_col or ""
+                if r["split"] or csv_split:
+                    given[rel] = r["split"] or csv_split
+                if not r["label"]:
+                    blank += 1
+                    continue
+                labels[rel] = r["label"]
+            csv_name = csv_path.name
+            if missing:
+                warnings.append(f"{csv_name}: {len(missing)} rows name no image in the folder: "
+                                + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+            if duplicates:
+                warnings.append(f"{csv_name}: {duplicates} duplicate rows for the same image; the first row is used"
+                                + (f"; conflicting labels in {', '.join(conflicts[:10])}" if conflicts else ""))
+            if blank:
+                warnings.append(f"{csv_name}: {blank} rows have an empty label; those images are unlabelled")
         unlisted = len(infos) - len(first_row)
         if unlisted > 0:
-            warnings.append(f"{csv_name}: {unlisted} images have no row; they are imported unlabelled")
+            names_shown = ", ".join(p.name for _, p in sources)
+            warnings.append(f"{names_shown}: {unlisted} images have no row; they are imported unlabelled")
+        if split_column is not None:
+            split_from = f"column {split_column!r} of " + ", ".join(p.name for _, p in sources)
+        elif any(s for s, _ in sources):
+            split_from = "labels CSVs per split (" + ", ".join(f"{s}: {p.name}" for s, p in sources if s) + ")"
+        if not given:  # a single CSV over train / val / test folders: the folders give the split
+            tops = {rel: split_name(rel.split("/", 1)[0]) for rel, _ in infos if "/" in rel}
+            if infos and len(tops) == len(infos) and all(tops.values()):
+                given = {rel: s for rel, s in tops.items() if s}
+                split_from = "folders " + ", ".join(f"{s}/" for s in SPLITS if s in given.values())
     else:
         tops = {rel.split("/", 1)[0] for rel, _ in infos if "/" in rel}
         if len(tops) >= 2 and all("/" in rel for rel, _ in infos):
-            labels = {rel: rel.split("/", 1)[0] for rel, _ in infos}
+            if all(split_name(t) for t in tops) and all(rel.count("/") >= 2 for rel, _ in infos):
+                # train|val|test / class / files: the split and the label from the folders
+                labels = {rel: rel.split("/", 2)[1] for rel, _ in infos}
+                given = {rel: split_name(rel.split("/", 1)[0]) or "" for rel, _ in infos}
+                split_from = "folders " + ", ".join(f"{s}/" for s in SPLITS if s in given.values())
+            else:
+                labels = {rel: rel.split("/", 1)[0] for rel, _ in infos}
 
     if classes:
         classes = [str(c) for c in classes]
@@ -411,25 +514,42 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
 
     entries: list[CatalogEntry] = []
     no_patient = 0
+    unmatched_name = 0
     cbis_patients: Counter = Counter()
+    patients_from: Counter = Counter()
     for rel, info in infos:
-        pid = csv_patients.get(rel) or info.patient_id
+        pid = csv_patients.get(rel)
+        source = f"CSV column {patient_cols.get(rel)}" if pid else ""
+        if not pid and name_pattern is not None:
+            match = name_pattern.search(rel.rsplit("/", 1)[-1])
+            if match and match.group(1):
+                pid, source = match.group(1), "file name pattern"
+            else:
+                unmatched_name += 1
+        if not pid and info.patient_id:
+            pid, source = info.patient_id, "DICOM PatientID"
         identifiers = [pid or "", info.patient_id or "", *info.patient_names]
-        cbis = cbis_ddsm_parts(pid) if pid and rel not in csv_patients else None
+        cbis = cbis_ddsm_parts(pid) if pid and source == "DICOM PatientID" else None
         if cbis is not None:  # CBIS-DDSM's PatientID names the image; its P_ number the woman
             pid = cbis[0]
             cbis_patients[pid] += 1
+            source = "CBIS-DDSM patient number in the DICOM PatientID"
         if not pid:
             no_patient += 1
             pid = "file:" + rel
+            source = "none (each image its own patient)"
+        patients_from[source] += 1
         spacing = f"{info.pixel_spacing[0]:g}\\{info.pixel_spacing[1]:g}" if info.pixel_spacing else None
         key = patient_key_for(salt, pid)
         entries.append(CatalogEntry(
             image_id=image_id_for(rel, versions[rel]), path=rel, patient_key=key, label=labels.get(rel),
-            split=None, format=info.format, modality=info.modality, view=info.view, laterality=info.laterality,
-            rows=info.rows, cols=info.cols, frames=info.frames, pixel_spacing=spacing,
+            split=given.get(rel) or None, format=info.format, modality=info.modality, view=info.view,
+            laterality=info.laterality, rows=info.rows, cols=info.cols, frames=info.frames, pixel_spacing=spacing,
             masked_path=mask_identifiers(rel, identifiers + [pid], key) if pid and not pid.startswith("file:") else None,
         ))
+    if unmatched_name:
+        warnings.append(f"{unmatched_name} file names do not match --patient-from-name {patient_from_name!r}; "
+                        f"their patient comes from the DICOM header or each is its own patient")
     if no_patient:
         warnings.append(f"{no_patient} images have no patient ID (no DICOM PatientID and no patient column); "
                         f"each is treated as its own patient for the split")
@@ -447,7 +567,8 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Optional[Path] = N
         warnings.append(f"{len(colour)} RGB (colour) images: converted to grey (luminance), colour is not used: "
                         + ", ".join(display_path(r) for r in colour[:5]) + (" ..." if len(colour) > 5 else ""))
     progress.report(len(files), len(files), f"imported {len(entries)} images, {len(failures)} unreadable")
-    return Catalog(entries, class_order, failures, warnings)
+    return Catalog(entries, class_order, failures, warnings, dict(patients_from),
+                   split_from if any(e.split for e in entries) else "")
 
 
 def assign_splits(entries: Sequence[CatalogEntry], *, seed: int = 0,

@@ -95,19 +95,53 @@ def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
     with project.lock():
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
         summary = _run_with_progress("import", args.quiet, lambda p: project.import_images(
-            args.images_dir, labels_csv=args.labels, label_column=args.label_column,
+            args.images_dir, labels_csv=_labels_args(args.labels), label_column=args.label_column,
             file_column=args.file_column, patient_column=args.patient_column, classes=classes,
-            task=args.task, progress=p))
+            task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
+            on_patient_overlap=args.on_patient_overlap, progress=p))
     out = asdict(summary)
     out["failed"] = out.pop("failures")
     out["project"] = str(project.root)
+    out["split_source"] = project.settings.split_source
     return out
+
+
+def _labels_args(values: Optional[list[str]]) -> Optional[list[tuple[Optional[str], Path]]]:
+    """`--labels FILE` or `--labels SPLIT=FILE` (repeatable) -> [(split or None, path)]."""
+    from .catalog import split_name
+
+    if not values:
+        return None
+    out: list[tuple[Optional[str], Path]] = []
+    for value in values:
+        head, sep, tail = value.partition("=")
+        if sep and split_name(head) is not None and not Path(value).exists():
+            out.append((split_name(head), Path(tail)))
+        else:
+            out.append((None, Path(value)))
+    return out
+
+
+def describe_split_source(source: Optional[dict[str, Any]]) -> list[str]:
+    """How an import split the images and found the patients, as lines for a person."""
+    if not source:
+        return []
+    lines = [f"split: {source.get('from') or source.get('kind')}"
+             + ("; val carved from train by patient" if source.get("val_carved") else "")]
+    overlap = source.get("patient_overlap")
+    if overlap:
+        lines.append(f"patients on two sides of the given split: {overlap['patients']} ({overlap['images']} images), "
+                     f"{'kept as given' if overlap['action'] == 'keep' else 're-split by patient'}")
+    if source.get("patients_from"):
+        lines.append("patients from: " + ", ".join(f"{k} ({v} images)" for k, v in source["patients_from"].items()))
+    return lines
 
 
 def _describe_import(out: dict[str, Any]) -> str:
     lines = [f"imported {out['imported']} images ({out['labelled']} labelled) into {out['project']}",
              "classes: " + (", ".join(f"{c} ({n})" for c, n in out["per_class"].items()) or "none"),
              "split: " + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items()))]
+    lines += describe_split_source(out.get("split_source"))
     if out["failed"]:
         lines.append(f"{len(out['failed'])} files could not be read:")
         lines += [f"  {f['path']}: {f['reason']}" for f in out["failed"][:50]]
@@ -275,6 +309,15 @@ def _metric_lines(out: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:22s} {shown}" + (f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
     lines.append("confusion matrix (rows true, columns predicted): " + " ".join(out["classes"]))
     lines += ["  " + " ".join(f"{v:4d}" for v in row) for row in out["confusion_matrix"]]
+    from .calibration import describe
+
+    lines.append(f"decision: {describe(out.get('operating_point'))}")
+    pc = out.get("per_class_auc") or {}
+    if pc and len(out["classes"]) > 2:
+        lines.append("per-class AUC (one vs rest): " + ", ".join(
+            f"{c} {v['auc']:.3f}" + (f" [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" if v.get("ci") else "")
+            for c, v in pc.items() if v.get("auc") is not None))
+    lines += [f"warning: {w}" for w in out.get("warnings", [])]
     return lines
 
 
@@ -416,6 +459,109 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
             "task": project.settings.task, "synthetic": True, "splits": summary.splits}
 
 
+def _train_config_from_args(args: argparse.Namespace, task: str) -> Any:
+    from dataclasses import replace
+
+    from .augment import AugmentConfig
+    from .training import TrainConfig
+
+    defaults = TrainConfig(head=args.head, task=task)
+    return replace(
+        defaults, seed=args.seed, device=args.device,
+        epochs=args.epochs if args.epochs is not None else defaults.epochs,
+        lr=args.lr if args.lr is not None else defaults.lr,
+        patience=args.patience if args.patience is not None else defaults.patience,
+        augment=AugmentConfig.off() if args.no_augment else defaults.augment)
+
+
+def cmd_cv(args: argparse.Namespace) -> dict[str, Any]:
+    from .project import Project
+    from .validation import LOGREG, cross_validate
+
+    project = Project.open(args.project)
+    task = args.task or project.settings.task
+    config = LOGREG if args.head == "logreg" else _train_config_from_args(args, task)
+    if config == LOGREG and task != "classification":
+        raise TrainingError("--head logreg (logistic regression on the pooled embedding) is for classification tasks")
+    with project.lock():
+        out = _run_with_progress("cv", args.quiet, lambda p: cross_validate(
+            project, config, folds=args.folds, seed=args.seed, progress=p))
+    if args.json:  # exactly the documented document; the rest is in groups/GROUP/group.json
+        return {"group": out["group"], "folds": out["folds"], "metrics": out["metrics"]}
+    return out
+
+
+def _describe_cv(out: dict[str, Any]) -> str:
+    lines = [f"cross-validation group {out['group']}: {out['completed']} of {out['folds']} folds over train + val "
+             f"({out['n_images']} images, {out['n_patients']} patients; grouped by patient, stratified by label; "
+             f"test untouched)" + (" - stopped early" if out["stopped"] else "")]
+    for name, m in out["metrics"].items():
+        mean = "n/a" if m["mean"] is None else f"{m['mean']:.3f}"
+        sd = "" if m["sd"] is None else f" +- {m['sd']:.3f}"
+        folds = " ".join("n/a" if v is None else f"{v:.3f}" for v in m["per_fold"])
+        lines.append(f"  {name:22s} {mean}{sd}   folds: {folds}")
+    return "\n".join(lines)
+
+
+def cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
+    from .project import Project
+    from .validation import tune
+
+    project = Project.open(args.project)
+    with project.lock():
+        out = _run_with_progress("tune", args.quiet, lambda p: tune(
+            project, trials=args.trials, folds=args.folds, seed=args.seed, task=args.task, device=args.device,
+            progress=p))
+    if args.json:  # exactly the documented document; the rest is in groups/GROUP/group.json
+        return {"leaderboard": [{"config": e["config"], "cv": e["cv"]} for e in out["leaderboard"]],
+                "best": {"config": out["best"]["config"], "cv": out["best"]["cv"]}, "run": out["run"],
+                "test": out["test"]}
+    return out
+
+
+def _describe_tune(out: dict[str, Any]) -> str:
+    lines = ["leaderboard (grouped cross-validation on train + val, mean +- SD):"]
+    for i, e in enumerate(out["leaderboard"], 1):
+        shown = ", ".join(f"{k}={v}" for k, v in e["config"].items())
+        cv = "  ".join(f"{n} {v['mean']:.3f}" + (f"+-{v['sd']:.3f}" if v["sd"] is not None else "")
+                       for n, v in e["cv"].items() if v["mean"] is not None)
+        lines.append(f"  {i:2d}. {shown}\n      {cv}")
+    lines.append(f"winner retrained on train + val as run {out['run']}")
+    if out.get("test"):
+        lines.append(f"test split ({out['n_test']} images), evaluated once:")
+        for name, v in out["test"].items():
+            ci = (out.get("test_ci") or {}).get(name)
+            lines.append(f"  {name:22s} {'n/a' if v is None else f'{v:.3f}'}"
+                         + (f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+    return "\n".join(lines)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    from .calibration import calibrate_run, describe
+    from .project import Project
+
+    project = Project.open(args.project)
+    prevalence = None
+    if args.prevalence:
+        try:
+            prevalence = [float(v) for v in args.prevalence.split(",")]
+        except ValueError:
+            raise TrainingError(f"--prevalence {args.prevalence}: expected numbers separated by commas") from None
+    with project.lock():
+        op = calibrate_run(project, args.run, criterion=args.criterion, target=args.target, threshold=args.threshold,
+                           prevalence=prevalence, prevalence_from_test=args.prevalence_from_test)
+    return {"run": project.run(args.run).run_id, "operating_point": op, "summary": describe(op)}
+
+
+def _describe_calibrate(out: dict[str, Any]) -> str:
+    op = out["operating_point"]
+    lines = [f"run {out['run']}: operating point saved (fitted on {op['fitted_on']})", f"  {out['summary']}"]
+    thr = op.get("threshold")
+    if thr and thr.get("sensitivity") is not None:
+        lines.append(f"  there: sensitivity {thr['sensitivity']:.3f}, specificity {thr['specificity']:.3f}")
+    return "\n".join(lines)
+
+
 def _describe_demo(out: dict[str, Any]) -> str:
     return (f"demo project {out['project']} (SYNTHETIC): {out['imported']} images, {out['task']} classes "
             f"{', '.join(out['classes'])}; split " + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items())))
@@ -430,12 +576,16 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
                            "synthetic": project.settings.synthetic}
     if project.has_catalog():
         s = project.import_summary()
-        out |= {"images": s.imported, "labelled": s.labelled, "splits": s.splits, "failed": len(s.failures)}
+        out |= {"images": s.imported, "labelled": s.labelled, "splits": s.splits, "failed": len(s.failures),
+                "split_source": project.settings.split_source}
     out["caches"] = [str(p.relative_to(project.root)) for p in project.cache_paths()]
     out["active_cache"] = project.settings.active_cache
     out["runs"] = [{"run": r.run_id, "head": r.record["head_config"]["kind"], "task": r.record["task"],
                     "best_score": r.record["best_score"], "monitor": r.record["monitor"],
                     "stale": project.stale_reasons(r)} for r in project.runs()]
+    from .validation import list_groups
+
+    out["groups"] = list_groups(project)
     return out
 
 
@@ -445,6 +595,7 @@ def _describe_info(out: dict[str, Any]) -> str:
     if "images" in out:
         lines.append(f"{out['images']} images ({out['labelled']} labelled, {out['failed']} unreadable); split "
                      + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items())))
+    lines += describe_split_source(out.get("split_source"))
     for cache in out["caches"]:
         active = " (active)" if out["active_cache"] and Path(cache).stem == out["active_cache"] else ""
         lines.append(f"cache {cache}{active}")
@@ -454,10 +605,22 @@ def _describe_info(out: dict[str, Any]) -> str:
         lines.append(f"run {r['run']}: {r['head']} {r['task']}, best {r['monitor']} {score}{stale}")
     if not out["runs"]:
         lines.append("no runs yet")
+    for g in out.get("groups", []):
+        shown = ", ".join(f"{k} {v['mean']:.3f}" + (f" ± {v['sd']:.3f}" if v.get("sd") is not None else "")
+                          for k, v in g.items() if isinstance(v, dict) and v.get("mean") is not None)
+        lines.append(f"{g['kind']} group {g['group']}: {g.get('completed') or g.get('folds')} folds; {shown}"
+                     + (f"; winner run {g['run']}" if g.get("run") else ""))
     return "\n".join(lines)
 
 
 # -- parser ------------------------------------------------------------------------------
+#: what each metric name of `evaluate` / `cv` / `tune` means (shown in --help and docs/cli.md)
+METRICS_HELP = ("Metrics: accuracy (share right); balanced_accuracy (mean recall over classes); auc (ROC AUC; "
+                "macro one-vs-rest over classes); ordinal tasks also: kendall_tau (Kendall's tau-b between true and "
+                "predicted levels), kendall_tau_score (tau-b between true level and the expected level, a "
+                "continuous score: no ties from rounding), amae (mean absolute error per true level, averaged), "
+                "mae, accuracy_within_1 (predicted level at most one off).")
+
 def _at_least(low: float, kind: type = int) -> Any:
     """argparse type: a number >= low (a clear usage error instead of a traceback later)."""
     def parse(text: str) -> Any:
@@ -487,10 +650,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", parents=[common], help="scan an image folder (in place) into a project")
     p.add_argument("project", type=Path)
     p.add_argument("images_dir", type=Path)
-    p.add_argument("--labels", type=Path, help="CSV with a file column and a label column")
+    p.add_argument("--labels", action="append", metavar="[SPLIT=]CSV",
+                   help="CSV with a file column and a label column (delimiter detected: , ; or tab). Repeatable; "
+                        "SPLIT=CSV says the CSV's images are that split, e.g. --labels train=CSAW-M_train.csv "
+                        "--labels test=CSAW-M_test.csv")
     p.add_argument("--label-column")
     p.add_argument("--file-column")
-    p.add_argument("--patient-column")
+    p.add_argument("--patient-column", help="default: a column named patient_id, patient, subject, woman, ...")
+    p.add_argument("--split-column", help="take the split from this CSV column (train / val / test, any case; "
+                                          "validation accepted); a split without val gets one carved from train")
+    p.add_argument("--patient-from-name", metavar="REGEX",
+                   help="the patient from the file name: a regular expression with one capture group, e.g. "
+                        "'^(\\d+)_' for NIH ChestX-ray14's PATIENT_FOLLOWUP.png")
+    p.add_argument("--on-patient-overlap", choices=["keep", "resplit"],
+                   help="when the given split puts a patient on two sides: keep it as given, or re-split by "
+                        "patient (default: stop and report the counts)")
     p.add_argument("--classes", help="comma-separated class order (low to high for ordinal labels), e.g. F,G,D")
     p.add_argument("--task", choices=["classification", "ordinal"], help="the project's default task")
     p.set_defaults(func=cmd_import, describe=_describe_import)
@@ -516,12 +690,63 @@ def build_parser() -> argparse.ArgumentParser:
                         + "; ".join(f"{k}={v} ({d})" for k, (v, d) in AUGMENT_HELP.items()) + ". 0 turns one off")
     p.set_defaults(func=cmd_train, describe=_describe_train)
 
-    p = sub.add_parser("evaluate", parents=[common], help="metrics and per-image predictions of a run")
+    p = sub.add_parser("cv", parents=[common], help="K-fold cross-validation over train + val, grouped by patient",
+                       description="Train one head per fold over train + val (folds grouped by patient, stratified "
+                                   "by label; the test split is never read) and report each metric of `evaluate` as "
+                                   "mean, SD and per-fold values; saved as a group that `loff info` lists. " + METRICS_HELP)
+    p.add_argument("project", type=Path)
+    p.add_argument("--folds", type=_at_least(2), default=5)
+    p.add_argument("--head", choices=["linear", "attention", "vit", "logreg"], default="attention",
+                   help="logreg: scikit-learn logistic regression on the pooled embedding, C chosen by inner CV")
+    p.add_argument("--task", choices=["classification", "ordinal"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and of training")
+    p.add_argument("--epochs", type=_at_least(1))
+    p.add_argument("--lr", type=_at_least(1e-12, float))
+    p.add_argument("--patience", type=_at_least(1))
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_cv, describe=_describe_cv)
+
+    p = sub.add_parser("tune", parents=[common], help="find the best head by grouped cross-validation, test it once",
+                       description="Score TRIALS head configurations (head kind, learning rate, epochs / patience, "
+                                   "augmentation off / default / strong) plus a logistic regression on the pooled "
+                                   "embedding by patient-grouped cross-validation on train + val; retrain the winner "
+                                   "on train + val as a normal run and evaluate it once on test. " + METRICS_HELP)
+    p.add_argument("project", type=Path)
+    p.add_argument("--trials", type=_at_least(1), default=8, help="head configurations to try (default 8)")
+    p.add_argument("--folds", type=_at_least(2), default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", choices=["classification", "ordinal"])
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_tune, describe=_describe_tune)
+
+    p = sub.add_parser("evaluate", parents=[common], help="metrics and per-image predictions of a run",
+                       description=METRICS_HELP)
     p.add_argument("project", type=Path)
     p.add_argument("--run", help="run id (default: the latest)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     add_options(p, EvaluateSettings)
     p.set_defaults(func=cmd_evaluate, describe=_describe_evaluate)
+
+    p = sub.add_parser("calibrate", parents=[common], help="fit a run's operating point: temperature, prevalence, "
+                                                           "binary threshold",
+                       description="Temperature scaling fitted on the validation split (tune winners: on the "
+                                   "cross-validation's out-of-fold predictions), an optional prevalence correction "
+                                   "(Bayes' prior shift) and, for binary tasks, the decision threshold by a criterion. "
+                                   "Saved in run.json; evaluate, predict (via the exported card) and the viewer use it. "
+                                   "`loff train` already fits the default (Youden's J).")
+    p.add_argument("project", type=Path)
+    p.add_argument("--run", help="run id (default: the latest)")
+    p.add_argument("--criterion", choices=["youden", "sensitivity", "specificity"], default="youden",
+                   help="youden (default): best balanced accuracy on validation; sensitivity / specificity: reach "
+                        "--target on validation")
+    p.add_argument("--target", type=float, help="the sensitivity or specificity to reach, e.g. 0.9")
+    p.add_argument("--threshold", type=float, help="set the threshold by hand (probability of the second class)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prevalence", help="class shares expected where the model is used, in class order, e.g. 0.3,0.7")
+    g.add_argument("--prevalence-from-test", action="store_true",
+                   help="take the prevalence from the test split's labels (you say the test split is like the use)")
+    p.set_defaults(func=cmd_calibrate, describe=_describe_calibrate)
 
     p = sub.add_parser("export", parents=[common], help="write head.safetensors + card.json (+ model.onnx)")
     p.add_argument("project", type=Path)

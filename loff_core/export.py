@@ -26,7 +26,7 @@ from .fsutil import atomic_path, atomic_write_json
 from .progress import Progress
 
 CARD_FORMAT = "loff-head"
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: operating_point (calibration, prevalence, threshold); 1 still loads
 
 CARD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -81,6 +81,7 @@ CARD_SCHEMA: dict[str, Any] = {
             "properties": {"head": {"const": "head.safetensors"}, "head_sha256": {"type": "string"}},
         },
         "metrics": {"type": "object"},
+        "operating_point": {"type": ["object", "null"]},
     },
 }
 
@@ -184,6 +185,9 @@ def _make_card(project: Any, run: Any, head_config: Any, head_sha256: str) -> di
             "synthetic_data": bool(project.settings.synthetic),
         },
         "metrics": metrics,
+        # how probabilities are calibrated / prior-shifted and (binary) thresholded before the
+        # decision (loff_core/calibration.py); predict applies it; None: argmax
+        "operating_point": record.get("operating_point"),
         "files": {"head": "head.safetensors", "head_sha256": head_sha256},
         "versions": _versions(),
     }
@@ -236,7 +240,10 @@ def export_onnx(out_dir: Path, card: dict[str, Any], head_config: Any, state: di
         raise ExportError(f"ONNX output differs from PyTorch by {diff:.2e}; not exported", path)
     return {"file": "model.onnx", "input": "image [batch, 3, %d, %d], preprocessed as in 'preprocessing'" % (size, size),
             "output": "probabilities [batch, %d]" % len(card["classes"]), "max_abs_diff_vs_torch": diff,
-            "opset": 18}
+            "opset": 18,
+            "decision": "the head's raw probabilities: apply card.operating_point (temperature: p^(1/T) renormalised; "
+                        "prior: p * target / source renormalised; threshold: positive class when its probability "
+                        ">= value), as `loff predict` does" if card.get("operating_point") else "argmax"}
 
 
 class _ImageToProbabilities(torch.nn.Module):
@@ -367,7 +374,7 @@ def predict_files(head_dir: Path | str | LoadedHead, paths: Iterable[Path | str]
     `head_dir`: an exported head folder, or a head already loaded (`load_run_head`)."""
     import numpy as np
 
-    from .heads import predicted_class, probabilities
+    from .heads import probabilities
     from .images import load_pixels
 
     loaded = head_dir if isinstance(head_dir, LoadedHead) else load_exported_head(head_dir)
@@ -391,7 +398,11 @@ def predict_files(head_dir: Path | str | LoadedHead, paths: Iterable[Path | str]
             cls, grid = backbone.tokens(batch)
             with torch.inference_mode():
                 probs = probabilities(head(cls.half().float(), grid.half().float()), loaded.task).cpu().numpy()
-            for f, row, p in zip(chunk, probs, predicted_class(probs, loaded.task)):
+            from .calibration import adjust, decide
+
+            op = loaded.card.get("operating_point")
+            probs = adjust(probs, op)
+            for f, row, p in zip(chunk, probs, decide(probs, loaded.task, op)):
                 predictions.append({"path": str(f), "predicted": loaded.classes[int(p)],
                                     "probabilities": [round(float(x), 6) for x in row]})
         progress.report(min(start + batch_size, len(files)), len(files), f"predicted {len(predictions)} images")

@@ -186,6 +186,19 @@ def _roc(y_bin: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
     return {"fpr": [float(x) for x in fpr], "tpr": [float(x) for x in tpr], "thresholds": [float(x) for x in thr]}
 
 
+#: an accuracy interval wider than this means the split cannot tell heads apart
+SMALL_SPLIT_CI_WIDTH = 0.2
+
+
+def small_split_warning(n: int, ci: Optional[Sequence[float]], split: str = "test") -> Optional[str]:
+    """A warning when the accuracy's 95 % interval is wider than SMALL_SPLIT_CI_WIDTH."""
+    if not ci or ci[1] - ci[0] <= SMALL_SPLIT_CI_WIDTH:
+        return None
+    return (f"the {split} split ({n} images) is too small to tell heads apart: the 95% interval of the accuracy is "
+            f"[{ci[0]:.2f}, {ci[1]:.2f}], wider than {SMALL_SPLIT_CI_WIDTH}; compare heads with cross-validation "
+            f"(`loff cv`, or Cross-validate on the Train page)")
+
+
 def evaluate_predictions(
     y_true: Sequence[int],
     probs: Any,
@@ -194,8 +207,11 @@ def evaluate_predictions(
     *,
     n_bootstrap: int = EvaluateSettings.bootstrap,
     seed: int = 0,
+    predicted: Any = None,
 ) -> dict[str, Any]:
-    """Metrics, 95 % bootstrap CIs, per-class scores, confusion matrix and ROC curves."""
+    """Metrics, 95 % bootstrap CIs, per-class scores, confusion matrix and ROC curves.
+    `predicted`: the decided class per image (a run's operating point); default argmax /
+    ordinal decode of `probs`."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from .heads import predicted_class
@@ -209,6 +225,8 @@ def evaluate_predictions(
     if len(y) and (y.min() < 0 or y.max() >= k):
         raise ValueError(f"labels must be in 0..{k - 1}")
     pred = predicted_class(p, task) if len(y) else np.zeros(0, dtype=np.int64)
+    if predicted is not None:
+        pred = np.asarray(predicted, dtype=np.int64).reshape(-1)
 
     metrics = _point(y, p, pred, task, k) if len(y) else {"accuracy": None, "balanced_accuracy": None, "auc": None}
     class_ci: list[Optional[list[float]]] = []
@@ -241,10 +259,13 @@ def evaluate_predictions(
             if 0 < pos.sum() < len(y):
                 roc[c] = _roc(pos, p[:, i])
 
+    # the same per-class AUCs and intervals keyed for `loff evaluate`'s per-class AUC line
+    per_class_auc = {c: {"auc": v["auc"], "ci": v["auc_ci"]} for c, v in per_class.items()}
     return {
         "metrics": metrics,
         "ci": ci,
         "per_class": per_class,
+        "per_class_auc": per_class_auc,
         "confusion_matrix": [[int(v) for v in row] for row in cm],
         "roc": roc,
     }

@@ -32,8 +32,10 @@ from .progress import Progress
 from .settings import EvaluateSettings, ExtractSettings
 
 PROJECT_FILE = "loff-project.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: split_source (how the split and the patients were assigned at import)
 TASKS = ("classification", "ordinal")
+#: what to do when a given split puts one patient on two sides
+PATIENT_OVERLAP_ACTIONS = ("keep", "resplit")
 
 
 @dataclass
@@ -58,6 +60,10 @@ class ProjectSettings:
     # the same: {"csv", "csv_absolute", "label_column", "file_column", "patient_column",
     # "classes"}; None: folder names
     labels_source: Optional[dict[str, Any]] = None
+    # how the last import split the images and found the patients (schema 2):
+    # {"kind": "random" | "given", "from": str, "val_carved": bool, "patient_overlap":
+    #  {"patients", "images", "action"} | None, "patients_from": {source: images}}
+    split_source: Optional[dict[str, Any]] = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -227,31 +233,55 @@ class Project:
         self,
         images_dir: Path | str,
         *,
-        labels_csv: Optional[Path | str] = None,
+        labels_csv: Any = None,
         label_column: Optional[str] = None,
         file_column: Optional[str] = None,
         patient_column: Optional[str] = None,
         classes: Optional[list[str]] = None,
         task: Optional[str] = None,
+        split_column: Optional[str] = None,
+        patient_from_name: Optional[str] = None,
+        on_patient_overlap: Optional[str] = None,
         progress: Progress = Progress(),
     ) -> ImportSummary:
+        """Scan IMAGES_DIR into the catalog. `labels_csv`: one CSV, or a list of CSVs and
+        (split, CSV) pairs (see `scan_folder`). A split given by the CSV or the folders is
+        kept (val carved from train by patient when it has none); a patient it puts on two
+        sides stops the import with counts unless `on_patient_overlap` is "keep" (as given)
+        or "resplit" (a fresh patient-grouped split, the given one ignored)."""
         images_dir = Path(images_dir)
         if not images_dir.is_dir():
             raise ProjectError(f"{images_dir}: not a folder")
         if task is not None and task not in TASKS:
             raise ProjectError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if on_patient_overlap not in (None, *PATIENT_OVERLAP_ACTIONS):
+            raise ProjectError(f"unknown choice {on_patient_overlap!r} for patients on two sides; "
+                               f"choose {' or '.join(PATIENT_OVERLAP_ACTIONS)}")
+        from .catalog import _labels_sources
+
+        sources = _labels_sources(labels_csv)
         catalog = scan_folder(
             images_dir,
             salt=self.salt,
-            labels_csv=Path(labels_csv) if labels_csv else None,
+            labels_csv=sources or None,
             label_column=label_column,
             file_column=file_column,
             patient_column=patient_column,
             classes=classes,
+            split_column=split_column,
+            patient_from_name=patient_from_name,
             progress=progress,
         )
-        entries = assign_splits(catalog.entries, seed=self.settings.seed, fractions=self.settings.split_fractions)
-        catalog = replace(catalog, entries=entries)
+        entries, split_source = complete_split(catalog, seed=self.settings.seed,
+                                               fractions=self.settings.split_fractions,
+                                               on_patient_overlap=on_patient_overlap)
+        warnings = list(catalog.warnings)
+        overlap = split_source.get("patient_overlap")
+        if overlap:
+            warnings.append(f"the given split put {overlap['patients']} patients ({overlap['images']} images) on two "
+                            f"sides; " + ("kept as given: their images are not independent across splits"
+                                          if overlap["action"] == "keep" else "re-split by patient instead"))
+        catalog = replace(catalog, entries=entries, warnings=warnings)
         catalog.save(self.catalog_path)
         self._catalog = catalog
         report = {
@@ -259,6 +289,7 @@ class Project:
             "imported": len(catalog.entries),
             "failed": [{"path": f.path, "reason": f.reason} for f in catalog.failures],
             "warnings": list(catalog.warnings),
+            "split_source": split_source,
             "date": _now(),
         }
         atomic_write_json(self.report_path, report)
@@ -267,10 +298,17 @@ class Project:
         s.images_root_absolute = str(images_dir.resolve())
         s.classes = list(catalog.classes)
         s.label_name = label_column or s.label_name
-        s.labels_source = None if not labels_csv else {
-            "csv": _relative_or_none(Path(labels_csv), self.root), "csv_absolute": str(Path(labels_csv).resolve()),
+        first = sources[0][1] if sources else None
+        s.labels_source = None if not sources else {
+            "csv": _relative_or_none(first, self.root), "csv_absolute": str(first.resolve()),
             "label_column": label_column, "file_column": file_column, "patient_column": patient_column,
-            "classes": list(classes) if classes else None}
+            "classes": list(classes) if classes else None, "split_column": split_column,
+            "patient_from_name": patient_from_name,
+            "csvs": [{"split": sp, "csv": _relative_or_none(p, self.root), "csv_absolute": str(p.resolve())}
+                     for sp, p in sources]}
+        if not sources and patient_from_name:
+            s.labels_source = {"patient_from_name": patient_from_name}
+        s.split_source = split_source
         if task is not None:
             s.task = task
         s.catalog_version += 1
@@ -286,7 +324,8 @@ class Project:
         """The labels CSV of the last import, found again after a move; None for folder names
         or when the file is gone."""
         src = self.settings.labels_source
-        return self._found_again(src.get("csv"), src.get("csv_absolute"), Path.is_file) if src else None
+        return self._found_again(src.get("csv"), src.get("csv_absolute"), Path.is_file) if src and (
+            src.get("csv") or src.get("csv_absolute")) else None
 
     def _found_again(self, rel: Optional[str], absolute: Optional[str], exists: Any) -> Optional[Path]:
         """A path stored relative to the project (so the folder can move together with it)
@@ -438,7 +477,13 @@ class Project:
             "cache_fingerprint": cache.fingerprint,
             "backbone": cache.backbone,
         }
-        return self._write_run(run_id, record, result.state_dict)
+        run = self._write_run(run_id, record, result.state_dict)
+        if val_ids and len(set(val_y)) >= 2:  # temperature (+ binary threshold) chosen on val
+            from .calibration import calibrate_run
+
+            calibrate_run(self, run.run_id)
+            run = self.run(run.run_id)
+        return run
 
     def _new_run_id(self, head: str) -> str:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -522,6 +567,11 @@ class Project:
             c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
             probs = probabilities(head(c, g), run.record["task"]).numpy()
             maps = attention_map(head, c, g).numpy()
+        from .calibration import adjust, decide
+
+        op = run.record.get("operating_point")
+        probs = adjust(probs, op)
+        decided = decide(probs, run.record["task"], op)
         back = np.argsort(order)
         maps = maps[back]
         entries = self.catalog().by_id()
@@ -529,13 +579,14 @@ class Project:
         heat = [_heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
                 for m, i in zip(maps, image_ids)]
         return {"image_ids": list(image_ids), "probabilities": probs[back], "attention": maps, "heat": heat,
-                "classes": run.record["classes"], "task": run.record["task"]}
+                "classes": run.record["classes"], "task": run.record["task"],
+                "predicted": [run.record["classes"][int(c)] for c in decided[back]], "operating_point": op}
 
     # -- evaluation --------------------------------------------------------------------
     def evaluate(self, run_id: Optional[str] = None, split: str = "test", *,
                  n_bootstrap: int = EvaluateSettings.bootstrap) -> dict[str, Any]:
         """Metrics and per-image predictions of a run on one split; saved with the run."""
-        from .metrics import evaluate_predictions
+        from .metrics import evaluate_predictions, small_split_warning
         from .training import predict_probabilities
 
         run = self.run(run_id)
@@ -547,10 +598,13 @@ class Project:
         probs = predict_probabilities(head_config, state, cache, ids)
         classes = run.record["classes"]
         task = run.record["task"]
-        evaluation = evaluate_predictions(y, probs, classes, task, n_bootstrap=n_bootstrap, seed=self.settings.seed)
-        from .heads import predicted_class
+        from .calibration import adjust, decide
 
-        predicted = predicted_class(probs, task)
+        op = run.record.get("operating_point")
+        probs = adjust(probs, op)  # the run's calibration / prevalence, then its threshold
+        predicted = decide(probs, task, op)
+        evaluation = evaluate_predictions(y, probs, classes, task, n_bootstrap=n_bootstrap, seed=self.settings.seed,
+                                          predicted=predicted)
         images = self.images_root()
         predictions = [
             {
@@ -569,7 +623,9 @@ class Project:
             "classes": classes,
             "n": len(ids),
             "stale": self.stale_reasons(run),
+            "operating_point": op,
             **evaluation,
+            "warnings": [w for w in [small_split_warning(len(ids), evaluation["ci"].get("accuracy"), split)] if w],
             "predictions": predictions,
         }
         atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
@@ -637,11 +693,77 @@ def _read_settings(path: Path) -> ProjectSettings:
         raise ProjectError(
             f"{path}: project was written by a newer LOFF Studio (schema {version}, this one reads {SCHEMA_VERSION})"
         )
+    data = _migrate(data)
     try:
         settings = ProjectSettings.from_dict(data)
     except TypeError as exc:
         raise ProjectError(f"{path}: project file is missing fields ({exc})") from exc
     return settings
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A project file of an older schema as the current one reads it (saved on next write)."""
+    data = dict(data)
+    if data["schema_version"] < 2:
+        # schema 1 always split at random by patient; how patients were found was not recorded
+        data.setdefault("split_source", {"kind": "random", "from": "random by patient (before schema 2)",
+                                         "val_carved": False, "patient_overlap": None, "patients_from": {}}
+                        if data.get("catalog_version") else None)
+        data["schema_version"] = 2
+    return data
+
+
+def complete_split(catalog: Catalog, *, seed: int, fractions: Any,
+                   on_patient_overlap: Optional[str] = None) -> tuple[list[CatalogEntry], dict[str, Any]]:
+    """The catalog's entries with every labelled image in train / val / test, and how.
+
+    No given split: a random patient-grouped, label-stratified split. A given split (in the
+    entries' `split`): kept for labelled images; a validation part is carved from train by
+    patient (deterministic for `seed`) when there is none. A patient on two sides of a given
+    split: ProjectError with the counts (no identifiers) unless `on_patient_overlap` says
+    "keep" or "resplit"."""
+    entries = list(catalog.entries)
+    labelled = [e for e in entries if e.label is not None]
+    source: dict[str, Any] = {"kind": "random", "from": "", "val_carved": False, "patient_overlap": None,
+                              "patients_from": dict(catalog.patients_from)}
+    f = tuple(float(x) for x in fractions)
+    given = [e for e in labelled if e.split]
+    random_from = (f"random by patient ({round(100 * f[0] / sum(f))}/{round(100 * f[1] / sum(f))}/"
+                   f"{round(100 * f[2] / sum(f))}, stratified by label, seed {seed})")
+    if not given:
+        source["from"] = random_from
+        return assign_splits(entries, seed=seed, fractions=f), source
+    if len(given) < len(labelled):
+        raise ProjectError(f"{len(labelled) - len(given)} labelled images have no given split while "
+                           f"{len(given)} do ({catalog.split_from}); give every labelled image a split")
+    sides: dict[str, set[str]] = _sides(given)
+    mixed = {p for p, s in sides.items() if len(s) > 1}
+    if mixed:
+        n_images = sum(1 for e in given if e.patient_key in mixed)
+        if on_patient_overlap is None:
+            raise ProjectError(
+                f"the given split ({catalog.split_from}) puts {len(mixed)} patients ({n_images} images) on two "
+                f"sides; choose: keep it as given (--on-patient-overlap keep) or re-split by patient "
+                f"(--on-patient-overlap resplit)")
+        source["patient_overlap"] = {"patients": len(mixed), "images": n_images, "action": on_patient_overlap}
+        if on_patient_overlap == "resplit":
+            source["from"] = random_from + f"; the given split ({catalog.split_from}) was dropped"
+            return assign_splits(entries, seed=seed, fractions=f), source
+    source["kind"], source["from"] = "given", catalog.split_from
+    out = [e if e.label is not None else replace(e, split=None) for e in entries]
+    if not any(e.split == "val" for e in given):
+        train = [e for e in out if e.split == "train"]
+        carved = {e.image_id: e.split for e in assign_splits(train, seed=seed, fractions=(f[0], f[1], 0.0))}
+        out = [replace(e, split=carved[e.image_id]) if e.image_id in carved else e for e in out]
+        source["val_carved"] = any(s == "val" for s in carved.values())
+    return out, source
+
+
+def _sides(entries: list[CatalogEntry]) -> dict[str, set[str]]:
+    sides: dict[str, set[str]] = {}
+    for e in entries:
+        sides.setdefault(e.patient_key, set()).add(str(e.split))
+    return sides
 
 
 def _now() -> str:

@@ -139,6 +139,10 @@ class ImportPage(QWidget):
         form.addRow("Labels CSV", form_row(self.labels, browse_csv, stretch_last=True))
         form.addRow("Columns", form_row(QLabel("file"), self.file_column, QLabel("label"), self.label_column,
                                         QLabel("patient"), self.patient_column))
+        from ..validation_widgets import ImportExtras  # given split and patients (issue 13)
+
+        self.extras = ImportExtras()
+        form.addRow("Split, patients", self.extras)
         form.addRow("Task", form_row(self.task, QLabel("classes"), self.classes, stretch_last=True))
         form.addRow("", form_row(self.import_button, self.strip, stretch_last=True))
         top = QGroupBox("Import images")
@@ -170,6 +174,7 @@ class ImportPage(QWidget):
         lv.addWidget(form_row(self.filter, self.shown, stretch_last=False))
         lv.addWidget(self.table, 3)
         lv.addWidget(self.counts)
+        lv.addWidget(self.extras.assigned)  # how the split and the patients were assigned
         lv.addWidget(QLabel("Import report: files not imported, and warnings"))
         lv.addWidget(self.problems, 1)
         split = QSplitter()
@@ -261,6 +266,7 @@ class ImportPage(QWidget):
                 if c.lower() in guess:
                     combo.setCurrentIndex(i + 1)
                     break
+        self.extras.set_columns(columns)
 
     # -- import ------------------------------------------------------------------------
     def start_import(self) -> None:
@@ -283,6 +289,7 @@ class ImportPage(QWidget):
         kwargs = dict(labels_csv=labels_csv or None, label_column=self.label_column.currentData(),
                       file_column=self.file_column.currentData(), patient_column=self.patient_column.currentData(),
                       classes=classes, task=self.task.currentText())
+        kwargs.update(self.extras.import_kwargs(labels_csv or None))
 
         def work(progress: Any) -> Any:
             with project.lock():
@@ -328,6 +335,7 @@ class ImportPage(QWidget):
         self.model.set_entries(catalog.entries)
         self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         s = project.import_summary()
+        self.extras.show_project(project)
         self.counts.setText(
             f"{s.imported} images, {s.labelled} labelled. Per label: "
             + (", ".join(f"{c} {n}" for c, n in s.per_class.items()) or "none")

@@ -131,6 +131,10 @@ class ResultsPage(QWidget):
         layout.addWidget(self.banner)
         layout.addWidget(top)
         layout.addWidget(self.summary)
+        from ..validation_widgets import ResultsExtras  # fold spread, warnings, operating point (issue 13)
+
+        self.extras = ResultsExtras(state, self)
+        layout.addWidget(self.extras)
         layout.addLayout(grid, 1)
         self.result: Optional[dict] = None
         state.project_changed.connect(lambda _: (self.clear(), self.refresh()))
@@ -246,6 +250,7 @@ class ResultsPage(QWidget):
         self._show_confusion(result)
         self._show_roc(result)
         self._show_levels(result)
+        self.extras.show_result(result)
 
     def _show_confusion(self, result: dict) -> None:
         cm = np.asarray(result["confusion_matrix"])

@@ -123,6 +123,10 @@ class TrainPage(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.banner)
         layout.addWidget(box)
+        from ..validation_widgets import ValidationPanel  # Cross-validate / Find the best head (issue 13)
+
+        self.validation = ValidationPanel(state, self.settings)
+        layout.addWidget(self.validation)
         layout.addWidget(self.status)
         layout.addLayout(plots_box, 2)
         layout.addWidget(QLabel("Runs of this project (compare settings and scores)"))

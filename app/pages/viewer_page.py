@@ -207,7 +207,8 @@ class ViewerPage(QWidget):
             kind = run.record["head_config"]["kind"]
             return [{"image_id": i, "probabilities": out["probabilities"][k], "heat": out["heat"][k],
                      "classes": out["classes"], "task": out["task"], "head": kind, "run": run.run_id,
-                     "project": str(project.root)} for k, i in enumerate(image_ids)]
+                     "project": str(project.root), "decided": (out.get("predicted") or [None] * len(image_ids))[k]}
+                    for k, i in enumerate(image_ids)]
         job = start_light("explain", work, newest=(self, key))
         job.finished.connect(lambda outs: [slot(o) for o in outs])
         job.failed.connect(lambda text: self.details.setText(f"no prediction: {text}"))
@@ -219,7 +220,8 @@ class ViewerPage(QWidget):
             cumulative = probs[::-1].cumsum()[::-1][1:]
             level = float(np.dot(probs, np.arange(1, len(classes) + 1)))
             return classes[int((cumulative > 0.5).sum())], f"expected level {level:.2f}"
-        return classes[int(np.argmax(probs))], ""
+        # the run's operating point (binary threshold) decided, when it has one
+        return out.get("decided") or classes[int(np.argmax(probs))], ""
 
     def _explanation(self, out: dict) -> None:
         project = self.state.project

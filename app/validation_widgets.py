@@ -1,0 +1,347 @@
+"""Honest validation in the window (issue 13), as panels the pages embed with a hook line.
+
+- `ValidationPanel` (Train page): "Cross-validate" (K patient-grouped folds over train +
+  val with the page's head settings) and "Find the best head" (`loff tune`), each a job of
+  the page's job runner with live progress and Stop (keeps the finished folds / trials);
+  a leaderboard table fills as trials finish; the result of a CV is mean ± SD per metric.
+- `ResultsExtras` (Results page): the fold spread of the latest cross-validation beside the
+  metrics (or the tune group the run came from), the evaluation's warnings (test split too
+  small), the run's operating point, and "Save operating point" for the threshold on the
+  page's slider (binary runs).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Optional
+
+from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
+
+from .state import AppState
+from .widgets import ProgressStrip, form_row
+
+#: what each metric name means (tooltips; the same words as `loff evaluate --help`)
+METRIC_TIPS = {
+    "accuracy": "share of images whose predicted class is right",
+    "balanced_accuracy": "mean recall over the classes (not fooled by imbalance)",
+    "auc": "area under the ROC curve; macro one-vs-rest over classes",
+    "kendall_tau": "Kendall's tau-b between the true and the predicted level (ordinal)",
+    "kendall_tau_score": "Kendall's tau-b between the true level and the expected level, a continuous score "
+                         "(no ties from rounding to a level)",
+    "amae": "mean absolute error of the level per true level, averaged over levels (CSAW-M)",
+    "mae": "mean absolute error of the predicted level",
+    "accuracy_within_1": "share of images whose predicted level is at most one off",
+}
+
+
+def spread_text(metrics: dict[str, Any]) -> str:
+    """{name: {"mean", "sd", ...}} -> "accuracy 0.652 ± 0.045, auc ..."."""
+    parts = []
+    for name, m in metrics.items():
+        if m.get("mean") is None:
+            continue
+        parts.append(f"{name.replace('_', ' ')} {m['mean']:.3f}" + (f" ± {m['sd']:.3f}" if m.get("sd") is not None else ""))
+    return ", ".join(parts)
+
+
+def config_text(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in config.items())
+
+
+class ValidationPanel(QGroupBox):
+    """Cross-validate / Find the best head, with a leaderboard (see the module docstring)."""
+
+    def __init__(self, state: AppState, settings: Callable[[], dict[str, Any]], parent: Optional[QWidget] = None):
+        super().__init__("Validate honestly: patient-grouped cross-validation on train + val (the test split is "
+                         "not used)", parent)
+        self.state = state
+        self.settings = settings  # the Train page's head / task / epochs / lr / seed / augment
+        self.folds = QSpinBox()
+        self.folds.setRange(2, 20)
+        self.folds.setValue(5)
+        self.trials = QSpinBox()
+        self.trials.setRange(1, 100)
+        self.trials.setValue(8)
+        self.trials.setToolTip("head configurations to try (plus a logistic regression on the pooled embedding)")
+        self.cv_button = QPushButton("Cross-validate")
+        self.cv_button.setToolTip("train the head above once per fold and report each metric as mean ± SD")
+        self.cv_button.clicked.connect(self.start_cv)
+        self.tune_button = QPushButton("Find the best head")
+        self.tune_button.setToolTip("score head kinds, learning rates, epochs and augmentation by cross-validation; "
+                                    "retrain the winner on train + val and evaluate it once on test")
+        self.tune_button.clicked.connect(self.start_tune)
+        self.strip = ProgressStrip()
+        self.strip.stop_clicked.connect(self.state.runner.stop)
+        self.result = QLabel("")
+        self.result.setWordWrap(True)
+        self.board = QTableWidget(0, 5)
+        self.board.setHorizontalHeaderLabels(["configuration", "accuracy", "balanced acc.", "AUC / tau", "folds"])
+        self.board.horizontalHeader().setStretchLastSection(True)
+        self.board.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.entries: list[dict[str, Any]] = []
+        layout = QVBoxLayout(self)
+        layout.addWidget(form_row(QLabel("folds"), self.folds, self.cv_button, QLabel("trials"), self.trials,
+                                  self.tune_button, self.strip, stretch_last=True))
+        layout.addWidget(self.result)
+        layout.addWidget(self.board)
+        state.busy_changed.connect(self._busy)
+        state.project_changed.connect(lambda _: self._busy(self.state.busy))
+        state.cache_changed.connect(lambda: self._busy(self.state.busy))
+        state.catalog_changed.connect(lambda: self._busy(self.state.busy))
+        self._busy(state.busy)
+
+    def _busy(self, busy: bool) -> None:
+        project = self.state.project
+        ready = project is not None and project.has_catalog() and bool(project.settings.active_cache)
+        self.cv_button.setEnabled(ready and not busy)
+        self.tune_button.setEnabled(ready and not busy)
+        job = self.state.runner.job
+        self.strip.set_running(busy and job is not None and job.name in ("cross-validate", "find the best head"))
+
+    # -- cross-validation ---------------------------------------------------------------
+    def cv_config(self) -> Any:
+        from dataclasses import replace
+
+        from loff_core.augment import AugmentConfig
+        from loff_core.training import TrainConfig
+
+        chosen = self.settings()
+        augment = AugmentConfig.off() if chosen.get("augment") is None else replace(AugmentConfig(),
+                                                                                    **chosen["augment"])
+        return TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"], lr=chosen["lr"],
+                           seed=chosen["seed"], augment=augment)
+
+    def start_cv(self) -> None:
+        project = self.state.project
+        if project is None:
+            return
+        config, folds, seed = self.cv_config(), self.folds.value(), self.settings().get("seed", 0)
+
+        def work(progress: Any) -> Any:
+            from loff_core.validation import cross_validate
+
+            with project.lock():
+                return cross_validate(project, config, folds=folds, seed=seed, progress=progress)
+        job = self.state.start("cross-validate", work)
+        if job is not None:
+            job.on_close = "stop"
+            self.result.setText(f"cross-validating {config.head} over {folds} folds ...")
+            job.progress.connect(self.strip.report)
+            job.finished.connect(self.show_cv)
+
+    def show_cv(self, record: dict[str, Any]) -> None:
+        done = f"{record['completed']} of {record['folds']} folds" + (" (stopped)" if record.get("stopped") else "")
+        self.result.setText(f"<b>cross-validation {record['group']}</b> ({done}, {record['n_images']} images of "
+                            f"{record['n_patients']} patients): {spread_text(record['metrics'])}")
+        self.result.setToolTip("\n".join(f"{k}: {v}" for k, v in METRIC_TIPS.items()))
+        self.strip.report(1, 1, "cross-validation done")
+        self.state.message.emit("info", f"cross-validation {record['group']}: {spread_text(record['metrics'])}")
+        self.state.runs_changed.emit()  # the Results page shows the new fold spread
+
+    # -- tuning ----------------------------------------------------------------------------
+    def start_tune(self) -> None:
+        project = self.state.project
+        if project is None:
+            return
+        trials, folds = self.trials.value(), self.folds.value()
+        seed, task = self.settings().get("seed", 0), self.settings().get("task")
+        self.entries = []
+        self.board.setRowCount(0)
+        job_box: dict[str, Any] = {}
+        known = threading.Event()
+
+        def on_trial(entry: dict[str, Any]) -> None:
+            known.wait()
+            job_box["job"].emit_epoch(entry)  # the job's per-step signal carries one leaderboard row
+
+        def work(progress: Any) -> Any:
+            from loff_core.validation import tune
+
+            with project.lock():
+                return tune(project, trials=trials, folds=folds, seed=seed, task=task, progress=progress,
+                            on_trial=on_trial)
+        job = self.state.start("find the best head", work)
+        if job is not None:
+            job_box["job"] = job
+            job.on_close = "stop"
+            self.result.setText(f"trying {trials} head configurations and a logistic regression, {folds} folds each ...")
+            job.progress.connect(self.strip.report)
+            job.epoch.connect(self.add_entry)
+            job.finished.connect(self.show_tune)
+            known.set()
+
+    def add_entry(self, entry: dict[str, Any]) -> None:
+        """One scored configuration: the table is kept sorted best first."""
+        self.entries.append(entry)
+        primary = "auc" if "kendall_tau" not in entry["cv"] else "kendall_tau"
+        self.entries.sort(key=lambda e: -((e["cv"].get(primary) or {}).get("mean") or -1e9))
+        self.board.setRowCount(0)
+        for e in self.entries:
+            row = self.board.rowCount()
+            self.board.insertRow(row)
+            cv = e["cv"]
+
+            def cell(name: str) -> str:
+                m = cv.get(name) or {}
+                if m.get("mean") is None:
+                    return "n/a"
+                return f"{m['mean']:.3f}" + (f" ± {m['sd']:.3f}" if m.get("sd") is not None else "")
+            folds = len(next(iter(e.get("per_fold", {}).values()), [])) or ""
+            for col, text in enumerate([config_text(e["config"]), cell("accuracy"), cell("balanced_accuracy"),
+                                        cell(primary), str(folds)]):
+                self.board.setItem(row, col, QTableWidgetItem(text))
+        self.board.resizeColumnsToContents()
+
+    def show_tune(self, out: dict[str, Any]) -> None:
+        test = out.get("test") or {}
+        shown = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in test.items() if v is not None)
+        self.result.setText(f"<b>best: {config_text(out['best']['config'])}</b> (cross-validation "
+                            f"{spread_text(out['best']['cv'])}); retrained on train + val as run "
+                            f"<b>{out['run']}</b>" + (f"; on the test split, once: {shown}" if shown else ""))
+        self.strip.report(1, 1, "done")
+        self.state.message.emit("info", f"best head: run {out['run']}")
+        self.state.runs_changed.emit()
+
+
+class ResultsExtras(QWidget):
+    """Fold spread, warnings and the operating point under the Results page's summary."""
+
+    def __init__(self, state: AppState, page: Any, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.state = state
+        self.page = page  # the Results page: its result, threshold slider and positive-class box
+        self.spread = QLabel("")
+        self.spread.setWordWrap(True)
+        self.spread.setToolTip("\n".join(f"{k}: {v}" for k, v in METRIC_TIPS.items()))
+        self.warnings = QLabel("")
+        self.warnings.setWordWrap(True)
+        self.warnings.setStyleSheet("color: #c0392b")
+        self.operating = QLabel("")
+        self.operating.setWordWrap(True)
+        self.save_button = QPushButton("Save operating point")
+        self.save_button.setToolTip("use the threshold on the slider for this run's decisions (evaluate, export, "
+                                    "predict, viewer)")
+        self.save_button.clicked.connect(self.save_threshold)
+        self.save_button.setEnabled(False)
+        row = QHBoxLayout()
+        row.addWidget(self.operating, 1)
+        row.addWidget(self.save_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.spread)
+        layout.addWidget(self.warnings)
+        layout.addLayout(row)
+
+    def show_result(self, result: dict[str, Any]) -> None:
+        from loff_core.calibration import describe
+
+        project = self.state.project
+        self.warnings.setText("<br>".join(f"warning: {w}" for w in result.get("warnings", [])))
+        self.operating.setText(f"decision: {describe(result.get('operating_point'))}")
+        binary = result.get("task") == "classification" and len(result.get("classes", [])) == 2
+        self.save_button.setEnabled(binary)
+        self.spread.setText(self.spread_for(project, result.get("run")) if project is not None else "")
+
+    @staticmethod
+    def spread_for(project: Any, run_id: Optional[str]) -> str:
+        """The fold spread to show beside a run's metrics: its own tune group, else the
+        project's latest cross-validation."""
+        from loff_core.validation import list_groups, load_group
+
+        groups = list_groups(project)
+        if not groups:
+            return "no cross-validation yet: a single split's metrics can be noise; Cross-validate on the Train page"
+        own = next((g for g in groups if g.get("run") == run_id), None)
+        if own is not None:
+            rec = load_group(project, own["group"])
+            return (f"fold spread (tune group {own['group']}, {rec['folds']} folds, winner): "
+                    f"{spread_text(rec['best']['cv'])}")
+        latest = next((g for g in reversed(groups) if g.get("kind") == "cv"), None)
+        if latest is None:
+            return ""
+        rec = load_group(project, latest["group"])
+        return (f"fold spread (cross-validation {latest['group']}, {rec['config'].get('head')}, "
+                f"{rec['completed']} folds): {spread_text(rec['metrics'])}")
+
+    def save_threshold(self) -> None:
+        from loff_core.calibration import describe, set_threshold
+
+        project, result = self.state.project, self.page.result
+        if project is None or result is None:
+            return
+        value = self.page.threshold.value() / 1000.0
+        if self.page.positive.currentIndex() == 0:  # the slider thresholds P(first class): convert
+            value = 1.0 - value
+        try:
+            with project.lock():
+                op = set_threshold(project, result["run"], value)
+        except Exception as exc:  # noqa: BLE001 - a message, not a crash
+            self.state.message.emit("error", str(exc))
+            return
+        self.operating.setText(f"decision: {describe(op)} (saved; evaluate again to see its metrics)")
+        self.state.message.emit("info", f"run {result['run']}: threshold {value:.3f} saved")
+
+
+class ImportExtras(QWidget):
+    """Import page: where the split and the patients come from (given split column, a
+    second labels CSV for the official test split, patient from the file name, what to do
+    with patients on two sides), and how the last import assigned them."""
+
+    OVERLAP = (("stop and tell me", None), ("keep the given split", "keep"), ("re-split by patient", "resplit"))
+
+    def __init__(self, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        from PySide6.QtWidgets import QComboBox, QLineEdit
+
+        self.split_column = QComboBox()
+        self.split_column.setToolTip("a CSV column saying train / val / test (any case; validation accepted); "
+                                     "none: folders named train/val/test give the split, else a random split "
+                                     "by patient")
+        self.test_csv = QLineEdit()
+        self.test_csv.setPlaceholderText("optional: labels CSV of the official test split (e.g. CSAW-M_test.csv)")
+        self.test_csv.setToolTip("when set, the labels CSV above defines the train split and this one the test "
+                                 "split; val is carved from train by patient")
+        self.patient_regex = QLineEdit()
+        self.patient_regex.setPlaceholderText(r"optional: patient from the file name, e.g. ^(\d+)_")
+        self.patient_regex.setToolTip("a regular expression with one capture group, searched in each file name")
+        self.overlap = QComboBox()
+        for text, value in self.OVERLAP:
+            self.overlap.addItem(text, value)
+        self.overlap.setToolTip("when the given split puts one patient on two sides")
+        self.assigned = QLabel("")
+        self.assigned.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(form_row(QLabel("split column"), self.split_column, QLabel("test CSV"), self.test_csv,
+                                  stretch_last=True))
+        layout.addWidget(form_row(QLabel("patient from file name"), self.patient_regex,
+                                  QLabel("patient on two sides"), self.overlap, stretch_last=True))
+
+    def set_columns(self, columns: list[str]) -> None:
+        self.split_column.clear()
+        self.split_column.addItem("(none)", None)
+        for c in columns:
+            self.split_column.addItem(c, c)
+        for i, c in enumerate(columns):
+            if c.strip().lower() in ("split", "subset", "partition"):
+                self.split_column.setCurrentIndex(i + 1)
+                break
+
+    def import_kwargs(self, labels_csv: Optional[str]) -> dict[str, Any]:
+        """What to add to / change in `Project.import_images`' arguments."""
+        from pathlib import Path
+
+        out: dict[str, Any] = {"split_column": self.split_column.currentData(),
+                               "patient_from_name": self.patient_regex.text().strip() or None,
+                               "on_patient_overlap": self.overlap.currentData()}
+        test = self.test_csv.text().strip()
+        if test and labels_csv:
+            out["labels_csv"] = [("train", Path(labels_csv)), ("test", Path(test))]
+        return out
+
+    def show_project(self, project: Any) -> None:
+        from loff_core.cli import describe_split_source
+
+        source = project.settings.split_source if project is not None else None
+        self.assigned.setText("<br>".join(describe_split_source(source)))

@@ -1,0 +1,289 @@
+"""Operating point and calibration of a trained head, chosen on data the test never sees.
+
+A head's raw probabilities answer "which class" under the prior it was trained with
+(class-weighted training: every class equally likely) and are often over- or
+under-confident. Three corrections, applied in this order and stored with the run as its
+`operating_point` (and in the exported card):
+
+1. **Temperature scaling** (all tasks): p_T(c) ∝ p(c)^(1/T), T fitted on the validation
+   split by minimising the negative log-likelihood (Guo et al. 2017); for softmax heads this
+   is the usual logits / T. The expected calibration error (ECE, 15 equal-width bins of the
+   top probability) is reported before and after.
+2. **Prior shift** (optional): the user states the prevalence expected where the model will
+   be used (or takes it from the given test split's labels); probabilities are corrected by
+   Bayes' rule, p'(c) ∝ p(c) · target(c) / source(c), where source is the prior the head
+   learned (uniform with class weights, else the training frequencies).
+3. **Decision threshold** (binary classification): the positive class is predicted when its
+   (corrected) probability reaches the threshold, chosen on validation by a stated criterion:
+   Youden's J (= the best balanced accuracy; the default), a target sensitivity (the highest
+   threshold reaching it) or a target specificity (the lowest threshold reaching it), or set
+   by hand. Other tasks decide as before (argmax / ordinal decode) on the corrected
+   probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .errors import TrainingError
+
+OP_VERSION = 1
+CRITERIA = ("youden", "sensitivity", "specificity", "manual")
+
+
+def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> Optional[float]:
+    """Expected calibration error of the top-class probability (equal-width bins)."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) == 0:
+        return None
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            total += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(total)
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)) / float(temperature)
+    logp -= logp.max(axis=1, keepdims=True)
+    e = np.exp(logp)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """T > 0 minimising the validation negative log-likelihood (searched on log T)."""
+    from scipy.optimize import minimize_scalar
+
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        p = apply_temperature(probs, math.exp(log_t))
+        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)).mean())
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded",
+                          options={"xatol": 1e-4})
+    t = float(math.exp(res.x))
+    return t if nll(math.log(t)) <= nll(0.0) else 1.0
+
+
+def prior_shift(probs: np.ndarray, source: Sequence[float], target: Sequence[float]) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64) * (np.asarray(target, dtype=np.float64)
+                                               / np.clip(np.asarray(source, dtype=np.float64), 1e-12, None))
+    return p / np.clip(p.sum(axis=1, keepdims=True), 1e-300, None)
+
+
+def adjust(probs: np.ndarray, op: Optional[dict[str, Any]]) -> np.ndarray:
+    """Raw head probabilities -> the run's calibrated (and prior-shifted) probabilities."""
+    p = np.asarray(probs, dtype=np.float64)
+    if not op:
+        return p
+    if op.get("temperature"):
+        p = apply_temperature(p, op["temperature"])
+    prior = op.get("prior")
+    if prior:
+        p = prior_shift(p, prior["source"], prior["target"])
+    return p
+
+
+def threshold_of(op: Optional[dict[str, Any]]) -> Optional[float]:
+    thr = (op or {}).get("threshold")
+    return None if not thr else float(thr["value"])
+
+
+def decide(probs: np.ndarray, task: str, op: Optional[dict[str, Any]]) -> np.ndarray:
+    """Predicted class indices from adjusted probabilities: the threshold for binary
+    classification when the run has one, else argmax / ordinal decode."""
+    from .heads import predicted_class
+
+    p = np.asarray(probs, dtype=np.float64)
+    thr = threshold_of(op)
+    if thr is not None and task == "classification" and p.shape[1] == 2:
+        return (p[:, 1] >= thr).astype(np.int64)
+    return predicted_class(p, task)
+
+
+def _rates(score: np.ndarray, pos: np.ndarray, thr: float) -> tuple[float, float]:
+    pred = score >= thr
+    sens = float((pred & pos).sum() / max(pos.sum(), 1))
+    spec = float((~pred & ~pos).sum() / max((~pos).sum(), 1))
+    return sens, spec
+
+
+def choose_threshold(score: np.ndarray, pos: np.ndarray, criterion: str = "youden",
+                     target: Optional[float] = None) -> float:
+    """A threshold on `score` (probability of the positive class) by `criterion`."""
+    score = np.asarray(score, dtype=np.float64)
+    pos = np.asarray(pos, dtype=bool)
+    if pos.all() or not pos.any():
+        raise TrainingError("choosing a threshold needs both classes in the validation split")
+    cands = np.unique(score)
+    # midpoints between distinct scores, plus the ends: thresholds that change a decision
+    mids = np.concatenate([[0.0], (cands[:-1] + cands[1:]) / 2, [min(1.0, cands[-1] + 1e-9)]])
+    rates = [_rates(score, pos, t) for t in mids]
+    if criterion == "youden":
+        j = [s + sp - 1 for s, sp in rates]
+        best = max(j)
+        # among equally good thresholds, the one in the middle of the best range
+        ok = [t for t, v in zip(mids, j) if v >= best - 1e-12]
+        return float(ok[len(ok) // 2])
+    if target is None or not 0 < target <= 1:
+        raise TrainingError(f"criterion {criterion} needs a target between 0 and 1")
+    if criterion == "sensitivity":
+        ok = [t for t, (s, _) in zip(mids, rates) if s >= target - 1e-12]
+        return float(max(ok)) if ok else 0.0
+    if criterion == "specificity":
+        ok = [t for t, (_, sp) in zip(mids, rates) if sp >= target - 1e-12]
+        return float(min(ok)) if ok else 1.0
+    raise TrainingError(f"unknown criterion {criterion!r}; expected youden, sensitivity or specificity")
+
+
+def source_prior(train_config: Optional[dict[str, Any]], train_counts: Sequence[int]) -> list[float]:
+    """The class prior a head learned: uniform when trained with class weights (the loss
+    weighs every class equally), else the training frequencies."""
+    k = len(train_counts)
+    if (train_config or {}).get("class_weights", True):
+        return [1.0 / k] * k
+    total = float(sum(train_counts)) or 1.0
+    return [c / total for c in train_counts]
+
+
+def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], task: str, *,
+                        source: Sequence[float], fitted_on: str, criterion: str = "youden",
+                        target: Optional[float] = None, threshold: Optional[float] = None,
+                        prevalence: Optional[Sequence[float]] = None,
+                        prevalence_from: Optional[str] = None) -> dict[str, Any]:
+    """The operating point fitted on (`probs`, `y`) (raw head probabilities of held-out
+    images): temperature, optional prior shift to `prevalence`, and for binary
+    classification the threshold by `criterion` (or the given `threshold`)."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    k = len(classes)
+    t = fit_temperature(p, y)
+    calibrated = apply_temperature(p, t)
+    op: dict[str, Any] = {"version": OP_VERSION, "fitted_on": fitted_on, "n": int(len(y)), "temperature": t,
+                          "ece_before": ece(p, y), "ece_after": ece(calibrated, y), "prior": None, "threshold": None}
+    if prevalence is not None:
+        target_prior = [float(v) for v in prevalence]
+        if len(target_prior) != k or any(v < 0 for v in target_prior) or sum(target_prior) <= 0:
+            raise TrainingError(f"the prevalence needs {k} non-negative numbers (one per class {', '.join(classes)})")
+        s = sum(target_prior)
+        op["prior"] = {"source": [float(v) for v in source], "target": [v / s for v in target_prior],
+                       "from": prevalence_from or "user"}
+    adjusted = adjust(p, op)
+    if task == "classification" and k == 2:
+        score, pos = adjusted[:, 1], y == 1
+        if threshold is not None:
+            if not 0 <= threshold <= 1:
+                raise TrainingError(f"the threshold must be between 0 and 1, got {threshold}")
+            value, crit = float(threshold), "manual"
+        elif len(y) and pos.any() and not pos.all():
+            value, crit = choose_threshold(score, pos, criterion, target), criterion
+        else:
+            value, crit = 0.5, "default (validation lacks a class)"
+        sens, spec = _rates(score, pos, value) if len(y) else (None, None)
+        op["threshold"] = {"value": value, "positive_class": str(classes[1]), "criterion": crit,
+                           "target": target if crit in ("sensitivity", "specificity") else None,
+                           "sensitivity": sens, "specificity": spec,
+                           "balanced_accuracy": None if sens is None else (sens + spec) / 2}
+    return op
+
+
+def describe(op: Optional[dict[str, Any]]) -> str:
+    """One line for people: what the operating point does."""
+    if not op:
+        return "argmax of the head's probabilities (no operating point)"
+    parts = [f"temperature {op['temperature']:.3g} (ECE {op['ece_before']:.3f} -> {op['ece_after']:.3f} on "
+             f"{op['fitted_on']})" if op.get("ece_before") is not None else f"temperature {op['temperature']:.3g}"]
+    if op.get("prior"):
+        parts.append("prevalence " + ", ".join(f"{v:.2f}" for v in op["prior"]["target"])
+                     + f" ({op['prior']['from']})")
+    thr = op.get("threshold")
+    if thr:
+        parts.append(f"threshold {thr['value']:.3f} on P({thr['positive_class']}) by {thr['criterion']}"
+                     + (f" {thr['target']}" if thr.get("target") is not None else ""))
+    return "; ".join(parts)
+
+
+def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: str = "youden",
+                  target: Optional[float] = None, threshold: Optional[float] = None,
+                  prevalence: Optional[Sequence[float]] = None, prevalence_from_test: bool = False,
+                  held_out: Optional[tuple[np.ndarray, np.ndarray, str]] = None) -> dict[str, Any]:
+    """Fit a run's operating point on its validation split (or on `held_out` = (raw
+    probabilities, labels, what they are): `tune`'s out-of-fold predictions) and save it in
+    run.json. `prevalence_from_test`: the target prevalence is the given test split's label
+    frequencies (the user says so; only the labels' counts are read)."""
+    from .fsutil import atomic_write_json
+    from .training import predict_probabilities
+
+    run = project.run(run_id)
+    record = run.record
+    classes = list(record["classes"])
+    task = record["task"]
+    if criterion not in CRITERIA[:3]:
+        raise TrainingError(f"unknown criterion {criterion!r}; expected youden, sensitivity or specificity")
+    cache = project.open_cache(record["cache_fingerprint"])
+    catalog = project.catalog()
+    oof = project.root / "groups" / str(record.get("group")) / "oof.npz"
+    if held_out is None and record.get("n_val") == 0 and record.get("group") and oof.is_file():
+        with np.load(oof) as data:  # a `tune` winner: trained on train + val, fitted on the folds' predictions
+            held_out = (data["probabilities"], data["labels"],
+                        f"out-of-fold predictions of the cross-validation ({len(data['labels'])} images)")
+    if held_out is None:
+        ids, y, _ = project.labelled_split("val", cache)
+        if not ids:
+            raise TrainingError(f"{project.root}: the run has no validation images to fit its operating point on")
+        head_config, state = project.load_head(run)
+        probs = predict_probabilities(head_config, state, cache, ids)
+        y_arr, fitted_on = np.asarray(y, dtype=np.int64), f"the validation split ({len(ids)} images)"
+    else:
+        probs, y_arr, fitted_on = held_out
+    train_counts = [0] * len(classes)
+    for e in catalog.entries:
+        if e.split in ("train",) + (("val",) if record.get("n_val") == 0 else ()) and e.label in classes:
+            train_counts[classes.index(e.label)] += 1
+    prevalence_from = None
+    if prevalence_from_test:
+        counts = [0] * len(classes)
+        for e in catalog.in_split("test"):
+            if e.label in classes:
+                counts[classes.index(e.label)] += 1
+        if sum(counts) == 0:
+            raise TrainingError(f"{project.root}: the test split has no labels to take the prevalence from")
+        prevalence, prevalence_from = counts, "the test split's labels"
+    op = fit_operating_point(probs, y_arr, classes, task, source=source_prior(record.get("train_config"), train_counts),
+                             fitted_on=fitted_on, criterion=criterion, target=target, threshold=threshold,
+                             prevalence=prevalence, prevalence_from=prevalence_from)
+    record = dict(record, operating_point=op)
+    atomic_write_json(run.path / "run.json", record)
+    return op
+
+
+def set_threshold(project: Any, run_id: Optional[str], value: float) -> dict[str, Any]:
+    """Move a binary run's decision threshold by hand (the Results page), keeping the rest of
+    its operating point."""
+    from .fsutil import atomic_write_json
+
+    run = project.run(run_id)
+    op = dict(run.record.get("operating_point") or {"version": OP_VERSION, "fitted_on": "none", "n": 0,
+                                                     "temperature": 1.0, "ece_before": None, "ece_after": None,
+                                                     "prior": None, "threshold": None})
+    classes = run.record["classes"]
+    if run.record["task"] != "classification" or len(classes) != 2:
+        raise TrainingError("a decision threshold is for binary classification runs")
+    if not 0 <= value <= 1:
+        raise TrainingError(f"the threshold must be between 0 and 1, got {value}")
+    op["threshold"] = {"value": float(value), "positive_class": str(classes[1]), "criterion": "manual",
+                       "target": None, "sensitivity": None, "specificity": None, "balanced_accuracy": None}
+    atomic_write_json(run.path / "run.json", dict(run.record, operating_point=op))
+    return op

@@ -1,0 +1,568 @@
+"""Patient-grouped cross-validation and model selection on the feature cache.
+
+The cache makes training a head nearly free, so results can be honest: `cross_validate`
+trains one head per fold over train + val (folds grouped by patient, stratified by label;
+the test split is never read) and reports each metric of `evaluate` as mean, SD and the
+per-fold values; `tune` scores a small search (head kind, learning rate, epochs / patience,
+augmentation strength, plus a scikit-learn logistic regression on the pooled embedding)
+by that cross-validation, retrains the winner on train + val and evaluates it once on test.
+
+Inside each fold a validation part (about 1/6 of the fold's training patients, again
+grouped and stratified) is held out for the head's early stopping / best-epoch choice, so
+the held-out fold is only ever used to score.
+
+Results are saved as a run group: `groups/<ID>/group.json` in the project (`loff info`
+lists them). Progress and Stop go through the `Progress` given: Stop ends after the fold
+(or trial) in progress and keeps what is finished.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .errors import TrainingError
+from .fsutil import atomic_write_json
+from .progress import Progress
+
+#: the metric `tune` ranks by: macro AUC for classification, Kendall's tau for ordinal labels
+PRIMARY = {"classification": "auc", "ordinal": "kendall_tau"}
+GROUPS_DIR = "groups"
+LOGREG = "logistic_regression"
+LOGREG_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The labelled train + val images that have features: ids, class indices, patients."""
+
+    ids: list[str]
+    y: np.ndarray
+    groups: np.ndarray
+
+
+def strong_augment() -> Any:
+    from .augment import AugmentConfig
+
+    return AugmentConfig(crop_scale=(0.4, 1.0), noise_std=0.1, token_dropout=0.2, mixup_alpha=0.4, mixup_prob=0.7)
+
+
+def augment_named(name: str) -> Any:
+    from .augment import AugmentConfig
+
+    if name == "off":
+        return AugmentConfig.off()
+    if name == "default":
+        return AugmentConfig()
+    if name == "strong":
+        return strong_augment()
+    raise TrainingError(f"unknown augmentation strength {name!r}; expected off, default or strong")
+
+
+# -- folds -------------------------------------------------------------------------------
+def grouped_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K (train, held-out) index pairs: no patient in both, label proportions kept
+    (scikit-learn's StratifiedGroupKFold, shuffled with `seed`)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    if k < 2:
+        raise TrainingError(f"cross-validation needs at least 2 folds, got {k}")
+    if n_groups < k:
+        raise TrainingError(f"{k} folds need at least {k} patients in train + val; there are {n_groups}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "least populated class has fewer members than n_splits"
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [(np.asarray(a), np.asarray(b)) for a, b in splitter.split(np.zeros(len(y)), y, groups)]
+
+
+def inner_split(idx: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int,
+                parts: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """`idx` divided into (fit, val) by patient: val is one of `parts` stratified grouped
+    folds (fewer when there are few patients); no val with fewer than 2 patients."""
+    n_groups = len(np.unique(groups[idx]))
+    if n_groups < 2:
+        return idx, idx[:0]
+    parts = min(parts, n_groups)
+    fit, val = grouped_folds(y[idx], groups[idx], parts, seed)[0]
+    return idx[fit], idx[val]
+
+
+# -- one configuration over the folds ----------------------------------------------------
+class _Linked(Progress):
+    """A Progress for a part of a job: its own report mapping, the parent's cancel flag, and
+    Stop as soon as the parent (or this one) was asked to stop."""
+
+    parent: Optional[Progress] = None
+
+    @property
+    def stop_requested(self) -> bool:  # type: ignore[override]
+        return self._stop or (self.parent is not None and self.parent.stop_requested)
+
+
+def _linked(parent: Progress, report: Callable[[int, int, str], None]) -> Progress:
+    child = _Linked(on_report=report, on_notice=parent.on_notice, _event=parent._event)
+    child.parent = parent
+    return child
+
+
+def _fold_progress(parent: Progress, fold: int, folds: int, label: str) -> Progress:
+    """A Progress for one fold: counts mapped into the parent's [fold, fold + 1) of 1000
+    units each, cancel shared, Stop passed on."""
+    def forward(done: int, total: int, message: str) -> None:
+        part = done / total if total else 0.0
+        parent.report(fold * 1000 + int(999 * part), folds * 1000, f"{label}fold {fold + 1}/{folds}: {message}")
+
+    return _linked(parent, forward)
+
+
+def _logreg_features(cls: np.ndarray) -> np.ndarray:
+    """What the logistic regression sees: the pooled embedding after a LayerNorm without
+    affine parameters (exactly what `LinearHead` computes before its own affine), so the
+    fitted model is a linear head."""
+    x = cls.astype(np.float64)
+    mu = x.mean(axis=1, keepdims=True)
+    var = x.var(axis=1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-5)
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, groups: np.ndarray, num_classes: int, seed: int) -> dict[str, Any]:
+    """Standardised features + multinomial logistic regression, C chosen by an inner
+    grouped CV (log-loss) over LOGREG_CS; returns the fitted pieces."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(y)) < 2:
+        raise TrainingError("the logistic regression needs at least two classes among its training images")
+    scaler = StandardScaler().fit(x)
+    z = scaler.transform(x)
+    n_groups = len(np.unique(groups))
+    present = np.unique(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if n_groups >= 3 and len(present) > 1:
+            inner = grouped_folds(y, groups, min(5, n_groups), seed)
+            inner = [(a, b) for a, b in inner if len(np.unique(y[a])) == len(present)]
+        else:
+            inner = []
+        if len(inner) >= 2:
+            model = LogisticRegressionCV(Cs=list(LOGREG_CS), cv=inner, scoring="neg_log_loss", max_iter=2000,
+                                         random_state=seed).fit(z, y)
+            c = float(np.atleast_1d(model.C_)[0])
+        else:
+            c = 1.0
+            model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(z, y)
+    return {"scaler": scaler, "model": model, "C": c, "num_classes": num_classes}
+
+
+def logreg_probabilities(fitted: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    model = fitted["model"]
+    p = model.predict_proba(fitted["scaler"].transform(x))
+    out = np.zeros((len(x), fitted["num_classes"]), dtype=np.float64)
+    out[:, model.classes_.astype(int)] = p
+    return out
+
+
+def logreg_head_state(fitted: dict[str, Any], feature_dim: int) -> dict[str, Any]:
+    """The fitted scaler + logistic regression as a `LinearHead` state dict (classification):
+    LayerNorm affine = the standardisation, output layer = the coefficients."""
+    import torch
+
+    scaler, model, k = fitted["scaler"], fitted["model"], fitted["num_classes"]
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    weight = np.zeros((k, feature_dim))
+    bias = np.zeros(k)
+    classes = model.classes_.astype(int)
+    if model.coef_.shape[0] == 1:  # binary: softmax([0, w.x + b]) = sigmoid(w.x + b)
+        weight[classes[1]] = model.coef_[0]
+        bias[classes[1]] = model.intercept_[0]
+    else:
+        weight[classes] = model.coef_
+        bias[classes] = model.intercept_
+    if len(classes) < k:  # a class never seen: never predicted
+        bias[[c for c in range(k) if c not in classes]] = -1e4
+    f32 = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    return {"norm.weight": f32(1.0 / scale), "norm.bias": f32(-scaler.mean_ / scale),
+            "out.weight": f32(weight), "out.bias": f32(bias)}
+
+
+def _read_cls(source: Any, ids: Sequence[str]) -> np.ndarray:
+    idx = np.asarray(source.indices(list(ids)), dtype=np.int64)
+    order = np.argsort(idx, kind="stable")
+    cls, _ = source.read(idx[order])
+    out = np.empty((len(idx), cls.shape[1]), dtype=np.float32)
+    out[order] = cls
+    return out
+
+
+def run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config: Any, *, folds: int, seed: int,
+              progress: Progress = Progress(), label: str = "") -> dict[str, Any]:
+    """Train `config` (a TrainConfig, or LOGREG) on each fold's training part and score it
+    on the held-out fold with `evaluate`'s metrics. Returns {"folds", "completed",
+    "metrics": {name: {"mean", "sd", "per_fold"}}, "best_epochs", "stopped", "fold_sizes"}."""
+    from .metrics import evaluate_predictions
+    from .training import predict_probabilities, train_head
+
+    k = len(classes)
+    splits = grouped_folds(pool.y, pool.groups, folds, seed)
+    per_fold: list[dict[str, Optional[float]]] = []
+    best_epochs: list[int] = []
+    extra: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    stopped = False
+    data = source
+    if config != LOGREG:
+        from .training import _in_memory
+
+        data = _in_memory(source)  # once for all folds
+    cls_all = _read_cls(data, pool.ids) if config == LOGREG else None
+    ids = np.asarray(pool.ids, dtype=object)
+    oof = np.full((len(pool.ids), k), np.nan)  # out-of-fold probabilities
+    for f, (train_idx, test_idx) in enumerate(splits):
+        progress.check()
+        if progress.stop_requested and per_fold:
+            stopped = True
+            break
+        sub = _fold_progress(progress, f, folds, label)
+        if config == LOGREG:
+            if task != "classification":
+                raise TrainingError("the logistic-regression baseline is for classification tasks")
+            x = _logreg_features(cls_all)
+            fitted = fit_logreg(x[train_idx], pool.y[train_idx], pool.groups[train_idx], k, seed + f)
+            probs = logreg_probabilities(fitted, x[test_idx])
+            extra.append({"C": fitted["C"]})
+            sub.report(1, 1, "logistic regression")
+        else:
+            fit_idx, val_idx = inner_split(train_idx, pool.y, pool.groups, seed + f)
+            result = train_head(data, list(ids[fit_idx]), pool.y[fit_idx].tolist(), list(ids[val_idx]),
+                                pool.y[val_idx].tolist(), replace(config, seed=config.seed + f), num_classes=k,
+                                progress=sub)
+            if result.stopped == "user_stop":
+                stopped = True
+                break  # an interrupted fold is not counted
+            best_epochs.append(int(result.best_epoch))
+            probs = predict_probabilities(result.head_config, result.state_dict, data, list(ids[test_idx]),
+                                          device=config.device)
+        oof[test_idx] = probs
+        metrics = evaluate_predictions(pool.y[test_idx], probs, classes, task, n_bootstrap=0)["metrics"]
+        per_fold.append(metrics)
+        sizes.append(int(len(test_idx)))
+        progress.report((f + 1) * 1000, folds * 1000, f"{label}fold {f + 1}/{folds} done")
+    return {"folds": folds, "completed": len(per_fold), "metrics": summarise(per_fold),
+            "best_epochs": best_epochs, "fold_extra": extra, "fold_sizes": sizes, "stopped": stopped, "oof": oof}
+
+
+def summarise(per_fold: list[dict[str, Optional[float]]]) -> dict[str, dict[str, Any]]:
+    """{name: {"mean", "sd", "per_fold"}}; a fold where a metric is undefined (None) is
+    left out of its mean and SD (sample SD, ddof 1; None with fewer than two values)."""
+    names: list[str] = []
+    for m in per_fold:
+        names += [n for n in m if n not in names]
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        values = [m.get(name) for m in per_fold]
+        ok = np.array([v for v in values if v is not None], dtype=np.float64)
+        out[name] = {"mean": float(ok.mean()) if ok.size else None,
+                     "sd": float(ok.std(ddof=1)) if ok.size >= 2 else None,
+                     "per_fold": [None if v is None else float(v) for v in values]}
+    return out
+
+
+# -- over a project ------------------------------------------------------------------------
+def project_pool(project: Any, cache: Any) -> tuple[Pool, list[str]]:
+    """Train + val labelled images with features (the test split is not read)."""
+    catalog = project.catalog()
+    cached = set(cache.image_ids)
+    entries = [e for e in catalog.entries
+               if e.split in ("train", "val") and e.label is not None and e.image_id in cached]
+    if not entries:
+        raise TrainingError(f"{project.root}: no labelled train / val images with features; import and extract first")
+    y = np.asarray([catalog.class_index(e.label) for e in entries], dtype=np.int64)
+    return Pool([e.image_id for e in entries], y, np.asarray([e.patient_key for e in entries])), list(catalog.classes)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _new_group_id(project: Any, kind: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = project.root / GROUPS_DIR
+    gid, n = f"{stamp}-{kind}", 1
+    while (base / gid).exists():
+        n += 1
+        gid = f"{stamp}-{kind}-{n}"
+    return gid
+
+
+def _save_group(project: Any, record: dict[str, Any]) -> Path:
+    folder = project.root / GROUPS_DIR / record["group"]
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "group.json", record)
+    return folder
+
+
+def list_groups(project: Any) -> list[dict[str, Any]]:
+    """The project's cross-validation and tuning groups, oldest first (a short summary each)."""
+    base = Path(project.root) / GROUPS_DIR
+    out = []
+    for path in sorted(base.iterdir()) if base.is_dir() else []:
+        file = path / "group.json"
+        if not file.is_file():
+            continue
+        try:
+            rec = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        primary = PRIMARY.get(rec.get("task", ""), "accuracy")
+        m = (rec.get("metrics") or (rec.get("best") or {}).get("cv") or {}).get(primary) or {}
+        out.append({"group": rec.get("group", path.name), "kind": rec.get("kind"), "folds": rec.get("folds"),
+                    "completed": rec.get("completed"), "config": rec.get("config") or (rec.get("best") or {}).get("config"),
+                    primary: {"mean": m.get("mean"), "sd": m.get("sd")}, "run": rec.get("run")})
+    return out
+
+
+def load_group(project: Any, group_id: str) -> dict[str, Any]:
+    from .errors import ProjectError
+
+    file = Path(project.root) / GROUPS_DIR / group_id / "group.json"
+    if not file.is_file():
+        raise ProjectError(f"{project.root}: no cross-validation group {group_id!r}")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A search configuration as JSON: {"head": LOGREG} or the TrainConfig fields tuned."""
+    if config == LOGREG:
+        return {"head": LOGREG}
+    return {"head": config.head, "lr": config.lr, "epochs": config.epochs, "patience": config.patience,
+            "augment": _augment_name(config.augment)}
+
+
+def _augment_name(augment: Any) -> Any:
+    from .augment import AugmentConfig
+
+    if not augment.enabled:
+        return "off"
+    if augment == AugmentConfig():
+        return "default"
+    if augment == strong_augment():
+        return "strong"
+    return augment.to_dict()
+
+
+def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
+                   progress: Progress = Progress()) -> dict[str, Any]:
+    """`loff cv`: K patient-grouped, label-stratified folds over train + val; saved as a
+    group. Returns {"group", "folds", "metrics": {name: {"mean", "sd", "per_fold"}}, ...}."""
+    cache = project.open_cache()
+    pool, classes = project_pool(project, cache)
+    task = config.task if config != LOGREG else project.settings.task
+    if config != LOGREG and config.task == "ordinal" and len(classes) < 3:
+        raise TrainingError("the ordinal task needs at least three ordered levels")
+    started = _now()
+    result = run_folds(cache, pool, classes, task, config, folds=folds, seed=seed, progress=progress)
+    if result["completed"] == 0:
+        raise TrainingError("cross-validation was stopped before the first fold finished; nothing was saved")
+    group = _new_group_id(project, "cv")
+    record = {"group": group, "kind": "cv", "folds": folds, "metrics": result["metrics"],
+              "completed": result["completed"], "stopped": result["stopped"], "task": task, "classes": classes,
+              "config": config_dict(config), "train_config": _jsonable(config), "seed": seed,
+              "n_images": len(pool.ids), "n_patients": int(len(np.unique(pool.groups))),
+              "fold_sizes": result["fold_sizes"], "best_epochs": result["best_epochs"],
+              "started": started, "finished": _now(), "catalog_version": project.settings.catalog_version,
+              "cache_fingerprint": cache.fingerprint}
+    _save_group(project, record)
+    return record
+
+
+def _jsonable(config: Any) -> Any:
+    if config == LOGREG:
+        return {"head": LOGREG, "Cs": list(LOGREG_CS)}
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+# -- model selection -------------------------------------------------------------------------
+def search_space(task: str, base: Any) -> list[Any]:
+    """Every head configuration `tune` may try (TrainConfig), in a fixed order: epochs /
+    patience are the base's (30 / 8 by default) or twice as long."""
+    out = []
+    lengths = ((base.epochs, base.patience), (2 * base.epochs, 2 * base.patience))
+    for head in ("attention", "linear", "vit"):
+        for augment in ("default", "off", "strong"):
+            for lr in (5e-4, 1e-3, 2e-3) if head != "linear" else (1e-3, 3e-3, 1e-2):
+                for epochs, patience in lengths:
+                    out.append(replace(base, head=head, task=task, lr=lr, epochs=epochs, patience=patience,
+                                       augment=augment_named(augment)))
+    return out
+
+
+def choose_trials(task: str, base: Any, trials: int, seed: int) -> list[Any]:
+    """`trials` head configurations: the defaults first, then a seeded sample drawn in turn
+    from each head kind, so every kind is tried when trials >= 3."""
+    space = search_space(task, base)
+    first = replace(base, task=task)
+    rng = np.random.default_rng(seed)
+    by_head: dict[str, list[Any]] = {}
+    for c in space:
+        if config_dict(c) != config_dict(first):
+            by_head.setdefault(c.head, []).append(c)
+    for h in by_head:
+        by_head[h] = [by_head[h][i] for i in rng.permutation(len(by_head[h]))]
+    chosen = [first]
+    heads = [h for h in ("linear", "vit", "attention") if h in by_head]
+    turn = 0
+    while len(chosen) < trials and any(by_head[h] for h in heads):
+        h = heads[turn % len(heads)]
+        if by_head[h]:
+            chosen.append(by_head[h].pop(0))
+        turn += 1
+    return chosen[:max(1, trials)]
+
+
+def _rank_key(entry: dict[str, Any], task: str) -> tuple[float, float]:
+    cv = entry["cv"]
+    primary = (cv.get(PRIMARY[task]) or {}).get("mean")
+    acc = (cv.get("accuracy") or {}).get("mean")
+    return (-math.inf if primary is None else primary, -math.inf if acc is None else acc)
+
+
+def tune_source(source: Any, pool: Pool, classes: Sequence[str], task: str, *, trials: int = 8, folds: int = 5,
+                seed: int = 0, base: Any = None, with_logreg: bool = True, progress: Progress = Progress(),
+                on_trial: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Score `trials` head configurations (plus the logistic regression for classification)
+    by grouped CV on `pool`; returns {"leaderboard" (best first), "best", "stopped"}."""
+    from .training import TrainConfig
+
+    base = base or TrainConfig(task=task)
+    configs: list[Any] = choose_trials(task, base, trials, seed)
+    if with_logreg and task == "classification":
+        configs.insert(0, LOGREG)
+    board: list[dict[str, Any]] = []
+    stopped = False
+    for t, config in enumerate(configs):
+        progress.check()
+        if progress.stop_requested and board:
+            stopped = True
+            break
+        sub = _linked(progress, lambda d, n, m, t=t: progress.report(
+            t * 1000 + int(999 * d / n) if n else t * 1000, len(configs) * 1000, f"trial {t + 1}/{len(configs)}: {m}"))
+        result = run_folds(source, pool, classes, task, config, folds=folds, seed=seed, progress=sub)
+        if result["stopped"] and result["completed"] < folds:
+            stopped = True
+            break  # a trial scored on fewer folds is not comparable
+        entry = {"config": config_dict(config),
+                 "cv": {n: {"mean": v["mean"], "sd": v["sd"]} for n, v in result["metrics"].items()},
+                 "per_fold": {n: v["per_fold"] for n, v in result["metrics"].items()},
+                 "best_epochs": result["best_epochs"], "fold_extra": result["fold_extra"], "_config": config,
+                 "_oof": result["oof"]}
+        board.append(entry)
+        if on_trial is not None:
+            on_trial({k: v for k, v in entry.items() if k not in ("_config", "_oof")})
+    if not board:
+        raise TrainingError("tuning was stopped before the first configuration was scored")
+    board.sort(key=lambda e: _rank_key(e, task), reverse=True)
+    return {"leaderboard": board, "best": board[0], "stopped": stopped}
+
+
+def retrain_final(source: Any, pool: Pool, classes: Sequence[str], task: str, best: dict[str, Any], seed: int,
+                  progress: Progress = Progress()) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The winner trained on all of `pool` (train + val): a head for LOGREG (its C chosen by
+    grouped CV again), else the TrainConfig for the median best epoch of the folds with no
+    early stopping. Returns (HeadConfig, state dict, notes for the run record)."""
+    from .heads import HeadConfig
+    from .training import train_head
+
+    config = best["_config"]
+    k = len(classes)
+    if config == LOGREG:
+        x = _logreg_features(_read_cls(source, pool.ids))
+        fitted = fit_logreg(x, pool.y, pool.groups, k, seed)
+        head_config = HeadConfig(kind="linear", task="classification", num_classes=k,
+                                 feature_dim=int(source.feature_dim), grid_hw=tuple(int(v) for v in source.grid_hw))
+        progress.report(1, 1, "logistic regression on train + val")
+        return head_config, logreg_head_state(fitted, int(source.feature_dim)), {"C": fitted["C"]}
+    epochs = int(np.median(best["best_epochs"])) if best["best_epochs"] else config.epochs
+    final = replace(config, epochs=max(1, epochs), patience=max(1, epochs), seed=seed)
+    result = train_head(source, pool.ids, pool.y.tolist(), [], [], final, num_classes=k, progress=progress)
+    return result.head_config, result.state_dict, {"epochs": final.epochs, "history": result.history,
+                                                   "train_config": _jsonable(final)}
+
+
+def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: Optional[str] = None,
+         device: str = "auto", progress: Progress = Progress(),
+         on_trial: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """`loff tune`: search scored by grouped CV on train + val, winner retrained on train +
+    val as a normal run, evaluated once on test. Returns {"group", "leaderboard", "best",
+    "run", "test"}."""
+    from .training import TrainConfig
+
+    cache = project.open_cache()
+    pool, classes = project_pool(project, cache)
+    task = task or project.settings.task
+    if len(classes) < 2:
+        raise TrainingError(f"{project.root}: tuning needs at least two classes")
+    started = _now()
+    total = 1000
+    search = _linked(progress, lambda d, n, m: progress.report(int(0.95 * total * d / n) if n else 0, total, m))
+    from .training import _in_memory
+
+    data = _in_memory(cache)
+    found = tune_source(data, pool, classes, task, trials=trials, folds=folds, seed=seed,
+                        base=TrainConfig(task=task, device=device), progress=search, on_trial=on_trial)
+    best = found["best"]
+    # not linked to Stop: the winner is always trained to the end (a few seconds)
+    final_progress = Progress(on_report=lambda d, n, m: progress.report(950 + int(50 * d / n) if n else 950, total,
+                                                                        f"winner on train + val: {m}"),
+                              on_notice=progress.on_notice, _event=progress._event)
+    head_config, state, notes = retrain_final(data, pool, classes, task, best, seed, final_progress)
+    group = _new_group_id(project, "tune")
+    run_id = project._new_run_id(head_config.kind)
+    record = {
+        "run_id": run_id, "started": started, "finished": _now(), "task": task, "classes": list(classes),
+        "train_config": notes.get("train_config", {"head": LOGREG, "C": notes.get("C"), "augment": {"enabled": False},
+                                                   "Cs": list(LOGREG_CS)}),
+        "head_config": head_config.to_dict(), "history": notes.get("history", []),
+        "best_epoch": notes.get("epochs", 0), "best_score": (best["cv"].get(PRIMARY[task]) or {}).get("mean") or 0.0,
+        "monitor": f"cv_{PRIMARY[task]}", "stopped": "completed",
+        "notes": [f"chosen by `loff tune` (group {group}): {folds}-fold grouped CV on train + val, then retrained on "
+                  f"train + val"], "n_train": len(pool.ids), "n_val": 0,
+        "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
+        "backbone": cache.backbone, "group": group,
+    }
+    run = project._write_run(run_id, record, state)
+    folder = project.root / GROUPS_DIR / group
+    folder.mkdir(parents=True, exist_ok=True)
+    done = ~np.isnan(best["_oof"]).any(axis=1)
+    np.savez(folder / "oof.npz", probabilities=best["_oof"][done], labels=pool.y[done])
+    if len(np.unique(pool.y[done])) >= 2:  # calibrated / thresholded on the out-of-fold predictions
+        from .calibration import calibrate_run
+
+        calibrate_run(project, run.run_id)
+    test: Optional[dict[str, Any]] = None
+    try:
+        evaluation = project.evaluate(run.run_id, "test", n_bootstrap=1000)
+        test = {"metrics": evaluation["metrics"], "ci": evaluation["ci"], "n": evaluation["n"]}
+    except Exception as exc:  # noqa: BLE001 - no test split: the run stands, test stays empty
+        from .errors import LoffError
+
+        if not isinstance(exc, LoffError):
+            raise
+    leaderboard = [{k: v for k, v in e.items() if k not in ("_config", "_oof", "per_fold")}
+                   for e in found["leaderboard"]]
+    best_out = {k: v for k, v in best.items() if k not in ("_config", "_oof")}
+    out = {"group": group, "kind": "tune", "folds": folds, "trials": len(leaderboard), "task": task,
+           "leaderboard": leaderboard, "best": best_out, "run": run.run_id,
+           "test": None if test is None else test["metrics"], "test_ci": None if test is None else test["ci"],
+           "n_test": None if test is None else test["n"], "stopped": found["stopped"], "seed": seed,
+           "started": started, "finished": _now(), "n_images": len(pool.ids),
+           "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint}
+    _save_group(project, out)
+    return out

@@ -1,0 +1,154 @@
+"""The window's validation panels (issue 13), headless: Cross-validate and Find the best
+head on the Train page (live leaderboard, Stop keeps the finished trials), the fold spread
+and the operating point on the Results page."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("pytestqt")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import Qt  # noqa: E402
+
+from loff_cli import loff_json  # noqa: E402
+
+pytestmark = pytest.mark.gui
+LONG = 240_000
+
+
+@pytest.fixture()
+def window(qtbot):
+    from app.main import MainWindow
+
+    w = MainWindow()
+    w.confirm_close = True
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.state.runner.shutdown()
+
+
+def _binary_project(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for cls, value, n in (("normal", 60, 14), ("pneumonia", 190, 22)):
+        for i in range(n):
+            path = tmp_path / "img" / cls / f"{cls}{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(rng.normal(value, 40, (40, 40)), 0, 255).astype(np.uint8)).save(path)
+    project = tmp_path / "p"
+    loff_json(capsys, "import", project, tmp_path / "img")
+    loff_json(capsys, "extract", project, "--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32",
+              "--grid", "2", "--workers", "0", "--device", "cpu")
+    return project
+
+
+def _open(w, path):
+    from loff_core.project import Project
+
+    w.state.set_project(Project.open(path))
+
+
+def test_cross_validate_and_find_the_best_head_in_the_window(qtbot, window, tmp_path, capsys):
+    path = _binary_project(tmp_path, capsys)
+    w = window
+    _open(w, path)
+    page, panel = w.train_page, w.train_page.validation
+    assert panel.cv_button.isEnabled() and panel.tune_button.isEnabled()
+    page.head.setCurrentText("linear")
+    page.epochs.setValue(3)
+    panel.folds.setValue(3)
+    qtbot.mouseClick(panel.cv_button, Qt.MouseButton.LeftButton)
+    assert w.state.busy  # a worker job, not the GUI thread
+    qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
+    assert "cross-validation" in panel.result.text() and "±" in panel.result.text()
+    assert "3 of 3 folds" in panel.result.text()
+
+    # Find the best head; Stop after the first scored configuration keeps it and still retrains the winner
+    panel.trials.setValue(3)
+    stopped = []
+
+    def stop_once(_entry):
+        if not stopped:
+            stopped.append(True)
+            w.state.runner.stop()
+
+    qtbot.mouseClick(panel.tune_button, Qt.MouseButton.LeftButton)
+    w.state.runner.job.epoch.connect(stop_once)
+    qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
+    assert stopped and 1 <= panel.board.rowCount() < 4
+    assert "best:" in panel.result.text() and "retrained on train + val as run" in panel.result.text()
+    winner = panel.result.text().split("as run <b>")[1].split("</b>")[0]
+
+    # Results: the winner's fold spread (its tune group) beside its metrics
+    results = w.results_page
+    results.refresh()
+    results.run.setCurrentText(winner)
+    qtbot.mouseClick(results.evaluate_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: results.result is not None and results.result["run"] == winner, timeout=LONG)
+    assert "fold spread (tune group" in results.extras.spread.text()
+    assert "decision:" in results.extras.operating.text()
+
+
+def test_results_page_saves_the_operating_point(qtbot, window, tmp_path, capsys):
+    path = _binary_project(tmp_path, capsys)
+    run = loff_json(capsys, "train", path, "--head", "linear", "--epochs", "3", "--device", "cpu")["run"]
+    w = window
+    _open(w, path)
+    results = w.results_page
+    results.refresh()
+    assert "no cross-validation yet" in results.extras.spread_for(w.state.project, run)
+    qtbot.mouseClick(results.evaluate_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: results.result is not None, timeout=LONG)
+    assert results.extras.save_button.isEnabled()
+    assert "threshold" in results.extras.operating.text()  # fitted on val at training
+    results.positive.setCurrentIndex(1)
+    results.threshold.setValue(730)
+    qtbot.mouseClick(results.extras.save_button, Qt.MouseButton.LeftButton)
+    record = json.loads((path / "runs" / run / "run.json").read_text())
+    assert record["operating_point"]["threshold"]["value"] == pytest.approx(0.73)
+    assert record["operating_point"]["threshold"]["criterion"] == "manual"
+    # evaluating again decides with it
+    qtbot.mouseClick(results.evaluate_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
+    preds = results.result["predictions"]
+    assert all((p["predicted"] == "pneumonia") == (p["probabilities"][1] >= 0.73) for p in preds)
+
+
+def test_import_page_takes_csaw_m_official_split_and_says_how(qtbot, window, tmp_path):
+    from loff_core.project import Project
+
+    root = tmp_path / "CSAW-M"
+    header = "Filename;Label;If_cancer"
+    for split, count in (("train", 24), ("test", 8)):
+        rows = [header]
+        for i in range(count):
+            name = f"_{split}_{i:04d}.png"
+            path = root / "images" / "preprocessed" / split / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((20, 16), i * 5, np.uint8)).save(path)
+            rows.append(f"{name};{1 + i % 8};0")
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / f"CSAW-M_{split}.csv").write_text("\n".join(rows) + "\n")
+    w = window
+    w.state.set_project(Project.create(tmp_path / "p"))
+    page = w.import_page
+    page.folder.setText(str(root / "images" / "preprocessed"))
+    page.labels.setText(str(root / "labels" / "CSAW-M_train.csv"))
+    page._read_columns()
+    assert page.extras.split_column.currentData() is None  # CSAW-M has no split column
+    page.extras.test_csv.setText(str(root / "labels" / "CSAW-M_test.csv"))
+    page.task.setCurrentText("ordinal")
+    qtbot.mouseClick(page.import_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.state.busy and page.model.rowCount() == 32, timeout=LONG)
+    project = w.state.project
+    splits = project.import_summary().splits
+    assert splits["test"] == 8 and splits["train"] + splits["val"] == 24 and splits["val"] > 0
+    text = page.extras.assigned.text()
+    assert "labels CSVs per split (train: CSAW-M_train.csv, test: CSAW-M_test.csv)" in text
+    assert "val carved from train by patient" in text and "patients from:" in text

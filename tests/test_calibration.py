@@ -1,0 +1,142 @@
+"""Operating point: temperature scaling lowers the calibration error, Bayes' prior shift,
+thresholds by criterion, and the run's operating point used by evaluate, export and
+predict (card version 2; version 1 cards still load)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loff_cli import loff_json
+from loff_core.calibration import (adjust, choose_threshold, decide, ece, fit_operating_point, fit_temperature,
+                                   prior_shift, set_threshold)
+from loff_core.errors import TrainingError
+from loff_core.export import load_exported_head
+from loff_core.project import Project
+
+
+def _overconfident(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    logits = rng.normal(size=(n, 3)) + 1.2 * np.eye(3)[y]
+    p = np.exp(4 * logits)  # far too sharp
+    return p / p.sum(1, keepdims=True), y
+
+
+def test_temperature_scaling_lowers_the_calibration_error():
+    p, y = _overconfident()
+    t = fit_temperature(p, y)
+    assert t > 2
+    assert ece(adjust(p, {"temperature": t}), y) < 0.5 * ece(p, y)
+    # argmax unchanged: temperature alone never changes a classification decision
+    assert (decide(adjust(p, {"temperature": t}), "classification", {"temperature": t}) == p.argmax(1)).all()
+
+
+def test_prior_shift_is_bayes_rule():
+    p = np.array([[0.5, 0.5], [0.8, 0.2]])
+    out = prior_shift(p, [0.5, 0.5], [0.2, 0.8])
+    assert out[0] == pytest.approx([0.2, 0.8])
+    assert out[1] == pytest.approx([0.8 * 0.2 / (0.8 * 0.2 + 0.2 * 0.8), 0.5])
+
+
+def test_threshold_criteria():
+    rng = np.random.default_rng(1)
+    pos = np.r_[np.ones(50, bool), np.zeros(150, bool)]
+    score = np.clip(np.where(pos, rng.normal(0.45, 0.15, 200), rng.normal(0.25, 0.15, 200)), 0, 1)
+    t = choose_threshold(score, pos, "youden")
+    sens, spec = (score[pos] >= t).mean(), (score[~pos] < t).mean()
+    for other in np.linspace(0, 1, 101):  # no threshold has a better balanced accuracy
+        assert (score[pos] >= other).mean() + (score[~pos] < other).mean() <= sens + spec + 1e-9
+    t90 = choose_threshold(score, pos, "sensitivity", 0.9)
+    assert (score[pos] >= t90).mean() >= 0.9
+    assert (score[pos] >= t90 + 0.02).mean() < 0.9 or t90 >= score.max()
+    ts = choose_threshold(score, pos, "specificity", 0.95)
+    assert (score[~pos] < ts).mean() >= 0.95
+    with pytest.raises(TrainingError, match="both classes"):
+        choose_threshold(score[pos], pos[pos])
+    op = fit_operating_point(np.c_[1 - score, score], pos.astype(int), ["no", "yes"], "classification",
+                             source=[0.5, 0.5], fitted_on="test data", prevalence=[3, 1])
+    assert op["prior"]["target"] == [0.75, 0.25] and op["threshold"]["criterion"] == "youden"
+    assert op["threshold"]["balanced_accuracy"] == pytest.approx((op["threshold"]["sensitivity"]
+                                                                 + op["threshold"]["specificity"]) / 2)
+
+
+def _binary_project(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for cls, value, n in (("normal", 60, 14), ("pneumonia", 190, 30)):  # imbalanced
+        for i in range(n):
+            path = tmp_path / "img" / cls / f"{cls}{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(rng.normal(value, 40, (40, 40)), 0, 255).astype(np.uint8)).save(path)
+    project = tmp_path / "p"
+    loff_json(capsys, "import", project, tmp_path / "img")
+    loff_json(capsys, "extract", project, "--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32",
+              "--grid", "2", "--workers", "0", "--device", "cpu")
+    return project
+
+
+def test_operating_point_is_used_by_evaluate_export_and_predict(tmp_path, capsys):
+    project = _binary_project(tmp_path, capsys)
+    run = loff_json(capsys, "train", project, "--head", "linear", "--epochs", "4", "--device", "cpu")["run"]
+    record = json.loads((project / "runs" / run / "run.json").read_text())
+    op = record["operating_point"]
+    assert op["threshold"]["criterion"] == "youden" and op["threshold"]["positive_class"] == "pneumonia"
+    assert op["temperature"] > 0 and op["ece_after"] <= op["ece_before"] + 1e-9
+    out = loff_json(capsys, "evaluate", project, "--bootstrap", "0")
+    assert out["operating_point"] == op
+    thr = op["threshold"]["value"]
+    p1 = np.array([p["probabilities"][1] for p in out["predictions"]])
+    assert [p["predicted"] for p in out["predictions"]] == ["pneumonia" if v >= thr else "normal" for v in p1]
+
+    # moved by hand to 0: everything is called positive
+    set_threshold(Project.open(project), run, 0.0)
+    out = loff_json(capsys, "evaluate", project, "--bootstrap", "0")
+    assert {p["predicted"] for p in out["predictions"]} == {"pneumonia"}
+    assert out["per_class"]["pneumonia"]["recall"] == 1.0 and out["per_class"]["normal"]["recall"] == 0.0
+
+    # prevalence from the test split's labels, then a target sensitivity
+    cal = loff_json(capsys, "calibrate", project, "--prevalence-from-test", "--criterion", "sensitivity",
+                    "--target", "0.9")
+    test_counts = Project.open(project).import_summary()
+    assert cal["operating_point"]["prior"]["from"] == "the test split's labels"
+    assert cal["operating_point"]["threshold"]["sensitivity"] >= 0.9
+    assert "prevalence" in cal["summary"] and test_counts.labelled == 44
+
+    loff_json(capsys, "export", project, tmp_path / "head")
+    card = json.loads((tmp_path / "head" / "card.json").read_text())
+    assert card["format_version"] == 2 and card["operating_point"] == cal["operating_point"]
+    files = sorted((tmp_path / "img" / "normal").glob("*.png"))[:3]
+    predicted = loff_json(capsys, "predict", tmp_path / "head", *files, "--random-init", "--device", "cpu")
+    t = card["operating_point"]["threshold"]["value"]
+    assert [p["predicted"] for p in predicted["predictions"]] == [
+        "pneumonia" if p["probabilities"][1] >= t else "normal" for p in predicted["predictions"]]
+    # a version-1 card (no operating point) still loads and predicts by argmax
+    card.pop("operating_point")
+    card["format_version"] = 1
+    (tmp_path / "head" / "card.json").write_text(json.dumps(card))
+    assert load_exported_head(tmp_path / "head").card["format_version"] == 1
+    old = loff_json(capsys, "predict", tmp_path / "head", *files, "--random-init", "--device", "cpu")
+    assert [p["predicted"] for p in old["predictions"]] == [
+        "pneumonia" if p["probabilities"][1] > p["probabilities"][0] else "normal" for p in old["predictions"]]
+
+
+def test_per_class_auc_with_intervals_and_small_split_warning():
+    from sklearn.metrics import roc_auc_score
+
+    from loff_core.metrics import evaluate_predictions, small_split_warning
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 60)
+    p = rng.dirichlet([1, 1, 1], 60) + 0.8 * np.eye(3)[y]
+    p /= p.sum(1, keepdims=True)
+    out = evaluate_predictions(y, p, ["F", "G", "D"], "classification", n_bootstrap=300)
+    for i, c in enumerate("FGD"):
+        auc = out["per_class_auc"][c]
+        assert auc["auc"] == pytest.approx(roc_auc_score(y == i, p[:, i]))
+        assert auc["ci"][0] <= auc["auc"] <= auc["ci"][1]
+    ci = out["ci"]["accuracy"]
+    assert (small_split_warning(60, ci) is not None) == (ci[1] - ci[0] > 0.2)
+    assert "loff cv" in small_split_warning(48, [0.45, 0.75]) and small_split_warning(900, [0.70, 0.75]) is None
