@@ -207,8 +207,8 @@ def add_weights(source: Path | str, name: Optional[str] = None, *, licence: str 
     source = Path(source)
     conv = convert_checkpoint(source, architecture=architecture, model_args=model_args)
     name = _check_name(name or re.sub(r"[^A-Za-z0-9._-]", "-", (source.stem if source.is_file() else source.name))[:64])
-    if known(name) is not None and registry_name != name:
-        raise BackboneError(f"{name!r} is a suggested backbone's name; choose another with --name")
+    if known(name) is not None:  # a suggested model brought in by hand (no network): it counts as present
+        registry_name = name
     root = weights_dir()
     target = root / name
     if target.exists() and not replace:
@@ -291,9 +291,11 @@ def package_weights_file(package: str) -> Optional[Path]:
 def present_file(k: KnownBackbone) -> Optional[Path]:
     if k.source == "package":
         return package_weights_file(k.repo)
+    entry = added(k.name)
+    if entry is not None and entry.weights_file.is_file():
+        return entry.weights_file
     if k.layout != "timm":
-        entry = added(k.name)
-        return entry.weights_file if entry is not None and entry.weights_file.is_file() else None
+        return None
     return hf_cached_file(k.repo, k.filename) or (hf_cached_file(k.repo, "model.safetensors")
                                                    if k.filename != "model.safetensors" else None)
 

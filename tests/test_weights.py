@@ -244,10 +244,14 @@ def test_added_models_have_their_own_fingerprint_and_can_be_removed(tmp_path):
     assert len(fps) == 2
     with pytest.raises(BackboneError, match="already added"):
         W.add_weights(tmp_path / "m0.safetensors", "mine-0", architecture="vit_tiny_patch16_224")
-    with pytest.raises(BackboneError, match="suggested"):
-        W.add_weights(tmp_path / "m0.safetensors", "dinov2-vitl14", architecture="vit_tiny_patch16_224")
     names = [r["name"] for r in W.list_backbones() if r["added"]]
     assert names == ["mine-0", "mine-1"]
+    # a suggested model's file brought in by hand (no network) under its own name: present, used
+    assert not {r["name"]: r for r in W.list_backbones()}["dinov2-vits14"]["present"]
+    W.add_weights(tmp_path / "m1.safetensors", "dinov2-vits14", architecture="vit_tiny_patch16_224",
+                  model_args={"img_size": 32})
+    assert {r["name"]: r for r in W.list_backbones()}["dinov2-vits14"]["present"]
+    assert W.resolve("dinov2-vits14").added
     W.remove_weights("mine-0")
     assert W.added("mine-0") is None
     with pytest.raises(BackboneError, match="no added backbone"):
