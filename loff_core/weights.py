@@ -308,7 +308,8 @@ def list_backbones() -> list[dict[str, Any]]:
         out.append({"name": k.name, "architecture": k.architecture, "params_m": k.params_m,
                     "size_mb": round(path.stat().st_size / 1e6, 1) if path else k.size_mb,
                     "licence": k.licence, "source": f"{k.source}:{k.repo}", "native_size": k.native_size,
-                    "present": path is not None, "file": str(path) if path else None, "added": False,
+                    "present": path is not None, "file": str(path) if path else None,
+                    "added": added(k.name) is not None,  # brought in by hand or converted on Get: removable
                     "note": k.note, "family": k.family})
     for a in added_backbones():
         if known(a.name) is not None:

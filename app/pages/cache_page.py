@@ -63,7 +63,9 @@ class CachePage(QWidget):
         self.info.setWordWrap(True)
 
         form = QFormLayout()
-        form.addRow("Backbone", form_row(self.backbone, self.note))
+        self.backbones_button = QPushButton("Backbones...")  # list / Get / Add file / Remove (issue 12)
+        self.backbones_button.clicked.connect(self.open_backbones)
+        form.addRow("Backbone", form_row(self.backbone, self.backbones_button, self.note))
         form.addRow("Weights", form_row(self.weights, pick, self.random_init, stretch_last=True))
         form.addRow("Input", form_row(QLabel("size"), self.image_size, QLabel("token grid at most"), self.grid,
                                       QLabel("batch"), self.batch))
@@ -79,6 +81,14 @@ class CachePage(QWidget):
         state.catalog_changed.connect(self.refresh)
         state.cache_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
+
+    def open_backbones(self) -> Any:
+        from .backbones_dialog import BackbonesDialog
+
+        gpu = any(str(self.device.itemData(i)).startswith("cuda") for i in range(self.device.count()))
+        self.backbones_dialog = BackbonesDialog(self.state, gpu=gpu, on_use=self.backbone.setEditText, parent=self)
+        self.backbones_dialog.show()
+        return self.backbones_dialog
 
     def _choose_weights(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Backbone weights", "", "Weights (*.safetensors *.pth *.pt *.bin)")
