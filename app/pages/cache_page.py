@@ -33,6 +33,7 @@ class CachePage(QWidget):
             self.backbone.addItem(f"{name}", name)
             self.backbone.setItemData(self.backbone.count() - 1, f"{params:g} M parameters - {note}", 3)
         self.note = QLabel()
+        self._apply_default_backbone(gpu=False)  # the engine's rule (loff_core.weights.default_backbone)
         self.backbone.currentTextChanged.connect(self._describe_backbone)
         self._describe_backbone(self.backbone.currentText())
         self.weights = QLineEdit()
@@ -114,7 +115,20 @@ class CachePage(QWidget):
         if job is not None:
             job.finished.connect(self._devices_found)
 
+    def _apply_default_backbone(self, gpu: bool) -> None:
+        """The default the CLI would use here (same rule); a GPU without DINOv2 weights says
+        which model it would use (Backbones... offers Get)."""
+        from loff_core.weights import default_backbone
+
+        d = default_backbone(gpu)
+        self.backbone.setEditText(d["name"])
+        self.default_note = d["reason"]
+
     def _devices_found(self, devices: list[dict]) -> None:
+        if any(d["device"].startswith("cuda") for d in devices) and self.backbone.currentText() in (
+                "", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"):
+            self._apply_default_backbone(gpu=True)
+            self.state.message.emit("info", f"backbone default on this GPU: {self.default_note}")
         self.device.clear()
         self.device.addItem("auto", "auto")
         for d in devices:
