@@ -58,6 +58,9 @@ def test_full_download_lands_in_the_hf_cache_and_extracts(hub, payload, tmp_path
 
     seen = []
     assert describe_get("test-vit-tiny")["present"] is False
+    # the default rule on a GPU with no DINOv2-class weights here: the CPU choice, naming what to Get
+    before = W.default_backbone(gpu=True)
+    assert before["registry_name"].startswith("efficientnet-lite") and before["would_use"] == "dinov2-vitl14"
     result = get_weights("test-vit-tiny", Progress(on_report=lambda d, t, m: seen.append((d, t))))
     assert constants.HF_HUB_OFFLINE is True, "offline mode is restored after the explicit Get"
     assert result.size == len(payload[0]) and result.downloaded == len(payload[0]) and result.resumed_from == 0
@@ -70,6 +73,9 @@ def test_full_download_lands_in_the_hf_cache_and_extracts(hub, payload, tmp_path
     b = load_backbone(BackboneSpec(name="test-vit-tiny", image_size=32, grid=2), "cpu")
     assert b.weights_source == "timm cache" and b.spec.name == "vit_tiny_patch16_224"
     assert torch.equal(b.model.state_dict()["blocks.0.attn.qkv.weight"], payload[1]["blocks.0.attn.qkv.weight"])
+    # now a DINOv2-class model (the test entry) is here: the GPU default uses it; the CPU default does not
+    assert W.default_backbone(gpu=True)["registry_name"] == "test-vit-tiny"
+    assert W.default_backbone(gpu=False)["registry_name"].startswith("efficientnet-lite")
     # a second Get does not download again
     assert get_weights("test-vit-tiny").downloaded == 0
     assert sum(1 for m, _, _ in hub.requests if m == "GET") == 1
