@@ -155,9 +155,10 @@ def _download(repo: str, filename: str, revision: str, progress: Progress, name:
     except (httpx.TransportError, OSError) as exc:
         raise _no_network(exc, name, url) from None
     sha = (meta.etag or "").strip('"').lower()
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise BackboneError(f"{repo}/{filename}: the Hub gives no SHA-256 for this file (etag {meta.etag!r}); "
+    if len(sha) not in (40, 64) or any(c not in "0123456789abcdef" for c in sha):
+        raise BackboneError(f"{repo}/{filename}: the Hub gives no checksum for this file (etag {meta.etag!r}); "
                             f"refusing a download that cannot be verified")
+    # 64 hex: an LFS file's SHA-256; 40 hex: a small file kept in git, its git blob SHA-1
     size, commit = meta.size, meta.commit_hash or revision
     root, blob, pointer = _cache_paths(repo, filename, sha, commit)
     if blob.is_file() and blob.stat().st_size == size:
@@ -207,14 +208,20 @@ def _download(repo: str, filename: str, revision: str, progress: Progress, name:
     if size is not None and part.stat().st_size < size:
         raise BackboneError(f"{repo}/{filename}: the download stopped at {part.stat().st_size} of {size} bytes; "
                             f"the partial file is kept: Get again resumes")
-    digest = _sha256(part, progress)
+    digest = _sha256(part, progress) if len(sha) == 64 else _git_blob_sha1(part)
     if digest != sha or (size is not None and part.stat().st_size != size):
         part.unlink()
-        raise BackboneError(f"{repo}/{filename}: the downloaded file is corrupt (SHA-256 {digest[:16]}... but the Hub "
+        raise BackboneError(f"{repo}/{filename}: the downloaded file is corrupt (checksum {digest[:16]}... but the Hub "
                             f"says {sha[:16]}...); it was deleted and is not used: Get again")
     os.replace(part, blob)
     _link(root, blob, pointer, commit, revision)
     return pointer, blob.stat().st_size, sha, fetched, resumed
+
+
+def _git_blob_sha1(path: Path) -> str:
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _sha256(path: Path, progress: Progress) -> str:

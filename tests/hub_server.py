@@ -2,7 +2,8 @@
 
 It answers what the real `huggingface_hub` client asks: HEAD and GET on
 `/{org}/{name}/resolve/{revision}/{filename}` with `ETag`, `X-Repo-Commit`,
-`X-Linked-Etag` (the LFS file's SHA-256), `X-Linked-Size`, and `Range` requests (206 with
+`X-Linked-Etag` (the LFS file's SHA-256), `X-Linked-Size` (files over 100 kB, "LFS"; smaller
+ones get their git blob SHA-1 as `ETag`, as the Hub does), and `Range` requests (206 with
 `Content-Range`). Knobs for failure stories: `cut_after` (drop the connection after so
 many bytes of the next GET), `corrupt` (serve bytes that do not match the advertised
 SHA-256), `delay` (seconds per chunk, so a test can press Stop mid-way).
@@ -44,11 +45,15 @@ class HubServer:
                 return None
 
             def _headers(self, data: bytes, status: int, start: int = 0) -> None:
-                sha = hashlib.sha256(data).hexdigest()
                 self.send_response(status)
-                self.send_header("ETag", f'"{sha}"')
-                self.send_header("X-Linked-Etag", f'"{sha}"')
-                self.send_header("X-Linked-Size", str(len(data)))
+                if len(data) > 100_000:  # an LFS file: its SHA-256 in X-Linked-Etag
+                    sha = hashlib.sha256(data).hexdigest()
+                    self.send_header("ETag", f'"{sha}"')
+                    self.send_header("X-Linked-Etag", f'"{sha}"')
+                    self.send_header("X-Linked-Size", str(len(data)))
+                else:  # a small file kept in git: ETag is its git blob SHA-1
+                    sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+                    self.send_header("ETag", f'"{sha1}"')
                 self.send_header("X-Repo-Commit", COMMIT)
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Length", str(len(data) - start))

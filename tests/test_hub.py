@@ -156,6 +156,10 @@ def test_hf_layout_model_is_converted_on_get(hub, tmp_path, monkeypatch):
         load_backbone(BackboneSpec(name="test-rad-dino"), "cpu")
     result = get_weights("test-rad-dino")
     assert result.added == "test-rad-dino"
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo, "config.json")  # a small git file, checked by its git SHA-1
+    assert isinstance(config, str) and json.loads(open(config).read())["hidden_size"] == 64
     card = json.loads((tmp_path / "weights" / "test-rad-dino" / "card.json").read_text())
     assert card["licence"] == "test licence" and card["source_format"] == "hf-dinov2" and card["mean"] == [0.5] * 3
     b = load_backbone(BackboneSpec(name="test-rad-dino", grid=None), "cpu")

@@ -15,7 +15,7 @@ from ..widgets import ProgressStrip, form_row
 # name, parameters (millions), note. Kept here so the window need not import torch/timm;
 # loff_core.backbones.SUGGESTED is the engine's list and a test checks both agree.
 SUGGESTED = [
-    ("tf_efficientnet_lite0", 3.4, "CPU default; real ImageNet weights installed with LOFF Studio"),
+    ("tf_efficientnet_lite0", 3.4, "ImageNet CNN; real weights installed with LOFF Studio (Lite1 / Lite2 too)"),
     ("vit_small_patch14_dinov2.lvd142m", 22, "DINOv2 ViT-S/14 (weights from the timm cache)"),
     ("vit_base_patch14_dinov2.lvd142m", 86, "DINOv2 ViT-B/14"),
     ("vit_large_patch14_dinov2.lvd142m", 304, "DINOv2 ViT-L/14, the LOFF-TA paper's backbone"),
