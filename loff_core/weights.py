@@ -357,7 +357,7 @@ def resolve(name: str) -> Resolved:
 # -- the default rule (CLI and app) ---------------------------------------------------------
 # Chosen on mini-MIAS (docs/benchmarks.md, "EfficientNet-Lite0 / 1 / 2"): Lite2 at its native
 # 260 px had the best accuracy and macro AUC with both heads (by less than one fold SD) for
-# about twice Lite0's extraction compute; Lite1 was last. The next installed one otherwise.
+# about 2.2x Lite0's extraction compute; Lite1 was last. The next installed one otherwise.
 CPU_DEFAULT_ORDER = ["efficientnet-lite2", "efficientnet-lite0", "efficientnet-lite1"]
 
 
