@@ -113,6 +113,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `loff weights ...` to the main parser's subcommands."""
     w = sub.add_parser("weights", help="backbones: list, get (download), add your own, remove")
     wsub = w.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    w.set_defaults(describe=_describe_list)  # each action sets its own; this one satisfies the parser check
 
     p = wsub.add_parser("list", parents=[common], help="suggested and added backbones: size, licence, present?")
     p.set_defaults(func=cmd_list, describe=_describe_list, command="weights list")
@@ -137,4 +138,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = wsub.add_parser("remove", parents=[common], help="remove an added backbone")
     p.add_argument("name")
-    p.set_defaults(func=cmd_remove, command="weights remove")
+    p.set_defaults(func=cmd_remove, describe=lambda out: f"removed {out['removed']} ({out['folder']})",
+                   command="weights remove")
