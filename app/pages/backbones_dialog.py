@@ -69,6 +69,7 @@ class BackbonesDialog(QDialog):
         layout.addWidget(self.strip)
         layout.addWidget(self.status)
         self._job: Any = None
+        self._getting = ""
         state.busy_changed.connect(lambda _: self._enable())
         self.refresh()
 
@@ -144,7 +145,8 @@ class BackbonesDialog(QDialog):
         job.on_close = "stop"  # closing the window keeps the partial file
         job.progress.connect(self.strip.report)
         job.finished.connect(self._got)
-        job.cancelled.connect(lambda: self._stopped(name))
+        self._getting = name
+        job.cancelled.connect(self._stopped)  # bound methods: delivered on the GUI thread
         job.failed.connect(self._failed)
         self.status.setText(f"getting {name} ({info['size_mb']:,.1f} MB, {info['licence']})...")
         self._enable()
@@ -157,9 +159,10 @@ class BackbonesDialog(QDialog):
         self.state.message.emit("info", f"backbone {result.name} is here: {how}, SHA-256 checked")
         self.refresh()
 
-    def _stopped(self, name: str) -> None:
+    def _stopped(self) -> None:
         from loff_core.hub import partial_file
 
+        name = self._getting
         self._job = None
         part = partial_file(name)
         kept = part.stat().st_size / 1e6 if part is not None and part.exists() else 0.0
@@ -191,10 +194,13 @@ class BackbonesDialog(QDialog):
         job = self.state.start(f"add {name}", lambda progress: add_weights(path, name, licence=licence))
         if job is None:
             return
-        job.finished.connect(lambda entry: (self.status.setText(
-            f"added {entry.name}: {entry.source_format} checkpoint as {entry.architecture}, "
-            f"{entry.params_m:g} M parameters, native {entry.native_size} px"), self.refresh()))
+        job.finished.connect(self._added)
         job.failed.connect(self._failed)
+
+    def _added(self, entry: Any) -> None:
+        self.status.setText(f"added {entry.name}: {entry.source_format} checkpoint as {entry.architecture}, "
+                            f"{entry.params_m:g} M parameters, native {entry.native_size} px")
+        self.refresh()
 
     def remove_selected(self) -> None:
         from loff_core.errors import LoffError
