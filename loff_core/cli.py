@@ -156,7 +156,7 @@ def backbone_spec_from_args(args: argparse.Namespace) -> Any:
 
     name = args.backbone or default_backbone_name(args.device)
     return BackboneSpec(name=name, weights=args.weights, random_init=args.random_init, seed=args.weights_seed,
-                        image_size=args.image_size, grid=args.grid)
+                        image_size=args.image_size, grid=args.grid, layers=getattr(args, "layers", None) or "last")
 
 
 def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
@@ -671,8 +671,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", parents=[common], help="run the frozen backbone once per image into the HDF5 cache")
     p.add_argument("project", type=Path)
-    p.add_argument("--backbone", help="timm model name (default: tf_efficientnet_lite0 on CPU; a DINOv2 ViT on a GPU "
-                                      "when its weights are cached)")
+    p.add_argument("--backbone", help="a name from `loff weights list`, an added backbone or a timm model name "
+                                      "(default: the best DINOv2 present on a GPU, else the best shipped "
+                                      "EfficientNet-Lite; see `loff weights list`)")
+    p.add_argument("--layers", default="last", help="which block(s) give the tokens: last (default), -K (K-th block "
+                                                    "from the end; a CNN stage), N, or -K: (mean of the last K)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights", help="local weights file (.safetensors or .pth, loaded without running code)")
     g.add_argument("--random-init", action="store_true", help="seeded random weights (tests, speed checks)")
@@ -781,6 +784,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[common], help="what a project holds: images, caches, runs")
     p.add_argument("project", type=Path)
     p.set_defaults(func=cmd_info, describe=_describe_info)
+
+    from .cli_weights import register as register_weights  # `loff weights ...` (issue 12)
+
+    register_weights(sub, common)
     return parser
 
 

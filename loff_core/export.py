@@ -64,6 +64,7 @@ CARD_SCHEMA: dict[str, Any] = {
                 "seed": {"type": "integer"},
                 "random_init": {"type": "boolean"},
                 "weights_file": {"type": ["string", "null"]},
+                "layers": {"type": "string", "pattern": "^(last|-?[0-9]+|-[0-9]+:)$"},
             },
         },
         "preprocessing": {
@@ -337,7 +338,7 @@ def _backbone_for_card(card: dict[str, Any], *, weights: Optional[str], random_i
         weights = b.get("weights_file") if b.get("weights_file") and Path(b["weights_file"]).is_file() else None
     spec = BackboneSpec(
         name=b["name"], weights=weights, random_init=bool(use_random), seed=int(b.get("seed", 0)),
-        image_size=int(b["image_size"]), grid=b.get("grid"),
+        image_size=int(b["image_size"]), grid=b.get("grid"), layers=b.get("layers") or "last",
     )
     backbone = load_backbone(spec, device=device)
     if backbone.weights_hash != b["weights_hash"]:

@@ -16,6 +16,7 @@ def pytest_configure(config):
 def isolated_studio_config(tmp_path, monkeypatch):
     """LOFF Studio's settings, demo project and log go under tmp_path, never the user's."""
     monkeypatch.setenv("LOFF_STUDIO_CONFIG_DIR", str(tmp_path / "studio-config"))
+    monkeypatch.setenv("LOFF_WEIGHTS_DIR", str(tmp_path / "weights"))  # added backbones (loff weights add)
     yield
 
 

@@ -20,7 +20,7 @@ from ..workers import wire
 # name, parameters (millions), note. Kept here so the window need not import torch/timm;
 # loff_core.backbones.SUGGESTED is the engine's list and a test checks both agree.
 SUGGESTED = [
-    ("tf_efficientnet_lite0", 3.4, "CPU default; real ImageNet weights installed with LOFF Studio"),
+    ("tf_efficientnet_lite0", 3.4, "ImageNet CNN; real weights installed with LOFF Studio (Lite1 / Lite2 too)"),
     ("vit_small_patch14_dinov2.lvd142m", 22, "DINOv2 ViT-S/14 (weights from the timm cache)"),
     ("vit_base_patch14_dinov2.lvd142m", 86, "DINOv2 ViT-B/14"),
     ("vit_large_patch14_dinov2.lvd142m", 304, "DINOv2 ViT-L/14, the LOFF-TA paper's backbone"),
@@ -38,6 +38,7 @@ class CachePage(QWidget):
             self.backbone.addItem(f"{name}", name)
             self.backbone.setItemData(self.backbone.count() - 1, f"{params:g} M parameters - {note}", 3)
         self.note = QLabel()
+        self._apply_default_backbone(gpu=False)  # the engine's rule (loff_core.weights.default_backbone)
         self.backbone.currentTextChanged.connect(self._describe_backbone)
         self._describe_backbone(self.backbone.currentText())
         self.weights = QLineEdit()
@@ -70,7 +71,9 @@ class CachePage(QWidget):
             signal.connect(lambda *_: self.show_plan())
 
         form = QFormLayout()
-        form.addRow("Backbone", form_row(self.backbone, self.note))
+        self.backbones_button = QPushButton("Backbones...")  # list / Get / Add file / Remove (issue 12)
+        self.backbones_button.clicked.connect(self.open_backbones)
+        form.addRow("Backbone", form_row(self.backbone, self.backbones_button, self.note))
         form.addRow("Weights", form_row(self.weights, pick, self.random_init, stretch_last=True))
         form.addRow("Input", form_row(QLabel("size"), self.image_size, QLabel("token grid at most"), self.grid,
                                       QLabel("batch"), self.batch))
@@ -91,6 +94,14 @@ class CachePage(QWidget):
         state.catalog_changed.connect(self.refresh)
         state.cache_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
+
+    def open_backbones(self) -> Any:
+        from .backbones_dialog import BackbonesDialog
+
+        gpu = any(str(self.device.itemData(i)).startswith("cuda") for i in range(self.device.count()))
+        self.backbones_dialog = BackbonesDialog(self.state, gpu=gpu, on_use=self.backbone.setEditText, parent=self)
+        self.backbones_dialog.show()
+        return self.backbones_dialog
 
     def _choose_weights(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Backbone weights", "", "Weights (*.safetensors *.pth *.pt *.bin)")
@@ -126,9 +137,22 @@ class CachePage(QWidget):
         self.banner.show_error(f"could not list the GPUs: {text}")
         self.state.message.emit("error", f"could not list the GPUs: {text}")
 
+    def _apply_default_backbone(self, gpu: bool) -> None:
+        """The default the CLI would use here (same rule); a GPU without DINOv2 weights says
+        which model it would use (Backbones... offers Get)."""
+        from loff_core.weights import default_backbone
+
+        d = default_backbone(gpu)
+        self.backbone.setEditText(d["name"])
+        self.default_note = d["reason"]
+
     def _devices_found(self, devices: list[dict]) -> None:
         self.devices_button.setEnabled(True)
         self.devices_button.setText("Find GPUs")
+        if any(d["device"].startswith("cuda") for d in devices) and self.backbone.currentText() in (
+                "", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"):
+            self._apply_default_backbone(gpu=True)
+            self.state.message.emit("info", f"backbone default on this GPU: {self.default_note}")
         self.device.clear()
         self.device.addItem("auto", "auto")
         for d in devices:

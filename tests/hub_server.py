@@ -1,0 +1,119 @@
+"""A Hub-shaped HTTP server on 127.0.0.1 for tests of `loff weights get` (no internet).
+
+It answers what the real `huggingface_hub` client asks: HEAD and GET on
+`/{org}/{name}/resolve/{revision}/{filename}` with `ETag`, `X-Repo-Commit`,
+`X-Linked-Etag` (the LFS file's SHA-256), `X-Linked-Size` (files over 100 kB, "LFS"; smaller
+ones get their git blob SHA-1 as `ETag`, as the Hub does), and `Range` requests (206 with
+`Content-Range`). Knobs for failure stories: `cut_after` (drop the connection after so
+many bytes of the next GET), `corrupt` (serve bytes that do not match the advertised
+SHA-256), `delay` (seconds per chunk, so a test can press Stop mid-way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class HubServer:
+    def __init__(self) -> None:
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.cut_after: Optional[int] = None
+        self.corrupt = False
+        self.delay = 0.0
+        self.requests: list[tuple[str, str, Optional[str]]] = []  # (method, path, Range header)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _find(self) -> Optional[tuple[str, bytes]]:
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if len(parts) >= 5 and parts[2] == "resolve":
+                    repo, filename = "/".join(parts[:2]), "/".join(parts[4:])
+                    data = server.files.get((repo, filename))
+                    if data is not None:
+                        return filename, data
+                return None
+
+            def _headers(self, data: bytes, status: int, start: int = 0) -> None:
+                self.send_response(status)
+                if len(data) > 100_000:  # an LFS file: its SHA-256 in X-Linked-Etag
+                    sha = hashlib.sha256(data).hexdigest()
+                    self.send_header("ETag", f'"{sha}"')
+                    self.send_header("X-Linked-Etag", f'"{sha}"')
+                    self.send_header("X-Linked-Size", str(len(data)))
+                else:  # a small file kept in git: ETag is its git blob SHA-1
+                    sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+                    self.send_header("ETag", f'"{sha1}"')
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(len(data) - start))
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                server.requests.append(("HEAD", self.path, self.headers.get("Range")))
+                found = self._find()
+                if found is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self._headers(found[1], 200)
+
+            def do_GET(self) -> None:  # noqa: N802
+                rng = self.headers.get("Range")
+                server.requests.append(("GET", self.path, rng))
+                found = self._find()
+                if found is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = found[1]
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                self._headers(data, 206 if start else 200, start)
+                body = data[start:]
+                if server.corrupt:
+                    body = bytes([body[0] ^ 0xFF]) + body[1:]
+                limit, server.cut_after = server.cut_after, None
+                sent = 0
+                for i in range(0, len(body), 1 << 16):
+                    piece = body[i:i + (1 << 16)]
+                    if limit is not None and sent + len(piece) > limit:
+                        self.wfile.write(piece[:max(0, limit - sent)])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
+                    try:
+                        self.wfile.write(piece)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return
+                    sent += len(piece)
+                    if server.delay:
+                        time.sleep(server.delay)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "HubServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
