@@ -33,10 +33,10 @@ class _Relay(QObject):
 
 
 def _decode(path: Path) -> tuple[Optional[np.ndarray], Optional[str]]:
-    from loff_core.images import load_pixels
+    from loff_core.images import DECODE_MAX_SIDE_MIN, load_pixels
 
-    try:
-        pixels = load_pixels(path)
+    try:  # a huge image (a decompression bomb) is downsampled while it is decoded
+        pixels = load_pixels(path, DECODE_MAX_SIDE_MIN)
     except UnreadableImage as exc:
         return None, exc.reason
     step = max(1, int(np.ceil(max(pixels.shape) / _MAX_SIDE)))
