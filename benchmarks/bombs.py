@@ -1,7 +1,7 @@
 """Peak memory of decompression bombs in import, extract and predict.
 
 Small files that decode to huge images: a 14000 x 14000 1-bit PNG (~50 KB), a 14000 x
-14000 palette PNG, a 10000 x 10000 RGB JPEG (~2 MB). Each (bomb, step) runs in a fresh
+14000 palette PNG, an 8000 x 8000 RGB JPEG (~2 MB). Each (bomb, step) runs in a fresh
 process; the table gives that process's peak resident memory (VmHWM) and the part of it
 above the RSS just before the step (libraries already imported), and the wall time.
 A small 512 x 512 PNG is the reference.
@@ -68,10 +68,10 @@ def make_bombs(folder: Path, only: list[str]) -> dict[str, Path]:
         bombs["palette"].parent.mkdir(exist_ok=True)
         img.save(bombs["palette"], optimize=True)
     if want("jpeg"):
-        img = Image.new("RGB", (10000, 10000), (30, 60, 90))
+        img = Image.new("RGB", (8000, 8000), (30, 60, 90))
         draw = ImageDraw.Draw(img)
-        for k in range(0, 10000, 500):
-            draw.line((0, k, 10000, 10000 - k), fill=(200, 180, 40), width=9)
+        for k in range(0, 8000, 400):
+            draw.line((0, k, 8000, 8000 - k), fill=(200, 180, 40), width=9)
         bombs["jpeg"] = folder / "jpeg" / "big.jpg"
         bombs["jpeg"].parent.mkdir(exist_ok=True)
         img.save(bombs["jpeg"], quality=70)
