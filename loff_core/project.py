@@ -151,6 +151,11 @@ class Project:
     @classmethod
     def open(cls, root: Path | str) -> "Project":
         root = Path(root)
+        if (root / cls.COMMIT_DIR).is_dir():
+            try:
+                cls(root, None)._finish_commit()  # type: ignore[arg-type]  # an interrupted import: finish it
+            except OSError:
+                pass  # read-only: the lock names the problem when something is changed
         if not (root / PROJECT_FILE).is_file():
             raise ProjectError(f"{root}: not a LOFF Studio project (no {PROJECT_FILE}); create one with `loff import`")
         return cls(root, _read_settings(root / PROJECT_FILE))
@@ -163,16 +168,59 @@ class Project:
     _held_revision: Optional[int] = None  # the revision on disk when this process took the lock
 
     def save(self) -> None:
+        self._check_revision()
+        self.settings.revision += 1
+        atomic_write_json(self.settings_path, self.settings.to_dict())
+        if self._held_revision is not None:
+            self._held_revision = self.settings.revision
+
+    def _check_revision(self) -> None:
         if self._held_revision is not None and self.settings_path.is_file():
             on_disk = _read_settings(self.settings_path).revision
             if on_disk != self._held_revision:
                 raise ProjectError(
                     f"{self.settings_path}: changed by another process while this one held the project lock "
                     f"(was the .lock file deleted?); not saving over it; open the project again")
-        self.settings.revision += 1
-        atomic_write_json(self.settings_path, self.settings.to_dict())
-        if self._held_revision is not None:
-            self._held_revision = self.settings.revision
+
+    # files that change together (an import's catalog, sidecar, report and settings) are
+    # written into STAGING_DIR, which is renamed to COMMIT_DIR (the commit point), and then
+    # moved into place; whoever opens the project next finishes an interrupted move
+    # (roll forward), and a staging folder left by a killed writer is dropped (roll back)
+    STAGING_DIR = ".staging"
+    COMMIT_DIR = ".commit"
+
+    def _commit_files(self, write: Callable[[Path], None]) -> None:
+        staging, commit = self.root / self.STAGING_DIR, self.root / self.COMMIT_DIR
+        self._finish_commit()
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.mkdir()
+            write(staging)
+            os.replace(staging, commit)  # the commit point: before it the old files stand, after it the new
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            name = exc.filename
+            if name is not None and Path(os.fsdecode(name)).parent == staging:  # name the real file
+                raise OSError(exc.errno, exc.strerror, str(self.root / Path(os.fsdecode(name)).name)) from None
+            raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._finish_commit()
+
+    def _finish_commit(self) -> None:
+        commit = self.root / self.COMMIT_DIR
+        if not commit.is_dir():
+            return
+        for path in sorted(commit.iterdir(), key=lambda p: p.name == PROJECT_FILE):  # settings last
+            try:
+                os.replace(path, self.root / path.name)
+            except FileNotFoundError:
+                pass  # another process finished this move
+        try:
+            commit.rmdir()
+        except OSError:
+            pass
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -216,6 +264,8 @@ class Project:
             # another process may have changed the project since it was opened (the app keeps
             # it open for hours): work under the lock starts from what is on disk, so a save
             # here cannot undo that process's import or extraction
+            self._finish_commit()
+            shutil.rmtree(self.root / self.STAGING_DIR, ignore_errors=True)  # left by a killed writer
             if self.settings_path.is_file():
                 self.settings = _read_settings(self.settings_path)
             self._held_revision = self.settings.revision
@@ -284,8 +334,6 @@ class Project:
         )
         entries = assign_splits(catalog.entries, seed=self.settings.seed, fractions=self.settings.split_fractions)
         catalog = replace(catalog, entries=entries)
-        catalog.save(self.catalog_path)
-        self._catalog = catalog
         report = {
             "images_root": str(images_dir),
             "imported": len(catalog.entries),
@@ -293,8 +341,7 @@ class Project:
             "warnings": list(catalog.warnings),
             "date": _now(),
         }
-        atomic_write_json(self.report_path, report)
-        s = self.settings
+        s = replace(self.settings, extras=dict(self.settings.extras))
         s.images_root = _relative_or_none(images_dir, self.root)
         s.images_root_absolute = str(images_dir.resolve())
         s.classes = list(catalog.classes)
@@ -306,7 +353,17 @@ class Project:
         if task is not None:
             s.task = task
         s.catalog_version += 1
-        self.save()
+        self._check_revision()
+        s.revision += 1
+
+        def write(folder: Path) -> None:  # catalog, its sidecar, the report and the settings: together
+            catalog.save(folder / self.catalog_path.name)
+            atomic_write_json(folder / self.report_path.name, report)
+            atomic_write_json(folder / PROJECT_FILE, s.to_dict())
+        self._commit_files(write)
+        self.settings, self._catalog = s, catalog
+        if self._held_revision is not None:
+            self._held_revision = s.revision
         return self.import_summary()
 
     def relative(self, path: Path | str) -> str:
@@ -479,7 +536,10 @@ class Project:
             "cache_fingerprint": cache.fingerprint,
             "backbone": cache.backbone,
         }
-        return self._write_run(run_id, record, result.state_dict)
+        info = self._write_run(run_id, record, result.state_dict)
+        if result.stopped == "interrupted":
+            raise KeyboardInterrupt  # saved; the caller still learns it was interrupted (exit 130)
+        return info
 
     def _new_run_id(self, head: str) -> str:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -506,3 +506,86 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, capsys):
     assert proc.returncode == 130, err[-500:]
     assert "interrupted" in err
     assert not [p for p in project.rglob("*.tmp")]
+
+
+def test_training_interrupted_after_some_epochs_keeps_the_best_head(trained, tmp_path):
+    """Old: Ctrl-C (or SIGTERM) lost the whole run although the CLI said work was kept."""
+    from loff_core.progress import Progress
+    from loff_core.training import TrainConfig
+
+    project, _ = _copy(trained, tmp_path)
+    before = len(_runs(project))
+    reports = []
+
+    def report(done, total, message):
+        reports.append(message)
+        if sum("epoch 3/" in m for m in reports) == 1 and "epoch 3/" in message:
+            raise KeyboardInterrupt
+    p = Project.open(project)
+    with pytest.raises(KeyboardInterrupt):
+        with p.lock():
+            p.train(TrainConfig(head="linear", epochs=20, batch_size=4), progress=Progress(on_report=report))
+    runs = Project.open(project).runs()
+    assert len(runs) == before + 1
+    record = runs[-1].record
+    assert record["stopped"] == "interrupted" and 1 <= record["best_epoch"] <= 2 and len(record["history"]) == 2
+    assert "best head so far" in record["notes"][-1]
+
+
+def _reimport_with_new_classes(tmp_path: Path) -> tuple[Path, Path]:
+    first = _images(tmp_path / "first", per_class=3)
+    second = _images(tmp_path / "second", per_class=3, names=("low", "high"))
+    p = Project.create(tmp_path / "p")
+    with p.lock():
+        p.import_images(first)
+    return tmp_path / "p", second
+
+
+def _consistent(project: Path) -> tuple[list[str], int]:
+    p = Project.open(project)
+    catalog = p.catalog()  # refuses a label outside the sidecar's classes
+    assert catalog.classes == p.settings.classes
+    assert {e.label for e in catalog.entries} <= set(catalog.classes)
+    assert p.import_summary().imported == len(catalog.entries)
+    return catalog.classes, p.settings.catalog_version
+
+
+def test_reimport_killed_after_the_catalog_is_written_keeps_the_old_state_whole(tmp_path, monkeypatch):
+    """Old: the kill after catalog.csv's rename left catalog (new classes), sidecar and settings
+    (old classes, version not bumped) disagreeing, and later commands failed."""
+    import loff_core.catalog as catalog_mod
+
+    project, second = _reimport_with_new_classes(tmp_path)
+    before = _consistent(project)
+
+    def killed(*args, **kwargs):  # dies writing the sidecar, right after catalog.csv
+        raise KeyboardInterrupt
+    monkeypatch.setattr(catalog_mod, "atomic_write_json", killed)
+    p = Project.open(project)
+    with pytest.raises(KeyboardInterrupt):
+        with p.lock():
+            p.import_images(second)
+    monkeypatch.undo()
+    assert _consistent(project) == before and before[1] == 1
+    assert not [q.name for q in project.iterdir() if q.name in (".staging", ".commit")]
+
+
+def test_reimport_killed_after_its_commit_point_is_finished_by_the_next_open(tmp_path, monkeypatch):
+    project, second = _reimport_with_new_classes(tmp_path)
+    moved = []
+    real_replace = os.replace
+
+    def dies_after_one_move(src, dst):
+        if Path(src).parent.name == ".commit":
+            if moved:
+                raise KeyboardInterrupt  # killed between the moves
+            moved.append(dst)
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", dies_after_one_move)
+    p = Project.open(project)
+    with pytest.raises(KeyboardInterrupt):
+        with p.lock():
+            p.import_images(second)
+    monkeypatch.undo()
+    classes, version = _consistent(project)  # opening finishes the commit
+    assert sorted(classes) == ["high", "low"] and version == 2
