@@ -13,7 +13,7 @@ from PySide6.QtCore import QObject, Signal
 from loff_core.errors import UnreadableImage
 
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loff-decode")
-_MAX_SIDE = 2048  # views are downsampled to this for display; the engine always uses full pixels
+_MAX_SIDE = 2048  # views are downsampled to this for display; the engine uses full pixels up to images.decode_max_side
 
 
 class _Relay(QObject):
