@@ -92,9 +92,13 @@ def make_head(folder: Path) -> Path:
             arr = np.clip(rng.normal(level, 20, (48, 40)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(folder / "images" / cls / f"{i}.png")
     project = folder / "project"
+    import contextlib
+    import io
+
     for args in (["import", project, folder / "images"], ["extract", project, *BACKBONE],
                  ["train", project, "--epochs", "1"], ["export", project, folder / "head"]):
-        assert main([str(a) for a in args] + ["--quiet", "--json"]) == 0, args
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main([str(a) for a in args] + ["--quiet", "--json"]) == 0, args
     return folder / "head"
 
 

@@ -517,8 +517,10 @@ def _main(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, Cancelled):
         print(f"loff {args.command}: interrupted; work already finished is kept", file=sys.stderr)
         return 130
-    if args.json:
-        json.dump(out, sys.stdout, indent=2, default=str)
+    if args.json:  # always valid JSON: an undefined metric (NaN) is null
+        from .trust import finite_json
+
+        json.dump(finite_json(json.loads(json.dumps(out, default=str))), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
         describe = getattr(args, "describe", None)

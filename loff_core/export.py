@@ -302,6 +302,12 @@ def validate_card(card: Any, path: Path | str) -> None:
     if any(c != trust.normalise_label(c) for c in card["classes"]):
         raise ExportError("model card's class names are not normalised (Unicode NFC, no surrounding spaces): "
                           + ", ".join(repr(c) for c in card["classes"] if c != trust.normalise_label(c)), path)
+    import math
+
+    pre = card["preprocessing"]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in [*pre["mean"], *pre["std"]]) \
+            or not all(v > 0 for v in pre["std"]):
+        raise ExportError("model card is not valid at preprocessing: mean and std must be finite, std above 0", path)
     if head["num_classes"] != len(card["classes"]):
         raise ExportError("model card lists %d classes but the head has %d outputs"
                           % (len(card["classes"]), head["num_classes"]), path)

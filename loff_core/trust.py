@@ -5,8 +5,8 @@ it is input like any other: read with bounds, checked, and refused with one line
 the file (and the row or field) and the reason. The helpers here are shared by the
 project, catalog, cache and export code so each kind of check exists once:
 
-- `load_json`: one line instead of a traceback for deep nesting, huge numbers, NaN,
-  wrong encoding, or a file that is too big to be what it claims;
+- `load_json`: one line instead of a traceback for deep nesting, huge numbers, wrong
+  encoding, or a file that is too big to be what it claims;
 - `confined_relpath` / `check_name`: paths and names from project files stay where they
   belong (no absolute path, no `..`, no NUL, no folder separators in a file name);
 - `head_shape_problem`: a head or card whose shapes are out of sane bounds is refused
@@ -70,28 +70,19 @@ def _depth_ok(text: str, limit: int) -> bool:
     return True
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]}... is too large" if len(text) > 20 else f"number {text} is too large")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 def parse_json(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """json.loads with bounds; raises ValueError with a short reason."""
+    """json.loads with bounds; raises ValueError with a short reason. NaN / Infinity are
+    read (files written by earlier versions hold them for undefined metrics); fields where
+    they would do harm are checked by their readers."""
     if not _depth_ok(text, max_depth):
         raise ValueError(f"nested more than {max_depth} levels deep")
     try:
-        return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ValueError(f"nested too deeply") from None
-    except ValueError as exc:  # huge integers (Python's int digit limit), NaN, infinity
+    except ValueError as exc:  # huge integers (Python's int digit limit)
         raise ValueError(_first_line(str(exc))) from None
 
 
@@ -255,6 +246,18 @@ def lookalike_groups(labels: Iterable[str]) -> list[list[str]]:
     for label in dict.fromkeys(labels):
         groups.setdefault(lookalike_key(label), []).append(label)
     return [g for g in groups.values() if len(g) > 1]
+
+
+def finite_json(data: Any) -> Any:
+    """`data` with NaN / infinity replaced by None (null), so that what is printed or
+    written is valid JSON for any reader."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
 
 
 def describe_lookalikes(groups: list[list[str]]) -> str:
