@@ -129,7 +129,7 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
     progress.report(0, 3 if onnx else 2, "writing head")
     from safetensors.torch import save_file
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # a read-only location is named here, before any work
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -146,13 +146,18 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
         atomic_write_json(staging / "card.json", card)
         progress.check()
         if out_dir.exists():
-            os.replace(out_dir, old)
+            os.replace(out_dir, old)  # (an empty out_dir made above goes the same way)
         try:
             os.replace(staging, out_dir)
         except BaseException:
             if old.exists() and not out_dir.exists():
                 os.replace(old, out_dir)  # the previous export back where it was
             raise
+    except OSError as exc:  # name the export folder, not the hidden staging folder
+        name = os.fsdecode(exc.filename) if exc.filename is not None else None
+        if name is not None and Path(name).is_relative_to(staging):
+            raise OSError(exc.errno, exc.strerror, str(out_dir / Path(name).relative_to(staging))) from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)

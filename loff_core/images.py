@@ -413,7 +413,10 @@ def _reduce(raw: np.ndarray, factor: int, to_float: Any, *, keep: bool = False) 
         band = to_float(raw[r0:r1])
         if factor > 1:
             n = (r1 - r0) // factor
-            band = band[:n * factor, :ow * factor].reshape(n, factor, ow, factor).mean(axis=(1, 3))
+            # strided slices added up: much faster than mean over a reshaped (.., factor) axis
+            band = band[:n * factor, :ow * factor]
+            cols = sum(band[:, k::factor] for k in range(factor))
+            band = sum(cols[k::factor] for k in range(factor)) / (factor * factor)
         out[r0 // factor:r0 // factor + len(band)] = band
     return out
 

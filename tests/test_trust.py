@@ -589,3 +589,32 @@ def test_reimport_killed_after_its_commit_point_is_finished_by_the_next_open(tmp
     monkeypatch.undo()
     classes, version = _consistent(project)  # opening finishes the commit
     assert sorted(classes) == ["high", "low"] and version == 2
+
+
+def test_big_images_decode_one_at_a_time_across_workers(tmp_path):
+    """Decode workers (processes or threads) never hold two big images at once: the second
+    waits for the first's decode slot. Old: every worker decoded its bomb at the same time."""
+    import threading
+
+    from loff_core.images import BIG_DECODE_PIXELS, _decode_slot, load_pixels
+
+    side = int(BIG_DECODE_PIXELS ** 0.5) + 100
+    Image.new("L", (side, side), 40).save(tmp_path / "big.png")
+    Image.new("L", (64, 64), 40).save(tmp_path / "small.png")
+    events: list[str] = []
+    holding = threading.Event()
+
+    def first() -> None:
+        with _decode_slot(tmp_path / "big.png", "png"):
+            holding.set()
+            time.sleep(1.0)
+            events.append("first released")
+    t = threading.Thread(target=first)
+    t.start()
+    assert holding.wait(30)
+    load_pixels(tmp_path / "small.png")  # small images never wait
+    events.append("small decoded")
+    load_pixels(tmp_path / "big.png")
+    events.append("second big decoded")
+    t.join()
+    assert events == ["small decoded", "first released", "second big decoded"]
