@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QListWidget, QMainWindow, QMenu,
-                               QMessageBox, QTabWidget)
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QShortcut
+from PySide6.QtWidgets import (QApplication, QDialog, QDialogButtonBox, QDockWidget, QFileDialog, QLabel,
+                               QListWidget, QMainWindow, QMenu, QMessageBox, QTabWidget, QTextBrowser, QVBoxLayout)
 
 from loff_core.errors import LoffError
 
@@ -25,7 +25,8 @@ from .pages.predict_page import PredictPage
 from .pages.results_page import ResultsPage
 from .pages.train_page import TrainPage
 from .pages.viewer_page import ViewerPage
-from .state import AppState, data_dir, for_window, recent_projects, settings, setup_logging
+from .state import AppState, data_dir, for_window, log_dir, recent_projects, settings, setup_logging
+from .theme import THEMES, apply_theme, icon
 
 log = logging.getLogger("loff_studio")
 
@@ -42,10 +43,12 @@ class MainWindow(QMainWindow):
         self.results_page = ResultsPage(self.state)
         self.viewer_page = ViewerPage(self.state)
         self.predict_page = PredictPage(self.state)
-        for page, name in ((self.import_page, "1 Import"), (self.cache_page, "2 Cache"), (self.train_page, "3 Train"),
-                           (self.results_page, "4 Results"), (self.viewer_page, "5 Viewer"),
-                           (self.predict_page, "6 Predict && export")):
-            self.tabs.addTab(page, name)
+        for page, name, icon_name in ((self.import_page, "1 Import", "import"), (self.cache_page, "2 Cache", "extract"),
+                                      (self.train_page, "3 Train", "train"), (self.results_page, "4 Results", "evaluate"),
+                                      (self.viewer_page, "5 Viewer", "viewer"),
+                                      (self.predict_page, "6 Predict && export", "export")):
+            self.tabs.addTab(page, icon(icon_name), name)
+            self.tabs.setTabToolTip(self.tabs.count() - 1, f"Ctrl+{self.tabs.count()}")
         self.setCentralWidget(self.tabs)
         self.problems = QListWidget()
         self.problems.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
@@ -59,6 +62,7 @@ class MainWindow(QMainWindow):
         self.banner = QLabel("")
         self.statusBar().addPermanentWidget(self.banner)
         self._menus()
+        self._shortcuts()
         self.state.message.connect(self.show_message)
         self.state.project_changed.connect(self._project_changed)
         self.state.browse.connect(lambda ids, caption: self.tabs.setCurrentWidget(self.viewer_page))
@@ -69,7 +73,9 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(s.value("geometry"))
             self.restoreState(s.value("window_state"))
         else:
-            self.resize(1400, 900)
+            self.resize(1280, 720)  # the smallest screen it is made for
+        self.theme = str(s.value("theme", "light"))
+        self.set_theme(self.theme)
 
     # -- menus -------------------------------------------------------------------------
     def _menus(self) -> None:
@@ -82,6 +88,7 @@ class MainWindow(QMainWindow):
                 action.setShortcut(shortcut)
             action.triggered.connect(slot)
             menu.addAction(action)
+        menu.actions()[1].setIcon(icon("open"))
         self.recent_menu = QMenu("&Recent projects", self)
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         menu.addMenu(self.recent_menu)
@@ -90,6 +97,87 @@ class MainWindow(QMainWindow):
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
         menu.addAction(quit_action)
+
+        view = self.menuBar().addMenu("&View")
+        group = QActionGroup(self)
+        self.theme_actions = {}
+        for name in THEMES:
+            action = QAction(f"{name.capitalize()} theme", self, checkable=True)
+            action.triggered.connect(lambda _=False, n=name: self.set_theme(n))
+            group.addAction(action)
+            view.addAction(action)
+            self.theme_actions[name] = action
+
+        help_menu = self.menuBar().addMenu("&Help")
+        guide = QAction(icon("help"), "&Guide", self)
+        guide.setShortcut(QKeySequence.StandardKey.HelpContents)
+        guide.triggered.connect(self.show_guide)
+        about = QAction("&About LOFF Studio", self)
+        about.triggered.connect(self.show_about)
+        help_menu.addAction(guide)
+        help_menu.addAction(about)
+
+    def _shortcuts(self) -> None:
+        """Ctrl+1..6 pages; Left / Right images in the Viewer; Ctrl+E extract; Ctrl+T train."""
+        self.shortcuts: dict[str, QShortcut] = {}
+        for k in range(self.tabs.count()):
+            sc = QShortcut(QKeySequence(f"Ctrl+{k + 1}"), self)
+            sc.activated.connect(lambda k=k: self.tabs.setCurrentIndex(k))
+            self.shortcuts[f"Ctrl+{k + 1}"] = sc
+        for key, delta in (("Left", -1), ("Right", 1)):
+            sc = QShortcut(QKeySequence(key), self.viewer_page)
+            sc.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            sc.activated.connect(lambda d=delta: self.viewer_page.step(d))
+            self.shortcuts[key] = sc
+        for key, page, slot in (("Ctrl+E", self.cache_page, self.cache_page.start_extract),
+                                ("Ctrl+T", self.train_page, self.train_page.start_training)):
+            sc = QShortcut(QKeySequence(key), self)
+            sc.activated.connect(lambda p=page, f=slot: (self.tabs.setCurrentWidget(p), f()))
+            self.shortcuts[key] = sc
+        self.cache_page.extract_button.setToolTip("Extract (Ctrl+E)")
+        self.train_page.train_button.setToolTip("Train (Ctrl+T)")
+        self.cache_page.extract_button.setIcon(icon("extract"))
+        self.train_page.train_button.setIcon(icon("train"))
+        self.results_page.evaluate_button.setIcon(icon("evaluate"))
+        self.predict_page.export_button.setIcon(icon("export"))
+        self.predict_page.predict_button.setIcon(icon("predict"))
+        self.import_page.import_button.setIcon(icon("import"))
+
+    def set_theme(self, name: str) -> None:
+        self.theme = name if name in THEMES else "light"
+        apply_theme(self.theme, self)
+        self.theme_actions[self.theme].setChecked(True)
+        settings().setValue("theme", self.theme)
+
+    # -- help ----------------------------------------------------------------------------
+    def _text_dialog(self, title: str, html: str) -> QDialog:
+        dialog = QDialog(self)
+        dialog.setWindowTitle(title)
+        text = QTextBrowser()
+        text.setOpenExternalLinks(False)
+        text.setHtml(html)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(dialog.reject)
+        layout = QVBoxLayout(dialog)
+        layout.addWidget(text)
+        layout.addWidget(buttons)
+        dialog.resize(640, 520)
+        dialog.text = text
+        return dialog
+
+    def show_guide(self) -> QDialog:
+        from .resources import resource_path
+
+        dialog = self._text_dialog("LOFF Studio guide", resource_path("guide.html").read_text(encoding="utf-8"))
+        dialog.show()
+        return dialog
+
+    def show_about(self) -> QDialog:
+        from .about import about_html
+
+        dialog = self._text_dialog("About LOFF Studio", about_html(self.state.project, log_dir() / "loff-studio.log"))
+        dialog.show()
+        return dialog
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
@@ -157,6 +245,8 @@ class MainWindow(QMainWindow):
             self.setWindowTitle("LOFF Studio")
             self.banner.setText("")
             return
+        self.statusBar().clearMessage()
+        self.problems.addItem(f"--- opened project {project.settings.name} ---")  # the log of the session
         synthetic = " - SYNTHETIC demo data" if project.settings.synthetic else ""
         self.setWindowTitle(f"LOFF Studio - {project.settings.name}{synthetic}")
         self.banner.setText(f"<b>{project.root}</b>" + (" <span style='color:#c0392b'><b>SYNTHETIC data: no real "

@@ -9,7 +9,12 @@ OUT/<page>.png with `window.grab()`. Works headless (QT_QPA_PLATFORM=offscreen).
     --quick          extract with a random-init vit_tiny at 32 px (no weights needed; for
                      trying the script on the synthetic demo, the pictures mean nothing)
     --backbone NAME  backbone for a missing cache (default: the Cache page's default)
-    --size WxH       window size (default 1400x900)
+    --image-size PX  input size for a missing cache (default: the model's; the Cache page
+                     suggests >= 512 px for mammograms)
+    --size WxH       window size (default 1280x720, the smallest screen the window is made for)
+    --theme NAME     light (default) or dark
+
+Also saves OUT/viewer-exam.png: the Viewer's exam view of the first image's patient.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-PAGES = ["import", "cache", "train", "results", "viewer", "predict"]
+PAGES = ["import", "cache", "train", "results", "viewer", "predict"]  # + viewer-exam
 
 
 def _wait(app: Any, condition: Callable[[], bool], timeout_s: float = 3600) -> bool:
@@ -50,7 +55,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--size", default="1400x900")
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--theme", default="light")
     args = parser.parse_args(argv)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -66,6 +73,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     w.resize(width, height)
     w.show()
+    w.set_theme(args.theme)
     if not w.open_project(args.project):
         print(f"cannot open {args.project}", file=sys.stderr)
         return 1
@@ -81,6 +89,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             page.grid.setValue(2)
         elif args.backbone:
             page.backbone.setCurrentText(args.backbone)
+        if args.image_size:
+            page.image_size.setValue(args.image_size)
         w.tabs.setCurrentWidget(page)
         page.start_extract()
         _wait(app, idle)
@@ -95,8 +105,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         w.train_page.show_history(project.runs()[-1].record.get("history", []))
     if project.runs():
         results = w.results_page
-        results.refresh()
-        results.run.setCurrentIndex(0)
+        results.refresh()  # the best run is chosen by default
         results.start_evaluate()
         _wait(app, idle)
         r = results.result
@@ -135,6 +144,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         w.grab().save(str(path), "PNG", 9)
         kb = path.stat().st_size / 1024
         print(f"{path}  {kb:.0f} KB" + ("  (over 300 KB: do not commit)" if kb > 300 else ""))
+    viewer = w.viewer_page
+    if viewer.ids:
+        w.tabs.setCurrentWidget(viewer)
+        viewer.exam_button.setChecked(True)
+        _wait(app, lambda: all(p.pixels is not None for p in viewer.exam_panels.values()), 120)
+        _wait(app, lambda: all(p.exam_heat is not None for p in viewer.exam_panels.values()), 600)
+        _settle(app, 1.0)
+        path = out / "viewer-exam.png"
+        w.grab().save(str(path), "PNG", 9)
+        print(f"{path}  {path.stat().st_size / 1024:.0f} KB")
     w.close()
     return 0
 

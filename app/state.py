@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Any, Optional
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from .workers import Job, JobRunner
+from .workers import Job, JobRunner, LightJob, start_light
 
 log = logging.getLogger("loff_studio")
 
@@ -121,9 +120,13 @@ class AppState(QObject):
         self.last_evaluation: Optional[dict] = None
 
     # -- jobs --------------------------------------------------------------------------
-    def start(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Optional[Job]:
+    def start(self, name: str, fn: Any, *args: Any, banner: Any = None, **kwargs: Any) -> Optional[Job]:
+        """Start the one heavy job; None (and a message, on `banner` too) when one runs."""
         if self.runner.busy:
-            self.message.emit("warning", f"{self.runner.job.name} is still running; stop it first")
+            text = f"{self.runner.job.name} is still running; stop it first"
+            self.message.emit("warning", text)
+            if banner is not None:
+                banner.show_warning(text)
             return None
         job = Job(name, fn, *args, **kwargs)
         job.failed.connect(lambda text: self.message.emit("error", text))
@@ -137,15 +140,15 @@ class AppState(QObject):
         return self.runner.busy
 
     # -- engine warm-up ----------------------------------------------------------------
-    def warm_up_engine(self) -> threading.Thread:
-        """Import the engine's heavy dependencies in a background thread, soon after start.
+    def warm_up_engine(self) -> LightJob:
+        """Import the engine's heavy dependencies as a light job, soon after start.
 
         The engine imports them lazily (so `loff --help` is fast). Imported for the first
         time inside a job, they stalled the window for up to 0.3 s at a time (measured in
         tests/test_app.py): C extension set-up holds the GIL, and PySide6's import hook
         reads the source of every module imported after it. Done while the user is still
-        looking at the first page, every job starts with them loaded. Returns the thread
-        (tests join it)."""
+        looking at the first page, every job starts with them loaded. Returns the light
+        job (tests wait for it with `app.workers.wait_light`)."""
         def work() -> None:
             import importlib
 
@@ -154,11 +157,30 @@ class AppState(QObject):
                     importlib.import_module(name)
                 except Exception as exc:  # noqa: BLE001 - a broken install shows up when a job runs
                     log.warning("engine warm-up: %s not imported (%s)", name, exc)
-        thread = threading.Thread(target=work, name="loff-warm-up", daemon=True)
-        thread.start()
-        return thread
+        return start_light("engine warm-up", work)
 
     # -- project -----------------------------------------------------------------------
+    # -- settings of each page, per project --------------------------------------------
+    def page_settings(self, page: str) -> dict[str, Any]:
+        """What a page remembered for the open project (its controls' values)."""
+        if self.project is None:
+            return {}
+        import json
+
+        raw = settings().value(f"projects/{_project_key(self.project)}/{page}")
+        try:
+            value = json.loads(raw) if raw else {}
+        except (TypeError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def save_page_settings(self, page: str, values: dict[str, Any]) -> None:
+        if self.project is None:
+            return
+        import json
+
+        settings().setValue(f"projects/{_project_key(self.project)}/{page}", json.dumps(values))
+
     def set_project(self, project: Any) -> None:
         self.project = project
         self.last_evaluation = None
@@ -170,6 +192,13 @@ class AppState(QObject):
             s.setValue("last_project", str(project.root.resolve()))
             log.info("opened project %s", project.root)
         self.project_changed.emit(project)
+
+
+def _project_key(project: Any) -> str:
+    """A settings key for a project folder (a hash: the path may hold a patient's name)."""
+    import hashlib
+
+    return hashlib.sha256(str(project.root.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _as_list(value: Any) -> list[str]:

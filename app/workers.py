@@ -12,7 +12,16 @@ any other job is cancelled. Never both, so the outcome does not depend on timing
 
 Engine notices (`Progress.notice`, e.g. "GPU out of memory: retrying with batch size 8")
 are also emitted as `notice` the moment they happen, so the window shows them as warnings
-while the job goes on.
+while the job goes on. Partial results (an epoch's curves, a fold, a tuning trial) go
+through `Job.emit_partial` -> `partial` (and `epoch` for training history entries).
+
+Light jobs (`start_light`: decoding an image for a viewer, explaining one image, importing
+the engine at start) run in a small pool beside the one heavy job, the way Orange's
+FutureWatcher does: the pool thread hands the result to a `LightJob` that lives on the GUI
+thread, whose `finished` / `failed` signals are delivered on a later turn of the event
+loop, so a caller always connects them in time. `newest` keys make the newest request of a
+widget win (stale results are dropped). `wire(job, ...)` is the one page helper: progress
+to a strip, errors to the page's banner, the result to a slot.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ log = logging.getLogger("loff_studio")
 class Job(QObject):
     progress = Signal(int, int, str)
     epoch = Signal(dict)  # training curves: one history entry per epoch
+    partial = Signal(object)  # any partial result (an epoch, a fold, a tuning trial)
     finished = Signal(object)
     failed = Signal(str)
     cancelled = Signal()
@@ -59,6 +69,10 @@ class Job(QObject):
 
     def emit_epoch(self, entry: dict) -> None:
         self.epoch.emit(dict(entry))
+        self.partial.emit(dict(entry))
+
+    def emit_partial(self, value: Any) -> None:
+        self.partial.emit(value)
 
     @Slot()
     def run(self) -> None:
@@ -184,3 +198,159 @@ class JobRunner(QObject):
         ok = _join(self.thread, timeout_ms / 1000)
         self._done()
         return ok
+
+
+# -- light jobs --------------------------------------------------------------------------
+_POOL = None
+
+
+def _pool() -> Any:
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loff-light")
+    return _POOL
+
+
+class LightJob(QObject):
+    """A short call run in the light pool; lives on the GUI thread. `finished(result)` or
+    `failed(text)` arrives on a later turn of the event loop, never while `start_light`
+    is still running, and only if it is still the newest job of its `newest` key."""
+
+    finished = Signal(object)
+    failed = Signal(str)
+    _delivered = Signal(object, object)  # result, error text (queued from the pool thread)
+
+    def __init__(self, name: str, parent: Optional[QObject] = None):
+        super().__init__(parent)
+        self.name = name
+        self.stale = False
+        self.done = False
+        self._delivered.connect(self._deliver)
+
+    def _deliver(self, result: Any, error: Any) -> None:
+        self.done = True
+        _LIVE.discard(self)
+        if self.stale:
+            return
+        if error is not None:
+            self.failed.emit(str(error))
+        else:
+            self.finished.emit(result)
+
+
+_LIVE: "set[LightJob]" = set()  # light jobs in flight (kept alive until delivered)
+_NEWEST: "dict[tuple[int, str], LightJob]" = {}
+
+
+def start_light(name: str, fn: Callable[..., Any], *args: Any, newest: Optional[tuple[QObject, str]] = None,
+                **kwargs: Any) -> LightJob:
+    """Run `fn(*args, **kwargs)` in the light pool (never the GUI thread). `newest=(widget,
+    key)`: an earlier job of the same widget and key is marked stale (its result dropped)."""
+    job = LightJob(name)
+    _LIVE.add(job)
+    if newest is not None:
+        key = (id(newest[0]), newest[1])
+        old = _NEWEST.get(key)
+        if old is not None:
+            old.stale = True
+        _NEWEST[key] = job
+
+    def work() -> None:
+        try:
+            result, error = fn(*args, **kwargs), None
+        except LoffError as exc:
+            result, error = None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one line for the user, details in the log
+            log.error("%s: unexpected error\n%s", name, traceback.format_exc())
+            result, error = None, f"Unexpected error in {name}: {type(exc).__name__}: {exc} (details in the log)"
+        try:
+            job._delivered.emit(result, error)
+        except RuntimeError:  # the application is closing
+            pass
+    future = _pool().submit(work)
+    _PENDING.add(future)
+    future.add_done_callback(_PENDING.discard)
+    return job
+
+
+_PENDING: "set[Any]" = set()  # futures of light jobs not finished yet
+
+
+def wait_light(timeout_s: float = 300.0) -> None:
+    """Block until the light jobs started so far have run (tests); their results arrive
+    when the event loop next turns."""
+    from concurrent.futures import wait
+
+    wait(list(_PENDING), timeout=timeout_s)
+
+
+# -- images for the viewers --------------------------------------------------------------
+_MAX_SIDE = 2048  # views are downsampled to this for display; the engine always uses full pixels
+
+
+def _decode(path: Any) -> Any:
+    import numpy as np
+
+    from loff_core.errors import UnreadableImage
+    from loff_core.images import DECODE_MAX_SIDE_MIN, load_pixels
+
+    try:
+        pixels = load_pixels(path, DECODE_MAX_SIDE_MIN)  # a decompression bomb is downsampled while decoded
+    except UnreadableImage as exc:  # the reason only: the path may name a patient
+        return None, exc.reason
+    step = max(1, int(np.ceil(max(pixels.shape) / _MAX_SIDE)))
+    return (pixels[::step, ::step].copy() if step > 1 else pixels), None
+
+
+def load_image(owner: QObject, path: Any, callback: Callable[[Any, Optional[str]], Any]) -> LightJob:
+    """Decode `path` as a light job; `callback(pixels, error)` runs on the GUI thread, only
+    for the newest request of this `owner`. An unreadable file is `(None, reason)`."""
+    from pathlib import Path
+
+    job = start_light("load image", _decode, Path(path), newest=(owner, "image"))
+    job.finished.connect(lambda out: callback(*out))
+    job.failed.connect(lambda text: callback(None, text))
+    return job
+
+
+# -- the page helper -----------------------------------------------------------------------
+class _OnGuiThread(QObject):
+    """Calls a plain function (a lambda) on the GUI thread: connected to a signal of a job
+    that lives on its worker thread, a lambda would run on that thread instead."""
+
+    def __init__(self, fn: Callable[[Any], Any]):
+        super().__init__()
+        self.fn = fn
+
+    @Slot(object)
+    def call(self, value: Any) -> None:
+        self.fn(value)
+
+
+def _gui_slot(job: Any, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    if isinstance(getattr(fn, "__self__", None), QObject):
+        return fn  # a QObject's method: Qt queues it to that object's (GUI) thread
+    relay = _OnGuiThread(fn)
+    job.__dict__.setdefault("_relays", []).append(relay)  # kept alive as long as the job
+    return relay.call
+
+
+def wire(job: Optional[Job], *, strip: Any = None, banner: Any = None, done: Optional[Callable[[Any], Any]] = None,
+         partial: Optional[Callable[[Any], Any]] = None) -> Optional[Job]:
+    """Connect a heavy job to a page: progress to its strip, failure to its banner (the
+    window's Messages get it too, from `AppState.start`), the result to `done`, partial
+    results to `partial`. Returns the job (None when it was refused)."""
+    if job is None:
+        return None
+    if banner is not None:
+        banner.clear()
+        job.failed.connect(banner.show_error)
+    if strip is not None:
+        job.progress.connect(strip.report)
+    if partial is not None:
+        job.partial.connect(_gui_slot(job, partial))
+    if done is not None:
+        job.finished.connect(_gui_slot(job, done))
+    return job

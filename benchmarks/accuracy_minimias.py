@@ -81,7 +81,7 @@ def finetune_fold(images: Any, y_all: Any, fit: Any, val: Any, te: Any, spec: An
     from loff_core.backbones import load_backbone
     from loff_core.heads import HeadConfig, build_head
     from loff_core.metrics import evaluate_predictions
-    from loff_core.training import _lr_at, _val_metrics
+    from loff_core.training import _val_metrics, lr_schedule
 
     torch.manual_seed(seed)
     backbone = load_backbone(spec, device=args.device)
@@ -98,6 +98,7 @@ def finetune_fold(images: Any, y_all: Any, fit: Any, val: Any, te: Any, spec: An
     steps_per_epoch = max(1, len(fit) // bs)
     total, warmup = args.epochs * steps_per_epoch, max(1, args.epochs * steps_per_epoch // 20)
     rng = np.random.default_rng(seed)
+    scheduler = lr_schedule(optimizer, total, warmup, 1e-6)  # the engine's schedule (timm's cosine)
 
     def probabilities(idx: Any) -> Any:
         body.eval()
@@ -117,8 +118,7 @@ def finetune_fold(images: Any, y_all: Any, fit: Any, val: Any, te: Any, spec: An
         order = rng.permutation(fit)
         for k in range(steps_per_epoch):  # full batches only (BatchNorm in train mode)
             idx = order[k * bs:(k + 1) * bs]
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total, warmup, args.finetune_lr, 1e-6)
+            scheduler.step_update(step)
             batch = torch.stack([augment(images[i]) for i in idx]).to(dev)
             cls, grid = body(batch)
             loss = F.cross_entropy(head(cls, grid), torch.as_tensor(y_all[idx], device=dev))

@@ -7,48 +7,12 @@ cached once, and these cheap augmentations act on the cached tensors instead.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Which tensor augmentations to apply, and how strongly.
-
-    Defaults:
-      enabled=True          master switch; `AugmentConfig.off()` disables everything.
-      hflip=0.5             probability of flipping a sample's token grid left-right.
-      crop_prob=0.5         probability of a random resized crop of a sample's token grid.
-      crop_scale=(0.6, 1.0) area fraction of the crop box (aspect ratio drawn in 3/4..4/3);
-                            the box is resized back to the full grid (bilinear).
-      noise_std=0.05        Gaussian noise relative to each sample's feature std:
-                            noise = noise_std * std(sample) * randn (on CLS and grid).
-      token_dropout=0.1     probability that one grid token (all channels) is zeroed.
-      mixup_alpha=0.2       mixup lambda ~ Beta(alpha, alpha) (alpha <= 0 disables mixup).
-      mixup_prob=0.5        probability that a batch is mixed with a permutation of itself
-                            (CLS, grid and soft targets alike).
-    """
-
-    enabled: bool = True
-    hflip: float = 0.5
-    crop_prob: float = 0.5
-    crop_scale: tuple[float, float] = (0.6, 1.0)
-    noise_std: float = 0.05
-    token_dropout: float = 0.1
-    mixup_alpha: float = 0.2
-    mixup_prob: float = 0.5
-
-    @classmethod
-    def off(cls) -> "AugmentConfig":
-        return cls(enabled=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["crop_scale"] = list(self.crop_scale)
-        return data
+from .settings import AugmentConfig  # declared once, with defaults and help (re-exported here)
 
 
 def _rand(generator: torch.Generator, *shape: int) -> torch.Tensor:

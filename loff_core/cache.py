@@ -42,6 +42,7 @@ from .catalog import ImportFailure
 from .errors import CacheError, UnreadableImage, is_out_of_memory
 from .features import InMemoryFeatures, _IdIndex
 from .progress import Progress
+from .settings import ExtractSettings
 
 FORMAT_VERSION = 1
 _STR = None  # h5py string dtype, created lazily
@@ -465,7 +466,7 @@ def _default_workers() -> int:
 
 
 def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path, *, device: str = "auto",
-                     batch_size: int = 16, num_workers: Optional[int] = None,
+                     batch_size: int = ExtractSettings.batch_size, num_workers: Optional[int] = None,
                      progress: Progress = Progress()) -> ExtractResult:
     """Cache CLS + token grids for every (image_id, path) not cached yet; see the module docstring."""
     import torch

@@ -37,6 +37,7 @@ class TerminalProgress:
         self._clock = time.monotonic
         self._last_line = -1e9
         self._last: tuple[int, int, str] = (0, 0, "")
+        self._printed: Optional[tuple[int, int, str]] = None  # the state the last plain line showed
         self.progress = Progress(on_report=self._on_report)
 
     def _on_report(self, done: int, total: int, message: str) -> None:
@@ -62,15 +63,15 @@ class TerminalProgress:
         self._bar.refresh()
 
     def _print_line(self) -> None:
-        done, total, message = self._last
+        done, total, message = self._printed = self._last
         count = f"{done}/{total}" if total else str(done)
         print(f"{self.desc}: {count} {message}".rstrip(), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif not self.quiet and not self._tty and self._last != (0, 0, ""):
-            self._print_line()
+        elif not self.quiet and not self._tty and self._last not in ((0, 0, ""), self._printed):
+            self._print_line()  # the last state, unless the line before already showed it
 
 
 def _run_with_progress(desc: str, quiet: bool, fn: Callable[[Progress], Any]) -> Any:
@@ -158,26 +159,34 @@ def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from dataclasses import replace
+def _describe_extract(out: dict[str, Any]) -> str:
+    if "rank" in out:  # a torchrun rank other than 0: rank 0 prints the summary
+        return f"rank {out['rank']} of {out['world_size']}: extracted {out['extracted']} images"
+    b = out["backbone"]
+    h, w = b.get("grid_hw", ("?", "?"))
+    state = "stopped early (run extract again to resume)" if out["stopped"] else "complete"
+    lines = [f"cache {out['cache']} ({state}): {out['images']} images, backbone {b.get('name')} at "
+             f"{b.get('image_size')} px, {h} x {w} tokens of {b.get('feature_dim')}, "
+             f"{out['bytes_per_image'] / 1024:.0f} KiB per image",
+             f"extracted {out['extracted']}, reused {out['skipped']}, failed {len(out['failed'])} "
+             f"in {out['seconds']:.1f} s"]
+    lines += [f"  {f['path']}: {f['reason']}" for f in out["failed"][:20]]
+    if len(out["failed"]) > 20:
+        lines.append(f"  ... and {len(out['failed']) - 20} more")
+    return "\n".join(lines)
 
-    from .augment import AugmentConfig
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import fields
+
     from .project import Project
-    from .training import TrainConfig
+    from .settings import AugmentConfig, TrainConfig
 
     project = Project.open(args.project)
-    task = args.task or project.settings.task
-    defaults = TrainConfig(head=args.head, task=task)
-    config = replace(
-        defaults,
-        epochs=args.epochs if args.epochs is not None else defaults.epochs,
-        seed=args.seed,
-        device=args.device,
-        lr=args.lr if args.lr is not None else defaults.lr,
-        batch_size=args.batch_size if args.batch_size is not None else defaults.batch_size,
-        patience=args.patience if args.patience is not None else defaults.patience,
-        augment=AugmentConfig.off() if args.no_augment else _augment_from_args(args.augment, defaults.augment),
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    given.setdefault("task", project.settings.task)
+    given["augment"] = AugmentConfig.off() if args.no_augment else _augment_from_args(args.augment, AugmentConfig())
+    config = TrainConfig(**given)
     curves: list[dict[str, Any]] = []
     with project.lock():
         run = _run_with_progress("train", args.quiet, lambda p: project.train(config, progress=p, on_epoch=curves.append))
@@ -189,22 +198,31 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             "notes": list(r.get("notes", []))}
 
 
-#: the tensor augmentations and their defaults, as `loff train --help` shows them; a test
-#: checks them against `AugmentConfig()` (kept here so that --help never imports torch)
-AUGMENT_HELP = {
-    "hflip": ("0.5", "probability of a horizontal flip of the token grid"),
-    "crop_prob": ("0.5", "probability of a random resized crop of the grid"),
-    "crop_scale": ("0.6,1.0", "area range of that crop"),
-    "noise_std": ("0.05", "std of Gaussian noise added to the tokens (in units of their std)"),
-    "token_dropout": ("0.1", "share of grid tokens zeroed"),
-    "mixup_alpha": ("0.2", "Beta(alpha, alpha) of mixup"),
-    "mixup_prob": ("0.5", "probability that a batch is mixed"),
-}
+def _describe_train(out: dict[str, Any]) -> str:
+    why = {"completed": "all epochs", "early_stopping": "early stopping", "user_stop": "stopped by the user"}
+    score = "n/a" if out["best_score"] is None else f"{out['best_score']:.3f}"
+    return "\n".join([
+        f"run {out['run']}: {out['head']} head, {out['task']} ({', '.join(out['classes'])})",
+        f"best {out['monitor']} {score} at epoch {out['best_epoch']} of {out['epochs']} "
+        f"({why.get(out['stopped'], out['stopped'])}); {out['n_train']} train / {out['n_val']} val images"])
+
+
+def _augment_help() -> dict[str, tuple[str, str]]:
+    """The tensor augmentations as `loff train --help` shows them: name -> (default, help),
+    from their one declaration (loff_core.settings.AugmentConfig)."""
+    from .settings import AugmentConfig, all_fields
+
+    return {f.name: (",".join(map(str, f.default)) if isinstance(f.default, tuple) else str(f.default), f.help)
+            for f in all_fields(AugmentConfig) if f.option is not None}
+
+
+AUGMENT_HELP = _augment_help()
 
 
 def _augment_from_args(pairs: Optional[list[str]], base: Any) -> Any:
     from dataclasses import replace
 
+    from .settings import AugmentConfig, field_info
 
     changes: dict[str, Any] = {}
     for pair in pairs or []:
@@ -212,17 +230,17 @@ def _augment_from_args(pairs: Optional[list[str]], base: Any) -> Any:
         key = key.strip().replace("-", "_")
         if not sep or key not in AUGMENT_HELP:
             raise TrainingError(f"--augment {pair}: expected NAME=VALUE with NAME one of {', '.join(AUGMENT_HELP)}")
+        info = field_info(AugmentConfig, key)
         try:
-            numbers = tuple(float(v) for v in value.split(","))
-        except ValueError:
-            raise TrainingError(f"--augment {pair}: {value!r} is not a number") from None
-        if key == "crop_scale":
-            if len(numbers) != 2 or not 0 < numbers[0] <= numbers[1] <= 1:
+            numbers = tuple(info.check(v) for v in value.split(","))
+        except ValueError as exc:
+            raise TrainingError(f"--augment {pair}: {exc}") from None
+        if isinstance(info.default, tuple):
+            if len(numbers) != 2 or numbers[0] > numbers[1]:
                 raise TrainingError(f"--augment {pair}: expected two numbers LOW,HIGH with 0 < LOW <= HIGH <= 1")
             changes[key] = numbers
-        elif len(numbers) != 1 or numbers[0] < 0 or (key != "mixup_alpha" and numbers[0] > 1):
-            raise TrainingError(f"--augment {pair}: expected one number in [0, 1]"
-                                + (" (mixup_alpha: >= 0)" if key == "mixup_alpha" else ""))
+        elif len(numbers) != 1:
+            raise TrainingError(f"--augment {pair}: expected one number")
         else:
             changes[key] = numbers[0]
     return replace(base, **changes) if changes else base
@@ -244,15 +262,20 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _describe_evaluate(out: dict[str, Any]) -> str:
-    lines = [f"run {out['run']} on the {out['split']} split ({out['n']} images)"]
+    lines = [f"run {out['run']} on the {out['split']} split ({out['n']} images)", *_metric_lines(out)]
+    lines += [f"warning: stale head: {s}" for s in out.get("stale", [])]
+    return "\n".join(lines)
+
+
+def _metric_lines(out: dict[str, Any]) -> list[str]:
+    lines = []
     for name, value in out["metrics"].items():
         ci = out.get("ci", {}).get(name)
         shown = "n/a" if value is None else f"{value:.3f}"
         lines.append(f"  {name:22s} {shown}" + (f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
     lines.append("confusion matrix (rows true, columns predicted): " + " ".join(out["classes"]))
     lines += ["  " + " ".join(f"{v:4d}" for v in row) for row in out["confusion_matrix"]]
-    lines += [f"warning: stale head: {s}" for s in out.get("stale", [])]
-    return "\n".join(lines)
+    return lines
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -265,21 +288,122 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k != "card"} | {"onnx": out["card"].get("onnx")}
 
 
-def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
-    from .export import predict_files
+def _describe_export(out: dict[str, Any]) -> str:
+    lines = [f"exported run {out['run']} to {out['out_dir']}"]
+    lines += [f"  {kind:5s} {path}" for kind, path in out["files"].items()]
+    if out.get("onnx") and "max_abs_diff_vs_torch" in out["onnx"]:
+        lines.append(f"  ONNX checked against torch: max difference {out['onnx']['max_abs_diff_vs_torch']:.2e}")
+    return "\n".join(lines)
 
+
+def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
+    from .export import load_run_head, predict_files
+
+    source = args.head_dir
+    if (source / "loff-project.json").is_file():  # a project: predict with one of its runs, as is
+        from .project import Project
+
+        head: Any = load_run_head(Project.open(source), args.run)
+    elif (source / "card.json").is_file() or (source / "head.safetensors").is_file():
+        if args.run:
+            raise LoffError(f"{source}: --run is for a project folder; this is an exported head")
+        head = source
+    else:
+        raise LoffError(f"{source}: neither an exported head (card.json + head.safetensors) nor a LOFF project; "
+                        f"give a project folder (and --run ID), or export a run first with "
+                        f"`loff export PROJECT {source}`")
     out = _run_with_progress("predict", args.quiet, lambda p: predict_files(
-        args.head_dir, args.files, weights=args.weights, random_init=True if args.random_init else None,
+        head, args.files, weights=args.weights, random_init=True if args.random_init else None,
         device=args.device, batch_size=args.batch_size, progress=p))
     if not out["predictions"]:
         failed = out.get("failed", [])
         first = f"; {failed[0]['path']}: {failed[0]['reason']}" if failed else ""
         raise LoffError(f"no predictions: none of the {len(failed)} files could be read{first}")
+    if not isinstance(head, Path):
+        out["run"] = head.card["run"]  # predicted with a project's run
+    _score_labelled_predictions(out, args)
     if args.csv:
         from .project import write_predictions_csv
 
         write_predictions_csv(Path(args.csv), out, with_failed=False)
     return out
+
+
+def _score_labelled_predictions(out: dict[str, Any], args: argparse.Namespace) -> None:
+    """When the files come with labels (a labels CSV, or class sub-folders below a folder
+    given on the command line), add `labelled` and the metrics `evaluate` reports."""
+    from .metrics import evaluate_predictions
+
+    classes = out["classes"]
+    table: dict[str, str] = _labels_from_csv(args) if args.labels else {}
+    roots = [Path(f) for f in args.files if Path(f).is_dir()]
+    for row in out["predictions"]:
+        path = Path(row["path"])
+        label = table.get(path.as_posix()) or table.get(path.name) or table.get(path.stem)
+        if label is None and not args.labels:
+            root = next((r for r in roots if r in path.parents), None)
+            if root is not None:  # the nearest folder below the given one named like a class
+                label = next((part for part in reversed(path.relative_to(root).parts[:-1]) if part in classes), None)
+        if label is not None:
+            if label not in classes:
+                raise LoffError(f"{args.labels or path}: label {label!r} is not one of the head's classes "
+                                f"({', '.join(classes)})")
+            row["label"] = label
+    rows = [r for r in out["predictions"] if "label" in r]
+    out["labelled"] = len(rows)
+    if rows:
+        import numpy as np
+
+        y = [classes.index(r["label"]) for r in rows]
+        probs = np.array([r["probabilities"] for r in rows], dtype=np.float64)
+        out |= {"n": len(rows), **evaluate_predictions(y, probs, classes, out["task"], n_bootstrap=args.bootstrap)}
+
+
+def _labels_from_csv(args: argparse.Namespace) -> dict[str, str]:
+    """file -> label from `--labels CSV` (`--label-column`, `--file-column`; the file cell may
+    be a path as given, a file name or a stem)."""
+    import csv
+
+    try:
+        with open(args.labels, newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(65536)
+            fh.seek(0)
+            try:
+                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
+            except csv.Error:
+                dialect = csv.excel
+            rows = list(csv.DictReader(fh, dialect=dialect))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LoffError(f"{args.labels}: cannot read the labels CSV ({exc})") from None
+    columns = list(rows[0]) if rows else []
+    file_column = args.file_column or next((c for c in columns if c.strip().lower() in
+                                            ("file", "filename", "file_name", "path", "image", "image_path")), None)
+    if not rows or file_column not in columns or args.label_column not in columns:
+        wanted = f"a file column ({file_column or 'file, filename, path or image'}) and the label column " \
+                 f"{args.label_column!r}"
+        raise LoffError(f"{args.labels}: needs {wanted}; columns: {', '.join(columns) or 'none'}")
+    table: dict[str, str] = {}
+    for row in rows:
+        name, label = (row.get(file_column) or "").strip(), (row.get(args.label_column) or "").strip()
+        if name and label:
+            key = Path(name)
+            table.setdefault(key.as_posix(), label)
+            table.setdefault(key.name, label)
+            table.setdefault(key.stem, label)
+    return table
+
+
+def _describe_predict(out: dict[str, Any]) -> str:
+    classes = out["classes"]
+    lines = [f"{len(out['predictions'])} predictions ({out['task']}; classes {', '.join(classes)})"]
+    for row in out["predictions"]:
+        p = row["probabilities"][classes.index(row["predicted"])] if row["predicted"] in classes else None
+        lines.append(f"  {row['path']}: {row['predicted']}" + (f"  (P {p:.2f})" if p is not None else ""))
+    lines += [f"  failed {f['path']}: {f['reason']}" for f in out.get("failed", [])]
+    if out.get("labelled"):
+        lines.append(f"metrics on the {out['labelled']} labelled files:")
+        lines += _metric_lines(out)
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -290,6 +414,11 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     summary = project.import_summary()
     return {"project": str(project.root), "imported": summary.imported, "classes": summary.classes,
             "task": project.settings.task, "synthetic": True, "splits": summary.splits}
+
+
+def _describe_demo(out: dict[str, Any]) -> str:
+    return (f"demo project {out['project']} (SYNTHETIC): {out['imported']} images, {out['task']} classes "
+            f"{', '.join(out['classes'])}; split " + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items())))
 
 
 def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
@@ -312,6 +441,24 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _describe_info(out: dict[str, Any]) -> str:
+    lines = [f"project {out['project']}: {out['name']}" + (" (SYNTHETIC)" if out.get("synthetic") else ""),
+             f"task {out['task']}; classes {', '.join(out['classes'] or []) or 'none yet'}"]
+    if "images" in out:
+        lines.append(f"{out['images']} images ({out['labelled']} labelled, {out['failed']} unreadable); split "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items())))
+    for cache in out["caches"]:
+        active = " (active)" if out["active_cache"] and Path(cache).stem == out["active_cache"] else ""
+        lines.append(f"cache {cache}{active}")
+    for r in out["runs"]:
+        score = "n/a" if r["best_score"] is None else f"{r['best_score']:.3f}"
+        stale = f"  STALE: {'; '.join(r['stale'])}" if r["stale"] else ""
+        lines.append(f"run {r['run']}: {r['head']} {r['task']}, best {r['monitor']} {score}{stale}")
+    if not out["runs"]:
+        lines.append("no runs yet")
+    return "\n".join(lines)
+
+
 # -- parser ------------------------------------------------------------------------------
 def _at_least(low: float, kind: type = int) -> Any:
     """argparse type: a number >= low (a clear usage error instead of a traceback later)."""
@@ -326,14 +473,9 @@ def _at_least(low: float, kind: type = int) -> Any:
     return parse
 
 
-def _positive_float(text: str) -> float:
-    value = _at_least(0.0, float)(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from .settings import EvaluateSettings, ExtractSettings, TrainConfig, add_options
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -363,36 +505,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", help="local weights file (.safetensors or .pth, loaded without running code)")
     g.add_argument("--random-init", action="store_true", help="seeded random weights (tests, speed checks)")
     p.add_argument("--weights-seed", type=int, default=0, help="seed of --random-init weights")
-    p.add_argument("--image-size", type=_at_least(16), help="input size in pixels (default: the model's own)")
-    p.add_argument("--grid", type=_at_least(1), default=16, help="average-pool the token grid to at most GRID x GRID")
-    p.add_argument("--batch-size", type=_at_least(1), default=16)
-    p.add_argument("--workers", type=_at_least(0), help="decode worker processes (default: up to 4)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.set_defaults(func=cmd_extract)
+    add_options(p, ExtractSettings)
+    p.set_defaults(func=cmd_extract, describe=_describe_extract)
 
     p = sub.add_parser("train", parents=[common], help="train a compact head on the cached features")
     p.add_argument("project", type=Path)
-    p.add_argument("--head", choices=["linear", "attention", "vit"], default="attention",
-                   help="attention (default): attention pooling over the token grid; linear: a probe on the "
-                        "CLS embedding; vit: a small ViT over the grid (LOFF-TA)")
-    p.add_argument("--task", choices=["classification", "ordinal"])
-    p.add_argument("--epochs", type=_at_least(1))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=_positive_float)
-    p.add_argument("--batch-size", type=_at_least(1))
-    p.add_argument("--patience", type=_at_least(1), help="early-stopping patience in epochs")
+    add_options(p, TrainConfig, names=["task"], defaults=False)  # default: the project's task
+    add_options(p, TrainConfig, names=["head", "epochs", "seed", "lr", "batch_size", "patience", "device"])
     p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
     p.add_argument("--augment", action="append", metavar="NAME=VALUE",
                    help="change one tensor augmentation (repeatable); defaults: "
                         + "; ".join(f"{k}={v} ({d})" for k, (v, d) in AUGMENT_HELP.items()) + ". 0 turns one off")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, describe=_describe_train)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics and per-image predictions of a run")
     p.add_argument("project", type=Path)
     p.add_argument("--run", help="run id (default: the latest)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--bootstrap", type=_at_least(0), default=1000, help="bootstrap resamples for 95%% intervals")
+    add_options(p, EvaluateSettings)
     p.set_defaults(func=cmd_evaluate, describe=_describe_evaluate)
 
     p = sub.add_parser("export", parents=[common], help="write head.safetensors + card.json (+ model.onnx)")
@@ -400,27 +530,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--run")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (backbone + head), checked against torch")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, describe=_describe_export)
 
-    p = sub.add_parser("predict", parents=[common], help="predict new images with an exported head")
-    p.add_argument("head_dir", type=Path)
+    p = sub.add_parser("predict", parents=[common], help="predict new images with an exported head or a project's run")
+    p.add_argument("head_dir", type=Path, metavar="HEAD_DIR_OR_PROJECT",
+                   help="an exported head folder, or a project folder (its latest run, or --run ID)")
     p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--run", help="with a project folder: the run to predict with (default: the latest)")
+    p.add_argument("--labels", type=Path, help="labels CSV for the files: metrics are reported as by evaluate "
+                                               "(without it, class sub-folders of a given folder are the labels)")
+    p.add_argument("--label-column", default="label", help="label column of --labels (default: label)")
+    p.add_argument("--file-column", help="file column of --labels (default: file, filename, path or image)")
+    add_options(p, EvaluateSettings)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights")
     g.add_argument("--random-init", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=_at_least(1), default=8)
     p.add_argument("--csv", type=Path, help="also save the predictions as CSV")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, describe=_describe_predict)
 
     p = sub.add_parser("demo", parents=[common], help="write a small synthetic demo project (no download)")
     p.add_argument("project", type=Path)
     p.add_argument("--patients", type=_at_least(2), default=60)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, describe=_describe_demo)
 
     p = sub.add_parser("info", parents=[common], help="what a project holds: images, caches, runs")
     p.add_argument("project", type=Path)
-    p.set_defaults(func=cmd_info)
+    p.set_defaults(func=cmd_info, describe=_describe_info)
     return parser
 
 
@@ -523,7 +660,7 @@ def _main(args: argparse.Namespace) -> int:
         json.dump(finite_json(json.loads(json.dumps(out, default=str))), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
-        describe = getattr(args, "describe", None)
+        describe = getattr(args, "describe", None)  # every command has one (tests/test_cli_args.py)
         print(describe(out) if describe else json.dumps(out, indent=2, default=str))
     return 0
 

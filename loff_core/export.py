@@ -353,6 +353,15 @@ def load_exported_head(folder: Path | str, device: str = "cpu") -> LoadedHead:
     return LoadedHead(folder, card, head_config, module.to(device))
 
 
+def load_run_head(project: Any, run_id: Optional[str] = None, device: str = "cpu") -> LoadedHead:
+    """A project's run as a head to predict with, described by the card an export would
+    write (nothing is written, no split is evaluated)."""
+    run = project.run(run_id)
+    head_config, state = project.load_head(run)
+    card = _make_card(project, run, head_config, _sha256(run.head_path))
+    return LoadedHead(run.path, card, head_config, _build_head(head_config, state).to(device))
+
+
 def _build_head(head_config: Any, state: dict[str, Any]) -> Any:
     from .heads import build_head
 
@@ -403,16 +412,18 @@ def collect_image_files(paths: Iterable[Path | str]) -> list[Path]:
     return found
 
 
-def predict_files(head_dir: Path | str, paths: Iterable[Path | str], *, weights: Optional[str] = None,
+def predict_files(head_dir: Path | str | LoadedHead, paths: Iterable[Path | str], *, weights: Optional[str] = None,
                   random_init: Optional[bool] = None, device: str = "auto", batch_size: int = 8,
                   progress: Progress = Progress()) -> dict[str, Any]:
-    """Recompute features for new files with the card's backbone and run the head on them."""
+    """Recompute features for new files with the card's backbone and run the head on them.
+    `head_dir`: an exported head folder, or a head already loaded (`load_run_head`)."""
     import numpy as np
 
     from .heads import predicted_class, probabilities
     from .images import decode_max_side, load_pixels
 
-    loaded = load_exported_head(head_dir)
+    loaded = head_dir if isinstance(head_dir, LoadedHead) else load_exported_head(head_dir)
+    head_dir = loaded.folder
     backbone = _backbone_for_card(loaded.card, weights=weights, random_init=random_init, device=device)
     head = loaded.module.to(backbone.device)
     files = collect_image_files(paths)

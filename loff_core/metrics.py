@@ -15,6 +15,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .settings import EvaluateSettings
+
 
 def _f(x: Any) -> Optional[float]:
     """A finite float, or None."""
@@ -110,8 +112,10 @@ def _boot_auc_binary(pos: np.ndarray, score: np.ndarray) -> np.ndarray:
 
 def _bootstrap(
     y: np.ndarray, probs: np.ndarray, pred: np.ndarray, task: str, k: int, names: Sequence[str],
-    n_bootstrap: int, seed: int,
+    n_bootstrap: int, seed: int, class_ci: Optional[list[Optional[list[float]]]] = None,
 ) -> dict[str, Optional[list[float]]]:
+    """95 % percentile intervals of the metrics in `names`; `class_ci`, when given, is
+    filled with each class's one-vs-rest AUC interval (None: undefined)."""
     from .heads import expected_level
 
     n = len(y)
@@ -133,9 +137,16 @@ def _bootstrap(
 
     if k == 2:
         values["auc"] = _boot_auc_binary(yb == 1, probs[idx, 1])
+        per_class = (np.stack([_boot_auc_binary(yb == 0, probs[idx, 0]), values["auc"]], axis=1)
+                     if class_ci is not None else None)
     else:
         per_class = np.stack([_boot_auc_binary(yb == c, probs[idx, c]) for c in range(k)], axis=1)
         values["auc"] = per_class.mean(axis=1)  # nan when any class is missing: undefined
+    if class_ci is not None and per_class is not None:
+        for c in range(k):
+            v = per_class[:, c][np.isfinite(per_class[:, c])]
+            class_ci.append(None if v.size == 0 or not 0 < (y == c).sum() < n else
+                            [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))])
 
     if task == "ordinal":
         err = np.abs(pb - yb).astype(np.float64)
@@ -158,6 +169,15 @@ def _bootstrap(
     return ci
 
 
+def _per_class_auc(y: np.ndarray, probs: np.ndarray, k: int) -> list[Optional[float]]:
+    """Each class's one-vs-rest AUC on P(class); None when the class or the rest is absent."""
+    out: list[Optional[float]] = []
+    for c in range(k):
+        pos = y == c
+        out.append(float(_boot_auc_binary(pos[None, :], probs[None, :, c])[0]) if 0 < pos.sum() < len(y) else None)
+    return out
+
+
 def _roc(y_bin: np.ndarray, score: np.ndarray) -> dict[str, list[float]]:
     from sklearn.metrics import roc_curve
 
@@ -172,7 +192,7 @@ def evaluate_predictions(
     classes: Sequence[str],
     task: str,
     *,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = EvaluateSettings.bootstrap,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Metrics, 95 % bootstrap CIs, per-class scores, confusion matrix and ROC curves."""
@@ -191,7 +211,8 @@ def evaluate_predictions(
     pred = predicted_class(p, task) if len(y) else np.zeros(0, dtype=np.int64)
 
     metrics = _point(y, p, pred, task, k) if len(y) else {"accuracy": None, "balanced_accuracy": None, "auc": None}
-    ci = _bootstrap(y, p, pred, task, k, list(metrics), n_bootstrap, seed)
+    class_ci: list[Optional[list[float]]] = []
+    ci = _bootstrap(y, p, pred, task, k, list(metrics), n_bootstrap, seed, class_ci)
     for name in metrics:
         if metrics[name] is None:
             ci[name] = None
@@ -202,8 +223,10 @@ def evaluate_predictions(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    class_auc = _per_class_auc(y, p, k) if len(y) else [None] * k
     per_class = {
-        c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(sup[i])}
+        c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(sup[i]),
+            "auc": class_auc[i], "auc_ci": class_ci[i] if i < len(class_ci) and class_auc[i] is not None else None}
         for i, c in enumerate(classes)
     }
     cm = confusion_matrix(y, pred, labels=labels).tolist() if len(y) else [[0] * k for _ in range(k)]

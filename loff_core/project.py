@@ -29,6 +29,7 @@ from .errors import CacheError, ProjectError, TrainingError
 from .fsutil import HELD_LOCK_FDS, atomic_path, atomic_write_json
 from .progress import Progress
 from . import trust
+from .settings import EvaluateSettings, ExtractSettings
 
 PROJECT_FILE = "loff-project.json"
 SCHEMA_VERSION = 1
@@ -424,7 +425,7 @@ class Project:
         spec: Any,
         *,
         device: str = "auto",
-        batch_size: int = 16,
+        batch_size: int = ExtractSettings.batch_size,
         num_workers: Optional[int] = None,
         progress: Progress = Progress(),
     ) -> Any:
@@ -687,7 +688,8 @@ class Project:
                              f"{head['grid_hw'][0]}x{head['grid_hw'][1]}")
 
     # -- evaluation --------------------------------------------------------------------
-    def evaluate(self, run_id: Optional[str] = None, split: str = "test", *, n_bootstrap: int = 1000) -> dict[str, Any]:
+    def evaluate(self, run_id: Optional[str] = None, split: str = "test", *,
+                 n_bootstrap: int = EvaluateSettings.bootstrap) -> dict[str, Any]:
         """Metrics and per-image predictions of a run on one split; saved with the run."""
         from .metrics import evaluate_predictions
         from .training import predict_probabilities

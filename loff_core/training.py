@@ -23,32 +23,13 @@ from .backbones import resolve_device
 from .errors import TrainingError, is_out_of_memory
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
+from .settings import TrainConfig  # declared once, with defaults and help (re-exported here)
 
 #: Test hook: called with the batch size before every training step (e.g. to raise an OOM).
 _FAULT_INJECTOR: Optional[Callable[[int], None]] = None
 
 _MEMORY_LIMIT = 2 * 1024**3
 _IMPROVEMENT = 1e-4
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    head: str = "attention"  # measured: ties linear on mini-MIAS, far better on the demo (docs/benchmarks.md, 4)
-    task: str = "classification"
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_steps: Optional[int] = None  # None: 5% of all steps
-    min_lr: float = 1e-6
-    patience: int = 8
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    class_weights: bool = True
-    width: int = 192
-    depth: int = 2
 
 
 @dataclass
@@ -83,12 +64,18 @@ def _read(source: Any, indices: np.ndarray, device: torch.device) -> tuple[torch
     return cls_t, grid_t
 
 
-def _lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    if warmup > 0 and step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    t = min(max(t, 0.0), 1.0)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+def lr_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int, min_lr: float) -> Any:
+    """timm's cosine schedule per step: a linear warm-up over `warmup` steps from lr / warmup
+    to the optimizer's lr, then cosine to `min_lr` at step `total`. Call
+    `.step_update(step)` before each step; it depends only on the step number, so a new
+    schedule (e.g. after the batch was halved) continues where the step count is."""
+    from timm.scheduler import CosineLRScheduler
+
+    lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+    # t_initial >= 2: with 1, timm warns that the schedule has no effect (it has none either way then)
+    return CosineLRScheduler(optimizer, t_initial=max(2, total - warmup), lr_min=min_lr, warmup_t=warmup,
+                             warmup_lr_init=lr / warmup if warmup > 0 else lr, warmup_prefix=True,
+                             t_in_epochs=False)
 
 
 def _loss(logits: torch.Tensor, onehot: torch.Tensor, class_w: torch.Tensor, task: str) -> torch.Tensor:
@@ -249,6 +236,7 @@ def train_head(
     def train_epoch(epoch: int) -> tuple[float, float, bool]:
         """One pass over the training set; returns (mean loss, last lr, stop requested)."""
         per_epoch, total, warmup = schedule()
+        scheduler = lr_schedule(optimizer, total, warmup, config.min_lr)
         head.train()
         perm = torch.randperm(n, generator=gen).numpy()
         loss_sum, seen, lr = 0.0, 0, config.lr
@@ -257,9 +245,8 @@ def train_head(
             pos = np.sort(perm[b * batch_size : (b + 1) * batch_size])  # train_idx positions
             pos = pos[np.argsort(train_idx[pos], kind="stable")]  # ascending cache rows
             step = epoch * per_epoch + b
-            lr = _lr_at(step, total, warmup, config.lr, config.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            scheduler.step_update(step)
+            lr = optimizer.param_groups[0]["lr"]
             if _FAULT_INJECTOR is not None:
                 _FAULT_INJECTOR(batch_size)
             cls, grid = _read(data, train_idx[pos], device)

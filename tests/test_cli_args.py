@@ -79,3 +79,47 @@ def test_predict_with_no_readable_file_fails(tmp_path, capsys):
     assert code == 1 and "none of the 1 files could be read" in err and "broken.png" in err
     assert main(["predict", str(tmp_path / "head"), str(images / "a" / "0.png"), str(bad), "--random-init",
                  "--quiet", "--json"]) == 0  # one good file: predictions, and the bad one listed
+
+
+def test_every_command_prints_a_human_summary_unless_json(tmp_path, capsys):
+    """One voice on the terminal: without --json no command prints JSON on stdout."""
+    import argparse
+
+    from loff_core.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [name for name, p in subparsers.choices.items() if p.get_default("describe") is None]
+    assert not missing, f"commands without a human summary: {missing}"
+
+    project = tmp_path / "demo"
+    steps = [["demo", project, "--patients", "4"],
+             ["extract", project, "--random-init", "--image-size", "32", "--workers", "0"],
+             ["train", project, "--epochs", "1"],
+             ["evaluate", project, "--bootstrap", "10"],
+             ["export", project, tmp_path / "head"],
+             ["predict", tmp_path / "head", project / "images", "--random-init"],
+             ["info", project]]
+    for step in steps:
+        capsys.readouterr()
+        assert main([str(a) for a in step] + ["--quiet"]) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert out.strip() and not out.lstrip().startswith(("{", "[")), f"loff {step[0]} printed: {out[:200]}"
+    assert "STALE" not in out and "run " in out  # info lists the run in words
+
+
+def test_a_log_shows_each_progress_state_once(capsys):
+    """Without a terminal, progress is plain lines; the last state is not printed twice."""
+    from loff_core.cli import TerminalProgress
+
+    terminal = TerminalProgress("export")
+    terminal._tty = False
+    terminal.progress.report(0, 2, "writing head")
+    terminal.progress.report(2, 2, "exported")  # within 10 s: not printed yet
+    terminal.close()
+    assert capsys.readouterr().err.splitlines() == ["export: 0/2 writing head", "export: 2/2 exported"]
+
+    terminal = TerminalProgress("predict")
+    terminal._tty = False
+    terminal.progress.report(1, 1, "predicted 0 images")
+    terminal.close()
+    assert capsys.readouterr().err.splitlines() == ["predict: 1/1 predicted 0 images"]

@@ -4,6 +4,7 @@ survives a (simulated) GPU out-of-memory, refuses bad input, and predicts like i
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -235,3 +236,21 @@ def test_large_sources_are_streamed_in_sorted_batches():
     assert disk.to_memory_calls == 0 and r.history
     probs = predict_probabilities(r.head_config, r.state_dict, disk, src.image_ids[::-1], device="cpu")
     assert probs.shape == (96, 3)
+
+
+def test_the_learning_rate_warms_up_then_follows_a_cosine_to_min_lr():
+    from loff_core.training import lr_schedule
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = lr_schedule(optimizer, total=100, warmup=10, min_lr=1e-6)
+    lrs = []
+    for step in range(100):
+        scheduler.step_update(step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-4) and all(a < b for a, b in zip(lrs[:10], lrs[1:11]))
+    assert lrs[10] == pytest.approx(1e-3)  # the peak right after warm-up
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[55] == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    again = lr_schedule(optimizer, total=100, warmup=10, min_lr=1e-6)  # e.g. rebuilt after an OOM retry
+    again.step_update(55)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lrs[55])

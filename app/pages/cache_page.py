@@ -9,8 +9,13 @@ from typing import Any
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from loff_core.settings import ExtractSettings
+
+from ..cache_plan import is_partial, plan
+from ..forms import control_for
 from ..state import AppState
-from ..widgets import ProgressStrip, form_row
+from ..widgets import Banner, ProgressStrip, form_row
+from ..workers import wire
 
 # name, parameters (millions), note. Kept here so the window need not import torch/timm;
 # loff_core.backbones.SUGGESTED is the engine's list and a test checks both agree.
@@ -44,12 +49,8 @@ class CachePage(QWidget):
         self.image_size.setRange(0, 2048)
         self.image_size.setSpecialValueText("model default")
         self.image_size.setSingleStep(32)
-        self.grid = QSpinBox()
-        self.grid.setRange(1, 64)
-        self.grid.setValue(16)
-        self.batch = QSpinBox()
-        self.batch.setRange(1, 1024)
-        self.batch.setValue(16)
+        self.grid = control_for(ExtractSettings, "grid", high=64)
+        self.batch = control_for(ExtractSettings, "batch_size", high=1024)
         self.device = QComboBox()
         self.device.addItem("auto", "auto")
         self.device.addItem("CPU", "cpu")  # GPUs are listed by "Find GPUs" (that imports torch)
@@ -61,21 +62,32 @@ class CachePage(QWidget):
         self.strip.stop_clicked.connect(self.state.runner.stop)
         self.info = QLabel("")
         self.info.setWordWrap(True)
+        self.plan = QLabel("")  # what Extract will do, before it runs
+        self.plan.setWordWrap(True)
+        self.banner = Banner()
+        for w in (self.backbone, self.image_size, self.grid):
+            signal = w.currentTextChanged if isinstance(w, QComboBox) else w.valueChanged
+            signal.connect(lambda *_: self.show_plan())
 
         form = QFormLayout()
         form.addRow("Backbone", form_row(self.backbone, self.note))
         form.addRow("Weights", form_row(self.weights, pick, self.random_init, stretch_last=True))
         form.addRow("Input", form_row(QLabel("size"), self.image_size, QLabel("token grid at most"), self.grid,
                                       QLabel("batch"), self.batch))
-        form.addRow("Device", form_row(self.device, self.devices_button))
+        self.devices_found = QLabel("")
+        form.addRow("Device", form_row(self.device, self.devices_button, self.devices_found))
         form.addRow("", form_row(self.extract_button, self.strip, stretch_last=True))
         box = QGroupBox("Frozen backbone -> feature cache (runs once per image)")
         box.setLayout(form)
+        plan_box = QGroupBox("What Extract will do")
+        QVBoxLayout(plan_box).addWidget(self.plan)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.banner)
         layout.addWidget(box)
+        layout.addWidget(plan_box)
         layout.addWidget(self.info)
         layout.addStretch(1)
-        state.project_changed.connect(lambda _: self.refresh())
+        state.project_changed.connect(lambda _: self._project_changed())
         state.catalog_changed.connect(self.refresh)
         state.cache_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
@@ -97,24 +109,42 @@ class CachePage(QWidget):
             self.note.setText("any timm model name: weights from the local timm cache or a local weights file")
 
     def _find_devices(self) -> None:
-        """Listing GPUs imports torch: done in the job thread, not here."""
+        """Listing GPUs imports torch: done in a light job, not here."""
         from loff_core.backbones import list_devices
 
-        job = self.state.start("find devices", lambda progress: list_devices())
-        if job is not None:
-            job.finished.connect(self._devices_found)
+        from ..workers import start_light
+
+        self.devices_button.setEnabled(False)
+        self.devices_button.setText("Looking for GPUs...")
+        job = start_light("find devices", list_devices, newest=(self, "devices"))
+        job.finished.connect(self._devices_found)
+        job.failed.connect(self._devices_failed)
+
+    def _devices_failed(self, text: str) -> None:
+        self.devices_button.setEnabled(True)
+        self.devices_button.setText("Find GPUs")
+        self.banner.show_error(f"could not list the GPUs: {text}")
+        self.state.message.emit("error", f"could not list the GPUs: {text}")
 
     def _devices_found(self, devices: list[dict]) -> None:
+        self.devices_button.setEnabled(True)
+        self.devices_button.setText("Find GPUs")
         self.device.clear()
         self.device.addItem("auto", "auto")
         for d in devices:
             self.device.addItem(d["label"], d["device"])
+        gpus = [d for d in devices if d["device"] != "cpu"]
+        text = (f"found {len(gpus)} GPU{'s' if len(gpus) != 1 else ''}: " + "; ".join(d["label"] for d in gpus)
+                if gpus else "found no GPU (no CUDA device visible to PyTorch): extraction runs on the CPU")
+        self.devices_found.setText(text)
+        self.state.message.emit("info", text)
+        if gpus:
+            self.device.setCurrentIndex(self.device.findData(gpus[0]["device"]))
 
     def spec(self) -> Any:
         from loff_core.backbones import BackboneSpec
 
-        name = (self.backbone.currentData() if self.backbone.currentText() == self.backbone.itemText(
-            self.backbone.currentIndex()) else None) or self.backbone.currentText().strip()
+        name = self.spec_name()
         return BackboneSpec(name=name, weights=self.weights.text().strip() or None,
                             random_init=self.random_init.isChecked(), seed=0,
                             image_size=self.image_size.value() or None, grid=self.grid.value())
@@ -129,17 +159,18 @@ class CachePage(QWidget):
         def work(progress: Any) -> Any:
             with project.lock():
                 return project.extract(spec, device=device, batch_size=batch, progress=progress)
-        job = self.state.start("extract", work)
+        self.save_settings()
+        job = wire(self.state.start("extract", work, banner=self.banner), strip=self.strip, banner=self.banner,
+                   done=self._extracted)
         if job is not None:
             job.on_close = "stop"  # closing the window keeps the finished batches, like Stop
-            job.progress.connect(self.strip.report)
-            job.finished.connect(self._extracted)
 
     def _extracted(self, result: Any) -> None:
-        words = "stopped; extract again to resume" if result.stopped else "done"
-        self.state.message.emit("info", f"extraction {words}: {result.extracted} images computed, "
-                                        f"{result.skipped} already cached, {len(result.failures)} unreadable "
-                                        f"({result.seconds:.1f} s)")
+        words = "stopped; the cache is partial: Extract again to resume" if result.stopped else "done"
+        text = (f"extraction {words}: {result.extracted} images computed, {result.skipped} already cached, "
+                f"{len(result.failures)} unreadable ({result.seconds:.1f} s)")
+        self.state.message.emit("info", text)
+        self.strip.finish(text, complete=not result.stopped)
         shown = self.state.runner.job.notices if self.state.runner.job is not None else []
         for note in result.notes:
             if note not in shown:  # notices were shown as they happened
@@ -155,9 +186,46 @@ class CachePage(QWidget):
         job = self.state.runner.job
         self.strip.set_running(busy and job is not None and job.name == "extract")
 
+    # -- per project ---------------------------------------------------------------------
+    def _project_changed(self) -> None:
+        """Another project: its own settings, no text or device list of the previous one."""
+        self.banner.clear()
+        self.strip.clear()
+        self.devices_found.setText("")
+        values = self.state.page_settings("cache")
+        if values:
+            self.backbone.setCurrentText(values.get("backbone", self.backbone.currentText()))
+            self.weights.setText(values.get("weights", ""))
+            self.random_init.setChecked(bool(values.get("random_init", False)))
+            self.image_size.setValue(int(values.get("image_size", 0)))
+            self.grid.setValue(int(values.get("grid", 16)))
+            self.batch.setValue(int(values.get("batch", 16)))
+        self.refresh()
+
+    def save_settings(self) -> None:
+        self.state.save_page_settings("cache", {
+            "backbone": self.backbone.currentText(), "weights": self.weights.text(),
+            "random_init": self.random_init.isChecked(), "image_size": self.image_size.value(),
+            "grid": self.grid.value(), "batch": self.batch.value()})
+
+    def show_plan(self) -> None:
+        project = self.state.project
+        entries = project.catalog().entries if project is not None and project.has_catalog() else []
+        if not entries:
+            self.plan.setText("import images first: the plan needs their sizes")
+            return
+        name = self.spec_name()
+        self.plan.setText("<br>".join(plan(entries, name, self.image_size.value() or None,
+                                           self.grid.value()).lines()))
+
+    def spec_name(self) -> str:
+        return (self.backbone.currentData() if self.backbone.currentText() == self.backbone.itemText(
+            self.backbone.currentIndex()) else None) or self.backbone.currentText().strip()
+
     def refresh(self) -> None:
         project = self.state.project
         self._busy(self.state.busy)
+        self.show_plan()
         if project is None:
             self.info.setText("")
             return
@@ -165,9 +233,14 @@ class CachePage(QWidget):
         for path in project.cache_paths():
             active = path.stem == project.settings.active_cache
             size = path.stat().st_size / 2**20
-            lines.append(f"{'<b>active</b> ' if active else ''}cache {path.name}: {size:.1f} MB on disk")
+            partial = is_partial(project.caches_dir, path.stem)
+            state = ("<b>PARTIAL</b> (extraction stopped before the end; Extract with the same settings finishes "
+                     "it; Train waits for it) " if partial else "") + ("<b>active</b> " if active else "")
+            lines.append(f"{state}cache {path.name}: {size:.1f} MB on disk")
         parts = list(project.caches_dir.glob("*.parts")) if project.caches_dir.is_dir() else []
         for p in parts:
+            if (project.caches_dir / f"{p.stem}.h5").exists():
+                continue  # said above, beside its cache
             lines.append(f"unfinished extraction {p.stem}: {len(list(p.glob('*.h5')))} batches done "
                          f"(Extract with the same settings resumes it)")
         if project.settings.active_cache:

@@ -17,11 +17,16 @@ from loff_core.catalog import CatalogEntry
 from loff_core.errors import LoffError
 
 from ..state import AppState
-from ..widgets import ImagePanel, ProgressStrip, form_row
+from ..widgets import Banner, ImagePanel, ProgressStrip, form_row
+from ..workers import wire
 
 COLUMNS = [("shown_path", "File"), ("label", "Label"), ("split", "Split"), ("patient_key", "Patient key"),
            ("modality", "Modality"), ("view", "View"), ("laterality", "Side"), ("size", "Size"),
            ("format", "Format"), ("image_id", "Image id")]
+
+
+def text_or_none(text: str) -> Optional[str]:
+    return text.strip() or None
 
 
 class CatalogModel(QAbstractTableModel):
@@ -142,7 +147,8 @@ class ImportPage(QWidget):
         self.model = CatalogModel()
         self.filter = QLineEdit()
         self.filter.setPlaceholderText("filter (any column)")
-        self.filter.textChanged.connect(self.model.set_filter)
+        self.filter.textChanged.connect(self._filter_changed)
+        self.shown = QLabel("")  # how many rows the filter shows
         self.table = QTableView()
         self.table.setModel(self.model)
         self.table.setSortingEnabled(True)
@@ -161,7 +167,7 @@ class ImportPage(QWidget):
         left = QWidget()
         lv = QVBoxLayout(left)
         lv.setContentsMargins(0, 0, 0, 0)
-        lv.addWidget(self.filter)
+        lv.addWidget(form_row(self.filter, self.shown, stretch_last=False))
         lv.addWidget(self.table, 3)
         lv.addWidget(self.counts)
         lv.addWidget(QLabel("Import report: files not imported, and warnings"))
@@ -170,13 +176,24 @@ class ImportPage(QWidget):
         split.addWidget(left)
         split.addWidget(self.viewer)
         split.setSizes([700, 500])
+        self.banner = Banner()
         layout = QVBoxLayout(self)
+        layout.addWidget(self.banner)
         layout.addWidget(top)
         layout.addWidget(split, 1)
-        state.project_changed.connect(lambda _: (self._fill_from_project(), self.refresh()))
+        state.project_changed.connect(lambda _: self._project_changed())
         state.catalog_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
         self._read_columns()
+
+    def _project_changed(self) -> None:
+        """Another project: nothing of the previous one stays (image, filter, texts)."""
+        self.banner.clear()
+        self.strip.clear()
+        self.filter.clear()
+        self.viewer.show_image(None, "")
+        self._fill_from_project()
+        self.refresh()
 
     # -- choosing inputs ---------------------------------------------------------------
     def _choose_folder(self) -> None:
@@ -254,8 +271,8 @@ class ImportPage(QWidget):
             return
         classes = [c.strip() for c in self.classes.text().split(",") if c.strip()] or None
         labels_csv = self.labels.text().strip()
-        if project.has_catalog():
-            n = len(project.catalog().entries)
+        n = len(project.catalog().entries) if project.has_catalog() else 0
+        if n:  # an empty catalog (an import that found nothing) is replaced without asking
             source = (f"from {Path(labels_csv).name}, column {self.label_column.currentText()}" if labels_csv
                       else "from sub-folder names (no labels CSV chosen)")
             runs = len(project.runs())
@@ -270,15 +287,27 @@ class ImportPage(QWidget):
         def work(progress: Any) -> Any:
             with project.lock():
                 return project.import_images(folder, progress=progress, **kwargs)
-        job = self.state.start("import", work)
-        if job is not None:
-            job.progress.connect(self.strip.report)
-            job.finished.connect(self._imported)
+        wire(self.state.start("import", work, banner=self.banner), strip=self.strip, banner=self.banner,
+             done=self._imported)
 
     def _imported(self, summary: Any) -> None:
-        self.state.message.emit("info", f"imported {summary.imported} images ({summary.labelled} labelled); "
-                                        f"{len(summary.failures)} could not be read")
+        text = (f"imported {summary.imported} images ({summary.labelled} labelled); "
+                f"{len(summary.failures)} could not be read")
+        self.state.message.emit("info", text)
+        self.strip.finish(text, complete=summary.imported > 0)  # 0 images: an empty bar, not 100 %
+        if summary.imported == 0:
+            self.banner.show_warning(f"no images were imported from {self.folder.text().strip()}: see the import "
+                                     "report below")
         self.state.catalog_changed.emit()
+
+    def _filter_changed(self, text: str) -> None:
+        self.model.set_filter(text)
+        self._count_shown()
+
+    def _count_shown(self) -> None:
+        total, shown = len(self.model.entries), self.model.rowCount()
+        self.shown.setText(f"{shown} of {total} rows shown" if text_or_none(self.filter.text()) else
+                           f"{total} rows")
 
     def _busy(self, busy: bool) -> None:
         self.import_button.setEnabled(not busy and self.state.project is not None)
@@ -290,7 +319,9 @@ class ImportPage(QWidget):
         self.problems.clear()
         if project is None or not project.has_catalog():
             self.model.set_entries([])
+            self._count_shown()
             self.counts.setText("No images imported yet.")
+            self.viewer.show_image(None, "")
             self._busy(self.state.busy)
             return
         catalog = project.catalog()
@@ -307,9 +338,12 @@ class ImportPage(QWidget):
         for w in s.warnings:
             self.problems.addItem(f"warning: {w}")
         self.table.resizeColumnsToContents()
+        self._count_shown()
         self._busy(self.state.busy)
         if self.model.rowCount():
             self.table.selectRow(0)
+        else:
+            self.viewer.show_image(None, "")
 
     def _row_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         if not current.isValid() or self.state.project is None:
@@ -324,7 +358,7 @@ class ImportPage(QWidget):
         entry = project.catalog().by_id().get(image_id)
         if entry is None:
             return
-        from ..loader import load_async
+        from ..workers import load_image
 
         caption = (f"{entry.shown_path} | label {entry.label or '-'} | split {entry.split or '-'} | "
                    f"{entry.modality or entry.format} {entry.view or ''} {entry.laterality or ''}")
@@ -333,5 +367,5 @@ class ImportPage(QWidget):
         except LoffError as exc:  # the images folder was moved: say so, keep the table
             self.viewer.show_image(None, str(exc))
             return
-        load_async(self, path, lambda pixels, error: self.viewer.show_image(
+        load_image(self, path, lambda pixels, error: self.viewer.show_image(
             pixels, caption if error is None else f"{entry.shown_path}: {error}"))

@@ -1,5 +1,11 @@
 """Predict and export: run a head on new files (results table, saved as CSV), and export
-the head (safetensors + card.json, optionally ONNX) where the user chooses."""
+the head (safetensors + card.json, optionally ONNX) where the user chooses.
+
+Everything here belongs to the open project: another project clears the head folder, the
+images, the table and the export folder. The table's header says which model made the
+predictions (run or exported head, backbone, classes, task) and whether it differs from
+the open project; a head from outside the project that differs needs a confirmation.
+Export never writes into a non-empty folder without asking."""
 
 from __future__ import annotations
 
@@ -8,11 +14,50 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGroupBox, QLabel, QLineEdit, QPushButton,
-                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt
 
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGroupBox, QLabel, QLineEdit, QMessageBox,
+                               QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from ..about import project_backbone
 from ..state import AppState
-from ..widgets import ProgressStrip, form_row
+from ..widgets import Banner, ProgressStrip, form_row
+from ..workers import wire
+from .results_page import fill_runs
+
+
+def read_card(head_dir: str | Path) -> Optional[dict]:
+    """An exported head's card.json (plain JSON: the window does not load the head)."""
+    import json
+
+    try:
+        return json.loads((Path(head_dir) / "card.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def differences(card: dict, project: Any) -> list[str]:
+    """How a head differs from the open project: classes, task, backbone (empty: it fits)."""
+    out = []
+    if project is None:
+        return out
+    mine = list(project.settings.classes)
+    if mine and list(card.get("classes", [])) != mine:
+        out.append(f"classes {', '.join(card.get('classes', []))} (this project: {', '.join(mine)})")
+    if card.get("task") and card["task"] != project.settings.task:
+        out.append(f"task {card['task']} (this project: {project.settings.task})")
+    theirs, ours = (card.get("backbone") or {}).get("name"), project_backbone(project)
+    if theirs and ours and theirs != ours:
+        out.append(f"backbone {theirs} (this project's cache: {ours})")
+    return out
+
+
+def inside(path: str | Path, root: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 class PredictPage(QWidget):
@@ -20,6 +65,8 @@ class PredictPage(QWidget):
         super().__init__()
         self.state = state
         self.run = QComboBox()
+        self.run.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.run.currentIndexChanged.connect(lambda _: self._default_export_dir())
         self.export_dir = QLineEdit()
         self.export_dir.setPlaceholderText("folder to export the head into")
         pick_out = QPushButton("Choose...")
@@ -45,6 +92,10 @@ class PredictPage(QWidget):
         self.strip.stop_clicked.connect(self.state.runner.cancel)
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.model_text = QLabel("")  # which model made the predictions in the table
+        self.model_text.setWordWrap(True)
+        self.model_text.setTextFormat(Qt.TextFormat.RichText)
+        self.banner = Banner()
 
         export_box = QGroupBox("Export the trained head")
         ev = QVBoxLayout(export_box)
@@ -56,23 +107,52 @@ class PredictPage(QWidget):
         pv.addWidget(form_row(QLabel("head"), self.head_dir, self.predict_button, self.save_button,
                               stretch_last=True))
         layout = QVBoxLayout(self)
+        layout.addWidget(self.banner)
         layout.addWidget(export_box)
         layout.addWidget(predict_box)
         layout.addWidget(self.strip)
+        layout.addWidget(self.model_text)
         layout.addWidget(self.table, 1)
         self.result: Optional[dict] = None
-        state.project_changed.connect(lambda _: self.refresh())
+        state.project_changed.connect(lambda _: self._project_changed())
         state.runs_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
         self._busy(state.busy)  # no run and no head folder yet: Predict starts disabled
 
+    def run_id(self) -> str:
+        return self.run.currentData() or ""
+
+    def _project_changed(self) -> None:
+        """Another project: nothing of the previous one stays (head, images, table, folder)."""
+        self.result = None
+        self.head_dir.clear()
+        self.files.clear()
+        self.export_dir.clear()
+        self.table.clear()
+        self.table.setRowCount(0)
+        self.table.setColumnCount(0)
+        self.model_text.setText("")
+        self.save_button.setEnabled(False)
+        self.strip.clear()
+        self.banner.clear()
+        self.refresh()
+        values = self.state.page_settings("predict")
+        self.onnx.setChecked(bool(values.get("onnx", False)))
+
     def refresh(self) -> None:
-        self.run.clear()
         project = self.state.project
-        if project is not None:
-            for r in reversed(project.runs()):
-                self.run.addItem(r.run_id)
+        fill_runs(self.run, project, self.run_id())
+        self._default_export_dir()
         self._busy(self.state.busy)
+
+    def _default_export_dir(self) -> None:
+        """Inside the open project unless the user chose a folder: exports/<run>."""
+        project, run_id = self.state.project, self.run_id()
+        text = self.export_dir.text().strip()
+        if project is None or not run_id:
+            return
+        if not text or (inside(text, project.root) and Path(text).parent == project.root / "exports"):
+            self.export_dir.setText(str(project.root / "exports" / run_id))
 
     def _busy(self, busy: bool) -> None:
         has_run = self.run.count() > 0
@@ -97,30 +177,62 @@ class PredictPage(QWidget):
         if path:
             self.files.setText(path)
 
+    def confirm(self, title: str, text: str) -> bool:
+        """Ask the user (tests replace this method)."""
+        return QMessageBox.question(self, title, text) == QMessageBox.StandardButton.Yes
+
     def start_export(self) -> None:
-        project, run_id, out, onnx = self.state.project, self.run.currentText(), self.export_dir.text().strip(), \
+        project, run_id, out, onnx = self.state.project, self.run_id(), self.export_dir.text().strip(), \
             self.onnx.isChecked()
         if not out:
             self.state.message.emit("warning", "choose a folder to export into")
             return
+        target = Path(out)
+        if target.exists() and not target.is_dir():
+            self.banner.show_error(f"{out} is a file, not a folder: choose a folder to export into")
+            return
+        if target.is_dir() and any(target.iterdir()):
+            card = read_card(target)
+            what = (f"an exported head of run {card.get('run')} ({', '.join(card.get('classes', []))})" if card
+                    else f"{sum(1 for _ in target.iterdir())} files")
+            if not self.confirm("Export", f"{out} is not empty: it holds {what}.\n\nReplace its head files "
+                                          f"(head.safetensors, card.json{', model.onnx' if onnx else ''}) with "
+                                          f"run {run_id}?"):
+                self.state.message.emit("info", f"export cancelled: {out} was left as it was")
+                return
+        self.state.save_page_settings("predict", {"onnx": onnx})
 
         def work(progress: Any) -> Any:
             from loff_core.export import export_head
 
             return export_head(project, out, run_id=run_id, onnx=onnx, progress=progress)
-        job = self.state.start("export", work)
-        if job is not None:
-            job.progress.connect(self.strip.report)
-            job.finished.connect(lambda r: self.state.message.emit(
-                "info", f"exported run {r['run']} to {r['out_dir']}: " + ", ".join(Path(f).name for f in r["files"].values())))
+        wire(self.state.start("export", work, banner=self.banner), strip=self.strip, banner=self.banner,
+             done=self._exported)
+
+    def _exported(self, r: dict) -> None:
+        text = f"exported run {r['run']} to {r['out_dir']}: " + ", ".join(Path(f).name for f in r["files"].values())
+        self.state.message.emit("info", text)
+        self.strip.finish(text)
 
     def start_predict(self) -> None:
-        project, run_id = self.state.project, self.run.currentText()
+        project, run_id = self.state.project, self.run_id()
         paths = [p for p in self.files.text().split(";") if p.strip()]
         head_dir = self.head_dir.text().strip()
         if not paths:
             self.state.message.emit("warning", "choose images to predict")
             return
+        if head_dir:
+            card = read_card(head_dir)
+            if card is None:
+                self.banner.show_error(f"{head_dir}: no readable card.json: not an exported head folder")
+                return
+            differ = differences(card, project)
+            if differ and project is not None and not inside(head_dir, project.root):
+                if not self.confirm("A head from another project", f"The head in {head_dir} comes from outside "
+                                    f"this project and differs from it:\n\n- " + "\n- ".join(differ)
+                                    + "\n\nPredict with it anyway?"):
+                    self.state.message.emit("info", "prediction cancelled: the head does not match this project")
+                    return
 
         def work(progress: Any) -> Any:
             from loff_core.export import export_head, predict_files
@@ -130,15 +242,36 @@ class PredictPage(QWidget):
             with tempfile.TemporaryDirectory(prefix="loff-head-") as tmp:
                 export_head(project, tmp, run_id=run_id)
                 return predict_files(tmp, paths, progress=progress)
-        job = self.state.start("predict", work)
-        if job is not None:
-            job.progress.connect(self.strip.report)
-            job.finished.connect(self.show_predictions)
+        source = {"head_dir": head_dir} if head_dir else {"run": run_id}
+        wire(self.state.start("predict", work, banner=self.banner), strip=self.strip, banner=self.banner,
+             done=lambda result: self.show_predictions({**result, **source}))
+
+    def describe_model(self, result: dict) -> str:
+        """The model behind the table: where it comes from, backbone, classes, task, and how it
+        differs from the open project."""
+        project = self.state.project
+        card = read_card(result["head_dir"]) if result.get("head_dir") else None
+        if result.get("run"):
+            where = f"run <b>{result['run']}</b> of this project"
+            backbone = project_backbone(project)
+        else:
+            head = result.get("head_dir") or result.get("head") or "?"
+            where = f"exported head <b>{head}</b>" + (f" (run {card.get('run')})" if card and card.get("run") else "")
+            backbone = (card or {}).get("backbone", {}).get("name")
+        text = (f"Predictions by {where}: model {backbone or '?'}"
+                + (f", head {card['head']['kind']}" if card and card.get("head") else "")
+                + f", classes {', '.join(result['classes'])}, task {result.get('task', '?')}")
+        differ = differences({**(card or {}), "classes": result["classes"], "task": result.get("task")}, project)
+        if differ:
+            text += ("<br><span style='color:#b35900'><b>Differs from this project</b>: " + "; ".join(differ)
+                     + "</span>")
+        return text
 
     def show_predictions(self, result: dict) -> None:
         self.result = result
         classes = result["classes"]
         rows = result["predictions"]
+        self.model_text.setText(self.describe_model(result))
         self.table.clear()
         self.table.setColumnCount(2 + len(classes))
         self.table.setHorizontalHeaderLabels(["file", "predicted", *[f"P({c})" for c in classes]])
@@ -153,7 +286,9 @@ class PredictPage(QWidget):
             self.table.setItem(len(rows) + k, 1, QTableWidgetItem(f"not read: {f['reason']}"))
         self.table.resizeColumnsToContents()
         self.save_button.setEnabled(bool(rows or result["failed"]))
-        self.state.message.emit("info", f"predicted {len(rows)} images; {len(result['failed'])} could not be read")
+        text = f"predicted {len(rows)} images; {len(result['failed'])} could not be read"
+        self.state.message.emit("info", text)
+        self.strip.finish(text, complete=bool(rows))
 
     def save_csv(self, path: Optional[str] = None) -> None:
         if self.result is None:

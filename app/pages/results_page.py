@@ -13,10 +13,44 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QComboBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSlider, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
-from ..state import AppState
-from ..widgets import ProgressStrip, bold, form_row
+from loff_core.settings import EvaluateSettings
 
-PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7"]
+from ..state import AppState
+from ..widgets import Banner, ProgressStrip, bold, form_row
+from ..workers import wire
+from .train_page import OKABE_ITO, STOPPED_WORDS
+
+PALETTE = OKABE_ITO  # colour-blind safe (Okabe-Ito)
+CORRECT, WRONG = QColor(0, 114, 178), QColor(230, 159, 0)  # blue / orange: distinguishable without red-green
+
+
+def best_run(project: Any, runs: list[Any]) -> Optional[str]:
+    """The run with the best validation score (its monitor; all monitors are higher-better),
+    preferring runs that are up to date; ties go to the newest."""
+    if not runs:
+        return None
+    fresh = [r for r in runs if not project.stale_reasons(r)] or runs
+    return max(enumerate(fresh), key=lambda ir: (ir[1].record.get("best_score", float("-inf")), ir[0]))[1].run_id
+
+
+def run_label(run: Any) -> str:
+    """A run as the run boxes list it: its full name, and how it ended when not completed."""
+    stopped = run.record.get("stopped", "completed")
+    return run.run_id if stopped == "completed" else f"{run.run_id}  ({STOPPED_WORDS.get(stopped, stopped)})"
+
+
+def fill_runs(combo: QComboBox, project: Any, keep: Optional[str]) -> None:
+    """Every run of `project`, newest first, its id as the item's data; `keep` stays chosen
+    if it still exists, else the best run is chosen."""
+    combo.blockSignals(True)
+    combo.clear()
+    runs = project.runs() if project is not None else []
+    for r in reversed(runs):
+        combo.addItem(run_label(r), r.run_id)
+    chosen = keep if keep and combo.findData(keep) >= 0 else best_run(project, runs)
+    if chosen:
+        combo.setCurrentIndex(combo.findData(chosen))
+    combo.blockSignals(False)
 
 
 class ResultsPage(QWidget):
@@ -24,6 +58,17 @@ class ResultsPage(QWidget):
         super().__init__()
         self.state = state
         self.run = QComboBox()
+        self.run.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)  # full run names
+        self.run.setToolTip("runs of this project, newest first; the best validation score is chosen by default")
+        self.run.currentIndexChanged.connect(self._run_changed)
+        self.compare = QComboBox()
+        self.compare.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.compare.setToolTip("overlay another run's ROC on the same split (dashed; that run must have been "
+                                "evaluated on it)")
+        self.compare.currentIndexChanged.connect(lambda _: self._show_compare())
+        self.roc_legend = QLabel("")
+        self.roc_legend.setWordWrap(True)
+        self.banner = Banner()
         self.split = QComboBox()
         self.split.addItems(["test", "val", "train"])
         self.evaluate_button = QPushButton("Evaluate")
@@ -43,7 +88,7 @@ class ResultsPage(QWidget):
         self.roc = pg.PlotWidget(title="ROC")
         self.roc.setLabel("bottom", "false positive rate")
         self.roc.setLabel("left", "true positive rate")
-        self.roc.addLegend(offset=(-10, -10))  # bottom right: curves live top left
+        self.compare_items: list[Any] = []
         self.threshold = QSlider(Qt.Orientation.Horizontal)
         self.threshold.setRange(0, 1000)
         self.threshold.setValue(500)
@@ -52,7 +97,7 @@ class ResultsPage(QWidget):
         self.positive = QComboBox()  # the class whose probability is thresholded (one vs rest)
         self.positive.setToolTip("class scored as positive (one vs rest for more than two classes)")
         self.positive.currentIndexChanged.connect(lambda _: self._threshold_moved(self.threshold.value()))
-        self.marker = pg.ScatterPlotItem(size=12, brush=pg.mkBrush("#e15759"))
+        self.marker = pg.ScatterPlotItem(size=12, brush=pg.mkBrush("#D55E00"))
         self.roc.addItem(self.marker)
         self.levels = pg.PlotWidget(title="predicted vs true level")
         self.levels.setLabel("bottom", "true level")
@@ -73,6 +118,7 @@ class ResultsPage(QWidget):
         left.addWidget(self.confusion, 2)
         left.addWidget(self.view_cell)
         right = QVBoxLayout()
+        right.addWidget(form_row(self.roc_legend, QLabel("compare with"), self.compare, stretch_last=False))
         right.addWidget(self.roc, 3)
         right.addWidget(form_row(QLabel("P("), self.positive, QLabel(") >="), self.threshold,
                                          self.threshold_text, stretch_last=True))
@@ -82,6 +128,7 @@ class ResultsPage(QWidget):
         grid.setColumnStretch(0, 1)
         grid.setColumnStretch(1, 1)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.banner)
         layout.addWidget(top)
         layout.addWidget(self.summary)
         layout.addLayout(grid, 1)
@@ -90,17 +137,31 @@ class ResultsPage(QWidget):
         state.runs_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
 
+    def run_id(self) -> str:
+        """The chosen run's id (the box shows it with how the run ended)."""
+        return self.run.currentData() or ""
+
     def refresh(self) -> None:
         project = self.state.project
-        current = self.run.currentText()
-        self.run.clear()
-        if project is not None:
-            for r in reversed(project.runs()):
-                self.run.addItem(r.run_id)
-            if current:
-                self.run.setCurrentText(current)
-        if self.result is not None and self.run.findText(self.result["run"]) < 0:
+        fill_runs(self.run, project, self.run_id())
+        keep = self.compare.currentData()
+        self.compare.blockSignals(True)
+        self.compare.clear()
+        self.compare.addItem("(none)", None)
+        for r in reversed(project.runs() if project is not None else []):
+            self.compare.addItem(run_label(r), r.run_id)
+        self.compare.setCurrentIndex(max(0, self.compare.findData(keep)) if keep else 0)
+        self.compare.blockSignals(False)
+        if self.result is not None and self.run.findData(self.result["run"]) < 0:
             self.clear()  # the evaluated run is gone (or another project is open)
+        elif self.result is not None and self.result["run"] != self.run_id():
+            self.clear()
+        self._busy(self.state.busy)
+
+    def _run_changed(self, _index: int) -> None:
+        """Another run chosen: the previous run's results leave the screen."""
+        if self.result is not None and self.result["run"] != self.run_id():
+            self.clear()
         self._busy(self.state.busy)
 
     def clear(self) -> None:
@@ -126,6 +187,11 @@ class ResultsPage(QWidget):
         self.threshold_text.setText("")
         self.levels.clear()
         self.levels.setTitle("predicted vs true level")
+        self.roc_legend.setText("")
+        self.compare_items = []
+        self.threshold.blockSignals(True)
+        self.threshold.setValue(500)
+        self.threshold.blockSignals(False)
 
     def _busy(self, busy: bool) -> None:
         self.evaluate_button.setEnabled(not busy and self.run.count() > 0)
@@ -133,18 +199,16 @@ class ResultsPage(QWidget):
         self.strip.set_running(busy and job is not None and job.name == "evaluate")
 
     def start_evaluate(self) -> None:
-        project, run_id, split = self.state.project, self.run.currentText(), self.split.currentText()
+        project, run_id, split = self.state.project, self.run_id(), self.split.currentText()
         if project is None or not run_id:
             return
 
         def work(progress: Any) -> Any:
-            progress.report(0, 0, "evaluating with 200 bootstrap resamples")
-            with project.lock():
-                return project.evaluate(run_id, split, n_bootstrap=200)
-        job = self.state.start("evaluate", work)
-        if job is not None:
-            job.progress.connect(self.strip.report)
-            job.finished.connect(self.show_result)
+            progress.report(0, 0, f"evaluating with {EvaluateSettings.bootstrap} bootstrap resamples")
+            with project.lock():  # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
+                return project.evaluate(run_id, split, n_bootstrap=EvaluateSettings.bootstrap)
+        wire(self.state.start("evaluate", work, banner=self.banner), strip=self.strip, banner=self.banner,
+             done=self.show_result)
 
     # -- showing -----------------------------------------------------------------------
     def show_result(self, result: dict) -> None:
@@ -164,7 +228,15 @@ class ResultsPage(QWidget):
             for col, text in enumerate([name.replace("_", " "), "n/a" if value is None else f"{value:.3f}",
                                         f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else ""]):
                 self.metrics.setItem(row, col, QTableWidgetItem(text))
-        for name, pc in (result.get("per_class") or {}).items():  # per class: no interval computed
+        for name, pc in (result.get("per_class") or {}).items():
+            if "auc" in pc:  # one vs rest, with its bootstrap interval (evaluations from before: none)
+                ci = pc.get("auc_ci")
+                row = self.metrics.rowCount()
+                self.metrics.insertRow(row)
+                for col, cell in enumerate([f"class {name}: AUC (one vs rest)",
+                                            "n/a" if pc["auc"] is None else f"{pc['auc']:.3f}",
+                                            f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else ""]):
+                    self.metrics.setItem(row, col, QTableWidgetItem(cell))
             row = self.metrics.rowCount()
             self.metrics.insertRow(row)
             text = (f"{pc['precision']:.3f} / {pc['recall']:.3f}")
@@ -189,9 +261,9 @@ class ResultsPage(QWidget):
                 share = cm[i, j] / rows[i, 0]  # row-normalised shade: fair for imbalanced classes
                 item = QTableWidgetItem(f"{cm[i, j]}  ({share:.0%})")
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-                green = i == j
-                item.setBackground(QBrush(QColor(89, 161, 79, int(40 + 180 * share)) if green else
-                                          QColor(225, 87, 89, int(30 + 180 * share))))
+                colour = QColor(CORRECT if i == j else WRONG)
+                colour.setAlpha(int(30 + 190 * share))
+                item.setBackground(QBrush(colour))
                 self.confusion.setItem(i, j, item)
         self.confusion.resizeColumnsToContents()
         self.cell_ids = []
@@ -219,19 +291,53 @@ class ResultsPage(QWidget):
         self.roc.plot([0, 1], [0, 1], pen=pg.mkPen("#999", style=Qt.PenStyle.DashLine))
         roc = result.get("roc") or {}
         classes = result["classes"]
+        names = []
         if "fpr" in roc:
-            self.roc.plot(roc["fpr"], roc["tpr"], pen=pg.mkPen(PALETTE[0], width=2),
-                          name=f"{classes[1]} vs {classes[0]}")
+            self.roc.plot(roc["fpr"], roc["tpr"], pen=pg.mkPen(PALETTE[0], width=2))
+            names.append((PALETTE[0], f"{classes[1]} vs {classes[0]}"))
         else:
             for k, (name, curve) in enumerate(roc.items()):
-                self.roc.plot(curve["fpr"], curve["tpr"], pen=pg.mkPen(PALETTE[k % len(PALETTE)], width=2),
-                              name=f"{name} vs rest")
+                self.roc.plot(curve["fpr"], curve["tpr"], pen=pg.mkPen(PALETTE[k % len(PALETTE)], width=2))
+                names.append((PALETTE[k % len(PALETTE)], f"{name} vs rest"))
+        self.roc_names = names
+        self.compare_items = []
+        self._show_compare()
         self.positive.blockSignals(True)
         self.positive.clear()
         self.positive.addItems([str(c) for c in classes])
         self.positive.setCurrentIndex(1 if len(classes) == 2 else len(classes) - 1)
         self.positive.blockSignals(False)
         self._threshold_moved(self.threshold.value())
+
+    def _show_compare(self) -> None:
+        """Another run's saved ROC on the same split, dashed (the legend says which)."""
+        for item in self.compare_items:
+            self.roc.removeItem(item)
+        self.compare_items = []
+        if self.result is None:
+            return
+        legend = [f"<span style='color:{c}'>&#9644;</span> {n}" for c, n in getattr(self, "roc_names", [])]
+        other, project = self.compare.currentData(), self.state.project
+        if other and project is not None and other != self.result["run"]:
+            import json
+
+            path = project.runs_dir / other / f"eval-{self.result['split']}.json"
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                saved = None
+            if not saved or not saved.get("roc"):
+                legend.append(f"(run {other} has no ROC on the {self.result['split']} split: evaluate it first)")
+            else:
+                roc = saved["roc"]
+                curves = [roc] if "fpr" in roc else list(roc.values())
+                for k, curve in enumerate(curves):
+                    item = self.roc.plot(curve["fpr"], curve["tpr"], pen=pg.mkPen(
+                        PALETTE[k % len(PALETTE)], width=1, style=Qt.PenStyle.DashLine))
+                    self.compare_items.append(item)
+                auc = (saved.get("metrics") or {}).get("auc")
+                legend.append(f"dashed: run {other}" + (f" (AUC {auc:.3f})" if auc is not None else ""))
+        self.roc_legend.setText(" &nbsp; ".join(legend))
 
     def _threshold_moved(self, value: int) -> None:
         """The operating point at a threshold on P(class), one vs rest, from the per-image

@@ -6,14 +6,25 @@ their settings and scores and flagged when stale (labels or cache changed since)
 from __future__ import annotations
 
 import threading
-from typing import Any
+import time
+from typing import Any, Optional
 
 import pyqtgraph as pg
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig
+
+from ..cache_plan import is_partial
+from ..forms import control_for
 from ..state import AppState
-from ..widgets import ProgressStrip, form_row
+from ..widgets import Banner, ProgressStrip, form_row
+from ..workers import wire
+
+#: Okabe-Ito colours: distinguishable with the common colour-vision deficiencies
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+STOPPED_WORDS = {"user_stop": "stopped by user", "early_stopping": "early stop", "completed": "completed"}
 
 
 #: the runs table's columns; "stale?" stays last (it stretches)
@@ -30,41 +41,25 @@ def augment_text(aug: dict[str, Any]) -> str:
     return ", ".join(f"{word} {aug[key]:g}" for key, word in AUGMENT_WORDS if aug.get(key) is not None) or "on"
 
 
-def _spin(lo: float, hi: float, value: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setRange(lo, hi)
-    box.setDecimals(decimals)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
 class TrainPage(QWidget):
     def __init__(self, state: AppState):
         super().__init__()
         self.state = state
-        self.head = QComboBox()
-        self.head.addItems(["attention", "linear", "vit"])  # attention first: the measured default
-        self.head.setToolTip("attention (default): attention pooling over the token grid; as accurate as the "
-                             "others on mini-MIAS and far better than linear on the demo (docs/benchmarks.md)\n"
-                             "linear: a probe on the CLS embedding, 10x cheaper, good for global properties\n"
-                             "vit: a small ViT over the token grid (LOFF-TA), the most accurate on the demo, "
-                             "3-4x the attention head's cost")
-        self.task = QComboBox()
-        self.task.addItems(["classification", "ordinal"])
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(30)
-        self.lr = _spin(1e-6, 1.0, 5e-4, 1e-4, decimals=6)
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
+        # every control from the engine's one declaration of the setting (loff_core.settings)
+        self.head = control_for(TrainConfig, "head")
+        self.head.setToolTip("\n".join(f"{k}: {v}" for k, v in HEAD_KINDS.items()))
+        self.task = control_for(TrainConfig, "task")
+        self.epochs = control_for(TrainConfig, "epochs", high=1000)
+        self.lr = control_for(TrainConfig, "lr", step=1e-4, decimals=6)
+        self.seed = control_for(TrainConfig, "seed")
+        self.seed.setMinimum(0)
         self.augment = QCheckBox("tensor augmentations")
         self.augment.setChecked(True)
-        self.crop = _spin(0, 1, 0.5, 0.05)
-        self.noise = _spin(0, 2, 0.05, 0.01)
-        self.dropout = _spin(0, 0.9, 0.1, 0.05)
-        self.mixup = _spin(0, 2, 0.2, 0.05)
-        self.flip = _spin(0, 1, 0.5, 0.05)
+        self.crop = control_for(AugmentConfig, "crop_prob", step=0.05)
+        self.noise = control_for(AugmentConfig, "noise_std", step=0.01)
+        self.dropout = control_for(AugmentConfig, "token_dropout", step=0.05)
+        self.mixup = control_for(AugmentConfig, "mixup_alpha", step=0.05, high=2)
+        self.flip = control_for(AugmentConfig, "hflip", step=0.05)
         self.augment.toggled.connect(lambda on: [w.setEnabled(on) for w in (self.crop, self.noise, self.dropout,
                                                                             self.mixup, self.flip)])
         self.train_button = QPushButton("Train")
@@ -86,17 +81,37 @@ class TrainPage(QWidget):
         box.setLayout(form)
 
         self.loss_plot = pg.PlotWidget(title="loss per epoch")
-        self.loss_plot.addLegend(offset=(-10, 10))  # top right: losses start high on the left
         self.loss_plot.setLabel("bottom", "epoch")
         self.metric_plot = pg.PlotWidget(title="validation metric per epoch")
         self.metric_plot.setLabel("bottom", "epoch")
-        self.train_curve = self.loss_plot.plot([], [], pen=pg.mkPen("#4e79a7", width=2), name="train loss")
-        self.val_curve = self.loss_plot.plot([], [], pen=pg.mkPen("#f28e2b", width=2), name="validation loss")
-        self.metric_curve = self.metric_plot.plot([], [], pen=pg.mkPen("#59a14f", width=2), symbol="o",
+        for plot in (self.loss_plot, self.metric_plot):
+            plot.getAxis("bottom").setTickSpacing(major=1, minor=1)  # re-set per history length in _plot
+        self.train_curve = self.loss_plot.plot([], [], pen=pg.mkPen(OKABE_ITO[0], width=2), name="train loss")
+        self.val_curve = self.loss_plot.plot([], [], pen=pg.mkPen(OKABE_ITO[1], width=2), name="validation loss")
+        self.metric_curve = self.metric_plot.plot([], [], pen=pg.mkPen(OKABE_ITO[2], width=2), symbol="o",
                                                   symbolSize=5)
+        dash = Qt.PenStyle.DashLine
+        self.compare_train = self.loss_plot.plot([], [], pen=pg.mkPen(OKABE_ITO[0], width=1, style=dash))
+        self.compare_val = self.loss_plot.plot([], [], pen=pg.mkPen(OKABE_ITO[1], width=1, style=dash))
+        self.compare_metric = self.metric_plot.plot([], [], pen=pg.mkPen(OKABE_ITO[3], width=1, style=dash))
+        self.best_lines = [pg.InfiniteLine(angle=90, pen=pg.mkPen("#555", width=1, style=Qt.PenStyle.DotLine))
+                           for _ in range(2)]
+        for plot, line in zip((self.loss_plot, self.metric_plot), self.best_lines):
+            plot.addItem(line)
+            line.hide()
+        # the legend sits outside the plots (a pyqtgraph legend covered the validation curve)
+        self.legend = QLabel("")
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.compare = QComboBox()
+        self.compare.setToolTip("draw another run's curves dashed, to compare")
+        self.compare.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.compare.currentIndexChanged.connect(lambda _: self._plot())
+        plots_box = QVBoxLayout()
+        plots_box.addWidget(form_row(self.legend, QLabel("compare with"), self.compare))
         plots = QHBoxLayout()
         plots.addWidget(self.loss_plot)
         plots.addWidget(self.metric_plot)
+        plots_box.addLayout(plots, 1)
 
         self.runs = QTableWidget(0, len(RUN_COLUMNS))
         self.runs.setHorizontalHeaderLabels(list(RUN_COLUMNS))
@@ -104,10 +119,12 @@ class TrainPage(QWidget):
         self.runs.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.runs.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
 
+        self.banner = Banner()
         layout = QVBoxLayout(self)
+        layout.addWidget(self.banner)
         layout.addWidget(box)
         layout.addWidget(self.status)
-        layout.addLayout(plots, 2)
+        layout.addLayout(plots_box, 2)
         layout.addWidget(QLabel("Runs of this project (compare settings and scores)"))
         layout.addWidget(self.runs, 1)
         self.history: list[dict] = []
@@ -156,31 +173,93 @@ class TrainPage(QWidget):
                                  lr=chosen["lr"], seed=chosen["seed"], augment=augment)
             with project.lock():
                 return project.train(config, progress=progress, on_epoch=on_epoch)
-        job = self.state.start("train", work)
+        self.save_settings()
+        job = wire(self.state.start("train", work, banner=self.banner), strip=None, banner=self.banner,
+                   done=self._trained)
         if job is not None:
             job_box["job"] = job
             job.on_close = "stop"  # closing the window keeps the best head so far, like Stop
-            job.progress.connect(self.strip.report)
+            self._started = time.monotonic()
+            job.progress.connect(self._progress)
             job.epoch.connect(self._epoch)
-            job.finished.connect(self._trained)
             job_known.set()
+
+    def _progress(self, done: int, total: int, message: str) -> None:
+        """The engine's step count and loss, with the time left estimated from the pace so far."""
+        elapsed = time.monotonic() - getattr(self, "_started", time.monotonic())
+        if 0 < done < total and elapsed > 1:
+            left = elapsed * (total - done) / done
+            message += f", about {_duration(left)} left"
+        self.strip.report(done, total, message)
 
     def _epoch(self, entry: dict) -> None:
         self.history.append(entry)
         self._plot()
+
+    @staticmethod
+    def _monitor(history: list[dict]) -> Optional[str]:
+        return next((k for k in (history[-1] if history else {}) if k.startswith("val_") and
+                     k not in ("val_loss", "val_accuracy", "val_balanced_accuracy")), None)
 
     def _plot(self) -> None:
         epochs = [h["epoch"] for h in self.history]
         self.train_curve.setData(epochs, [h["train_loss"] for h in self.history])
         val = [(h["epoch"], h["val_loss"]) for h in self.history if h.get("val_loss") is not None]
         self.val_curve.setData([e for e, _ in val], [v for _, v in val])
-        monitor = next((k for k in (self.history[-1] if self.history else {}) if k.startswith("val_") and
-                        k not in ("val_loss", "val_accuracy", "val_balanced_accuracy")), None)
+        monitor = self._monitor(self.history)
         if monitor:
             self.metric_plot.setTitle(monitor.replace("_", " "))
             self.metric_curve.setData(epochs, [h[monitor] for h in self.history])
         else:
+            self.metric_plot.setTitle("validation metric per epoch")
             self.metric_curve.setData([], [])
+        # the run drawn dashed beside it
+        other = self._compare_history()
+        oe = [h["epoch"] for h in other]
+        self.compare_train.setData(oe, [h["train_loss"] for h in other])
+        ov = [(h["epoch"], h["val_loss"]) for h in other if h.get("val_loss") is not None]
+        self.compare_val.setData([e for e, _ in ov], [v for _, v in ov])
+        om = monitor or self._monitor(other)
+        self.compare_metric.setData(oe if om else [], [h.get(om, float("nan")) for h in other] if om else [])
+        # best epoch (the head kept): the highest monitor value
+        best = self.best_epoch(self.history, monitor)
+        for line in self.best_lines:
+            line.setVisible(best is not None)
+            if best is not None:
+                line.setValue(best)
+        # integer epoch ticks, a range that starts at the first epoch
+        last = max(epochs + oe) if (epochs or oe) else 1
+        first = min(epochs + oe) if (epochs or oe) else 0
+        step = max(1, int(round((last - first + 1) / 10)))
+        for plot in (self.loss_plot, self.metric_plot):
+            plot.getAxis("bottom").setTickSpacing(major=step, minor=step)
+            plot.setXRange(first - 0.5, last + 0.5, padding=0)
+            plot.enableAutoRange(axis="y")
+        items = [(OKABE_ITO[0], "train loss", "solid"), (OKABE_ITO[1], "validation loss", "solid"),
+                 (OKABE_ITO[2], monitor.replace("_", " ") if monitor else "validation metric", "solid")]
+        text = " &nbsp; ".join(f"<span style='color:{c}'>&#9644;</span> {name}" for c, name, _ in items)
+        if best is not None:
+            text += f" &nbsp; &#8942; best epoch {best}"
+        if other:
+            text += f" &nbsp; dashed: run {self.compare.currentText()}"
+        self.legend.setText(text)
+
+    @staticmethod
+    def best_epoch(history: list[dict], monitor: Optional[str]) -> Optional[int]:
+        if not history or not monitor:
+            return None
+        scored = [(h[monitor], -h["epoch"], h["epoch"]) for h in history if h.get(monitor) is not None]
+        return max(scored)[2] if scored else None
+
+    def _compare_history(self) -> list[dict]:
+        project = self.state.project
+        run_id = self.compare.currentData()
+        if project is None or not run_id or run_id == self.curves_run:
+            return []
+        try:
+            return list(project.run(run_id).record.get("history", []))
+        except Exception:  # noqa: BLE001 - a damaged run folder: nothing to compare
+            return []
 
     def show_history(self, history: list[dict]) -> None:
         """Draw the curves of a finished run (click a row of the runs table)."""
@@ -203,7 +282,7 @@ class TrainPage(QWidget):
         done = f"best {r['monitor']} {r['best_score']:.3f} at epoch {r['best_epoch']} ({r['stopped'].replace('_', ' ')})"
         epochs = len(r.get("history", []))
         self.curves_run = run.run_id
-        self.strip.report(epochs, epochs, f"run {run.run_id}: {done}")  # a run that stopped early ends full too
+        self.strip.finish(f"run {run.run_id}: {done}")  # a run that stopped early ends full too
         self.state.message.emit("info", f"run {run.run_id}: {done}")
         shown = self.state.runner.job.notices if self.state.runner.job is not None else []
         for note in r.get("notes", []):
@@ -220,6 +299,9 @@ class TrainPage(QWidget):
             return False, "training needs labels with at least two classes"
         if not project.settings.active_cache:
             return False, "extract features first (Cache page)"
+        if is_partial(project.caches_dir, project.settings.active_cache):
+            return False, ("the feature cache is partial (its extraction was stopped): Extract again on the Cache "
+                           "page to finish it, then train")
         return True, ""
 
     def _busy(self, busy: bool) -> None:
@@ -230,11 +312,30 @@ class TrainPage(QWidget):
         self.strip.set_running(busy and job is not None and job.name == "train")
 
     def _project_changed(self) -> None:
-        """Another project: the previous one's curves go with it."""
-        self.show_history([])
+        """Another project: the previous one's curves go with it; its own settings return."""
         self.curves_run = None
-        self.strip.label.setText("")
+        self.compare.blockSignals(True)
+        self.compare.clear()
+        self.compare.blockSignals(False)
+        self.show_history([])
+        self.strip.clear()
+        self.banner.clear()
+        values = self.state.page_settings("train")
+        if values:
+            self.head.setCurrentText(values.get("head", "attention"))
+            self.epochs.setValue(int(values.get("epochs", 30)))
+            self.lr.setValue(float(values.get("lr", 5e-4)))
+            self.seed.setValue(int(values.get("seed", 0)))
+            aug = values.get("augment")
+            self.augment.setChecked(aug is not None)
+            for key, box in (("hflip", self.flip), ("crop_prob", self.crop), ("noise_std", self.noise),
+                             ("token_dropout", self.dropout), ("mixup_alpha", self.mixup)):
+                if aug and key in aug:
+                    box.setValue(float(aug[key]))
         self.refresh()
+
+    def save_settings(self) -> None:
+        self.state.save_page_settings("train", self.settings())
 
     def refresh(self) -> None:
         project = self.state.project
@@ -254,8 +355,9 @@ class TrainPage(QWidget):
             stale = project.stale_reasons(r)
             config = rec.get("train_config") or {}
             lr, seed = config.get("lr"), config.get("seed")
+            stopped = STOPPED_WORDS.get(rec.get("stopped", ""), rec.get("stopped", ""))
             values = [r.run_id, rec["head_config"]["kind"], rec["task"], f"{rec['best_score']:.3f}", rec["monitor"],
-                      f"{len(rec['history'])} (best {rec['best_epoch']})",
+                      f"{len(rec['history'])} (best {rec['best_epoch']}), {stopped}",
                       "" if lr is None else f"{lr:g}", "" if seed is None else seed,
                       augment_text(config.get("augment") or {}), "; ".join(stale) or "up to date"]
             row = self.runs.rowCount()
@@ -263,3 +365,21 @@ class TrainPage(QWidget):
             for col, v in enumerate(values):
                 self.runs.setItem(row, col, QTableWidgetItem(str(v)))
         self.runs.resizeColumnsToContents()
+        current = self.compare.currentData()
+        self.compare.blockSignals(True)
+        self.compare.clear()
+        self.compare.addItem("(none)", None)
+        for r in reversed(runs):
+            self.compare.addItem(r.run_id, r.run_id)
+        i = self.compare.findData(current) if current else 0
+        self.compare.setCurrentIndex(max(i, 0))
+        self.compare.blockSignals(False)
+        self._plot()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,6 +1,9 @@
 """Viewer: one image with its true label, the prediction and the probability per class or
-level, and the head's attention as a heat map that can be toggled and blended. Steps
-through the test set or through the images of a confusion-matrix cell."""
+level, and the head's attention as a heat map (upsampled smoothly from the cached token
+grid, clipped to the body, with a colour bar and what it means) that can be toggled and
+blended. Steps through the test set or through the images of a confusion-matrix cell.
+The exam view places the same patient's images (CC / MLO x right / left) side by side,
+each with its prediction."""
 
 from __future__ import annotations
 
@@ -9,14 +12,36 @@ from typing import Any, Optional
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QLabel, QListWidget, QPushButton, QSlider, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QCheckBox, QGridLayout, QHBoxLayout, QLabel, QListWidget, QPushButton, QSlider,
+                               QStackedWidget, QVBoxLayout, QWidget)
 
 from loff_core.errors import LoffError
 
-from ..loader import load_async
 from ..state import AppState
 from ..widgets import ImagePanel, form_row
+from ..workers import load_image, start_light
+
+#: what the heat map shows, per head kind (the colour bar's one line)
+HEAT_MEANING = {
+    "attention": "where the head looked: its attention weight on each region of the cached token grid, "
+                 "lowest to highest in this image; not a finding",
+    "vit": "where the head looked: its attention weight on each region of the cached token grid, "
+           "lowest to highest in this image; not a finding",
+    "linear": "each region's contribution to the predicted class, lowest to highest in this image; not a finding",
+}
+DEFAULT_BLEND = 35  # % : the image stays readable under the map
+
+
+def exam_position(view: Optional[str], laterality: Optional[str]) -> Optional[tuple[int, int]]:
+    """Grid cell of an image in the exam view: rows CC, MLO; columns right, left (the
+    radiologist's hanging: the patient's right breast on the viewer's left)."""
+    v = (view or "").upper()
+    side = (laterality or "").upper()[:1]
+    row = 0 if v.startswith("CC") else 1 if v.startswith("MLO") or v.startswith("ML") else None
+    col = 0 if side == "R" else 1 if side == "L" else None
+    if row is None or col is None:
+        return None
+    return row, col
 
 
 class ViewerPage(QWidget):
@@ -31,48 +56,69 @@ class ViewerPage(QWidget):
         self.heat_on.toggled.connect(lambda _: self._redraw_heat())
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
-        self.opacity.setValue(45)
+        self.opacity.setValue(DEFAULT_BLEND)
+        self.opacity.setMaximumWidth(160)
         self.opacity.valueChanged.connect(lambda _: self._redraw_heat())
         self.prev_button = QPushButton("< Previous")
         self.next_button = QPushButton("Next >")
+        self.prev_button.setToolTip("previous image (Left arrow)")
+        self.next_button.setToolTip("next image (Right arrow)")
         self.prev_button.clicked.connect(lambda: self.step(-1))
         self.next_button.clicked.connect(lambda: self.step(1))
+        self.exam_button = QPushButton("Exam view")
+        self.exam_button.setCheckable(True)
+        self.exam_button.setToolTip("this patient's images side by side (CC / MLO, right / left) with predictions")
+        self.exam_button.toggled.connect(self._exam_toggled)
         self.position = QLabel("")
         self.source = QLabel("")
         self.details = QLabel("")
         self.details.setWordWrap(True)
         self.bars = pg.PlotWidget(title="probability per class")
         self.bars.setYRange(0, 1)
-        self.bars.setMaximumWidth(360)
+        self.bars.setMaximumWidth(320)
+        self.bars.setMouseEnabled(False, False)
         self.image_list = QListWidget()  # the images being stepped through: click one to show it
-        self.image_list.setMaximumWidth(260)
+        self.image_list.setMaximumWidth(220)
         self.image_list.setToolTip("the images of the evaluated split or of the chosen confusion-matrix cell")
         self.image_list.currentRowChanged.connect(self._list_clicked)
+        # the exam view: 2 x 2 (CC / MLO x right / left) plus a row for images without view/side
+        self.exam = QWidget()
+        self.exam_grid = QGridLayout(self.exam)
+        self.exam_grid.setContentsMargins(0, 0, 0, 0)
+        self.exam_panels: dict[str, ImagePanel] = {}
+        self.exam_caption = QLabel("")
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.panel)
+        exam_page = QWidget()
+        ev = QVBoxLayout(exam_page)
+        ev.setContentsMargins(0, 0, 0, 0)
+        ev.addWidget(self.exam_caption)
+        ev.addWidget(self.exam, 1)
+        self.stack.addWidget(exam_page)
         side = QVBoxLayout()
         side.addWidget(self.details)
         side.addWidget(self.bars, 1)
         main = QHBoxLayout()
         main.addWidget(self.image_list)
-        main.addWidget(self.panel, 3)
+        main.addWidget(self.stack, 4)
         main.addLayout(side, 1)
         layout = QVBoxLayout(self)
-        layout.addWidget(form_row(self.prev_button, self.next_button, self.position, self.source,
-                                  stretch_last=True))
-        layout.addWidget(form_row(self.heat_on, QLabel("blend"), self.opacity))
+        layout.addWidget(form_row(self.prev_button, self.next_button, self.position, self.exam_button,
+                                  self.heat_on, QLabel("blend"), self.opacity, self.source, stretch_last=True))
         layout.addLayout(main, 1)
         self.ids: list[str] = []
         self.index = 0
         self.explained: dict[str, Any] = {}
         self.heat: Optional[np.ndarray] = None
+        self.head_kind = ""
         state.browse.connect(self.browse)
         state.evaluation_changed.connect(self._evaluation)
-        state.project_changed.connect(lambda _: self.browse([], ""))
-        state.busy_changed.connect(self._busy_changed)
+        state.project_changed.connect(lambda _: self._project_changed())
 
-    def _busy_changed(self, busy: bool) -> None:
-        """An explanation that waited for another job is computed when that job ends."""
-        if not busy and self.ids and self.ids[self.index] not in self.explained and self.isVisible():
-            self._explain(self.ids[self.index])
+    def _project_changed(self) -> None:
+        self.exam_button.setChecked(False)
+        self.browse([], "")
+        self.opacity.setValue(int(self.state.page_settings("viewer").get("blend", DEFAULT_BLEND)))
 
     def _list_clicked(self, row: int) -> None:
         if 0 <= row < len(self.ids) and row != self.index:
@@ -106,11 +152,14 @@ class ViewerPage(QWidget):
         project = self.state.project
         self.prev_button.setEnabled(len(self.ids) > 1)
         self.next_button.setEnabled(len(self.ids) > 1)
+        self.exam_button.setEnabled(bool(self.ids))
         if project is None or not self.ids:
             self.position.setText("no images to show: evaluate a run, or click a confusion-matrix cell")
             self.panel.show_image(None)
             self.details.setText("")
             self.bars.clear()
+            self.heat = None
+            self._clear_exam()
             return
         image_id = self.ids[self.index]
         entry = project.catalog().by_id().get(image_id)
@@ -121,61 +170,153 @@ class ViewerPage(QWidget):
             self.image_list.blockSignals(False)
         if entry is None:
             return
+        if self.exam_button.isChecked():
+            self._show_exam(entry)
         caption = f"{entry.shown_path} | true label: {entry.label or '-'}"
         try:
             path = project.image_path(entry)
         except LoffError as exc:  # the images folder was moved: say so
             self._shown(image_id, None, caption, str(exc))
             return
-        load_async(self, path, lambda px, err: self._shown(image_id, px, caption, err))
+        load_image(self, path, lambda px, err: self._shown(image_id, px, caption, err))
 
     def _shown(self, image_id: str, pixels: Any, caption: str, error: Optional[str]) -> None:
         self.panel.show_image(pixels, caption if error is None else f"{caption}: {error}")
         self.heat = None
         self._explain(image_id)
 
+    # -- explanations (light jobs, beside any running heavy job) ----------------------------
     def _explain(self, image_id: str) -> None:
-        """Probabilities and attention for the current image, computed in a worker; the run
-        is the one last evaluated (or the latest)."""
+        """Probabilities and attention for the current image, computed as a light job; the
+        run is the one last evaluated (or the latest)."""
         project = self.state.project
-        evaluation = self.state.last_evaluation
-        run_id = evaluation["run"] if evaluation else None
         if project is None or not project.runs() or not project.settings.active_cache:
             return
         if image_id in self.explained:
             self._explanation(self.explained[image_id])
             return
-        if self.state.busy:
-            self.details.setText("prediction shown when the running job ends")
-            return
+        self._start_explain(project, [image_id], self._explanation, key="explain")
 
-        def work(progress: Any) -> Any:
-            out = project.explain(run_id, [image_id])
-            return {"image_id": image_id, "probabilities": out["probabilities"][0], "heat": out["heat"][0],
-                    "classes": out["classes"], "task": out["task"]}
-        job = self.state.start("explain", work)
-        if job is not None:
-            job.finished.connect(self._explanation)
+    def _start_explain(self, project: Any, image_ids: list[str], slot: Any, key: str) -> None:
+        evaluation = self.state.last_evaluation
+        run_id = evaluation["run"] if evaluation else None
+
+        def work() -> list[dict]:
+            run = project.run(run_id)
+            out = project.explain(run.run_id, image_ids)
+            kind = run.record["head_config"]["kind"]
+            return [{"image_id": i, "probabilities": out["probabilities"][k], "heat": out["heat"][k],
+                     "classes": out["classes"], "task": out["task"], "head": kind, "run": run.run_id,
+                     "project": str(project.root)} for k, i in enumerate(image_ids)]
+        job = start_light("explain", work, newest=(self, key))
+        job.finished.connect(lambda outs: [slot(o) for o in outs])
+        job.failed.connect(lambda text: self.details.setText(f"no prediction: {text}"))
+
+    @staticmethod
+    def predicted(out: dict) -> tuple[str, str]:
+        probs, classes = np.asarray(out["probabilities"]), out["classes"]
+        if out["task"] == "ordinal":
+            cumulative = probs[::-1].cumsum()[::-1][1:]
+            level = float(np.dot(probs, np.arange(1, len(classes) + 1)))
+            return classes[int((cumulative > 0.5).sum())], f"expected level {level:.2f}"
+        return classes[int(np.argmax(probs))], ""
 
     def _explanation(self, out: dict) -> None:
+        project = self.state.project
+        if project is None or out.get("project") not in (None, str(project.root)):
+            return  # computed for a project that is no longer open
         self.explained[out["image_id"]] = out
         if not self.ids or self.ids[self.index] != out["image_id"]:
             return
         probs, classes = np.asarray(out["probabilities"]), out["classes"]
-        if out["task"] == "ordinal":
-            cumulative = probs[::-1].cumsum()[::-1][1:]
-            predicted = classes[int((cumulative > 0.5).sum())]
-            level = float(np.dot(probs, np.arange(1, len(classes) + 1)))
-            extra = f"<br>expected level {level:.2f}"
-        else:
-            predicted, extra = classes[int(np.argmax(probs))], ""
-        self.details.setText(f"<b>predicted: {predicted}</b>{extra}<br>"
+        predicted, extra = self.predicted(out)
+        self.details.setText(f"run {out.get('run', '')}<br><b>predicted: {predicted}</b>"
+                             + (f"<br>{extra}" if extra else "") + "<br>"
                              + "<br>".join(f"{c}: {p:.3f}" for c, p in zip(classes, probs)))
         self.bars.clear()
-        self.bars.addItem(pg.BarGraphItem(x=np.arange(len(classes)), height=probs, width=0.7, brush="#4e79a7"))
+        self.bars.addItem(pg.BarGraphItem(x=np.arange(len(classes)), height=probs, width=0.7, brush="#0072B2"))
         self.bars.getAxis("bottom").setTicks([[(i, c) for i, c in enumerate(classes)]])
         self.heat = np.asarray(out["heat"])
+        self.head_kind = out.get("head", "")
         self._redraw_heat()
 
     def _redraw_heat(self) -> None:
-        self.panel.show_heatmap(self.heat, self.opacity.value() / 100, self.heat_on.isChecked())
+        meaning = HEAT_MEANING.get(self.head_kind, "where the head looked, lowest to highest in this image")
+        self.panel.show_heatmap(self.heat, self.opacity.value() / 100, self.heat_on.isChecked(), meaning)
+        for panel in self.exam_panels.values():
+            self._exam_heat(panel)
+        self.state.save_page_settings("viewer", {"blend": self.opacity.value()})
+
+    # -- exam view -------------------------------------------------------------------------
+    def _exam_toggled(self, on: bool) -> None:
+        self.stack.setCurrentIndex(1 if on else 0)
+        if on:
+            self.show_current()
+        else:
+            self._clear_exam()
+
+    def _clear_exam(self) -> None:
+        for panel in self.exam_panels.values():
+            panel.setParent(None)
+            panel.deleteLater()
+        self.exam_panels = {}
+        self.exam_caption.setText("")
+
+    def exam_images(self, entry: Any) -> list[tuple[Any, Optional[tuple[int, int]]]]:
+        """The images of `entry`'s patient, each with its exam-grid cell (None: no view/side)."""
+        catalog = self.state.project.catalog()
+        same = [e for e in catalog.entries if e.patient_key == entry.patient_key]
+        return [(e, exam_position(e.view, e.laterality)) for e in sorted(same, key=lambda e: e.shown_path)]
+
+    def _show_exam(self, entry: Any) -> None:
+        project = self.state.project
+        self._clear_exam()
+        images = self.exam_images(entry)
+        taken: set[tuple[int, int]] = set()
+        extra = 0
+        for e, cell in images[:8]:
+            if cell is None or cell in taken:
+                cell = (2 + extra // 2, extra % 2)
+                extra += 1
+            taken.add(cell)
+            panel = ImagePanel(controls=False)
+            panel.view.ui.histogram.hide()
+            side = {"R": "right", "L": "left"}.get((e.laterality or "").upper()[:1], "side ?")
+            panel.caption.setText(f"{e.view or 'view ?'} {side}: {e.shown_path} | true {e.label or '-'}"
+                                  + (" (this image)" if e.image_id == entry.image_id else ""))
+            panel.exam_heat = None
+            panel.exam_meaning = ""
+            self.exam_grid.addWidget(panel, *cell)
+            self.exam_panels[e.image_id] = panel
+            try:
+                load_image(panel, project.image_path(e), lambda px, err, p=panel: self._exam_loaded(p, px, err))
+            except LoffError as exc:
+                panel.show_image(None, str(exc))
+        n = len(images)
+        self.exam_caption.setText(f"patient {entry.patient_key[:8]}: {n} image{'s' if n != 1 else ''}"
+                                  + (" (first 8 shown)" if n > 8 else "")
+                                  + ("" if all(c is not None for _, c in images) else
+                                     "; images without view / side are shown below the grid"))
+        if project.runs() and project.settings.active_cache:
+            self._start_explain(project, list(self.exam_panels), self._exam_explained, key="exam")
+
+    def _exam_loaded(self, panel: ImagePanel, pixels: Any, error: Optional[str]) -> None:
+        panel.show_image(pixels, panel.caption.text() if error is None else f"{panel.caption.text()}: {error}")
+        self._exam_heat(panel)
+
+    def _exam_heat(self, panel: ImagePanel) -> None:
+        if panel.pixels is not None and panel.exam_heat is not None:
+            panel.show_heatmap(panel.exam_heat, self.opacity.value() / 100, self.heat_on.isChecked(),
+                               panel.exam_meaning)
+
+    def _exam_explained(self, out: dict) -> None:
+        panel = self.exam_panels.get(out["image_id"])
+        if panel is None:
+            return
+        predicted, extra = self.predicted(out)
+        probs = ", ".join(f"{c} {p:.2f}" for c, p in zip(out["classes"], out["probabilities"]))
+        text = panel.caption.text().split(" | predicted")[0]
+        panel.caption.setText(f"{text} | predicted <b>{predicted}</b> ({probs})")
+        panel.exam_heat = np.asarray(out["heat"])
+        panel.exam_meaning = HEAT_MEANING.get(out.get("head", ""), "")
+        self._exam_heat(panel)

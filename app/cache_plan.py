@@ -1,0 +1,101 @@
+"""What an extraction will do, said before it runs (the Cache page's plan), and whether a
+cache is partial. Plain Python: no Qt, no torch (the window must not import torch to
+describe a backbone), so the numbers come from a small table of the suggested backbones;
+a test checks the table against timm."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+from typing import Any, Optional
+
+#: suggested backbone -> (default input size px, pixels per token (patch or stride), feature
+#: dimension, patch tokens (ViT: input // patch) or "cnn" (ceil(input / stride)))
+GEOMETRY: dict[str, tuple[int, int, int, str]] = {
+    "tf_efficientnet_lite0": (224, 32, 1280, "cnn"),
+    "vit_small_patch14_dinov2.lvd142m": (518, 14, 384, "vit"),
+    "vit_base_patch14_dinov2.lvd142m": (518, 14, 768, "vit"),
+    "vit_large_patch14_dinov2.lvd142m": (518, 14, 1024, "vit"),
+    "vit_tiny_patch16_224": (224, 16, 192, "vit"),
+}
+MAMMO_MIN_INPUT = 512  # px: fine structure in mammograms needs at least this (LOFF-TA used 512)
+
+
+@dataclass
+class CachePlan:
+    images: int
+    native: Optional[tuple[int, int]]  # median rows x cols of the catalogue
+    input_size: Optional[int]  # px the backbone sees (longer side resized, padded square)
+    grid_before: Optional[tuple[int, int]]  # tokens per side before pooling
+    grid_after: Optional[tuple[int, int]]  # after average pooling to at most `grid`
+    feature_dim: Optional[int]
+    bytes_per_image: Optional[int]
+    mammograms: bool
+
+    @property
+    def total_bytes(self) -> Optional[int]:
+        return None if self.bytes_per_image is None else self.bytes_per_image * self.images
+
+    def lines(self) -> list[str]:
+        """The plan in words (HTML-safe plain text), one fact per line."""
+        out = []
+        if self.native:
+            out.append(f"native image size: {self.native[0]} x {self.native[1]} px (median of {self.images} images)")
+        if self.input_size is None:
+            out.append("input size, token grid and cache size are known once the backbone is loaded "
+                       "(not one of the suggested models)")
+            return out
+        scale = f"; the longer side is shrunk {max(self.native) / self.input_size:.1f}x" if (
+            self.native and max(self.native) > self.input_size) else ""
+        out.append(f"input size: {self.input_size} x {self.input_size} px (longer side resized, padded to a "
+                   f"square){scale}")
+        gb, ga = self.grid_before, self.grid_after
+        px = f", each token covers about {max(self.native) / ga[0]:.0f} native px" if self.native and ga else ""
+        out.append(f"token grid: {gb[0]} x {gb[1]} before pooling, {ga[0]} x {ga[1]} x {self.feature_dim} cached"
+                   f"{' (average-pooled)' if ga != gb else ''}{px}")
+        out.append(f"cache: {_size(self.bytes_per_image)} per image, {_size(self.total_bytes)} for "
+                   f"{self.images} images (float16)")
+        if self.mammograms and self.input_size < MAMMO_MIN_INPUT:
+            out.append(f"suggestion: these look like mammograms; an input of at least {MAMMO_MIN_INPUT} px keeps "
+                       f"fine structure (calcifications, spiculation) that {self.input_size} px loses")
+        return out
+
+
+def _size(n: Optional[int]) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def looks_like_mammograms(entries: list[Any]) -> bool:
+    """DICOM modality MG, a CC / MLO view, or large greyscale images (>= 1000 px)."""
+    if not entries:
+        return False
+    if any((e.modality or "").upper() == "MG" or (e.view or "").upper() in ("CC", "MLO") for e in entries):
+        return True
+    return median(max(e.rows, e.cols) for e in entries) >= 1000
+
+
+def plan(entries: list[Any], backbone: str, image_size: Optional[int], grid: Optional[int]) -> CachePlan:
+    native = (int(median(e.rows for e in entries)), int(median(e.cols for e in entries))) if entries else None
+    geometry = GEOMETRY.get(backbone)
+    mammo = looks_like_mammograms(entries)
+    if geometry is None:
+        return CachePlan(len(entries), native, None, None, None, None, None, mammo)
+    default, step, dim, kind = geometry
+    size = image_size or default
+    side = size // step if kind == "vit" else math.ceil(size / step)
+    after = min(grid, side) if grid else side
+    return CachePlan(len(entries), native, size, (side, side), (after, after), dim, (after * after * dim + dim) * 2,
+                     mammo)
+
+
+def is_partial(caches_dir: Path, fingerprint: Optional[str]) -> bool:
+    """A cache whose extraction was stopped before the end: its `.parts` folder (the batches
+    done, from which Extract resumes) is still there."""
+    return bool(fingerprint) and (Path(caches_dir) / f"{fingerprint}.parts").is_dir()

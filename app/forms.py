@@ -1,0 +1,44 @@
+"""Form controls built from the engine's setting declarations (loff_core.settings): the
+window shows the same defaults, ranges, units and help as `loff --help`, from one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
+
+from loff_core.settings import field_info
+
+_INT_MAX = 2**31 - 1
+
+
+def control_for(cls: type, name: str, *, step: float | None = None, decimals: int | None = None,
+                high: float | None = None) -> QWidget:
+    """A combo box (choices), spin box (int) or double spin box (float) for one declared
+    setting, set to its default, limited to its range, with its help as the tooltip. `high`
+    narrows an open-ended range for the form; `step` / `decimals` are presentation only."""
+    info = field_info(cls, name)
+    tip = info.help + (f" ({info.unit})" if info.unit else "")
+    if info.choices is not None:
+        box: Any = QComboBox()
+        box.addItems(list(info.choices))
+        box.setCurrentText(str(info.default))
+    elif info.kind is int:
+        box = QSpinBox()
+        box.setRange(int(info.low) if info.low is not None else -_INT_MAX,
+                     int(high if high is not None else info.high if info.high is not None else _INT_MAX))
+        if info.unit:
+            box.setSuffix(f" {info.unit}")
+        box.setValue(int(info.default) if info.default is not None else box.minimum())
+    else:
+        box = QDoubleSpinBox()
+        box.setDecimals(decimals if decimals is not None else 2)
+        low = float(info.low) if info.low is not None else 0.0
+        if info.low_open:  # the smallest value the box can show, not the excluded bound itself
+            low += 10 ** -box.decimals()
+        box.setRange(low, float(high if high is not None else info.high if info.high is not None else 1e9))
+        if step is not None:
+            box.setSingleStep(step)
+        box.setValue(float(info.default))
+    box.setToolTip(tip)
+    return box

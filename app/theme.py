@@ -1,0 +1,63 @@
+"""Light and dark themes from `resources/themes/` (a palette JSON + a small stylesheet);
+the plots follow: pyqtgraph's background and axis colours are set on every plot."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtGui import QColor, QIcon, QPalette
+from PySide6.QtWidgets import QApplication, QWidget
+
+from .resources import resource_path
+
+THEMES = ("light", "dark")
+
+
+def theme_colours(name: str) -> dict[str, str]:
+    return json.loads(resource_path("themes", f"{name}.json").read_text(encoding="utf-8"))
+
+
+def icon(name: str) -> QIcon:
+    """An action icon from resources/icons (an empty icon if it is missing)."""
+    path = resource_path("icons", f"{name}.svg")
+    return QIcon(str(path)) if path.exists() else QIcon()
+
+
+def apply_theme(name: str, root: QWidget) -> dict[str, str]:
+    """Palette + stylesheet for the application, and the colours of every plot under `root`."""
+    if name not in THEMES:
+        name = "light"
+    c = theme_colours(name)
+    app = QApplication.instance()
+    palette = QPalette()
+    for role, key in ((QPalette.ColorRole.Window, "window"), (QPalette.ColorRole.Base, "base"),
+                      (QPalette.ColorRole.AlternateBase, "window"), (QPalette.ColorRole.Text, "text"),
+                      (QPalette.ColorRole.WindowText, "text"), (QPalette.ColorRole.ButtonText, "text"),
+                      (QPalette.ColorRole.Button, "button"), (QPalette.ColorRole.Highlight, "highlight"),
+                      (QPalette.ColorRole.HighlightedText, "highlighted_text"), (QPalette.ColorRole.Mid, "mid"),
+                      (QPalette.ColorRole.ToolTipBase, "base"), (QPalette.ColorRole.ToolTipText, "text")):
+        palette.setColor(role, QColor(c[key]))
+    app.setPalette(palette)
+    app.setStyleSheet(resource_path("themes", f"{name}.qss").read_text(encoding="utf-8"))
+    pg.setConfigOption("background", c["plot_background"])
+    pg.setConfigOption("foreground", c["plot_foreground"])
+    for plot in root.findChildren(pg.PlotWidget) + root.findChildren(pg.ImageView):
+        style_plot(plot, c)
+    return c
+
+
+def style_plot(plot: Any, c: dict[str, str]) -> None:
+    if isinstance(plot, pg.ImageView):
+        plot.getView()  # the image view keeps its black background (images are read on black)
+        return
+    plot.setBackground(c["plot_background"])
+    item = plot.getPlotItem()
+    for name in ("left", "bottom", "right", "top"):
+        axis = item.getAxis(name)
+        axis.setPen(pg.mkPen(c["plot_foreground"]))
+        axis.setTextPen(pg.mkPen(c["plot_foreground"]))
+    title = item.titleLabel
+    if title is not None and title.text:
+        title.setText(title.text, color=c["plot_foreground"])

@@ -1,0 +1,71 @@
+"""Settings are declared once (loff_core.settings): `loff` options, the window's controls and
+the run record all come from the declaration, so they cannot disagree."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+import pytest
+
+from loff_core.cli import build_parser
+from loff_core.settings import (AugmentConfig, EvaluateSettings, ExtractSettings, TrainConfig, all_fields,
+                                field_info, option_name)
+
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("extract", ExtractSettings),
+                                          ("evaluate", EvaluateSettings)])
+def test_every_declared_option_is_on_the_command_line_with_its_default(command, cls):
+    parser = _subparser(command)
+    by_dest = {a.dest: a for a in parser._actions}
+    declared = [f for f in all_fields(cls) if option_name(f) is not None and f.kind is not bool]
+    assert declared
+    for info in declared:
+        action = by_dest[info.name]
+        assert option_name(info) in action.option_strings
+        if info.name != "task":  # the project's task unless given
+            assert action.default == info.default, info.name
+        assert info.help.split(" (")[0].replace("%", "%%")[:30] in (action.help or ""), info.name
+        if info.choices:
+            assert list(action.choices) == list(info.choices)
+
+
+def test_out_of_range_values_are_refused_by_the_declaration():
+    for bad in ("0", "-1", "x", "nan"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "p", "--epochs", bad])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "p", "--lr", "0"])  # lr is > 0, not >= 0
+    assert build_parser().parse_args(["train", "p", "--lr", "0.01"]).lr == 0.01
+    with pytest.raises(ValueError, match="too large"):
+        field_info(AugmentConfig, "hflip").check(1.5)
+
+
+def test_a_run_records_every_training_setting(tmp_path):
+    from loff_core.project import _config_dict
+
+    recorded = _config_dict(TrainConfig())
+    assert set(recorded) == {f.name for f in fields(TrainConfig)}
+    assert set(recorded["augment"]) == {f.name for f in fields(AugmentConfig)}
+
+
+@pytest.mark.gui
+def test_the_train_and_cache_pages_show_the_declared_defaults(qtbot):
+    from app.main import MainWindow
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    train, cache = window.train_page, window.cache_page
+    assert train.head.currentText() == TrainConfig.head
+    assert [train.head.itemText(i) for i in range(train.head.count())] == list(field_info(TrainConfig, "head").choices)
+    assert train.epochs.value() == TrainConfig.epochs
+    assert train.lr.value() == pytest.approx(TrainConfig.lr)
+    assert train.noise.value() == pytest.approx(AugmentConfig.noise_std)
+    assert train.flip.value() == pytest.approx(AugmentConfig.hflip)
+    assert cache.grid.value() == ExtractSettings.grid and cache.batch.value() == ExtractSettings.batch_size
+    assert field_info(TrainConfig, "epochs").help in train.epochs.toolTip()
