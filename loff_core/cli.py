@@ -661,7 +661,9 @@ def _main(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         describe = getattr(args, "describe", None)  # every command has one (tests/test_cli_args.py)
-        print(describe(out) if describe else json.dumps(out, indent=2, default=str))
+        text = describe(out) if describe else json.dumps(out, indent=2, default=str)
+        # a non-UTF-8 file name (held as surrogates) is shown with U+FFFD, never a crash
+        print(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
     return 0
 
 
