@@ -294,10 +294,10 @@ def _decode(path: Any) -> Any:
     import numpy as np
 
     from loff_core.errors import UnreadableImage
-    from loff_core.images import load_pixels
+    from loff_core.images import DECODE_MAX_SIDE_MIN, load_pixels
 
     try:
-        pixels = load_pixels(path)
+        pixels = load_pixels(path, DECODE_MAX_SIDE_MIN)  # a decompression bomb is downsampled while decoded
     except UnreadableImage as exc:  # the reason only: the path may name a patient
         return None, exc.reason
     step = max(1, int(np.ceil(max(pixels.shape) / _MAX_SIDE)))

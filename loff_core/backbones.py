@@ -53,6 +53,15 @@ class BackboneSpec:
     layers: str = "last"  # which block(s) give the tokens: "last", "-4" (a block), "-4:" (mean of the last 4)
 
 
+IDENTITY_KEYS = ("name", "weights_hash", "image_size", "grid", "mean", "std", "preprocess_version")
+
+
+def fingerprint_of(identity: dict[str, Any]) -> str:
+    """The cache fingerprint of a backbone identity (`FrozenBackbone._identity`): it names
+    the cache file, and a cache's recorded backbone must give it back (`FeatureCache.open`)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Preprocessor:
     """Decoded image (float32 HxW in [0, 1]) -> normalised (3, S, S) float32.
@@ -253,7 +262,7 @@ class FrozenBackbone:
             cls, grid = self._module(torch.zeros(1, 3, image_size, image_size, device=device))
         self.feature_dim = int(cls.shape[1])
         self.grid_hw = (int(grid.shape[2]), int(grid.shape[3]))
-        self.fingerprint = hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()[:16]
+        self.fingerprint = fingerprint_of(self._identity())
 
     def _identity(self) -> dict[str, Any]:
         p = self.preprocessor

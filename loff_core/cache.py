@@ -73,7 +73,9 @@ class FeatureCache(_IdIndex):
         self.path = Path(path)
         self._h = handle
         self.fingerprint = str(handle.attrs["fingerprint"])
-        self.backbone = json.loads(handle.attrs["backbone"])
+        from .trust import parse_json
+
+        self.backbone = parse_json(str(handle.attrs["backbone"]))
         self.image_ids = _strings(handle["image_ids"])
         self._cls = handle["cls"]
         self._tokens = handle["tokens"]
@@ -82,8 +84,39 @@ class FeatureCache(_IdIndex):
         self.grid_hw = (int(h), int(w))
         self._build_index()
 
+    def _check(self, expected_fingerprint: Optional[str]) -> None:
+        """What the file says about itself must agree: its name, its recorded fingerprint,
+        the fingerprint its recorded backbone gives, and the shapes of its datasets."""
+        from .backbones import IDENTITY_KEYS, fingerprint_of
+
+        name = expected_fingerprint if expected_fingerprint is not None else self.path.name.split(".")[0]
+        if self.fingerprint != name:
+            raise CacheError(f"{self.path}: the file records fingerprint {self.fingerprint[:40]!r}, not the "
+                             f"{name!r} its name says (a cache copied under another name); not used")
+        b = self.backbone
+        if not isinstance(b, dict) or fingerprint_of({k: b[k] for k in IDENTITY_KEYS if k in b}) != self.fingerprint:
+            raise CacheError(f"{self.path}: the backbone recorded in the cache does not give its fingerprint "
+                             f"(the file was altered); not used")
+        n = len(self.image_ids)
+        if (b.get("feature_dim") not in (None, self.feature_dim)
+                or list(b.get("grid_hw") or self.grid_hw) != list(self.grid_hw)):
+            raise CacheError(f"{self.path}: tokens are {self.feature_dim} wide on a {self.grid_hw} grid but the "
+                             f"backbone {b.get('name')} gives {b.get('feature_dim')} on {b.get('grid_hw')}; not used")
+        if self._tokens.shape[0] != n or tuple(self._cls.shape) != (n, self.feature_dim):
+            raise CacheError(f"{self.path}: image_ids, cls and tokens have different lengths or widths "
+                             f"({n}, {tuple(self._cls.shape)}, {tuple(self._tokens.shape)}); the cache is damaged")
+        if len(self._row) != n:
+            raise CacheError(f"{self.path}: the same image id appears twice; the cache is damaged")
+
+    def _check_finite(self, cls: np.ndarray, tokens: np.ndarray, idx: np.ndarray) -> None:
+        bad = ~(np.isfinite(cls).all(axis=1) & np.isfinite(tokens.reshape(len(tokens), -1)).all(axis=1))
+        if bad.any():
+            first = self.image_ids[int(idx[int(np.flatnonzero(bad)[0])])]
+            raise CacheError(f"{self.path}: cached features of image {first} hold NaN or infinity; the cache is "
+                             f"damaged: delete it and extract again")
+
     @classmethod
-    def open(cls, path: Path | str) -> "FeatureCache":
+    def open(cls, path: Path | str, expected_fingerprint: Optional[str] = None) -> "FeatureCache":
         h5py = _h5py()
         path = Path(path)
         try:
@@ -96,8 +129,10 @@ class FeatureCache(_IdIndex):
             if int(handle.attrs.get("format_version", 0)) > FORMAT_VERSION:
                 raise CacheError(f"{path}: written by a newer LOFF Studio (cache format "
                                  f"{handle.attrs.get('format_version')})")
-            return cls(path, handle)
-        except (KeyError, ValueError) as exc:
+            cache = cls(path, handle)
+            cache._check(expected_fingerprint)
+            return cache
+        except (KeyError, ValueError, TypeError) as exc:
             handle.close()
             raise CacheError(f"{path}: feature cache is damaged ({exc})") from None
         except CacheError:
@@ -123,6 +158,7 @@ class FeatureCache(_IdIndex):
         for j, i in enumerate(idx):
             self._cls.read_direct(cls, np.s_[i:i + 1], np.s_[j:j + 1])
             self._tokens.read_direct(tokens, np.s_[i:i + 1], np.s_[j:j + 1])
+        self._check_finite(cls, tokens, idx)
         return cls, tokens.transpose(0, 3, 1, 2)
 
     def nbytes_per_image(self) -> int:
@@ -136,6 +172,9 @@ class FeatureCache(_IdIndex):
         """The whole cache in RAM (grid as [N,C,h,w] float16)."""
         cls = self._cls[:]
         tokens = np.ascontiguousarray(self._tokens[:].transpose(0, 3, 1, 2))
+        step = 64
+        for s in range(0, len(cls), step):  # in steps: the boolean masks stay small
+            self._check_finite(cls[s:s + step], tokens[s:s + step], np.arange(s, min(s + step, len(cls))))
         return InMemoryFeatures(self.image_ids, cls, tokens)
 
 
@@ -163,10 +202,11 @@ class _DecodeDataset:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, Optional[np.ndarray], str]:
-        from .images import load_pixels
+        from .images import decode_max_side, load_pixels
 
         try:
-            return index, self.preprocessor(load_pixels(Path(self.paths[index]))), ""
+            pixels = load_pixels(Path(self.paths[index]), decode_max_side(self.preprocessor.image_size))
+            return index, self.preprocessor(pixels), ""
         except UnreadableImage as exc:
             return index, None, exc.reason
         except MemoryError:
@@ -272,7 +312,7 @@ def _defer_signals(pending: list[tuple[int, Any]]) -> dict[int, Any]:
     old: dict[int, Any] = {}
     if threading.current_thread() is not threading.main_thread():
         return old
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]:
         handler = signal.getsignal(sig)
         if callable(handler):
             old[sig] = handler
@@ -457,7 +497,7 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
     failed_before: list[tuple[str, str]] = []
     if final.exists():
         try:
-            with FeatureCache.open(final) as old:
+            with FeatureCache.open(final, expected_fingerprint=backbone.fingerprint) as old:
                 done_ids = set(old.image_ids)
             failed_before = _read_failed(final)
         except CacheError:

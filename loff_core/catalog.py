@@ -28,6 +28,7 @@ from .fsutil import atomic_path, atomic_write_json
 from .images import (IMAGE_EXTENSIONS, _suffix, cbis_ddsm_parts, is_image_candidate, read_info,
                      special_file_reason)
 from .progress import Progress
+from . import trust
 
 SPLITS = ("train", "val", "test")
 FILE_COLUMNS = ("file", "filename", "path", "image", "image_path", "file_name", "sop_instance_uid",
@@ -102,8 +103,8 @@ class Catalog:
             with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(names)
-                for e in self.entries:
-                    writer.writerow(["" if v is None else v for v in (getattr(e, n) for n in names)])
+                for e in self.entries:  # text a spreadsheet would run as a formula is escaped
+                    writer.writerow(["" if v is None else trust.csv_cell(v) for v in (getattr(e, n) for n in names)])
         atomic_write_json(self._meta_path(path), {
             "classes": list(self.classes),
             "failures": [asdict(f) for f in self.failures],
@@ -115,21 +116,32 @@ class Catalog:
 
     @classmethod
     def load(cls, path: Path) -> "Catalog":
+        """Read a catalog, every row checked: a project from someone else is input too. A
+        path that is absolute, leaves the images folder or holds a NUL byte, a label outside
+        the classes, a split that is not one: refused with the row named."""
         path = Path(path)
         try:
             with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
                 rows = list(csv.DictReader(fh))
-            meta_path = cls._meta_path(path)
-            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise ProjectError(f"{path}: unreadable catalog ({exc})") from None
+        meta_path = cls._meta_path(path)
+        meta = trust.load_json(meta_path, what="catalog sidecar") if meta_path.exists() else {}
         entries = []
         try:
-            for r in rows:
+            for n, raw in enumerate(rows, start=2):
+                r = {k: trust.csv_uncell(v) for k, v in raw.items() if k is not None}
                 get = lambda k: (r.get(k) or None)  # noqa: E731
+                trust.confined_relpath(r["path"], what="image path", where=f"{path}: row {n}")
+                for key in ("image_id", "patient_key"):
+                    if not r[key] or "\0" in r[key]:
+                        raise ProjectError(f"{path}: row {n}: {key} is empty or holds a NUL byte")
+                split = get("split")
+                if split is not None and split not in SPLITS:
+                    raise ProjectError(f"{path}: row {n}: split {split!r} is not one of {', '.join(SPLITS)}")
                 entries.append(CatalogEntry(
                     image_id=r["image_id"], path=r["path"], patient_key=r["patient_key"], label=get("label"),
-                    split=get("split"), format=r["format"], modality=get("modality"), view=get("view"),
+                    split=split, format=r["format"], modality=get("modality"), view=get("view"),
                     laterality=get("laterality"), rows=int(r["rows"]), cols=int(r["cols"]),
                     frames=int(r["frames"] or 1), pixel_spacing=get("pixel_spacing"),
                     masked_path=get("masked_path"),
@@ -138,14 +150,27 @@ class Catalog:
             raise ProjectError(f"{path}: damaged catalog ({exc})") from None
         try:
             for i, name in meta.get("empty_strings", []):
+                if str(name) not in _OPTIONAL_TEXT:
+                    raise ValueError(f"{name!r} is no text field")
                 entries[int(i)] = replace(entries[int(i)], **{str(name): ""})
-        except (IndexError, TypeError, ValueError) as exc:
-            raise ProjectError(f"{path}: damaged catalog sidecar ({exc})") from None
-        classes = meta.get("classes")
+            classes = meta.get("classes")
+            if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+                raise ValueError("classes is not a list of names")
+            failures = [ImportFailure(str(f["path"]), str(f["reason"])) for f in meta.get("failures", [])]
+            warnings = [str(w) for w in meta.get("warnings", [])]
+        except (IndexError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ProjectError(f"{path}: damaged catalog sidecar {cls._meta_path(path).name} ({exc})") from None
         classes = list(classes) if classes is not None else natural_class_order({e.label for e in entries if e.label})
-        return cls(entries, classes, [ImportFailure(**f) for f in meta.get("failures", [])],
-                   list(meta.get("warnings", [])), dict(meta.get("patients_from") or {}),
-                   str(meta.get("split_from") or ""))
+        known = set(classes)
+        for n, e in enumerate(entries, start=2):
+            if e.label is not None and e.label not in known:
+                raise ProjectError(f"{path}: row {n}: label {e.label!r} is not one of the classes "
+                                   f"{', '.join(classes)}; import again")
+        try:
+            patients_from = {str(k): str(v) for k, v in dict(meta.get("patients_from") or {}).items()}
+        except (TypeError, ValueError) as exc:
+            raise ProjectError(f"{path}: damaged catalog sidecar {cls._meta_path(path).name} ({exc})") from None
+        return cls(entries, classes, failures, warnings, patients_from, str(meta.get("split_from") or ""))
 
     def in_split(self, split: str) -> list[CatalogEntry]:
         return [e for e in self.entries if e.split == split]
@@ -501,8 +526,18 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
             else:
                 labels = {rel: rel.split("/", 1)[0] for rel, _ in infos}
 
+    # class names: Unicode NFC, stripped; names a person cannot tell apart are refused
+    labels = {k: trust.normalise_label(v) for k, v in labels.items() if trust.normalise_label(v)}
     if classes:
-        classes = [str(c) for c in classes]
+        classes = [trust.normalise_label(str(c)) for c in classes]
+        if len(set(classes)) != len(classes) or not all(classes):
+            raise ProjectError(f"the classes {', '.join(map(repr, classes))} are empty or repeated")
+    groups = trust.lookalike_groups(list(classes) if classes else sorted(set(labels.values())))
+    if groups:
+        where = display_path(str(labels_csv)) if labels_csv is not None else f"folder names in {display_path(str(root))}"
+        raise ProjectError(f"{where}: class names that only differ by case, width or invisible characters: "
+                           f"{trust.describe_lookalikes(groups)}; make them one name or clearly different")
+    if classes:
         unknown = sorted({v for v in labels.values() if v not in classes})
         if unknown:
             warnings.append(f"labels not among the classes {', '.join(classes)}: {', '.join(unknown[:10])}; "

@@ -581,11 +581,13 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     out["caches"] = [str(p.relative_to(project.root)) for p in project.cache_paths()]
     out["active_cache"] = project.settings.active_cache
     out["runs"] = [{"run": r.run_id, "head": r.record["head_config"]["kind"], "task": r.record["task"],
-                    "best_score": r.record["best_score"], "monitor": r.record["monitor"],
+                    "best_score": r.record.get("best_score"), "monitor": r.record.get("monitor"),
                     "stale": project.stale_reasons(r)} for r in project.runs()]
     from .validation import list_groups
 
     out["groups"] = list_groups(project)
+    # a damaged run folder is named, never breaks the listing of the others
+    out["broken_runs"] = [{"run": name, "reason": reason} for name, reason in project.broken_runs()]
     return out
 
 
@@ -842,8 +844,34 @@ def _written_location(args: argparse.Namespace) -> Optional[Path]:
     return getattr(args, "project", None)
 
 
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (a scheduler's or `kill`'s stop) ends a command like Ctrl-C: temporary files
+    removed, work already finished kept, exit 130. Returns the previous handler (None when
+    not in the main thread or the platform has no SIGTERM)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = _terminate_as_interrupt()
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         out = args.func(args)
     except LoffError as exc:
@@ -858,12 +886,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (KeyboardInterrupt, Cancelled):
         print(f"loff {args.command}: interrupted; work already finished is kept", file=sys.stderr)
         return 130
-    if args.json:
-        json.dump(out, sys.stdout, indent=2, default=str)
+    if args.json:  # always valid JSON: an undefined metric (NaN) is null
+        from .trust import finite_json
+
+        json.dump(finite_json(json.loads(json.dumps(out, default=str))), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
         describe = getattr(args, "describe", None)  # every command has one (tests/test_cli_args.py)
-        print(describe(out) if describe else json.dumps(out, indent=2, default=str))
+        text = describe(out) if describe else json.dumps(out, indent=2, default=str)
+        # a non-UTF-8 file name (held as surrogates) is shown with U+FFFD, never a crash
+        print(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
     return 0
 
 

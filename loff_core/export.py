@@ -24,6 +24,7 @@ from . import __version__
 from .errors import ExportError, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json
 from .progress import Progress
+from . import trust
 
 CARD_FORMAT = "loff-head"
 CARD_VERSION = 2  # 2: operating_point (calibration, prevalence, threshold); 1 still loads
@@ -36,19 +37,21 @@ CARD_SCHEMA: dict[str, Any] = {
         "format": {"const": CARD_FORMAT},
         "format_version": {"type": "integer", "minimum": 1, "maximum": CARD_VERSION},
         "task": {"enum": ["classification", "ordinal"]},
-        "classes": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+        "classes": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200}, "minItems": 2,
+                    "maxItems": trust.MAX_CLASSES},
         "head": {
             "type": "object",
             "required": ["kind", "task", "num_classes", "feature_dim", "grid_hw"],
             "properties": {
                 "kind": {"enum": ["linear", "attention", "vit"]},
                 "task": {"enum": ["classification", "ordinal"]},
-                "num_classes": {"type": "integer", "minimum": 2},
-                "feature_dim": {"type": "integer", "minimum": 1},
-                "grid_hw": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
-                "width": {"type": "integer", "minimum": 1, "maximum": 65536},
-                "depth": {"type": "integer", "minimum": 0, "maximum": 64},
-                "num_heads": {"type": "integer", "minimum": 1, "maximum": 1024},
+                "num_classes": {"type": "integer", "minimum": 2, "maximum": trust.MAX_CLASSES},
+                "feature_dim": {"type": "integer", "minimum": 1, "maximum": trust.MAX_FEATURE_DIM},
+                "grid_hw": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": trust.MAX_GRID_SIDE},
+                            "minItems": 2, "maxItems": 2},
+                "width": {"type": "integer", "minimum": 1, "maximum": trust.MAX_WIDTH},
+                "depth": {"type": "integer", "minimum": 0, "maximum": trust.MAX_DEPTH},
+                "num_heads": {"type": "integer", "minimum": 1, "maximum": trust.MAX_HEADS},
                 "dropout": {"type": "number", "minimum": 0, "maximum": 1},
             },
         },
@@ -58,9 +61,9 @@ CARD_SCHEMA: dict[str, Any] = {
             "properties": {
                 "name": {"type": "string", "minLength": 1},
                 "weights_hash": {"type": "string", "minLength": 8},
-                "image_size": {"type": "integer", "minimum": 8},
+                "image_size": {"type": "integer", "minimum": 8, "maximum": trust.MAX_IMAGE_SIZE},
                 "fingerprint": {"type": "string", "minLength": 8},
-                "grid": {"type": ["integer", "null"], "minimum": 1},
+                "grid": {"type": ["integer", "null"], "minimum": 1, "maximum": trust.MAX_GRID_SIDE},
                 "seed": {"type": "integer"},
                 "random_init": {"type": "boolean"},
                 "weights_file": {"type": ["string", "null"]},
@@ -71,7 +74,7 @@ CARD_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["image_size", "mean", "std"],
             "properties": {
-                "image_size": {"type": "integer", "minimum": 8},
+                "image_size": {"type": "integer", "minimum": 8, "maximum": trust.MAX_IMAGE_SIZE},
                 "mean": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
                 "std": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
             },
@@ -108,27 +111,61 @@ class LoadedHead:
 # -- export ------------------------------------------------------------------------------
 def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = None, onnx: bool = False,
                 progress: Progress = Progress()) -> dict[str, Any]:
-    """Write a run's head as a self-describing package; returns what was written."""
+    """Write a run's head as a self-describing package; returns what was written.
+
+    The package is built in a hidden folder beside `out_dir` and swapped in whole at the
+    end: an interrupted export leaves the previous export as it was, and a `model.onnx`
+    never sits beside another run's card."""
+    import os
+    import shutil
+
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError("not a folder", out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "card.json").is_file():
+        raise ExportError("the folder holds other files and is not an exported head; choose a new or empty folder",
+                          out_dir)
     run = project.run(run_id)
     head_config, state = project.load_head(run)
+    _evaluate_if_needed(project, run)
     progress.report(0, 3 if onnx else 2, "writing head")
-    out_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    head_path = out_dir / "head.safetensors"
-    with atomic_path(head_path) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": CARD_FORMAT})
-    progress.report(1, 3 if onnx else 2, "writing card")
-    _evaluate_if_needed(project, run)
-    card = _make_card(project, run, head_config, _sha256(head_path))
-    written = {"head": str(head_path), "card": str(out_dir / "card.json")}
-    if onnx:
+    out_dir.mkdir(parents=True, exist_ok=True)  # a read-only location is named here, before any work
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(staging / "head.safetensors"),
+                  metadata={"format": CARD_FORMAT})
+        progress.report(1, 3 if onnx else 2, "writing card")
+        card = _make_card(project, run, head_config, _sha256(staging / "head.safetensors"))
+        if onnx:
+            progress.check()
+            card["onnx"] = export_onnx(staging, card, head_config, state, progress=progress)
+        validate_card(card, out_dir / "card.json")
+        atomic_write_json(staging / "card.json", card)
         progress.check()
-        card["onnx"] = export_onnx(out_dir, card, head_config, state, progress=progress)
+        if out_dir.exists():
+            os.replace(out_dir, old)  # (an empty out_dir made above goes the same way)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            if old.exists() and not out_dir.exists():
+                os.replace(old, out_dir)  # the previous export back where it was
+            raise
+    except OSError as exc:  # name the export folder, not the hidden staging folder
+        name = os.fsdecode(exc.filename) if exc.filename is not None else None
+        if name is not None and Path(name).is_relative_to(staging):
+            raise OSError(exc.errno, exc.strerror, str(out_dir / Path(name).relative_to(staging))) from None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    written = {"head": str(out_dir / "head.safetensors"), "card": str(out_dir / "card.json")}
+    if onnx:
         written["onnx"] = str(out_dir / "model.onnx")
-    validate_card(card, out_dir / "card.json")
-    atomic_write_json(out_dir / "card.json", card)
     progress.report(3 if onnx else 2, 3 if onnx else 2, "exported")
     return {"run": run.run_id, "out_dir": str(out_dir), "files": written, "card": card}
 
@@ -153,7 +190,7 @@ def _make_card(project: Any, run: Any, head_config: Any, head_sha256: str) -> di
     for split in ("val", "test"):
         path = run.path / f"eval-{split}.json"
         if path.exists():
-            saved = json.loads(path.read_text(encoding="utf-8"))
+            saved = trust.load_json(path, what="evaluation report")
             metrics[split] = {"n": saved.get("n"), "metrics": saved.get("metrics"), "ci": saved.get("ci")}
     return {
         "format": CARD_FORMAT,
@@ -271,6 +308,19 @@ def validate_card(card: Any, path: Path | str) -> None:
         where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
         raise ExportError(f"model card is not valid at {where}: {exc.message}", path) from None
     head = card["head"]
+    groups = trust.lookalike_groups(card["classes"])
+    if groups or len(set(card["classes"])) != len(card["classes"]):
+        raise ExportError("model card's class names repeat or only differ by case, width or invisible characters: "
+                          + (trust.describe_lookalikes(groups) or ", ".join(map(repr, card["classes"]))), path)
+    if any(c != trust.normalise_label(c) for c in card["classes"]):
+        raise ExportError("model card's class names are not normalised (Unicode NFC, no surrounding spaces): "
+                          + ", ".join(repr(c) for c in card["classes"] if c != trust.normalise_label(c)), path)
+    import math
+
+    pre = card["preprocessing"]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in [*pre["mean"], *pre["std"]]) \
+            or not all(v > 0 for v in pre["std"]):
+        raise ExportError("model card is not valid at preprocessing: mean and std must be finite, std above 0", path)
     if head["num_classes"] != len(card["classes"]):
         raise ExportError("model card lists %d classes but the head has %d outputs"
                           % (len(card["classes"]), head["num_classes"]), path)
@@ -287,10 +337,7 @@ def load_exported_head(folder: Path | str, device: str = "cpu") -> LoadedHead:
     card_path, head_path = folder / "card.json", folder / "head.safetensors"
     if not card_path.is_file() or not head_path.is_file():
         raise ExportError("not an exported head (needs card.json and head.safetensors)", folder)
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"card.json is not valid JSON ({exc})", card_path) from None
+    card = trust.load_json(card_path, what="card.json", error=ExportError, max_bytes=4 << 20)
     validate_card(card, card_path)
     if _sha256(head_path) != card["files"]["head_sha256"]:
         raise ExportError("head.safetensors does not match the checksum in card.json (file changed or corrupt)", head_path)
@@ -303,10 +350,13 @@ def load_exported_head(folder: Path | str, device: str = "cpu") -> LoadedHead:
         state = load_file(str(head_path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise ExportError(f"cannot read head weights ({exc})", head_path) from None
+    problem = trust.state_problem(state)
+    if problem is not None:
+        raise ExportError(f"head weights refused: {problem}", head_path)
     head_config = HeadConfig.from_dict(card["head"])
     try:
         module = _build_head(head_config, state)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:
         raise ExportError(f"head weights do not fit the head described in card.json ({exc})", head_path) from None
     return LoadedHead(folder, card, head_config, module.to(device))
 
@@ -334,8 +384,10 @@ def _backbone_for_card(card: dict[str, Any], *, weights: Optional[str], random_i
 
     b = card["backbone"]
     use_random = b.get("random_init", False) if random_init is None else random_init
-    if weights is None and not use_random:
-        weights = b.get("weights_file") if b.get("weights_file") and Path(b["weights_file"]).is_file() else None
+    # the card's weights_file is a note of where the weights were when the head was trained;
+    # it is never opened (a head from someone else must not make this machine read a path
+    # of their choosing): the weights come from --weights or timm's cache, and the hash
+    # check below proves they are the ones the head was trained on
     spec = BackboneSpec(
         name=b["name"], weights=weights, random_init=bool(use_random), seed=int(b.get("seed", 0)),
         image_size=int(b["image_size"]), grid=b.get("grid"), layers=b.get("layers") or "last",
@@ -376,7 +428,7 @@ def predict_files(head_dir: Path | str | LoadedHead, paths: Iterable[Path | str]
     import numpy as np
 
     from .heads import probabilities
-    from .images import load_pixels
+    from .images import decode_max_side, load_pixels
 
     loaded = head_dir if isinstance(head_dir, LoadedHead) else load_exported_head(head_dir)
     head_dir = loaded.folder
@@ -390,7 +442,7 @@ def predict_files(head_dir: Path | str | LoadedHead, paths: Iterable[Path | str]
         chunk, pixels = [], []
         for f in files[start:start + batch_size]:
             try:
-                pixels.append(backbone.preprocessor(load_pixels(f)))
+                pixels.append(backbone.preprocessor(load_pixels(f, decode_max_side(backbone.preprocessor.image_size))))
                 chunk.append(f)
             except UnreadableImage as exc:
                 failures.append({"path": str(f), "reason": exc.reason})

@@ -27,6 +27,23 @@ import numpy as np
 from .errors import UnreadableImage
 
 MAX_PIXELS = 200_000_000  # rows x cols x frames x samples; a 60000 x 60000 header is refused before decoding
+# Bounded decode memory. A file decodes at its storage depth (1 byte a pixel for 1-bit,
+# palette and 8-bit grey; colour made grey row band by row band), float64 only for one
+# band of STRIPE_BYTES at a time, float32 out. An image whose longer side exceeds
+# `decode_max_side(model input size)` is downsampled while it is decoded (JPEG: by the
+# decoder itself, draft mode; others: block means, band by band), so the float32 result
+# is at most decode_max_side^2 x 4 bytes (256 MiB). Images up to that size decode exactly
+# as before (bit for bit). Images above BIG_DECODE_PIXELS decode one at a time across all
+# processes of this user (a file lock), so W decode workers peak at about
+# (W - 1) x a normal image + 1 x a big one, not W x a big one.
+STRIPE_BYTES = 8 << 20
+DECODE_MAX_SIDE_MIN = 8192
+BIG_DECODE_PIXELS = 40_000_000
+
+
+def decode_max_side(image_size: Optional[int]) -> Optional[int]:
+    """The longest side an image is decoded at for a model of this input size (None: no cap)."""
+    return None if image_size is None else max(DECODE_MAX_SIDE_MIN, 16 * int(image_size))
 
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm", ".pnm", ".bmp")
@@ -277,7 +294,7 @@ def _dicom_info(path: Path) -> ImageInfo:
     )
 
 
-def _dicom_pixels(path: Path) -> np.ndarray:
+def _dicom_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -307,19 +324,23 @@ def _dicom_pixels(path: Path) -> np.ndarray:
         raise UnreadableImage(path, f"pixel data cannot be decoded ({_short(exc)})") from None
     photometric = (info.photometric or "").upper()
     if info.samples > 1 or arr.ndim == 3:
-        rgb = arr.astype(np.float64)
-        if rgb.ndim != 3 or rgb.shape[-1] < 3:
+        if arr.ndim != 3 or arr.shape[-1] < 3:
             raise UnreadableImage(path, f"unexpected colour pixel layout {arr.shape}")
-        out = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-        return _finish(path, out, invert=False)
+        grey = _reduce(arr, 1, _luminance)  # band by band, float32
+        return _finish(path, grey, invert=False, max_side=max_side)
     try:
         values = apply_modality_lut(arr, ds)
         if _has_voi(ds):
             values = apply_voi_lut(_voi_lut_input(values, ds), ds)
-        values = np.asarray(values).astype(np.float64)
+        values = np.asarray(values)
     except Exception as exc:  # noqa: BLE001
         raise UnreadableImage(path, f"LUT / window could not be applied ({_short(exc)})") from None
-    return _finish(path, np.asarray(values, dtype=np.float64), invert=photometric == "MONOCHROME1")
+    return _finish(path, values, invert=photometric == "MONOCHROME1", max_side=max_side)
+
+
+def _luminance(band: np.ndarray) -> np.ndarray:
+    rgb = band.astype(np.float64)
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
 def _has_voi(ds: Any) -> bool:
@@ -346,16 +367,58 @@ def _voi_lut_input(values: np.ndarray, ds: Any) -> np.ndarray:
     return np.minimum(np.floor(values), first_map + entries - 1).astype(np.int64)
 
 
-def _finish(path: Path, values: np.ndarray, *, invert: bool) -> np.ndarray:
+def _finish(path: Path, values: np.ndarray, *, invert: bool, max_side: Optional[int] = None) -> np.ndarray:
+    """Stretch to [0, 1] from the image's own minimum to maximum; any input dtype, float32
+    out, float64 only one band at a time (the same values as a whole-array float64 pass)."""
     if values.ndim != 2:
         values = np.squeeze(values)
         if values.ndim != 2:
             raise UnreadableImage(path, f"not a 2-D image (shape {values.shape})")
-    if not np.all(np.isfinite(values)):
-        raise UnreadableImage(path, "pixel values are not finite (NaN or infinity)")
+    values = _reduce(values, _factor(values.shape, max_side), lambda band: band.astype(np.float64), keep=True)
+    if values.dtype.kind == "f":
+        for r0, r1 in _bands(values.shape, 8):
+            if not np.all(np.isfinite(values[r0:r1])):
+                raise UnreadableImage(path, "pixel values are not finite (NaN or infinity)")
     lo, hi = float(values.min()), float(values.max())
-    out = np.zeros(values.shape, np.float32) if hi <= lo else ((values - lo) / (hi - lo)).astype(np.float32)
-    return 1.0 - out if invert and hi > lo else out
+    out = np.zeros(values.shape, np.float32)
+    if hi > lo:
+        for r0, r1 in _bands(values.shape, 8):
+            band = (values[r0:r1].astype(np.float64) - lo) / (hi - lo)
+            out[r0:r1] = 1.0 - band.astype(np.float32) if invert else band
+    return out
+
+
+def _bands(shape: tuple[int, ...], bytes_per_value: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """Row ranges of about STRIPE_BYTES each (a multiple of `multiple` rows)."""
+    row_bytes = max(1, int(np.prod(shape[1:])) * bytes_per_value)
+    step = max(1, STRIPE_BYTES // (row_bytes * multiple)) * multiple
+    return [(r, min(r + step, shape[0])) for r in range(0, shape[0], step)]
+
+
+def _factor(shape: tuple[int, ...], max_side: Optional[int]) -> int:
+    longest = max(shape[0], shape[1])
+    return 1 if max_side is None or longest <= max_side else -(-longest // max_side)
+
+
+def _reduce(raw: np.ndarray, factor: int, to_float: Any, *, keep: bool = False) -> np.ndarray:
+    """to_float(band) (float64 grey of a band of rows) for the whole image, float32, with
+    `factor` x `factor` block means when factor > 1 (the last partial blocks dropped);
+    keep=True and factor 1: `raw` itself (nothing to convert yet)."""
+    if factor == 1 and keep:
+        return raw
+    h, w = raw.shape[:2]
+    oh, ow = max(1, h // factor), max(1, w // factor)
+    out = np.empty((oh, ow), np.float32)
+    for r0, r1 in _bands((oh * factor, *raw.shape[1:]), 8 * (raw.shape[2] if raw.ndim == 3 else 1), factor):
+        band = to_float(raw[r0:r1])
+        if factor > 1:
+            n = (r1 - r0) // factor
+            # strided slices added up: much faster than mean over a reshaped (.., factor) axis
+            band = band[:n * factor, :ow * factor]
+            cols = sum(band[:, k::factor] for k in range(factor))
+            band = sum(cols[k::factor] for k in range(factor)) / (factor * factor)
+        out[r0 // factor:r0 // factor + len(band)] = band
+    return out
 
 
 # -- rasters and volumes ---------------------------------------------------------------
@@ -382,28 +445,45 @@ def _raster_info(path: Path) -> ImageInfo:
         return ImageInfo(format=_kind(path), rows=rows, cols=cols, frames=frames, photometric=img.mode)
 
 
-def _raster_pixels(path: Path) -> np.ndarray:
-    _raster_info(path)
+_GREY_LUT = np.arange(256, dtype=np.float64) / 255.0
+
+
+def _raster_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
+    info = _raster_info(path)
     img = _open_raster(path)
     try:
         with img:
             frames = int(getattr(img, "n_frames", 1) or 1)
             if frames > 1:
                 img.seek(frames // 2)
+            factor = _factor((info.rows, info.cols), max_side)
+            if factor > 1 and img.format == "JPEG":
+                # the decoder downsamples (DCT scaling, up to 1/8): never the full size in memory
+                img.draft("L", (max(1, info.cols // factor), max(1, info.rows // factor)))
             img.load()
+            factor = _factor((img.size[1], img.size[0]), max_side)
             mode = img.mode
             if mode in ("L", "P", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "1", "PA", "La", "RGBa", "LAB", "HSV"):
-                if mode in ("P", "PA", "CMYK", "YCbCr", "1", "LAB", "HSV", "La", "RGBa"):
-                    img = img.convert("RGB")
-                arr = np.asarray(img, dtype=np.float64)
-                if arr.ndim == 3:
-                    arr = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114 if arr.shape[-1] >= 3 \
-                        else arr[..., 0]
                 # 8-bit rasters keep /255, not the DICOM min-max stretch: they are display-ready
                 # exports (already windowed to 0..255, as a DICOM export would be) whose full
                 # scale is the bit depth itself, and stretching would change brightness, and so
                 # density, between otherwise identical 8-bit scans (mini-MIAS)
-                return np.clip(arr / 255.0, 0, 1).astype(np.float32)
+                if mode in ("CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa"):
+                    img = img.convert("RGB")
+                    mode = "RGB"
+                raw = np.asarray(img)  # storage depth: 1 byte a pixel (x channels)
+                if mode in ("P", "PA"):  # palette index -> the palette colour's luminance
+                    palette = (img.getpalette("RGB") or []) + [0] * 768
+                    rgb = np.asarray(palette[:768], dtype=np.float64).reshape(256, 3)
+                    lut = np.clip((rgb[:, 0] * 0.299 + rgb[:, 1] * 0.587 + rgb[:, 2] * 0.114) / 255.0, 0, 1)
+                    to_float = (lambda band: lut[band[..., 0] if band.ndim == 3 else band])
+                elif mode == "1":
+                    to_float = (lambda band: band.astype(np.float64))
+                elif raw.ndim == 3 and raw.shape[-1] >= 3:
+                    to_float = (lambda band: np.clip(_luminance(band) / 255.0, 0, 1))
+                else:  # L, LA: the grey channel
+                    to_float = (lambda band: _GREY_LUT[band[..., 0] if band.ndim == 3 else band])
+                return _reduce(raw, factor, to_float)
             arr = np.asarray(img)
     except UnreadableImage:
         raise
@@ -411,7 +491,7 @@ def _raster_pixels(path: Path) -> np.ndarray:
         raise UnreadableImage(path, f"damaged or truncated image ({_short(exc)})") from None
     # more than 8 bits (I;16, I, F): stretched to the image's own value range like DICOM;
     # /65535 would leave 12-bit data stored in a 16-bit PNG in [0, 0.0625], nearly black
-    return _finish(path, arr.astype(np.float64), invert=False)
+    return _finish(path, arr, invert=False, max_side=max_side)
 
 
 def _volume_info(path: Path) -> ImageInfo:
@@ -432,7 +512,7 @@ def _volume_info(path: Path) -> ImageInfo:
                      pixel_spacing=(float(spacing[1]), float(spacing[0])) if len(spacing) > 1 else None)
 
 
-def _volume_pixels(path: Path) -> np.ndarray:
+def _volume_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
     import SimpleITK as sitk
 
     _volume_info(path)
@@ -446,7 +526,24 @@ def _volume_pixels(path: Path) -> np.ndarray:
         arr = arr.mean(axis=-1)  # vector pixels: their mean
     while arr.ndim > 2:  # [.., z, y, x]: the central slice along z (and t)
         arr = arr[arr.shape[0] // 2]
-    return _finish(path, arr.astype(np.float64), invert=False)
+    return _finish(path, arr, invert=False, max_side=max_side)
+
+
+def _decode_slot(path: Path, kind: str) -> Any:
+    """A big image (above BIG_DECODE_PIXELS) decodes only while holding this user's one
+    big-decode file lock, so parallel decode workers never hold several at once."""
+    import contextlib
+
+    info = read_info(path)  # header only
+    pixels = info.rows * info.cols * max(1, info.samples)
+    if pixels <= BIG_DECODE_PIXELS:
+        return contextlib.nullcontext()
+    import tempfile
+
+    from filelock import FileLock
+
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return FileLock(os.path.join(tempfile.gettempdir(), f"loff-big-decode-{uid}.lock"), is_singleton=False)
 
 
 # -- public ----------------------------------------------------------------------------
@@ -469,17 +566,21 @@ def read_info(path: Path | str) -> ImageInfo:
         raise UnreadableImage(path, f"unreadable header ({type(exc).__name__}: {_short(exc)})") from None
 
 
-def load_pixels(path: Path | str) -> np.ndarray:
-    """float32 H x W in [0, 1], bright = dense; raises UnreadableImage with the reason."""
+def load_pixels(path: Path | str, max_side: Optional[int] = None) -> np.ndarray:
+    """float32 H x W in [0, 1], bright = dense; raises UnreadableImage with the reason.
+
+    max_side: downsample while decoding so the longer side is at most this (block means;
+    see `decode_max_side`); None decodes at full size."""
     path = Path(path)
     _basic_checks(path)
     kind = _kind(path)
     try:
-        if kind == "dicom":
-            return _dicom_pixels(path)
-        if kind in ("nifti", "mha", "nrrd"):
-            return _volume_pixels(path)
-        return _raster_pixels(path)
+        with _decode_slot(path, kind):
+            if kind == "dicom":
+                return _dicom_pixels(path, max_side)
+            if kind in ("nifti", "mha", "nrrd"):
+                return _volume_pixels(path, max_side)
+            return _raster_pixels(path, max_side)
     except UnreadableImage:
         raise
     except MemoryError:

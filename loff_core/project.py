@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import fcntl
 import json
 import os
 import secrets
@@ -29,6 +28,7 @@ from .catalog import Catalog, CatalogEntry, assign_splits, scan_folder
 from .errors import CacheError, ProjectError, TrainingError
 from .fsutil import HELD_LOCK_FDS, atomic_path, atomic_write_json
 from .progress import Progress
+from . import trust
 from .settings import EvaluateSettings, ExtractSettings
 
 PROJECT_FILE = "loff-project.json"
@@ -64,6 +64,9 @@ class ProjectSettings:
     # {"kind": "random" | "given", "from": str, "val_carved": bool, "patient_overlap":
     #  {"patients", "images", "action"} | None, "patients_from": {source: images}}
     split_source: Optional[dict[str, Any]] = None
+    # bumped on every save; a save under the lock refuses to overwrite a revision it did not
+    # start from (another process wrote meanwhile, e.g. after the lock file was deleted)
+    revision: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -155,6 +158,11 @@ class Project:
     @classmethod
     def open(cls, root: Path | str) -> "Project":
         root = Path(root)
+        if (root / cls.COMMIT_DIR).is_dir():
+            try:
+                cls(root, None)._finish_commit()  # type: ignore[arg-type]  # an interrupted import: finish it
+            except OSError:
+                pass  # read-only: the lock names the problem when something is changed
         if not (root / PROJECT_FILE).is_file():
             raise ProjectError(f"{root}: not a LOFF Studio project (no {PROJECT_FILE}); create one with `loff import`")
         return cls(root, _read_settings(root / PROJECT_FILE))
@@ -164,42 +172,117 @@ class Project:
         root = Path(root)
         return cls.open(root) if (root / PROJECT_FILE).exists() else cls.create(root)
 
+    _held_revision: Optional[int] = None  # the revision on disk when this process took the lock
+
     def save(self) -> None:
+        self._check_revision()
+        self.settings.revision += 1
         atomic_write_json(self.settings_path, self.settings.to_dict())
+        if self._held_revision is not None:
+            self._held_revision = self.settings.revision
+
+    def _check_revision(self) -> None:
+        if self._held_revision is not None and self.settings_path.is_file():
+            on_disk = _read_settings(self.settings_path).revision
+            if on_disk != self._held_revision:
+                raise ProjectError(
+                    f"{self.settings_path}: changed by another process while this one held the project lock "
+                    f"(was the .lock file deleted?); not saving over it; open the project again")
+
+    # files that change together (an import's catalog, sidecar, report and settings) are
+    # written into STAGING_DIR, which is renamed to COMMIT_DIR (the commit point), and then
+    # moved into place; whoever opens the project next finishes an interrupted move
+    # (roll forward), and a staging folder left by a killed writer is dropped (roll back)
+    STAGING_DIR = ".staging"
+    COMMIT_DIR = ".commit"
+
+    def _commit_files(self, write: Callable[[Path], None]) -> None:
+        staging, commit = self.root / self.STAGING_DIR, self.root / self.COMMIT_DIR
+        self._finish_commit()
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.mkdir()
+            write(staging)
+            os.replace(staging, commit)  # the commit point: before it the old files stand, after it the new
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            name = exc.filename
+            if name is not None and Path(os.fsdecode(name)).parent == staging:  # name the real file
+                raise OSError(exc.errno, exc.strerror, str(self.root / Path(os.fsdecode(name)).name)) from None
+            raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._finish_commit()
+
+    def _finish_commit(self) -> None:
+        commit = self.root / self.COMMIT_DIR
+        if not commit.is_dir():
+            return
+        for path in sorted(commit.iterdir(), key=lambda p: p.name == PROJECT_FILE):  # settings last
+            try:
+                os.replace(path, self.root / path.name)
+            except FileNotFoundError:
+                pass  # another process finished this move
+        try:
+            commit.rmdir()
+        except OSError:
+            pass
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the project's write lock; a second process is refused, not corrupted."""
+        """Hold the project's write lock; a second process is refused, not corrupted.
+
+        A portable file lock (`filelock`: flock on POSIX, LockFileEx on Windows). Deleting
+        the lock file while a job runs lets a second process take a new one, so saves under
+        the lock also compare the settings' revision with the one read when the lock was
+        taken and refuse to write over another process's change (`save`)."""
+        from filelock import FileLock, Timeout
+
         path = self.root / ".lock"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a+")
+            open(path, "a").close()  # a read-only or full location is named here, before anything
         except OSError as exc:  # a read-only or full location: say so, not a traceback
             raise ProjectError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
+        lock = FileLock(str(path), timeout=0, is_singleton=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            try:
+                owner = path.read_text(encoding="utf-8", errors="replace").strip()[:100] or "another process"
+            except OSError:
+                owner = "another process"
+            raise ProjectError(
+                f"{self.root}: the project is being changed by {owner}; wait for it to finish or close it"
+            ) from None
+        except OSError as exc:
+            raise ProjectError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
+        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
         try:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "another process"
-                raise ProjectError(
-                    f"{self.root}: the project is being changed by {owner}; wait for it to finish or close it"
-                ) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()}")
-            handle.flush()
-            HELD_LOCK_FDS.add(handle.fileno())
+                with open(path, "r+", encoding="utf-8") as fh:
+                    fh.truncate()
+                    fh.write(f"process {os.getpid()}")
+            except OSError:
+                pass  # the owner's name is a courtesy
+            if isinstance(fd, int):
+                HELD_LOCK_FDS.add(fd)
             # another process may have changed the project since it was opened (the app keeps
             # it open for hours): work under the lock starts from what is on disk, so a save
             # here cannot undo that process's import or extraction
+            self._finish_commit()
+            shutil.rmtree(self.root / self.STAGING_DIR, ignore_errors=True)  # left by a killed writer
             if self.settings_path.is_file():
                 self.settings = _read_settings(self.settings_path)
+            self._held_revision = self.settings.revision
             self._catalog = None
             yield
         finally:
-            HELD_LOCK_FDS.discard(handle.fileno())
-            handle.close()
+            self._held_revision = None
+            if isinstance(fd, int):
+                HELD_LOCK_FDS.discard(fd)
+            lock.release()
 
     # -- catalog -----------------------------------------------------------------------
     @property
@@ -282,8 +365,6 @@ class Project:
                             f"sides; " + ("kept as given: their images are not independent across splits"
                                           if overlap["action"] == "keep" else "re-split by patient instead"))
         catalog = replace(catalog, entries=entries, warnings=warnings)
-        catalog.save(self.catalog_path)
-        self._catalog = catalog
         report = {
             "images_root": str(images_dir),
             "imported": len(catalog.entries),
@@ -292,8 +373,7 @@ class Project:
             "split_source": split_source,
             "date": _now(),
         }
-        atomic_write_json(self.report_path, report)
-        s = self.settings
+        s = replace(self.settings, extras=dict(self.settings.extras))
         s.images_root = _relative_or_none(images_dir, self.root)
         s.images_root_absolute = str(images_dir.resolve())
         s.classes = list(catalog.classes)
@@ -312,7 +392,17 @@ class Project:
         if task is not None:
             s.task = task
         s.catalog_version += 1
-        self.save()
+        self._check_revision()
+        s.revision += 1
+
+        def write(folder: Path) -> None:  # catalog, its sidecar, the report and the settings: together
+            catalog.save(folder / self.catalog_path.name)
+            atomic_write_json(folder / self.report_path.name, report)
+            atomic_write_json(folder / PROJECT_FILE, s.to_dict())
+        self._commit_files(write)
+        self.settings, self._catalog = s, catalog
+        if self._held_revision is not None:
+            self._held_revision = s.revision
         return self.import_summary()
 
     def relative(self, path: Path | str) -> str:
@@ -358,7 +448,15 @@ class Project:
     def import_report(self) -> dict[str, Any]:
         if not self.report_path.exists():
             return {}
-        return json.loads(self.report_path.read_text(encoding="utf-8"))
+        report = trust.load_json(self.report_path, what="import report")
+        failed, warnings = report.get("failed", []), report.get("warnings", [])
+        if (not isinstance(failed, list) or not isinstance(warnings, list)
+                or not all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("reason"), str)
+                           for f in failed)
+                or not all(isinstance(w, str) for w in warnings)):
+            raise ProjectError(f"{self.report_path}: unreadable import report (failed / warnings are not lists of "
+                               f"path and reason); import again to rewrite it")
+        return report
 
     # -- features ----------------------------------------------------------------------
     def extract(
@@ -416,10 +514,11 @@ class Project:
         fingerprint = fingerprint or self.settings.active_cache
         if fingerprint is None:
             raise CacheError(f"{self.root}: no feature cache yet; run `loff extract {self.root}`")
+        trust.check_name(fingerprint, what="cache fingerprint", where=str(self.settings_path), error=CacheError)
         path = self.caches_dir / f"{fingerprint}.h5"
         if not path.exists():
             raise CacheError(f"{path}: feature cache is missing or unfinished; run `loff extract {self.root}` to finish it")
-        return FeatureCache.open(path)
+        return FeatureCache.open(path, expected_fingerprint=fingerprint)
 
     # -- training ----------------------------------------------------------------------
     def labelled_split(self, split: str, cache: Any) -> tuple[list[str], list[int], list[CatalogEntry]]:
@@ -478,6 +577,8 @@ class Project:
             "backbone": cache.backbone,
         }
         run = self._write_run(run_id, record, result.state_dict)
+        if result.stopped == "interrupted":
+            raise KeyboardInterrupt  # saved; the caller still learns it was interrupted (exit 130)
         if val_ids and len(set(val_y)) >= 2:  # temperature (+ binary threshold) chosen on val
             from .calibration import calibrate_run
 
@@ -502,6 +603,7 @@ class Project:
         staging.mkdir()
         try:
             save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staging / "head.safetensors"))
+            record = {**record, "checksum": trust.run_checksum(record, trust.sha256_file(staging / "head.safetensors"))}
             atomic_write_json(staging / "run.json", record)
             os.replace(staging, self.runs_dir / run_id)
         except BaseException:
@@ -510,19 +612,36 @@ class Project:
         return self.run(run_id)
 
     def runs(self) -> list[RunInfo]:
+        """The runs whose run.json can be read and checked, oldest first. A damaged run is
+        left out (listed in `broken_runs` with the reason), so it never breaks the others."""
+        return self._scan_runs()[0]
+
+    def broken_runs(self) -> list[tuple[str, str]]:
+        """(run id, one-line reason) of run folders that cannot be used."""
+        return self._scan_runs()[1]
+
+    def _scan_runs(self) -> tuple[list[RunInfo], list[tuple[str, str]]]:
         if not self.runs_dir.is_dir():
-            return []
-        found = []
+            return [], []
+        found, broken = [], []
         for path in sorted(self.runs_dir.iterdir()):
             if path.name.startswith(".") or not (path / "run.json").is_file():
                 continue
-            found.append(RunInfo(path.name, path, json.loads((path / "run.json").read_text(encoding="utf-8"))))
-        return found
+            try:
+                found.append(RunInfo(path.name, path, _read_run_record(path)))
+            except ProjectError as exc:
+                broken.append((path.name, str(exc)))
+        return found, broken
 
     def run(self, run_id: Optional[str] = None) -> RunInfo:
-        runs = self.runs()
+        runs, broken = self._scan_runs()
+        if run_id is not None:
+            for name, reason in broken:
+                if name == run_id:
+                    raise ProjectError(reason)
         if not runs:
-            raise ProjectError(f"{self.root}: no training runs yet; run `loff train {self.root}`")
+            raise ProjectError(f"{self.root}: no training runs yet; run `loff train {self.root}`"
+                               + (f" ({len(broken)} damaged run folders are ignored)" if broken else ""))
         if run_id is None:
             return runs[-1]
         for r in runs:
@@ -537,6 +656,8 @@ class Project:
             reasons.append("images or labels were re-imported after this run was trained")
         if run.record.get("cache_fingerprint") != self.settings.active_cache:
             reasons.append("the active feature cache is from another backbone or settings")
+        if self.has_catalog() and list(run.record.get("classes", [])) != list(self.catalog().classes):
+            reasons.append("the project's classes are not the ones this run was trained on")
         return reasons
 
     def load_head(self, run: RunInfo) -> tuple[Any, dict[str, Any]]:
@@ -544,8 +665,32 @@ class Project:
 
         from .heads import HeadConfig
 
+        from safetensors import SafetensorError
+
         config = HeadConfig.from_dict(run.record["head_config"])
-        return config, load_file(str(run.head_path))
+        where = f"{run.path / 'run.json'}"
+        if not run.head_path.is_file():
+            raise ProjectError(f"{run.head_path}: the run's head file is missing")
+        checksum = run.record.get("checksum")
+        if checksum is not None and checksum != trust.run_checksum(run.record, trust.sha256_file(run.head_path)):
+            raise ProjectError(f"{where}: the run's settings or head file changed after training (checksum "
+                               f"mismatch); this run is not used")
+        try:
+            state = load_file(str(run.head_path))
+        except (SafetensorError, OSError) as exc:
+            raise ProjectError(f"{run.head_path}: cannot read head weights ({trust._first_line(str(exc))})") from None
+        problem = trust.state_problem(state)
+        if problem is None:
+            from .heads import build_head
+
+            try:
+                build_head(config).load_state_dict(state, strict=True)
+            except (RuntimeError, ValueError, TypeError) as exc:
+                problem = f"the weights do not fit the {config.kind} head run.json describes " \
+                          f"({trust._first_line(str(exc))})"
+        if problem is not None:
+            raise ProjectError(f"{run.head_path}: {problem}")
+        return config, state
 
     def explain(self, run_id: Optional[str], image_ids: list[str]) -> dict[str, Any]:
         """Per image: class probabilities and the head's attention over the token grid
@@ -556,6 +701,7 @@ class Project:
 
         run = self.run(run_id)
         cache = self.open_cache(run.record["cache_fingerprint"])
+        self._check_cache_fits(run, cache)
         head_config, state = self.load_head(run)
         head = build_head(head_config)
         head.load_state_dict(state, strict=True)
@@ -582,6 +728,15 @@ class Project:
                 "classes": run.record["classes"], "task": run.record["task"],
                 "predicted": [run.record["classes"][int(c)] for c in decided[back]], "operating_point": op}
 
+    @staticmethod
+    def _check_cache_fits(run: RunInfo, cache: Any) -> None:
+        """A run's head only reads features of the shape it was trained on."""
+        head = run.record["head_config"]
+        if head["feature_dim"] != cache.feature_dim or list(head["grid_hw"]) != list(cache.grid_hw):
+            raise CacheError(f"{cache.path}: tokens are {cache.feature_dim} wide on a {cache.grid_hw[0]}x"
+                             f"{cache.grid_hw[1]} grid, but run {run.run_id}'s head reads {head['feature_dim']} on "
+                             f"{head['grid_hw'][0]}x{head['grid_hw'][1]}")
+
     # -- evaluation --------------------------------------------------------------------
     def evaluate(self, run_id: Optional[str] = None, split: str = "test", *,
                  n_bootstrap: int = EvaluateSettings.bootstrap) -> dict[str, Any]:
@@ -590,7 +745,13 @@ class Project:
         from .training import predict_probabilities
 
         run = self.run(run_id)
+        catalog_classes = list(self.catalog().classes)
+        if list(run.record["classes"]) != catalog_classes:
+            raise ProjectError(f"{run.path / 'run.json'}: run {run.run_id} was trained on the classes "
+                               f"{', '.join(run.record['classes'])} but the catalog has {', '.join(catalog_classes)}; "
+                               f"its outputs cannot be scored against these labels; train again")
         cache = self.open_cache(run.record["cache_fingerprint"])
+        self._check_cache_fits(run, cache)
         ids, y, entries = self.labelled_split(split, cache)
         if not ids:
             raise ProjectError(f"{self.root}: the {split} split has no labelled images with features")
@@ -639,16 +800,18 @@ class Project:
         with atomic_path(path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
                 writer = csv.writer(fh)
-                writer.writerow(["image_id", "path", "label", "predicted", *[f"p_{c}" for c in classes]])
+                writer.writerow([trust.csv_cell(v) for v in ("image_id", "path", "label", "predicted",
+                                                             *[f"p_{c}" for c in classes])])
                 for p in predictions:
-                    writer.writerow([p["image_id"], p["path"], p["label"], p["predicted"], *p["probabilities"]])
+                    writer.writerow([trust.csv_cell(v) for v in (p["image_id"], p["path"], p["label"], p["predicted"])]
+                                    + list(p["probabilities"]))
 
     @staticmethod
     def read_predictions_csv(path: Path | str) -> list[dict[str, str]]:
         """The rows of a `predictions-SPLIT.csv` as written by `evaluate` (or by `loff predict
         --csv`), paths decoded as they were written (non-UTF-8 bytes back to surrogates)."""
         with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-            return list(csv.DictReader(fh))
+            return [{trust.csv_uncell(k): trust.csv_uncell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def _heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.ndarray:
@@ -672,27 +835,26 @@ def write_predictions_csv(path: Path, result: dict[str, Any], *, with_failed: bo
     with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8",
                                               errors="surrogateescape") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "predicted", *[f"p_{c}" for c in classes]])
+        writer.writerow([trust.csv_cell(v) for v in ("path", "predicted", *[f"p_{c}" for c in classes])])
         for p in result["predictions"]:
-            writer.writerow([p["path"], p["predicted"], *p["probabilities"]])
+            writer.writerow([trust.csv_cell(p["path"]), trust.csv_cell(p["predicted"]), *p["probabilities"]])
         for f in result.get("failed", []) if with_failed else []:
-            writer.writerow([f["path"], f"not read: {f['reason']}", *[""] * len(classes)])
+            writer.writerow([trust.csv_cell(f["path"]), trust.csv_cell(f"not read: {f['reason']}"), *[""] * len(classes)])
 
 
 def _read_settings(path: Path) -> ProjectSettings:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProjectError(f"{path}: unreadable project file ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ProjectError(f"{path}: unreadable project file (not a JSON object)")
+    """The project file, every field checked: a project from someone else is input too."""
+    data = trust.load_json(path, what="project file")
     version = data.get("schema_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise ProjectError(f"{path}: project file has no schema_version")
     if version > SCHEMA_VERSION:
         raise ProjectError(
             f"{path}: project was written by a newer LOFF Studio (schema {version}, this one reads {SCHEMA_VERSION})"
         )
+    problem = _settings_problem(data)
+    if problem is not None:
+        raise ProjectError(f"{path}: project file is not valid: {problem}")
     data = _migrate(data)
     try:
         settings = ProjectSettings.from_dict(data)
@@ -764,6 +926,81 @@ def _sides(entries: list[CatalogEntry]) -> dict[str, set[str]]:
     for e in entries:
         sides.setdefault(e.patient_key, set()).add(str(e.split))
     return sides
+
+
+def _settings_problem(data: dict[str, Any]) -> Optional[str]:
+    """Why a project file's fields cannot be used (named), or None."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in ("name", "created", "salt"):
+        if key in data and not isinstance(data[key], str):
+            return f"{key} must be text, not {type(data[key]).__name__}"
+    salt = data.get("salt")
+    if isinstance(salt, str):
+        if not salt:
+            return "salt is empty (patient keys would be computable by anyone); restore the project file"
+        try:
+            if len(bytes.fromhex(salt)) < 8:
+                return "salt is shorter than 8 bytes (patient keys would be guessable)"
+        except ValueError:
+            return "salt is not hexadecimal"
+    for key in ("seed", "catalog_version", "revision"):
+        if key in data and not is_int(data[key]):
+            return f"{key} must be an integer, not {type(data[key]).__name__}"
+        if key in data and key != "seed" and data[key] < 0:
+            return f"{key} must not be negative"
+    if "seed" in data and not 0 <= data["seed"] < 2 ** 63:
+        return "seed must be between 0 and 2^63"
+    if "task" in data and data["task"] not in TASKS:
+        return f"task {data['task']!r} is not one of {', '.join(TASKS)}"
+    classes = data.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return "classes must be a list of names"
+    for key in ("images_root", "images_root_absolute", "label_name"):
+        if data.get(key) is not None and (not isinstance(data[key], str) or "\0" in data[key]):
+            return f"{key} must be text without NUL bytes"
+    if data.get("active_cache") is not None:
+        problem = trust.name_problem(data["active_cache"])
+        if problem:
+            return f"active_cache {data['active_cache']!r} is refused: {problem}"
+    fractions = data.get("split_fractions", [0.7, 0.15, 0.15])
+    if (not isinstance(fractions, list) or len(fractions) != 3
+            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in fractions)
+            or sum(fractions) <= 0):
+        return "split_fractions must be three numbers between 0 and 1"
+    if "synthetic" in data and not isinstance(data["synthetic"], bool):
+        return "synthetic must be true or false"
+    src = data.get("labels_source")
+    if src is not None and (not isinstance(src, dict)
+                            or not all(v is None or isinstance(v, (str, list)) for v in src.values())):
+        return "labels_source must be an object of names"
+    if data.get("split_source") is not None and not isinstance(data["split_source"], dict):
+        return "split_source must be an object"
+    return None
+
+
+RUN_TASKS = TASKS
+
+
+def _read_run_record(path: Path) -> dict[str, Any]:
+    """A run folder's run.json, checked against itself (classes vs head, bounds, names)."""
+    where = path / "run.json"
+    record = trust.load_json(where, what="run record")
+    classes, task, head = record.get("classes"), record.get("task"), record.get("head_config")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise ProjectError(f"{where}: run record is not valid: classes must be a list of two or more names")
+    if task not in TASKS:
+        raise ProjectError(f"{where}: run record is not valid: task {task!r} is not one of {', '.join(TASKS)}")
+    problem = trust.head_shape_problem(head, classes=len(classes))
+    if problem is None and head.get("task") != task:
+        problem = f"the head was built for {head.get('task')} but the run's task is {task}"
+    if problem is not None:
+        raise ProjectError(f"{where}: run record is not valid: {problem}")
+    trust.check_name(record.get("cache_fingerprint"), what="cache_fingerprint", where=str(where))
+    if not isinstance(record.get("backbone"), dict):
+        raise ProjectError(f"{where}: run record is not valid: backbone must be an object")
+    return record
 
 
 def _now() -> str:

@@ -40,7 +40,7 @@ class TrainResult:
     best_epoch: int
     best_score: float
     monitor: str
-    stopped: str  # "completed" | "early_stopping" | "user_stop"
+    stopped: str  # "completed" | "early_stopping" | "user_stop" | "interrupted" (Ctrl-C / SIGTERM)
     notes: list[str] = field(default_factory=list)  # what was done differently, e.g. a GPU out-of-memory retry
 
 
@@ -292,6 +292,12 @@ def train_head(
                 stopped = "user_stop"
                 break
             ev = evaluate() if has_val else None
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the best head so far is the result
+            if best_state is None:
+                raise
+            stopped = "interrupted"
+            notes.append(f"interrupted during epoch {epoch + 1}: the best head so far (epoch {best_epoch}) is kept")
+            break
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
             if not is_out_of_memory(exc):
                 raise

@@ -274,15 +274,19 @@ class CachePage(QWidget):
     @staticmethod
     def _cache_summary(project: Any) -> str:
         """From the JSON summary written beside the cache (the window never opens HDF5)."""
-        import json
+        from loff_core.errors import LoffError
+        from loff_core.trust import load_json
 
         path = project.caches_dir / f"{project.settings.active_cache}.json"
         if not path.exists():
             return ""
-        c = json.loads(path.read_text(encoding="utf-8"))
-        b = c["backbone"]
-        total = len(project.catalog().entries) if project.has_catalog() else 0
-        return (f"fingerprint {c['fingerprint']}: {b['name']} ({b.get('weights_source', '')}, weights "
-                f"{b['weights_hash']}), input {b['image_size']} px, token grid {c['grid_hw'][0]} x "
-                f"{c['grid_hw'][1]} x {c['feature_dim']}, {c['bytes_per_image'] / 1024:.1f} KB per image; "
-                f"{c['images']} of {total} images done")
+        try:  # a project from someone else: a damaged summary is named, never a crash
+            c = load_json(path, what="cache summary")
+            b = c["backbone"]
+            total = len(project.catalog().entries) if project.has_catalog() else 0
+            return (f"fingerprint {c['fingerprint']}: {b['name']} ({b.get('weights_source', '')}, weights "
+                    f"{b['weights_hash']}), input {b['image_size']} px, token grid {c['grid_hw'][0]} x "
+                    f"{c['grid_hw'][1]} x {c['feature_dim']}, {c['bytes_per_image'] / 1024:.1f} KB per image; "
+                    f"{c['images']} of {total} images done")
+        except (LoffError, KeyError, TypeError, IndexError, ValueError) as exc:
+            return f"cache summary {path.name} cannot be shown ({exc})"
