@@ -27,6 +27,7 @@ from .pages.train_page import TrainPage
 from .pages.viewer_page import ViewerPage
 from .state import AppState, data_dir, for_window, log_dir, recent_projects, settings, setup_logging
 from .theme import THEMES, apply_theme, icon
+from .workers import wire
 
 log = logging.getLogger("loff_studio")
 
@@ -238,7 +239,7 @@ class MainWindow(QMainWindow):
         self.show_message("info", f"writing the synthetic demo project to {root}")
         job = self.state.start("demo", work)
         if job is not None:
-            job.finished.connect(lambda project: self.state.set_project(project))
+            wire(job, done=self.state.set_project)  # on the GUI thread (a bare lambda would run on the worker's)
 
     def _project_changed(self, project: Any) -> None:
         if project is None:

@@ -81,7 +81,7 @@ def parse_json(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
-        raise ValueError(f"nested too deeply") from None
+        raise ValueError("nested too deeply") from None
     except ValueError as exc:  # huge integers (Python's int digit limit)
         raise ValueError(_first_line(str(exc))) from None
 

@@ -284,7 +284,6 @@ class TrainPage(QWidget):
     def _trained(self, run: Any) -> None:
         r = run.record
         done = f"best {r['monitor']} {r['best_score']:.3f} at epoch {r['best_epoch']} ({r['stopped'].replace('_', ' ')})"
-        epochs = len(r.get("history", []))
         self.curves_run = run.run_id
         self.strip.finish(f"run {run.run_id}: {done}")  # a run that stopped early ends full too
         self.state.message.emit("info", f"run {run.run_id}: {done}")
