@@ -13,13 +13,19 @@ _INT_MAX = 2**31 - 1
 
 
 def control_for(cls: type, name: str, *, step: float | None = None, decimals: int | None = None,
-                high: float | None = None) -> QWidget:
-    """A combo box (choices), spin box (int) or double spin box (float) for one declared
-    setting, set to its default, limited to its range, with its help as the tooltip. `high`
-    narrows an open-ended range for the form; `step` / `decimals` are presentation only."""
+                high: float | None = None, suggestions: list[str] | None = None) -> QWidget:
+    """A combo box (choices; free text with `suggestions`), spin box (int) or double spin box
+    (float) for one declared setting, set to its default, limited to its range, with its help
+    as the tooltip. `high` narrows an open-ended range for the form; `step` / `decimals` are
+    presentation only."""
     info = field_info(cls, name)
     tip = info.help + (f" ({info.unit})" if info.unit else "")
-    if info.choices is not None:
+    if info.kind is str and info.choices is None:  # free text, e.g. --layers: an editable list
+        box = QComboBox()
+        box.setEditable(True)
+        box.addItems([str(info.default), *[s for s in suggestions or [] if s != str(info.default)]])
+        box.setCurrentText(str(info.default))
+    elif info.choices is not None:
         box: Any = QComboBox()
         box.addItems(list(info.choices))
         box.setCurrentText(str(info.default))

@@ -57,9 +57,19 @@ IDENTITY_KEYS = ("name", "weights_hash", "image_size", "grid", "mean", "std", "p
 
 
 def fingerprint_of(identity: dict[str, Any]) -> str:
-    """The cache fingerprint of a backbone identity (`FrozenBackbone._identity`): it names
-    the cache file, and a cache's recorded backbone must give it back (`FeatureCache.open`)."""
+    """The cache fingerprint of a backbone identity (`identity_of`): it names the cache file,
+    and a cache's recorded backbone must give it back (`FeatureCache.open`)."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_of(described: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a backbone's features, from its `describe()` record (a cache's or a
+    card's): the identity keys, plus `layers` unless it is "last" (so caches made before
+    --layers existed keep their fingerprints)."""
+    identity = {k: described[k] for k in IDENTITY_KEYS if k in described}
+    if described.get("layers") not in (None, "", "last"):
+        identity["layers"] = described["layers"]
+    return identity
 
 
 @dataclass(frozen=True)
@@ -266,12 +276,10 @@ class FrozenBackbone:
 
     def _identity(self) -> dict[str, Any]:
         p = self.preprocessor
-        identity = {"name": self.spec.name, "weights_hash": self.weights_hash, "image_size": p.image_size,
-                    "grid": self.spec.grid, "mean": list(p.mean), "std": list(p.std),
-                    "preprocess_version": PREPROCESS_VERSION}
-        if parse_layers(self.spec.layers) is not None:  # "last" keeps the fingerprints caches already have
-            identity["layers"] = self.spec.layers
-        return identity
+        return identity_of({"name": self.spec.name, "weights_hash": self.weights_hash, "image_size": p.image_size,
+                            "grid": self.spec.grid, "mean": list(p.mean), "std": list(p.std),
+                            "preprocess_version": PREPROCESS_VERSION,
+                            "layers": None if parse_layers(self.spec.layers) is None else self.spec.layers})
 
     def describe(self) -> dict[str, Any]:
         weights_file = None

@@ -87,14 +87,14 @@ class FeatureCache(_IdIndex):
     def _check(self, expected_fingerprint: Optional[str]) -> None:
         """What the file says about itself must agree: its name, its recorded fingerprint,
         the fingerprint its recorded backbone gives, and the shapes of its datasets."""
-        from .backbones import IDENTITY_KEYS, fingerprint_of
+        from .backbones import fingerprint_of, identity_of
 
         name = expected_fingerprint if expected_fingerprint is not None else self.path.name.split(".")[0]
         if self.fingerprint != name:
             raise CacheError(f"{self.path}: the file records fingerprint {self.fingerprint[:40]!r}, not the "
                              f"{name!r} its name says (a cache copied under another name); not used")
         b = self.backbone
-        if not isinstance(b, dict) or fingerprint_of({k: b[k] for k in IDENTITY_KEYS if k in b}) != self.fingerprint:
+        if not isinstance(b, dict) or fingerprint_of(identity_of(b)) != self.fingerprint:
             raise CacheError(f"{self.path}: the backbone recorded in the cache does not give its fingerprint "
                              f"(the file was altered); not used")
         n = len(self.image_ids)

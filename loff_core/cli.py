@@ -153,10 +153,11 @@ def _describe_import(out: dict[str, Any]) -> str:
 
 def backbone_spec_from_args(args: argparse.Namespace) -> Any:
     from .backbones import BackboneSpec, default_backbone_name
+    from .settings import ExtractSettings
 
     name = args.backbone or default_backbone_name(args.device)
     return BackboneSpec(name=name, weights=args.weights, random_init=args.random_init, seed=args.weights_seed,
-                        image_size=args.image_size, grid=args.grid, layers=getattr(args, "layers", None) or "last")
+                        image_size=args.image_size, grid=args.grid, layers=args.layers or ExtractSettings.layers)
 
 
 def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
@@ -676,8 +677,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="a name from `loff weights list`, an added backbone or a timm model name "
                                       "(default: the best DINOv2 present on a GPU, else the best shipped "
                                       "EfficientNet-Lite; see `loff weights list`)")
-    p.add_argument("--layers", default="last", help="which block(s) give the tokens: last (default), -K (K-th block "
-                                                    "from the end; a CNN stage), N, or -K: (mean of the last K)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights", help="local weights file (.safetensors or .pth, loaded without running code)")
     g.add_argument("--random-init", action="store_true", help="seeded random weights (tests, speed checks)")

@@ -165,6 +165,9 @@ class TrainConfig:
 class ExtractSettings:
     """How the frozen backbone is run over the images (`loff extract`, the Cache page)."""
 
+    layers: str = setting("last", "which block(s) give the tokens: last (the model's output), -K (the K-th block "
+                          "from the end; for EfficientNets a feature stage), N (block N) or -K: (the mean of the "
+                          "last K); part of the cache's fingerprint and of the exported card")
     image_size: Optional[int] = setting(None, "input size in pixels (default: the model's own)", kind=int, low=16,
                                         unit="px", optional=True)
     grid: int = setting(16, "average-pool the token grid to at most GRID x GRID (LOFF-TA's high-resolution route)",

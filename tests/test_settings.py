@@ -69,3 +69,6 @@ def test_the_train_and_cache_pages_show_the_declared_defaults(qtbot):
     assert train.flip.value() == pytest.approx(AugmentConfig.hflip)
     assert cache.grid.value() == ExtractSettings.grid and cache.batch.value() == ExtractSettings.batch_size
     assert field_info(TrainConfig, "epochs").help in train.epochs.toolTip()
+    assert cache.layers.currentText() == ExtractSettings.layers == cache.spec().layers
+    cache.layers.setCurrentText("-4:")  # the Cache page chooses the block(s) as `loff extract --layers` does
+    assert cache.spec().layers == "-4:"

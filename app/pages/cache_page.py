@@ -51,6 +51,7 @@ class CachePage(QWidget):
         self.image_size.setSpecialValueText("model default")
         self.image_size.setSingleStep(32)
         self.grid = control_for(ExtractSettings, "grid", high=64)
+        self.layers = control_for(ExtractSettings, "layers", suggestions=["-2", "-4", "-4:"])
         self.batch = control_for(ExtractSettings, "batch_size", high=1024)
         self.device = QComboBox()
         self.device.addItem("auto", "auto")
@@ -76,7 +77,7 @@ class CachePage(QWidget):
         form.addRow("Backbone", form_row(self.backbone, self.backbones_button, self.note))
         form.addRow("Weights", form_row(self.weights, pick, self.random_init, stretch_last=True))
         form.addRow("Input", form_row(QLabel("size"), self.image_size, QLabel("token grid at most"), self.grid,
-                                      QLabel("batch"), self.batch))
+                                      QLabel("layers"), self.layers, QLabel("batch"), self.batch))
         self.devices_found = QLabel("")
         form.addRow("Device", form_row(self.device, self.devices_button, self.devices_found))
         form.addRow("", form_row(self.extract_button, self.strip, stretch_last=True))
@@ -171,7 +172,8 @@ class CachePage(QWidget):
         name = self.spec_name()
         return BackboneSpec(name=name, weights=self.weights.text().strip() or None,
                             random_init=self.random_init.isChecked(), seed=0,
-                            image_size=self.image_size.value() or None, grid=self.grid.value())
+                            image_size=self.image_size.value() or None, grid=self.grid.value(),
+                            layers=self.layers.currentText().strip() or ExtractSettings.layers)
 
     def start_extract(self) -> None:
         project = self.state.project
@@ -222,15 +224,16 @@ class CachePage(QWidget):
             self.weights.setText(values.get("weights", ""))
             self.random_init.setChecked(bool(values.get("random_init", False)))
             self.image_size.setValue(int(values.get("image_size", 0)))
-            self.grid.setValue(int(values.get("grid", 16)))
-            self.batch.setValue(int(values.get("batch", 16)))
+            self.grid.setValue(int(values.get("grid", ExtractSettings.grid)))
+            self.layers.setCurrentText(str(values.get("layers", ExtractSettings.layers)))
+            self.batch.setValue(int(values.get("batch", ExtractSettings.batch_size)))
         self.refresh()
 
     def save_settings(self) -> None:
         self.state.save_page_settings("cache", {
             "backbone": self.backbone.currentText(), "weights": self.weights.text(),
             "random_init": self.random_init.isChecked(), "image_size": self.image_size.value(),
-            "grid": self.grid.value(), "batch": self.batch.value()})
+            "grid": self.grid.value(), "layers": self.layers.currentText(), "batch": self.batch.value()})
 
     def show_plan(self) -> None:
         project = self.state.project
