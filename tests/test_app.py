@@ -458,8 +458,12 @@ def _write_run(project, run_id: str, **config) -> None:
         Catalog(entries, ["a", "b"]).save(project.catalog_path)
     folder = project.runs_dir / run_id
     folder.mkdir(parents=True)
+    from loff_core.heads import HeadConfig
+
+    head = HeadConfig(kind="linear", task="classification", num_classes=2, feature_dim=8, grid_hw=(2, 2))
     record = {"run_id": run_id, "task": "classification", "classes": ["a", "b"],
-              "train_config": _config_dict(TrainConfig(**config)), "head_config": {"kind": "linear"},
+              "train_config": _config_dict(TrainConfig(**config)), "head_config": head.to_dict(),
+              "cache_fingerprint": "0123456789abcdef", "backbone": {"name": "tf_efficientnet_lite0"},
               "history": [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.6, "val_auc": 0.8}],
               "best_epoch": 1, "best_score": 0.8, "monitor": "val_auc", "stopped": "completed", "notes": []}
     (folder / "run.json").write_text(json.dumps(record))
