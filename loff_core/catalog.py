@@ -167,7 +167,7 @@ class Catalog:
                 raise ProjectError(f"{path}: row {n}: label {e.label!r} is not one of the classes "
                                    f"{', '.join(classes)}; import again")
         try:
-            patients_from = {str(k): str(v) for k, v in dict(meta.get("patients_from") or {}).items()}
+            patients_from = {str(k): int(v) for k, v in dict(meta.get("patients_from") or {}).items()}
         except (TypeError, ValueError) as exc:
             raise ProjectError(f"{path}: damaged catalog sidecar {cls._meta_path(path).name} ({exc})") from None
         return cls(entries, classes, failures, warnings, patients_from, str(meta.get("split_from") or ""))

@@ -141,7 +141,7 @@ class TrainConfig:
                         choices=HEAD_KINDS)
     task: str = setting("classification", "classification (unordered classes) or ordinal (ordered levels); "
                         "default: the project's task", choices=TASKS)
-    epochs: int = setting(30, "training epochs at most (early stopping may end sooner)", kind=int, low=1, high=10000)
+    epochs: int = setting(30, "training epochs at most (early stopping may end sooner)", kind=int, low=1)
     batch_size: int = setting(32, "images per training step (halved automatically after a GPU out-of-memory)",
                               kind=int, low=1, unit="images")
     lr: float = setting(5e-4, "peak learning rate (AdamW; warm-up, then cosine to min_lr)", kind=float, low=0,
