@@ -2,7 +2,7 @@
 # Smoke test of the frozen build: packaging/smoke.sh [DIST_DIR]   (default dist/loff-studio)
 # Runs the FROZEN programs (never the source) through the whole story, headless, and compares
 # their predictions with the source install's (.venv) on the same files:
-#   loff --help / --version; loff demo; extract (real EfficientNet-Lite0 weights from the
+#   loff --help / --version; loff demo; extract (real EfficientNet-Lite weights (the CPU default) from the
 #   bundle); train; evaluate; export; predict on the demo images and on one DICOM per
 #   compressed transfer syntax (predictions equal to .venv's loff predict, numerically);
 #   loff-studio started offscreen on the demo project, quitting cleanly by itself.
@@ -34,7 +34,7 @@ step "frozen loff demo"
 "$LOFF" demo "$work/demo" --patients 16 --json --quiet > "$work/demo.json"
 json "$work/demo.json" "d['imported']"
 
-step "frozen loff extract (EfficientNet-Lite0 with the weights shipped in the bundle)"
+step "frozen loff extract (the default CPU backbone, EfficientNet-Lite2, with the weights shipped in the bundle)"
 "$LOFF" extract "$work/demo" --device cpu --json --quiet > "$work/extract.json"
 json "$work/extract.json" "(d['backbone'], d['images'], d['extracted'], len(d['failed']))"
 [ "$(json "$work/extract.json" "len(d['failed'])")" = 0 ] || { step "extract failed on some files"; exit 1; }
