@@ -11,15 +11,14 @@ from pathlib import Path
 from statistics import median
 from typing import Any, Optional
 
+from loff_core.weights import TEST_MODEL, suggested
+
 #: suggested backbone -> (default input size px, pixels per token (patch or stride), feature
-#: dimension, patch tokens (ViT: input // patch) or "cnn" (ceil(input / stride)))
+#: dimension, patch tokens (ViT: input // patch) or "cnn" (ceil(input / stride))), from the
+#: engine's registry (loff_core.weights), the one list of suggested backbones
 GEOMETRY: dict[str, tuple[int, int, int, str]] = {
-    "tf_efficientnet_lite0": (224, 32, 1280, "cnn"),
-    "vit_small_patch14_dinov2.lvd142m": (518, 14, 384, "vit"),
-    "vit_base_patch14_dinov2.lvd142m": (518, 14, 768, "vit"),
-    "vit_large_patch14_dinov2.lvd142m": (518, 14, 1024, "vit"),
-    "vit_tiny_patch16_224": (224, 16, 192, "vit"),
-}
+    k.architecture: (k.native_size, k.token_px, k.feature_dim, "cnn" if k.family == "efficientnet" else "vit")
+    for k in [*suggested(), TEST_MODEL]}
 MAMMO_MIN_INPUT = 512  # px: fine structure in mammograms needs at least this (LOFF-TA used 512)
 
 

@@ -31,15 +31,6 @@ from .errors import BackboneError
 
 PREPROCESS_VERSION = 2  # bump when decoding or Preprocessor output changes (2: 16-bit PNG/TIFF min-max stretched)
 
-# Suggested backbones (the app lists them). Parameter counts from timm.
-SUGGESTED = [
-    {"name": "tf_efficientnet_lite0", "params_m": 3.4, "note": "ImageNet CNN; real weights ship with the install (Lite1 / Lite2 too)"},
-    {"name": "vit_small_patch14_dinov2.lvd142m", "params_m": 22, "note": "DINOv2 ViT-S/14 (weights from the timm cache)"},
-    {"name": "vit_base_patch14_dinov2.lvd142m", "params_m": 86, "note": "DINOv2 ViT-B/14"},
-    {"name": "vit_large_patch14_dinov2.lvd142m", "params_m": 304, "note": "DINOv2 ViT-L/14, the LOFF-TA paper's backbone"},
-    {"name": "vit_tiny_patch16_224", "params_m": 5.7, "note": "tiny ViT, for quick checks with random weights"},
-]
-GPU_DEFAULTS = ["vit_large_patch14_dinov2.lvd142m", "vit_base_patch14_dinov2.lvd142m", "vit_small_patch14_dinov2.lvd142m"]
 
 
 @dataclass(frozen=True)

