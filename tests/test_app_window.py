@@ -184,17 +184,21 @@ def test_the_plan_suggests_512_px_for_mammograms_and_its_table_matches_timm():
     assert "input size: 224 x 224" in lines and "shrunk 4.6x" in lines and "at least 512 px" in lines
     assert "7 x 7 before pooling" in lines
     assert "at least 512 px" not in "\n".join(plan(mammo, "tf_efficientnet_lite0", 512, 16).lines())
-    torch.set_num_threads(1)
-    for name in ("tf_efficientnet_lite0", "tf_efficientnet_lite2", "vit_tiny_patch16_224",
-                 "vit_small_patch14_dinov2.lvd142m", "vit_base_patch16_clip_224.laion2b"):
-        size, step, dim, kind = GEOMETRY[name]
-        assert timm.models.get_pretrained_cfg(name).input_size[-1] == size
-        model = timm.create_model(name, pretrained=False, num_classes=0).eval()
-        with torch.inference_mode():
-            feats = model.forward_features(torch.zeros(1, 3, size, size))
-        tokens = feats.shape[1] - getattr(model, "num_prefix_tokens", 0) if feats.ndim == 3 else feats.shape[2] ** 2
-        got = plan(mammo, name, None, None)
-        assert got.grid_before[0] ** 2 == tokens and feats.shape[-1 if feats.ndim == 3 else 1] == dim == got.feature_dim
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # restored below: later tests compare features across processes
+    try:
+        for name in ("tf_efficientnet_lite0", "tf_efficientnet_lite2", "vit_tiny_patch16_224",
+                     "vit_small_patch14_dinov2.lvd142m", "vit_base_patch16_clip_224.laion2b"):
+            size, step, dim, kind = GEOMETRY[name]
+            assert timm.models.get_pretrained_cfg(name).input_size[-1] == size
+            model = timm.create_model(name, pretrained=False, num_classes=0).eval()
+            with torch.inference_mode():
+                feats = model.forward_features(torch.zeros(1, 3, size, size))
+            tokens = feats.shape[1] - getattr(model, "num_prefix_tokens", 0) if feats.ndim == 3 else feats.shape[2] ** 2
+            got = plan(mammo, name, None, None)
+            assert got.grid_before[0] ** 2 == tokens and feats.shape[-1 if feats.ndim == 3 else 1] == dim == got.feature_dim
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_progress_text_goes_when_work_stops_and_an_empty_import_is_not_full(qtbot, window, tmp_path):

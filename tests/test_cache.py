@@ -162,6 +162,8 @@ from loff_core.backbones import BackboneSpec
 from loff_core.cache import extract_features
 from loff_core.errors import CacheError
 limit, caches, items, spec = int(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+import torch
+torch.set_num_threads(int(sys.argv[5]))  # as the test's process: another thread count may round differently
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 try:
@@ -185,8 +187,11 @@ def test_full_disk_in_the_merge_exits_cleanly_and_resumes(images, tmp_path, frac
     whole = extract_features(images, SPEC, tmp_path / "a", device="cpu", batch_size=1, num_workers=0)
     limit = int(whole.cache_path.stat().st_size * fraction)  # every shard is far smaller
     caches = tmp_path / "c"
+    import torch
+
     run = subprocess.run([sys.executable, "-c", _FULL_DISK_RUN, str(limit), str(caches),
-                          json.dumps([(i, str(p)) for i, p in images]), json.dumps(SPEC.__dict__)],
+                          json.dumps([(i, str(p)) for i, p in images]), json.dumps(SPEC.__dict__),
+                          str(torch.get_num_threads())],
                          capture_output=True, text=True, timeout=300)
     final = caches / whole.cache_path.name
     assert run.returncode == 1, run.stderr[-3000:]
