@@ -17,21 +17,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from PySide6.QtCore import Qt  # noqa: E402
 
 from loff_cli import loff_json  # noqa: E402
+from test_app import window  # noqa: E402,F401  (the app's window fixture: one copy)
 
 pytestmark = pytest.mark.gui
 LONG = 240_000
-
-
-@pytest.fixture()
-def window(qtbot):
-    from app.main import MainWindow
-
-    w = MainWindow()
-    w.confirm_close = True
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    w.state.runner.shutdown()
 
 
 def _binary_project(tmp_path, capsys):

@@ -16,6 +16,7 @@ from PySide6.QtCore import Qt  # noqa: E402
 from hub_server import HubServer  # noqa: E402
 from loff_core import weights as W  # noqa: E402
 from loff_core.hub import partial_file  # noqa: E402
+from test_app import window  # noqa: E402,F401  (the app's window fixture: one copy)
 
 pytestmark = pytest.mark.gui
 LONG = 120_000
@@ -41,18 +42,6 @@ def hub(tmp_path, monkeypatch):
         server.files[(REPO, "model.safetensors")] = payload
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         yield server, payload
-
-
-@pytest.fixture
-def window(qtbot):
-    from app.main import MainWindow
-
-    w = MainWindow()
-    w.confirm_close = True
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    w.state.runner.shutdown()
 
 
 def _cell(dialog, name: str, column: str) -> str:
