@@ -292,8 +292,9 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from .project import Project
 
     project = Project.open(args.project)
-    with project.lock():
-        return project.evaluate(args.run, args.split, n_bootstrap=args.bootstrap)
+    with project.read_lock():  # an existing run is read: never waits for another run's training
+        return _run_with_progress("evaluate", args.quiet, lambda p: project.evaluate(
+            args.run, args.split, n_bootstrap=args.bootstrap, progress=p))
 
 
 def _describe_evaluate(out: dict[str, Any]) -> str:
@@ -327,8 +328,9 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     from .project import Project
 
     project = Project.open(args.project)
-    out = _run_with_progress("export", args.quiet,
-                             lambda p: export_head(project, args.out_dir, run_id=args.run, onnx=args.onnx, progress=p))
+    with project.read_lock():  # also while it writes a missing eval-*.json (see loff_core/locks.py)
+        out = _run_with_progress("export", args.quiet, lambda p: export_head(
+            project, args.out_dir, run_id=args.run, onnx=args.onnx, progress=p))
     return {k: v for k, v in out.items() if k != "card"} | {"onnx": out["card"].get("onnx")}
 
 
@@ -347,7 +349,9 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     if (source / "loff-project.json").is_file():  # a project: predict with one of its runs, as is
         from .project import Project
 
-        head: Any = load_run_head(Project.open(source), args.run)
+        project = Project.open(source)
+        with project.read_lock():
+            head: Any = load_run_head(project, args.run)
     elif (source / "card.json").is_file() or (source / "head.safetensors").is_file():
         if args.run:
             raise LoffError(f"{source}: --run is for a project folder; this is an exported head")
@@ -572,6 +576,11 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     from .project import Project
 
     project = Project.open(args.project)
+    with project.read_lock():  # a consistent view (never a half-moved import); never waits for a training
+        return _info(project)
+
+
+def _info(project: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"project": str(project.root), "name": project.settings.name,
                            "task": project.settings.task, "classes": project.settings.classes,
                            "synthetic": project.settings.synthetic}

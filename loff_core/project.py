@@ -177,7 +177,8 @@ class Project:
     def save(self) -> None:
         self._check_revision()
         self.settings.revision += 1
-        atomic_write_json(self.settings_path, self.settings.to_dict())
+        with self.committing():
+            atomic_write_json(self.settings_path, self.settings.to_dict())
         if self._held_revision is not None:
             self._held_revision = self.settings.revision
 
@@ -203,7 +204,9 @@ class Project:
         try:
             staging.mkdir()
             write(staging)
-            os.replace(staging, commit)  # the commit point: before it the old files stand, after it the new
+            with self.committing():  # readers see the old files or the new ones, never a mix
+                os.replace(staging, commit)  # the commit point: before it the old files stand, after it the new
+                self._finish_commit()
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             name = exc.filename
@@ -283,6 +286,25 @@ class Project:
             if isinstance(fd, int):
                 HELD_LOCK_FDS.discard(fd)
             lock.release()
+
+    @contextmanager
+    def read_lock(self) -> Iterator[None]:
+        """Hold the project's shared (reader) lock: for what only reads the project (evaluate
+        an existing run, info, predict, export, explain). It does not wait for a writer's job
+        (`lock`), only for a writer's commit in progress; see `loff_core.locks`."""
+        from .locks import reading
+
+        with reading(self.root):
+            yield
+
+    @contextmanager
+    def committing(self) -> Iterator[None]:
+        """Replace files readers read (settings, catalog, a run) with the commit lock held
+        exclusively: readers of this moment finish first, readers after it see the new."""
+        from .locks import committing
+
+        with committing(self.root):
+            yield
 
     # -- catalog -----------------------------------------------------------------------
     @property
@@ -503,7 +525,8 @@ class Project:
             rel = _relative_or_none(Path(f.path), root) or str(f.path)
             if rel not in known:
                 report.setdefault("failed", []).append({"path": rel, "reason": f.reason})
-        atomic_write_json(self.report_path, report)
+        with self.committing():
+            atomic_write_json(self.report_path, report)
 
     def cache_paths(self) -> list[Path]:
         return sorted(self.caches_dir.glob("*.h5")) if self.caches_dir.is_dir() else []
@@ -605,7 +628,8 @@ class Project:
             save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staging / "head.safetensors"))
             record = {**record, "checksum": trust.run_checksum(record, trust.sha256_file(staging / "head.safetensors"))}
             atomic_write_json(staging / "run.json", record)
-            os.replace(staging, self.runs_dir / run_id)
+            with self.committing():
+                os.replace(staging, self.runs_dir / run_id)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -692,9 +716,11 @@ class Project:
             raise ProjectError(f"{run.head_path}: {problem}")
         return config, state
 
-    def explain(self, run_id: Optional[str], image_ids: list[str]) -> dict[str, Any]:
+    def explain(self, run_id: Optional[str], image_ids: list[str], *,
+                progress: Progress = Progress()) -> dict[str, Any]:
         """Per image: class probabilities and the head's attention over the token grid
-        ([h, w], max 1), for the viewer's heat map. Reads only these images' features."""
+        ([h, w], max 1), for the viewer's heat map. Reads only these images' features,
+        `EXPLAIN_BATCH` at a time (progress reported, cancel checked between batches)."""
         import torch
 
         from .heads import attention_map, build_head, probabilities
@@ -708,11 +734,17 @@ class Project:
         head.eval()
         idx = cache.indices(image_ids)
         order = np.argsort(idx)  # h5py reads fastest in file order
-        cls, grid = cache.read(idx[order])
-        with torch.inference_mode():
-            c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
-            probs = probabilities(head(c, g), run.record["task"]).numpy()
-            maps = attention_map(head, c, g).numpy()
+        prob_parts, map_parts = [], []
+        for s in range(0, max(len(order), 1), self.EXPLAIN_BATCH):  # one read when empty, as before
+            progress.check()
+            progress.report(s, len(order), f"explaining {len(order)} images")
+            cls, grid = cache.read(idx[order[s:s + self.EXPLAIN_BATCH]])
+            with torch.inference_mode():
+                c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
+                prob_parts.append(probabilities(head(c, g), run.record["task"]).numpy())
+                map_parts.append(attention_map(head, c, g).numpy())
+        progress.report(len(order), len(order), f"explained {len(order)} images")
+        probs, maps = np.concatenate(prob_parts), np.concatenate(map_parts)
         from .calibration import adjust, decide
 
         op = run.record.get("operating_point")
@@ -728,6 +760,8 @@ class Project:
                 "classes": run.record["classes"], "task": run.record["task"],
                 "predicted": [run.record["classes"][int(c)] for c in decided[back]], "operating_point": op}
 
+    EXPLAIN_BATCH = 64  # images per read + forward in `explain`
+
     @staticmethod
     def _check_cache_fits(run: RunInfo, cache: Any) -> None:
         """A run's head only reads features of the shape it was trained on."""
@@ -739,7 +773,7 @@ class Project:
 
     # -- evaluation --------------------------------------------------------------------
     def evaluate(self, run_id: Optional[str] = None, split: str = "test", *,
-                 n_bootstrap: int = EvaluateSettings.bootstrap) -> dict[str, Any]:
+                 n_bootstrap: int = EvaluateSettings.bootstrap, progress: Progress = Progress()) -> dict[str, Any]:
         """Metrics and per-image predictions of a run on one split; saved with the run."""
         from .metrics import evaluate_predictions, small_split_warning
         from .training import predict_probabilities
@@ -756,7 +790,10 @@ class Project:
         if not ids:
             raise ProjectError(f"{self.root}: the {split} split has no labelled images with features")
         head_config, state = self.load_head(run)
-        probs = predict_probabilities(head_config, state, cache, ids)
+        progress.check()
+        probs = predict_probabilities(head_config, state, cache, ids, progress=progress)
+        progress.check()
+        progress.report(len(ids), len(ids), f"{n_bootstrap} bootstrap resamples for the 95% intervals")
         classes = run.record["classes"]
         task = run.record["task"]
         from .calibration import adjust, decide
@@ -789,6 +826,7 @@ class Project:
             "warnings": [w for w in [small_split_warning(len(ids), evaluation["ci"].get("accuracy"), split)] if w],
             "predictions": predictions,
         }
+        progress.check()  # a cancel before this point leaves the saved evaluation as it was
         atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
         self._write_predictions_csv(run.path / f"predictions-{split}.csv", predictions, classes)
         return result

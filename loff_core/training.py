@@ -373,8 +373,10 @@ def predict_probabilities(
     *,
     device: str = "auto",
     batch_size: int = 256,
+    progress: Optional[Progress] = None,
 ) -> np.ndarray:
-    """[N, K] float64 probabilities of `image_ids` (no augmentation, eval mode)."""
+    """[N, K] float64 probabilities of `image_ids` (no augmentation, eval mode). With a
+    `progress`: reports the images done and checks for cancel between batches."""
     dev = resolve_device(device)
     head = build_head(head_config)
     head.load_state_dict(state_dict, strict=True)
@@ -387,9 +389,14 @@ def predict_probabilities(
     idx = np.asarray(source.indices(ids), dtype=np.int64)
     with torch.inference_mode():
         for s in range(0, len(idx), batch_size):
+            if progress is not None:
+                progress.check()
+                progress.report(s, len(idx), f"predicting {len(idx)} images")
             chunk = idx[s : s + batch_size]
             order = np.argsort(chunk, kind="stable")
             cls, grid = _read(source, chunk[order], dev)
             probs = probabilities(head(cls, grid), head_config.task).double().cpu().numpy()
             out[s + order] = probs
+    if progress is not None:
+        progress.report(len(idx), len(idx), f"predicted {len(idx)} images")
     return out / out.sum(axis=1, keepdims=True).clip(min=1e-300)

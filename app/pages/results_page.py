@@ -74,7 +74,9 @@ class ResultsPage(QWidget):
         self.evaluate_button = QPushButton("Evaluate")
         self.evaluate_button.clicked.connect(self.start_evaluate)
         self.strip = ProgressStrip()
-        self.strip.stop_button.hide()
+        # an evaluation has nothing partial to keep: Stop drops it (the saved one stays as it was)
+        self.strip.stop_button.setToolTip("Stop evaluating; the evaluation saved before stays as it was")
+        self.strip.stop_clicked.connect(self.state.runner.cancel)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.metrics = QTableWidget(0, 3)
@@ -208,9 +210,10 @@ class ResultsPage(QWidget):
             return
 
         def work(progress: Any) -> Any:
-            progress.report(0, 0, f"evaluating with {EvaluateSettings.bootstrap} bootstrap resamples")
-            with project.lock():  # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
-                return project.evaluate(run_id, split, n_bootstrap=EvaluateSettings.bootstrap)
+            # the reader lock: a training in another process does not hold this up (loff_core/locks.py);
+            # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
+            with project.read_lock():
+                return project.evaluate(run_id, split, n_bootstrap=EvaluateSettings.bootstrap, progress=progress)
         wire(self.state.start("evaluate", work, banner=self.banner), strip=self.strip, banner=self.banner,
              done=self.show_result)
 

@@ -202,8 +202,9 @@ class ViewerPage(QWidget):
         run_id = evaluation["run"] if evaluation else None
 
         def work() -> list[dict]:
-            run = project.run(run_id)
-            out = project.explain(run.run_id, image_ids)
+            with project.read_lock():  # never waits for a training; never sees a run half written
+                run = project.run(run_id)
+                out = project.explain(run.run_id, image_ids)
             kind = run.record["head_config"]["kind"]
             return [{"image_id": i, "probabilities": out["probabilities"][k], "heat": out["heat"][k],
                      "classes": out["classes"], "task": out["task"], "head": kind, "run": run.run_id,
