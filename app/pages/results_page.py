@@ -369,8 +369,10 @@ class ResultsPage(QWidget):
         self.levels.setVisible(result["task"] == "ordinal")  # the ROC gets the room otherwise
         if result["task"] != "ordinal":
             return
-        self.levels.setTitle(f"predicted vs true level: Kendall tau {result['metrics'].get('kendall_tau', 0):.3f}, "
-                             f"AMAE {result['metrics'].get('amae', 0):.3f}")
+        def shown(name: str) -> str:  # undefined on a split with one level (None): n/a, not a crash
+            value = result["metrics"].get(name)
+            return "n/a" if value is None else f"{value:.3f}"
+        self.levels.setTitle(f"predicted vs true level: Kendall tau {shown('kendall_tau')}, AMAE {shown('amae')}")
         k = len(result["classes"])
         true = np.array([result["classes"].index(p["label"]) + 1 for p in result["predictions"]], float)
         expected = np.array([float(np.dot(p["probabilities"], np.arange(1, k + 1))) for p in result["predictions"]])
