@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Optional
 
-from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QTableWidget,
+from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 from .state import AppState
@@ -57,13 +57,12 @@ class ValidationPanel(QGroupBox):
                          "not used)", parent)
         self.state = state
         self.settings = settings  # the Train page's head / task / epochs / lr / seed / augment
-        self.folds = QSpinBox()
-        self.folds.setRange(2, 20)
-        self.folds.setValue(5)
-        self.trials = QSpinBox()
-        self.trials.setRange(1, 100)
-        self.trials.setValue(8)
-        self.trials.setToolTip("head configurations to try (plus a logistic regression on the pooled embedding)")
+        from loff_core.settings import TuneSettings
+
+        from .forms import control_for
+
+        self.folds = control_for(TuneSettings, "folds", high=20)  # declared once with `loff cv / tune --folds`
+        self.trials = control_for(TuneSettings, "trials", high=100)
         self.cv_button = QPushButton("Cross-validate")
         self.cv_button.setToolTip("train the head above once per fold and report each metric as mean ± SD")
         self.cv_button.clicked.connect(self.start_cv)

@@ -647,7 +647,7 @@ def _at_least(low: float, kind: type = int) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import EvaluateSettings, ExtractSettings, TrainConfig, add_options
+    from .settings import CVSettings, EvaluateSettings, ExtractSettings, TrainConfig, TuneSettings, add_options
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -708,16 +708,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "by label; the test split is never read) and report each metric of `evaluate` as "
                                    "mean, SD and per-fold values; saved as a group that `loff info` lists. " + METRICS_HELP)
     p.add_argument("project", type=Path)
-    p.add_argument("--folds", type=_at_least(2), default=5)
-    p.add_argument("--head", choices=["linear", "attention", "vit", "logreg"], default="attention",
-                   help="logreg: scikit-learn logistic regression on the pooled embedding, C chosen by inner CV")
-    p.add_argument("--task", choices=["classification", "ordinal"])
-    p.add_argument("--seed", type=int, default=0, help="seed of the folds and of training")
-    p.add_argument("--epochs", type=_at_least(1))
-    p.add_argument("--lr", type=_at_least(1e-12, float))
-    p.add_argument("--patience", type=_at_least(1))
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--device", default="auto")
+    add_options(p, CVSettings)
+    add_options(p, TrainConfig, names=["task", "epochs", "lr", "patience"], defaults=False)  # None: TrainConfig's
+    add_options(p, TrainConfig, names=["seed", "device"])  # the seed of the folds and of training
+    p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
     p.set_defaults(func=cmd_cv, describe=_describe_cv)
 
     p = sub.add_parser("tune", parents=[common], help="find the best head by grouped cross-validation, test it once",
@@ -726,11 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "embedding by patient-grouped cross-validation on train + val; retrain the winner "
                                    "on train + val as a normal run and evaluate it once on test. " + METRICS_HELP)
     p.add_argument("project", type=Path)
-    p.add_argument("--trials", type=_at_least(1), default=8, help="head configurations to try (default 8)")
-    p.add_argument("--folds", type=_at_least(2), default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--task", choices=["classification", "ordinal"])
-    p.add_argument("--device", default="auto")
+    add_options(p, TuneSettings)
+    add_options(p, TrainConfig, names=["task"], defaults=False)  # default: the project's task
+    add_options(p, TrainConfig, names=["seed", "device"])
     p.set_defaults(func=cmd_tune, describe=_describe_tune)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics and per-image predictions of a run",
