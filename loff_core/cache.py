@@ -46,9 +46,6 @@ from .settings import ExtractSettings
 
 FORMAT_VERSION = 1
 _STR = None  # h5py string dtype, created lazily
-# Tests set this to a callable(stage, n) that raises to simulate CUDA OOM (stage "forward", n = batch
-# size) or a full disk (stage "write", n = batch number).
-_FAULT_INJECTOR: Optional[Callable[[str, int], None]] = None
 
 
 def _h5py() -> Any:
@@ -552,8 +549,6 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
                 else:
                     cls, tokens, sub_batch = _forward_with_retry(backbone, batch, sub_batch, progress, notes)
                 try:
-                    if _FAULT_INJECTOR is not None:
-                        _FAULT_INJECTOR("write", k)
                     _write_shard(parts / names[k], ids, cls, tokens, bad_named)
                 except OSError as exc:
                     raise CacheError(
@@ -612,8 +607,6 @@ def _forward_with_retry(backbone: Any, batch: Any, sub_batch: int, progress: Pro
         try:
             cls_parts, grid_parts = [], []
             for s in range(0, len(batch), sub_batch):
-                if _FAULT_INJECTOR is not None:
-                    _FAULT_INJECTOR("forward", sub_batch)
                 cls, grid = backbone.tokens(batch[s:s + sub_batch])
                 cls_parts.append(cls.to(torch.float16).cpu().numpy())
                 grid_parts.append(grid.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy())

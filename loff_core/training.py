@@ -25,9 +25,6 @@ from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
 from .settings import TrainConfig  # declared once, with defaults and help (re-exported here)
 
-#: Test hook: called with the batch size before every training step (e.g. to raise an OOM).
-_FAULT_INJECTOR: Optional[Callable[[int], None]] = None
-
 _MEMORY_LIMIT = 2 * 1024**3
 _IMPROVEMENT = 1e-4
 
@@ -247,8 +244,6 @@ def train_head(
             step = epoch * per_epoch + b
             scheduler.step_update(step)
             lr = optimizer.param_groups[0]["lr"]
-            if _FAULT_INJECTOR is not None:
-                _FAULT_INJECTOR(batch_size)
             cls, grid = _read(data, train_idx[pos], device)
             onehot = F.one_hot(torch.from_numpy(ytr[pos]), num_classes).float().to(device)
             cls, grid, onehot = augment(cls, grid, onehot)
