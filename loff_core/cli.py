@@ -12,7 +12,6 @@ import json
 import os
 import re
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -86,7 +85,7 @@ def _run_with_progress(desc: str, quiet: bool, fn: Callable[[Progress], Any]) ->
 
 
 # -- commands ----------------------------------------------------------------------------
-def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_import(args: argparse.Namespace) -> Any:
     from .project import Project
 
     if not args.images_dir.is_dir():  # before a project is created for nothing
@@ -99,11 +98,12 @@ def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
             file_column=args.file_column, patient_column=args.patient_column, classes=classes,
             task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
             on_patient_overlap=args.on_patient_overlap, progress=p))
-    out = asdict(summary)
-    out["failed"] = out.pop("failures")
-    out["project"] = str(project.root)
-    out["split_source"] = project.settings.split_source
-    return out
+    from .results import ImportResult
+
+    return ImportResult(project=str(project.root), imported=summary.imported, labelled=summary.labelled,
+                        failed=summary.failures, warnings=summary.warnings, classes=summary.classes,
+                        splits=summary.splits, per_class=summary.per_class,
+                        split_source=project.settings.split_source)
 
 
 def _labels_args(values: Optional[list[str]]) -> Optional[list[tuple[Optional[str], Path]]]:
@@ -160,7 +160,7 @@ def backbone_spec_from_args(args: argparse.Namespace) -> Any:
                         image_size=args.image_size, grid=args.grid, layers=args.layers or ExtractSettings.layers)
 
 
-def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_extract(args: argparse.Namespace) -> Any:
     from .project import Project
 
     from contextlib import nullcontext
@@ -173,25 +173,27 @@ def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
     with project.lock() if rank == 0 else nullcontext():
         result = _run_with_progress("extract", args.quiet or rank != 0, lambda p: project.extract(
             spec, device=args.device, batch_size=args.batch_size, num_workers=args.workers, progress=p))
+    from .results import ExtractResult
+
     if rank != 0:
-        return {"rank": rank, "world_size": world, "extracted": result.extracted}
+        return ExtractResult(rank=rank, world_size=world, extracted=result.extracted)
     _print_notes("extract", result.notes)
     project = Project.open(args.project)
     cache = project.open_cache()
-    return {
-        "cache": str(Path(result.cache_path).relative_to(project.root)),
-        "fingerprint": cache.fingerprint,
-        "backbone": cache.backbone,
-        "images": len(cache.image_ids),
-        "extracted": result.extracted,
-        "skipped": result.skipped,
-        "failed": [{"path": project.relative(f.path), "reason": f.reason} for f in result.failures],
-        "seconds": round(result.seconds, 2),
-        "bytes_per_image": cache.nbytes_per_image(),
-        "notes": result.notes,
-        "stopped": result.stopped,
-        "world_size": world,
-    }
+    return ExtractResult(
+        cache=str(Path(result.cache_path).relative_to(project.root)),
+        fingerprint=cache.fingerprint,
+        backbone=cache.backbone,
+        images=len(cache.image_ids),
+        extracted=result.extracted,
+        skipped=result.skipped,
+        failed=[{"path": project.relative(f.path), "reason": f.reason} for f in result.failures],
+        seconds=round(result.seconds, 2),
+        bytes_per_image=cache.nbytes_per_image(),
+        notes=result.notes,
+        stopped=result.stopped,
+        world_size=world,
+    )
 
 
 def _describe_extract(out: dict[str, Any]) -> str:
@@ -211,7 +213,7 @@ def _describe_extract(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_train(args: argparse.Namespace) -> Any:
     from dataclasses import fields
 
     from .project import Project
@@ -225,12 +227,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     curves: list[dict[str, Any]] = []
     with project.lock():
         run = _run_with_progress("train", args.quiet, lambda p: project.train(config, progress=p, on_epoch=curves.append))
-    r = run.record
-    _print_notes("train", r.get("notes", []))
-    return {"run": run.run_id, "head": r["head_config"]["kind"], "task": r["task"], "classes": r["classes"],
-            "best_epoch": r["best_epoch"], "monitor": r["monitor"], "best_score": r["best_score"],
-            "stopped": r["stopped"], "epochs": len(r["history"]), "n_train": r["n_train"], "n_val": r["n_val"],
-            "notes": list(r.get("notes", []))}
+    from .results import TrainResult
+
+    _print_notes("train", run.record.get("notes", []))
+    return TrainResult.from_record(run.record, run.run_id)
 
 
 def _describe_train(out: dict[str, Any]) -> str:
@@ -288,13 +288,14 @@ def _print_notes(command: str, notes: list[str]) -> None:
         print(f"loff {command}: note: {note}", file=sys.stderr)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_evaluate(args: argparse.Namespace) -> Any:
     from .project import Project
+    from .results import EvaluateResult
 
     project = Project.open(args.project)
     with project.read_lock():  # an existing run is read: never waits for another run's training
-        return _run_with_progress("evaluate", args.quiet, lambda p: project.evaluate(
-            args.run, args.split, n_bootstrap=args.bootstrap, progress=p))
+        return EvaluateResult.from_dict(_run_with_progress("evaluate", args.quiet, lambda p: project.evaluate(
+            args.run, args.split, n_bootstrap=args.bootstrap, progress=p)))
 
 
 def _describe_evaluate(out: dict[str, Any]) -> str:
@@ -323,7 +324,7 @@ def _metric_lines(out: dict[str, Any]) -> list[str]:
     return lines
 
 
-def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_export(args: argparse.Namespace) -> Any:
     from .export import export_head
     from .project import Project
 
@@ -331,7 +332,9 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     with project.read_lock():  # also while it writes a missing eval-*.json (see loff_core/locks.py)
         out = _run_with_progress("export", args.quiet, lambda p: export_head(
             project, args.out_dir, run_id=args.run, onnx=args.onnx, progress=p))
-    return {k: v for k, v in out.items() if k != "card"} | {"onnx": out["card"].get("onnx")}
+    from .results import ExportResult
+
+    return ExportResult(run=out["run"], out_dir=out["out_dir"], files=out["files"], card=out["card"])
 
 
 def _describe_export(out: dict[str, Any]) -> str:
@@ -342,7 +345,7 @@ def _describe_export(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_predict(args: argparse.Namespace) -> Any:
     from .export import load_run_head, predict_files
 
     source = args.head_dir
@@ -374,7 +377,11 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         from .project import write_predictions_csv
 
         write_predictions_csv(Path(args.csv), out, with_failed=False)
-    return out
+    from .results import EVALUATION_KEYS, PredictResult
+
+    return PredictResult(head=out["head"], classes=out["classes"], task=out["task"], predictions=out["predictions"],
+                         failed=out["failed"], run=out.get("run"), labelled=out.get("labelled"), n=out.get("n"),
+                         evaluation={k: out[k] for k in EVALUATION_KEYS} if "n" in out else None)
 
 
 def _score_labelled_predictions(out: dict[str, Any], args: argparse.Namespace) -> None:
@@ -491,9 +498,9 @@ def cmd_cv(args: argparse.Namespace) -> dict[str, Any]:
     with project.lock():
         out = _run_with_progress("cv", args.quiet, lambda p: cross_validate(
             project, config, folds=args.folds, seed=args.seed, progress=p))
-    if args.json:  # exactly the documented document; the rest is in groups/GROUP/group.json
-        return {"group": out["group"], "folds": out["folds"], "metrics": out["metrics"]}
-    return out
+    from .results import CVResult
+
+    return CVResult.from_dict(out)  # --json: exactly the documented document; the rest in groups/GROUP/group.json
 
 
 def _describe_cv(out: dict[str, Any]) -> str:
@@ -517,11 +524,9 @@ def cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
         out = _run_with_progress("tune", args.quiet, lambda p: tune(
             project, trials=args.trials, folds=args.folds, seed=args.seed, task=args.task, device=args.device,
             progress=p))
-    if args.json:  # exactly the documented document; the rest is in groups/GROUP/group.json
-        return {"leaderboard": [{"config": e["config"], "cv": e["cv"]} for e in out["leaderboard"]],
-                "best": {"config": out["best"]["config"], "cv": out["best"]["cv"]}, "run": out["run"],
-                "test": out["test"]}
-    return out
+    from .results import TuneResult
+
+    return TuneResult.from_dict(out)  # --json: exactly the documented document; the rest in groups/GROUP/group.json
 
 
 def _describe_tune(out: dict[str, Any]) -> str:
@@ -874,6 +879,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     try:
         out = args.func(args)
+        if hasattr(out, "to_json"):  # a step's typed record (loff_core.results)
+            out = out.to_json() if args.json else out.to_dict()
     except LoffError as exc:
         print(f"loff {args.command}: {_one_line(str(exc))}", file=sys.stderr)
         return 1

@@ -4,6 +4,8 @@ as it was."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,27 @@ def test_explain_reports_progress_in_batches_and_can_be_cancelled(trained, monke
     cancelled.cancel()
     with pytest.raises(Cancelled):
         project.explain(None, ids, progress=cancelled)
+
+
+def test_typed_results_give_exactly_the_cli_json(trained, capsys, tmp_path):
+    """Each step's record (loff_core.results) prints exactly what `--json` printed as a dict
+    before: the same keys in the same order, the same values."""
+    from loff_cli import loff_json
+
+    from loff_core.results import EvaluateResult, ExportResult, TrainResult
+
+    project = Project.open(trained)
+    run = project.run()
+    assert list(TrainResult.from_record(run.record, run.run_id).to_json()) == [
+        "run", "head", "task", "classes", "best_epoch", "monitor", "best_score", "stopped", "epochs", "n_train",
+        "n_val", "notes"]
+    raw = project.evaluate(run.run_id, "val", n_bootstrap=10)
+    record = EvaluateResult.from_dict(raw)
+    assert record.to_json() == raw and list(record.to_json()) == list(raw)
+    assert record.metrics == raw["metrics"] and record.n == raw["n"]
+    printed = loff_json(capsys, "evaluate", trained, "--split", "val", "--bootstrap", "10")
+    assert list(printed) == list(raw) and printed["metrics"] == json.loads(json.dumps(raw["metrics"]))
+    exported = loff_json(capsys, "export", trained, tmp_path / "head")
+    assert list(exported) == ["run", "out_dir", "files", "onnx"] and exported["onnx"] is None
+    record = ExportResult(run=exported["run"], out_dir=exported["out_dir"], files=exported["files"], card={})
+    assert record.to_json() == exported
