@@ -118,10 +118,9 @@ class ValidationPanel(QGroupBox):
         config, folds, seed = self.cv_config(), self.folds.value(), self.settings().get("seed", 0)
 
         def work(progress: Any) -> Any:
-            from loff_core.validation import cross_validate
+            from loff_core import steps
 
-            with project.lock():
-                return cross_validate(project, config, folds=folds, seed=seed, progress=progress)
+            return steps.cross_validate(project, config, folds=folds, seed=seed, progress=progress).to_dict()
         job = self.state.start("cross-validate", work)
         if job is not None:
             job.on_close = "stop"
@@ -155,11 +154,11 @@ class ValidationPanel(QGroupBox):
             job_box["job"].emit_epoch(entry)  # the job's per-step signal carries one leaderboard row
 
         def work(progress: Any) -> Any:
-            from loff_core.validation import tune
+            from loff_core import steps
+            from loff_core.settings import TuneSettings
 
-            with project.lock():
-                return tune(project, trials=trials, folds=folds, seed=seed, task=task, progress=progress,
-                            on_trial=on_trial)
+            return steps.tune(project, TuneSettings(trials=trials, folds=folds), seed=seed, task=task,
+                              progress=progress, on_trial=on_trial).to_dict()
         job = self.state.start("find the best head", work)
         if job is not None:
             job_box["job"] = job

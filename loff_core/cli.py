@@ -86,24 +86,18 @@ def _run_with_progress(desc: str, quiet: bool, fn: Callable[[Progress], Any]) ->
 
 # -- commands ----------------------------------------------------------------------------
 def cmd_import(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
 
     if not args.images_dir.is_dir():  # before a project is created for nothing
         raise ProjectError(f"{args.images_dir}: not a folder")
     project = Project.open_or_create(args.project)
-    with project.lock():
-        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-        summary = _run_with_progress("import", args.quiet, lambda p: project.import_images(
-            args.images_dir, labels_csv=_labels_args(args.labels), label_column=args.label_column,
-            file_column=args.file_column, patient_column=args.patient_column, classes=classes,
-            task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
-            on_patient_overlap=args.on_patient_overlap, progress=p))
-    from .results import ImportResult
-
-    return ImportResult(project=str(project.root), imported=summary.imported, labelled=summary.labelled,
-                        failed=summary.failures, warnings=summary.warnings, classes=summary.classes,
-                        splits=summary.splits, per_class=summary.per_class,
-                        split_source=project.settings.split_source)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    return _run_with_progress("import", args.quiet, lambda p: steps.import_images(
+        project, args.images_dir, labels_csv=_labels_args(args.labels), label_column=args.label_column,
+        file_column=args.file_column, patient_column=args.patient_column, classes=classes,
+        task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
+        on_patient_overlap=args.on_patient_overlap, progress=p))
 
 
 def _labels_args(values: Optional[list[str]]) -> Optional[list[tuple[Optional[str], Path]]]:
@@ -161,39 +155,20 @@ def backbone_spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_extract(args: argparse.Namespace) -> Any:
-    from .project import Project
-
-    from contextlib import nullcontext
-
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .cache import distributed_rank_world
+    from .project import Project
+    from .settings import ExtractSettings
 
     project = Project.open(args.project)
     spec = backbone_spec_from_args(args)
-    rank, world = distributed_rank_world()  # under torchrun: N processes, one cache
-    with project.lock() if rank == 0 else nullcontext():
-        result = _run_with_progress("extract", args.quiet or rank != 0, lambda p: project.extract(
-            spec, device=args.device, batch_size=args.batch_size, num_workers=args.workers, progress=p))
-    from .results import ExtractResult
-
-    if rank != 0:
-        return ExtractResult(rank=rank, world_size=world, extracted=result.extracted)
-    _print_notes("extract", result.notes)
-    project = Project.open(args.project)
-    cache = project.open_cache()
-    return ExtractResult(
-        cache=str(Path(result.cache_path).relative_to(project.root)),
-        fingerprint=cache.fingerprint,
-        backbone=cache.backbone,
-        images=len(cache.image_ids),
-        extracted=result.extracted,
-        skipped=result.skipped,
-        failed=[{"path": project.relative(f.path), "reason": f.reason} for f in result.failures],
-        seconds=round(result.seconds, 2),
-        bytes_per_image=cache.nbytes_per_image(),
-        notes=result.notes,
-        stopped=result.stopped,
-        world_size=world,
-    )
+    rank, _ = distributed_rank_world()  # under torchrun: N processes, one cache; rank 0 reports
+    settings = ExtractSettings(device=args.device, batch_size=args.batch_size, workers=args.workers)
+    result = _run_with_progress("extract", args.quiet or rank != 0,
+                                lambda p: steps.extract(project, spec, settings, progress=p))
+    if rank == 0:
+        _print_notes("extract", result.notes)
+    return result
 
 
 def _describe_extract(out: dict[str, Any]) -> str:
@@ -214,6 +189,7 @@ def _describe_extract(out: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from dataclasses import fields
 
     from .project import Project
@@ -224,13 +200,9 @@ def cmd_train(args: argparse.Namespace) -> Any:
     given.setdefault("task", project.settings.task)
     given["augment"] = AugmentConfig.off() if args.no_augment else _augment_from_args(args.augment, AugmentConfig())
     config = TrainConfig(**given)
-    curves: list[dict[str, Any]] = []
-    with project.lock():
-        run = _run_with_progress("train", args.quiet, lambda p: project.train(config, progress=p, on_epoch=curves.append))
-    from .results import TrainResult
-
-    _print_notes("train", run.record.get("notes", []))
-    return TrainResult.from_record(run.record, run.run_id)
+    result = _run_with_progress("train", args.quiet, lambda p: steps.train(project, config, progress=p))
+    _print_notes("train", result.notes)
+    return result
 
 
 def _describe_train(out: dict[str, Any]) -> str:
@@ -289,13 +261,13 @@ def _print_notes(command: str, notes: list[str]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
-    from .results import EvaluateResult
+    from .settings import EvaluateSettings
 
-    project = Project.open(args.project)
-    with project.read_lock():  # an existing run is read: never waits for another run's training
-        return EvaluateResult.from_dict(_run_with_progress("evaluate", args.quiet, lambda p: project.evaluate(
-            args.run, args.split, n_bootstrap=args.bootstrap, progress=p)))
+    project = Project.open(args.project)  # the step takes the reader lock: never waits for a training
+    return _run_with_progress("evaluate", args.quiet, lambda p: steps.evaluate(
+        project, args.run, args.split, EvaluateSettings(bootstrap=args.bootstrap), progress=p))
 
 
 def _describe_evaluate(out: dict[str, Any]) -> str:
@@ -325,16 +297,12 @@ def _metric_lines(out: dict[str, Any]) -> list[str]:
 
 
 def cmd_export(args: argparse.Namespace) -> Any:
-    from .export import export_head
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
 
-    project = Project.open(args.project)
-    with project.read_lock():  # also while it writes a missing eval-*.json (see loff_core/locks.py)
-        out = _run_with_progress("export", args.quiet, lambda p: export_head(
-            project, args.out_dir, run_id=args.run, onnx=args.onnx, progress=p))
-    from .results import ExportResult
-
-    return ExportResult(run=out["run"], out_dir=out["out_dir"], files=out["files"], card=out["card"])
+    project = Project.open(args.project)  # the step takes the reader lock, also while it writes eval-*.json
+    return _run_with_progress("export", args.quiet, lambda p: steps.export(
+        project, args.out_dir, run_id=args.run, onnx=args.onnx, progress=p))
 
 
 def _describe_export(out: dict[str, Any]) -> str:
@@ -346,106 +314,19 @@ def _describe_export(out: dict[str, Any]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> Any:
-    from .export import load_run_head, predict_files
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
+    from .settings import EvaluateSettings
 
-    source = args.head_dir
-    if (source / "loff-project.json").is_file():  # a project: predict with one of its runs, as is
-        from .project import Project
-
-        project = Project.open(source)
-        with project.read_lock():
-            head: Any = load_run_head(project, args.run)
-    elif (source / "card.json").is_file() or (source / "head.safetensors").is_file():
-        if args.run:
-            raise LoffError(f"{source}: --run is for a project folder; this is an exported head")
-        head = source
-    else:
-        raise LoffError(f"{source}: neither an exported head (card.json + head.safetensors) nor a LOFF project; "
-                        f"give a project folder (and --run ID), or export a run first with "
-                        f"`loff export PROJECT {source}`")
-    out = _run_with_progress("predict", args.quiet, lambda p: predict_files(
-        head, args.files, weights=args.weights, random_init=True if args.random_init else None,
-        device=args.device, batch_size=args.batch_size, progress=p))
-    if not out["predictions"]:
-        failed = out.get("failed", [])
-        first = f"; {failed[0]['path']}: {failed[0]['reason']}" if failed else ""
-        raise LoffError(f"no predictions: none of the {len(failed)} files could be read{first}")
-    if not isinstance(head, Path):
-        out["run"] = head.card["run"]  # predicted with a project's run
-    _score_labelled_predictions(out, args)
+    result = _run_with_progress("predict", args.quiet, lambda p: steps.predict(
+        args.head_dir, args.files, run_id=args.run, labels=args.labels, label_column=args.label_column,
+        file_column=args.file_column, settings=EvaluateSettings(bootstrap=args.bootstrap), weights=args.weights,
+        random_init=True if args.random_init else None, device=args.device, batch_size=args.batch_size,
+        progress=p))
     if args.csv:
-        from .project import write_predictions_csv
+        from .predictions import write_predictions_csv
 
-        write_predictions_csv(Path(args.csv), out, with_failed=False)
-    from .results import EVALUATION_KEYS, PredictResult
-
-    return PredictResult(head=out["head"], classes=out["classes"], task=out["task"], predictions=out["predictions"],
-                         failed=out["failed"], run=out.get("run"), labelled=out.get("labelled"), n=out.get("n"),
-                         evaluation={k: out[k] for k in EVALUATION_KEYS} if "n" in out else None)
-
-
-def _score_labelled_predictions(out: dict[str, Any], args: argparse.Namespace) -> None:
-    """When the files come with labels (a labels CSV, or class sub-folders below a folder
-    given on the command line), add `labelled` and the metrics `evaluate` reports."""
-    from .metrics import evaluate_predictions
-
-    classes = out["classes"]
-    table: dict[str, str] = _labels_from_csv(args) if args.labels else {}
-    roots = [Path(f) for f in args.files if Path(f).is_dir()]
-    for row in out["predictions"]:
-        path = Path(row["path"])
-        label = table.get(path.as_posix()) or table.get(path.name) or table.get(path.stem)
-        if label is None and not args.labels:
-            root = next((r for r in roots if r in path.parents), None)
-            if root is not None:  # the nearest folder below the given one named like a class
-                label = next((part for part in reversed(path.relative_to(root).parts[:-1]) if part in classes), None)
-        if label is not None:
-            if label not in classes:
-                raise LoffError(f"{args.labels or path}: label {label!r} is not one of the head's classes "
-                                f"({', '.join(classes)})")
-            row["label"] = label
-    rows = [r for r in out["predictions"] if "label" in r]
-    out["labelled"] = len(rows)
-    if rows:
-        import numpy as np
-
-        y = [classes.index(r["label"]) for r in rows]
-        probs = np.array([r["probabilities"] for r in rows], dtype=np.float64)
-        out |= {"n": len(rows), **evaluate_predictions(y, probs, classes, out["task"], n_bootstrap=args.bootstrap)}
-
-
-def _labels_from_csv(args: argparse.Namespace) -> dict[str, str]:
-    """file -> label from `--labels CSV` (`--label-column`, `--file-column`; the file cell may
-    be a path as given, a file name or a stem)."""
-    import csv
-
-    try:
-        with open(args.labels, newline="", encoding="utf-8-sig") as fh:
-            sample = fh.read(65536)
-            fh.seek(0)
-            try:
-                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
-            except csv.Error:
-                dialect = csv.excel
-            rows = list(csv.DictReader(fh, dialect=dialect))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise LoffError(f"{args.labels}: cannot read the labels CSV ({exc})") from None
-    columns = list(rows[0]) if rows else []
-    file_column = args.file_column or next((c for c in columns if c.strip().lower() in
-                                            ("file", "filename", "file_name", "path", "image", "image_path")), None)
-    if not rows or file_column not in columns or args.label_column not in columns:
-        wanted = f"a file column ({file_column or 'file, filename, path or image'}) and the label column " \
-                 f"{args.label_column!r}"
-        raise LoffError(f"{args.labels}: needs {wanted}; columns: {', '.join(columns) or 'none'}")
-    table: dict[str, str] = {}
-    for row in rows:
-        name, label = (row.get(file_column) or "").strip(), (row.get(args.label_column) or "").strip()
-        if name and label:
-            key = Path(name)
-            table.setdefault(key.as_posix(), label)
-            table.setdefault(key.name, label)
-            table.setdefault(key.stem, label)
-    return table
+        write_predictions_csv(Path(args.csv), result.to_json(), with_failed=False)
+    return result
 
 
 def _describe_predict(out: dict[str, Any]) -> str:
@@ -487,20 +368,18 @@ def _train_config_from_args(args: argparse.Namespace, task: str) -> Any:
 
 
 def cmd_cv(args: argparse.Namespace) -> dict[str, Any]:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
-    from .validation import LOGREG, cross_validate
+    from .validation import LOGREG
 
     project = Project.open(args.project)
     task = args.task or project.settings.task
     config = LOGREG if args.head == "logreg" else _train_config_from_args(args, task)
     if config == LOGREG and task != "classification":
         raise TrainingError("--head logreg (logistic regression on the pooled embedding) is for classification tasks")
-    with project.lock():
-        out = _run_with_progress("cv", args.quiet, lambda p: cross_validate(
-            project, config, folds=args.folds, seed=args.seed, progress=p))
-    from .results import CVResult
-
-    return CVResult.from_dict(out)  # --json: exactly the documented document; the rest in groups/GROUP/group.json
+    # --json: exactly the documented document; the rest is in groups/GROUP/group.json
+    return _run_with_progress("cv", args.quiet, lambda p: steps.cross_validate(
+        project, config, folds=args.folds, seed=args.seed, progress=p))
 
 
 def _describe_cv(out: dict[str, Any]) -> str:
@@ -515,18 +394,16 @@ def _describe_cv(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_tune(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
-    from .validation import tune
+    from .settings import TuneSettings
 
     project = Project.open(args.project)
-    with project.lock():
-        out = _run_with_progress("tune", args.quiet, lambda p: tune(
-            project, trials=args.trials, folds=args.folds, seed=args.seed, task=args.task, device=args.device,
-            progress=p))
-    from .results import TuneResult
-
-    return TuneResult.from_dict(out)  # --json: exactly the documented document; the rest in groups/GROUP/group.json
+    # --json: exactly the documented document; the rest is in groups/GROUP/group.json
+    return _run_with_progress("tune", args.quiet, lambda p: steps.tune(
+        project, TuneSettings(trials=args.trials, folds=args.folds), seed=args.seed, task=args.task,
+        device=args.device, progress=p))
 
 
 def _describe_tune(out: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ threads call the same methods.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
@@ -22,14 +21,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-import numpy as np
-
-from .catalog import Catalog, CatalogEntry, assign_splits, scan_folder
+from .catalog import Catalog, CatalogEntry, assign_splits
 from .errors import CacheError, ProjectError, TrainingError
-from .fsutil import HELD_LOCK_FDS, atomic_path, atomic_write_json
-from .progress import Progress
+from .fsutil import HELD_LOCK_FDS, atomic_write_json
+from .predictions import read_predictions_csv, write_predictions_csv  # noqa: F401 (write_...: the old import path)
 from . import trust
-from .settings import EvaluateSettings, ExtractSettings
 
 PROJECT_FILE = "loff-project.json"
 SCHEMA_VERSION = 2  # 2: split_source (how the split and the patients were assigned at import)
@@ -334,86 +330,16 @@ class Project:
     def image_path(self, entry: CatalogEntry) -> Path:
         return self.images_root() / entry.path
 
-    def import_images(
-        self,
-        images_dir: Path | str,
-        *,
-        labels_csv: Any = None,
-        label_column: Optional[str] = None,
-        file_column: Optional[str] = None,
-        patient_column: Optional[str] = None,
-        classes: Optional[list[str]] = None,
-        task: Optional[str] = None,
-        split_column: Optional[str] = None,
-        patient_from_name: Optional[str] = None,
-        on_patient_overlap: Optional[str] = None,
-        progress: Progress = Progress(),
-    ) -> ImportSummary:
-        """Scan IMAGES_DIR into the catalog. `labels_csv`: one CSV, or a list of CSVs and
-        (split, CSV) pairs (see `scan_folder`). A split given by the CSV or the folders is
-        kept (val carved from train by patient when it has none); a patient it puts on two
-        sides stops the import with counts unless `on_patient_overlap` is "keep" (as given)
-        or "resplit" (a fresh patient-grouped split, the given one ignored)."""
-        images_dir = Path(images_dir)
-        if not images_dir.is_dir():
-            raise ProjectError(f"{images_dir}: not a folder")
-        if task is not None and task not in TASKS:
-            raise ProjectError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-        if on_patient_overlap not in (None, *PATIENT_OVERLAP_ACTIONS):
-            raise ProjectError(f"unknown choice {on_patient_overlap!r} for patients on two sides; "
-                               f"choose {' or '.join(PATIENT_OVERLAP_ACTIONS)}")
-        from .catalog import _labels_sources
+    def import_images(self, images_dir: Path | str, **options: Any) -> ImportSummary:
+        """Scan IMAGES_DIR into the catalog (the caller holds the lock); see
+        `loff_core.steps.import_images`, which takes the lock itself."""
+        from .steps import _import_images
 
-        sources = _labels_sources(labels_csv)
-        catalog = scan_folder(
-            images_dir,
-            salt=self.salt,
-            labels_csv=sources or None,
-            label_column=label_column,
-            file_column=file_column,
-            patient_column=patient_column,
-            classes=classes,
-            split_column=split_column,
-            patient_from_name=patient_from_name,
-            progress=progress,
-        )
-        entries, split_source = complete_split(catalog, seed=self.settings.seed,
-                                               fractions=self.settings.split_fractions,
-                                               on_patient_overlap=on_patient_overlap)
-        warnings = list(catalog.warnings)
-        overlap = split_source.get("patient_overlap")
-        if overlap:
-            warnings.append(f"the given split put {overlap['patients']} patients ({overlap['images']} images) on two "
-                            f"sides; " + ("kept as given: their images are not independent across splits"
-                                          if overlap["action"] == "keep" else "re-split by patient instead"))
-        catalog = replace(catalog, entries=entries, warnings=warnings)
-        report = {
-            "images_root": str(images_dir),
-            "imported": len(catalog.entries),
-            "failed": [{"path": f.path, "reason": f.reason} for f in catalog.failures],
-            "warnings": list(catalog.warnings),
-            "split_source": split_source,
-            "date": _now(),
-        }
-        s = replace(self.settings, extras=dict(self.settings.extras))
-        s.images_root = _relative_or_none(images_dir, self.root)
-        s.images_root_absolute = str(images_dir.resolve())
-        s.classes = list(catalog.classes)
-        s.label_name = label_column or s.label_name
-        first = sources[0][1] if sources else None
-        s.labels_source = None if not sources else {
-            "csv": _relative_or_none(first, self.root), "csv_absolute": str(first.resolve()),
-            "label_column": label_column, "file_column": file_column, "patient_column": patient_column,
-            "classes": list(classes) if classes else None, "split_column": split_column,
-            "patient_from_name": patient_from_name,
-            "csvs": [{"split": sp, "csv": _relative_or_none(p, self.root), "csv_absolute": str(p.resolve())}
-                     for sp, p in sources]}
-        if not sources and patient_from_name:
-            s.labels_source = {"patient_from_name": patient_from_name}
-        s.split_source = split_source
-        if task is not None:
-            s.task = task
-        s.catalog_version += 1
+        return _import_images(self, images_dir, **options)
+
+    def commit_import(self, catalog: Catalog, report: dict[str, Any], s: ProjectSettings) -> None:
+        """Write an import's catalog, its sidecar, the report and the settings `s` together
+        (staging folder, one rename as the commit point, under the commit lock)."""
         self._check_revision()
         s.revision += 1
 
@@ -425,7 +351,6 @@ class Project:
         self.settings, self._catalog = s, catalog
         if self._held_revision is not None:
             self._held_revision = s.revision
-        return self.import_summary()
 
     def relative(self, path: Path | str) -> str:
         """A path as `loff` prints it: relative to the project folder (absolute on another
@@ -481,43 +406,15 @@ class Project:
         return report
 
     # -- features ----------------------------------------------------------------------
-    def extract(
-        self,
-        spec: Any,
-        *,
-        device: str = "auto",
-        batch_size: int = ExtractSettings.batch_size,
-        num_workers: Optional[int] = None,
-        progress: Progress = Progress(),
-    ) -> Any:
-        """Run the frozen backbone over every catalogued image; returns an ExtractResult."""
-        from .cache import distributed_rank_world, extract_features
+    def extract(self, spec: Any, **options: Any) -> Any:
+        """Run the frozen backbone over every catalogued image (the caller holds the lock);
+        see `loff_core.steps.extract`. Returns cache.ExtractResult."""
+        from .steps import _extract
 
-        catalog = self.catalog()
-        root = self.images_root()
-        items = [(e.image_id, root / e.path) for e in catalog.entries]
-        result = extract_features(
-            items, spec, self.caches_dir, device=device, batch_size=batch_size,
-            num_workers=num_workers, progress=progress,
-        )
-        if distributed_rank_world()[0] != 0:
-            return result  # under torchrun, rank 0 merges and records the cache
-        fingerprint = Path(result.cache_path).name.split(".")[0]
-        previous = self.settings.active_cache
-        if (result.stopped and previous not in (None, fingerprint)
-                and (self.caches_dir / f"{previous}.h5").exists()):
-            # a stopped extraction with other settings does not replace the cache training
-            # uses; running extract again with these settings finishes it and switches over
-            result.notes.append(f"stopped before the end: training keeps using the previous cache {previous}; "
-                                f"extract again with these settings to finish {fingerprint} and use it")
-        else:
-            self.settings.active_cache = fingerprint
-        self.save()
-        if result.failures:
-            self._record_extract_failures(result.failures)
-        return result
+        return _extract(self, spec, **options)
 
-    def _record_extract_failures(self, failures: list[Any]) -> None:
+    def record_extract_failures(self, failures: list[Any]) -> None:
+        """Add an extraction's unreadable files to the import report (shown with the import's)."""
         report = self.import_report()
         known = {f["path"] for f in report.get("failed", [])}
         root = self.images_root()
@@ -551,65 +448,14 @@ class Project:
         entries = [e for e in catalog.in_split(split) if e.label is not None and e.image_id in cached]
         return [e.image_id for e in entries], [catalog.class_index(e.label) for e in entries], entries
 
-    def train(
-        self,
-        config: Any,
-        *,
-        progress: Progress = Progress(),
-        on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
-    ) -> RunInfo:
-        """Train a head on the active cache; the run folder appears only when complete."""
-        from .training import train_head
+    def train(self, config: Any, **options: Any) -> RunInfo:
+        """Train a head on the active cache (the caller holds the lock); see
+        `loff_core.steps.train`."""
+        from .steps import _train
 
-        cache = self.open_cache()
-        classes = self.catalog().classes
-        if len(classes) < 2:
-            raise TrainingError(f"{self.root}: training needs at least two classes; labels found: {classes or 'none'}")
-        train_ids, train_y, _ = self.labelled_split("train", cache)
-        val_ids, val_y, _ = self.labelled_split("val", cache)
-        if not train_ids:
-            raise TrainingError(f"{self.root}: no labelled training images with features; import labels and extract first")
-        if config.task == "ordinal" and len(classes) < 3:
-            raise TrainingError("the ordinal task needs at least three ordered levels")
-        started = _now()
-        for leftover in self.runs_dir.glob(".*.partial") if self.runs_dir.is_dir() else []:
-            shutil.rmtree(leftover, ignore_errors=True)  # from a run killed while it was being saved
-        result = train_head(
-            cache, train_ids, train_y, val_ids, val_y, config,
-            num_classes=len(classes), progress=progress, on_epoch=on_epoch,
-        )
-        run_id = self._new_run_id(config.head)
-        record = {
-            "run_id": run_id,
-            "started": started,
-            "finished": _now(),
-            "task": config.task,
-            "classes": list(classes),
-            "train_config": _config_dict(config),
-            "head_config": result.head_config.to_dict(),
-            "history": result.history,
-            "best_epoch": result.best_epoch,
-            "best_score": result.best_score,
-            "monitor": result.monitor,
-            "stopped": result.stopped,
-            "notes": list(result.notes),
-            "n_train": len(train_ids),
-            "n_val": len(val_ids),
-            "catalog_version": self.settings.catalog_version,
-            "cache_fingerprint": cache.fingerprint,
-            "backbone": cache.backbone,
-        }
-        run = self._write_run(run_id, record, result.state_dict)
-        if result.stopped == "interrupted":
-            raise KeyboardInterrupt  # saved; the caller still learns it was interrupted (exit 130)
-        if val_ids and len(set(val_y)) >= 2:  # temperature (+ binary threshold) chosen on val
-            from .calibration import calibrate_run
+        return _train(self, config, **options)
 
-            calibrate_run(self, run.run_id)
-            run = self.run(run.run_id)
-        return run
-
-    def _new_run_id(self, head: str) -> str:
+    def new_run_id(self, head: str) -> str:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_id, n = f"{stamp}-{head}", 1
         while (self.runs_dir / run_id).exists():
@@ -617,7 +463,9 @@ class Project:
             run_id = f"{stamp}-{head}-{n}"
         return run_id
 
-    def _write_run(self, run_id: str, record: dict[str, Any], state_dict: dict[str, Any]) -> RunInfo:
+    def write_run(self, run_id: str, record: dict[str, Any], state_dict: dict[str, Any]) -> RunInfo:
+        """A finished run's folder: head + run.json (with its checksum) staged, then renamed
+        into place under the commit lock."""
         from safetensors.torch import save_file
 
         self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -716,54 +564,14 @@ class Project:
             raise ProjectError(f"{run.head_path}: {problem}")
         return config, state
 
-    def explain(self, run_id: Optional[str], image_ids: list[str], *,
-                progress: Progress = Progress()) -> dict[str, Any]:
-        """Per image: class probabilities and the head's attention over the token grid
-        ([h, w], max 1), for the viewer's heat map. Reads only these images' features,
-        `EXPLAIN_BATCH` at a time (progress reported, cancel checked between batches)."""
-        import torch
+    def explain(self, run_id: Optional[str], image_ids: list[str], **options: Any) -> dict[str, Any]:
+        """Probabilities and heat maps of a run for some images; see `loff_core.steps.explain`."""
+        from .steps import _explain
 
-        from .heads import attention_map, build_head, probabilities
-
-        run = self.run(run_id)
-        cache = self.open_cache(run.record["cache_fingerprint"])
-        self._check_cache_fits(run, cache)
-        head_config, state = self.load_head(run)
-        head = build_head(head_config)
-        head.load_state_dict(state, strict=True)
-        head.eval()
-        idx = cache.indices(image_ids)
-        order = np.argsort(idx)  # h5py reads fastest in file order
-        prob_parts, map_parts = [], []
-        for s in range(0, max(len(order), 1), self.EXPLAIN_BATCH):  # one read when empty, as before
-            progress.check()
-            progress.report(s, len(order), f"explaining {len(order)} images")
-            cls, grid = cache.read(idx[order[s:s + self.EXPLAIN_BATCH]])
-            with torch.inference_mode():
-                c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
-                prob_parts.append(probabilities(head(c, g), run.record["task"]).numpy())
-                map_parts.append(attention_map(head, c, g).numpy())
-        progress.report(len(order), len(order), f"explained {len(order)} images")
-        probs, maps = np.concatenate(prob_parts), np.concatenate(map_parts)
-        from .calibration import adjust, decide
-
-        op = run.record.get("operating_point")
-        probs = adjust(probs, op)
-        decided = decide(probs, run.record["task"], op)
-        back = np.argsort(order)
-        maps = maps[back]
-        entries = self.catalog().by_id()
-        size = int(cache.backbone["image_size"])
-        heat = [_heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
-                for m, i in zip(maps, image_ids)]
-        return {"image_ids": list(image_ids), "probabilities": probs[back], "attention": maps, "heat": heat,
-                "classes": run.record["classes"], "task": run.record["task"],
-                "predicted": [run.record["classes"][int(c)] for c in decided[back]], "operating_point": op}
-
-    EXPLAIN_BATCH = 64  # images per read + forward in `explain`
+        return _explain(self, run_id, image_ids, **options)
 
     @staticmethod
-    def _check_cache_fits(run: RunInfo, cache: Any) -> None:
+    def check_cache_fits(run: RunInfo, cache: Any) -> None:
         """A run's head only reads features of the shape it was trained on."""
         head = run.record["head_config"]
         if head["feature_dim"] != cache.feature_dim or list(head["grid_hw"]) != list(cache.grid_hw):
@@ -772,113 +580,14 @@ class Project:
                              f"{head['grid_hw'][0]}x{head['grid_hw'][1]}")
 
     # -- evaluation --------------------------------------------------------------------
-    def evaluate(self, run_id: Optional[str] = None, split: str = "test", *,
-                 n_bootstrap: int = EvaluateSettings.bootstrap, progress: Progress = Progress()) -> dict[str, Any]:
-        """Metrics and per-image predictions of a run on one split; saved with the run."""
-        from .metrics import evaluate_predictions, small_split_warning
-        from .training import predict_probabilities
+    def evaluate(self, run_id: Optional[str] = None, split: str = "test", **options: Any) -> dict[str, Any]:
+        """Metrics and per-image predictions of a run on one split, saved with the run (the
+        dict form of `loff_core.steps.evaluate`'s EvaluateResult)."""
+        from .steps import _evaluate
 
-        run = self.run(run_id)
-        catalog_classes = list(self.catalog().classes)
-        if list(run.record["classes"]) != catalog_classes:
-            raise ProjectError(f"{run.path / 'run.json'}: run {run.run_id} was trained on the classes "
-                               f"{', '.join(run.record['classes'])} but the catalog has {', '.join(catalog_classes)}; "
-                               f"its outputs cannot be scored against these labels; train again")
-        cache = self.open_cache(run.record["cache_fingerprint"])
-        self._check_cache_fits(run, cache)
-        ids, y, entries = self.labelled_split(split, cache)
-        if not ids:
-            raise ProjectError(f"{self.root}: the {split} split has no labelled images with features")
-        head_config, state = self.load_head(run)
-        progress.check()
-        probs = predict_probabilities(head_config, state, cache, ids, progress=progress)
-        progress.check()
-        progress.report(len(ids), len(ids), f"{n_bootstrap} bootstrap resamples for the 95% intervals")
-        classes = run.record["classes"]
-        task = run.record["task"]
-        from .calibration import adjust, decide
+        return _evaluate(self, run_id, split, **options)
 
-        op = run.record.get("operating_point")
-        probs = adjust(probs, op)  # the run's calibration / prevalence, then its threshold
-        predicted = decide(probs, task, op)
-        evaluation = evaluate_predictions(y, probs, classes, task, n_bootstrap=n_bootstrap, seed=self.settings.seed,
-                                          predicted=predicted)
-        images = self.images_root()
-        predictions = [
-            {
-                "image_id": e.image_id,
-                "path": self.relative(images / e.path),  # relative to the project folder
-                "label": e.label,
-                "predicted": classes[int(p)],
-                "probabilities": [round(float(x), 6) for x in row],
-            }
-            for e, p, row in zip(entries, predicted, probs)
-        ]
-        result = {
-            "run": run.run_id,
-            "split": split,
-            "task": task,
-            "classes": classes,
-            "n": len(ids),
-            "stale": self.stale_reasons(run),
-            "operating_point": op,
-            **evaluation,
-            "warnings": [w for w in [small_split_warning(len(ids), evaluation["ci"].get("accuracy"), split)] if w],
-            "predictions": predictions,
-        }
-        progress.check()  # a cancel before this point leaves the saved evaluation as it was
-        atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
-        self._write_predictions_csv(run.path / f"predictions-{split}.csv", predictions, classes)
-        return result
-
-    @staticmethod
-    def _write_predictions_csv(path: Path, predictions: list[dict[str, Any]], classes: list[str]) -> None:
-        # UTF-8; a file name that is not UTF-8 (bytes on POSIX, held as surrogates) is
-        # written as its original bytes, like catalog.csv, so the path names the file
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-                writer = csv.writer(fh)
-                writer.writerow([trust.csv_cell(v) for v in ("image_id", "path", "label", "predicted",
-                                                             *[f"p_{c}" for c in classes])])
-                for p in predictions:
-                    writer.writerow([trust.csv_cell(v) for v in (p["image_id"], p["path"], p["label"], p["predicted"])]
-                                    + list(p["probabilities"]))
-
-    @staticmethod
-    def read_predictions_csv(path: Path | str) -> list[dict[str, str]]:
-        """The rows of a `predictions-SPLIT.csv` as written by `evaluate` (or by `loff predict
-        --csv`), paths decoded as they were written (non-UTF-8 bytes back to surrogates)."""
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-            return [{trust.csv_uncell(k): trust.csv_uncell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def _heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.ndarray:
-    """A token-grid map over the padded square the backbone saw -> the part over the image
-    (the preprocessor centres the aspect-kept image on a size x size square)."""
-    from PIL import Image
-
-    up = np.asarray(Image.fromarray(grid_map.astype(np.float32), mode="F").resize((size, size),
-                                                                                 Image.Resampling.BILINEAR))
-    scale = size / max(rows, cols)
-    nh, nw = max(1, round(rows * scale)), max(1, round(cols * scale))
-    top, left = (size - nh) // 2, (size - nw) // 2
-    return up[top:top + nh, left:left + nw]
-
-
-def write_predictions_csv(path: Path, result: dict[str, Any], *, with_failed: bool = True) -> None:
-    """`predict_files`' result as CSV (path, predicted, p_<class>...; with_failed: then one
-    row per unreadable file with "not read: <reason>"). UTF-8; a non-UTF-8 file name is
-    written as its original bytes. Temp file + rename."""
-    classes = result["classes"]
-    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8",
-                                              errors="surrogateescape") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([trust.csv_cell(v) for v in ("path", "predicted", *[f"p_{c}" for c in classes])])
-        for p in result["predictions"]:
-            writer.writerow([trust.csv_cell(p["path"]), trust.csv_cell(p["predicted"]), *p["probabilities"]])
-        for f in result.get("failed", []) if with_failed else []:
-            writer.writerow([trust.csv_cell(f["path"]), trust.csv_cell(f"not read: {f['reason']}"), *[""] * len(classes)])
-
+    read_predictions_csv = staticmethod(read_predictions_csv)
 
 def _read_settings(path: Path) -> ProjectSettings:
     """The project file, every field checked: a project from someone else is input too."""

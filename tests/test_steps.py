@@ -11,6 +11,7 @@ import pytest
 
 from loff_core.cli import main
 from loff_core.progress import Cancelled, Progress
+from loff_core import steps
 from loff_core.project import Project
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32", "--grid", "2", "--workers", "0"]
@@ -52,13 +53,13 @@ def test_a_cancelled_evaluation_leaves_the_saved_one_as_it_was(trained):
 def test_explain_reports_progress_in_batches_and_can_be_cancelled(trained, monkeypatch):
     project = Project.open(trained)
     ids = [e.image_id for e in project.catalog().entries][:5]
-    monkeypatch.setattr(Project, "EXPLAIN_BATCH", 2)
+    monkeypatch.setattr(steps, "EXPLAIN_BATCH", 2)
     seen: list[tuple[int, int]] = []
     out = project.explain(None, ids, progress=Progress(on_report=lambda d, t, m: seen.append((d, t))))
     assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
     assert len(out["heat"]) == 5 and out["probabilities"].shape[0] == 5
     # the same numbers as one batch (up to float rounding of another batch size)
-    monkeypatch.setattr(Project, "EXPLAIN_BATCH", 64)
+    monkeypatch.setattr(steps, "EXPLAIN_BATCH", 64)
     whole = project.explain(None, ids)
     assert np.allclose(whole["probabilities"], out["probabilities"], atol=1e-5)
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(whole["heat"], out["heat"]))

@@ -210,10 +210,11 @@ class ResultsPage(QWidget):
             return
 
         def work(progress: Any) -> Any:
-            # the reader lock: a training in another process does not hold this up (loff_core/locks.py);
+            from loff_core import steps
+
+            # the step takes the reader lock: a training in another process does not hold it up;
             # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
-            with project.read_lock():
-                return project.evaluate(run_id, split, n_bootstrap=EvaluateSettings.bootstrap, progress=progress)
+            return steps.evaluate(project, run_id, split, EvaluateSettings(), progress=progress).to_json()
         wire(self.state.start("evaluate", work, banner=self.banner), strip=self.strip, banner=self.banner,
              done=self.show_result)
 
