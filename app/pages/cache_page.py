@@ -197,8 +197,8 @@ class CachePage(QWidget):
         for note in result.notes:
             if note not in shown:  # notices were shown as they happened
                 self.state.message.emit("warning", note)
-        for f in result.failures[:20]:
-            self.state.message.emit("warning", f"{f.path}: {f.reason}")
+        for f in result.failed[:20]:  # paths relative to the project, as `loff extract` prints them
+            self.state.message.emit("warning", f"{f['path']}: {f['reason']}")
         self.state.cache_changed.emit()
         self.state.catalog_changed.emit()  # the import report gained decode failures
 
