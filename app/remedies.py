@@ -48,6 +48,7 @@ WINDOW: dict[Remedy, Wording] = {
         "; for your own checkpoint use Add file..." if p.get("own") else "")),
     Remedy.ADDED_BACKBONES: "see the list in Backbones... on the Cache page",
     Remedy.ANOTHER_NAME: "remove it first or choose another name",
+    Remedy.BACKBONE: lambda p: f"use them with backbone {p.get('backbone', '(another)')} on the Cache page",
 }
 
 

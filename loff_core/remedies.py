@@ -58,5 +58,6 @@ TERMINAL: dict[Remedy, Wording] = {
         "; for your own checkpoint use `loff weights add FILE`" if p.get("own") else "")),
     Remedy.ADDED_BACKBONES: "see `loff weights list`",
     Remedy.ANOTHER_NAME: "remove it first or choose --name",
+    Remedy.BACKBONE: lambda p: f"use them with --backbone {p.get('backbone', 'NAME')}",
 }
 

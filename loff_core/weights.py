@@ -392,5 +392,4 @@ def default_backbone(gpu: bool) -> dict[str, Any]:
                     "would_use": None}
     wanted = known("dinov2-vitl14")
     return {"name": cpu_arch, "registry_name": cpu_choice, "would_use": wanted.name,
-            "reason": f"GPU, but no DINOv2 weights here: `loff weights get {wanted.name}` "
-                      f"({wanted.size_mb:g} MB, {wanted.licence})"}
+            "reason": f"GPU, but no DINOv2 weights here ({wanted.name}: {wanted.size_mb:g} MB, {wanted.licence})"}

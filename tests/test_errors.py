@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: parameters of every kind a remedy takes, so that each wording is rendered fully once
 FULL = {"project": "/data/proj", "download": "dinov2-vits14", "size_mb": 88.0, "licence": "Apache-2.0",
-        "name": "my-vit", "own": True}
+        "name": "my-vit", "own": True, "backbone": "tf_efficientnet_lite0"}
 
 
 def _window():
@@ -69,7 +69,8 @@ def test_engine_messages_name_no_front_end():
     """The literals the app once rewrote with regular expressions are gone from the engine:
     only the terminal's table (and the CLI itself) names commands and options."""
     literals = ["`loff extract", "`loff import", "`loff train", "--device cpu", "--random-init", "--weights FILE",
-                "--head linear", "--file-column", "--label-column", "--on-patient-overlap", "`loff weights"]
+                "--head linear", "--file-column", "--label-column", "--on-patient-overlap", "`loff weights",
+                "--backbone"]
     edge = {"cli.py", "cli_weights.py", "remedies.py", "settings.py", "demo.py"}
     found = []
     for path in sorted((ROOT / "loff_core").glob("*.py")):
