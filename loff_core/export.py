@@ -24,6 +24,7 @@ from . import __version__
 from .errors import ExportError, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json
 from .progress import Progress
+from .settings import HEAD_KINDS, TASKS
 from . import trust
 
 CARD_FORMAT = "loff-head"
@@ -43,8 +44,8 @@ CARD_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["kind", "task", "num_classes", "feature_dim", "grid_hw"],
             "properties": {
-                "kind": {"enum": ["linear", "attention", "vit"]},
-                "task": {"enum": ["classification", "ordinal"]},
+                "kind": {"enum": list(HEAD_KINDS)},
+                "task": {"enum": list(TASKS)},
                 "num_classes": {"type": "integer", "minimum": 2, "maximum": trust.MAX_CLASSES},
                 "feature_dim": {"type": "integer", "minimum": 1, "maximum": trust.MAX_FEATURE_DIM},
                 "grid_hw": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": trust.MAX_GRID_SIDE},
