@@ -28,6 +28,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import BackboneError, Remedy
+from .settings import ExtractSettings
 
 PREPROCESS_VERSION = 2  # bump when decoding or Preprocessor output changes (2: 16-bit PNG/TIFF min-max stretched)
 
@@ -40,7 +41,7 @@ class BackboneSpec:
     random_init: bool = False  # seeded random weights (tests, speed checks)
     seed: int = 0
     image_size: Optional[int] = None  # None: the model's default input size
-    grid: Optional[int] = 16  # average-pool the token grid to at most grid x grid (None: keep)
+    grid: Optional[int] = ExtractSettings.grid  # average-pool the token grid to at most grid x grid (None: keep)
     layers: str = "last"  # which block(s) give the tokens: "last", "-4" (a block), "-4:" (mean of the last 4)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from .catalog import ImportFailure
 from .errors import CacheError, Remedy, UnreadableImage, is_out_of_memory
 from .features import InMemoryFeatures, _IdIndex
+from .fsutil import pid_alive
 from .progress import Progress
 from .settings import ExtractSettings
 
@@ -417,16 +418,7 @@ def _failures(f: Any) -> list[tuple[str, str]]:
     return list(zip(_strings(f["failed_ids"]), _strings(f["failed_reasons"])))
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by another user
-        return True
-    return True
+_pid_alive = pid_alive  # (portable: see fsutil)
 
 
 def _remove_stale_temps(folder: Path, prefix: str) -> None:

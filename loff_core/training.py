@@ -23,7 +23,7 @@ from .backbones import resolve_device
 from .errors import Remedy, TrainingError, is_out_of_memory
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
-from .settings import TrainConfig  # declared once, with defaults and help (re-exported here)
+from .settings import HEAD_KINDS, TASKS, TrainConfig  # declared once, with defaults and help (re-exported here)
 
 #: Test hook: called with the batch size before every training step (e.g. to raise an OOM).
 _FAULT_INJECTOR: Optional[Callable[[int], None]] = None
@@ -155,10 +155,10 @@ def train_head(
     """Train a head; returns the best head (by the monitor) with its history."""
     if num_classes < 2:
         raise TrainingError(f"training needs at least two classes, got {num_classes}")
-    if config.task not in ("classification", "ordinal"):
-        raise TrainingError(f"unknown task {config.task!r}; expected 'classification' or 'ordinal'")
-    if config.head not in ("linear", "attention", "vit"):
-        raise TrainingError(f"unknown head {config.head!r}; expected 'linear', 'attention' or 'vit'")
+    if config.task not in TASKS:
+        raise TrainingError(f"unknown task {config.task!r}; expected one of {', '.join(TASKS)}")
+    if config.head not in HEAD_KINDS:
+        raise TrainingError(f"unknown head {config.head!r}; expected one of {', '.join(HEAD_KINDS)}")
     if config.task == "ordinal" and num_classes < 3:
         raise TrainingError("the ordinal task needs at least three ordered levels")
     if len(train_ids) == 0:

@@ -326,10 +326,11 @@ class TrainPage(QWidget):
         self.banner.clear()
         values = self.state.page_settings("train")
         if values:
-            self.head.setCurrentText(values.get("head", "attention"))
-            self.epochs.setValue(int(values.get("epochs", 30)))
-            self.lr.setValue(float(values.get("lr", 5e-4)))
-            self.seed.setValue(int(values.get("seed", 0)))
+            default = TrainConfig()
+            self.head.setCurrentText(values.get("head", default.head))
+            self.epochs.setValue(int(values.get("epochs", default.epochs)))
+            self.lr.setValue(float(values.get("lr", default.lr)))
+            self.seed.setValue(int(values.get("seed", default.seed)))
             aug = values.get("augment")
             self.augment.setChecked(aug is not None)
             for key, box in (("hflip", self.flip), ("crop_prob", self.crop), ("noise_std", self.noise),
