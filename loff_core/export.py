@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional
 import torch
 
 from . import __version__
-from .errors import ExportError, UnreadableImage
+from .errors import ExportError, Remedy, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json
 from .progress import Progress
 from .settings import HEAD_KINDS, TASKS
@@ -418,9 +418,8 @@ def _backbone_for_card(card: dict[str, Any], *, weights: Optional[str], random_i
     if backbone.weights_hash != b["weights_hash"]:
         raise ExportError(
             f"this head was trained on features of {b['name']} with weights {b['weights_hash']}, but the "
-            f"backbone loaded now has weights {backbone.weights_hash}; pass the same weights "
-            f"({'--random-init' if b.get('random_init') else '--weights FILE'})"
-        )
+            f"backbone loaded now has weights {backbone.weights_hash}",
+            remedy=Remedy.RANDOM_INIT if b.get("random_init") else Remedy.SAME_WEIGHTS_FILE)
     if backbone.fingerprint != b["fingerprint"]:
         raise ExportError(
             f"this head expects backbone features with fingerprint {b['fingerprint']} (input size, grid, "

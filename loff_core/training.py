@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, TensorAugment
 from .backbones import resolve_device
-from .errors import TrainingError, is_out_of_memory
+from .errors import Remedy, TrainingError, is_out_of_memory
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
 from .settings import HEAD_KINDS, TASKS, TrainConfig  # declared once, with defaults and help (re-exported here)
@@ -302,8 +302,7 @@ def train_head(
             if not is_out_of_memory(exc):
                 raise
             if batch_size <= 1:
-                raise TrainingError("GPU out of memory even with batch size 1; use a smaller head "
-                                    "(--head linear), a smaller grid, or train on the CPU (--device cpu)") from None
+                raise TrainingError("GPU out of memory even with batch size 1", remedy=Remedy.HEAD_LINEAR) from None
             batch_size = max(1, batch_size // 2)
             message = f"GPU out of memory: retrying with batch size {batch_size}"
             notes.append(message)

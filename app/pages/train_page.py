@@ -18,6 +18,7 @@ from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig
 
 from ..cache_plan import is_partial
 from ..forms import control_for
+from ..remedies import window_text
 from ..state import AppState
 from ..widgets import Banner, ProgressStrip, form_row
 from ..workers import wire
@@ -279,7 +280,7 @@ class TrainPage(QWidget):
             self.show_history(project.run(item.text()).record.get("history", []))
             self.curves_run = item.text()
         except Exception as exc:  # noqa: BLE001 - a damaged run folder is a message
-            self.state.message.emit("error", str(exc))
+            self.state.message.emit("error", window_text(exc))
 
     def _trained(self, run: Any) -> None:
         r = run.record
