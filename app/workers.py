@@ -35,8 +35,10 @@ from typing import Any, Callable, Optional
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
-from loff_core.errors import LoffError
+from loff_core.errors import LoffError, explain_file_error
 from loff_core.progress import Cancelled, Progress
+
+from .remedies import window_text
 
 log = logging.getLogger("loff_studio")
 
@@ -82,12 +84,8 @@ class Job(QObject):
         except Cancelled:
             log.info("%s cancelled", self.name)
             self.cancelled.emit()
-        except LoffError as exc:
-            log.warning("%s failed: %s", self.name, exc)
-            self.failed.emit(str(exc))
         except Exception as exc:  # noqa: BLE001 - shown as one line, details in the log
-            log.error("%s: unexpected error\n%s", self.name, traceback.format_exc())
-            self.failed.emit(f"Unexpected error in {self.name}: {type(exc).__name__}: {exc} (details in the log)")
+            self.failed.emit(_failure_text(self.name, exc))
         else:
             self.finished.emit(result)
 
@@ -100,6 +98,17 @@ class Job(QObject):
 
 #: every worker QThread ever started (weakly held), so tests can check none is left running
 ALL_THREADS: "weakref.WeakSet[QThread]" = weakref.WeakSet()
+
+
+def _failure_text(name: str, exc: BaseException) -> str:
+    """A job's error as the window shows it (`app.remedies.window_text`), logged: an error
+    meant for the user (a `LoffError`, a full or read-only disk) as a warning, anything
+    else with its traceback."""
+    if isinstance(exc, LoffError) or explain_file_error(exc) is not None:
+        log.warning("%s failed: %s", name, exc)
+    else:
+        log.error("%s: unexpected error\n%s", name, traceback.format_exc())
+    return window_text(exc, job=name)
 
 
 def _join(thread: QThread, timeout_s: float, pump: bool = True) -> bool:
@@ -260,11 +269,8 @@ def start_light(name: str, fn: Callable[..., Any], *args: Any, newest: Optional[
     def work() -> None:
         try:
             result, error = fn(*args, **kwargs), None
-        except LoffError as exc:
-            result, error = None, str(exc)
         except Exception as exc:  # noqa: BLE001 - one line for the user, details in the log
-            log.error("%s: unexpected error\n%s", name, traceback.format_exc())
-            result, error = None, f"Unexpected error in {name}: {type(exc).__name__}: {exc} (details in the log)"
+            result, error = None, _failure_text(name, exc)
         try:
             job._delivered.emit(result, error)
         except RuntimeError:  # the application is closing
