@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from .catalog import scan_folder
-from .errors import LoffError, ProjectError, TrainingError
+from .errors import LoffError, ProjectError, Remedy, TrainingError
 from .fsutil import atomic_write_json
 from .predictions import heat_on_image, write_evaluation_csv
 from .progress import Progress
@@ -164,12 +164,11 @@ def predict(source: Path | str, files: Iterable[Path | str], *, run_id: Optional
             head: Any = load_run_head(project, run_id)
     elif (source / "card.json").is_file() or (source / "head.safetensors").is_file():
         if run_id:
-            raise LoffError(f"{source}: --run is for a project folder; this is an exported head")
+            raise LoffError("an exported head holds one run: a run is chosen only in a project folder", source)
         head = source
     else:
-        raise LoffError(f"{source}: neither an exported head (card.json + head.safetensors) nor a LOFF project; "
-                        f"give a project folder (and --run ID), or export a run first with "
-                        f"`loff export PROJECT {source}`")
+        raise LoffError("neither an exported head (card.json + head.safetensors) nor a LOFF project", source,
+                        Remedy.HEAD_OR_PROJECT)
     out = predict_files(head, files, weights=weights, random_init=random_init, device=device,
                         batch_size=batch_size, progress=progress)
     if not out["predictions"] and require_predictions:
