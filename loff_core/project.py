@@ -4,11 +4,11 @@ A project is a folder the user owns. Everything inside is addressed relative to 
 the folder can be moved; the images it was imported from are referenced (relative to the
 project when possible, with the absolute path as a fallback), never copied.
 
-This module orchestrates the engine's steps (import, extract, train, evaluate) over one
-project. Each step is a plain method taking a `Progress`; the CLI and the app's worker
-threads call the same methods.
+`Project` keeps what a project is: its files, its settings (`project_file.py`), its locks
+(the writer lock here, the readers' commit lock in `locks.py`) and its runs. What the steps
+do (import, extract, train, evaluate, explain) is in `steps.py`; how an import splits the
+images is in `splits.py`. The old names are re-exported here.
 """
-
 from __future__ import annotations
 
 import datetime as _dt
@@ -17,68 +17,18 @@ import os
 import secrets
 import shutil
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from .catalog import Catalog, CatalogEntry, assign_splits
+from .catalog import Catalog, CatalogEntry
 from .errors import CacheError, ProjectError, Remedy
 from .fsutil import HELD_LOCK_FDS, atomic_write_json
 from .predictions import read_predictions_csv, write_predictions_csv  # noqa: F401 (write_...: the old import path)
 from . import trust
-
-PROJECT_FILE = "loff-project.json"
-SCHEMA_VERSION = 2  # 2: split_source (how the split and the patients were assigned at import)
-TASKS = ("classification", "ordinal")
-#: what to do when a given split puts one patient on two sides
-PATIENT_OVERLAP_ACTIONS = ("keep", "resplit")
-
-
-@dataclass
-class ProjectSettings:
-    """What `loff-project.json` holds. Unknown keys from a newer minor version are kept."""
-
-    name: str
-    created: str
-    salt: str
-    schema_version: int = SCHEMA_VERSION
-    images_root: Optional[str] = None  # relative to the project folder
-    images_root_absolute: Optional[str] = None
-    classes: list[str] = field(default_factory=list)
-    task: str = "classification"
-    label_name: Optional[str] = None
-    seed: int = 0
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    synthetic: bool = False
-    catalog_version: int = 0  # bumped on every import; runs remember it (stale flag)
-    active_cache: Optional[str] = None  # fingerprint of the cache made by the last extract
-    # how the last import found its labels, so a re-import (the app's Import page) can offer
-    # the same: {"csv", "csv_absolute", "label_column", "file_column", "patient_column",
-    # "classes"}; None: folder names
-    labels_source: Optional[dict[str, Any]] = None
-    # how the last import split the images and found the patients (schema 2):
-    # {"kind": "random" | "given", "from": str, "val_carved": bool, "patient_overlap":
-    #  {"patients", "images", "action"} | None, "patients_from": {source: images}}
-    split_source: Optional[dict[str, Any]] = None
-    # bumped on every save; a save under the lock refuses to overwrite a revision it did not
-    # start from (another process wrote meanwhile, e.g. after the lock file was deleted)
-    revision: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProjectSettings":
-        known = {f for f in cls.__dataclass_fields__ if f != "extras"}
-        extras = {k: v for k, v in data.items() if k not in known}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        if "split_fractions" in kwargs:
-            kwargs["split_fractions"] = tuple(kwargs["split_fractions"])
-        return cls(**kwargs, extras=extras)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        extras = data.pop("extras")
-        data["split_fractions"] = list(self.split_fractions)
-        return {**extras, **data}
+from .project_file import (PROJECT_FILE, SCHEMA_VERSION, TASKS, ProjectSettings, _migrate,  # noqa: F401
+                           _read_settings, _settings_problem)
+from .splits import PATIENT_OVERLAP_ACTIONS, _sides, complete_split  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -588,142 +538,6 @@ class Project:
         return _evaluate(self, run_id, split, **options)
 
     read_predictions_csv = staticmethod(read_predictions_csv)
-
-def _read_settings(path: Path) -> ProjectSettings:
-    """The project file, every field checked: a project from someone else is input too."""
-    data = trust.load_json(path, what="project file")
-    version = data.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ProjectError(f"{path}: project file has no schema_version")
-    if version > SCHEMA_VERSION:
-        raise ProjectError(
-            f"{path}: project was written by a newer LOFF Studio (schema {version}, this one reads {SCHEMA_VERSION})"
-        )
-    problem = _settings_problem(data)
-    if problem is not None:
-        raise ProjectError(f"{path}: project file is not valid: {problem}")
-    data = _migrate(data)
-    try:
-        settings = ProjectSettings.from_dict(data)
-    except TypeError as exc:
-        raise ProjectError(f"{path}: project file is missing fields ({exc})") from exc
-    return settings
-
-
-def _migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """A project file of an older schema as the current one reads it (saved on next write)."""
-    data = dict(data)
-    if data["schema_version"] < 2:
-        # schema 1 always split at random by patient; how patients were found was not recorded
-        data.setdefault("split_source", {"kind": "random", "from": "random by patient (before schema 2)",
-                                         "val_carved": False, "patient_overlap": None, "patients_from": {}}
-                        if data.get("catalog_version") else None)
-        data["schema_version"] = 2
-    return data
-
-
-def complete_split(catalog: Catalog, *, seed: int, fractions: Any,
-                   on_patient_overlap: Optional[str] = None) -> tuple[list[CatalogEntry], dict[str, Any]]:
-    """The catalog's entries with every labelled image in train / val / test, and how.
-
-    No given split: a random patient-grouped, label-stratified split. A given split (in the
-    entries' `split`): kept for labelled images; a validation part is carved from train by
-    patient (deterministic for `seed`) when there is none. A patient on two sides of a given
-    split: ProjectError with the counts (no identifiers) unless `on_patient_overlap` says
-    "keep" or "resplit"."""
-    entries = list(catalog.entries)
-    labelled = [e for e in entries if e.label is not None]
-    source: dict[str, Any] = {"kind": "random", "from": "", "val_carved": False, "patient_overlap": None,
-                              "patients_from": dict(catalog.patients_from)}
-    f = tuple(float(x) for x in fractions)
-    given = [e for e in labelled if e.split]
-    random_from = (f"random by patient ({round(100 * f[0] / sum(f))}/{round(100 * f[1] / sum(f))}/"
-                   f"{round(100 * f[2] / sum(f))}, stratified by label, seed {seed})")
-    if not given:
-        source["from"] = random_from
-        return assign_splits(entries, seed=seed, fractions=f), source
-    if len(given) < len(labelled):
-        raise ProjectError(f"{len(labelled) - len(given)} labelled images have no given split while "
-                           f"{len(given)} do ({catalog.split_from}); give every labelled image a split")
-    sides: dict[str, set[str]] = _sides(given)
-    mixed = {p for p, s in sides.items() if len(s) > 1}
-    if mixed:
-        n_images = sum(1 for e in given if e.patient_key in mixed)
-        if on_patient_overlap is None:
-            raise ProjectError(
-                f"the given split ({catalog.split_from}) puts {len(mixed)} patients ({n_images} images) on two "
-                f"sides", remedy=Remedy.CHOOSE_PATIENT_OVERLAP)
-        source["patient_overlap"] = {"patients": len(mixed), "images": n_images, "action": on_patient_overlap}
-        if on_patient_overlap == "resplit":
-            source["from"] = random_from + f"; the given split ({catalog.split_from}) was dropped"
-            return assign_splits(entries, seed=seed, fractions=f), source
-    source["kind"], source["from"] = "given", catalog.split_from
-    out = [e if e.label is not None else replace(e, split=None) for e in entries]
-    if not any(e.split == "val" for e in given):
-        train = [e for e in out if e.split == "train"]
-        carved = {e.image_id: e.split for e in assign_splits(train, seed=seed, fractions=(f[0], f[1], 0.0))}
-        out = [replace(e, split=carved[e.image_id]) if e.image_id in carved else e for e in out]
-        source["val_carved"] = any(s == "val" for s in carved.values())
-    return out, source
-
-
-def _sides(entries: list[CatalogEntry]) -> dict[str, set[str]]:
-    sides: dict[str, set[str]] = {}
-    for e in entries:
-        sides.setdefault(e.patient_key, set()).add(str(e.split))
-    return sides
-
-
-def _settings_problem(data: dict[str, Any]) -> Optional[str]:
-    """Why a project file's fields cannot be used (named), or None."""
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    for key in ("name", "created", "salt"):
-        if key in data and not isinstance(data[key], str):
-            return f"{key} must be text, not {type(data[key]).__name__}"
-    salt = data.get("salt")
-    if isinstance(salt, str):
-        if not salt:
-            return "salt is empty (patient keys would be computable by anyone); restore the project file"
-        try:
-            if len(bytes.fromhex(salt)) < 8:
-                return "salt is shorter than 8 bytes (patient keys would be guessable)"
-        except ValueError:
-            return "salt is not hexadecimal"
-    for key in ("seed", "catalog_version", "revision"):
-        if key in data and not is_int(data[key]):
-            return f"{key} must be an integer, not {type(data[key]).__name__}"
-        if key in data and key != "seed" and data[key] < 0:
-            return f"{key} must not be negative"
-    if "seed" in data and not 0 <= data["seed"] < 2 ** 63:
-        return "seed must be between 0 and 2^63"
-    if "task" in data and data["task"] not in TASKS:
-        return f"task {data['task']!r} is not one of {', '.join(TASKS)}"
-    classes = data.get("classes", [])
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        return "classes must be a list of names"
-    for key in ("images_root", "images_root_absolute", "label_name"):
-        if data.get(key) is not None and (not isinstance(data[key], str) or "\0" in data[key]):
-            return f"{key} must be text without NUL bytes"
-    if data.get("active_cache") is not None:
-        problem = trust.name_problem(data["active_cache"])
-        if problem:
-            return f"active_cache {data['active_cache']!r} is refused: {problem}"
-    fractions = data.get("split_fractions", [0.7, 0.15, 0.15])
-    if (not isinstance(fractions, list) or len(fractions) != 3
-            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in fractions)
-            or sum(fractions) <= 0):
-        return "split_fractions must be three numbers between 0 and 1"
-    if "synthetic" in data and not isinstance(data["synthetic"], bool):
-        return "synthetic must be true or false"
-    src = data.get("labels_source")
-    if src is not None and (not isinstance(src, dict)
-                            or not all(v is None or isinstance(v, (str, list)) for v in src.values())):
-        return "labels_source must be an object of names"
-    if data.get("split_source") is not None and not isinstance(data["split_source"], dict):
-        return "split_source must be an object"
-    return None
 
 
 RUN_TASKS = TASKS

@@ -33,8 +33,9 @@ from .errors import LoffError, ProjectError, Remedy, TrainingError
 from .fsutil import atomic_write_json
 from .predictions import heat_on_image, write_evaluation_csv
 from .progress import Progress
-from .project import (PATIENT_OVERLAP_ACTIONS, PROJECT_FILE, TASKS, ImportSummary, RunInfo, _config_dict, _now,
-                      _relative_or_none, complete_split)
+from .project import ImportSummary, RunInfo, _config_dict, _now, _relative_or_none
+from .project_file import PROJECT_FILE, TASKS
+from .splits import PATIENT_OVERLAP_ACTIONS, complete_split
 from .results import (EVALUATION_KEYS, CVResult, EvaluateResult, ExportResult, ExtractResult, ImportResult,
                       PredictResult, TrainResult, TuneResult)
 from .settings import EvaluateSettings, ExtractSettings, TuneSettings
