@@ -118,13 +118,12 @@ class CachePage(QWidget):
         """Listing GPUs imports torch: done in a light job, not here."""
         from loff_core.backbones import list_devices
 
-        from ..workers import start_light
+        from ..workers import start_light, wire
 
         self.devices_button.setEnabled(False)
         self.devices_button.setText("Looking for GPUs...")
-        job = start_light("find devices", list_devices, newest=(self, "devices"))
-        job.finished.connect(self._devices_found)
-        job.failed.connect(self._devices_failed)
+        wire(start_light("find devices", list_devices, newest=(self, "devices")), done=self._devices_found,
+             failed=self._devices_failed)
 
     def _devices_failed(self, text: str) -> None:
         self.devices_button.setEnabled(True)

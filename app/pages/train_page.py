@@ -184,8 +184,8 @@ class TrainPage(QWidget):
             job_box["job"] = job
             job.on_close = "stop"  # closing the window keeps the best head so far, like Stop
             self._started = time.monotonic()
+            wire(job, partial=self._epoch)
             job.progress.connect(self._progress)
-            job.epoch.connect(self._epoch)
             job_known.set()
 
     def _progress(self, done: int, total: int, message: str) -> None:

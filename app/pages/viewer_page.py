@@ -19,7 +19,7 @@ from loff_core.errors import LoffError
 
 from ..state import AppState
 from ..widgets import ImagePanel, form_row
-from ..workers import load_image, start_light
+from ..workers import load_image, start_light, wire
 
 #: what the heat map shows, per head kind (the colour bar's one line)
 HEAT_MEANING = {
@@ -209,9 +209,8 @@ class ViewerPage(QWidget):
                      "classes": out["classes"], "task": out["task"], "head": kind, "run": run.run_id,
                      "project": str(project.root), "decided": (out.get("predicted") or [None] * len(image_ids))[k]}
                     for k, i in enumerate(image_ids)]
-        job = start_light("explain", work, newest=(self, key))
-        job.finished.connect(lambda outs: [slot(o) for o in outs])
-        job.failed.connect(lambda text: self.details.setText(f"no prediction: {text}"))
+        wire(start_light("explain", work, newest=(self, key)), done=lambda outs: [slot(o) for o in outs],
+             failed=lambda text: self.details.setText(f"no prediction: {text}"))
 
     @staticmethod
     def predicted(out: dict) -> tuple[str, str]:
