@@ -137,8 +137,12 @@ class ImportPage(QWidget):
         form = QFormLayout()
         form.addRow("Images", form_row(self.folder, browse, stretch_last=True))
         form.addRow("Labels CSV", form_row(self.labels, browse_csv, stretch_last=True))
+        self.exam_columns_note = QLabel("")  # where the exam view's side / view come from (a CSV column)
+        self.exam_columns_note.setToolTip("a labels CSV column named like side / laterality / view gives the exam "
+                                          "view its columns (right, left) and rows (CC, MLO) where the image "
+                                          "header has none (e.g. mini-MIAS PNGs)")
         form.addRow("Columns", form_row(QLabel("file"), self.file_column, QLabel("label"), self.label_column,
-                                        QLabel("patient"), self.patient_column))
+                                        QLabel("patient"), self.patient_column, self.exam_columns_note))
         from ..validation_widgets import ImportExtras  # given split and patients (issue 13)
 
         self.extras = ImportExtras()
@@ -267,6 +271,15 @@ class ImportPage(QWidget):
                     combo.setCurrentIndex(i + 1)
                     break
         self.extras.set_columns(columns)
+        self._exam_columns(columns)
+
+    def _exam_columns(self, columns: list[str]) -> None:
+        from loff_core.exam_columns import find_columns
+
+        side, view = find_columns(columns, (self.file_column.currentData(), self.patient_column.currentData(),
+                                            self.label_column.currentData()))
+        parts = ([f"side: {side}"] if side else []) + ([f"view: {view}"] if view else [])
+        self.exam_columns_note.setText(("exam view " + ", ".join(parts)) if parts else "")
 
     # -- import ------------------------------------------------------------------------
     def start_import(self) -> None:

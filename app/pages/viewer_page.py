@@ -33,15 +33,19 @@ DEFAULT_BLEND = 35  # % : the image stays readable under the map
 
 
 def exam_position(view: Optional[str], laterality: Optional[str]) -> Optional[tuple[int, int]]:
-    """Grid cell of an image in the exam view: rows CC, MLO; columns right, left (the
-    radiologist's hanging: the patient's right breast on the viewer's left)."""
+    """Grid cell of an image in the exam view: rows CC, MLO, then "view unknown" (a side
+    but no view, e.g. mini-MIAS, whose CSV gives only the side); columns right, left (the
+    radiologist's hanging: the patient's right breast on the viewer's left). None: no side."""
     v = (view or "").upper()
     side = (laterality or "").upper()[:1]
-    row = 0 if v.startswith("CC") else 1 if v.startswith("MLO") or v.startswith("ML") else None
     col = 0 if side == "R" else 1 if side == "L" else None
-    if row is None or col is None:
+    if col is None:
         return None
+    row = 0 if v.startswith("CC") else 1 if v.startswith("MLO") or v.startswith("ML") else EXAM_VIEW_UNKNOWN_ROW
     return row, col
+
+
+EXAM_VIEW_UNKNOWN_ROW = 2  # an image with a side but no (known) view; images without a side go below
 
 
 class ViewerPage(QWidget):
@@ -277,13 +281,13 @@ class ViewerPage(QWidget):
         extra = 0
         for e, cell in images[:8]:
             if cell is None or cell in taken:
-                cell = (2 + extra // 2, extra % 2)
+                cell = (EXAM_VIEW_UNKNOWN_ROW + 1 + extra // 2, extra % 2)
                 extra += 1
             taken.add(cell)
             panel = ImagePanel(controls=False)
             panel.view.ui.histogram.hide()
-            side = {"R": "right", "L": "left"}.get((e.laterality or "").upper()[:1], "side ?")
-            panel.caption.setText(f"{e.view or 'view ?'} {side}: {e.shown_path} | true {e.label or '-'}"
+            side = {"R": "right", "L": "left"}.get((e.laterality or "").upper()[:1], "side unknown")
+            panel.caption.setText(f"{e.view or 'view unknown'} {side}: {e.shown_path} | true {e.label or '-'}"
                                   + (" (this image)" if e.image_id == entry.image_id else ""))
             panel.exam_heat = None
             panel.exam_meaning = ""
@@ -296,8 +300,11 @@ class ViewerPage(QWidget):
         n = len(images)
         self.exam_caption.setText(f"patient {entry.patient_key[:8]}: {n} image{'s' if n != 1 else ''}"
                                   + (" (first 8 shown)" if n > 8 else "")
+                                  + "; columns: right | left; rows: CC, MLO"
+                                  + (", view unknown" if any(c and c[0] == EXAM_VIEW_UNKNOWN_ROW for _, c in images)
+                                     else "")
                                   + ("" if all(c is not None for _, c in images) else
-                                     "; images without view / side are shown below the grid"))
+                                     "; images without a side are shown below the grid"))
         if project.runs() and project.settings.active_cache:
             self._start_explain(project, list(self.exam_panels), self._exam_explained, key="exam")
 
