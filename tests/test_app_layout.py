@@ -37,3 +37,17 @@ def test_import_table_gets_the_height_at_1280_x_720(qtbot, window, images, tmp_p
     assert assigned
     _new_project(w, tmp_path / "q")
     assert page.import_box.expanded and page.extras.assigned.text() == "" and page.import_box.summary.text() == ""
+
+
+def test_train_curves_get_the_height_at_1280_x_720(qtbot, window, tmp_path):
+    w = window
+    w.resize(1280, 720)
+    _new_project(w, tmp_path / "p")
+    w.tabs.setCurrentIndex(2)
+    qtbot.wait(50)
+    page = w.train_page
+    assert not page.validation_box.expanded  # folded to one line until opened
+    assert page.loss_plot.height() >= 0.25 * w.height(), page.loss_plot.height()  # before: 40 px of 720
+    page.validation_box.toggle.click()
+    qtbot.wait(50)
+    assert page.validation.cv_button.isVisible() and page.loss_plot.height() >= 120  # the curves keep a minimum

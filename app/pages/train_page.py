@@ -126,11 +126,35 @@ class TrainPage(QWidget):
         from ..validation_widgets import ValidationPanel  # Cross-validate / Find the best head (issue 13)
 
         self.validation = ValidationPanel(state, self.settings)
-        layout.addWidget(self.validation)
         layout.addWidget(self.status)
-        layout.addLayout(plots_box, 2)
-        layout.addWidget(QLabel("Runs of this project (compare settings and scores)"))
-        layout.addWidget(self.runs, 1)
+        # validation, curves and runs share the height in a splitter: at 1280 x 720 the curves
+        # were squeezed to a few pixels under the validation panel; the user moves the lines
+        from PySide6.QtWidgets import QSplitter
+
+        curves = QWidget()
+        curves.setLayout(plots_box)
+        plots_box.setContentsMargins(0, 0, 0, 0)
+        runs_part = QWidget()
+        rv = QVBoxLayout(runs_part)
+        rv.setContentsMargins(0, 0, 0, 0)
+        rv.addWidget(QLabel("Runs of this project (compare settings and scores)"))
+        rv.addWidget(self.runs, 1)
+        self.body = QSplitter(Qt.Orientation.Vertical)
+        self.body.setChildrenCollapsible(False)
+        from ..collapsible import Collapsible
+
+        # folded to one line until the user opens it: the curves are what training shows
+        self.validation_box = Collapsible(self.validation.title(), self.validation)
+        self.validation.setTitle("")
+        self.validation_box.set_expanded(False)
+        self.validation_box.toggled.connect(self._validation_toggled)
+        for part, stretch in ((self.validation_box, 0), (curves, 3), (runs_part, 1)):
+            self.body.addWidget(part)
+            self.body.setStretchFactor(self.body.count() - 1, stretch)
+        self.validation.board.setMinimumHeight(0)
+        curves.setMinimumHeight(160)
+        self.body.setSizes([30, 330, 110])
+        layout.addWidget(self.body, 1)
         self.history: list[dict] = []
         self.curves_run: str | None = None  # the run whose curves are drawn (None: live training or none)
         state.project_changed.connect(lambda _: self._project_changed())
@@ -187,6 +211,11 @@ class TrainPage(QWidget):
             wire(job, partial=self._epoch)
             job.progress.connect(self._progress)
             job_known.set()
+
+    def _validation_toggled(self, expanded: bool) -> None:
+        sizes = self.body.sizes()
+        want = self.validation_box.sizeHint().height() if expanded else self.validation_box.minimumSizeHint().height()
+        self.body.setSizes([want, max(160, sum(sizes) - want - sizes[2]), sizes[2]])
 
     def _progress(self, done: int, total: int, message: str) -> None:
         """The engine's step count and loss, with the time left estimated from the pace so far."""
