@@ -81,6 +81,7 @@ class ResultsPage(QWidget):
         self.metrics.setHorizontalHeaderLabels(["metric", "value", "95% interval"])
         self.metrics.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.metrics.verticalHeader().setVisible(False)
+        self.metrics.verticalHeader().setDefaultSectionSize(self.metrics.fontMetrics().height() + 6)  # compact rows
         self.confusion = QTableWidget(0, 0)
         self.confusion.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.confusion.cellClicked.connect(self.select_cell)
@@ -119,7 +120,8 @@ class ResultsPage(QWidget):
         left.addWidget(self.confusion, 2)
         left.addWidget(self.view_cell)
         right = QVBoxLayout()
-        right.addWidget(form_row(self.roc_legend, QLabel("compare with"), self.compare, stretch_last=False))
+        right.addWidget(form_row(QLabel("compare with"), self.compare, stretch_last=False))
+        right.addWidget(self.roc_legend)  # its own line: beside the box it wrapped word by word at 1280 x 720
         right.addWidget(self.roc, 3)
         right.addWidget(form_row(QLabel("P("), self.positive, QLabel(") >="), self.threshold,
                                          self.threshold_text, stretch_last=True))
@@ -181,6 +183,7 @@ class ResultsPage(QWidget):
         self.confusion.clear()
         self.confusion.setRowCount(0)
         self.confusion.setColumnCount(0)
+        self.confusion.setMaximumHeight(16777215)
         self.cell_ids, self.cell_caption = [], ""
         self.view_cell.setEnabled(False)
         self.view_cell.setText("Open these images in the Viewer")
@@ -193,6 +196,7 @@ class ResultsPage(QWidget):
         self.threshold_text.setText("")
         self.levels.clear()
         self.levels.setTitle("predicted vs true level")
+        self.levels.hide()  # shown with an ordinal evaluation; an empty plot took the ROC's room
         self.roc_legend.setText("")
         self.compare_items = []
         self.threshold.blockSignals(True)
@@ -273,6 +277,11 @@ class ResultsPage(QWidget):
                 item.setBackground(QBrush(colour))
                 self.confusion.setItem(i, j, item)
         self.confusion.resizeColumnsToContents()
+        # as high as its rows (scrolls beyond 10 classes): the metrics table gets the rest at 1280 x 720
+        c = self.confusion
+        rows = min(c.rowCount(), 10)
+        c.setMaximumHeight(c.horizontalHeader().height() + sum(c.rowHeight(r) for r in range(rows))
+                           + 2 * c.frameWidth() + 2)
         self.cell_ids = []
         self.view_cell.setEnabled(False)
 
