@@ -91,6 +91,7 @@ class ViewerPage(QWidget):
         self.exam_grid.setContentsMargins(0, 0, 0, 0)
         self.exam_panels: dict[str, ImagePanel] = {}
         self.exam_caption = QLabel("")
+        self.exam_caption.setWordWrap(True)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.panel)
         exam_page = QWidget()
@@ -314,8 +315,9 @@ class ViewerPage(QWidget):
 
     def _exam_heat(self, panel: ImagePanel) -> None:
         if panel.pixels is not None and panel.exam_heat is not None:
-            panel.show_heatmap(panel.exam_heat, self.opacity.value() / 100, self.heat_on.isChecked(),
-                               panel.exam_meaning)
+            # the panels' bars say lowest / highest; what the map means is said once, in the
+            # exam caption (wrapped beside each small panel it took a fifth of the height)
+            panel.show_heatmap(panel.exam_heat, self.opacity.value() / 100, self.heat_on.isChecked(), "")
 
     def _exam_explained(self, out: dict) -> None:
         panel = self.exam_panels.get(out["image_id"])
@@ -327,4 +329,6 @@ class ViewerPage(QWidget):
         panel.caption.setText(f"{text} | predicted <b>{predicted}</b> ({probs})")
         panel.exam_heat = np.asarray(out["heat"])
         panel.exam_meaning = HEAT_MEANING.get(out.get("head", ""), "")
+        caption = self.exam_caption.text().split("<br>heat map: ")[0]
+        self.exam_caption.setText(f"{caption}<br>heat map: {panel.exam_meaning}" if panel.exam_meaning else caption)
         self._exam_heat(panel)
