@@ -1,6 +1,7 @@
-"""Problems found walking through the window as a new user (docs/window.md, "The walk")
-that need no project: Help > About names the licence of every backbone the Cache page
-offers (it listed four of ten, not the CPU default Lite2 nor RAD-DINO's research licence)."""
+"""Problems found walking through the window as a new user (docs/window.md, "The walk"):
+Help > About names the licence of every backbone the Cache page offers (it listed four of
+ten, not the CPU default Lite2 nor RAD-DINO's research licence); a project with no
+remembered page settings gets the defaults, not the previous project's."""
 
 from __future__ import annotations
 
@@ -16,3 +17,34 @@ def test_about_lists_the_licence_of_every_backbone_offered():
         assert k.architecture in text, k.architecture
     assert "rad-dino" in text and "MSRLA" in text
     assert all(k.licence.split(" ")[0] in text for k in KNOWN)
+
+
+def test_a_project_with_nothing_remembered_gets_the_defaults_not_the_previous_projects(qtbot, tmp_path):
+    """Walk: after training mini-MIAS with Lite0, opening the demo showed Lite0 (not the
+    default) and the previous project's epochs on its Cache and Train pages."""
+    import os
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from app.main import MainWindow
+    from loff_core.project import Project
+
+    w = MainWindow()
+    w.confirm_close = True
+    qtbot.addWidget(w)
+    a, b = Project.create(tmp_path / "a"), Project.create(tmp_path / "b")
+    w.state.set_project(b)
+    default_backbone, default_epochs = w.cache_page.backbone.currentText(), w.train_page.epochs.value()
+    w.state.set_project(a)
+    w.cache_page.backbone.setCurrentText("vit_tiny_patch16_224")
+    w.cache_page.image_size.setValue(512)
+    w.cache_page.save_settings()
+    w.train_page.epochs.setValue(7)
+    w.train_page.head.setCurrentText("linear")
+    w.train_page.save_settings()
+    w.state.set_project(Project.open(b.root))  # nothing saved for b
+    assert w.cache_page.backbone.currentText() == default_backbone != "vit_tiny_patch16_224"
+    assert w.cache_page.image_size.value() == 0
+    assert w.train_page.epochs.value() == default_epochs != 7 and w.train_page.head.currentText() == "attention"
+    w.state.set_project(Project.open(a.root))
+    assert w.cache_page.backbone.currentText() == "vit_tiny_patch16_224" and w.train_page.epochs.value() == 7
+    w.state.runner.shutdown()

@@ -212,6 +212,10 @@ class CachePage(QWidget):
         self.strip.clear()
         self.devices_found.setText("")
         values = self.state.page_settings("cache")
+        if not values:  # nothing remembered for this project: the defaults, never the previous project's
+            gpu = any(str(self.device.itemData(i) or "").startswith("cuda") for i in range(self.device.count()))
+            self._apply_default_backbone(gpu=gpu)
+            values = {"backbone": self.backbone.currentText()}
         if values:
             self.backbone.setCurrentText(values.get("backbone", self.backbone.currentText()))
             self.weights.setText(values.get("weights", ""))

@@ -157,6 +157,7 @@ class TrainPage(QWidget):
         layout.addWidget(self.body, 1)
         self.history: list[dict] = []
         self.curves_run: str | None = None  # the run whose curves are drawn (None: live training or none)
+        self._defaults = self.settings()  # what a project with no remembered settings gets
         state.project_changed.connect(lambda _: self._project_changed())
         state.catalog_changed.connect(self.refresh)
         state.cache_changed.connect(self.refresh)
@@ -352,7 +353,7 @@ class TrainPage(QWidget):
         self.show_history([])
         self.strip.clear()
         self.banner.clear()
-        values = self.state.page_settings("train")
+        values = self.state.page_settings("train") or self._defaults  # never the previous project's
         if values:
             self.head.setCurrentText(values.get("head", "attention"))
             self.epochs.setValue(int(values.get("epochs", 30)))
