@@ -48,3 +48,54 @@ def test_a_project_with_nothing_remembered_gets_the_defaults_not_the_previous_pr
     w.state.set_project(Project.open(a.root))
     assert w.cache_page.backbone.currentText() == "vit_tiny_patch16_224" and w.train_page.epochs.value() == 7
     w.state.runner.shutdown()
+
+
+def test_a_stopped_extraction_is_partial_and_not_offered_to_train(qtbot, tmp_path):
+    """Walk: Stop during the demo's extraction merged 64 of 120 images into the cache and
+    removed its batches folder; the Cache page said "active" (not PARTIAL) and Train was
+    enabled. Here a real Stop after the first batch, then Extract again to finish."""
+    import os
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from test_app import _new_project, _wait_idle, qtbot_button
+
+    from app.main import MainWindow
+    from loff_core.synthetic import write_synthetic_dataset
+
+    labels = write_synthetic_dataset(tmp_path / "images", n_patients=6, size=(96, 80))
+    w = MainWindow()
+    w.confirm_close = True
+    qtbot.addWidget(w)
+    w.show()
+    _new_project(w, tmp_path / "p")
+    page = w.import_page
+    page.folder.setText(str(tmp_path / "images"))
+    page.labels.setText(str(labels))
+    page._read_columns()
+    page.task.setCurrentText("classification")
+    qtbot.mouseClick(page.import_button, qtbot_button())
+    _wait_idle(qtbot, w)
+    n = len(w.state.project.catalog().entries)
+    cache = w.cache_page
+    cache.backbone.setCurrentText("vit_tiny_patch16_224")
+    cache.random_init.setChecked(True)
+    cache.image_size.setValue(32)
+    cache.grid.setValue(2)
+    cache.batch.setValue(2)
+    qtbot.mouseClick(cache.extract_button, qtbot_button())
+    job = w.state.runner.job
+    job.progress.connect(lambda done, total, _text: job.stop() if 0 < done < total else None)
+    _wait_idle(qtbot, w)
+    from app.cache_plan import cached_images
+
+    project = w.state.project
+    got = cached_images(project.caches_dir, project.settings.active_cache)
+    assert got is not None and 0 < got < n, (got, n)
+    assert not (project.caches_dir / f"{project.settings.active_cache}.parts").exists()
+    assert "PARTIAL" in cache.info.text()
+    assert not w.train_page.train_button.isEnabled() and "partial" in w.train_page.status.text()
+    qtbot.mouseClick(cache.extract_button, qtbot_button())  # Extract again finishes it
+    _wait_idle(qtbot, w)
+    assert cached_images(project.caches_dir, project.settings.active_cache) == n
+    assert "PARTIAL" not in cache.info.text() and w.train_page.train_button.isEnabled()
+    w.state.runner.shutdown()

@@ -257,7 +257,7 @@ class CachePage(QWidget):
         for path in project.cache_paths():
             active = path.stem == project.settings.active_cache
             size = path.stat().st_size / 2**20
-            partial = is_partial(project.caches_dir, path.stem)
+            partial = is_partial(project.caches_dir, path.stem, project)
             state = ("<b>PARTIAL</b> (extraction stopped before the end; Extract with the same settings finishes "
                      "it; Train waits for it) " if partial else "") + ("<b>active</b> " if active else "")
             lines.append(f"{state}cache {path.name}: {size:.1f} MB on disk")

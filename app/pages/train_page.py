@@ -332,7 +332,7 @@ class TrainPage(QWidget):
             return False, "training needs labels with at least two classes"
         if not project.settings.active_cache:
             return False, "extract features first (Cache page)"
-        if is_partial(project.caches_dir, project.settings.active_cache):
+        if is_partial(project.caches_dir, project.settings.active_cache, project):
             return False, ("the feature cache is partial (its extraction was stopped): Extract again on the Cache "
                            "page to finish it, then train")
         return True, ""
