@@ -89,6 +89,8 @@ class ViewerPage(QWidget):
         self.exam = QWidget()
         self.exam_grid = QGridLayout(self.exam)
         self.exam_grid.setContentsMargins(0, 0, 0, 0)
+        for col in (0, 1):  # right | left keep their halves when one side has no image (the hanging stays)
+            self.exam_grid.setColumnStretch(col, 1)
         self.exam_panels: dict[str, ImagePanel] = {}
         self.exam_caption = QLabel("")
         self.exam_caption.setWordWrap(True)
