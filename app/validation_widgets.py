@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
+from .remedies import window_text
 from .state import AppState
 from .widgets import ProgressStrip, form_row
 from .workers import wire
@@ -275,7 +276,7 @@ class ResultsExtras(QWidget):
             with project.lock():
                 op = set_threshold(project, result["run"], value)
         except Exception as exc:  # noqa: BLE001 - a message, not a crash
-            self.state.message.emit("error", str(exc))
+            self.state.message.emit("error", window_text(exc))
             return
         self.operating.setText(f"decision: {describe(op)} (saved; evaluate again to see its metrics)")
         self.state.message.emit("info", f"run {result['run']}: threshold {value:.3f} saved")

@@ -43,8 +43,10 @@ from typing import Any, Callable, Optional
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from loff_core.errors import LoffError
+from loff_core.errors import LoffError, explain_file_error
 from loff_core.progress import Cancelled, Progress
+
+from .remedies import window_text
 
 log = logging.getLogger("loff_studio")
 
@@ -107,12 +109,8 @@ class Job(QObject):
         except Cancelled:
             log.info("%s cancelled", self.name)
             self._send("cancelled")
-        except LoffError as exc:
-            log.warning("%s failed: %s", self.name, exc)
-            self._send("failed", str(exc))
         except Exception as exc:  # noqa: BLE001 - shown as one line, details in the log
-            log.error("%s: unexpected error\n%s", self.name, traceback.format_exc())
-            self._send("failed", f"Unexpected error in {self.name}: {type(exc).__name__}: {exc} (details in the log)")
+            self._send("failed", _failure_text(self.name, exc))
         else:
             self._send("finished", result)
 
@@ -151,6 +149,17 @@ class Job(QObject):
 
 #: every worker QThread ever started (weakly held), so tests can check none is left running
 ALL_THREADS: "weakref.WeakSet[QThread]" = weakref.WeakSet()
+
+
+def _failure_text(name: str, exc: BaseException) -> str:
+    """A job's error as the window shows it (`app.remedies.window_text`), logged: an error
+    meant for the user (a `LoffError`, a full or read-only disk) as a warning, anything
+    else with its traceback."""
+    if isinstance(exc, LoffError) or explain_file_error(exc) is not None:
+        log.warning("%s failed: %s", name, exc)
+    else:
+        log.error("%s: unexpected error\n%s", name, traceback.format_exc())
+    return window_text(exc, job=name)
 
 
 class _JobThread(QThread):

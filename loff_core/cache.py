@@ -39,8 +39,9 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .catalog import ImportFailure
-from .errors import CacheError, UnreadableImage, is_out_of_memory
+from .errors import CacheError, Remedy, UnreadableImage, is_out_of_memory
 from .features import InMemoryFeatures, _IdIndex
+from .fsutil import pid_alive
 from .progress import Progress
 from .settings import ExtractSettings
 
@@ -125,7 +126,7 @@ class FeatureCache(_IdIndex):
             raise CacheError(f"{path}: not a readable feature cache ({exc})") from None
         try:
             if not handle.attrs.get("done"):
-                raise CacheError(f"{path}: feature cache is unfinished; run `loff extract` again to finish it")
+                raise CacheError("feature cache is unfinished", path, Remedy.EXTRACT_AGAIN)
             if int(handle.attrs.get("format_version", 0)) > FORMAT_VERSION:
                 raise CacheError(f"{path}: written by a newer LOFF Studio (cache format "
                                  f"{handle.attrs.get('format_version')})")
@@ -417,16 +418,7 @@ def _failures(f: Any) -> list[tuple[str, str]]:
     return list(zip(_strings(f["failed_ids"]), _strings(f["failed_reasons"])))
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by another user
-        return True
-    return True
+_pid_alive = pid_alive  # (portable: see fsutil)
 
 
 def _remove_stale_temps(folder: Path, prefix: str) -> None:
@@ -624,8 +616,8 @@ def _forward_with_retry(backbone: Any, batch: Any, sub_batch: int, progress: Pro
             if backbone.device.type == "cuda":
                 torch.cuda.empty_cache()
             if sub_batch <= 1:
-                raise CacheError("GPU out of memory even with one image per batch; use a smaller input size, "
-                                 "a smaller backbone or --device cpu") from None
+                raise CacheError("GPU out of memory even with one image per batch",
+                                 remedy=Remedy.SMALLER_BACKBONE_OR_CPU) from None
             sub_batch = max(1, sub_batch // 2)
             message = f"GPU out of memory: retrying with batch size {sub_batch}"
             if message not in notes:

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .errors import ProjectError, UnreadableImage
+from .errors import ProjectError, Remedy, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json
 from .images import (IMAGE_EXTENSIONS, _suffix, cbis_ddsm_parts, is_image_candidate, read_info,
                      special_file_reason)
@@ -331,8 +331,8 @@ def _read_labels_csv(path: Path, label_column: Optional[str], file_column: Optio
     if file_col is None:
         file_col = next((lower[c] for c in FILE_COLUMNS if c in lower), None)
         if file_col is None:
-            raise ProjectError(f"{path}: cannot tell which column names the image file; the CSV has columns "
-                               f"{', '.join(columns)}; pass --file-column")
+            raise ProjectError(f"cannot tell which column names the image file; the CSV has columns "
+                               f"{', '.join(columns)}", path, Remedy.CHOOSE_FILE_COLUMN)
     split_col = need(split_column, "split")
     patient_col = need(patient_column, "patient")
     label_named = need(label_column, "label")
@@ -354,8 +354,8 @@ def _read_labels_csv(path: Path, label_column: Optional[str], file_column: Optio
             patient_col = auto
     label_col = find_label(patient_col)
     if label_col is None:
-        raise ProjectError(f"{path}: which column holds the label? pass --label-column; the CSV has columns "
-                           f"{', '.join(columns)}")
+        raise ProjectError(f"which column holds the label? the CSV has columns {', '.join(columns)}", path,
+                           Remedy.CHOOSE_LABEL_COLUMN)
     rows = []
     bad_splits: list[str] = []
     try:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import LoffError, ProjectError, TrainingError
+from .errors import LoffError, ProjectError, TrainingError, explain_file_error, one_line
 from .progress import Cancelled, Progress
 
 
@@ -798,40 +796,14 @@ def _version() -> str:
     return __version__
 
 
-_SAFETENSORS_IO = re.compile(r"I/O error: (?P<reason>.*?) \(os error (?P<errno>\d+)\)(?: at path \"(?P<path>.*)\")?")
-
-
 def file_error_reason(exc: BaseException, where: Optional[Path] = None) -> Optional[str]:
-    """A one-line reason for a file-system error (read-only or full disk, permission, ...):
-    "cannot write FILE: Read-only file system". None when `exc` is no such error.
-
-    Besides OSError this recognises safetensors' I/O errors (a Rust error type whose text
-    carries the OS error). An error that names no file is said to be about `where` (the
-    folder or file the command writes). Every write in the engine goes through a temporary
-    file renamed over its target, so an error here leaves the files already written as they
-    were."""
-    if isinstance(exc, OSError):
-        code, reason = exc.errno, exc.strerror
-        filename = exc.filename if exc.filename is not None else exc.filename2
-    else:
-        match = _SAFETENSORS_IO.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
-        if match is None:
-            return None
-        code, reason, filename = int(match["errno"]), match["reason"], match["path"]
-    if not reason:  # e.g. h5py: an OSError with only a message
-        reason = _one_line(str(exc)) or type(exc).__name__
-    from .fsutil import WRITE_ERRNOS
-
-    verb = "cannot write" if code in WRITE_ERRNOS else "cannot access"
-    if filename is None:
-        if code is None:
-            return _one_line(reason)
-        return f"{verb} {'in ' + str(where) if where is not None else 'a file'}: {reason}"
-    return _one_line(f"{verb} {os.fsdecode(filename)}: {reason}")
+    """A one-line reason for a file-system error ("cannot write FILE: Read-only file
+    system"), None when `exc` is no such error (`loff_core.errors.explain_file_error`)."""
+    error = explain_file_error(exc, where)
+    return None if error is None else str(error)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+_one_line = one_line
 
 
 def _written_location(args: argparse.Namespace) -> Optional[Path]:

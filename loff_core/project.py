@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .catalog import Catalog, CatalogEntry, assign_splits, scan_folder
-from .errors import CacheError, ProjectError, TrainingError
+from .errors import CacheError, ProjectError, Remedy, TrainingError
 from .fsutil import HELD_LOCK_FDS, atomic_path, atomic_write_json
 from .progress import Progress
 from . import trust
@@ -164,7 +164,7 @@ class Project:
             except OSError:
                 pass  # read-only: the lock names the problem when something is changed
         if not (root / PROJECT_FILE).is_file():
-            raise ProjectError(f"{root}: not a LOFF Studio project (no {PROJECT_FILE}); create one with `loff import`")
+            raise ProjectError(f"not a LOFF Studio project (no {PROJECT_FILE})", root, Remedy.CREATE_PROJECT)
         return cls(root, _read_settings(root / PROJECT_FILE))
 
     @classmethod
@@ -292,7 +292,7 @@ class Project:
     def catalog(self) -> Catalog:
         if self._catalog is None:
             if not self.catalog_path.exists():
-                raise ProjectError(f"{self.root}: no images imported yet; run `loff import {self.root} IMAGES_DIR`")
+                raise ProjectError("no images imported yet", self.root, Remedy.IMPORT_IMAGES, project=self.root)
             self._catalog = Catalog.load(self.catalog_path)
         return self._catalog
 
@@ -513,11 +513,11 @@ class Project:
 
         fingerprint = fingerprint or self.settings.active_cache
         if fingerprint is None:
-            raise CacheError(f"{self.root}: no feature cache yet; run `loff extract {self.root}`")
+            raise CacheError("no feature cache yet", self.root, Remedy.EXTRACT, project=self.root)
         trust.check_name(fingerprint, what="cache fingerprint", where=str(self.settings_path), error=CacheError)
         path = self.caches_dir / f"{fingerprint}.h5"
         if not path.exists():
-            raise CacheError(f"{path}: feature cache is missing or unfinished; run `loff extract {self.root}` to finish it")
+            raise CacheError("feature cache is missing or unfinished", path, Remedy.EXTRACT_AGAIN, project=self.root)
         return FeatureCache.open(path, expected_fingerprint=fingerprint)
 
     # -- training ----------------------------------------------------------------------
@@ -640,8 +640,8 @@ class Project:
                 if name == run_id:
                     raise ProjectError(reason)
         if not runs:
-            raise ProjectError(f"{self.root}: no training runs yet; run `loff train {self.root}`"
-                               + (f" ({len(broken)} damaged run folders are ignored)" if broken else ""))
+            raise ProjectError("no training runs yet" + (f" ({len(broken)} damaged run folders are ignored)" if broken else ""),
+                               self.root, Remedy.TRAIN, project=self.root)
         if run_id is None:
             return runs[-1]
         for r in runs:
@@ -907,8 +907,7 @@ def complete_split(catalog: Catalog, *, seed: int, fractions: Any,
         if on_patient_overlap is None:
             raise ProjectError(
                 f"the given split ({catalog.split_from}) puts {len(mixed)} patients ({n_images} images) on two "
-                f"sides; choose: keep it as given (--on-patient-overlap keep) or re-split by patient "
-                f"(--on-patient-overlap resplit)")
+                f"sides", remedy=Remedy.CHOOSE_PATIENT_OVERLAP)
         source["patient_overlap"] = {"patients": len(mixed), "images": n_images, "action": on_patient_overlap}
         if on_patient_overlap == "resplit":
             source["from"] = random_from + f"; the given split ({catalog.split_from}) was dropped"

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, TensorAugment
 from .backbones import resolve_device
-from .errors import TrainingError, is_out_of_memory
+from .errors import Remedy, TrainingError, is_out_of_memory
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
-from .settings import TrainConfig  # declared once, with defaults and help (re-exported here)
+from .settings import HEAD_KINDS, TASKS, TrainConfig  # declared once, with defaults and help (re-exported here)
 
 #: Test hook: called with the batch size before every training step (e.g. to raise an OOM).
 _FAULT_INJECTOR: Optional[Callable[[int], None]] = None
@@ -155,10 +155,10 @@ def train_head(
     """Train a head; returns the best head (by the monitor) with its history."""
     if num_classes < 2:
         raise TrainingError(f"training needs at least two classes, got {num_classes}")
-    if config.task not in ("classification", "ordinal"):
-        raise TrainingError(f"unknown task {config.task!r}; expected 'classification' or 'ordinal'")
-    if config.head not in ("linear", "attention", "vit"):
-        raise TrainingError(f"unknown head {config.head!r}; expected 'linear', 'attention' or 'vit'")
+    if config.task not in TASKS:
+        raise TrainingError(f"unknown task {config.task!r}; expected one of {', '.join(TASKS)}")
+    if config.head not in HEAD_KINDS:
+        raise TrainingError(f"unknown head {config.head!r}; expected one of {', '.join(HEAD_KINDS)}")
     if config.task == "ordinal" and num_classes < 3:
         raise TrainingError("the ordinal task needs at least three ordered levels")
     if len(train_ids) == 0:
@@ -302,8 +302,7 @@ def train_head(
             if not is_out_of_memory(exc):
                 raise
             if batch_size <= 1:
-                raise TrainingError("GPU out of memory even with batch size 1; use a smaller head "
-                                    "(--head linear), a smaller grid, or train on the CPU (--device cpu)") from None
+                raise TrainingError("GPU out of memory even with batch size 1", remedy=Remedy.HEAD_LINEAR) from None
             batch_size = max(1, batch_size // 2)
             message = f"GPU out of memory: retrying with batch size {batch_size}"
             notes.append(message)

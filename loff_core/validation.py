@@ -31,6 +31,7 @@ import numpy as np
 from .errors import TrainingError
 from .fsutil import atomic_write_json
 from .progress import Progress
+from .settings import EvaluateSettings
 
 #: the metric `tune` ranks by: macro AUC for classification, Kendall's tau for ordinal labels
 PRIMARY = {"classification": "auc", "ordinal": "kendall_tau"}
@@ -548,7 +549,7 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
         calibrate_run(project, run.run_id)
     test: Optional[dict[str, Any]] = None
     try:
-        evaluation = project.evaluate(run.run_id, "test", n_bootstrap=1000)
+        evaluation = project.evaluate(run.run_id, "test", n_bootstrap=EvaluateSettings().bootstrap)
         test = {"metrics": evaluation["metrics"], "ci": evaluation["ci"], "n": evaluation["n"]}
     except Exception as exc:  # noqa: BLE001 - no test split: the run stands, test stays empty
         from .errors import LoffError

@@ -28,3 +28,22 @@ def oom_once(at_batch_size: int) -> tuple:
             raised.append(batch_size)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
     return inject, raised
+
+
+def binary_png_project(tmp_path, capsys, *, normal: int = 14, pneumonia: int = 22):
+    """A two-class project (class folders `normal` / `pneumonia` of noisy 40 x 40 PNGs, dark vs
+    bright) imported and extracted with a random-init ViT-Tiny at 32 px (a 2 x 2 grid)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, value, n in (("normal", 60, normal), ("pneumonia", 190, pneumonia)):
+        for i in range(n):
+            path = tmp_path / "img" / cls / f"{cls}{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(rng.normal(value, 40, (40, 40)), 0, 255).astype(np.uint8)).save(path)
+    project = tmp_path / "p"
+    loff_json(capsys, "import", project, tmp_path / "img")
+    loff_json(capsys, "extract", project, "--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32",
+              "--grid", "2", "--workers", "0", "--device", "cpu")
+    return project

@@ -15,6 +15,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
                                QMessageBox, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
+from ..remedies import window_text
 from ..state import AppState
 from ..widgets import ProgressStrip
 from ..workers import wire
@@ -212,7 +213,7 @@ class BackbonesDialog(QDialog):
         try:
             remove_weights(name)
         except LoffError as exc:
-            self.status.setText(str(exc))
+            self.status.setText(window_text(exc))
             return
         self.status.setText(f"removed {name}")
         self.refresh()

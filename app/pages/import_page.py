@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
 from loff_core.catalog import CatalogEntry
 from loff_core.errors import LoffError
 
+from ..remedies import window_text
 from ..state import AppState
 from ..widgets import Banner, ImagePanel, ProgressStrip, form_row
 from ..workers import wire
@@ -413,7 +414,7 @@ class ImportPage(QWidget):
         try:
             path = project.image_path(entry)
         except LoffError as exc:  # the images folder was moved: say so, keep the table
-            self.viewer.show_image(None, str(exc))
+            self.viewer.show_image(None, window_text(exc))
             return
         load_image(self, path, lambda pixels, error: self.viewer.show_image(
             pixels, caption if error is None else f"{entry.shown_path}: {error}"))

@@ -18,6 +18,7 @@ from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig
 
 from ..cache_plan import is_partial
 from ..forms import control_for
+from ..remedies import window_text
 from ..state import AppState
 from ..widgets import Banner, ProgressStrip, form_row
 from ..workers import wire
@@ -309,7 +310,7 @@ class TrainPage(QWidget):
             self.show_history(project.run(item.text()).record.get("history", []))
             self.curves_run = item.text()
         except Exception as exc:  # noqa: BLE001 - a damaged run folder is a message
-            self.state.message.emit("error", str(exc))
+            self.state.message.emit("error", window_text(exc))
 
     def _trained(self, run: Any) -> None:
         r = run.record
@@ -355,10 +356,11 @@ class TrainPage(QWidget):
         self.banner.clear()
         values = self.state.page_settings("train") or self._defaults  # never the previous project's
         if values:
-            self.head.setCurrentText(values.get("head", "attention"))
-            self.epochs.setValue(int(values.get("epochs", 30)))
-            self.lr.setValue(float(values.get("lr", 5e-4)))
-            self.seed.setValue(int(values.get("seed", 0)))
+            default = TrainConfig()
+            self.head.setCurrentText(values.get("head", default.head))
+            self.epochs.setValue(int(values.get("epochs", default.epochs)))
+            self.lr.setValue(float(values.get("lr", default.lr)))
+            self.seed.setValue(int(values.get("seed", default.seed)))
             aug = values.get("augment")
             self.augment.setChecked(aug is not None)
             for key, box in (("hflip", self.flip), ("crop_prob", self.crop), ("noise_std", self.noise),

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QCheckBox, QGridLayout, QHBoxLayout, QLabel, QLis
 
 from loff_core.errors import LoffError
 
+from ..remedies import window_text
 from ..state import AppState
 from ..widgets import ImagePanel, form_row
 from ..workers import load_image, start_light, wire
@@ -183,7 +184,7 @@ class ViewerPage(QWidget):
         try:
             path = project.image_path(entry)
         except LoffError as exc:  # the images folder was moved: say so
-            self._shown(image_id, None, caption, str(exc))
+            self._shown(image_id, None, caption, window_text(exc))
             return
         load_image(self, path, lambda px, err: self._shown(image_id, px, caption, err))
 
@@ -299,7 +300,7 @@ class ViewerPage(QWidget):
             try:
                 load_image(panel, project.image_path(e), lambda px, err, p=panel: self._exam_loaded(p, px, err))
             except LoffError as exc:
-                panel.show_image(None, str(exc))
+                panel.show_image(None, window_text(exc))
         n = len(images)
         self.exam_caption.setText(f"patient {entry.patient_key[:8]}: {n} image{'s' if n != 1 else ''}"
                                   + (" (first 8 shown)" if n > 8 else "")
