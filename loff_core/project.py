@@ -739,8 +739,9 @@ class Project:
 
     # -- evaluation --------------------------------------------------------------------
     def evaluate(self, run_id: Optional[str] = None, split: str = "test", *,
-                 n_bootstrap: int = EvaluateSettings.bootstrap) -> dict[str, Any]:
-        """Metrics and per-image predictions of a run on one split; saved with the run."""
+                 n_bootstrap: int = EvaluateSettings.bootstrap, save: bool = True) -> dict[str, Any]:
+        """Metrics and per-image predictions of a run on one split; saved with the run
+        (`save=False`: only returned, e.g. for a ROC overlay while another job holds the lock)."""
         from .metrics import evaluate_predictions, small_split_warning
         from .training import predict_probabilities
 
@@ -789,8 +790,9 @@ class Project:
             "warnings": [w for w in [small_split_warning(len(ids), evaluation["ci"].get("accuracy"), split)] if w],
             "predictions": predictions,
         }
-        atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
-        self._write_predictions_csv(run.path / f"predictions-{split}.csv", predictions, classes)
+        if save:
+            atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
+            self._write_predictions_csv(run.path / f"predictions-{split}.csv", predictions, classes)
         return result
 
     @staticmethod
