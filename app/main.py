@@ -240,7 +240,7 @@ class MainWindow(QMainWindow):
         self.show_message("info", f"writing the synthetic demo project to {root}")
         job = self.state.start("demo", work)
         if job is not None:
-            wire(job, done=self.state.set_project)  # on the GUI thread (a bare lambda would run on the worker's)
+            wire(job, done=self.state.set_project)
 
     def _project_changed(self, project: Any) -> None:
         if project is None:

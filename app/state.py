@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from .workers import Job, JobRunner, LightJob, start_light
+from .workers import Job, JobRunner, start_light
 
 log = logging.getLogger("loff_studio")
 
@@ -112,7 +112,7 @@ class AppState(QObject):
         return self.runner.busy
 
     # -- engine warm-up ----------------------------------------------------------------
-    def warm_up_engine(self) -> LightJob:
+    def warm_up_engine(self) -> Job:
         """Import the engine's heavy dependencies as a light job, soon after start.
 
         The engine imports them lazily (so `loff --help` is fast). Imported for the first

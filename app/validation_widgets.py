@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QTab
 from .remedies import window_text
 from .state import AppState
 from .widgets import ProgressStrip, form_row
+from .workers import wire
 
 #: what each metric name means (tooltips; the same words as `loff evaluate --help`)
 METRIC_TIPS = {
@@ -126,8 +127,7 @@ class ValidationPanel(QGroupBox):
         if job is not None:
             job.on_close = "stop"
             self.result.setText(f"cross-validating {config.head} over {folds} folds ...")
-            job.progress.connect(self.strip.report)
-            job.finished.connect(self.show_cv)
+            wire(job, strip=self.strip, done=self.show_cv)
 
     def show_cv(self, record: dict[str, Any]) -> None:
         done = f"{record['completed']} of {record['folds']} folds" + (" (stopped)" if record.get("stopped") else "")
@@ -165,9 +165,7 @@ class ValidationPanel(QGroupBox):
             job_box["job"] = job
             job.on_close = "stop"
             self.result.setText(f"trying {trials} head configurations and a logistic regression, {folds} folds each ...")
-            job.progress.connect(self.strip.report)
-            job.epoch.connect(self.add_entry)
-            job.finished.connect(self.show_tune)
+            wire(job, strip=self.strip, partial=self.add_entry, done=self.show_tune)
             known.set()
 
     def add_entry(self, entry: dict[str, Any]) -> None:

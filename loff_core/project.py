@@ -532,7 +532,8 @@ class Project:
     # -- evaluation --------------------------------------------------------------------
     def evaluate(self, run_id: Optional[str] = None, split: str = "test", **options: Any) -> dict[str, Any]:
         """Metrics and per-image predictions of a run on one split, saved with the run (the
-        dict form of `loff_core.steps.evaluate`'s EvaluateResult)."""
+        dict form of `loff_core.steps.evaluate`'s EvaluateResult; `save=False`: only returned,
+        e.g. for a ROC overlay while another job holds the lock)."""
         from .steps import _evaluate
 
         return _evaluate(self, run_id, split, **options)

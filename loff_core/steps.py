@@ -474,7 +474,8 @@ def _explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
 
 
 def _evaluate(project: Any, run_id: Optional[str] = None, split: str = "test", *,
-             n_bootstrap: int = EvaluateSettings.bootstrap, progress: Progress = Progress()) -> dict[str, Any]:
+              n_bootstrap: int = EvaluateSettings.bootstrap, save: bool = True,
+              progress: Progress = Progress()) -> dict[str, Any]:
     """Metrics and per-image predictions of a run on one split; saved with the run."""
     from .metrics import evaluate_predictions, small_split_warning
     from .training import predict_probabilities
@@ -528,6 +529,7 @@ def _evaluate(project: Any, run_id: Optional[str] = None, split: str = "test", *
         "predictions": predictions,
     }
     progress.check()  # a cancel before this point leaves the saved evaluation as it was
-    atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
-    write_evaluation_csv(run.path / f"predictions-{split}.csv", predictions, classes)
+    if save:  # save=False: only returned (e.g. a ROC overlay while another job holds the lock)
+        atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
+        write_evaluation_csv(run.path / f"predictions-{split}.csv", predictions, classes)
     return result

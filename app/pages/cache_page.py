@@ -118,13 +118,12 @@ class CachePage(QWidget):
         """Listing GPUs imports torch: done in a light job, not here."""
         from loff_core.backbones import list_devices
 
-        from ..workers import start_light
+        from ..workers import start_light, wire
 
         self.devices_button.setEnabled(False)
         self.devices_button.setText("Looking for GPUs...")
-        job = start_light("find devices", list_devices, newest=(self, "devices"))
-        job.finished.connect(self._devices_found)
-        job.failed.connect(self._devices_failed)
+        wire(start_light("find devices", list_devices, newest=(self, "devices")), done=self._devices_found,
+             failed=self._devices_failed)
 
     def _devices_failed(self, text: str) -> None:
         self.devices_button.setEnabled(True)
@@ -215,6 +214,10 @@ class CachePage(QWidget):
         self.strip.clear()
         self.devices_found.setText("")
         values = self.state.page_settings("cache")
+        if not values:  # nothing remembered for this project: the defaults, never the previous project's
+            gpu = any(str(self.device.itemData(i) or "").startswith("cuda") for i in range(self.device.count()))
+            self._apply_default_backbone(gpu=gpu)
+            values = {"backbone": self.backbone.currentText()}
         if values:
             self.backbone.setCurrentText(values.get("backbone", self.backbone.currentText()))
             self.weights.setText(values.get("weights", ""))
@@ -256,7 +259,7 @@ class CachePage(QWidget):
         for path in project.cache_paths():
             active = path.stem == project.settings.active_cache
             size = path.stat().st_size / 2**20
-            partial = is_partial(project.caches_dir, path.stem)
+            partial = is_partial(project.caches_dir, path.stem, project)
             state = ("<b>PARTIAL</b> (extraction stopped before the end; Extract with the same settings finishes "
                      "it; Train waits for it) " if partial else "") + ("<b>active</b> " if active else "")
             lines.append(f"{state}cache {path.name}: {size:.1f} MB on disk")
