@@ -49,6 +49,7 @@ WINDOW: dict[Remedy, Wording] = {
     Remedy.ADDED_BACKBONES: "see the list in Backbones... on the Cache page",
     Remedy.ANOTHER_NAME: "remove it first or choose another name",
     Remedy.BACKBONE: lambda p: f"use them with backbone {p.get('backbone', '(another)')} on the Cache page",
+    Remedy.HEAD_OR_PROJECT: "choose an exported head folder, or leave it empty to predict with the chosen run",
 }
 
 

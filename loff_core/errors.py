@@ -53,6 +53,7 @@ class Remedy(str, enum.Enum):
     ADDED_BACKBONES = "added_backbones"  # not an added backbone: see the list
     ANOTHER_NAME = "another_name"  # a backbone of that name is already added
     BACKBONE = "backbone"  # weights that fit another backbone; params: backbone
+    HEAD_OR_PROJECT = "head_or_project"  # predict from a folder that is neither an exported head nor a project
 
 
 class LoffError(Exception):

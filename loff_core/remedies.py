@@ -59,5 +59,7 @@ TERMINAL: dict[Remedy, Wording] = {
     Remedy.ADDED_BACKBONES: "see `loff weights list`",
     Remedy.ANOTHER_NAME: "remove it first or choose --name",
     Remedy.BACKBONE: lambda p: f"use them with --backbone {p.get('backbone', 'NAME')}",
+    Remedy.HEAD_OR_PROJECT: ("give a project folder (and --run ID), or export a run first with "
+                             "`loff export PROJECT FOLDER`"),
 }
 

@@ -25,9 +25,6 @@ from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
 from .settings import HEAD_KINDS, TASKS, TrainConfig  # declared once, with defaults and help (re-exported here)
 
-#: Test hook: called with the batch size before every training step (e.g. to raise an OOM).
-_FAULT_INJECTOR: Optional[Callable[[int], None]] = None
-
 _MEMORY_LIMIT = 2 * 1024**3
 _IMPROVEMENT = 1e-4
 
@@ -247,8 +244,6 @@ def train_head(
             step = epoch * per_epoch + b
             scheduler.step_update(step)
             lr = optimizer.param_groups[0]["lr"]
-            if _FAULT_INJECTOR is not None:
-                _FAULT_INJECTOR(batch_size)
             cls, grid = _read(data, train_idx[pos], device)
             onehot = F.one_hot(torch.from_numpy(ytr[pos]), num_classes).float().to(device)
             cls, grid, onehot = augment(cls, grid, onehot)
@@ -372,8 +367,10 @@ def predict_probabilities(
     *,
     device: str = "auto",
     batch_size: int = 256,
+    progress: Optional[Progress] = None,
 ) -> np.ndarray:
-    """[N, K] float64 probabilities of `image_ids` (no augmentation, eval mode)."""
+    """[N, K] float64 probabilities of `image_ids` (no augmentation, eval mode). With a
+    `progress`: reports the images done and checks for cancel between batches."""
     dev = resolve_device(device)
     head = build_head(head_config)
     head.load_state_dict(state_dict, strict=True)
@@ -386,9 +383,14 @@ def predict_probabilities(
     idx = np.asarray(source.indices(ids), dtype=np.int64)
     with torch.inference_mode():
         for s in range(0, len(idx), batch_size):
+            if progress is not None:
+                progress.check()
+                progress.report(s, len(idx), f"predicting {len(idx)} images")
             chunk = idx[s : s + batch_size]
             order = np.argsort(chunk, kind="stable")
             cls, grid = _read(source, chunk[order], dev)
             probs = probabilities(head(cls, grid), head_config.task).double().cpu().numpy()
             out[s + order] = probs
+    if progress is not None:
+        progress.report(len(idx), len(idx), f"predicted {len(idx)} images")
     return out / out.sum(axis=1, keepdims=True).clip(min=1e-300)

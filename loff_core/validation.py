@@ -525,7 +525,7 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
                               on_notice=progress.on_notice, _event=progress._event)
     head_config, state, notes = retrain_final(data, pool, classes, task, best, seed, final_progress)
     group = _new_group_id(project, "tune")
-    run_id = project._new_run_id(head_config.kind)
+    run_id = project.new_run_id(head_config.kind)
     record = {
         "run_id": run_id, "started": started, "finished": _now(), "task": task, "classes": list(classes),
         "train_config": notes.get("train_config", {"head": LOGREG, "C": notes.get("C"), "augment": {"enabled": False},
@@ -538,7 +538,7 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
         "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
         "backbone": cache.backbone, "group": group,
     }
-    run = project._write_run(run_id, record, state)
+    run = project.write_run(run_id, record, state)
     folder = project.root / GROUPS_DIR / group
     folder.mkdir(parents=True, exist_ok=True)
     done = ~np.isnan(best["_oof"]).any(axis=1)

@@ -176,8 +176,10 @@ class CachePage(QWidget):
         spec, device, batch = self.spec(), self.device.currentData(), self.batch.value()
 
         def work(progress: Any) -> Any:
-            with project.lock():
-                return project.extract(spec, device=device, batch_size=batch, progress=progress)
+            from loff_core import steps
+
+            settings = ExtractSettings(device=device, batch_size=batch)
+            return steps.extract(project, spec, settings, progress=progress)  # takes the lock
         self.save_settings()
         job = wire(self.state.start("extract", work, banner=self.banner), strip=self.strip, banner=self.banner,
                    done=self._extracted)
@@ -187,15 +189,15 @@ class CachePage(QWidget):
     def _extracted(self, result: Any) -> None:
         words = "stopped; the cache is partial: Extract again to resume" if result.stopped else "done"
         text = (f"extraction {words}: {result.extracted} images computed, {result.skipped} already cached, "
-                f"{len(result.failures)} unreadable ({result.seconds:.1f} s)")
+                f"{len(result.failed)} unreadable ({result.seconds:.1f} s)")
         self.state.message.emit("info", text)
         self.strip.finish(text, complete=not result.stopped)
         shown = self.state.runner.job.notices if self.state.runner.job is not None else []
         for note in result.notes:
             if note not in shown:  # notices were shown as they happened
                 self.state.message.emit("warning", note)
-        for f in result.failures[:20]:
-            self.state.message.emit("warning", f"{f.path}: {f.reason}")
+        for f in result.failed[:20]:  # paths relative to the project, as `loff extract` prints them
+            self.state.message.emit("warning", f"{f['path']}: {f['reason']}")
         self.state.cache_changed.emit()
         self.state.catalog_changed.emit()  # the import report gained decode failures
 

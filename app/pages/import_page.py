@@ -324,14 +324,15 @@ class ImportPage(QWidget):
         kwargs.update(self.extras.import_kwargs(labels_csv or None))
 
         def work(progress: Any) -> Any:
-            with project.lock():
-                return project.import_images(folder, progress=progress, **kwargs)
+            from loff_core import steps
+
+            return steps.import_images(project, folder, progress=progress, **kwargs)  # takes the lock
         wire(self.state.start("import", work, banner=self.banner), strip=self.strip, banner=self.banner,
              done=self._imported)
 
     def _imported(self, summary: Any) -> None:
         text = (f"imported {summary.imported} images ({summary.labelled} labelled); "
-                f"{len(summary.failures)} could not be read")
+                f"{len(summary.failed)} could not be read")
         self.state.message.emit("info", text)
         self.strip.finish(text, complete=summary.imported > 0)  # 0 images: an empty bar, not 100 %
         if summary.imported > 0:

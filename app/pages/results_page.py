@@ -74,7 +74,9 @@ class ResultsPage(QWidget):
         self.evaluate_button = QPushButton("Evaluate")
         self.evaluate_button.clicked.connect(self.start_evaluate)
         self.strip = ProgressStrip()
-        self.strip.stop_button.hide()
+        # an evaluation has nothing partial to keep: Stop drops it (the saved one stays as it was)
+        self.strip.stop_button.setToolTip("Stop evaluating; the evaluation saved before stays as it was")
+        self.strip.stop_clicked.connect(self.state.runner.cancel)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.metrics = QTableWidget(0, 3)
@@ -214,9 +216,11 @@ class ResultsPage(QWidget):
             return
 
         def work(progress: Any) -> Any:
-            progress.report(0, 0, f"evaluating with {EvaluateSettings.bootstrap} bootstrap resamples")
-            with project.lock():  # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
-                return project.evaluate(run_id, split, n_bootstrap=EvaluateSettings.bootstrap)
+            from loff_core import steps
+
+            # the step takes the reader lock: a training in another process does not hold it up;
+            # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
+            return steps.evaluate(project, run_id, split, EvaluateSettings(), progress=progress).to_json()
         wire(self.state.start("evaluate", work, banner=self.banner), strip=self.strip, banner=self.banner,
              done=self.show_result)
 
@@ -399,8 +403,10 @@ class ResultsPage(QWidget):
         self.levels.setVisible(result["task"] == "ordinal")  # the ROC gets the room otherwise
         if result["task"] != "ordinal":
             return
-        self.levels.setTitle(f"predicted vs true level: Kendall tau {result['metrics'].get('kendall_tau', 0):.3f}, "
-                             f"AMAE {result['metrics'].get('amae', 0):.3f}")
+        def shown(name: str) -> str:  # undefined on a split with one level (None): n/a, not a crash
+            value = result["metrics"].get(name)
+            return "n/a" if value is None else f"{value:.3f}"
+        self.levels.setTitle(f"predicted vs true level: Kendall tau {shown('kendall_tau')}, AMAE {shown('amae')}")
         k = len(result["classes"])
         true = np.array([result["classes"].index(p["label"]) + 1 for p in result["predictions"]], float)
         expected = np.array([float(np.dot(p["probabilities"], np.arange(1, k + 1))) for p in result["predictions"]])

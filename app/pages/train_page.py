@@ -201,8 +201,9 @@ class TrainPage(QWidget):
                                                                                       **chosen["augment"])
             config = TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"],
                                  lr=chosen["lr"], seed=chosen["seed"], augment=augment)
-            with project.lock():
-                return project.train(config, progress=progress, on_epoch=on_epoch)
+            from loff_core import steps
+
+            return steps.train(project, config, progress=progress, on_epoch=on_epoch)  # takes the lock
         self.save_settings()
         job = wire(self.state.start("train", work, banner=self.banner), strip=None, banner=self.banner,
                    done=self._trained)
@@ -312,14 +313,14 @@ class TrainPage(QWidget):
         except Exception as exc:  # noqa: BLE001 - a damaged run folder is a message
             self.state.message.emit("error", window_text(exc))
 
-    def _trained(self, run: Any) -> None:
-        r = run.record
-        done = f"best {r['monitor']} {r['best_score']:.3f} at epoch {r['best_epoch']} ({r['stopped'].replace('_', ' ')})"
-        self.curves_run = run.run_id
-        self.strip.finish(f"run {run.run_id}: {done}")  # a run that stopped early ends full too
-        self.state.message.emit("info", f"run {run.run_id}: {done}")
+    def _trained(self, result: Any) -> None:
+        r = result  # loff_core.results.TrainResult
+        done = f"best {r.monitor} {r.best_score:.3f} at epoch {r.best_epoch} ({r.stopped.replace('_', ' ')})"
+        self.curves_run = r.run
+        self.strip.finish(f"run {r.run}: {done}")  # a run that stopped early ends full too
+        self.state.message.emit("info", f"run {r.run}: {done}")
         shown = self.state.runner.job.notices if self.state.runner.job is not None else []
-        for note in r.get("notes", []):
+        for note in r.notes:
             if note not in shown:  # notices were shown as they happened
                 self.state.message.emit("warning", note)
         self.state.runs_changed.emit()

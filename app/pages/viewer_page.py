@@ -210,8 +210,10 @@ class ViewerPage(QWidget):
         run_id = evaluation["run"] if evaluation else None
 
         def work() -> list[dict]:
+            from loff_core import steps
+
             run = project.run(run_id)
-            out = project.explain(run.run_id, image_ids)
+            out = steps.explain(project, run.run_id, image_ids)  # the reader lock: never waits for a training
             kind = run.record["head_config"]["kind"]
             return [{"image_id": i, "probabilities": out["probabilities"][k], "heat": out["heat"][k],
                      "classes": out["classes"], "task": out["task"], "head": kind, "run": run.run_id,
