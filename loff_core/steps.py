@@ -98,12 +98,14 @@ def train(project: Any, config: Any, *, progress: Progress = Progress(),
 
 
 def evaluate(project: Any, run_id: Optional[str] = None, split: str = "test",
-             settings: EvaluateSettings = EvaluateSettings(), *, progress: Progress = Progress()) -> EvaluateResult:
-    """Metrics and per-image predictions of a run on one split, saved with the run (reader
-    lock: never waits for a training; eval-SPLIT.json is replaced atomically)."""
+             settings: EvaluateSettings = EvaluateSettings(), *, save: bool = True,
+             progress: Progress = Progress()) -> EvaluateResult:
+    """Metrics and per-image predictions of a run on one split, saved with the run unless
+    `save` is False (reader lock: never waits for a training; eval-SPLIT.json is replaced
+    atomically)."""
     with project.read_lock():
         return EvaluateResult.from_dict(_evaluate(project, run_id, split, n_bootstrap=settings.bootstrap,
-                                                  progress=progress))
+                                                  save=save, progress=progress))
 
 
 def explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
