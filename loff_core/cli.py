@@ -527,7 +527,7 @@ def _at_least(low: float, kind: type = int) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import CVSettings, EvaluateSettings, ExtractSettings, TrainConfig, TuneSettings, add_options
+    from .settings import TASKS, CVSettings, EvaluateSettings, ExtractSettings, TrainConfig, TuneSettings, add_options
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -558,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when the given split puts a patient on two sides: keep it as given, or re-split by "
                         "patient (default: stop and report the counts)")
     p.add_argument("--classes", help="comma-separated class order (low to high for ordinal labels), e.g. F,G,D")
-    p.add_argument("--task", choices=["classification", "ordinal"], help="the project's default task")
+    p.add_argument("--task", choices=list(TASKS), help="the project's default task: "
+                   + "; ".join(f"{k}: {v}" for k, v in TASKS.items()))
     p.set_defaults(func=cmd_import, describe=_describe_import)
 
     p = sub.add_parser("extract", parents=[common], help="run the frozen backbone once per image into the HDF5 cache")

@@ -37,7 +37,7 @@ CARD_SCHEMA: dict[str, Any] = {
     "properties": {
         "format": {"const": CARD_FORMAT},
         "format_version": {"type": "integer", "minimum": 1, "maximum": CARD_VERSION},
-        "task": {"enum": ["classification", "ordinal"]},
+        "task": {"enum": list(TASKS)},
         "classes": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200}, "minItems": 2,
                     "maxItems": trust.MAX_CLASSES},
         "head": {

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .settings import HEAD_KINDS
+from .settings import HEAD_KINDS, TASKS  # declared once
 
-KINDS = tuple(HEAD_KINDS)  # declared once, in settings
-TASKS = ("classification", "ordinal")
+KINDS = tuple(HEAD_KINDS)
 
 
 @dataclass(frozen=True)

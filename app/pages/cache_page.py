@@ -143,8 +143,9 @@ class CachePage(QWidget):
     def _devices_found(self, devices: list[dict]) -> None:
         self.devices_button.setEnabled(True)
         self.devices_button.setText("Find GPUs")
-        if any(d["device"].startswith("cuda") for d in devices) and self.backbone.currentText() in (
-                "", "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"):
+        cpu_models = {k.architecture for k in suggested() if k.source == "package"} | {
+            k.name for k in suggested() if k.source == "package"}
+        if any(d["device"].startswith("cuda") for d in devices) and self.backbone.currentText() in cpu_models | {""}:
             self._apply_default_backbone(gpu=True)
             self.state.message.emit("info", f"backbone default on this GPU: {self.default_note}")
         self.device.clear()

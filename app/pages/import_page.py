@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
 
 from loff_core.catalog import CatalogEntry
 from loff_core.errors import LoffError
+from loff_core.settings import TASKS
 
 from ..remedies import window_text
 from ..state import AppState
@@ -127,7 +128,8 @@ class ImportPage(QWidget):
         for combo in (self.file_column, self.label_column, self.patient_column):  # column names unclipped
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.task = QComboBox()
-        self.task.addItems(["classification", "ordinal"])
+        self.task.addItems(list(TASKS))
+        self.task.setToolTip("\n".join(f"{k}: {v}" for k, v in TASKS.items()))
         self.classes = QLineEdit()
         self.classes.setPlaceholderText("class order, e.g. F,G,D (optional; low to high for ordinal)")
         self.import_button = QPushButton("Import")
