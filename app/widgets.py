@@ -110,10 +110,8 @@ class Banner(QLabel):
         self.hide()
 
     def _show(self, level: str, text: str, colour: str, background: str) -> None:
-        from .state import for_window
-
         self.level = level
-        self.setText(("Problem: " if level == "error" else "") + for_window(text))
+        self.setText(("Problem: " if level == "error" else "") + text)
         self.setStyleSheet(f"QLabel {{ color: {colour}; background: {background}; border: 1px solid {colour}; "
                            "border-radius: 3px; padding: 4px; }")
         self.show()

@@ -1,27 +1,35 @@
 """The one bridge between loff_core's long jobs and Qt.
 
-A `Job` wraps a plain engine call `fn(progress, *args)`; it is moved to its own QThread
-and turns the engine's `Progress` reports into Qt signals. `stop()` asks the job to finish
-early and keep what it has (the best head so far, the images already cached); `cancel()`
-asks it to drop the work (`Cancelled` is raised between batches). The GUI thread never
-runs `fn` itself. `JobRunner` owns at most one running job per window.
+One class, `Job`, in the pattern of Orange's `FutureWatcher`: a plain engine call runs on
+a worker thread, and everything it reports comes back to the GUI thread as Qt signals
+of the `Job` object, which lives on the GUI thread:
 
-Closing the window (`JobRunner.shutdown`) follows one rule: a job whose `on_close` is
-"stop" (training, extraction: they keep what is done) is stopped, as the Stop button does;
-any other job is cancelled. Never both, so the outcome does not depend on timing.
+- `progress(done, total, text)`; `partial(value)`: a partial result (an epoch, a fold, a
+  tuning trial; `epoch(dict)` too for training history entries); `notice(text)`: a report
+  the user must see at once while the job goes on (e.g. "GPU out of memory: retrying with
+  batch size 8");
+- then exactly one of `finished(result)`, `failed(text)` (one line; an unexpected error
+  has its traceback in the log) or `cancelled()`; then `ended()`.
 
-Engine notices (`Progress.notice`, e.g. "GPU out of memory: retrying with batch size 8")
-are also emitted as `notice` the moment they happen, so the window shows them as warnings
-while the job goes on. Partial results (an epoch's curves, a fold, a tuning trial) go
-through `Job.emit_partial` -> `partial` (and `epoch` for training history entries).
+The worker thread only ever emits a private signal that Qt queues to the GUI thread, and
+the public signals are emitted there, on a later turn of the event loop: a caller always
+connects in time (however fast the job), and any slot, a plain lambda included, runs on
+the GUI thread. `stop()` asks the job to finish early and keep what it has (the best head
+so far, the images already cached); `cancel()` asks it to drop the work (`Cancelled` is
+raised between batches).
 
-Light jobs (`start_light`: decoding an image for a viewer, explaining one image, importing
-the engine at start) run in a small pool beside the one heavy job, the way Orange's
-FutureWatcher does: the pool thread hands the result to a `LightJob` that lives on the GUI
-thread, whose `finished` / `failed` signals are delivered on a later turn of the event
-loop, so a caller always connects them in time. `newest` keys make the newest request of a
-widget win (stale results are dropped). `wire(job, ...)` is the one page helper: progress
-to a strip, errors to the page's banner, the result to a slot.
+Two ways to run a `Job`, one API for pages:
+- **heavy** (`AppState.start` -> `JobRunner`): `fn(progress, *args)` on its own QThread,
+  one at a time per window: import, extract, train, evaluate, export, predict.
+  Closing the window (`JobRunner.shutdown`) follows one rule: a job whose `on_close` is
+  "stop" (training, extraction: they keep what is done) is stopped, as the Stop button
+  does; any other job is cancelled. Never both, so the outcome does not depend on timing.
+- **light** (`start_light`): `fn(*args)` in a 2-thread pool beside the heavy job: decoding
+  an image for a view, explaining images, listing GPUs, importing the engine at start.
+  `newest=(widget, key)` makes the newest request of a widget win (a stale job's signals
+  are dropped).
+
+`wire(job, strip=, banner=, done=, partial=, failed=, cancelled=)` is the one page helper.
 """
 
 from __future__ import annotations
@@ -33,15 +41,19 @@ import traceback
 import weakref
 from typing import Any, Callable, Optional
 
-from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from loff_core.errors import LoffError
+from loff_core.errors import LoffError, explain_file_error
 from loff_core.progress import Cancelled, Progress
+
+from .remedies import window_text
 
 log = logging.getLogger("loff_studio")
 
 
 class Job(QObject):
+    """One job (heavy or light); lives on the GUI thread, its `fn` runs on a worker thread."""
+
     progress = Signal(int, int, str)
     epoch = Signal(dict)  # training curves: one history entry per epoch
     partial = Signal(object)  # any partial result (an epoch, a fold, a tuning trial)
@@ -49,47 +61,84 @@ class Job(QObject):
     failed = Signal(str)
     cancelled = Signal()
     notice = Signal(str)  # a report the user must see at once (the job goes on)
+    ended = Signal()  # after finished / failed / cancelled (also for a stale light job)
+    _relay = Signal(str, object)  # kind, payload: emitted on the worker thread, queued to the GUI thread
 
-    def __init__(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+    def __init__(self, name: str, fn: Callable[..., Any], *args: Any, takes_progress: bool = True, **kwargs: Any):
         super().__init__()
         self.name = name
         self._fn, self._args, self._kwargs = fn, args, kwargs
+        self._takes_progress = takes_progress
         self.progress_state = Progress(on_report=self._report, on_notice=self._notice)
         self.thread_name: Optional[str] = None  # recorded for tests: never the GUI thread
         self.on_close = "cancel"  # or "stop": what closing the window does to this job
         self.notices: list[str] = []  # the notices already emitted (pages skip them in the result)
+        self.stale = False  # a newer light job of the same widget and key replaced it
+        self.done = False  # its outcome reached the GUI thread
+        self._relay.connect(self._deliver)  # a queued connection: the Job lives on the GUI thread
+
+    # -- called on the worker thread ------------------------------------------------------
+    def _send(self, kind: str, payload: Any = None) -> None:
+        try:
+            self._relay.emit(kind, payload)
+        except RuntimeError:  # the application is closing: nobody is listening any more
+            pass
 
     def _report(self, done: int, total: int, message: str) -> None:
-        self.progress.emit(int(done), int(total), str(message))
+        self._send("progress", (int(done), int(total), str(message)))
 
     def _notice(self, message: str) -> None:
         if message not in self.notices:
             self.notices.append(message)
-            self.notice.emit(str(message))
+            self._send("notice", str(message))
 
     def emit_epoch(self, entry: dict) -> None:
-        self.epoch.emit(dict(entry))
-        self.partial.emit(dict(entry))
+        self._send("epoch", dict(entry))
 
     def emit_partial(self, value: Any) -> None:
-        self.partial.emit(value)
+        self._send("partial", value)
 
-    @Slot()
-    def run(self) -> None:
+    def execute(self) -> None:
+        """Run `fn` here (a worker thread) and send its outcome to the GUI thread."""
         self.thread_name = threading.current_thread().name
         try:
-            result = self._fn(self.progress_state, *self._args, **self._kwargs)
+            if self._takes_progress:
+                result = self._fn(self.progress_state, *self._args, **self._kwargs)
+            else:
+                result = self._fn(*self._args, **self._kwargs)
         except Cancelled:
             log.info("%s cancelled", self.name)
-            self.cancelled.emit()
-        except LoffError as exc:
-            log.warning("%s failed: %s", self.name, exc)
-            self.failed.emit(str(exc))
+            self._send("cancelled")
         except Exception as exc:  # noqa: BLE001 - shown as one line, details in the log
-            log.error("%s: unexpected error\n%s", self.name, traceback.format_exc())
-            self.failed.emit(f"Unexpected error in {self.name}: {type(exc).__name__}: {exc} (details in the log)")
+            self._send("failed", _failure_text(self.name, exc))
         else:
-            self.finished.emit(result)
+            self._send("finished", result)
+
+    # -- on the GUI thread ----------------------------------------------------------------
+    @Slot(str, object)
+    def _deliver(self, kind: str, payload: Any) -> None:
+        final = kind in ("finished", "failed", "cancelled")
+        if final:
+            self.done = True
+            _LIVE.discard(self)
+        if not self.stale:
+            if kind == "progress":
+                self.progress.emit(*payload)
+            elif kind == "epoch":
+                self.epoch.emit(payload)
+                self.partial.emit(payload)
+            elif kind == "partial":
+                self.partial.emit(payload)
+            elif kind == "notice":
+                self.notice.emit(payload)
+            elif kind == "finished":
+                self.finished.emit(payload)
+            elif kind == "failed":
+                self.failed.emit(payload)
+            elif kind == "cancelled":
+                self.cancelled.emit()
+        if final:
+            self.ended.emit()
 
     def stop(self) -> None:
         self.progress_state.request_stop()
@@ -102,12 +151,34 @@ class Job(QObject):
 ALL_THREADS: "weakref.WeakSet[QThread]" = weakref.WeakSet()
 
 
+def _failure_text(name: str, exc: BaseException) -> str:
+    """A job's error as the window shows it (`app.remedies.window_text`), logged: an error
+    meant for the user (a `LoffError`, a full or read-only disk) as a warning, anything
+    else with its traceback."""
+    if isinstance(exc, LoffError) or explain_file_error(exc) is not None:
+        log.warning("%s failed: %s", name, exc)
+    else:
+        log.error("%s: unexpected error\n%s", name, traceback.format_exc())
+    return window_text(exc, job=name)
+
+
+class _JobThread(QThread):
+    """The QThread of one heavy job: `run` calls the job (no event loop needed)."""
+
+    def __init__(self, job: Job):
+        super().__init__()
+        self._job = job
+
+    def run(self) -> None:
+        self._job.execute()
+
+
 def _join(thread: QThread, timeout_s: float, pump: bool = True) -> bool:
     """Wait for a QThread to end without holding the GIL.
 
     `QThread.wait()` called from Python blocks while holding the GIL; a worker thread that
-    needs the GIL on its way out (emitting `finished` to Python slots) then deadlocks. So
-    poll `isRunning()` and sleep (which releases the GIL), keeping the event loop alive."""
+    needs the GIL on its way out then deadlocks. So poll `isRunning()` and sleep (which
+    releases the GIL), keeping the event loop alive."""
     from PySide6.QtCore import QCoreApplication
 
     deadline = time.monotonic() + timeout_s
@@ -132,7 +203,7 @@ def running_threads() -> list[QThread]:
 
 
 class JobRunner(QObject):
-    """Starts one job at a time on a QThread and cleans up after it."""
+    """Runs one heavy job at a time on its own QThread and cleans up after it."""
 
     busy_changed = Signal(bool)
 
@@ -143,37 +214,31 @@ class JobRunner(QObject):
 
     @property
     def busy(self) -> bool:
-        # True until `_done` ran on the GUI thread: the job's own result signals were queued
-        # before the thread's `finished`, so pages have handled them when busy turns False.
+        # True until the job's outcome was handled on the GUI thread (`ended` comes after
+        # `finished` / `failed` / `cancelled`, whose slots have run by then)
         return self.thread is not None
 
     def start(self, job: Job) -> Job:
         if self.busy:
             raise RuntimeError(f"{self.job.name if self.job else 'a job'} is still running")
-        thread = QThread()
+        thread = _JobThread(job)
         ALL_THREADS.add(thread)
         thread.setObjectName(f"loff-{job.name}")
-        job.moveToThread(thread)
-        thread.started.connect(job.run)
-        for signal in (job.finished, job.failed, job.cancelled):
-            signal.connect(thread.quit)
-        thread.finished.connect(self._done)
+        job.ended.connect(self._done)
         self.job, self.thread = job, thread
-        # started on the next turn of the event loop, so the caller connects the job's
-        # signals (progress, finished) before the job can emit them, however fast it is
-        QTimer.singleShot(0, lambda: thread.start() if self.thread is thread else None)
+        thread.start()  # its signals reach the GUI thread on a later turn of the event loop
         self.busy_changed.emit(True)
         return job
 
     @Slot()
     def _done(self) -> None:
         sender = self.sender()
-        if sender is not None and sender is not self.thread:
-            return  # a late `finished` of a thread `shutdown` already ended: not the job running now
+        if sender is not None and sender is not self.job:
+            return  # a late `ended` of a job `shutdown` already ended: not the job running now
         thread, self.thread = self.thread, None
         if thread is None:
             return
-        _join(thread, 30.0, pump=False)  # `finished` is emitted just before the thread really ends
+        _join(thread, 30.0, pump=False)  # `ended` is sent just before the thread really ends
         thread.deleteLater()
         self.busy_changed.emit(False)
 
@@ -187,7 +252,7 @@ class JobRunner(QObject):
 
     def shutdown(self, timeout_ms: int = 120_000) -> bool:
         """Stop (`on_close == "stop"`) or else cancel the running job, and wait for its
-        thread (window closing)."""
+        thread (window closing); its outcome is delivered meanwhile."""
         if not self.busy:
             return True
         assert self.job is not None and self.thread is not None
@@ -196,6 +261,10 @@ class JobRunner(QObject):
         else:
             self.job.cancel()
         ok = _join(self.thread, timeout_ms / 1000)
+        if ok and self.thread is not None and not self.job.done:
+            from PySide6.QtCore import QCoreApplication
+
+            QCoreApplication.processEvents()  # the outcome sent just before the thread ended
         self._done()
         return ok
 
@@ -213,42 +282,17 @@ def _pool() -> Any:
     return _POOL
 
 
-class LightJob(QObject):
-    """A short call run in the light pool; lives on the GUI thread. `finished(result)` or
-    `failed(text)` arrives on a later turn of the event loop, never while `start_light`
-    is still running, and only if it is still the newest job of its `newest` key."""
-
-    finished = Signal(object)
-    failed = Signal(str)
-    _delivered = Signal(object, object)  # result, error text (queued from the pool thread)
-
-    def __init__(self, name: str, parent: Optional[QObject] = None):
-        super().__init__(parent)
-        self.name = name
-        self.stale = False
-        self.done = False
-        self._delivered.connect(self._deliver)
-
-    def _deliver(self, result: Any, error: Any) -> None:
-        self.done = True
-        _LIVE.discard(self)
-        if self.stale:
-            return
-        if error is not None:
-            self.failed.emit(str(error))
-        else:
-            self.finished.emit(result)
-
-
-_LIVE: "set[LightJob]" = set()  # light jobs in flight (kept alive until delivered)
-_NEWEST: "dict[tuple[int, str], LightJob]" = {}
+_LIVE: "set[Job]" = set()  # light jobs in flight (kept alive until delivered)
+_NEWEST: "dict[tuple[int, str], Job]" = {}
+_PENDING: "set[Any]" = set()  # futures of light jobs not finished yet
 
 
 def start_light(name: str, fn: Callable[..., Any], *args: Any, newest: Optional[tuple[QObject, str]] = None,
-                **kwargs: Any) -> LightJob:
-    """Run `fn(*args, **kwargs)` in the light pool (never the GUI thread). `newest=(widget,
-    key)`: an earlier job of the same widget and key is marked stale (its result dropped)."""
-    job = LightJob(name)
+                **kwargs: Any) -> Job:
+    """Run `fn(*args, **kwargs)` in the light pool (never the GUI thread) as a `Job`.
+    `newest=(widget, key)`: an earlier job of the same widget and key is marked stale (its
+    signals are dropped)."""
+    job = Job(name, fn, *args, takes_progress=False, **kwargs)
     _LIVE.add(job)
     if newest is not None:
         key = (id(newest[0]), newest[1])
@@ -256,26 +300,10 @@ def start_light(name: str, fn: Callable[..., Any], *args: Any, newest: Optional[
         if old is not None:
             old.stale = True
         _NEWEST[key] = job
-
-    def work() -> None:
-        try:
-            result, error = fn(*args, **kwargs), None
-        except LoffError as exc:
-            result, error = None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - one line for the user, details in the log
-            log.error("%s: unexpected error\n%s", name, traceback.format_exc())
-            result, error = None, f"Unexpected error in {name}: {type(exc).__name__}: {exc} (details in the log)"
-        try:
-            job._delivered.emit(result, error)
-        except RuntimeError:  # the application is closing
-            pass
-    future = _pool().submit(work)
+    future = _pool().submit(job.execute)
     _PENDING.add(future)
     future.add_done_callback(_PENDING.discard)
     return job
-
-
-_PENDING: "set[Any]" = set()  # futures of light jobs not finished yet
 
 
 def wait_light(timeout_s: float = 300.0) -> None:
@@ -304,44 +332,23 @@ def _decode(path: Any) -> Any:
     return (pixels[::step, ::step].copy() if step > 1 else pixels), None
 
 
-def load_image(owner: QObject, path: Any, callback: Callable[[Any, Optional[str]], Any]) -> LightJob:
+def load_image(owner: QObject, path: Any, callback: Callable[[Any, Optional[str]], Any]) -> Job:
     """Decode `path` as a light job; `callback(pixels, error)` runs on the GUI thread, only
     for the newest request of this `owner`. An unreadable file is `(None, reason)`."""
     from pathlib import Path
 
-    job = start_light("load image", _decode, Path(path), newest=(owner, "image"))
-    job.finished.connect(lambda out: callback(*out))
-    job.failed.connect(lambda text: callback(None, text))
-    return job
+    return wire(start_light("load image", _decode, Path(path), newest=(owner, "image")),
+                done=lambda out: callback(*out), failed=lambda text: callback(None, text))
 
 
 # -- the page helper -----------------------------------------------------------------------
-class _OnGuiThread(QObject):
-    """Calls a plain function (a lambda) on the GUI thread: connected to a signal of a job
-    that lives on its worker thread, a lambda would run on that thread instead."""
-
-    def __init__(self, fn: Callable[[Any], Any]):
-        super().__init__()
-        self.fn = fn
-
-    @Slot(object)
-    def call(self, value: Any) -> None:
-        self.fn(value)
-
-
-def _gui_slot(job: Any, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    if isinstance(getattr(fn, "__self__", None), QObject):
-        return fn  # a QObject's method: Qt queues it to that object's (GUI) thread
-    relay = _OnGuiThread(fn)
-    job.__dict__.setdefault("_relays", []).append(relay)  # kept alive as long as the job
-    return relay.call
-
-
 def wire(job: Optional[Job], *, strip: Any = None, banner: Any = None, done: Optional[Callable[[Any], Any]] = None,
-         partial: Optional[Callable[[Any], Any]] = None) -> Optional[Job]:
-    """Connect a heavy job to a page: progress to its strip, failure to its banner (the
-    window's Messages get it too, from `AppState.start`), the result to `done`, partial
-    results to `partial`. Returns the job (None when it was refused)."""
+         partial: Optional[Callable[[Any], Any]] = None, failed: Optional[Callable[[str], Any]] = None,
+         cancelled: Optional[Callable[[], Any]] = None) -> Optional[Job]:
+    """Connect a job (heavy or light) to a page: progress to its strip, failure to its
+    banner (a heavy job's failure reaches the window's Messages too, from `AppState.start`)
+    and to `failed`, the result to `done`, partial results to `partial`, a cancel to
+    `cancelled`. Every slot runs on the GUI thread. Returns the job (None when refused)."""
     if job is None:
         return None
     if banner is not None:
@@ -350,7 +357,11 @@ def wire(job: Optional[Job], *, strip: Any = None, banner: Any = None, done: Opt
     if strip is not None:
         job.progress.connect(strip.report)
     if partial is not None:
-        job.partial.connect(_gui_slot(job, partial))
+        job.partial.connect(partial)
     if done is not None:
-        job.finished.connect(_gui_slot(job, done))
+        job.finished.connect(done)
+    if failed is not None:
+        job.failed.connect(failed)
+    if cancelled is not None:
+        job.cancelled.connect(cancelled)
     return job

@@ -27,7 +27,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import BackboneError
+from .errors import BackboneError, Remedy
+from .settings import ExtractSettings
 
 PREPROCESS_VERSION = 2  # bump when decoding or Preprocessor output changes (2: 16-bit PNG/TIFF min-max stretched)
 
@@ -40,7 +41,7 @@ class BackboneSpec:
     random_init: bool = False  # seeded random weights (tests, speed checks)
     seed: int = 0
     image_size: Optional[int] = None  # None: the model's default input size
-    grid: Optional[int] = 16  # average-pool the token grid to at most grid x grid (None: keep)
+    grid: Optional[int] = ExtractSettings.grid  # average-pool the token grid to at most grid x grid (None: keep)
     layers: str = "last"  # which block(s) give the tokens: "last", "-4" (a block), "-4:" (mean of the last 4)
 
 
@@ -106,7 +107,7 @@ def resolve_device(device: str = "auto") -> Any:
         raise BackboneError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise BackboneError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu")
+            raise BackboneError(f"device {device!r} asked for, but no CUDA GPU is available here", remedy=Remedy.DEVICE_CPU)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise BackboneError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
     return dev
@@ -438,8 +439,8 @@ def _load_state(model: Any, state: dict[str, Any], source: str) -> None:
     filter_fn = getattr(module, "checkpoint_filter_fn", None)
     if any(k.startswith("_blocks.") for k in state):
         if not str(model.pretrained_cfg.get("architecture", "")).startswith("tf_efficientnet_lite"):
-            raise BackboneError(f"{source}: these are TensorFlow-ported EfficientNet-Lite weights (lukemelas "
-                                f"layout); use them with --backbone tf_efficientnet_lite0")
+            raise BackboneError("these are TensorFlow-ported EfficientNet-Lite weights (lukemelas layout)", source,
+                                Remedy.BACKBONE, backbone="tf_efficientnet_lite0")
         state = _lite0_lukemelas_to_timm(state, model)
     elif filter_fn is not None:
         try:
@@ -510,13 +511,11 @@ def load_backbone(spec: BackboneSpec, device: str = "auto") -> FrozenBackbone:
             from .weights import known_by_architecture
 
             k = known_by_architecture(spec.name)
-            get = (f"`loff weights get {k.name}` downloads them ({k.size_mb:g} MB, licence {k.licence}); "
-                   if k is not None and k.source == "hf" else "")
+            get = (dict(download=k.name, size_mb=k.size_mb, licence=k.licence)
+                   if k is not None and k.source == "hf" else {})
             raise BackboneError(
                 f"no weights for {spec.name}: they are not in the local timm / Hugging Face cache and nothing is "
-                f"downloaded unasked; {get}`loff weights add FILE` brings your own, or pass --weights FILE "
-                f"(.safetensors or .pth) or --random-init"
-            )
+                f"downloaded unasked", remedy=Remedy.CHOOSE_WEIGHTS_OR_RANDOM, **get)
         state = read_weights_file(path) if path.suffix != ".bin" else torch.load(path, map_location="cpu",
                                                                                  weights_only=True)
         _load_state(model, state, str(path))

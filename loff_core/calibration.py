@@ -265,7 +265,8 @@ def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: str 
                              fitted_on=fitted_on, criterion=criterion, target=target, threshold=threshold,
                              prevalence=prevalence, prevalence_from=prevalence_from)
     record = dict(record, operating_point=op)
-    atomic_write_json(run.path / "run.json", record)
+    with project.committing():  # readers (evaluate, export) see the old record or the new
+        atomic_write_json(run.path / "run.json", record)
     return op
 
 
@@ -285,5 +286,6 @@ def set_threshold(project: Any, run_id: Optional[str], value: float) -> dict[str
         raise TrainingError(f"the threshold must be between 0 and 1, got {value}")
     op["threshold"] = {"value": float(value), "positive_class": str(classes[1]), "criterion": "manual",
                        "target": None, "sensitivity": None, "specificity": None, "balanced_accuracy": None}
-    atomic_write_json(run.path / "run.json", dict(run.record, operating_point=op))
+    with project.committing():
+        atomic_write_json(run.path / "run.json", dict(run.record, operating_point=op))
     return op

@@ -23,12 +23,12 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .errors import ProjectError, UnreadableImage
+from .errors import ProjectError, Remedy, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json
 from .images import (IMAGE_EXTENSIONS, _suffix, cbis_ddsm_parts, is_image_candidate, read_info,
                      special_file_reason)
 from .progress import Progress
-from . import trust
+from . import exam_columns, trust
 
 SPLITS = ("train", "val", "test")
 FILE_COLUMNS = ("file", "filename", "path", "image", "image_path", "file_name", "sop_instance_uid",
@@ -331,16 +331,18 @@ def _read_labels_csv(path: Path, label_column: Optional[str], file_column: Optio
     if file_col is None:
         file_col = next((lower[c] for c in FILE_COLUMNS if c in lower), None)
         if file_col is None:
-            raise ProjectError(f"{path}: cannot tell which column names the image file; the CSV has columns "
-                               f"{', '.join(columns)}; pass --file-column")
+            raise ProjectError(f"cannot tell which column names the image file; the CSV has columns "
+                               f"{', '.join(columns)}", path, Remedy.CHOOSE_FILE_COLUMN)
     split_col = need(split_column, "split")
     patient_col = need(patient_column, "patient")
     label_named = need(label_column, "label")
+    # side / view for the exam view; never guessed as the label (a named label column may be one)
+    side_col, view_col = exam_columns.find_columns(columns, (file_col, patient_col, split_col, label_named))
 
     def find_label(patient: Optional[str]) -> Optional[str]:
         if label_named is not None:
             return label_named
-        rest = [c for c in columns if c not in (file_col, patient, split_col)]
+        rest = [c for c in columns if c not in (file_col, patient, split_col, side_col, view_col)]
         if "label" in lower and lower["label"] not in (patient, split_col):
             return lower["label"]
         return rest[0] if len(rest) == 1 else None
@@ -352,14 +354,19 @@ def _read_labels_csv(path: Path, label_column: Optional[str], file_column: Optio
             patient_col = auto
     label_col = find_label(patient_col)
     if label_col is None:
-        raise ProjectError(f"{path}: which column holds the label? pass --label-column; the CSV has columns "
-                           f"{', '.join(columns)}")
+        raise ProjectError(f"which column holds the label? the CSV has columns {', '.join(columns)}", path,
+                           Remedy.CHOOSE_LABEL_COLUMN)
     rows = []
     bad_splits: list[str] = []
     try:
         for i, r in enumerate(reader, start=2):
             row = {"file": (r.get(file_col) or "").strip(), "label": (r.get(label_col) or "").strip(),
-                   "patient": (r.get(patient_col) or "").strip() if patient_col else "", "split": ""}
+                   "patient": (r.get(patient_col) or "").strip() if patient_col else "", "split": "",
+                   # side / view for the exam view ("" when the CSV has no such column)
+                   "laterality": (r.get(side_col) or "").strip() if side_col else "",
+                   "view": (r.get(view_col) or "").strip() if view_col else ""}
+            if not row["laterality"] and exam_columns.laterality(row["view"]):  # "R-CC" gives the side too
+                row["laterality"] = row["view"]
             if split_col is not None:
                 value = (r.get(split_col) or "").strip()
                 row["split"] = split_name(value) or ""
@@ -449,6 +456,9 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
 
     labels: dict[str, str] = {}
     csv_patients: dict[str, str] = {}
+    csv_sides: dict[str, str] = {}  # image -> R / L from the CSV (the exam view's columns)
+    csv_views: dict[str, str] = {}  # image -> CC / MLO / ... from the CSV (its rows)
+    odd_sides: list[str] = []
     patient_cols: dict[str, str] = {}  # rel -> the CSV column its patient came from
     given: dict[str, str] = {}  # rel -> the split given by the CSV
     split_from = ""
@@ -489,6 +499,14 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
                     patient_cols[rel] = patient_col or ""
                 if r["split"] or csv_split:
                     given[rel] = r["split"] or csv_split
+                for field_name, norm, into in (("laterality", exam_columns.laterality, csv_sides),
+                                               ("view", exam_columns.view, csv_views)):
+                    if r[field_name]:
+                        value = norm(r[field_name])
+                        if value:
+                            into[rel] = value
+                        elif len(odd_sides) < 10 and field_name == "laterality":
+                            odd_sides.append(f"row {i} ({r[field_name]!r})")
                 if not r["label"]:
                     blank += 1
                     continue
@@ -502,6 +520,9 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
                                 + (f"; conflicting labels in {', '.join(conflicts[:10])}" if conflicts else ""))
             if blank:
                 warnings.append(f"{csv_name}: {blank} rows have an empty label; those images are unlabelled")
+        if odd_sides:
+            warnings.append("side values that are not R / L / right / left: " + ", ".join(odd_sides)
+                            + "; those images have no side in the exam view")
         unlisted = len(infos) - len(first_row)
         if unlisted > 0:
             names_shown = ", ".join(p.name for _, p in sources)
@@ -578,8 +599,9 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
         key = patient_key_for(salt, pid)
         entries.append(CatalogEntry(
             image_id=image_id_for(rel, versions[rel]), path=rel, patient_key=key, label=labels.get(rel),
-            split=given.get(rel) or None, format=info.format, modality=info.modality, view=info.view,
-            laterality=info.laterality, rows=info.rows, cols=info.cols, frames=info.frames, pixel_spacing=spacing,
+            split=given.get(rel) or None, format=info.format, modality=info.modality,
+            view=info.view or csv_views.get(rel),  # the header's own values win; the CSV fills gaps
+            laterality=info.laterality or csv_sides.get(rel), rows=info.rows, cols=info.cols, frames=info.frames, pixel_spacing=spacing,
             masked_path=mask_identifiers(rel, identifiers + [pid], key) if pid and not pid.startswith("file:") else None,
         ))
     if unmatched_name:

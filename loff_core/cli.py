@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import LoffError, ProjectError, TrainingError
+from .errors import LoffError, ProjectError, TrainingError, explain_file_error, one_line
 from .progress import Cancelled, Progress
 
 
@@ -86,24 +83,19 @@ def _run_with_progress(desc: str, quiet: bool, fn: Callable[[Progress], Any]) ->
 
 
 # -- commands ----------------------------------------------------------------------------
-def cmd_import(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_import(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
 
     if not args.images_dir.is_dir():  # before a project is created for nothing
         raise ProjectError(f"{args.images_dir}: not a folder")
     project = Project.open_or_create(args.project)
-    with project.lock():
-        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-        summary = _run_with_progress("import", args.quiet, lambda p: project.import_images(
-            args.images_dir, labels_csv=_labels_args(args.labels), label_column=args.label_column,
-            file_column=args.file_column, patient_column=args.patient_column, classes=classes,
-            task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
-            on_patient_overlap=args.on_patient_overlap, progress=p))
-    out = asdict(summary)
-    out["failed"] = out.pop("failures")
-    out["project"] = str(project.root)
-    out["split_source"] = project.settings.split_source
-    return out
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    return _run_with_progress("import", args.quiet, lambda p: steps.import_images(
+        project, args.images_dir, labels_csv=_labels_args(args.labels), label_column=args.label_column,
+        file_column=args.file_column, patient_column=args.patient_column, classes=classes,
+        task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
+        on_patient_overlap=args.on_patient_overlap, progress=p))
 
 
 def _labels_args(values: Optional[list[str]]) -> Optional[list[tuple[Optional[str], Path]]]:
@@ -160,38 +152,21 @@ def backbone_spec_from_args(args: argparse.Namespace) -> Any:
                         image_size=args.image_size, grid=args.grid, layers=args.layers or ExtractSettings.layers)
 
 
-def cmd_extract(args: argparse.Namespace) -> dict[str, Any]:
-    from .project import Project
-
-    from contextlib import nullcontext
-
+def cmd_extract(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .cache import distributed_rank_world
+    from .project import Project
+    from .settings import ExtractSettings
 
     project = Project.open(args.project)
     spec = backbone_spec_from_args(args)
-    rank, world = distributed_rank_world()  # under torchrun: N processes, one cache
-    with project.lock() if rank == 0 else nullcontext():
-        result = _run_with_progress("extract", args.quiet or rank != 0, lambda p: project.extract(
-            spec, device=args.device, batch_size=args.batch_size, num_workers=args.workers, progress=p))
-    if rank != 0:
-        return {"rank": rank, "world_size": world, "extracted": result.extracted}
-    _print_notes("extract", result.notes)
-    project = Project.open(args.project)
-    cache = project.open_cache()
-    return {
-        "cache": str(Path(result.cache_path).relative_to(project.root)),
-        "fingerprint": cache.fingerprint,
-        "backbone": cache.backbone,
-        "images": len(cache.image_ids),
-        "extracted": result.extracted,
-        "skipped": result.skipped,
-        "failed": [{"path": project.relative(f.path), "reason": f.reason} for f in result.failures],
-        "seconds": round(result.seconds, 2),
-        "bytes_per_image": cache.nbytes_per_image(),
-        "notes": result.notes,
-        "stopped": result.stopped,
-        "world_size": world,
-    }
+    rank, _ = distributed_rank_world()  # under torchrun: N processes, one cache; rank 0 reports
+    settings = ExtractSettings(device=args.device, batch_size=args.batch_size, workers=args.workers)
+    result = _run_with_progress("extract", args.quiet or rank != 0,
+                                lambda p: steps.extract(project, spec, settings, progress=p))
+    if rank == 0:
+        _print_notes("extract", result.notes)
+    return result
 
 
 def _describe_extract(out: dict[str, Any]) -> str:
@@ -211,7 +186,8 @@ def _describe_extract(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_train(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from dataclasses import fields
 
     from .project import Project
@@ -222,15 +198,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     given.setdefault("task", project.settings.task)
     given["augment"] = AugmentConfig.off() if args.no_augment else _augment_from_args(args.augment, AugmentConfig())
     config = TrainConfig(**given)
-    curves: list[dict[str, Any]] = []
-    with project.lock():
-        run = _run_with_progress("train", args.quiet, lambda p: project.train(config, progress=p, on_epoch=curves.append))
-    r = run.record
-    _print_notes("train", r.get("notes", []))
-    return {"run": run.run_id, "head": r["head_config"]["kind"], "task": r["task"], "classes": r["classes"],
-            "best_epoch": r["best_epoch"], "monitor": r["monitor"], "best_score": r["best_score"],
-            "stopped": r["stopped"], "epochs": len(r["history"]), "n_train": r["n_train"], "n_val": r["n_val"],
-            "notes": list(r.get("notes", []))}
+    result = _run_with_progress("train", args.quiet, lambda p: steps.train(project, config, progress=p))
+    _print_notes("train", result.notes)
+    return result
 
 
 def _describe_train(out: dict[str, Any]) -> str:
@@ -288,12 +258,14 @@ def _print_notes(command: str, notes: list[str]) -> None:
         print(f"loff {command}: note: {note}", file=sys.stderr)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_evaluate(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
+    from .settings import EvaluateSettings
 
-    project = Project.open(args.project)
-    with project.lock():
-        return project.evaluate(args.run, args.split, n_bootstrap=args.bootstrap)
+    project = Project.open(args.project)  # the step takes the reader lock: never waits for a training
+    return _run_with_progress("evaluate", args.quiet, lambda p: steps.evaluate(
+        project, args.run, args.split, EvaluateSettings(bootstrap=args.bootstrap), progress=p))
 
 
 def _describe_evaluate(out: dict[str, Any]) -> str:
@@ -322,14 +294,13 @@ def _metric_lines(out: dict[str, Any]) -> list[str]:
     return lines
 
 
-def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
-    from .export import export_head
+def cmd_export(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
 
-    project = Project.open(args.project)
-    out = _run_with_progress("export", args.quiet,
-                             lambda p: export_head(project, args.out_dir, run_id=args.run, onnx=args.onnx, progress=p))
-    return {k: v for k, v in out.items() if k != "card"} | {"onnx": out["card"].get("onnx")}
+    project = Project.open(args.project)  # the step takes the reader lock, also while it writes eval-*.json
+    return _run_with_progress("export", args.quiet, lambda p: steps.export(
+        project, args.out_dir, run_id=args.run, onnx=args.onnx, progress=p))
 
 
 def _describe_export(out: dict[str, Any]) -> str:
@@ -340,101 +311,20 @@ def _describe_export(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
-    from .export import load_run_head, predict_files
+def cmd_predict(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
+    from .settings import EvaluateSettings
 
-    source = args.head_dir
-    if (source / "loff-project.json").is_file():  # a project: predict with one of its runs, as is
-        from .project import Project
-
-        head: Any = load_run_head(Project.open(source), args.run)
-    elif (source / "card.json").is_file() or (source / "head.safetensors").is_file():
-        if args.run:
-            raise LoffError(f"{source}: --run is for a project folder; this is an exported head")
-        head = source
-    else:
-        raise LoffError(f"{source}: neither an exported head (card.json + head.safetensors) nor a LOFF project; "
-                        f"give a project folder (and --run ID), or export a run first with "
-                        f"`loff export PROJECT {source}`")
-    out = _run_with_progress("predict", args.quiet, lambda p: predict_files(
-        head, args.files, weights=args.weights, random_init=True if args.random_init else None,
-        device=args.device, batch_size=args.batch_size, progress=p))
-    if not out["predictions"]:
-        failed = out.get("failed", [])
-        first = f"; {failed[0]['path']}: {failed[0]['reason']}" if failed else ""
-        raise LoffError(f"no predictions: none of the {len(failed)} files could be read{first}")
-    if not isinstance(head, Path):
-        out["run"] = head.card["run"]  # predicted with a project's run
-    _score_labelled_predictions(out, args)
+    result = _run_with_progress("predict", args.quiet, lambda p: steps.predict(
+        args.head_dir, args.files, run_id=args.run, labels=args.labels, label_column=args.label_column,
+        file_column=args.file_column, settings=EvaluateSettings(bootstrap=args.bootstrap), weights=args.weights,
+        random_init=True if args.random_init else None, device=args.device, batch_size=args.batch_size,
+        progress=p))
     if args.csv:
-        from .project import write_predictions_csv
+        from .predictions import write_predictions_csv
 
-        write_predictions_csv(Path(args.csv), out, with_failed=False)
-    return out
-
-
-def _score_labelled_predictions(out: dict[str, Any], args: argparse.Namespace) -> None:
-    """When the files come with labels (a labels CSV, or class sub-folders below a folder
-    given on the command line), add `labelled` and the metrics `evaluate` reports."""
-    from .metrics import evaluate_predictions
-
-    classes = out["classes"]
-    table: dict[str, str] = _labels_from_csv(args) if args.labels else {}
-    roots = [Path(f) for f in args.files if Path(f).is_dir()]
-    for row in out["predictions"]:
-        path = Path(row["path"])
-        label = table.get(path.as_posix()) or table.get(path.name) or table.get(path.stem)
-        if label is None and not args.labels:
-            root = next((r for r in roots if r in path.parents), None)
-            if root is not None:  # the nearest folder below the given one named like a class
-                label = next((part for part in reversed(path.relative_to(root).parts[:-1]) if part in classes), None)
-        if label is not None:
-            if label not in classes:
-                raise LoffError(f"{args.labels or path}: label {label!r} is not one of the head's classes "
-                                f"({', '.join(classes)})")
-            row["label"] = label
-    rows = [r for r in out["predictions"] if "label" in r]
-    out["labelled"] = len(rows)
-    if rows:
-        import numpy as np
-
-        y = [classes.index(r["label"]) for r in rows]
-        probs = np.array([r["probabilities"] for r in rows], dtype=np.float64)
-        out |= {"n": len(rows), **evaluate_predictions(y, probs, classes, out["task"], n_bootstrap=args.bootstrap)}
-
-
-def _labels_from_csv(args: argparse.Namespace) -> dict[str, str]:
-    """file -> label from `--labels CSV` (`--label-column`, `--file-column`; the file cell may
-    be a path as given, a file name or a stem)."""
-    import csv
-
-    try:
-        with open(args.labels, newline="", encoding="utf-8-sig") as fh:
-            sample = fh.read(65536)
-            fh.seek(0)
-            try:
-                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
-            except csv.Error:
-                dialect = csv.excel
-            rows = list(csv.DictReader(fh, dialect=dialect))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise LoffError(f"{args.labels}: cannot read the labels CSV ({exc})") from None
-    columns = list(rows[0]) if rows else []
-    file_column = args.file_column or next((c for c in columns if c.strip().lower() in
-                                            ("file", "filename", "file_name", "path", "image", "image_path")), None)
-    if not rows or file_column not in columns or args.label_column not in columns:
-        wanted = f"a file column ({file_column or 'file, filename, path or image'}) and the label column " \
-                 f"{args.label_column!r}"
-        raise LoffError(f"{args.labels}: needs {wanted}; columns: {', '.join(columns) or 'none'}")
-    table: dict[str, str] = {}
-    for row in rows:
-        name, label = (row.get(file_column) or "").strip(), (row.get(args.label_column) or "").strip()
-        if name and label:
-            key = Path(name)
-            table.setdefault(key.as_posix(), label)
-            table.setdefault(key.name, label)
-            table.setdefault(key.stem, label)
-    return table
+        write_predictions_csv(Path(args.csv), result.to_json(), with_failed=False)
+    return result
 
 
 def _describe_predict(out: dict[str, Any]) -> str:
@@ -476,20 +366,18 @@ def _train_config_from_args(args: argparse.Namespace, task: str) -> Any:
 
 
 def cmd_cv(args: argparse.Namespace) -> dict[str, Any]:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
-    from .validation import LOGREG, cross_validate
+    from .validation import LOGREG
 
     project = Project.open(args.project)
     task = args.task or project.settings.task
     config = LOGREG if args.head == "logreg" else _train_config_from_args(args, task)
     if config == LOGREG and task != "classification":
         raise TrainingError("--head logreg (logistic regression on the pooled embedding) is for classification tasks")
-    with project.lock():
-        out = _run_with_progress("cv", args.quiet, lambda p: cross_validate(
-            project, config, folds=args.folds, seed=args.seed, progress=p))
-    if args.json:  # exactly the documented document; the rest is in groups/GROUP/group.json
-        return {"group": out["group"], "folds": out["folds"], "metrics": out["metrics"]}
-    return out
+    # --json: exactly the documented document; the rest is in groups/GROUP/group.json
+    return _run_with_progress("cv", args.quiet, lambda p: steps.cross_validate(
+        project, config, folds=args.folds, seed=args.seed, progress=p))
 
 
 def _describe_cv(out: dict[str, Any]) -> str:
@@ -504,20 +392,16 @@ def _describe_cv(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_tune(args: argparse.Namespace) -> Any:
+    from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
-    from .validation import tune
+    from .settings import TuneSettings
 
     project = Project.open(args.project)
-    with project.lock():
-        out = _run_with_progress("tune", args.quiet, lambda p: tune(
-            project, trials=args.trials, folds=args.folds, seed=args.seed, task=args.task, device=args.device,
-            progress=p))
-    if args.json:  # exactly the documented document; the rest is in groups/GROUP/group.json
-        return {"leaderboard": [{"config": e["config"], "cv": e["cv"]} for e in out["leaderboard"]],
-                "best": {"config": out["best"]["config"], "cv": out["best"]["cv"]}, "run": out["run"],
-                "test": out["test"]}
-    return out
+    # --json: exactly the documented document; the rest is in groups/GROUP/group.json
+    return _run_with_progress("tune", args.quiet, lambda p: steps.tune(
+        project, TuneSettings(trials=args.trials, folds=args.folds), seed=args.seed, task=args.task,
+        device=args.device, progress=p))
 
 
 def _describe_tune(out: dict[str, Any]) -> str:
@@ -572,6 +456,11 @@ def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
     from .project import Project
 
     project = Project.open(args.project)
+    with project.read_lock():  # a consistent view (never a half-moved import); never waits for a training
+        return _info(project)
+
+
+def _info(project: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"project": str(project.root), "name": project.settings.name,
                            "task": project.settings.task, "classes": project.settings.classes,
                            "synthetic": project.settings.synthetic}
@@ -638,7 +527,7 @@ def _at_least(low: float, kind: type = int) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import EvaluateSettings, ExtractSettings, TrainConfig, add_options
+    from .settings import CVSettings, EvaluateSettings, ExtractSettings, TrainConfig, TuneSettings, add_options
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -699,16 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "by label; the test split is never read) and report each metric of `evaluate` as "
                                    "mean, SD and per-fold values; saved as a group that `loff info` lists. " + METRICS_HELP)
     p.add_argument("project", type=Path)
-    p.add_argument("--folds", type=_at_least(2), default=5)
-    p.add_argument("--head", choices=["linear", "attention", "vit", "logreg"], default="attention",
-                   help="logreg: scikit-learn logistic regression on the pooled embedding, C chosen by inner CV")
-    p.add_argument("--task", choices=["classification", "ordinal"])
-    p.add_argument("--seed", type=int, default=0, help="seed of the folds and of training")
-    p.add_argument("--epochs", type=_at_least(1))
-    p.add_argument("--lr", type=_at_least(1e-12, float))
-    p.add_argument("--patience", type=_at_least(1))
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--device", default="auto")
+    add_options(p, CVSettings)
+    add_options(p, TrainConfig, names=["task", "epochs", "lr", "patience"], defaults=False)  # None: TrainConfig's
+    add_options(p, TrainConfig, names=["seed", "device"])  # the seed of the folds and of training
+    p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
     p.set_defaults(func=cmd_cv, describe=_describe_cv)
 
     p = sub.add_parser("tune", parents=[common], help="find the best head by grouped cross-validation, test it once",
@@ -717,11 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "embedding by patient-grouped cross-validation on train + val; retrain the winner "
                                    "on train + val as a normal run and evaluate it once on test. " + METRICS_HELP)
     p.add_argument("project", type=Path)
-    p.add_argument("--trials", type=_at_least(1), default=8, help="head configurations to try (default 8)")
-    p.add_argument("--folds", type=_at_least(2), default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--task", choices=["classification", "ordinal"])
-    p.add_argument("--device", default="auto")
+    add_options(p, TuneSettings)
+    add_options(p, TrainConfig, names=["task"], defaults=False)  # default: the project's task
+    add_options(p, TrainConfig, names=["seed", "device"])
     p.set_defaults(func=cmd_tune, describe=_describe_tune)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics and per-image predictions of a run",
@@ -798,40 +679,14 @@ def _version() -> str:
     return __version__
 
 
-_SAFETENSORS_IO = re.compile(r"I/O error: (?P<reason>.*?) \(os error (?P<errno>\d+)\)(?: at path \"(?P<path>.*)\")?")
-
-
 def file_error_reason(exc: BaseException, where: Optional[Path] = None) -> Optional[str]:
-    """A one-line reason for a file-system error (read-only or full disk, permission, ...):
-    "cannot write FILE: Read-only file system". None when `exc` is no such error.
-
-    Besides OSError this recognises safetensors' I/O errors (a Rust error type whose text
-    carries the OS error). An error that names no file is said to be about `where` (the
-    folder or file the command writes). Every write in the engine goes through a temporary
-    file renamed over its target, so an error here leaves the files already written as they
-    were."""
-    if isinstance(exc, OSError):
-        code, reason = exc.errno, exc.strerror
-        filename = exc.filename if exc.filename is not None else exc.filename2
-    else:
-        match = _SAFETENSORS_IO.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
-        if match is None:
-            return None
-        code, reason, filename = int(match["errno"]), match["reason"], match["path"]
-    if not reason:  # e.g. h5py: an OSError with only a message
-        reason = _one_line(str(exc)) or type(exc).__name__
-    from .fsutil import WRITE_ERRNOS
-
-    verb = "cannot write" if code in WRITE_ERRNOS else "cannot access"
-    if filename is None:
-        if code is None:
-            return _one_line(reason)
-        return f"{verb} {'in ' + str(where) if where is not None else 'a file'}: {reason}"
-    return _one_line(f"{verb} {os.fsdecode(filename)}: {reason}")
+    """A one-line reason for a file-system error ("cannot write FILE: Read-only file
+    system"), None when `exc` is no such error (`loff_core.errors.explain_file_error`)."""
+    error = explain_file_error(exc, where)
+    return None if error is None else str(error)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+_one_line = one_line
 
 
 def _written_location(args: argparse.Namespace) -> Optional[Path]:
@@ -873,6 +728,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     try:
         out = args.func(args)
+        if hasattr(out, "to_json"):  # a step's typed record (loff_core.results)
+            out = out.to_json() if args.json else out.to_dict()
     except LoffError as exc:
         print(f"loff {args.command}: {_one_line(str(exc))}", file=sys.stderr)
         return 1

@@ -26,7 +26,8 @@ def _describe_list(out: dict[str, Any]) -> str:
         lines.append(f"{r['name']:22s} {r['params_m']:>7g}M {r['size_mb']:>7.1f}MB  {'yes' if r['present'] else 'no':7s}  "
                      f"{r['licence']}; {r['source']}")
     d = out["default"]
-    lines.append(f"default: {d['registry_name']} ({d['name']}): {d['reason']}")
+    lines.append(f"default: {d['registry_name']} ({d['name']}): {d['reason']}"
+                 + (f"; `loff weights get {d['would_use']}` downloads them" if d.get("would_use") else ""))
     lines.append(f"added backbones live in {out['weights_dir']}")
     return "\n".join(lines)
 

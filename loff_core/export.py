@@ -21,9 +21,10 @@ from typing import Any, Iterable, Optional
 import torch
 
 from . import __version__
-from .errors import ExportError, UnreadableImage
+from .errors import ExportError, Remedy, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json
 from .progress import Progress
+from .settings import HEAD_KINDS, TASKS
 from . import trust
 
 CARD_FORMAT = "loff-head"
@@ -43,8 +44,8 @@ CARD_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["kind", "task", "num_classes", "feature_dim", "grid_hw"],
             "properties": {
-                "kind": {"enum": ["linear", "attention", "vit"]},
-                "task": {"enum": ["classification", "ordinal"]},
+                "kind": {"enum": list(HEAD_KINDS)},
+                "task": {"enum": list(TASKS)},
                 "num_classes": {"type": "integer", "minimum": 2, "maximum": trust.MAX_CLASSES},
                 "feature_dim": {"type": "integer", "minimum": 1, "maximum": trust.MAX_FEATURE_DIM},
                 "grid_hw": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": trust.MAX_GRID_SIDE},
@@ -134,6 +135,7 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
     out_dir.mkdir(parents=True, exist_ok=True)  # a read-only location is named here, before any work
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    _clean_killed_exports(out_dir)
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
@@ -168,6 +170,26 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
         written["onnx"] = str(out_dir / "model.onnx")
     progress.report(3 if onnx else 2, 3 if onnx else 2, "exported")
     return {"run": run.run_id, "out_dir": str(out_dir), "files": written, "card": card}
+
+
+def _clean_killed_exports(out_dir: Path) -> None:
+    """Tidy what an export killed mid-way (SIGKILL, power loss) left beside `out_dir`: its hidden
+    staging folder is deleted, and a previous export it had moved aside (killed between the two
+    renames, so `out_dir` is missing) is put back. Folders of a running export are left alone."""
+    import os
+    import shutil
+
+    from .fsutil import pid_alive
+
+    for kind in ("partial", "old"):
+        for path in sorted(out_dir.parent.glob(f".{out_dir.name}.{kind}-*")):
+            pid = path.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or pid_alive(int(pid)) or not path.is_dir():
+                continue
+            if kind == "old" and not out_dir.exists():
+                os.replace(path, out_dir)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _evaluate_if_needed(project: Any, run: Any) -> None:
@@ -396,9 +418,8 @@ def _backbone_for_card(card: dict[str, Any], *, weights: Optional[str], random_i
     if backbone.weights_hash != b["weights_hash"]:
         raise ExportError(
             f"this head was trained on features of {b['name']} with weights {b['weights_hash']}, but the "
-            f"backbone loaded now has weights {backbone.weights_hash}; pass the same weights "
-            f"({'--random-init' if b.get('random_init') else '--weights FILE'})"
-        )
+            f"backbone loaded now has weights {backbone.weights_hash}",
+            remedy=Remedy.RANDOM_INIT if b.get("random_init") else Remedy.SAME_WEIGHTS_FILE)
     if backbone.fingerprint != b["fingerprint"]:
         raise ExportError(
             f"this head expects backbone features with fingerprint {b['fingerprint']} (input size, grid, "

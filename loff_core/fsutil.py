@@ -109,3 +109,31 @@ def close_inherited_locks() -> None:
         except OSError:
             pass
     HELD_LOCK_FDS.clear()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id is running (a writer that may still use its temporary
+    files). Portable: on Windows `os.kill(pid, 0)` would terminate the process, so the
+    process is opened and its exit code asked instead."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":
+        import ctypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: exists, another user's
+        try:
+            code = ctypes.c_ulong()
+            kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+            return code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KINDS = ("linear", "attention", "vit")
+from .settings import HEAD_KINDS
+
+KINDS = tuple(HEAD_KINDS)  # declared once, in settings
 TASKS = ("classification", "ordinal")
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .errors import BackboneError
+from .errors import BackboneError, Remedy
 from .progress import Cancelled, Progress
 
 CHUNK = 1 << 20
@@ -71,8 +71,7 @@ def _online() -> Iterator[None]:
 
 def _no_network(exc: BaseException, name: str, url: str) -> BackboneError:
     return BackboneError(f"cannot reach the Hugging Face Hub ({url.split('/')[2] if '//' in url else url}): "
-                         f"{type(exc).__name__}; without a network, copy the weights file here and run "
-                         f"`loff weights add FILE --name {name}`")
+                         f"{type(exc).__name__}", remedy=Remedy.WEIGHTS_COPY_AND_ADD, name=name)
 
 
 def _cache_paths(repo: str, filename: str, sha256: str, commit: str) -> tuple[Path, Path, Path]:
@@ -118,8 +117,7 @@ def get_weights(name: str, progress: Optional[Progress] = None, revision: str = 
 
     k = known(name)
     if k is None:
-        raise BackboneError(f"{name!r} is not a suggested backbone (see `loff weights list`); "
-                            f"for your own checkpoint use `loff weights add FILE`")
+        raise BackboneError(f"{name!r} is not a suggested backbone", remedy=Remedy.SUGGESTED_BACKBONES, own=True)
     if k.source != "hf":
         raise BackboneError(f"{name} needs no download: its weights are installed with LOFF Studio ({k.repo})")
     progress = progress or Progress()
@@ -255,7 +253,7 @@ def describe_get(name: str) -> dict[str, Any]:
 
     k = known(name)
     if k is None:
-        raise BackboneError(f"{name!r} is not a suggested backbone (see `loff weights list`)")
+        raise BackboneError(f"{name!r} is not a suggested backbone", remedy=Remedy.SUGGESTED_BACKBONES)
     return {"name": k.name, "size_mb": k.size_mb, "licence": k.licence, "source": f"{k.source}:{k.repo}",
             "file": k.filename, "present": present_file(k) is not None,
             "partial_mb": round(p.stat().st_size / 1e6, 1) if (p := partial_file(name)) else 0.0}

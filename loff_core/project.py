@@ -4,85 +4,31 @@ A project is a folder the user owns. Everything inside is addressed relative to 
 the folder can be moved; the images it was imported from are referenced (relative to the
 project when possible, with the absolute path as a fallback), never copied.
 
-This module orchestrates the engine's steps (import, extract, train, evaluate) over one
-project. Each step is a plain method taking a `Progress`; the CLI and the app's worker
-threads call the same methods.
+`Project` keeps what a project is: its files, its settings (`project_file.py`), its locks
+(the writer lock here, the readers' commit lock in `locks.py`) and its runs. What the steps
+do (import, extract, train, evaluate, explain) is in `steps.py`; how an import splits the
+images is in `splits.py`. The old names are re-exported here.
 """
-
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
 import secrets
 import shutil
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-import numpy as np
-
-from .catalog import Catalog, CatalogEntry, assign_splits, scan_folder
-from .errors import CacheError, ProjectError, TrainingError
-from .fsutil import HELD_LOCK_FDS, atomic_path, atomic_write_json
-from .progress import Progress
+from .catalog import Catalog, CatalogEntry
+from .errors import CacheError, ProjectError, Remedy
+from .fsutil import HELD_LOCK_FDS, atomic_write_json
+from .predictions import read_predictions_csv, write_predictions_csv  # noqa: F401 (write_...: the old import path)
 from . import trust
-from .settings import EvaluateSettings, ExtractSettings
-
-PROJECT_FILE = "loff-project.json"
-SCHEMA_VERSION = 2  # 2: split_source (how the split and the patients were assigned at import)
-TASKS = ("classification", "ordinal")
-#: what to do when a given split puts one patient on two sides
-PATIENT_OVERLAP_ACTIONS = ("keep", "resplit")
-
-
-@dataclass
-class ProjectSettings:
-    """What `loff-project.json` holds. Unknown keys from a newer minor version are kept."""
-
-    name: str
-    created: str
-    salt: str
-    schema_version: int = SCHEMA_VERSION
-    images_root: Optional[str] = None  # relative to the project folder
-    images_root_absolute: Optional[str] = None
-    classes: list[str] = field(default_factory=list)
-    task: str = "classification"
-    label_name: Optional[str] = None
-    seed: int = 0
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    synthetic: bool = False
-    catalog_version: int = 0  # bumped on every import; runs remember it (stale flag)
-    active_cache: Optional[str] = None  # fingerprint of the cache made by the last extract
-    # how the last import found its labels, so a re-import (the app's Import page) can offer
-    # the same: {"csv", "csv_absolute", "label_column", "file_column", "patient_column",
-    # "classes"}; None: folder names
-    labels_source: Optional[dict[str, Any]] = None
-    # how the last import split the images and found the patients (schema 2):
-    # {"kind": "random" | "given", "from": str, "val_carved": bool, "patient_overlap":
-    #  {"patients", "images", "action"} | None, "patients_from": {source: images}}
-    split_source: Optional[dict[str, Any]] = None
-    # bumped on every save; a save under the lock refuses to overwrite a revision it did not
-    # start from (another process wrote meanwhile, e.g. after the lock file was deleted)
-    revision: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProjectSettings":
-        known = {f for f in cls.__dataclass_fields__ if f != "extras"}
-        extras = {k: v for k, v in data.items() if k not in known}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        if "split_fractions" in kwargs:
-            kwargs["split_fractions"] = tuple(kwargs["split_fractions"])
-        return cls(**kwargs, extras=extras)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        extras = data.pop("extras")
-        data["split_fractions"] = list(self.split_fractions)
-        return {**extras, **data}
+from .project_file import (PROJECT_FILE, SCHEMA_VERSION, TASKS, ProjectSettings, _migrate,  # noqa: F401
+                           _read_settings, _settings_problem)
+from .splits import PATIENT_OVERLAP_ACTIONS, _sides, complete_split  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -164,7 +110,7 @@ class Project:
             except OSError:
                 pass  # read-only: the lock names the problem when something is changed
         if not (root / PROJECT_FILE).is_file():
-            raise ProjectError(f"{root}: not a LOFF Studio project (no {PROJECT_FILE}); create one with `loff import`")
+            raise ProjectError(f"not a LOFF Studio project (no {PROJECT_FILE})", root, Remedy.CREATE_PROJECT)
         return cls(root, _read_settings(root / PROJECT_FILE))
 
     @classmethod
@@ -177,7 +123,8 @@ class Project:
     def save(self) -> None:
         self._check_revision()
         self.settings.revision += 1
-        atomic_write_json(self.settings_path, self.settings.to_dict())
+        with self.committing():
+            atomic_write_json(self.settings_path, self.settings.to_dict())
         if self._held_revision is not None:
             self._held_revision = self.settings.revision
 
@@ -203,7 +150,9 @@ class Project:
         try:
             staging.mkdir()
             write(staging)
-            os.replace(staging, commit)  # the commit point: before it the old files stand, after it the new
+            with self.committing():  # readers see the old files or the new ones, never a mix
+                os.replace(staging, commit)  # the commit point: before it the old files stand, after it the new
+                self._finish_commit()
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             name = exc.filename
@@ -284,6 +233,25 @@ class Project:
                 HELD_LOCK_FDS.discard(fd)
             lock.release()
 
+    @contextmanager
+    def read_lock(self) -> Iterator[None]:
+        """Hold the project's shared (reader) lock: for what only reads the project (evaluate
+        an existing run, info, predict, export, explain). It does not wait for a writer's job
+        (`lock`), only for a writer's commit in progress; see `loff_core.locks`."""
+        from .locks import reading
+
+        with reading(self.root):
+            yield
+
+    @contextmanager
+    def committing(self) -> Iterator[None]:
+        """Replace files readers read (settings, catalog, a run) with the commit lock held
+        exclusively: readers of this moment finish first, readers after it see the new."""
+        from .locks import committing
+
+        with committing(self.root):
+            yield
+
     # -- catalog -----------------------------------------------------------------------
     @property
     def salt(self) -> bytes:
@@ -292,7 +260,7 @@ class Project:
     def catalog(self) -> Catalog:
         if self._catalog is None:
             if not self.catalog_path.exists():
-                raise ProjectError(f"{self.root}: no images imported yet; run `loff import {self.root} IMAGES_DIR`")
+                raise ProjectError("no images imported yet", self.root, Remedy.IMPORT_IMAGES, project=self.root)
             self._catalog = Catalog.load(self.catalog_path)
         return self._catalog
 
@@ -312,86 +280,16 @@ class Project:
     def image_path(self, entry: CatalogEntry) -> Path:
         return self.images_root() / entry.path
 
-    def import_images(
-        self,
-        images_dir: Path | str,
-        *,
-        labels_csv: Any = None,
-        label_column: Optional[str] = None,
-        file_column: Optional[str] = None,
-        patient_column: Optional[str] = None,
-        classes: Optional[list[str]] = None,
-        task: Optional[str] = None,
-        split_column: Optional[str] = None,
-        patient_from_name: Optional[str] = None,
-        on_patient_overlap: Optional[str] = None,
-        progress: Progress = Progress(),
-    ) -> ImportSummary:
-        """Scan IMAGES_DIR into the catalog. `labels_csv`: one CSV, or a list of CSVs and
-        (split, CSV) pairs (see `scan_folder`). A split given by the CSV or the folders is
-        kept (val carved from train by patient when it has none); a patient it puts on two
-        sides stops the import with counts unless `on_patient_overlap` is "keep" (as given)
-        or "resplit" (a fresh patient-grouped split, the given one ignored)."""
-        images_dir = Path(images_dir)
-        if not images_dir.is_dir():
-            raise ProjectError(f"{images_dir}: not a folder")
-        if task is not None and task not in TASKS:
-            raise ProjectError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-        if on_patient_overlap not in (None, *PATIENT_OVERLAP_ACTIONS):
-            raise ProjectError(f"unknown choice {on_patient_overlap!r} for patients on two sides; "
-                               f"choose {' or '.join(PATIENT_OVERLAP_ACTIONS)}")
-        from .catalog import _labels_sources
+    def import_images(self, images_dir: Path | str, **options: Any) -> ImportSummary:
+        """Scan IMAGES_DIR into the catalog (the caller holds the lock); see
+        `loff_core.steps.import_images`, which takes the lock itself."""
+        from .steps import _import_images
 
-        sources = _labels_sources(labels_csv)
-        catalog = scan_folder(
-            images_dir,
-            salt=self.salt,
-            labels_csv=sources or None,
-            label_column=label_column,
-            file_column=file_column,
-            patient_column=patient_column,
-            classes=classes,
-            split_column=split_column,
-            patient_from_name=patient_from_name,
-            progress=progress,
-        )
-        entries, split_source = complete_split(catalog, seed=self.settings.seed,
-                                               fractions=self.settings.split_fractions,
-                                               on_patient_overlap=on_patient_overlap)
-        warnings = list(catalog.warnings)
-        overlap = split_source.get("patient_overlap")
-        if overlap:
-            warnings.append(f"the given split put {overlap['patients']} patients ({overlap['images']} images) on two "
-                            f"sides; " + ("kept as given: their images are not independent across splits"
-                                          if overlap["action"] == "keep" else "re-split by patient instead"))
-        catalog = replace(catalog, entries=entries, warnings=warnings)
-        report = {
-            "images_root": str(images_dir),
-            "imported": len(catalog.entries),
-            "failed": [{"path": f.path, "reason": f.reason} for f in catalog.failures],
-            "warnings": list(catalog.warnings),
-            "split_source": split_source,
-            "date": _now(),
-        }
-        s = replace(self.settings, extras=dict(self.settings.extras))
-        s.images_root = _relative_or_none(images_dir, self.root)
-        s.images_root_absolute = str(images_dir.resolve())
-        s.classes = list(catalog.classes)
-        s.label_name = label_column or s.label_name
-        first = sources[0][1] if sources else None
-        s.labels_source = None if not sources else {
-            "csv": _relative_or_none(first, self.root), "csv_absolute": str(first.resolve()),
-            "label_column": label_column, "file_column": file_column, "patient_column": patient_column,
-            "classes": list(classes) if classes else None, "split_column": split_column,
-            "patient_from_name": patient_from_name,
-            "csvs": [{"split": sp, "csv": _relative_or_none(p, self.root), "csv_absolute": str(p.resolve())}
-                     for sp, p in sources]}
-        if not sources and patient_from_name:
-            s.labels_source = {"patient_from_name": patient_from_name}
-        s.split_source = split_source
-        if task is not None:
-            s.task = task
-        s.catalog_version += 1
+        return _import_images(self, images_dir, **options)
+
+    def commit_import(self, catalog: Catalog, report: dict[str, Any], s: ProjectSettings) -> None:
+        """Write an import's catalog, its sidecar, the report and the settings `s` together
+        (staging folder, one rename as the commit point, under the commit lock)."""
         self._check_revision()
         s.revision += 1
 
@@ -403,7 +301,6 @@ class Project:
         self.settings, self._catalog = s, catalog
         if self._held_revision is not None:
             self._held_revision = s.revision
-        return self.import_summary()
 
     def relative(self, path: Path | str) -> str:
         """A path as `loff` prints it: relative to the project folder (absolute on another
@@ -459,43 +356,15 @@ class Project:
         return report
 
     # -- features ----------------------------------------------------------------------
-    def extract(
-        self,
-        spec: Any,
-        *,
-        device: str = "auto",
-        batch_size: int = ExtractSettings.batch_size,
-        num_workers: Optional[int] = None,
-        progress: Progress = Progress(),
-    ) -> Any:
-        """Run the frozen backbone over every catalogued image; returns an ExtractResult."""
-        from .cache import distributed_rank_world, extract_features
+    def extract(self, spec: Any, **options: Any) -> Any:
+        """Run the frozen backbone over every catalogued image (the caller holds the lock);
+        see `loff_core.steps.extract`. Returns cache.ExtractResult."""
+        from .steps import _extract
 
-        catalog = self.catalog()
-        root = self.images_root()
-        items = [(e.image_id, root / e.path) for e in catalog.entries]
-        result = extract_features(
-            items, spec, self.caches_dir, device=device, batch_size=batch_size,
-            num_workers=num_workers, progress=progress,
-        )
-        if distributed_rank_world()[0] != 0:
-            return result  # under torchrun, rank 0 merges and records the cache
-        fingerprint = Path(result.cache_path).name.split(".")[0]
-        previous = self.settings.active_cache
-        if (result.stopped and previous not in (None, fingerprint)
-                and (self.caches_dir / f"{previous}.h5").exists()):
-            # a stopped extraction with other settings does not replace the cache training
-            # uses; running extract again with these settings finishes it and switches over
-            result.notes.append(f"stopped before the end: training keeps using the previous cache {previous}; "
-                                f"extract again with these settings to finish {fingerprint} and use it")
-        else:
-            self.settings.active_cache = fingerprint
-        self.save()
-        if result.failures:
-            self._record_extract_failures(result.failures)
-        return result
+        return _extract(self, spec, **options)
 
-    def _record_extract_failures(self, failures: list[Any]) -> None:
+    def record_extract_failures(self, failures: list[Any]) -> None:
+        """Add an extraction's unreadable files to the import report (shown with the import's)."""
         report = self.import_report()
         known = {f["path"] for f in report.get("failed", [])}
         root = self.images_root()
@@ -503,7 +372,8 @@ class Project:
             rel = _relative_or_none(Path(f.path), root) or str(f.path)
             if rel not in known:
                 report.setdefault("failed", []).append({"path": rel, "reason": f.reason})
-        atomic_write_json(self.report_path, report)
+        with self.committing():
+            atomic_write_json(self.report_path, report)
 
     def cache_paths(self) -> list[Path]:
         return sorted(self.caches_dir.glob("*.h5")) if self.caches_dir.is_dir() else []
@@ -513,11 +383,11 @@ class Project:
 
         fingerprint = fingerprint or self.settings.active_cache
         if fingerprint is None:
-            raise CacheError(f"{self.root}: no feature cache yet; run `loff extract {self.root}`")
+            raise CacheError("no feature cache yet", self.root, Remedy.EXTRACT, project=self.root)
         trust.check_name(fingerprint, what="cache fingerprint", where=str(self.settings_path), error=CacheError)
         path = self.caches_dir / f"{fingerprint}.h5"
         if not path.exists():
-            raise CacheError(f"{path}: feature cache is missing or unfinished; run `loff extract {self.root}` to finish it")
+            raise CacheError("feature cache is missing or unfinished", path, Remedy.EXTRACT_AGAIN, project=self.root)
         return FeatureCache.open(path, expected_fingerprint=fingerprint)
 
     # -- training ----------------------------------------------------------------------
@@ -528,65 +398,14 @@ class Project:
         entries = [e for e in catalog.in_split(split) if e.label is not None and e.image_id in cached]
         return [e.image_id for e in entries], [catalog.class_index(e.label) for e in entries], entries
 
-    def train(
-        self,
-        config: Any,
-        *,
-        progress: Progress = Progress(),
-        on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
-    ) -> RunInfo:
-        """Train a head on the active cache; the run folder appears only when complete."""
-        from .training import train_head
+    def train(self, config: Any, **options: Any) -> RunInfo:
+        """Train a head on the active cache (the caller holds the lock); see
+        `loff_core.steps.train`."""
+        from .steps import _train
 
-        cache = self.open_cache()
-        classes = self.catalog().classes
-        if len(classes) < 2:
-            raise TrainingError(f"{self.root}: training needs at least two classes; labels found: {classes or 'none'}")
-        train_ids, train_y, _ = self.labelled_split("train", cache)
-        val_ids, val_y, _ = self.labelled_split("val", cache)
-        if not train_ids:
-            raise TrainingError(f"{self.root}: no labelled training images with features; import labels and extract first")
-        if config.task == "ordinal" and len(classes) < 3:
-            raise TrainingError("the ordinal task needs at least three ordered levels")
-        started = _now()
-        for leftover in self.runs_dir.glob(".*.partial") if self.runs_dir.is_dir() else []:
-            shutil.rmtree(leftover, ignore_errors=True)  # from a run killed while it was being saved
-        result = train_head(
-            cache, train_ids, train_y, val_ids, val_y, config,
-            num_classes=len(classes), progress=progress, on_epoch=on_epoch,
-        )
-        run_id = self._new_run_id(config.head)
-        record = {
-            "run_id": run_id,
-            "started": started,
-            "finished": _now(),
-            "task": config.task,
-            "classes": list(classes),
-            "train_config": _config_dict(config),
-            "head_config": result.head_config.to_dict(),
-            "history": result.history,
-            "best_epoch": result.best_epoch,
-            "best_score": result.best_score,
-            "monitor": result.monitor,
-            "stopped": result.stopped,
-            "notes": list(result.notes),
-            "n_train": len(train_ids),
-            "n_val": len(val_ids),
-            "catalog_version": self.settings.catalog_version,
-            "cache_fingerprint": cache.fingerprint,
-            "backbone": cache.backbone,
-        }
-        run = self._write_run(run_id, record, result.state_dict)
-        if result.stopped == "interrupted":
-            raise KeyboardInterrupt  # saved; the caller still learns it was interrupted (exit 130)
-        if val_ids and len(set(val_y)) >= 2:  # temperature (+ binary threshold) chosen on val
-            from .calibration import calibrate_run
+        return _train(self, config, **options)
 
-            calibrate_run(self, run.run_id)
-            run = self.run(run.run_id)
-        return run
-
-    def _new_run_id(self, head: str) -> str:
+    def new_run_id(self, head: str) -> str:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_id, n = f"{stamp}-{head}", 1
         while (self.runs_dir / run_id).exists():
@@ -594,7 +413,9 @@ class Project:
             run_id = f"{stamp}-{head}-{n}"
         return run_id
 
-    def _write_run(self, run_id: str, record: dict[str, Any], state_dict: dict[str, Any]) -> RunInfo:
+    def write_run(self, run_id: str, record: dict[str, Any], state_dict: dict[str, Any]) -> RunInfo:
+        """A finished run's folder: head + run.json (with its checksum) staged, then renamed
+        into place under the commit lock."""
         from safetensors.torch import save_file
 
         self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -605,7 +426,8 @@ class Project:
             save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staging / "head.safetensors"))
             record = {**record, "checksum": trust.run_checksum(record, trust.sha256_file(staging / "head.safetensors"))}
             atomic_write_json(staging / "run.json", record)
-            os.replace(staging, self.runs_dir / run_id)
+            with self.committing():
+                os.replace(staging, self.runs_dir / run_id)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -640,8 +462,8 @@ class Project:
                 if name == run_id:
                     raise ProjectError(reason)
         if not runs:
-            raise ProjectError(f"{self.root}: no training runs yet; run `loff train {self.root}`"
-                               + (f" ({len(broken)} damaged run folders are ignored)" if broken else ""))
+            raise ProjectError("no training runs yet" + (f" ({len(broken)} damaged run folders are ignored)" if broken else ""),
+                               self.root, Remedy.TRAIN, project=self.root)
         if run_id is None:
             return runs[-1]
         for r in runs:
@@ -692,44 +514,14 @@ class Project:
             raise ProjectError(f"{run.head_path}: {problem}")
         return config, state
 
-    def explain(self, run_id: Optional[str], image_ids: list[str]) -> dict[str, Any]:
-        """Per image: class probabilities and the head's attention over the token grid
-        ([h, w], max 1), for the viewer's heat map. Reads only these images' features."""
-        import torch
+    def explain(self, run_id: Optional[str], image_ids: list[str], **options: Any) -> dict[str, Any]:
+        """Probabilities and heat maps of a run for some images; see `loff_core.steps.explain`."""
+        from .steps import _explain
 
-        from .heads import attention_map, build_head, probabilities
-
-        run = self.run(run_id)
-        cache = self.open_cache(run.record["cache_fingerprint"])
-        self._check_cache_fits(run, cache)
-        head_config, state = self.load_head(run)
-        head = build_head(head_config)
-        head.load_state_dict(state, strict=True)
-        head.eval()
-        idx = cache.indices(image_ids)
-        order = np.argsort(idx)  # h5py reads fastest in file order
-        cls, grid = cache.read(idx[order])
-        with torch.inference_mode():
-            c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
-            probs = probabilities(head(c, g), run.record["task"]).numpy()
-            maps = attention_map(head, c, g).numpy()
-        from .calibration import adjust, decide
-
-        op = run.record.get("operating_point")
-        probs = adjust(probs, op)
-        decided = decide(probs, run.record["task"], op)
-        back = np.argsort(order)
-        maps = maps[back]
-        entries = self.catalog().by_id()
-        size = int(cache.backbone["image_size"])
-        heat = [_heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
-                for m, i in zip(maps, image_ids)]
-        return {"image_ids": list(image_ids), "probabilities": probs[back], "attention": maps, "heat": heat,
-                "classes": run.record["classes"], "task": run.record["task"],
-                "predicted": [run.record["classes"][int(c)] for c in decided[back]], "operating_point": op}
+        return _explain(self, run_id, image_ids, **options)
 
     @staticmethod
-    def _check_cache_fits(run: RunInfo, cache: Any) -> None:
+    def check_cache_fits(run: RunInfo, cache: Any) -> None:
         """A run's head only reads features of the shape it was trained on."""
         head = run.record["head_config"]
         if head["feature_dim"] != cache.feature_dim or list(head["grid_hw"]) != list(cache.grid_hw):
@@ -738,246 +530,15 @@ class Project:
                              f"{head['grid_hw'][0]}x{head['grid_hw'][1]}")
 
     # -- evaluation --------------------------------------------------------------------
-    def evaluate(self, run_id: Optional[str] = None, split: str = "test", *,
-                 n_bootstrap: int = EvaluateSettings.bootstrap) -> dict[str, Any]:
-        """Metrics and per-image predictions of a run on one split; saved with the run."""
-        from .metrics import evaluate_predictions, small_split_warning
-        from .training import predict_probabilities
+    def evaluate(self, run_id: Optional[str] = None, split: str = "test", **options: Any) -> dict[str, Any]:
+        """Metrics and per-image predictions of a run on one split, saved with the run (the
+        dict form of `loff_core.steps.evaluate`'s EvaluateResult; `save=False`: only returned,
+        e.g. for a ROC overlay while another job holds the lock)."""
+        from .steps import _evaluate
 
-        run = self.run(run_id)
-        catalog_classes = list(self.catalog().classes)
-        if list(run.record["classes"]) != catalog_classes:
-            raise ProjectError(f"{run.path / 'run.json'}: run {run.run_id} was trained on the classes "
-                               f"{', '.join(run.record['classes'])} but the catalog has {', '.join(catalog_classes)}; "
-                               f"its outputs cannot be scored against these labels; train again")
-        cache = self.open_cache(run.record["cache_fingerprint"])
-        self._check_cache_fits(run, cache)
-        ids, y, entries = self.labelled_split(split, cache)
-        if not ids:
-            raise ProjectError(f"{self.root}: the {split} split has no labelled images with features")
-        head_config, state = self.load_head(run)
-        probs = predict_probabilities(head_config, state, cache, ids)
-        classes = run.record["classes"]
-        task = run.record["task"]
-        from .calibration import adjust, decide
+        return _evaluate(self, run_id, split, **options)
 
-        op = run.record.get("operating_point")
-        probs = adjust(probs, op)  # the run's calibration / prevalence, then its threshold
-        predicted = decide(probs, task, op)
-        evaluation = evaluate_predictions(y, probs, classes, task, n_bootstrap=n_bootstrap, seed=self.settings.seed,
-                                          predicted=predicted)
-        images = self.images_root()
-        predictions = [
-            {
-                "image_id": e.image_id,
-                "path": self.relative(images / e.path),  # relative to the project folder
-                "label": e.label,
-                "predicted": classes[int(p)],
-                "probabilities": [round(float(x), 6) for x in row],
-            }
-            for e, p, row in zip(entries, predicted, probs)
-        ]
-        result = {
-            "run": run.run_id,
-            "split": split,
-            "task": task,
-            "classes": classes,
-            "n": len(ids),
-            "stale": self.stale_reasons(run),
-            "operating_point": op,
-            **evaluation,
-            "warnings": [w for w in [small_split_warning(len(ids), evaluation["ci"].get("accuracy"), split)] if w],
-            "predictions": predictions,
-        }
-        atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
-        self._write_predictions_csv(run.path / f"predictions-{split}.csv", predictions, classes)
-        return result
-
-    @staticmethod
-    def _write_predictions_csv(path: Path, predictions: list[dict[str, Any]], classes: list[str]) -> None:
-        # UTF-8; a file name that is not UTF-8 (bytes on POSIX, held as surrogates) is
-        # written as its original bytes, like catalog.csv, so the path names the file
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-                writer = csv.writer(fh)
-                writer.writerow([trust.csv_cell(v) for v in ("image_id", "path", "label", "predicted",
-                                                             *[f"p_{c}" for c in classes])])
-                for p in predictions:
-                    writer.writerow([trust.csv_cell(v) for v in (p["image_id"], p["path"], p["label"], p["predicted"])]
-                                    + list(p["probabilities"]))
-
-    @staticmethod
-    def read_predictions_csv(path: Path | str) -> list[dict[str, str]]:
-        """The rows of a `predictions-SPLIT.csv` as written by `evaluate` (or by `loff predict
-        --csv`), paths decoded as they were written (non-UTF-8 bytes back to surrogates)."""
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-            return [{trust.csv_uncell(k): trust.csv_uncell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def _heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.ndarray:
-    """A token-grid map over the padded square the backbone saw -> the part over the image
-    (the preprocessor centres the aspect-kept image on a size x size square)."""
-    from PIL import Image
-
-    up = np.asarray(Image.fromarray(grid_map.astype(np.float32), mode="F").resize((size, size),
-                                                                                 Image.Resampling.BILINEAR))
-    scale = size / max(rows, cols)
-    nh, nw = max(1, round(rows * scale)), max(1, round(cols * scale))
-    top, left = (size - nh) // 2, (size - nw) // 2
-    return up[top:top + nh, left:left + nw]
-
-
-def write_predictions_csv(path: Path, result: dict[str, Any], *, with_failed: bool = True) -> None:
-    """`predict_files`' result as CSV (path, predicted, p_<class>...; with_failed: then one
-    row per unreadable file with "not read: <reason>"). UTF-8; a non-UTF-8 file name is
-    written as its original bytes. Temp file + rename."""
-    classes = result["classes"]
-    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8",
-                                              errors="surrogateescape") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([trust.csv_cell(v) for v in ("path", "predicted", *[f"p_{c}" for c in classes])])
-        for p in result["predictions"]:
-            writer.writerow([trust.csv_cell(p["path"]), trust.csv_cell(p["predicted"]), *p["probabilities"]])
-        for f in result.get("failed", []) if with_failed else []:
-            writer.writerow([trust.csv_cell(f["path"]), trust.csv_cell(f"not read: {f['reason']}"), *[""] * len(classes)])
-
-
-def _read_settings(path: Path) -> ProjectSettings:
-    """The project file, every field checked: a project from someone else is input too."""
-    data = trust.load_json(path, what="project file")
-    version = data.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ProjectError(f"{path}: project file has no schema_version")
-    if version > SCHEMA_VERSION:
-        raise ProjectError(
-            f"{path}: project was written by a newer LOFF Studio (schema {version}, this one reads {SCHEMA_VERSION})"
-        )
-    problem = _settings_problem(data)
-    if problem is not None:
-        raise ProjectError(f"{path}: project file is not valid: {problem}")
-    data = _migrate(data)
-    try:
-        settings = ProjectSettings.from_dict(data)
-    except TypeError as exc:
-        raise ProjectError(f"{path}: project file is missing fields ({exc})") from exc
-    return settings
-
-
-def _migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """A project file of an older schema as the current one reads it (saved on next write)."""
-    data = dict(data)
-    if data["schema_version"] < 2:
-        # schema 1 always split at random by patient; how patients were found was not recorded
-        data.setdefault("split_source", {"kind": "random", "from": "random by patient (before schema 2)",
-                                         "val_carved": False, "patient_overlap": None, "patients_from": {}}
-                        if data.get("catalog_version") else None)
-        data["schema_version"] = 2
-    return data
-
-
-def complete_split(catalog: Catalog, *, seed: int, fractions: Any,
-                   on_patient_overlap: Optional[str] = None) -> tuple[list[CatalogEntry], dict[str, Any]]:
-    """The catalog's entries with every labelled image in train / val / test, and how.
-
-    No given split: a random patient-grouped, label-stratified split. A given split (in the
-    entries' `split`): kept for labelled images; a validation part is carved from train by
-    patient (deterministic for `seed`) when there is none. A patient on two sides of a given
-    split: ProjectError with the counts (no identifiers) unless `on_patient_overlap` says
-    "keep" or "resplit"."""
-    entries = list(catalog.entries)
-    labelled = [e for e in entries if e.label is not None]
-    source: dict[str, Any] = {"kind": "random", "from": "", "val_carved": False, "patient_overlap": None,
-                              "patients_from": dict(catalog.patients_from)}
-    f = tuple(float(x) for x in fractions)
-    given = [e for e in labelled if e.split]
-    random_from = (f"random by patient ({round(100 * f[0] / sum(f))}/{round(100 * f[1] / sum(f))}/"
-                   f"{round(100 * f[2] / sum(f))}, stratified by label, seed {seed})")
-    if not given:
-        source["from"] = random_from
-        return assign_splits(entries, seed=seed, fractions=f), source
-    if len(given) < len(labelled):
-        raise ProjectError(f"{len(labelled) - len(given)} labelled images have no given split while "
-                           f"{len(given)} do ({catalog.split_from}); give every labelled image a split")
-    sides: dict[str, set[str]] = _sides(given)
-    mixed = {p for p, s in sides.items() if len(s) > 1}
-    if mixed:
-        n_images = sum(1 for e in given if e.patient_key in mixed)
-        if on_patient_overlap is None:
-            raise ProjectError(
-                f"the given split ({catalog.split_from}) puts {len(mixed)} patients ({n_images} images) on two "
-                f"sides; choose: keep it as given (--on-patient-overlap keep) or re-split by patient "
-                f"(--on-patient-overlap resplit)")
-        source["patient_overlap"] = {"patients": len(mixed), "images": n_images, "action": on_patient_overlap}
-        if on_patient_overlap == "resplit":
-            source["from"] = random_from + f"; the given split ({catalog.split_from}) was dropped"
-            return assign_splits(entries, seed=seed, fractions=f), source
-    source["kind"], source["from"] = "given", catalog.split_from
-    out = [e if e.label is not None else replace(e, split=None) for e in entries]
-    if not any(e.split == "val" for e in given):
-        train = [e for e in out if e.split == "train"]
-        carved = {e.image_id: e.split for e in assign_splits(train, seed=seed, fractions=(f[0], f[1], 0.0))}
-        out = [replace(e, split=carved[e.image_id]) if e.image_id in carved else e for e in out]
-        source["val_carved"] = any(s == "val" for s in carved.values())
-    return out, source
-
-
-def _sides(entries: list[CatalogEntry]) -> dict[str, set[str]]:
-    sides: dict[str, set[str]] = {}
-    for e in entries:
-        sides.setdefault(e.patient_key, set()).add(str(e.split))
-    return sides
-
-
-def _settings_problem(data: dict[str, Any]) -> Optional[str]:
-    """Why a project file's fields cannot be used (named), or None."""
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    for key in ("name", "created", "salt"):
-        if key in data and not isinstance(data[key], str):
-            return f"{key} must be text, not {type(data[key]).__name__}"
-    salt = data.get("salt")
-    if isinstance(salt, str):
-        if not salt:
-            return "salt is empty (patient keys would be computable by anyone); restore the project file"
-        try:
-            if len(bytes.fromhex(salt)) < 8:
-                return "salt is shorter than 8 bytes (patient keys would be guessable)"
-        except ValueError:
-            return "salt is not hexadecimal"
-    for key in ("seed", "catalog_version", "revision"):
-        if key in data and not is_int(data[key]):
-            return f"{key} must be an integer, not {type(data[key]).__name__}"
-        if key in data and key != "seed" and data[key] < 0:
-            return f"{key} must not be negative"
-    if "seed" in data and not 0 <= data["seed"] < 2 ** 63:
-        return "seed must be between 0 and 2^63"
-    if "task" in data and data["task"] not in TASKS:
-        return f"task {data['task']!r} is not one of {', '.join(TASKS)}"
-    classes = data.get("classes", [])
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        return "classes must be a list of names"
-    for key in ("images_root", "images_root_absolute", "label_name"):
-        if data.get(key) is not None and (not isinstance(data[key], str) or "\0" in data[key]):
-            return f"{key} must be text without NUL bytes"
-    if data.get("active_cache") is not None:
-        problem = trust.name_problem(data["active_cache"])
-        if problem:
-            return f"active_cache {data['active_cache']!r} is refused: {problem}"
-    fractions = data.get("split_fractions", [0.7, 0.15, 0.15])
-    if (not isinstance(fractions, list) or len(fractions) != 3
-            or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in fractions)
-            or sum(fractions) <= 0):
-        return "split_fractions must be three numbers between 0 and 1"
-    if "synthetic" in data and not isinstance(data["synthetic"], bool):
-        return "synthetic must be true or false"
-    src = data.get("labels_source")
-    if src is not None and (not isinstance(src, dict)
-                            or not all(v is None or isinstance(v, (str, list)) for v in src.values())):
-        return "labels_source must be an object of names"
-    if data.get("split_source") is not None and not isinstance(data["split_source"], dict):
-        return "split_source must be an object"
-    return None
+    read_predictions_csv = staticmethod(read_predictions_csv)
 
 
 RUN_TASKS = TASKS

@@ -185,6 +185,35 @@ class EvaluateSettings:
     bootstrap: int = setting(1000, "bootstrap resamples for the 95% intervals (0: none)", kind=int, low=0)
 
 
+#: heads cross-validation can score: the compact heads and a logistic regression
+CV_HEADS: dict[str, str] = {**HEAD_KINDS, "logreg": "scikit-learn logistic regression on the pooled embedding, "
+                                                    "C chosen by inner CV (classification only)"}
+
+
+def _folds() -> Any:
+    """`--folds` of `loff cv` and `loff tune` (one declaration, two commands)."""
+    return setting(5, "patient-grouped, label-stratified folds over train + val", kind=int, low=2)
+
+
+@dataclass(frozen=True)
+class CVSettings:
+    """How `loff cv` (and the Train page's Cross-validate) splits and what it scores; the
+    training settings are TrainConfig's."""
+
+    folds: int = _folds()
+    head: str = setting(next(iter(HEAD_KINDS)), f"the head to score: {', '.join(HEAD_KINDS)} (as `loff train "
+                        f"--head`) or logreg: {CV_HEADS['logreg']}", choices=CV_HEADS)
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How `loff tune` (and the Train page's Tune) searches."""
+
+    trials: int = setting(8, "head configurations to try (plus a logistic regression for classification)",
+                          kind=int, low=1)
+    folds: int = _folds()
+
+
 # -- command-line options from the declarations ----------------------------------------
 def option_name(info: FieldInfo) -> Optional[str]:
     if info.option is None:

@@ -20,13 +20,10 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, TensorAugment
 from .backbones import resolve_device
-from .errors import TrainingError, is_out_of_memory
+from .errors import Remedy, TrainingError, is_out_of_memory
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
-from .settings import TrainConfig  # declared once, with defaults and help (re-exported here)
-
-#: Test hook: called with the batch size before every training step (e.g. to raise an OOM).
-_FAULT_INJECTOR: Optional[Callable[[int], None]] = None
+from .settings import HEAD_KINDS, TASKS, TrainConfig  # declared once, with defaults and help (re-exported here)
 
 _MEMORY_LIMIT = 2 * 1024**3
 _IMPROVEMENT = 1e-4
@@ -155,10 +152,10 @@ def train_head(
     """Train a head; returns the best head (by the monitor) with its history."""
     if num_classes < 2:
         raise TrainingError(f"training needs at least two classes, got {num_classes}")
-    if config.task not in ("classification", "ordinal"):
-        raise TrainingError(f"unknown task {config.task!r}; expected 'classification' or 'ordinal'")
-    if config.head not in ("linear", "attention", "vit"):
-        raise TrainingError(f"unknown head {config.head!r}; expected 'linear', 'attention' or 'vit'")
+    if config.task not in TASKS:
+        raise TrainingError(f"unknown task {config.task!r}; expected one of {', '.join(TASKS)}")
+    if config.head not in HEAD_KINDS:
+        raise TrainingError(f"unknown head {config.head!r}; expected one of {', '.join(HEAD_KINDS)}")
     if config.task == "ordinal" and num_classes < 3:
         raise TrainingError("the ordinal task needs at least three ordered levels")
     if len(train_ids) == 0:
@@ -247,8 +244,6 @@ def train_head(
             step = epoch * per_epoch + b
             scheduler.step_update(step)
             lr = optimizer.param_groups[0]["lr"]
-            if _FAULT_INJECTOR is not None:
-                _FAULT_INJECTOR(batch_size)
             cls, grid = _read(data, train_idx[pos], device)
             onehot = F.one_hot(torch.from_numpy(ytr[pos]), num_classes).float().to(device)
             cls, grid, onehot = augment(cls, grid, onehot)
@@ -302,8 +297,7 @@ def train_head(
             if not is_out_of_memory(exc):
                 raise
             if batch_size <= 1:
-                raise TrainingError("GPU out of memory even with batch size 1; use a smaller head "
-                                    "(--head linear), a smaller grid, or train on the CPU (--device cpu)") from None
+                raise TrainingError("GPU out of memory even with batch size 1", remedy=Remedy.HEAD_LINEAR) from None
             batch_size = max(1, batch_size // 2)
             message = f"GPU out of memory: retrying with batch size {batch_size}"
             notes.append(message)
@@ -373,8 +367,10 @@ def predict_probabilities(
     *,
     device: str = "auto",
     batch_size: int = 256,
+    progress: Optional[Progress] = None,
 ) -> np.ndarray:
-    """[N, K] float64 probabilities of `image_ids` (no augmentation, eval mode)."""
+    """[N, K] float64 probabilities of `image_ids` (no augmentation, eval mode). With a
+    `progress`: reports the images done and checks for cancel between batches."""
     dev = resolve_device(device)
     head = build_head(head_config)
     head.load_state_dict(state_dict, strict=True)
@@ -387,9 +383,14 @@ def predict_probabilities(
     idx = np.asarray(source.indices(ids), dtype=np.int64)
     with torch.inference_mode():
         for s in range(0, len(idx), batch_size):
+            if progress is not None:
+                progress.check()
+                progress.report(s, len(idx), f"predicting {len(idx)} images")
             chunk = idx[s : s + batch_size]
             order = np.argsort(chunk, kind="stable")
             cls, grid = _read(source, chunk[order], dev)
             probs = probabilities(head(cls, grid), head_config.task).double().cpu().numpy()
             out[s + order] = probs
+    if progress is not None:
+        progress.report(len(idx), len(idx), f"predicted {len(idx)} images")
     return out / out.sum(axis=1, keepdims=True).clip(min=1e-300)

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Mapping, Optional, Type
 
 from .errors import LoffError, ProjectError
+from .settings import HEAD_KINDS, TASKS
 
 MAX_JSON_BYTES = 64 << 20  # a project file, sidecar, report or card is never this big
 MAX_JSON_DEPTH = 64
@@ -201,9 +202,9 @@ def head_shape_problem(head: Any, *, classes: Optional[int] = None, image_size: 
         d = head["dropout"]
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= 1:
             return f"head dropout {_show(d)} is out of bounds (0..1)"
-    if head.get("kind") not in ("linear", "attention", "vit"):
+    if head.get("kind") not in HEAD_KINDS:
         return f"head kind {_show(head.get('kind'))} is unknown"
-    if head.get("task") not in ("classification", "ordinal"):
+    if head.get("task") not in TASKS:
         return f"head task {_show(head.get('task'))} is unknown"
     if classes is not None and head.get("num_classes") != classes:
         return f"the head has {head.get('num_classes')} outputs for {classes} classes"

@@ -31,6 +31,7 @@ import numpy as np
 from .errors import TrainingError
 from .fsutil import atomic_write_json
 from .progress import Progress
+from .settings import EvaluateSettings
 
 #: the metric `tune` ranks by: macro AUC for classification, Kendall's tau for ordinal labels
 PRIMARY = {"classification": "auc", "ordinal": "kendall_tau"}
@@ -537,7 +538,7 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
                               on_notice=progress.on_notice, _event=progress._event)
     head_config, state, notes = retrain_final(data, pool, classes, task, best, seed, final_progress)
     group = _new_group_id(project, "tune")
-    run_id = project._new_run_id(head_config.kind)
+    run_id = project.new_run_id(head_config.kind)
     record = {
         "run_id": run_id, "started": started, "finished": _now(), "task": task, "classes": list(classes),
         "train_config": notes.get("train_config", {"head": LOGREG, "C": notes.get("C"), "augment": {"enabled": False},
@@ -550,7 +551,7 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
         "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
         "backbone": cache.backbone, "group": group,
     }
-    run = project._write_run(run_id, record, state)
+    run = project.write_run(run_id, record, state)
     folder = project.root / GROUPS_DIR / group
     folder.mkdir(parents=True, exist_ok=True)
     done = ~np.isnan(best["_oof"]).any(axis=1)
@@ -561,7 +562,7 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
         calibrate_run(project, run.run_id)
     test: Optional[dict[str, Any]] = None
     try:
-        evaluation = project.evaluate(run.run_id, "test", n_bootstrap=1000)
+        evaluation = project.evaluate(run.run_id, "test", n_bootstrap=EvaluateSettings().bootstrap)
         test = {"metrics": evaluation["metrics"], "ci": evaluation["ci"], "n": evaluation["n"]}
     except Exception as exc:  # noqa: BLE001 - no test split: the run stands, test stays empty
         from .errors import LoffError

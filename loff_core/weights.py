@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import BackboneError
+from .errors import BackboneError, Remedy
 
 CARD_FORMAT, CARD_VERSION = "loff-backbone", 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -232,7 +232,7 @@ def add_weights(source: Path | str, name: Optional[str] = None, *, licence: str 
     root = weights_dir()
     target = root / name
     if target.exists() and not replace:
-        raise BackboneError(f"a backbone named {name!r} is already added ({target}); remove it first or choose --name")
+        raise BackboneError(f"a backbone named {name!r} is already added ({target})", remedy=Remedy.ANOTHER_NAME)
     model, default_size = create_model(conv.architecture, conv.model_args, None, 0)
     check_fits(model, conv.state, str(conv.source_file))
     model.load_state_dict({k: v for k, v in conv.state.items() if k in model.state_dict()}, strict=True)
@@ -277,7 +277,7 @@ def remove_weights(name: str) -> dict[str, Any]:
             raise BackboneError(f"{name} is not an added backbone; its download lives in the Hugging Face cache "
                                 f"(shared with other tools): delete it there (`hf cache delete` or huggingface-cli "
                                 f"delete-cache), repo {k.repo}")
-        raise BackboneError(f"no added backbone named {name!r} (see `loff weights list`)")
+        raise BackboneError(f"no added backbone named {name!r}", remedy=Remedy.ADDED_BACKBONES)
     shutil.rmtree(weights_dir() / name)
     return {"removed": name, "folder": str(weights_dir() / name)}
 
@@ -361,15 +361,15 @@ def resolve(name: str) -> Resolved:
     entry = added(name)
     if entry is not None:
         if not entry.weights_file.is_file():
-            raise BackboneError(f"{entry.weights_file}: the weights of added backbone {name!r} are missing; "
-                                f"add it again (`loff weights add`)")
+            raise BackboneError(f"the weights of added backbone {name!r} are missing", entry.weights_file,
+                                Remedy.WEIGHTS_ADD_AGAIN)
         return Resolved(name, entry.architecture, entry.model_args, entry.weights_file, entry.native_size,
                         tuple(entry.mean), tuple(entry.std), True, bool(entry.extra.get("pos_antialias", True)))
     k = known(name)
     if k is not None:
         if k.layout != "timm":
-            raise BackboneError(f"{name} is not on this machine: `loff weights get {name}` downloads it "
-                                f"({k.size_mb:g} MB, licence {k.licence}), or `loff weights add FILE --name {name}`")
+            raise BackboneError(f"{name} is not on this machine", remedy=Remedy.WEIGHTS_GET, name=name,
+                                size_mb=k.size_mb, licence=k.licence)
         return Resolved(k.architecture, k.architecture, {}, None, None, None, None, False)
     return Resolved(name, name, {}, None, None, None, None, False)
 
@@ -399,5 +399,4 @@ def default_backbone(gpu: bool) -> dict[str, Any]:
                     "would_use": None}
     wanted = known("dinov2-vitl14")
     return {"name": cpu_arch, "registry_name": cpu_choice, "would_use": wanted.name,
-            "reason": f"GPU, but no DINOv2 weights here: `loff weights get {wanted.name}` "
-                      f"({wanted.size_mb:g} MB, {wanted.licence})"}
+            "reason": f"GPU, but no DINOv2 weights here ({wanted.name}: {wanted.size_mb:g} MB, {wanted.licence})"}

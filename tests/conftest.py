@@ -33,3 +33,15 @@ def no_qthread_left_running(request):
 
     left = [t.objectName() for t in running_threads()]
     assert not left, f"worker QThread(s) left running: {left}"
+
+
+@pytest.fixture
+def two_torch_threads():
+    """torch on 2 threads for the test, restored after it (a module-level set_num_threads would
+    change every later test's thread count, and with it float16 rounding of features)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

@@ -16,15 +16,95 @@ def loff_json(capsys, *args: object) -> dict:
     return json.loads(captured.out)
 
 
-def oom_once(at_batch_size: int) -> tuple:
-    """A training fault injector (`training._FAULT_INJECTOR`) that raises CUDA out of memory
-    once, at the first step with this batch size; returns (injector, list of raises)."""
+def oom_once(at_batch_size: int | None = None) -> tuple:
+    """A training-step fault (see `train_step_faults`) that raises CUDA out of memory once, at
+    the first step of this many images (None: the first step); returns (fault, list of the
+    step sizes it raised at)."""
     import torch
 
     raised: list[int] = []
 
     def inject(batch_size: int) -> None:
-        if batch_size == at_batch_size and not raised:
+        if (at_batch_size is None or batch_size == at_batch_size) and not raised:
             raised.append(batch_size)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
     return inject, raised
+
+
+class Faults:
+    """What a fault fixture calls (`fn`); setting `fn` (None: nothing) restarts its count."""
+
+    def __init__(self) -> None:
+        self._fn = None
+        self.count = 0
+
+    @property
+    def fn(self):
+        return self._fn
+
+    @fn.setter
+    def fn(self, value) -> None:
+        self._fn, self.count = value, 0
+
+
+def train_step_faults(monkeypatch) -> Faults:
+    """Before every training step, `faults.fn(n)` with the step's number of images (e.g. to
+    raise a GPU out-of-memory). Wraps `training._read` where a training step reads its batch;
+    validation and prediction read under inference mode and are left alone. No hook in the
+    engine: the fixture wraps a real function."""
+    import torch
+
+    from loff_core import training
+
+    faults, real = Faults(), training._read
+
+    def read(source, indices, device):
+        if faults.fn is not None and not torch.is_inference_mode_enabled():
+            faults.fn(len(indices))
+        return real(source, indices, device)
+    monkeypatch.setattr(training, "_read", read)
+    return faults
+
+
+def extraction_faults(monkeypatch) -> Faults:
+    """`faults.fn(stage, n)` during extraction: stage "forward" before each backbone forward
+    pass (n: its images; e.g. a CUDA out-of-memory), stage "write" before each feature shard
+    is written (n: 0 for the first shard this extraction writes; e.g. a full disk). Wraps
+    `FrozenBackbone.tokens` and `cache._write_shard`."""
+    from loff_core import cache
+    from loff_core.backbones import FrozenBackbone
+
+    faults, tokens, write = Faults(), FrozenBackbone.tokens, cache._write_shard
+
+    def forward(self, batch):
+        if faults.fn is not None:
+            faults.fn("forward", len(batch))
+        return tokens(self, batch)
+
+    def write_shard(*args, **kwargs):
+        if faults.fn is not None:
+            n, faults.count = faults.count, faults.count + 1
+            faults.fn("write", n)
+        return write(*args, **kwargs)
+    monkeypatch.setattr(FrozenBackbone, "tokens", forward)
+    monkeypatch.setattr(cache, "_write_shard", write_shard)
+    return faults
+
+
+def binary_png_project(tmp_path, capsys, *, normal: int = 14, pneumonia: int = 22):
+    """A two-class project (class folders `normal` / `pneumonia` of noisy 40 x 40 PNGs, dark vs
+    bright) imported and extracted with a random-init ViT-Tiny at 32 px (a 2 x 2 grid)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, value, n in (("normal", 60, normal), ("pneumonia", 190, pneumonia)):
+        for i in range(n):
+            path = tmp_path / "img" / cls / f"{cls}{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(rng.normal(value, 40, (40, 40)), 0, 255).astype(np.uint8)).save(path)
+    project = tmp_path / "p"
+    loff_json(capsys, "import", project, tmp_path / "img")
+    loff_json(capsys, "extract", project, "--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32",
+              "--grid", "2", "--workers", "0", "--device", "cpu")
+    return project

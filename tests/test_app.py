@@ -155,7 +155,7 @@ def test_whole_story_through_the_window(qtbot, window, images, tmp_path):
     assert len((tmp_path / "predictions.csv").read_text().strip().splitlines()) == 3
 
 
-def test_event_loop_keeps_answering_while_jobs_run(qtbot, window, images, tmp_path):
+def test_event_loop_keeps_answering_while_jobs_run(qtbot, window, images, tmp_path, monkeypatch):
     """A 20 ms timer keeps firing within 100 ms while extraction and training run in the
     worker; the long call never runs on the GUI thread. Measured here: 35-43 ms alone,
     up to 55 ms with a second copy of this test on the same 2 cores."""
@@ -173,19 +173,21 @@ def test_event_loop_keeps_answering_while_jobs_run(qtbot, window, images, tmp_pa
     timer.timeout.connect(lambda: ticks.append(time.monotonic()))
     timer.start(20)
     seen_threads: list[str] = []
-    original = w.state.project.extract
+    from loff_core import steps  # the pages run the engine's steps
+
+    original = steps._extract
 
     def spy(*a, **kw):
         seen_threads.append(threading.current_thread().name)
         return original(*a, **kw)
-    w.state.project.extract = spy
+    monkeypatch.setattr(steps, "_extract", spy)
     _extract(qtbot, w)
-    original_train = w.state.project.train
+    original_train = steps._train
 
     def spy_train(*a, **kw):
         seen_threads.append(threading.current_thread().name)
         return original_train(*a, **kw)
-    w.state.project.train = spy_train
+    monkeypatch.setattr(steps, "_train", spy_train)
     w.train_page.head.setCurrentText("attention")
     w.train_page.epochs.setValue(3)
     qtbot.mouseClick(w.train_page.train_button, qtbot_button())
@@ -232,13 +234,13 @@ def test_stop_cancel_and_close_while_training(qtbot, window, images, tmp_path, m
     assert len(runs) == 2 and [r.record["stopped"] for r in runs] == ["user_stop", "user_stop"]
     # a close before the first epoch ends: the engine keeps the partial first epoch as the
     # best head so far (a stop never drops the run), so a run is saved here too
-    from loff_core import training
+    from loff_cli import train_step_faults
 
     def hold_first_step(batch_size):  # the first step waits until the window asked to stop
         deadline = time.monotonic() + 60
         while not w.state.runner.job.progress_state.stop_requested and time.monotonic() < deadline:
             time.sleep(0.01)
-    monkeypatch.setattr(training, "_FAULT_INJECTOR", hold_first_step)
+    train_step_faults(monkeypatch).fn = hold_first_step
     w.show()
     qtbot.mouseClick(page.train_button, qtbot_button())
     runner = w.state.runner  # the job's thread starts on the next turn of the event loop
@@ -599,8 +601,6 @@ def test_out_of_memory_retry_is_a_warning_while_the_job_runs(qtbot, window, imag
     warning while the job still runs, once, before the job's own result message."""
     import torch
 
-    from loff_core import cache, training
-
     w = window
     seen: list[tuple[str, str, bool]] = []
     w.state.message.connect(lambda level, text: seen.append((level, text, w.state.busy)))
@@ -610,19 +610,20 @@ def test_out_of_memory_retry_is_a_warning_while_the_job_runs(qtbot, window, imag
     def forward_oom(stage, n):
         if stage == "forward" and n > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-    monkeypatch.setattr(cache, "_FAULT_INJECTOR", forward_oom)
+    from loff_cli import extraction_faults, oom_once, train_step_faults
+
+    faults = extraction_faults(monkeypatch)
+    faults.fn = forward_oom
     w.cache_page.batch.setValue(4)
     _extract(qtbot, w)
-    monkeypatch.setattr(cache, "_FAULT_INJECTOR", None)
+    faults.fn = None
 
-    from loff_cli import oom_once
-
-    train_oom, raised = oom_once(32)
-    monkeypatch.setattr(training, "_FAULT_INJECTOR", train_oom)
+    train_oom, raised = oom_once()  # the first step (the training set is smaller than a batch of 32)
+    train_step_faults(monkeypatch).fn = train_oom
     w.train_page.epochs.setValue(1)
     qtbot.mouseClick(w.train_page.train_button, qtbot_button())
     _wait_idle(qtbot, w)
-    assert raised == [32] and len(w.state.project.runs()) == 1
+    assert len(raised) == 1 and len(w.state.project.runs()) == 1
 
     for note, done in (("GPU out of memory: retrying with batch size 2", "extraction done"),
                        ("GPU out of memory: retrying with batch size 16", "run ")):

@@ -49,20 +49,26 @@ def test_reopened_project_keeps_its_labels_on_re_import(qtbot, window, images, t
     assert "sub-folder names" in asked[-1]
 
 
-@pytest.mark.parametrize("engine, window_text", [
-    ("no weights for vit_base: they are not in the local timm / Hugging Face cache and nothing is downloaded; "
-     "pass --weights FILE (.safetensors or .pth) or --random-init",
-     "choose a local weights file (.safetensors or .pth) or random weights on the Cache page"),
-    ("device 'cuda' asked for, but no CUDA GPU is available here; use --device cpu", "use device CPU"),
-    ("/p: no feature cache yet; run `loff extract /p`", "run Extract on the Cache page"),
-    ("/p: no training runs yet; run `loff train /p`", "train a head on the Train page"),
-    ("labels.csv: which column holds the label? pass --label-column; the CSV has columns a, b",
-     "choose the label column"),
+@pytest.mark.parametrize("remedy, params, window_words", [
+    ("choose_weights_or_random", {}, "choose a local weights file (.safetensors or .pth) or random weights on the "
+                                     "Cache page"),
+    ("device_cpu", {}, "choose device CPU"),
+    ("extract", {"project": "/p"}, "run Extract on the Cache page"),
+    ("train", {"project": "/p"}, "train a head on the Train page"),
+    ("choose_label_column", {}, "choose the label column"),
 ])
-def test_engine_messages_name_controls_in_the_window(window, engine, window_text):  # noqa: F811
-    window.show_message("error", engine)
+def test_engine_messages_name_controls_in_the_window(window, remedy, params, window_words):  # noqa: F811
+    """An engine error as the window shows it: its remedy worded from the window's table
+    (app/remedies.py), never a command or an option (the terminal's words)."""
+    from app.remedies import window_text
+    from loff_core.errors import LoffError
+
+    error = LoffError("something is missing", "/p", remedy, **params)
+    assert "--" in str(error) or "`loff" in str(error)  # the terminal's words
+    window.show_message("error", window_text(error))
     shown = window.problems.item(window.problems.count() - 1).text()
-    assert window_text in shown and "--" not in shown and "`loff" not in shown, shown
+    assert shown.startswith("Problem: /p: something is missing; ") and shown.endswith(window_words), shown
+    assert "--" not in shown and "`loff" not in shown, shown
 
 
 def test_a_job_signal_is_never_lost_to_a_slow_caller(qtbot, window):  # noqa: F811

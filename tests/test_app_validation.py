@@ -16,25 +16,12 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from PySide6.QtCore import Qt  # noqa: E402
 
-from loff_cli import loff_json  # noqa: E402
+from loff_cli import binary_png_project, loff_json  # noqa: E402
 from test_app import window  # noqa: E402,F401  (the app's window fixture: one copy)
 
 pytestmark = pytest.mark.gui
 LONG = 240_000
 
-
-def _binary_project(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    for cls, value, n in (("normal", 60, 14), ("pneumonia", 190, 22)):
-        for i in range(n):
-            path = tmp_path / "img" / cls / f"{cls}{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(rng.normal(value, 40, (40, 40)), 0, 255).astype(np.uint8)).save(path)
-    project = tmp_path / "p"
-    loff_json(capsys, "import", project, tmp_path / "img")
-    loff_json(capsys, "extract", project, "--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32",
-              "--grid", "2", "--workers", "0", "--device", "cpu")
-    return project
 
 
 def _open(w, path):
@@ -44,7 +31,7 @@ def _open(w, path):
 
 
 def test_cross_validate_and_find_the_best_head_in_the_window(qtbot, window, tmp_path, capsys):
-    path = _binary_project(tmp_path, capsys)
+    path = binary_png_project(tmp_path, capsys)
     w = window
     _open(w, path)
     page, panel = w.train_page, w.train_page.validation
@@ -85,7 +72,7 @@ def test_cross_validate_and_find_the_best_head_in_the_window(qtbot, window, tmp_
 
 
 def test_results_page_saves_the_operating_point(qtbot, window, tmp_path, capsys):
-    path = _binary_project(tmp_path, capsys)
+    path = binary_png_project(tmp_path, capsys)
     run = loff_json(capsys, "train", path, "--head", "linear", "--epochs", "3", "--device", "cpu")["run"]
     w = window
     _open(w, path)

@@ -317,7 +317,7 @@ def test_exam_view_places_a_patients_views_side_by_side(qtbot, window, images, t
     from app.pages.viewer_page import exam_position
 
     assert exam_position("CC", "R") == (0, 0) and exam_position("MLO", "L") == (1, 1)
-    assert exam_position(None, "L") is None
+    assert exam_position(None, "L") == (2, 1) and exam_position("CC", None) is None  # side, no view: "view unknown" row
     w = window
     _new_project(w, tmp_path / "p")
     _import(qtbot, w, images)

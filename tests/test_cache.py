@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from loff_core import cache as cache_mod
 from loff_core.backbones import BackboneSpec, load_backbone
 from loff_core.cache import FeatureCache, extract_features
 from loff_core.errors import CacheError
@@ -34,10 +33,12 @@ def images(tmp_path) -> list[tuple[str, Path]]:
     return items
 
 
-@pytest.fixture(autouse=True)
-def _no_fault():
-    yield
-    cache_mod._FAULT_INJECTOR = None
+@pytest.fixture
+def faults(monkeypatch):
+    """Faults injected into extraction (tests/loff_cli.py: the engine has no hook for them)."""
+    from loff_cli import extraction_faults
+
+    return extraction_faults(monkeypatch)
 
 
 def _arrays(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -71,16 +72,16 @@ def test_cache_holds_what_the_backbone_computes(images, tmp_path):
     assert again.extracted == 0 and again.skipped == 11
 
 
-def test_resume_after_crash_is_bit_identical(images, tmp_path):
+def test_resume_after_crash_is_bit_identical(images, tmp_path, faults):
     whole = extract_features(images, SPEC, tmp_path / "a", device="cpu", batch_size=3, num_workers=0)
 
     def crash(stage, n):
         if stage == "write" and n == 2:
             raise KeyboardInterrupt  # stands in for a kill between batches
-    cache_mod._FAULT_INJECTOR = crash
+    faults.fn = crash
     with pytest.raises(KeyboardInterrupt):
         extract_features(images, SPEC, tmp_path / "b", device="cpu", batch_size=3, num_workers=0)
-    cache_mod._FAULT_INJECTOR = None
+    faults.fn = None
     parts = list((tmp_path / "b").glob("*.parts/*.h5"))
     assert len(parts) == 2 and not list((tmp_path / "b").glob("*.h5"))
     resumed = extract_features(images, SPEC, tmp_path / "b", device="cpu", batch_size=3, num_workers=0)
@@ -126,13 +127,13 @@ def test_a_folder_with_no_readable_image_gives_an_empty_finished_cache(tmp_path)
         assert len(c.image_ids) == 0
 
 
-def test_out_of_memory_halves_the_batch_and_tells(images, tmp_path):
+def test_out_of_memory_halves_the_batch_and_tells(images, tmp_path, faults):
     whole = extract_features(images, SPEC, tmp_path / "a", device="cpu", batch_size=4, num_workers=0)
 
     def oom(stage, n):
         if stage == "forward" and n > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-    cache_mod._FAULT_INJECTOR = oom
+    faults.fn = oom
     messages = []
     result = extract_features(images, SPEC, tmp_path / "b", device="cpu", batch_size=4, num_workers=0,
                               progress=Progress(on_report=lambda d, t, m: messages.append(m)))
@@ -142,14 +143,14 @@ def test_out_of_memory_halves_the_batch_and_tells(images, tmp_path):
     assert a[0] == b[0] and np.allclose(a[1].astype(np.float32), b[1].astype(np.float32), atol=1e-2)
 
 
-def test_full_disk_stops_with_a_clear_message_and_keeps_finished_work(images, tmp_path):
+def test_full_disk_stops_with_a_clear_message_and_keeps_finished_work(images, tmp_path, faults):
     def full(stage, n):
         if stage == "write" and n == 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-    cache_mod._FAULT_INJECTOR = full
+    faults.fn = full
     with pytest.raises(CacheError, match="No space left on device.*kept"):
         extract_features(images, SPEC, tmp_path / "c", device="cpu", batch_size=4, num_workers=0)
-    cache_mod._FAULT_INJECTOR = None
+    faults.fn = None
     assert len(list((tmp_path / "c").glob("*.parts/*.h5"))) == 1
     resumed = extract_features(images, SPEC, tmp_path / "c", device="cpu", batch_size=4, num_workers=0)
     assert resumed.skipped == 4 and resumed.extracted == 7

@@ -8,9 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from loff_cli import loff_json
+from loff_cli import binary_png_project, loff_json
 from loff_core.calibration import (adjust, choose_threshold, decide, ece, fit_operating_point, fit_temperature,
                                    prior_shift, set_threshold)
 from loff_core.errors import TrainingError
@@ -64,22 +63,9 @@ def test_threshold_criteria():
                                                                  + op["threshold"]["specificity"]) / 2)
 
 
-def _binary_project(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    for cls, value, n in (("normal", 60, 14), ("pneumonia", 190, 30)):  # imbalanced
-        for i in range(n):
-            path = tmp_path / "img" / cls / f"{cls}{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(rng.normal(value, 40, (40, 40)), 0, 255).astype(np.uint8)).save(path)
-    project = tmp_path / "p"
-    loff_json(capsys, "import", project, tmp_path / "img")
-    loff_json(capsys, "extract", project, "--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32",
-              "--grid", "2", "--workers", "0", "--device", "cpu")
-    return project
-
 
 def test_operating_point_is_used_by_evaluate_export_and_predict(tmp_path, capsys):
-    project = _binary_project(tmp_path, capsys)
+    project = binary_png_project(tmp_path, capsys, pneumonia=30)
     run = loff_json(capsys, "train", project, "--head", "linear", "--epochs", "4", "--device", "cpu")["run"]
     record = json.loads((project / "runs" / run / "run.json").read_text())
     op = record["operating_point"]

@@ -82,12 +82,15 @@ def test_read_only_project_lock_is_one_line_reason(trained, capsys, monkeypatch)
         return real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(project_mod, "open", read_only, raising=False)  # the lock's open()
-    for command in (["extract", project, *TINY], ["train", project, "--epochs", "1"], ["evaluate", project],
+    for command in (["extract", project, *TINY], ["train", project, "--epochs", "1"],
                     ["import", project, images]):  # the lock comes before any scan
         code, err = _run(capsys, *command)
         line = _one_line(err)
         assert code == 1
         assert line == f"loff {command[0]}: cannot write {project / '.lock'}: Read-only file system", line
+    # evaluate reads an existing run: it takes the shared reader lock, never the writer's .lock
+    code, err = _run(capsys, "evaluate", project)
+    assert code == 0, err
 
 
 def test_full_disk_during_import_keeps_the_old_catalog(tmp_path, capsys, monkeypatch):

@@ -240,6 +240,33 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_an_export_killed_midway_is_tidied_by_the_next_one(exported, tmp_path):
+    """SIGKILL during an export leaves a hidden staging folder (and, between its two renames, the
+    previous export moved aside): the next export deletes the staging of a dead process, keeps
+    that of a running one, and puts a moved-aside previous export back."""
+    from loff_core.export import _clean_killed_exports, export_head
+
+    project = Project.open(exported / "p")
+    out = tmp_path / "head"
+    dead, alive = _dead_pid(), os.getppid()
+    (tmp_path / f".head.partial-{dead}").mkdir()
+    (tmp_path / f".head.partial-{dead}" / "head.safetensors").write_bytes(b"half")
+    (tmp_path / f".head.partial-{alive}").mkdir()
+    export_head(project, out)
+    assert (out / "card.json").is_file()
+    assert not (tmp_path / f".head.partial-{dead}").exists()
+    assert (tmp_path / f".head.partial-{alive}").is_dir()  # another export may still be writing it
+
+    shutil.move(str(out), str(tmp_path / f".head.old-{dead}"))  # killed between the two renames
+    _clean_killed_exports(out)
+    assert (out / "card.json").is_file() and not (tmp_path / f".head.old-{dead}").exists()
+
+
 def test_tampered_or_foreign_heads_are_refused_with_the_reason(exported, tmp_path, capsys):
     from loff_core.errors import ExportError
     from loff_core.export import load_exported_head

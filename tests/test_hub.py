@@ -18,7 +18,7 @@ from loff_core.hub import PARTIAL, describe_get, get_weights, partial_file
 from loff_core.progress import Cancelled, Progress
 from hub_server import HubServer
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 REPO = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"  # timm's Hub repo for vit_tiny_patch16_224
 TEST_ENTRY = W.KnownBackbone("test-vit-tiny", "vit_tiny_patch16_224", 5.5, 22.0, "Apache-2.0 (test)", "hf", REPO, 224,
                              *W.IMAGENET, "a random-init ViT-Tiny served by the test Hub", "dinov2")

@@ -9,8 +9,8 @@ from dataclasses import fields
 import pytest
 
 from loff_core.cli import build_parser
-from loff_core.settings import (AugmentConfig, EvaluateSettings, ExtractSettings, TrainConfig, all_fields,
-                                field_info, option_name)
+from loff_core.settings import (AugmentConfig, CVSettings, EvaluateSettings, ExtractSettings, TrainConfig,
+                                TuneSettings, all_fields, field_info, option_name)
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -19,7 +19,8 @@ def _subparser(name: str) -> argparse.ArgumentParser:
 
 
 @pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("extract", ExtractSettings),
-                                          ("evaluate", EvaluateSettings)])
+                                          ("evaluate", EvaluateSettings), ("cv", CVSettings),
+                                          ("tune", TuneSettings)])
 def test_every_declared_option_is_on_the_command_line_with_its_default(command, cls):
     parser = _subparser(command)
     by_dest = {a.dest: a for a in parser._actions}
@@ -33,6 +34,27 @@ def test_every_declared_option_is_on_the_command_line_with_its_default(command, 
         assert info.help.split(" (")[0].replace("%", "%%")[:30] in (action.help or ""), info.name
         if info.choices:
             assert list(action.choices) == list(info.choices)
+
+
+@pytest.mark.parametrize("command, names", [("cv", ["task", "epochs", "lr", "patience", "seed", "device"]),
+                                            ("tune", ["task", "seed", "device"])])
+def test_cv_and_tune_take_the_training_options_from_their_declaration(command, names):
+    """`loff cv` / `loff tune` share TrainConfig's declarations (choices, ranges, help); the
+    settings they leave to TrainConfig default to None there, so TrainConfig's default holds."""
+    by_dest = {a.dest: a for a in _subparser(command)._actions}
+    for name in names:
+        info, action = field_info(TrainConfig, name), by_dest[name]
+        assert option_name(info) in action.option_strings
+        assert info.help.split(" (")[0][:30] in (action.help or ""), name
+        assert action.default in (None, info.default), name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "p", "--folds", "1"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "p", "--task", "regression"])
+    if command == "cv":
+        assert build_parser().parse_args(["cv", "p", "--head", "logreg"]).head == "logreg"
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["cv", "p", "--lr", "0"])
 
 
 def test_out_of_range_values_are_refused_by_the_declaration():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import loff_core.training as training
-from loff_cli import oom_once
+from loff_cli import oom_once, train_step_faults
 from loff_core.augment import AugmentConfig
 from loff_core.errors import TrainingError
 from loff_core.features import InMemoryFeatures
@@ -131,7 +131,7 @@ def test_cancel_propagates():
 def test_out_of_memory_halves_the_batch(monkeypatch):
     src, y = _source()
     inject, raised = oom_once(32)
-    monkeypatch.setattr(training, "_FAULT_INJECTOR", inject)
+    train_step_faults(monkeypatch).fn = inject
     messages = []
     progress = Progress(on_report=lambda d, t, m: messages.append(m))
     r = train_head(src, *_split(src, y), _cfg(batch_size=32), num_classes=3, progress=progress)
@@ -141,7 +141,7 @@ def test_out_of_memory_halves_the_batch(monkeypatch):
     assert "GPU out of memory: retrying with batch size 16" in messages
     assert r.notes == ["GPU out of memory: retrying with batch size 16"]  # in the result, not only progress
 
-    monkeypatch.setattr(training, "_FAULT_INJECTOR", lambda bs: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    train_step_faults(monkeypatch).fn = lambda bs: (_ for _ in ()).throw(RuntimeError("out of memory"))
     with pytest.raises(TrainingError, match="batch size 1"):
         train_head(src, *_split(src, y), _cfg(batch_size=4), num_classes=3)
 
@@ -157,7 +157,8 @@ def test_out_of_memory_note_reaches_train_json_run_record_and_stderr(monkeypatch
     loff_json(capsys, "extract", tmp_path / "p", "--backbone", "vit_tiny_patch16_224", "--random-init",
               "--image-size", "32", "--grid", "2", "--workers", "0")
     inject, raised = oom_once(8)
-    monkeypatch.setattr(training, "_FAULT_INJECTOR", inject)
+    faults = train_step_faults(monkeypatch)
+    faults.fn = inject
     capsys.readouterr()
     from loff_core.cli import main
 
@@ -169,7 +170,7 @@ def test_out_of_memory_note_reaches_train_json_run_record_and_stderr(monkeypatch
     assert Project.open(tmp_path / "p").run(out["run"]).record["notes"] == [note]
     assert f"loff train: note: {note}" in captured.err
 
-    monkeypatch.setattr(training, "_FAULT_INJECTOR", None)
+    faults.fn = None
     clean = loff_json(capsys, "train", tmp_path / "p", "--epochs", "1")
     assert clean["notes"] == [] and Project.open(tmp_path / "p").run(clean["run"]).record["notes"] == []
 
@@ -185,7 +186,7 @@ def test_oom_retry_matches_a_clean_run_at_the_smaller_batch(monkeypatch):
             if state["n"] == 2:
                 raise torch.cuda.OutOfMemoryError("out of memory")
 
-    monkeypatch.setattr(training, "_FAULT_INJECTOR", inject)
+    train_step_faults(monkeypatch).fn = inject
     retried = train_head(src, *_split(src, y), _cfg(batch_size=32, epochs=2), num_classes=3)
     # the epoch restarts from the snapshot with the same generator state; only the schedule
     # (computed from the batch size) is shared, so losses match a clean 16-batch run

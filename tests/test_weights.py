@@ -13,7 +13,7 @@ from loff_core.backbones import BackboneSpec, bundled_weights_file, load_backbon
 from loff_core.errors import BackboneError
 from loff_core import weights as W
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 TOL = 1e-4
 MAX_DIFFS: dict[str, float] = {}  # conversion -> max |diff| seen (printed at the end with -s)
 

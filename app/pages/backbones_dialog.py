@@ -15,8 +15,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
                                QMessageBox, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
+from ..remedies import window_text
 from ..state import AppState
 from ..widgets import ProgressStrip
+from ..workers import wire
 
 COLUMNS = ["name", "parameters", "size", "licence", "present", "source / note"]
 
@@ -143,11 +145,8 @@ class BackbonesDialog(QDialog):
             return
         self._job = job
         job.on_close = "stop"  # closing the window keeps the partial file
-        job.progress.connect(self.strip.report)
-        job.finished.connect(self._got)
         self._getting = name
-        job.cancelled.connect(self._stopped)  # bound methods: delivered on the GUI thread
-        job.failed.connect(self._failed)
+        wire(job, strip=self.strip, done=self._got, cancelled=self._stopped, failed=self._failed)
         self.status.setText(f"getting {name} ({info['size_mb']:,.1f} MB, {info['licence']})...")
         self._enable()
 
@@ -194,8 +193,7 @@ class BackbonesDialog(QDialog):
         job = self.state.start(f"add {name}", lambda progress: add_weights(path, name, licence=licence))
         if job is None:
             return
-        job.finished.connect(self._added)
-        job.failed.connect(self._failed)
+        wire(job, done=self._added, failed=self._failed)
 
     def _added(self, entry: Any) -> None:
         self.status.setText(f"added {entry.name}: {entry.source_format} checkpoint as {entry.architecture}, "
@@ -215,7 +213,7 @@ class BackbonesDialog(QDialog):
         try:
             remove_weights(name)
         except LoffError as exc:
-            self.status.setText(str(exc))
+            self.status.setText(window_text(exc))
             return
         self.status.setText(f"removed {name}")
         self.refresh()

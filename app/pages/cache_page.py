@@ -118,13 +118,12 @@ class CachePage(QWidget):
         """Listing GPUs imports torch: done in a light job, not here."""
         from loff_core.backbones import list_devices
 
-        from ..workers import start_light
+        from ..workers import start_light, wire
 
         self.devices_button.setEnabled(False)
         self.devices_button.setText("Looking for GPUs...")
-        job = start_light("find devices", list_devices, newest=(self, "devices"))
-        job.finished.connect(self._devices_found)
-        job.failed.connect(self._devices_failed)
+        wire(start_light("find devices", list_devices, newest=(self, "devices")), done=self._devices_found,
+             failed=self._devices_failed)
 
     def _devices_failed(self, text: str) -> None:
         self.devices_button.setEnabled(True)
@@ -177,8 +176,10 @@ class CachePage(QWidget):
         spec, device, batch = self.spec(), self.device.currentData(), self.batch.value()
 
         def work(progress: Any) -> Any:
-            with project.lock():
-                return project.extract(spec, device=device, batch_size=batch, progress=progress)
+            from loff_core import steps
+
+            settings = ExtractSettings(device=device, batch_size=batch)
+            return steps.extract(project, spec, settings, progress=progress)  # takes the lock
         self.save_settings()
         job = wire(self.state.start("extract", work, banner=self.banner), strip=self.strip, banner=self.banner,
                    done=self._extracted)
@@ -188,15 +189,15 @@ class CachePage(QWidget):
     def _extracted(self, result: Any) -> None:
         words = "stopped; the cache is partial: Extract again to resume" if result.stopped else "done"
         text = (f"extraction {words}: {result.extracted} images computed, {result.skipped} already cached, "
-                f"{len(result.failures)} unreadable ({result.seconds:.1f} s)")
+                f"{len(result.failed)} unreadable ({result.seconds:.1f} s)")
         self.state.message.emit("info", text)
         self.strip.finish(text, complete=not result.stopped)
         shown = self.state.runner.job.notices if self.state.runner.job is not None else []
         for note in result.notes:
             if note not in shown:  # notices were shown as they happened
                 self.state.message.emit("warning", note)
-        for f in result.failures[:20]:
-            self.state.message.emit("warning", f"{f.path}: {f.reason}")
+        for f in result.failed[:20]:  # paths relative to the project, as `loff extract` prints them
+            self.state.message.emit("warning", f"{f['path']}: {f['reason']}")
         self.state.cache_changed.emit()
         self.state.catalog_changed.emit()  # the import report gained decode failures
 
@@ -213,6 +214,10 @@ class CachePage(QWidget):
         self.strip.clear()
         self.devices_found.setText("")
         values = self.state.page_settings("cache")
+        if not values:  # nothing remembered for this project: the defaults, never the previous project's
+            gpu = any(str(self.device.itemData(i) or "").startswith("cuda") for i in range(self.device.count()))
+            self._apply_default_backbone(gpu=gpu)
+            values = {"backbone": self.backbone.currentText()}
         if values:
             self.backbone.setCurrentText(values.get("backbone", self.backbone.currentText()))
             self.weights.setText(values.get("weights", ""))
@@ -254,7 +259,7 @@ class CachePage(QWidget):
         for path in project.cache_paths():
             active = path.stem == project.settings.active_cache
             size = path.stat().st_size / 2**20
-            partial = is_partial(project.caches_dir, path.stem)
+            partial = is_partial(project.caches_dir, path.stem, project)
             state = ("<b>PARTIAL</b> (extraction stopped before the end; Extract with the same settings finishes "
                      "it; Train waits for it) " if partial else "") + ("<b>active</b> " if active else "")
             lines.append(f"{state}cache {path.name}: {size:.1f} MB on disk")

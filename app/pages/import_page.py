@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                                QListWidget, QMessageBox, QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
 
 from loff_core.catalog import CatalogEntry
 from loff_core.errors import LoffError
 
+from ..remedies import window_text
 from ..state import AppState
 from ..widgets import Banner, ImagePanel, ProgressStrip, form_row
 from ..workers import wire
@@ -137,16 +138,25 @@ class ImportPage(QWidget):
         form = QFormLayout()
         form.addRow("Images", form_row(self.folder, browse, stretch_last=True))
         form.addRow("Labels CSV", form_row(self.labels, browse_csv, stretch_last=True))
+        self.exam_columns_note = QLabel("")  # where the exam view's side / view come from (a CSV column)
+        self.exam_columns_note.setToolTip("a labels CSV column named like side / laterality / view gives the exam "
+                                          "view its columns (right, left) and rows (CC, MLO) where the image "
+                                          "header has none (e.g. mini-MIAS PNGs)")
         form.addRow("Columns", form_row(QLabel("file"), self.file_column, QLabel("label"), self.label_column,
-                                        QLabel("patient"), self.patient_column))
+                                        QLabel("patient"), self.patient_column, self.exam_columns_note))
         from ..validation_widgets import ImportExtras  # given split and patients (issue 13)
 
         self.extras = ImportExtras()
         form.addRow("Split, patients", self.extras)
         form.addRow("Task", form_row(self.task, QLabel("classes"), self.classes, stretch_last=True))
-        form.addRow("", form_row(self.import_button, self.strip, stretch_last=True))
-        top = QGroupBox("Import images")
-        top.setLayout(form)
+        from ..collapsible import Collapsible
+
+        body = QWidget()
+        body.setLayout(form)
+        form.setContentsMargins(0, 0, 0, 0)
+        # folds to one line once the project has images, so the table gets the height at 1280 x 720;
+        # Import and its progress stay in the header
+        top = self.import_box = Collapsible("Import images", body, (self.import_button, self.strip))
 
         self.model = CatalogModel()
         self.filter = QLineEdit()
@@ -159,6 +169,7 @@ class ImportPage(QWidget):
         self.table.setSelectionBehavior(QTableView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QTableView.SelectionMode.SingleSelection)
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 6)  # compact rows
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.selectionModel().currentRowChanged.connect(self._row_changed)
         self.counts = QLabel("")
@@ -168,15 +179,25 @@ class ImportPage(QWidget):
         self.problems.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
         self.viewer = ImagePanel()
 
-        left = QWidget()
-        lv = QVBoxLayout(left)
+        table_part = QWidget()
+        tv = QVBoxLayout(table_part)
+        tv.setContentsMargins(0, 0, 0, 0)
+        tv.addWidget(form_row(self.filter, self.shown, stretch_last=False))
+        tv.addWidget(self.table, 1)
+        report_part = QWidget()
+        lv = QVBoxLayout(report_part)
         lv.setContentsMargins(0, 0, 0, 0)
-        lv.addWidget(form_row(self.filter, self.shown, stretch_last=False))
-        lv.addWidget(self.table, 3)
         lv.addWidget(self.counts)
         lv.addWidget(self.extras.assigned)  # how the split and the patients were assigned
         lv.addWidget(QLabel("Import report: files not imported, and warnings"))
         lv.addWidget(self.problems, 1)
+        self.problems.setMinimumHeight(40)
+        left = QSplitter(Qt.Orientation.Vertical)  # the table above, the report below: the user moves the line
+        left.addWidget(table_part)
+        left.addWidget(report_part)
+        left.setStretchFactor(0, 3)
+        left.setStretchFactor(1, 1)
+        left.setSizes([400, 160])
         split = QSplitter()
         split.addWidget(left)
         split.addWidget(self.viewer)
@@ -199,6 +220,8 @@ class ImportPage(QWidget):
         self.viewer.show_image(None, "")
         self._fill_from_project()
         self.refresh()
+        project = self.state.project
+        self.import_box.set_expanded(project is None or not project.has_catalog())  # a new project: the form
 
     # -- choosing inputs ---------------------------------------------------------------
     def _choose_folder(self) -> None:
@@ -267,6 +290,15 @@ class ImportPage(QWidget):
                     combo.setCurrentIndex(i + 1)
                     break
         self.extras.set_columns(columns)
+        self._exam_columns(columns)
+
+    def _exam_columns(self, columns: list[str]) -> None:
+        from loff_core.exam_columns import find_columns
+
+        side, view = find_columns(columns, (self.file_column.currentData(), self.patient_column.currentData(),
+                                            self.label_column.currentData()))
+        parts = ([f"side: {side}"] if side else []) + ([f"view: {view}"] if view else [])
+        self.exam_columns_note.setText(("exam view " + ", ".join(parts)) if parts else "")
 
     # -- import ------------------------------------------------------------------------
     def start_import(self) -> None:
@@ -292,16 +324,19 @@ class ImportPage(QWidget):
         kwargs.update(self.extras.import_kwargs(labels_csv or None))
 
         def work(progress: Any) -> Any:
-            with project.lock():
-                return project.import_images(folder, progress=progress, **kwargs)
+            from loff_core import steps
+
+            return steps.import_images(project, folder, progress=progress, **kwargs)  # takes the lock
         wire(self.state.start("import", work, banner=self.banner), strip=self.strip, banner=self.banner,
              done=self._imported)
 
     def _imported(self, summary: Any) -> None:
         text = (f"imported {summary.imported} images ({summary.labelled} labelled); "
-                f"{len(summary.failures)} could not be read")
+                f"{len(summary.failed)} could not be read")
         self.state.message.emit("info", text)
         self.strip.finish(text, complete=summary.imported > 0)  # 0 images: an empty bar, not 100 %
+        if summary.imported > 0:
+            self.import_box.set_expanded(False)  # the table is what to look at now (the form is one click away)
         if summary.imported == 0:
             self.banner.show_warning(f"no images were imported from {self.folder.text().strip()}: see the import "
                                      "report below")
@@ -325,6 +360,8 @@ class ImportPage(QWidget):
         project = self.state.project
         self.problems.clear()
         if project is None or not project.has_catalog():
+            self.import_box.set_summary("")
+            self.extras.assigned.setText("")  # no split or patients of another project's catalog
             self.model.set_entries([])
             self._count_shown()
             self.counts.setText("No images imported yet.")
@@ -341,6 +378,11 @@ class ImportPage(QWidget):
             + (", ".join(f"{c} {n}" for c, n in s.per_class.items()) or "none")
             + ". Per split: " + (", ".join(f"{k} {v}" for k, v in sorted(s.splits.items())) or "none")
             + (" &nbsp; <b>SYNTHETIC demo data</b>" if project.settings.synthetic else ""))
+        labels = self.labels.text().strip()
+        self.import_box.set_summary(
+            f"{s.imported} images from {self.folder.text().strip() or 'a folder that moved'}"
+            + (f"; labels: {Path(labels).name}, column {self.label_column.currentText()}" if labels else "")
+            + f"; task {project.settings.task}")
         for f in s.failures:
             self.problems.addItem(f"{f['path']}: {f['reason']}")
         for w in s.warnings:
@@ -373,7 +415,7 @@ class ImportPage(QWidget):
         try:
             path = project.image_path(entry)
         except LoffError as exc:  # the images folder was moved: say so, keep the table
-            self.viewer.show_image(None, str(exc))
+            self.viewer.show_image(None, window_text(exc))
             return
         load_image(self, path, lambda pixels, error: self.viewer.show_image(
             pixels, caption if error is None else f"{entry.shown_path}: {error}"))

@@ -10,7 +10,6 @@ Export never writes into a non-empty folder without asking."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -203,9 +202,9 @@ class PredictPage(QWidget):
         self.state.save_page_settings("predict", {"onnx": onnx})
 
         def work(progress: Any) -> Any:
-            from loff_core.export import export_head
+            from loff_core import steps
 
-            return export_head(project, out, run_id=run_id, onnx=onnx, progress=progress)
+            return steps.export(project, out, run_id=run_id, onnx=onnx, progress=progress).to_json()
         wire(self.state.start("export", work, banner=self.banner), strip=self.strip, banner=self.banner,
              done=self._exported)
 
@@ -235,13 +234,12 @@ class PredictPage(QWidget):
                     return
 
         def work(progress: Any) -> Any:
-            from loff_core.export import export_head, predict_files
+            from loff_core import steps
 
-            if head_dir:
-                return predict_files(head_dir, paths, progress=progress)
-            with tempfile.TemporaryDirectory(prefix="loff-head-") as tmp:
-                export_head(project, tmp, run_id=run_id)
-                return predict_files(tmp, paths, progress=progress)
+            # a project's run predicts as it is (no export to a temporary folder first)
+            source = (head_dir, None) if head_dir else (project.root, run_id)
+            return steps.predict(source[0], paths, run_id=source[1], require_predictions=False,
+                                 progress=progress).to_json()
         source = {"head_dir": head_dir} if head_dir else {"run": run_id}
         wire(self.state.start("predict", work, banner=self.banner), strip=self.strip, banner=self.banner,
              done=lambda result: self.show_predictions({**result, **source}))

@@ -63,8 +63,8 @@ class ResultsPage(QWidget):
         self.run.currentIndexChanged.connect(self._run_changed)
         self.compare = QComboBox()
         self.compare.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        self.compare.setToolTip("overlay another run's ROC on the same split (dashed; that run must have been "
-                                "evaluated on it)")
+        self.compare.setToolTip("overlay another run's ROC on the same split (dashed; from its saved evaluation, "
+                                "else computed now without saving)")
         self.compare.currentIndexChanged.connect(lambda _: self._show_compare())
         self.roc_legend = QLabel("")
         self.roc_legend.setWordWrap(True)
@@ -74,13 +74,16 @@ class ResultsPage(QWidget):
         self.evaluate_button = QPushButton("Evaluate")
         self.evaluate_button.clicked.connect(self.start_evaluate)
         self.strip = ProgressStrip()
-        self.strip.stop_button.hide()
+        # an evaluation has nothing partial to keep: Stop drops it (the saved one stays as it was)
+        self.strip.stop_button.setToolTip("Stop evaluating; the evaluation saved before stays as it was")
+        self.strip.stop_clicked.connect(self.state.runner.cancel)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.metrics = QTableWidget(0, 3)
         self.metrics.setHorizontalHeaderLabels(["metric", "value", "95% interval"])
         self.metrics.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.metrics.verticalHeader().setVisible(False)
+        self.metrics.verticalHeader().setDefaultSectionSize(self.metrics.fontMetrics().height() + 6)  # compact rows
         self.confusion = QTableWidget(0, 0)
         self.confusion.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.confusion.cellClicked.connect(self.select_cell)
@@ -89,6 +92,7 @@ class ResultsPage(QWidget):
         self.roc.setLabel("bottom", "false positive rate")
         self.roc.setLabel("left", "true positive rate")
         self.compare_items: list[Any] = []
+        self.computed_rocs: dict[tuple[str, str, str], dict] = {}  # (project, run, split) -> ROC computed here
         self.threshold = QSlider(Qt.Orientation.Horizontal)
         self.threshold.setRange(0, 1000)
         self.threshold.setValue(500)
@@ -118,7 +122,8 @@ class ResultsPage(QWidget):
         left.addWidget(self.confusion, 2)
         left.addWidget(self.view_cell)
         right = QVBoxLayout()
-        right.addWidget(form_row(self.roc_legend, QLabel("compare with"), self.compare, stretch_last=False))
+        right.addWidget(form_row(QLabel("compare with"), self.compare, stretch_last=False))
+        right.addWidget(self.roc_legend)  # its own line: beside the box it wrapped word by word at 1280 x 720
         right.addWidget(self.roc, 3)
         right.addWidget(form_row(QLabel("P("), self.positive, QLabel(") >="), self.threshold,
                                          self.threshold_text, stretch_last=True))
@@ -139,6 +144,7 @@ class ResultsPage(QWidget):
         self.result: Optional[dict] = None
         state.project_changed.connect(lambda _: (self.clear(), self.refresh()))
         state.runs_changed.connect(self.refresh)
+        state.catalog_changed.connect(self.computed_rocs.clear)  # new labels: a computed ROC is out of date
         state.busy_changed.connect(self._busy)
 
     def run_id(self) -> str:
@@ -179,6 +185,7 @@ class ResultsPage(QWidget):
         self.confusion.clear()
         self.confusion.setRowCount(0)
         self.confusion.setColumnCount(0)
+        self.confusion.setMaximumHeight(16777215)
         self.cell_ids, self.cell_caption = [], ""
         self.view_cell.setEnabled(False)
         self.view_cell.setText("Open these images in the Viewer")
@@ -191,6 +198,7 @@ class ResultsPage(QWidget):
         self.threshold_text.setText("")
         self.levels.clear()
         self.levels.setTitle("predicted vs true level")
+        self.levels.hide()  # shown with an ordinal evaluation; an empty plot took the ROC's room
         self.roc_legend.setText("")
         self.compare_items = []
         self.threshold.blockSignals(True)
@@ -208,9 +216,11 @@ class ResultsPage(QWidget):
             return
 
         def work(progress: Any) -> Any:
-            progress.report(0, 0, f"evaluating with {EvaluateSettings.bootstrap} bootstrap resamples")
-            with project.lock():  # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
-                return project.evaluate(run_id, split, n_bootstrap=EvaluateSettings.bootstrap)
+            from loff_core import steps
+
+            # the step takes the reader lock: a training in another process does not hold it up;
+            # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
+            return steps.evaluate(project, run_id, split, EvaluateSettings(), progress=progress).to_json()
         wire(self.state.start("evaluate", work, banner=self.banner), strip=self.strip, banner=self.banner,
              done=self.show_result)
 
@@ -271,6 +281,11 @@ class ResultsPage(QWidget):
                 item.setBackground(QBrush(colour))
                 self.confusion.setItem(i, j, item)
         self.confusion.resizeColumnsToContents()
+        # as high as its rows (scrolls beyond 10 classes): the metrics table gets the rest at 1280 x 720
+        c = self.confusion
+        rows = min(c.rowCount(), 10)
+        c.setMaximumHeight(c.horizontalHeader().height() + sum(c.rowHeight(r) for r in range(rows))
+                           + 2 * c.frameWidth() + 2)
         self.cell_ids = []
         self.view_cell.setEnabled(False)
 
@@ -324,15 +339,16 @@ class ResultsPage(QWidget):
         legend = [f"<span style='color:{c}'>&#9644;</span> {n}" for c, n in getattr(self, "roc_names", [])]
         other, project = self.compare.currentData(), self.state.project
         if other and project is not None and other != self.result["run"]:
-            import json
+            from .. import roc_overlay
 
-            path = project.runs_dir / other / f"eval-{self.result['split']}.json"
-            try:
-                saved = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                saved = None
-            if not saved or not saved.get("roc"):
-                legend.append(f"(run {other} has no ROC on the {self.result['split']} split: evaluate it first)")
+            split = self.result["split"]
+            key = (str(project.root), other, split)
+            saved = roc_overlay.saved(project, other, split) or self.computed_rocs.get(key)
+            if saved is None:
+                legend.append(f"(computing run {other}'s ROC on the {split} split...)")
+                self._compute_compare(project, other, split)
+            elif not saved.get("roc"):
+                legend.append(f"(run {other} has no ROC on the {split} split)")
             else:
                 roc = saved["roc"]
                 curves = [roc] if "fpr" in roc else list(roc.values())
@@ -340,9 +356,30 @@ class ResultsPage(QWidget):
                     item = self.roc.plot(curve["fpr"], curve["tpr"], pen=pg.mkPen(
                         PALETTE[k % len(PALETTE)], width=1, style=Qt.PenStyle.DashLine))
                     self.compare_items.append(item)
-                auc = (saved.get("metrics") or {}).get("auc")
-                legend.append(f"dashed: run {other}" + (f" (AUC {auc:.3f})" if auc is not None else ""))
+                auc = saved.get("auc")
+                legend.append(f"dashed: run {other}" + (f" (AUC {auc:.3f})" if auc is not None else "")
+                              + ("" if saved.get("saved") else ", computed now, not saved"))
         self.roc_legend.setText(" &nbsp; ".join(legend))
+
+    def _compute_compare(self, project: Any, run_id: str, split: str) -> None:
+        """Another run's ROC on this split, computed as a light job (nothing written)."""
+        from .. import roc_overlay
+        from ..workers import start_light
+
+        def done(out: dict) -> None:
+            self.computed_rocs[(out["project"], out["run"], out["split"])] = out
+            current = self.state.project
+            if (self.result is not None and current is not None and str(current.root) == out["project"]
+                    and self.compare.currentData() == out["run"] and self.result["split"] == out["split"]):
+                self._show_compare()
+
+        def failed(text: str) -> None:
+            if self.compare.currentData() == run_id:
+                self.roc_legend.setText(self.roc_legend.text().replace(
+                    f"(computing run {run_id}'s ROC on the {split} split...)",
+                    f"(run {run_id}'s ROC on the {split} split could not be computed: {text})"))
+        wire(start_light("compare ROC", roc_overlay.compute, project, run_id, split, newest=(self, "compare")),
+             done=done, failed=failed)
 
     def _threshold_moved(self, value: int) -> None:
         """The operating point at a threshold on P(class), one vs rest, from the per-image
@@ -366,8 +403,10 @@ class ResultsPage(QWidget):
         self.levels.setVisible(result["task"] == "ordinal")  # the ROC gets the room otherwise
         if result["task"] != "ordinal":
             return
-        self.levels.setTitle(f"predicted vs true level: Kendall tau {result['metrics'].get('kendall_tau', 0):.3f}, "
-                             f"AMAE {result['metrics'].get('amae', 0):.3f}")
+        def shown(name: str) -> str:  # undefined on a split with one level (None): n/a, not a crash
+            value = result["metrics"].get(name)
+            return "n/a" if value is None else f"{value:.3f}"
+        self.levels.setTitle(f"predicted vs true level: Kendall tau {shown('kendall_tau')}, AMAE {shown('amae')}")
         k = len(result["classes"])
         true = np.array([result["classes"].index(p["label"]) + 1 for p in result["predictions"]], float)
         expected = np.array([float(np.dot(p["probabilities"], np.arange(1, k + 1))) for p in result["predictions"]])

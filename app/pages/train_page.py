@@ -18,6 +18,7 @@ from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig
 
 from ..cache_plan import is_partial
 from ..forms import control_for
+from ..remedies import window_text
 from ..state import AppState
 from ..widgets import Banner, ProgressStrip, form_row
 from ..workers import wire
@@ -126,13 +127,38 @@ class TrainPage(QWidget):
         from ..validation_widgets import ValidationPanel  # Cross-validate / Find the best head (issue 13)
 
         self.validation = ValidationPanel(state, self.settings)
-        layout.addWidget(self.validation)
         layout.addWidget(self.status)
-        layout.addLayout(plots_box, 2)
-        layout.addWidget(QLabel("Runs of this project (compare settings and scores)"))
-        layout.addWidget(self.runs, 1)
+        # validation, curves and runs share the height in a splitter: at 1280 x 720 the curves
+        # were squeezed to a few pixels under the validation panel; the user moves the lines
+        from PySide6.QtWidgets import QSplitter
+
+        curves = QWidget()
+        curves.setLayout(plots_box)
+        plots_box.setContentsMargins(0, 0, 0, 0)
+        runs_part = QWidget()
+        rv = QVBoxLayout(runs_part)
+        rv.setContentsMargins(0, 0, 0, 0)
+        rv.addWidget(QLabel("Runs of this project (compare settings and scores)"))
+        rv.addWidget(self.runs, 1)
+        self.body = QSplitter(Qt.Orientation.Vertical)
+        self.body.setChildrenCollapsible(False)
+        from ..collapsible import Collapsible
+
+        # folded to one line until the user opens it: the curves are what training shows
+        self.validation_box = Collapsible(self.validation.title(), self.validation)
+        self.validation.setTitle("")
+        self.validation_box.set_expanded(False)
+        self.validation_box.toggled.connect(self._validation_toggled)
+        for part, stretch in ((self.validation_box, 0), (curves, 3), (runs_part, 1)):
+            self.body.addWidget(part)
+            self.body.setStretchFactor(self.body.count() - 1, stretch)
+        self.validation.board.setMinimumHeight(0)
+        curves.setMinimumHeight(160)
+        self.body.setSizes([30, 330, 110])
+        layout.addWidget(self.body, 1)
         self.history: list[dict] = []
         self.curves_run: str | None = None  # the run whose curves are drawn (None: live training or none)
+        self._defaults = self.settings()  # what a project with no remembered settings gets
         state.project_changed.connect(lambda _: self._project_changed())
         state.catalog_changed.connect(self.refresh)
         state.cache_changed.connect(self.refresh)
@@ -175,8 +201,9 @@ class TrainPage(QWidget):
                                                                                       **chosen["augment"])
             config = TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"],
                                  lr=chosen["lr"], seed=chosen["seed"], augment=augment)
-            with project.lock():
-                return project.train(config, progress=progress, on_epoch=on_epoch)
+            from loff_core import steps
+
+            return steps.train(project, config, progress=progress, on_epoch=on_epoch)  # takes the lock
         self.save_settings()
         job = wire(self.state.start("train", work, banner=self.banner), strip=None, banner=self.banner,
                    done=self._trained)
@@ -184,9 +211,14 @@ class TrainPage(QWidget):
             job_box["job"] = job
             job.on_close = "stop"  # closing the window keeps the best head so far, like Stop
             self._started = time.monotonic()
+            wire(job, partial=self._epoch)
             job.progress.connect(self._progress)
-            job.epoch.connect(self._epoch)
             job_known.set()
+
+    def _validation_toggled(self, expanded: bool) -> None:
+        sizes = self.body.sizes()
+        want = self.validation_box.sizeHint().height() if expanded else self.validation_box.minimumSizeHint().height()
+        self.body.setSizes([want, max(160, sum(sizes) - want - sizes[2]), sizes[2]])
 
     def _progress(self, done: int, total: int, message: str) -> None:
         """The engine's step count and loss, with the time left estimated from the pace so far."""
@@ -279,16 +311,16 @@ class TrainPage(QWidget):
             self.show_history(project.run(item.text()).record.get("history", []))
             self.curves_run = item.text()
         except Exception as exc:  # noqa: BLE001 - a damaged run folder is a message
-            self.state.message.emit("error", str(exc))
+            self.state.message.emit("error", window_text(exc))
 
-    def _trained(self, run: Any) -> None:
-        r = run.record
-        done = f"best {r['monitor']} {r['best_score']:.3f} at epoch {r['best_epoch']} ({r['stopped'].replace('_', ' ')})"
-        self.curves_run = run.run_id
-        self.strip.finish(f"run {run.run_id}: {done}")  # a run that stopped early ends full too
-        self.state.message.emit("info", f"run {run.run_id}: {done}")
+    def _trained(self, result: Any) -> None:
+        r = result  # loff_core.results.TrainResult
+        done = f"best {r.monitor} {r.best_score:.3f} at epoch {r.best_epoch} ({r.stopped.replace('_', ' ')})"
+        self.curves_run = r.run
+        self.strip.finish(f"run {r.run}: {done}")  # a run that stopped early ends full too
+        self.state.message.emit("info", f"run {r.run}: {done}")
         shown = self.state.runner.job.notices if self.state.runner.job is not None else []
-        for note in r.get("notes", []):
+        for note in r.notes:
             if note not in shown:  # notices were shown as they happened
                 self.state.message.emit("warning", note)
         self.state.runs_changed.emit()
@@ -302,7 +334,7 @@ class TrainPage(QWidget):
             return False, "training needs labels with at least two classes"
         if not project.settings.active_cache:
             return False, "extract features first (Cache page)"
-        if is_partial(project.caches_dir, project.settings.active_cache):
+        if is_partial(project.caches_dir, project.settings.active_cache, project):
             return False, ("the feature cache is partial (its extraction was stopped): Extract again on the Cache "
                            "page to finish it, then train")
         return True, ""
@@ -323,12 +355,13 @@ class TrainPage(QWidget):
         self.show_history([])
         self.strip.clear()
         self.banner.clear()
-        values = self.state.page_settings("train")
+        values = self.state.page_settings("train") or self._defaults  # never the previous project's
         if values:
-            self.head.setCurrentText(values.get("head", "attention"))
-            self.epochs.setValue(int(values.get("epochs", 30)))
-            self.lr.setValue(float(values.get("lr", 5e-4)))
-            self.seed.setValue(int(values.get("seed", 0)))
+            default = TrainConfig()
+            self.head.setCurrentText(values.get("head", default.head))
+            self.epochs.setValue(int(values.get("epochs", default.epochs)))
+            self.lr.setValue(float(values.get("lr", default.lr)))
+            self.seed.setValue(int(values.get("seed", default.seed)))
             aug = values.get("augment")
             self.augment.setChecked(aug is not None)
             for key, box in (("hflip", self.flip), ("crop_prob", self.crop), ("noise_std", self.noise),

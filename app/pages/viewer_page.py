@@ -17,9 +17,10 @@ from PySide6.QtWidgets import (QCheckBox, QGridLayout, QHBoxLayout, QLabel, QLis
 
 from loff_core.errors import LoffError
 
+from ..remedies import window_text
 from ..state import AppState
 from ..widgets import ImagePanel, form_row
-from ..workers import load_image, start_light
+from ..workers import load_image, start_light, wire
 
 #: what the heat map shows, per head kind (the colour bar's one line)
 HEAT_MEANING = {
@@ -33,15 +34,19 @@ DEFAULT_BLEND = 35  # % : the image stays readable under the map
 
 
 def exam_position(view: Optional[str], laterality: Optional[str]) -> Optional[tuple[int, int]]:
-    """Grid cell of an image in the exam view: rows CC, MLO; columns right, left (the
-    radiologist's hanging: the patient's right breast on the viewer's left)."""
+    """Grid cell of an image in the exam view: rows CC, MLO, then "view unknown" (a side
+    but no view, e.g. mini-MIAS, whose CSV gives only the side); columns right, left (the
+    radiologist's hanging: the patient's right breast on the viewer's left). None: no side."""
     v = (view or "").upper()
     side = (laterality or "").upper()[:1]
-    row = 0 if v.startswith("CC") else 1 if v.startswith("MLO") or v.startswith("ML") else None
     col = 0 if side == "R" else 1 if side == "L" else None
-    if row is None or col is None:
+    if col is None:
         return None
+    row = 0 if v.startswith("CC") else 1 if v.startswith("MLO") or v.startswith("ML") else EXAM_VIEW_UNKNOWN_ROW
     return row, col
+
+
+EXAM_VIEW_UNKNOWN_ROW = 2  # an image with a side but no (known) view; images without a side go below
 
 
 class ViewerPage(QWidget):
@@ -85,8 +90,11 @@ class ViewerPage(QWidget):
         self.exam = QWidget()
         self.exam_grid = QGridLayout(self.exam)
         self.exam_grid.setContentsMargins(0, 0, 0, 0)
+        for col in (0, 1):  # right | left keep their halves when one side has no image (the hanging stays)
+            self.exam_grid.setColumnStretch(col, 1)
         self.exam_panels: dict[str, ImagePanel] = {}
         self.exam_caption = QLabel("")
+        self.exam_caption.setWordWrap(True)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.panel)
         exam_page = QWidget()
@@ -176,7 +184,7 @@ class ViewerPage(QWidget):
         try:
             path = project.image_path(entry)
         except LoffError as exc:  # the images folder was moved: say so
-            self._shown(image_id, None, caption, str(exc))
+            self._shown(image_id, None, caption, window_text(exc))
             return
         load_image(self, path, lambda px, err: self._shown(image_id, px, caption, err))
 
@@ -202,16 +210,17 @@ class ViewerPage(QWidget):
         run_id = evaluation["run"] if evaluation else None
 
         def work() -> list[dict]:
+            from loff_core import steps
+
             run = project.run(run_id)
-            out = project.explain(run.run_id, image_ids)
+            out = steps.explain(project, run.run_id, image_ids)  # the reader lock: never waits for a training
             kind = run.record["head_config"]["kind"]
             return [{"image_id": i, "probabilities": out["probabilities"][k], "heat": out["heat"][k],
                      "classes": out["classes"], "task": out["task"], "head": kind, "run": run.run_id,
                      "project": str(project.root), "decided": (out.get("predicted") or [None] * len(image_ids))[k]}
                     for k, i in enumerate(image_ids)]
-        job = start_light("explain", work, newest=(self, key))
-        job.finished.connect(lambda outs: [slot(o) for o in outs])
-        job.failed.connect(lambda text: self.details.setText(f"no prediction: {text}"))
+        wire(start_light("explain", work, newest=(self, key)), done=lambda outs: [slot(o) for o in outs],
+             failed=lambda text: self.details.setText(f"no prediction: {text}"))
 
     @staticmethod
     def predicted(out: dict) -> tuple[str, str]:
@@ -278,13 +287,13 @@ class ViewerPage(QWidget):
         extra = 0
         for e, cell in images[:8]:
             if cell is None or cell in taken:
-                cell = (2 + extra // 2, extra % 2)
+                cell = (EXAM_VIEW_UNKNOWN_ROW + 1 + extra // 2, extra % 2)
                 extra += 1
             taken.add(cell)
             panel = ImagePanel(controls=False)
             panel.view.ui.histogram.hide()
-            side = {"R": "right", "L": "left"}.get((e.laterality or "").upper()[:1], "side ?")
-            panel.caption.setText(f"{e.view or 'view ?'} {side}: {e.shown_path} | true {e.label or '-'}"
+            side = {"R": "right", "L": "left"}.get((e.laterality or "").upper()[:1], "side unknown")
+            panel.caption.setText(f"{e.view or 'view unknown'} {side}: {e.shown_path} | true {e.label or '-'}"
                                   + (" (this image)" if e.image_id == entry.image_id else ""))
             panel.exam_heat = None
             panel.exam_meaning = ""
@@ -293,12 +302,15 @@ class ViewerPage(QWidget):
             try:
                 load_image(panel, project.image_path(e), lambda px, err, p=panel: self._exam_loaded(p, px, err))
             except LoffError as exc:
-                panel.show_image(None, str(exc))
+                panel.show_image(None, window_text(exc))
         n = len(images)
         self.exam_caption.setText(f"patient {entry.patient_key[:8]}: {n} image{'s' if n != 1 else ''}"
                                   + (" (first 8 shown)" if n > 8 else "")
+                                  + "; columns: right | left; rows: CC, MLO"
+                                  + (", view unknown" if any(c and c[0] == EXAM_VIEW_UNKNOWN_ROW for _, c in images)
+                                     else "")
                                   + ("" if all(c is not None for _, c in images) else
-                                     "; images without view / side are shown below the grid"))
+                                     "; images without a side are shown below the grid"))
         if project.runs() and project.settings.active_cache:
             self._start_explain(project, list(self.exam_panels), self._exam_explained, key="exam")
 
@@ -308,8 +320,9 @@ class ViewerPage(QWidget):
 
     def _exam_heat(self, panel: ImagePanel) -> None:
         if panel.pixels is not None and panel.exam_heat is not None:
-            panel.show_heatmap(panel.exam_heat, self.opacity.value() / 100, self.heat_on.isChecked(),
-                               panel.exam_meaning)
+            # the panels' bars say lowest / highest; what the map means is said once, in the
+            # exam caption (wrapped beside each small panel it took a fifth of the height)
+            panel.show_heatmap(panel.exam_heat, self.opacity.value() / 100, self.heat_on.isChecked(), "")
 
     def _exam_explained(self, out: dict) -> None:
         panel = self.exam_panels.get(out["image_id"])
@@ -321,4 +334,6 @@ class ViewerPage(QWidget):
         panel.caption.setText(f"{text} | predicted <b>{predicted}</b> ({probs})")
         panel.exam_heat = np.asarray(out["heat"])
         panel.exam_meaning = HEAT_MEANING.get(out.get("head", ""), "")
+        caption = self.exam_caption.text().split("<br>heat map: ")[0]
+        self.exam_caption.setText(f"{caption}<br>heat map: {panel.exam_meaning}" if panel.exam_meaning else caption)
         self._exam_heat(panel)

@@ -1,0 +1,63 @@
+"""Per-image outputs of the steps: prediction CSV files and heat maps on the image
+(moved out of project.py; `loff_core.project` re-exports the old names)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import trust
+from .fsutil import atomic_path
+
+
+def write_evaluation_csv(path: Path, predictions: list[dict[str, Any]], classes: list[str]) -> None:
+    """`evaluate`'s predictions-SPLIT.csv: image_id, path, label, predicted, p_<class>...
+    Temp file + rename."""
+    # UTF-8; a file name that is not UTF-8 (bytes on POSIX, held as surrogates) is
+    # written as its original bytes, like catalog.csv, so the path names the file
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([trust.csv_cell(v) for v in ("image_id", "path", "label", "predicted",
+                                                         *[f"p_{c}" for c in classes])])
+            for p in predictions:
+                writer.writerow([trust.csv_cell(v) for v in (p["image_id"], p["path"], p["label"], p["predicted"])]
+                                + list(p["probabilities"]))
+
+
+def read_predictions_csv(path: Path | str) -> list[dict[str, str]]:
+    """The rows of a `predictions-SPLIT.csv` as written by `evaluate` (or by `loff predict
+    --csv`), paths decoded as they were written (non-UTF-8 bytes back to surrogates)."""
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        return [{trust.csv_uncell(k): trust.csv_uncell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.ndarray:
+    """A token-grid map over the padded square the backbone saw -> the part over the image
+    (the preprocessor centres the aspect-kept image on a size x size square)."""
+    from PIL import Image
+
+    up = np.asarray(Image.fromarray(grid_map.astype(np.float32), mode="F").resize((size, size),
+                                                                                 Image.Resampling.BILINEAR))
+    scale = size / max(rows, cols)
+    nh, nw = max(1, round(rows * scale)), max(1, round(cols * scale))
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return up[top:top + nh, left:left + nw]
+
+
+def write_predictions_csv(path: Path, result: dict[str, Any], *, with_failed: bool = True) -> None:
+    """`predict_files`' result as CSV (path, predicted, p_<class>...; with_failed: then one
+    row per unreadable file with "not read: <reason>"). UTF-8; a non-UTF-8 file name is
+    written as its original bytes. Temp file + rename."""
+    classes = result["classes"]
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                              errors="surrogateescape") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([trust.csv_cell(v) for v in ("path", "predicted", *[f"p_{c}" for c in classes])])
+        for p in result["predictions"]:
+            writer.writerow([trust.csv_cell(p["path"]), trust.csv_cell(p["predicted"]), *p["probabilities"]])
+        for f in result.get("failed", []) if with_failed else []:
+            writer.writerow([trust.csv_cell(f["path"]), trust.csv_cell(f"not read: {f['reason']}"), *[""] * len(classes)])

@@ -1,0 +1,67 @@
+"""How an import's images get their split (split out of project.py, issue 10): a random
+patient-grouped, label-stratified split, or the split the CSV / folders give (validation
+carved from train by patient when missing; a patient on two sides is refused with counts
+unless the user chose to keep or re-split). `loff_core.project` re-exports these names."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Optional
+
+from .catalog import Catalog, CatalogEntry, assign_splits
+from .errors import ProjectError, Remedy
+
+#: what to do when a given split puts one patient on two sides
+PATIENT_OVERLAP_ACTIONS = ("keep", "resplit")
+
+
+def complete_split(catalog: Catalog, *, seed: int, fractions: Any,
+                   on_patient_overlap: Optional[str] = None) -> tuple[list[CatalogEntry], dict[str, Any]]:
+    """The catalog's entries with every labelled image in train / val / test, and how.
+
+    No given split: a random patient-grouped, label-stratified split. A given split (in the
+    entries' `split`): kept for labelled images; a validation part is carved from train by
+    patient (deterministic for `seed`) when there is none. A patient on two sides of a given
+    split: ProjectError with the counts (no identifiers) unless `on_patient_overlap` says
+    "keep" or "resplit"."""
+    entries = list(catalog.entries)
+    labelled = [e for e in entries if e.label is not None]
+    source: dict[str, Any] = {"kind": "random", "from": "", "val_carved": False, "patient_overlap": None,
+                              "patients_from": dict(catalog.patients_from)}
+    f = tuple(float(x) for x in fractions)
+    given = [e for e in labelled if e.split]
+    random_from = (f"random by patient ({round(100 * f[0] / sum(f))}/{round(100 * f[1] / sum(f))}/"
+                   f"{round(100 * f[2] / sum(f))}, stratified by label, seed {seed})")
+    if not given:
+        source["from"] = random_from
+        return assign_splits(entries, seed=seed, fractions=f), source
+    if len(given) < len(labelled):
+        raise ProjectError(f"{len(labelled) - len(given)} labelled images have no given split while "
+                           f"{len(given)} do ({catalog.split_from}); give every labelled image a split")
+    sides: dict[str, set[str]] = _sides(given)
+    mixed = {p for p, s in sides.items() if len(s) > 1}
+    if mixed:
+        n_images = sum(1 for e in given if e.patient_key in mixed)
+        if on_patient_overlap is None:
+            raise ProjectError(
+                f"the given split ({catalog.split_from}) puts {len(mixed)} patients ({n_images} images) on two "
+                f"sides", remedy=Remedy.CHOOSE_PATIENT_OVERLAP)
+        source["patient_overlap"] = {"patients": len(mixed), "images": n_images, "action": on_patient_overlap}
+        if on_patient_overlap == "resplit":
+            source["from"] = random_from + f"; the given split ({catalog.split_from}) was dropped"
+            return assign_splits(entries, seed=seed, fractions=f), source
+    source["kind"], source["from"] = "given", catalog.split_from
+    out = [e if e.label is not None else replace(e, split=None) for e in entries]
+    if not any(e.split == "val" for e in given):
+        train = [e for e in out if e.split == "train"]
+        carved = {e.image_id: e.split for e in assign_splits(train, seed=seed, fractions=(f[0], f[1], 0.0))}
+        out = [replace(e, split=carved[e.image_id]) if e.image_id in carved else e for e in out]
+        source["val_carved"] = any(s == "val" for s in carved.values())
+    return out, source
+
+
+def _sides(entries: list[CatalogEntry]) -> dict[str, set[str]]:
+    sides: dict[str, set[str]] = {}
+    for e in entries:
+        sides.setdefault(e.patient_key, set()).add(str(e.split))
+    return sides

@@ -1,0 +1,537 @@
+"""The engine's steps, each the same shape (issue 10, point 3).
+
+    step(project, [what], settings, progress=Progress()) -> a typed record (loff_core.results)
+
+Each public step takes the project's lock itself (the writer lock for what changes the
+project: import, extract, train, cross-validate, tune; the shared reader lock for what only
+reads it: evaluate, explain, export, predict; see loff_core/locks.py), reports progress and
+checks for cancel between batches. The CLI (`loff_core/cli.py`) and the app's pages call
+these and nothing below them, so both front ends do the same thing:
+
+    cli.py / app pages ──> steps.py ──> project.py (files, settings, locks, run storage)
+                                    ├─> catalog.py, cache.py, backbones.py, training.py,
+                                    │   metrics.py, calibration.py, validation.py, export.py
+                                    └─> results.py (the records), predictions.py (CSV, heat)
+
+The `_name` functions are the steps' bodies without the lock; `Project.import_images`,
+`.extract`, `.train`, `.evaluate` and `.explain` still call them for scripts and tests that
+hold the lock themselves (as callers of those methods always did).
+"""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+
+from .catalog import scan_folder
+from .errors import LoffError, ProjectError, Remedy, TrainingError
+from .fsutil import atomic_write_json
+from .predictions import heat_on_image, write_evaluation_csv
+from .progress import Progress
+from .project import ImportSummary, RunInfo, _config_dict, _now, _relative_or_none
+from .project_file import PROJECT_FILE, TASKS
+from .splits import PATIENT_OVERLAP_ACTIONS, complete_split
+from .results import (EVALUATION_KEYS, CVResult, EvaluateResult, ExportResult, ExtractResult, ImportResult,
+                      PredictResult, TrainResult, TuneResult)
+from .settings import EvaluateSettings, ExtractSettings, TuneSettings
+
+#: images per read + forward in `explain`
+EXPLAIN_BATCH = 64
+
+
+# -- the steps -----------------------------------------------------------------------------
+def import_images(project: Any, images_dir: Path | str, *, progress: Progress = Progress(),
+                  **options: Any) -> ImportResult:
+    """Scan IMAGES_DIR into the project's catalog (writer lock). `options`: labels_csv,
+    label_column, file_column, patient_column, classes, task, split_column,
+    patient_from_name, on_patient_overlap (see `_import_images`)."""
+    with project.lock():
+        summary = _import_images(project, images_dir, progress=progress, **options)
+    return ImportResult(project=str(project.root), imported=summary.imported, labelled=summary.labelled,
+                        failed=summary.failures, warnings=summary.warnings, classes=summary.classes,
+                        splits=summary.splits, per_class=summary.per_class,
+                        split_source=project.settings.split_source)
+
+
+def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings(), *,
+            progress: Progress = Progress()) -> ExtractResult:
+    """Run the frozen backbone `spec` over every catalogued image into the cache (writer
+    lock; under torchrun only rank 0 takes it and records the cache). `settings`: device,
+    batch size, workers (the spec carries image size, grid and layers)."""
+    from .cache import distributed_rank_world
+
+    rank, world = distributed_rank_world()
+    with project.lock() if rank == 0 else nullcontext():
+        result = _extract(project, spec, device=settings.device, batch_size=settings.batch_size,
+                          num_workers=settings.workers, progress=progress)
+    if rank != 0:
+        return ExtractResult(rank=rank, world_size=world, extracted=result.extracted, notes=list(result.notes))
+    cache = project.open_cache()
+    return ExtractResult(
+        cache=str(Path(result.cache_path).relative_to(project.root)),
+        fingerprint=cache.fingerprint,
+        backbone=cache.backbone,
+        images=len(cache.image_ids),
+        extracted=result.extracted,
+        skipped=result.skipped,
+        failed=[{"path": project.relative(f.path), "reason": f.reason} for f in result.failures],
+        seconds=round(result.seconds, 2),
+        bytes_per_image=cache.nbytes_per_image(),
+        notes=result.notes,
+        stopped=result.stopped,
+        world_size=world,
+    )
+
+
+def train(project: Any, config: Any, *, progress: Progress = Progress(),
+          on_epoch: Optional[Callable[[dict[str, Any]], None]] = None) -> TrainResult:
+    """Train a head (`config`: TrainConfig) on the active cache (writer lock); the run folder
+    appears only when complete."""
+    with project.lock():
+        run = _train(project, config, progress=progress, on_epoch=on_epoch)
+    return TrainResult.from_record(run.record, run.run_id)
+
+
+def evaluate(project: Any, run_id: Optional[str] = None, split: str = "test",
+             settings: EvaluateSettings = EvaluateSettings(), *, save: bool = True,
+             progress: Progress = Progress()) -> EvaluateResult:
+    """Metrics and per-image predictions of a run on one split, saved with the run unless
+    `save` is False (reader lock: never waits for a training; eval-SPLIT.json is replaced
+    atomically)."""
+    with project.read_lock():
+        return EvaluateResult.from_dict(_evaluate(project, run_id, split, n_bootstrap=settings.bootstrap,
+                                                  save=save, progress=progress))
+
+
+def explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
+            progress: Progress = Progress()) -> dict[str, Any]:
+    """Probabilities and heat maps of a run for some images (reader lock)."""
+    with project.read_lock():
+        return _explain(project, run_id, image_ids, progress=progress)
+
+
+def export(project: Any, out_dir: Path | str, *, run_id: Optional[str] = None, onnx: bool = False,
+           progress: Progress = Progress()) -> ExportResult:
+    """A run as head.safetensors + card.json (+ model.onnx) in `out_dir` (reader lock, also
+    while it evaluates a split the card needs and the run lacks)."""
+    from .export import export_head
+
+    with project.read_lock():
+        out = export_head(project, out_dir, run_id=run_id, onnx=onnx, progress=progress)
+    return ExportResult(run=out["run"], out_dir=out["out_dir"], files=out["files"], card=out["card"])
+
+
+def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
+                   progress: Progress = Progress()) -> CVResult:
+    """K patient-grouped folds over train + val, saved as a group (writer lock)."""
+    from .validation import cross_validate as run_cv
+
+    with project.lock():
+        return CVResult.from_dict(run_cv(project, config, folds=folds, seed=seed, progress=progress))
+
+
+def tune(project: Any, settings: TuneSettings = TuneSettings(), *, seed: int = 0, task: Optional[str] = None,
+         device: str = "auto", progress: Progress = Progress(),
+         on_trial: Optional[Callable[[dict[str, Any]], None]] = None) -> TuneResult:
+    """Head search by grouped CV, winner retrained as a run and tested once (writer lock)."""
+    from .validation import tune as run_tune
+
+    with project.lock():
+        return TuneResult.from_dict(run_tune(project, trials=settings.trials, folds=settings.folds, seed=seed,
+                                             task=task, device=device, progress=progress, on_trial=on_trial))
+
+
+def predict(source: Path | str, files: Iterable[Path | str], *, run_id: Optional[str] = None,
+            labels: Optional[Path] = None, label_column: str = "label", file_column: Optional[str] = None,
+            settings: EvaluateSettings = EvaluateSettings(), weights: Optional[str] = None,
+            random_init: Optional[bool] = None, device: str = "auto", batch_size: int = 8,
+            require_predictions: bool = True, progress: Progress = Progress()) -> PredictResult:
+    """Predict image files with an exported head folder or a project's run (`source`; the
+    run is read under the project's reader lock). Files that come with labels (`labels`
+    CSV, or class sub-folders of a folder in `files`) are scored as `evaluate` scores.
+    `require_predictions`: no file readable is an error (else a result listing the failures)."""
+    from .export import load_run_head, predict_files
+
+    source = Path(source)
+    files = [Path(f) for f in files]
+    if (source / PROJECT_FILE).is_file():  # a project: predict with one of its runs, as is
+        from .project import Project
+
+        project = Project.open(source)
+        with project.read_lock():
+            head: Any = load_run_head(project, run_id)
+    elif (source / "card.json").is_file() or (source / "head.safetensors").is_file():
+        if run_id:
+            raise LoffError("an exported head holds one run: a run is chosen only in a project folder", source)
+        head = source
+    else:
+        raise LoffError("neither an exported head (card.json + head.safetensors) nor a LOFF project", source,
+                        Remedy.HEAD_OR_PROJECT)
+    out = predict_files(head, files, weights=weights, random_init=random_init, device=device,
+                        batch_size=batch_size, progress=progress)
+    if not out["predictions"] and require_predictions:
+        failed = out.get("failed", [])
+        first = f"; {failed[0]['path']}: {failed[0]['reason']}" if failed else ""
+        raise LoffError(f"no predictions: none of the {len(failed)} files could be read{first}")
+    labelled, n, evaluation = _score_labelled(out, files, labels, label_column, file_column, settings.bootstrap)
+    return PredictResult(head=out["head"], classes=out["classes"], task=out["task"], predictions=out["predictions"],
+                         failed=out["failed"], run=None if isinstance(head, Path) else head.card["run"],
+                         labelled=labelled, n=n, evaluation=evaluation)
+
+
+def _score_labelled(out: dict[str, Any], files: list[Path], labels: Optional[Path], label_column: str,
+                    file_column: Optional[str], n_bootstrap: int) -> tuple[int, Optional[int], Optional[dict]]:
+    """When the files come with labels (a labels CSV, or class sub-folders below a folder
+    given), set each prediction's `label`; returns (labelled, n, the metrics `evaluate`
+    reports or None)."""
+    from .metrics import evaluate_predictions
+
+    classes = out["classes"]
+    table: dict[str, str] = _labels_from_csv(labels, label_column, file_column) if labels else {}
+    roots = [f for f in files if f.is_dir()]
+    for row in out["predictions"]:
+        path = Path(row["path"])
+        label = table.get(path.as_posix()) or table.get(path.name) or table.get(path.stem)
+        if label is None and not labels:
+            root = next((r for r in roots if r in path.parents), None)
+            if root is not None:  # the nearest folder below the given one named like a class
+                label = next((part for part in reversed(path.relative_to(root).parts[:-1]) if part in classes), None)
+        if label is not None:
+            if label not in classes:
+                raise LoffError(f"{labels or path}: label {label!r} is not one of the head's classes "
+                                f"({', '.join(classes)})")
+            row["label"] = label
+    rows = [r for r in out["predictions"] if "label" in r]
+    if not rows:
+        return 0, None, None
+    y = [classes.index(r["label"]) for r in rows]
+    probs = np.array([r["probabilities"] for r in rows], dtype=np.float64)
+    evaluation = evaluate_predictions(y, probs, classes, out["task"], n_bootstrap=n_bootstrap)
+    return len(rows), len(rows), {k: evaluation[k] for k in EVALUATION_KEYS}
+
+
+def _labels_from_csv(labels: Path, label_column: str, file_column: Optional[str]) -> dict[str, str]:
+    """file -> label from a labels CSV (the file cell may be a path as given, a file name or
+    a stem)."""
+    import csv
+
+    try:
+        with open(labels, newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(65536)
+            fh.seek(0)
+            try:
+                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
+            except csv.Error:
+                dialect = csv.excel
+            rows = list(csv.DictReader(fh, dialect=dialect))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LoffError(f"{labels}: cannot read the labels CSV ({exc})") from None
+    columns = list(rows[0]) if rows else []
+    file_column = file_column or next((c for c in columns if c.strip().lower() in
+                                       ("file", "filename", "file_name", "path", "image", "image_path")), None)
+    if not rows or file_column not in columns or label_column not in columns:
+        wanted = f"a file column ({file_column or 'file, filename, path or image'}) and the label column " \
+                 f"{label_column!r}"
+        raise LoffError(f"{labels}: needs {wanted}; columns: {', '.join(columns) or 'none'}")
+    table: dict[str, str] = {}
+    for row in rows:
+        name, label = (row.get(file_column) or "").strip(), (row.get(label_column) or "").strip()
+        if name and label:
+            key = Path(name)
+            table.setdefault(key.as_posix(), label)
+            table.setdefault(key.name, label)
+            table.setdefault(key.stem, label)
+    return table
+
+
+# -- the steps' bodies, without the lock -----------------------------------------------------
+def _import_images(
+    project: Any,
+    images_dir: Path | str,
+    *,
+    labels_csv: Any = None,
+    label_column: Optional[str] = None,
+    file_column: Optional[str] = None,
+    patient_column: Optional[str] = None,
+    classes: Optional[list[str]] = None,
+    task: Optional[str] = None,
+    split_column: Optional[str] = None,
+    patient_from_name: Optional[str] = None,
+    on_patient_overlap: Optional[str] = None,
+    progress: Progress = Progress(),
+) -> ImportSummary:
+    """Scan IMAGES_DIR into the catalog. `labels_csv`: one CSV, or a list of CSVs and
+    (split, CSV) pairs (see `scan_folder`). A split given by the CSV or the folders is
+    kept (val carved from train by patient when it has none); a patient it puts on two
+    sides stops the import with counts unless `on_patient_overlap` is "keep" (as given)
+    or "resplit" (a fresh patient-grouped split, the given one ignored)."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise ProjectError(f"{images_dir}: not a folder")
+    if task is not None and task not in TASKS:
+        raise ProjectError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if on_patient_overlap not in (None, *PATIENT_OVERLAP_ACTIONS):
+        raise ProjectError(f"unknown choice {on_patient_overlap!r} for patients on two sides; "
+                           f"choose {' or '.join(PATIENT_OVERLAP_ACTIONS)}")
+    from .catalog import _labels_sources
+
+    sources = _labels_sources(labels_csv)
+    catalog = scan_folder(
+        images_dir,
+        salt=project.salt,
+        labels_csv=sources or None,
+        label_column=label_column,
+        file_column=file_column,
+        patient_column=patient_column,
+        classes=classes,
+        split_column=split_column,
+        patient_from_name=patient_from_name,
+        progress=progress,
+    )
+    entries, split_source = complete_split(catalog, seed=project.settings.seed,
+                                           fractions=project.settings.split_fractions,
+                                           on_patient_overlap=on_patient_overlap)
+    warnings = list(catalog.warnings)
+    overlap = split_source.get("patient_overlap")
+    if overlap:
+        warnings.append(f"the given split put {overlap['patients']} patients ({overlap['images']} images) on two "
+                        f"sides; " + ("kept as given: their images are not independent across splits"
+                                      if overlap["action"] == "keep" else "re-split by patient instead"))
+    catalog = replace(catalog, entries=entries, warnings=warnings)
+    report = {
+        "images_root": str(images_dir),
+        "imported": len(catalog.entries),
+        "failed": [{"path": f.path, "reason": f.reason} for f in catalog.failures],
+        "warnings": list(catalog.warnings),
+        "split_source": split_source,
+        "date": _now(),
+    }
+    s = replace(project.settings, extras=dict(project.settings.extras))
+    s.images_root = _relative_or_none(images_dir, project.root)
+    s.images_root_absolute = str(images_dir.resolve())
+    s.classes = list(catalog.classes)
+    s.label_name = label_column or s.label_name
+    first = sources[0][1] if sources else None
+    s.labels_source = None if not sources else {
+        "csv": _relative_or_none(first, project.root), "csv_absolute": str(first.resolve()),
+        "label_column": label_column, "file_column": file_column, "patient_column": patient_column,
+        "classes": list(classes) if classes else None, "split_column": split_column,
+        "patient_from_name": patient_from_name,
+        "csvs": [{"split": sp, "csv": _relative_or_none(p, project.root), "csv_absolute": str(p.resolve())}
+                 for sp, p in sources]}
+    if not sources and patient_from_name:
+        s.labels_source = {"patient_from_name": patient_from_name}
+    s.split_source = split_source
+    if task is not None:
+        s.task = task
+    s.catalog_version += 1
+    project.commit_import(catalog, report, s)
+    return project.import_summary()
+
+
+def _extract(
+    project: Any,
+    spec: Any,
+    *,
+    device: str = "auto",
+    batch_size: int = ExtractSettings.batch_size,
+    num_workers: Optional[int] = None,
+    progress: Progress = Progress(),
+) -> Any:
+    """Run the frozen backbone over every catalogued image; returns an ExtractResult."""
+    from .cache import distributed_rank_world, extract_features
+
+    catalog = project.catalog()
+    root = project.images_root()
+    items = [(e.image_id, root / e.path) for e in catalog.entries]
+    result = extract_features(
+        items, spec, project.caches_dir, device=device, batch_size=batch_size,
+        num_workers=num_workers, progress=progress,
+    )
+    if distributed_rank_world()[0] != 0:
+        return result  # under torchrun, rank 0 merges and records the cache
+    fingerprint = Path(result.cache_path).name.split(".")[0]
+    previous = project.settings.active_cache
+    if (result.stopped and previous not in (None, fingerprint)
+            and (project.caches_dir / f"{previous}.h5").exists()):
+        # a stopped extraction with other settings does not replace the cache training
+        # uses; running extract again with these settings finishes it and switches over
+        result.notes.append(f"stopped before the end: training keeps using the previous cache {previous}; "
+                            f"extract again with these settings to finish {fingerprint} and use it")
+    else:
+        project.settings.active_cache = fingerprint
+    project.save()
+    if result.failures:
+        project.record_extract_failures(result.failures)
+    return result
+
+
+def _train(
+    project: Any,
+    config: Any,
+    *,
+    progress: Progress = Progress(),
+    on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
+) -> RunInfo:
+    """Train a head on the active cache; the run folder appears only when complete."""
+    from .training import train_head
+
+    cache = project.open_cache()
+    classes = project.catalog().classes
+    if len(classes) < 2:
+        raise TrainingError(f"{project.root}: training needs at least two classes; labels found: {classes or 'none'}")
+    train_ids, train_y, _ = project.labelled_split("train", cache)
+    val_ids, val_y, _ = project.labelled_split("val", cache)
+    if not train_ids:
+        raise TrainingError(f"{project.root}: no labelled training images with features; import labels and extract first")
+    if config.task == "ordinal" and len(classes) < 3:
+        raise TrainingError("the ordinal task needs at least three ordered levels")
+    started = _now()
+    for leftover in project.runs_dir.glob(".*.partial") if project.runs_dir.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)  # from a run killed while it was being saved
+    result = train_head(
+        cache, train_ids, train_y, val_ids, val_y, config,
+        num_classes=len(classes), progress=progress, on_epoch=on_epoch,
+    )
+    run_id = project.new_run_id(config.head)
+    record = {
+        "run_id": run_id,
+        "started": started,
+        "finished": _now(),
+        "task": config.task,
+        "classes": list(classes),
+        "train_config": _config_dict(config),
+        "head_config": result.head_config.to_dict(),
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+        "monitor": result.monitor,
+        "stopped": result.stopped,
+        "notes": list(result.notes),
+        "n_train": len(train_ids),
+        "n_val": len(val_ids),
+        "catalog_version": project.settings.catalog_version,
+        "cache_fingerprint": cache.fingerprint,
+        "backbone": cache.backbone,
+    }
+    run = project.write_run(run_id, record, result.state_dict)
+    if result.stopped == "interrupted":
+        raise KeyboardInterrupt  # saved; the caller still learns it was interrupted (exit 130)
+    if val_ids and len(set(val_y)) >= 2:  # temperature (+ binary threshold) chosen on val
+        from .calibration import calibrate_run
+
+        calibrate_run(project, run.run_id)
+        run = project.run(run.run_id)
+    return run
+
+
+def _explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
+            progress: Progress = Progress()) -> dict[str, Any]:
+    """Per image: class probabilities and the head's attention over the token grid
+    ([h, w], max 1), for the viewer's heat map. Reads only these images' features,
+    `EXPLAIN_BATCH` at a time (progress reported, cancel checked between batches)."""
+    import torch
+
+    from .heads import attention_map, build_head, probabilities
+
+    run = project.run(run_id)
+    cache = project.open_cache(run.record["cache_fingerprint"])
+    project.check_cache_fits(run, cache)
+    head_config, state = project.load_head(run)
+    head = build_head(head_config)
+    head.load_state_dict(state, strict=True)
+    head.eval()
+    idx = cache.indices(image_ids)
+    order = np.argsort(idx)  # h5py reads fastest in file order
+    prob_parts, map_parts = [], []
+    for s in range(0, max(len(order), 1), EXPLAIN_BATCH):  # one read when empty, as before
+        progress.check()
+        progress.report(s, len(order), f"explaining {len(order)} images")
+        cls, grid = cache.read(idx[order[s:s + EXPLAIN_BATCH]])
+        with torch.inference_mode():
+            c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
+            prob_parts.append(probabilities(head(c, g), run.record["task"]).numpy())
+            map_parts.append(attention_map(head, c, g).numpy())
+    progress.report(len(order), len(order), f"explained {len(order)} images")
+    probs, maps = np.concatenate(prob_parts), np.concatenate(map_parts)
+    from .calibration import adjust, decide
+
+    op = run.record.get("operating_point")
+    probs = adjust(probs, op)
+    decided = decide(probs, run.record["task"], op)
+    back = np.argsort(order)
+    maps = maps[back]
+    entries = project.catalog().by_id()
+    size = int(cache.backbone["image_size"])
+    heat = [heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
+            for m, i in zip(maps, image_ids)]
+    return {"image_ids": list(image_ids), "probabilities": probs[back], "attention": maps, "heat": heat,
+            "classes": run.record["classes"], "task": run.record["task"],
+            "predicted": [run.record["classes"][int(c)] for c in decided[back]], "operating_point": op}
+
+
+def _evaluate(project: Any, run_id: Optional[str] = None, split: str = "test", *,
+              n_bootstrap: int = EvaluateSettings.bootstrap, save: bool = True,
+              progress: Progress = Progress()) -> dict[str, Any]:
+    """Metrics and per-image predictions of a run on one split; saved with the run."""
+    from .metrics import evaluate_predictions, small_split_warning
+    from .training import predict_probabilities
+
+    run = project.run(run_id)
+    catalog_classes = list(project.catalog().classes)
+    if list(run.record["classes"]) != catalog_classes:
+        raise ProjectError(f"{run.path / 'run.json'}: run {run.run_id} was trained on the classes "
+                           f"{', '.join(run.record['classes'])} but the catalog has {', '.join(catalog_classes)}; "
+                           f"its outputs cannot be scored against these labels; train again")
+    cache = project.open_cache(run.record["cache_fingerprint"])
+    project.check_cache_fits(run, cache)
+    ids, y, entries = project.labelled_split(split, cache)
+    if not ids:
+        raise ProjectError(f"{project.root}: the {split} split has no labelled images with features")
+    head_config, state = project.load_head(run)
+    progress.check()
+    probs = predict_probabilities(head_config, state, cache, ids, progress=progress)
+    progress.check()
+    progress.report(len(ids), len(ids), f"{n_bootstrap} bootstrap resamples for the 95% intervals")
+    classes = run.record["classes"]
+    task = run.record["task"]
+    from .calibration import adjust, decide
+
+    op = run.record.get("operating_point")
+    probs = adjust(probs, op)  # the run's calibration / prevalence, then its threshold
+    predicted = decide(probs, task, op)
+    evaluation = evaluate_predictions(y, probs, classes, task, n_bootstrap=n_bootstrap, seed=project.settings.seed,
+                                      predicted=predicted)
+    images = project.images_root()
+    predictions = [
+        {
+            "image_id": e.image_id,
+            "path": project.relative(images / e.path),  # relative to the project folder
+            "label": e.label,
+            "predicted": classes[int(p)],
+            "probabilities": [round(float(x), 6) for x in row],
+        }
+        for e, p, row in zip(entries, predicted, probs)
+    ]
+    result = {
+        "run": run.run_id,
+        "split": split,
+        "task": task,
+        "classes": classes,
+        "n": len(ids),
+        "stale": project.stale_reasons(run),
+        "operating_point": op,
+        **evaluation,
+        "warnings": [w for w in [small_split_warning(len(ids), evaluation["ci"].get("accuracy"), split)] if w],
+        "predictions": predictions,
+    }
+    progress.check()  # a cancel before this point leaves the saved evaluation as it was
+    if save:  # save=False: only returned (e.g. a ROC overlay while another job holds the lock)
+        atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
+        write_evaluation_csv(run.path / f"predictions-{split}.csv", predictions, classes)
+    return result
