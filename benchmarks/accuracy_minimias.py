@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 base = TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=32, lr=args.lr,
                                    device=args.device)
                 found = tune_source(source, pool, CLASSES, "classification", trials=args.tune_trials,
-                                    folds=args.tune_folds, seed=fold, base=base)
+                                    folds=args.tune_folds, seed=fold, base=base, heads=args.tune_heads)
                 head_config, state, _ = retrain_final(source, pool, CLASSES, "classification", found["best"], fold)
                 probs = predict_probabilities(head_config, state, source, list(ids_all[te]), device=args.device)
                 m = evaluate_predictions(y_all[te], probs, CLASSES, "classification", n_bootstrap=0)["metrics"]
@@ -345,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nested-tune", action="store_true", help="the `loff tune` winner chosen inside each outer fold")
     p.add_argument("--tune-trials", type=int, default=8, help="head configurations per nested tune (default 8)")
     p.add_argument("--tune-folds", type=int, default=5, help="inner folds of the nested tune (default 5)")
+    p.add_argument("--tune-heads", nargs="+", default=None,
+                   help="head kinds the nested tune searches (default: all, as `loff tune`)")
     args = parse_bench_args(p, argv)
     assert args is not None
     if not (args.data / "labels.csv").exists() or not (args.data / "images").is_dir():

@@ -136,6 +136,28 @@ def _triple(values: Any) -> tuple[float, float, float]:
     return tuple(values * 3)[:3] if len(values) == 1 else tuple(values[:3])
 
 
+def _refuse_unknown(what: str, unknown: list[str], hint: str = "") -> None:
+    """The refusal of a checkpoint with keys a converter does not map: how many, a few named."""
+    if unknown:
+        raise BackboneError(f"{what} with keys this converter does not know: {len(unknown)} "
+                            f"(e.g. {unknown[:4]}){hint}")
+
+
+def _mlp_ratio(width: int, dim: int) -> float:
+    """timm builds each MLP's first layer `int(dim * mlp_ratio)` wide; for a SwiGLU MLP
+    (SwiGLUPacked, DINOv2 ViT-g) that is the packed width of both halves (w12 / weights_in).
+    The ratio that gives exactly `width` after timm's int()."""
+    ratio = width / dim
+    return ratio if int(dim * ratio) == width else (width + 0.5) / dim
+
+
+def _with_registers(arch: str, args: dict[str, Any], regs: int) -> str:
+    """A DINOv2 with register tokens: timm's reg4 architecture, whose registers and CLS
+    have no position of their own (no_embed_class); `args` updated in place."""
+    args |= {"reg_tokens": regs, "no_embed_class": True}
+    return arch.replace("_patch14_dinov2", "_patch14_reg4_dinov2")
+
+
 def _grid_side(tokens: int, what: str) -> int:
     side = int(round(tokens ** 0.5))
     if side * side != tokens:
@@ -170,14 +192,11 @@ def _from_dinov2(state: dict[str, Any]) -> Converted:
     arch = _DINOV2_ARCH.get(dim, "vit_base_patch14_dinov2")
     args: dict[str, Any] = {"embed_dim": dim, "depth": depth, "num_heads": max(1, dim // 64), "patch_size": patch,
                             "img_size": side * patch}
+    args["mlp_ratio"] = _mlp_ratio(hidden, dim)
     if swiglu:
         arch = "vit_giant_patch14_dinov2"
-        args["mlp_ratio"] = hidden / 2 / dim
-    else:
-        args["mlp_ratio"] = hidden / dim
     if regs:
-        arch = arch.replace("_patch14_dinov2", "_patch14_reg4_dinov2")
-        args |= {"reg_tokens": regs, "no_embed_class": True}
+        arch = _with_registers(arch, args, regs)
     # the release's code: antialiased for the register models; the first models use no
     # antialiasing (and a 0.1 scale offset, which timm's resampling does not reproduce exactly)
     return Converted(out, arch, args, side * patch, IMAGENET_MEAN, IMAGENET_STD, "dinov2", pos_antialias=bool(regs))
@@ -222,9 +241,7 @@ def _from_hf_dinov2(state: dict[str, Any], config: dict[str, Any], file: Path) -
                 unknown.append(k)
         else:
             unknown.append(k)
-    if unknown:
-        raise BackboneError(f"{file}: Hugging Face DINOv2 checkpoint with keys this converter does not know: "
-                            f"{len(unknown)} (e.g. {unknown[:4]})")
+    _refuse_unknown(f"{file}: Hugging Face DINOv2 checkpoint", unknown)
     import torch
 
     for n, parts in qkv.items():
@@ -244,15 +261,13 @@ def _from_hf_dinov2(state: dict[str, Any], config: dict[str, Any], file: Path) -
     swiglu = bool(config.get("use_swiglu_ffn")) or any(".mlp.weights_in" in k for k in state)
     hidden = int(out["blocks.0.mlp.fc1.weight"].shape[0])
     args: dict[str, Any] = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": patch,
-                            "img_size": side * patch, "mlp_ratio": hidden / (2 if swiglu else 1) / dim}
+                            "img_size": side * patch, "mlp_ratio": _mlp_ratio(hidden, dim)}
     arch = "vit_giant_patch14_dinov2" if swiglu else _DINOV2_ARCH.get(dim, "vit_base_patch14_dinov2")
     eps = config.get("layer_norm_eps")
     if eps is not None and abs(float(eps) - 1e-6) > 1e-12:
         raise BackboneError(f"{file}: layer_norm_eps {eps} differs from timm's DINOv2 (1e-6); not converted")
     if "reg_token" in out:
-        regs = int(out["reg_token"].shape[1])
-        arch = arch.replace("_patch14_dinov2", "_patch14_reg4_dinov2")
-        args |= {"reg_tokens": regs, "no_embed_class": True}
+        arch = _with_registers(arch, args, int(out["reg_token"].shape[1]))
         out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
         out["pos_embed"] = out["pos_embed"][:, 1:]
     # transformers' Dinov2 interpolates bicubic without antialiasing
@@ -294,16 +309,15 @@ def _from_openclip(state: dict[str, Any]) -> Converted:
                 unknown.append(k)
         else:
             unknown.append(k)
-    if unknown:
-        raise BackboneError(f"OpenCLIP image tower with keys this converter does not know: {len(unknown)} "
-                            f"(e.g. {unknown[:4]}); only ViT towers (not ResNet / timm-trunk towers) are converted")
+    _refuse_unknown("OpenCLIP image tower", unknown,
+                    "; only ViT towers (not ResNet / timm-trunk towers) are converted")
     dim = int(out["cls_token"].shape[-1])
     patch = int(out["patch_embed.proj.weight"].shape[-1])
     depth = 1 + max(int(k.split(".")[1]) for k in out if k.startswith("blocks."))
     side = _grid_side(int(out["pos_embed"].shape[1]) - 1, "positional_embedding")
     hidden = int(out["blocks.0.mlp.fc1.weight"].shape[0])
     args = {"embed_dim": dim, "depth": depth, "num_heads": max(1, dim // 64), "patch_size": patch,
-            "img_size": side * patch, "mlp_ratio": hidden / dim, "act_layer": "gelu"}
+            "img_size": side * patch, "mlp_ratio": _mlp_ratio(hidden, dim), "act_layer": "gelu"}
     return Converted(out, "vit_base_patch16_clip_224", args, side * patch, CLIP_MEAN, CLIP_STD, "openclip")
 
 

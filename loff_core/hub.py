@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,10 +132,23 @@ def get_weights(name: str, progress: Optional[Progress] = None, revision: str = 
     if k.layout != "timm":  # e.g. RAD-DINO in transformers' layout: converted once, into the weights folder
         entry = added(name)
         if entry is None or entry.source_sha256 != sha:
-            add_weights(path.parent, name, licence=k.licence, registry_name=name, mean=k.mean, std=k.std,
-                        native_size=k.native_size, replace=True)
+            # the model's own preprocessor_config.json (image_mean / image_std / crop_size, read
+            # by the conversion) wins over the registry's copy, which is only the fallback
+            own = _json_file(path.parent / "preprocessor_config.json")
+            has_norm = bool(own.get("image_mean") and own.get("image_std"))
+            add_weights(path.parent, name, licence=k.licence, registry_name=name,
+                        mean=None if has_norm else k.mean, std=None if has_norm else k.std,
+                        native_size=None if own.get("crop_size") else k.native_size, replace=True)
         result.added = name
     return result
+
+
+def _json_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _download(repo: str, filename: str, revision: str, progress: Progress, name: str) -> tuple[Path, int, str, int, int]:

@@ -405,11 +405,22 @@ def search_space(task: str, base: Any) -> list[Any]:
     return out
 
 
-def choose_trials(task: str, base: Any, trials: int, seed: int) -> list[Any]:
+def choose_trials(task: str, base: Any, trials: int, seed: int,
+                  heads: Optional[Sequence[str]] = None) -> list[Any]:
     """`trials` head configurations: the defaults first, then a seeded sample drawn in turn
-    from each head kind, so every kind is tried when trials >= 3."""
+    from each head kind, so every kind is tried when trials >= 3. `heads` (e.g.
+    ["attention"]) restricts the search to those head kinds (the first is then the
+    defaults with the first of them when the base's head is not among them)."""
     space = search_space(task, base)
+    if heads is not None:
+        unknown = sorted(set(heads) - {c.head for c in space})
+        if unknown or not heads:
+            raise TrainingError(f"unknown head kind(s) for tune: {', '.join(unknown) or '(none given)'}; "
+                                "expected attention, linear or vit")
+        space = [c for c in space if c.head in heads]
     first = replace(base, task=task)
+    if heads is not None and first.head not in heads:
+        first = replace(first, head=heads[0])
     rng = np.random.default_rng(seed)
     by_head: dict[str, list[Any]] = {}
     for c in space:
@@ -437,13 +448,15 @@ def _rank_key(entry: dict[str, Any], task: str) -> tuple[float, float]:
 
 def tune_source(source: Any, pool: Pool, classes: Sequence[str], task: str, *, trials: int = 8, folds: int = 5,
                 seed: int = 0, base: Any = None, with_logreg: bool = True, progress: Progress = Progress(),
-                on_trial: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+                on_trial: Optional[Callable[[dict[str, Any]], None]] = None,
+                heads: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Score `trials` head configurations (plus the logistic regression for classification)
-    by grouped CV on `pool`; returns {"leaderboard" (best first), "best", "stopped"}."""
+    by grouped CV on `pool`; returns {"leaderboard" (best first), "best", "stopped"}.
+    `heads` restricts the head kinds searched (see `choose_trials`)."""
     from .training import TrainConfig
 
     base = base or TrainConfig(task=task)
-    configs: list[Any] = choose_trials(task, base, trials, seed)
+    configs: list[Any] = choose_trials(task, base, trials, seed, heads)
     if with_logreg and task == "classification":
         configs.insert(0, LOGREG)
     board: list[dict[str, Any]] = []

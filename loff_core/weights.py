@@ -82,7 +82,14 @@ KNOWN: list[KnownBackbone] = [
     KnownBackbone("dinov2-vitg14", "vit_giant_patch14_dinov2.lvd142m", 1136.5, 4546.0, "Apache-2.0", "hf",
                   "timm/vit_giant_patch14_dinov2.lvd142m", 518, *IMAGENET,
                   "DINOv2 ViT-g/14 (LOFF-TA paper); needs a large GPU", "dinov2", rank=4, feature_dim=1536, token_px=14),
-    KnownBackbone("rad-dino", "vit_base_patch14_dinov2", 86.6, 346.4, "MSRLA (Microsoft Research Licence Agreement)",
+    # RAD-DINO's licence: the model card and LICENSE file on the Hub say MIT since the
+    # "Use MIT license (#9)" commit (earlier revisions: MSRLA, research use only); the card
+    # still says "shared for research purposes only, not meant for clinical practice".
+    # mean / std here are shown before Get and were NOT checked against the Hub's
+    # preprocessor_config.json (no copy of it at hand when this was written): they are
+    # a fallback; on Get, image_mean / image_std / crop_size of the downloaded
+    # preprocessor_config.json win (`hub.get_weights`, read by `convert_checkpoint`).
+    KnownBackbone("rad-dino", "vit_base_patch14_dinov2", 86.6, 346.4, "MIT (earlier revisions: MSRLA); research use",
                   "hf", "microsoft/rad-dino", 518, (0.5307, 0.5307, 0.5307), (0.2583, 0.2583, 0.2583),
                   "DINOv2 ViT-B/14 trained on chest X-rays (Hugging Face transformers layout, converted on Get)",
                   "dinov2", layout="hf-dinov2", rank=2, feature_dim=768, token_px=14),

@@ -138,7 +138,8 @@ def test_unknown_and_installed_names_are_refused_clearly(hub):
         get_weights("efficientnet-lite1")
 
 
-def test_hf_layout_model_is_converted_on_get(hub, tmp_path, monkeypatch):
+@pytest.mark.parametrize("own_preprocessing", [False, True])
+def test_hf_layout_model_is_converted_on_get(hub, tmp_path, monkeypatch, own_preprocessing):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.Dinov2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=1, intermediate_size=256,
                                     patch_size=14, image_size=28)
@@ -149,6 +150,9 @@ def test_hf_layout_model_is_converted_on_get(hub, tmp_path, monkeypatch):
     repo = "test/rad-dino-like"
     hub.files[(repo, "model.safetensors")] = (folder / "model.safetensors").read_bytes()
     hub.files[(repo, "config.json")] = (folder / "config.json").read_bytes()
+    if own_preprocessing:  # the model's preprocessor_config.json wins over the registry's mean / std
+        hub.files[(repo, "preprocessor_config.json")] = json.dumps(
+            {"image_mean": [0.53] * 3, "image_std": [0.26] * 3, "crop_size": {"height": 28, "width": 28}}).encode()
     entry = W.KnownBackbone("test-rad-dino", "vit_base_patch14_dinov2", 0.1, 0.2, "test licence", "hf", repo, 28,
                             (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "HF layout", "dinov2", layout="hf-dinov2")
     monkeypatch.setattr(W, "KNOWN", [*W.KNOWN, entry])
@@ -161,7 +165,8 @@ def test_hf_layout_model_is_converted_on_get(hub, tmp_path, monkeypatch):
     config = try_to_load_from_cache(repo, "config.json")  # a small git file, checked by its git SHA-1
     assert isinstance(config, str) and json.loads(open(config).read())["hidden_size"] == 64
     card = json.loads((tmp_path / "weights" / "test-rad-dino" / "card.json").read_text())
-    assert card["licence"] == "test licence" and card["source_format"] == "hf-dinov2" and card["mean"] == [0.5] * 3
+    assert card["licence"] == "test licence" and card["source_format"] == "hf-dinov2"
+    assert (card["mean"], card["std"]) == (([0.53] * 3, [0.26] * 3) if own_preprocessing else ([0.5] * 3, [0.25] * 3))
     b = load_backbone(BackboneSpec(name="test-rad-dino", grid=None), "cpu")
     x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():

@@ -125,6 +125,17 @@ def test_tune_ranks_configurations_and_includes_the_baseline():
     assert len({json.dumps(t.__dict__, default=str) for t in trials}) == 5
 
 
+def test_tune_can_be_restricted_to_head_kinds():
+    only = choose_trials("classification", _cfg(), 4, seed=0, heads=["attention"])
+    assert len(only) == 4 and {t.head for t in only} == {"attention"}
+    assert len({json.dumps(t.__dict__, default=str) for t in only}) == 4
+    assert only[1:] != choose_trials("classification", _cfg(), 4, seed=1, heads=["attention"])[1:]
+    two = choose_trials("classification", _cfg(), 5, seed=0, heads=["linear", "vit"])
+    assert {t.head for t in two} == {"linear", "vit"} and two[0].head == "linear"
+    with pytest.raises(TrainingError, match="unknown head kind"):
+        choose_trials("classification", _cfg(), 3, seed=0, heads=["mlp"])
+
+
 def _project(tmp_path, capsys):
     for split_n, (cls, value) in enumerate((("dark", 30), ("bright", 200))):
         for i in range(16):

@@ -301,3 +301,100 @@ def test_layers_on_a_cnn_pick_a_stage():
 def teardown_module(module):
     if MAX_DIFFS:
         print("\nconversion max abs differences:", json.dumps(MAX_DIFFS, indent=1))
+
+
+# -- DINOv2 ViT-g: SwiGLU MLP ---------------------------------------------------------------
+def _dinov2_release_reference(state: dict, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original DINOv2 forward (facebookresearch/dinov2 `DinoVisionTransformer` with
+    `SwiGLUFFNFused` and registers), written out from its source, independent of timm:
+    x_norm_clstoken and x_norm_patchtokens."""
+    import math
+
+    import torch.nn.functional as F
+
+    s = state
+    dim, patch = s["cls_token"].shape[-1], s["patch_embed.proj.weight"].shape[-1]
+    t = F.conv2d(x, s["patch_embed.proj.weight"], s["patch_embed.proj.bias"], stride=patch).flatten(2).transpose(1, 2)
+    b, n, _ = t.shape
+    t = torch.cat([s["cls_token"].expand(b, -1, -1), t], 1)
+    pos = s["pos_embed"]
+    m = int(math.sqrt(pos.shape[1] - 1))
+    h = w = x.shape[-1] // patch
+    if n != pos.shape[1] - 1:  # interpolate_pos_encoding: bicubic, antialias (register models), to (w0, h0)
+        grid = pos[:, 1:].reshape(1, m, m, dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", antialias=True).permute(0, 2, 3, 1).reshape(1, -1, dim)
+        pos = torch.cat([pos[:, :1], grid], 1)
+    t = t + pos
+    regs = s["register_tokens"].shape[1]
+    t = torch.cat([t[:, :1], s["register_tokens"].expand(b, -1, -1), t[:, 1:]], 1)
+    depth = 1 + max(int(k.split(".")[1]) for k in s if k.startswith("blocks."))
+    for i in range(depth):
+        p = f"blocks.{i}."
+        y = F.layer_norm(t, (dim,), s[p + "norm1.weight"], s[p + "norm1.bias"], 1e-6)
+        qkv = F.linear(y, s[p + "attn.qkv.weight"], s[p + "attn.qkv.bias"]).reshape(b, -1, 3, heads, dim // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) * (dim // heads) ** -0.5, -1) @ v
+        a = F.linear(a.transpose(1, 2).reshape(b, -1, dim), s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
+        t = t + s[p + "ls1.gamma"] * a
+        y = F.layer_norm(t, (dim,), s[p + "norm2.weight"], s[p + "norm2.bias"], 1e-6)
+        x1, x2 = F.linear(y, s[p + "mlp.w12.weight"], s[p + "mlp.w12.bias"]).chunk(2, dim=-1)  # SwiGLUFFNFused
+        t = t + s[p + "ls2.gamma"] * F.linear(F.silu(x1) * x2, s[p + "mlp.w3.weight"], s[p + "mlp.w3.bias"])
+    t = F.layer_norm(t, (dim,), s["norm.weight"], s["norm.bias"], 1e-6)
+    return t[:, 0], t[:, 1 + regs:]
+
+
+def test_original_dinov2_vitg_release_with_swiglu_gives_the_reference_tokens(tmp_path):
+    """ViT-g/14 uses a SwiGLU MLP (`mlp.w12` packs both halves, `mlp.w3` projects back);
+    timm's `vit_giant_patch14_dinov2` packs it the same way in `mlp.fc1` / `mlp.fc2`
+    (SwiGLUPacked: silu(first half) * second half), with fc1's full width = dim * mlp_ratio."""
+    dim, heads, depth = 128, 2, 2  # DINOv2 has 64-wide heads (ViT-g: 1536 / 24)
+    hidden = (int(4 * dim * 2 / 3) + 7) // 8 * 8  # SwiGLUFFNFused's width for mlp_ratio 4: 344
+    g = torch.Generator().manual_seed(11)
+
+    def r(*shape, scale=0.2, base=0.0):
+        return torch.randn(*shape, generator=g) * scale + base
+
+    state = {"cls_token": r(1, 1, dim), "pos_embed": r(1, 1 + 16, dim), "register_tokens": r(1, 4, dim),
+             "mask_token": torch.zeros(1, dim), "patch_embed.proj.weight": r(dim, 3, 14, 14, scale=0.05),
+             "patch_embed.proj.bias": r(dim), "norm.weight": r(dim, base=1.0), "norm.bias": r(dim)}
+    for i in range(depth):
+        p = f"blocks.{i}."
+        state |= {p + "norm1.weight": r(dim, base=1.0), p + "norm1.bias": r(dim),
+                  p + "attn.qkv.weight": r(3 * dim, dim), p + "attn.qkv.bias": r(3 * dim),
+                  p + "attn.proj.weight": r(dim, dim), p + "attn.proj.bias": r(dim), p + "ls1.gamma": r(dim, base=0.5),
+                  p + "norm2.weight": r(dim, base=1.0), p + "norm2.bias": r(dim),
+                  p + "mlp.w12.weight": r(2 * hidden, dim), p + "mlp.w12.bias": r(2 * hidden),
+                  p + "mlp.w3.weight": r(dim, hidden), p + "mlp.w3.bias": r(dim), p + "ls2.gamma": r(dim, base=0.5)}
+    path = tmp_path / "dinov2_vitg14_reg4_pretrain.pth"
+    torch.save(state, path)
+    entry = W.add_weights(path, "tiny-dinov2-g", licence="Apache-2.0")
+    assert entry.source_format == "dinov2" and entry.architecture == "vit_giant_patch14_reg4_dinov2"
+    assert int(dim * entry.model_args["mlp_ratio"]) == 2 * hidden  # timm's packed fc1 width
+    from loff_core.convert import _mlp_ratio
+
+    assert int(1536 * _mlp_ratio(8192, 1536)) == 8192  # the real ViT-g/14: w12 is 8192 x 1536
+    for size in (56, 84):  # 84 px: 6 x 6 patches from the 4 x 4 position embedding
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            ref_cls, ref_patches = _dinov2_release_reference(state, x, heads)
+        cls, patches = _ours("tiny-dinov2-g", size, x)
+        _record(f"dinov2-release ViT-g SwiGLU @{size}px", cls, patches, ref_cls, ref_patches)
+
+
+def test_hf_transformers_dinov2_with_swiglu_gives_the_reference_tokens(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Dinov2Config(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4,
+                                    use_swiglu_ffn=True, patch_size=14, image_size=56, layerscale_value=0.5)
+    torch.manual_seed(0)
+    ref = transformers.Dinov2Model(cfg).eval()
+    _randomise(ref, 5)
+    folder = tmp_path / "hf-giant-like"
+    ref.save_pretrained(folder)
+    entry = W.add_weights(folder, "tiny-hf-dino-g", licence="test licence")
+    assert entry.architecture == "vit_giant_patch14_dinov2"
+    for size in (56, 84):
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            out = ref(pixel_values=x).last_hidden_state
+        cls, patches = _ours("tiny-hf-dino-g", size, x)
+        _record(f"hf-dinov2 SwiGLU @{size}px", cls, patches, out[:, 0], out[:, 1:])
