@@ -94,3 +94,27 @@ def test_the_train_and_cache_pages_show_the_declared_defaults(qtbot):
     assert cache.layers.currentText() == ExtractSettings.layers == cache.spec().layers
     cache.layers.setCurrentText("-4:")  # the Cache page chooses the block(s) as `loff extract --layers` does
     assert cache.spec().layers == "-4:"
+
+
+@pytest.mark.gui
+def test_every_training_option_is_on_the_train_page_and_reaches_the_config(qtbot):
+    """A setting declared in TrainConfig with a `loff train` option appears on the Train page
+    without touching the page (its "More settings" are built from the declaration), and the
+    value chosen there is the one the run is trained with."""
+    from app.main import MainWindow
+    from app.pages.train_page import PLACED, train_config
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    train = window.train_page
+    options = {a.dest for a in _subparser("train")._actions if a.option_strings}
+    declared = {f.name for f in fields(TrainConfig) if field_info(TrainConfig, f.name).option is not None}
+    assert declared <= options
+    assert declared == set(PLACED) | set(train.more), sorted(declared ^ (set(PLACED) | set(train.more)))
+    assert {"batch_size", "patience"} <= set(train.more)
+    train.more["batch_size"].setValue(8)
+    train.more["patience"].setValue(3)
+    train.epochs.setValue(7)
+    config = train_config(train.settings())
+    assert (config.batch_size, config.patience, config.epochs) == (8, 3, 7)
+    assert config.device == TrainConfig.device and config.lr == pytest.approx(TrainConfig.lr)

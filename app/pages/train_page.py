@@ -14,7 +14,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig
+from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig, all_fields, field_info
 
 from ..cache_plan import is_partial
 from ..forms import control_for
@@ -63,6 +63,20 @@ class TrainPage(QWidget):
         self.flip = control_for(AugmentConfig, "hflip", step=0.05)
         self.augment.toggled.connect(lambda on: [w.setEnabled(on) for w in (self.crop, self.noise, self.dropout,
                                                                             self.mixup, self.flip)])
+        # every other training setting that `loff train` offers, built from its declaration: a
+        # setting added to TrainConfig appears here without touching this page
+        self.more = {info.name: control_for(TrainConfig, info.name) for info in more_settings()}
+        more_form = QFormLayout()
+        more_form.setContentsMargins(0, 0, 0, 0)
+        more_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
+        for name, control in self.more.items():
+            more_form.addRow(name.replace("_", " "), control)
+        more_body = QWidget()
+        more_body.setLayout(more_form)
+        from ..collapsible import Collapsible
+
+        self.more_box = Collapsible("More settings", more_body)
+        self.more_box.set_expanded(False)
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self.start_training)
         self.strip = ProgressStrip(cancel=True)
@@ -77,6 +91,7 @@ class TrainPage(QWidget):
         form.addRow("Augment", form_row(self.augment, QLabel("flip"), self.flip, QLabel("crop"), self.crop,
                                         QLabel("noise"), self.noise, QLabel("token dropout"), self.dropout,
                                         QLabel("mixup alpha"), self.mixup))
+        form.addRow("", self.more_box)
         form.addRow("", form_row(self.train_button, self.strip, stretch_last=True))
         box = QGroupBox("Train a compact head on the cached features")
         box.setLayout(form)
@@ -172,7 +187,8 @@ class TrainPage(QWidget):
             "hflip": self.flip.value(), "crop_prob": self.crop.value(), "noise_std": self.noise.value(),
             "token_dropout": self.dropout.value(), "mixup_alpha": self.mixup.value()}
         return {"head": self.head.currentText(), "task": self.task.currentText(), "epochs": self.epochs.value(),
-                "lr": self.lr.value(), "seed": self.seed.value(), "augment": augment}
+                "lr": self.lr.value(), "seed": self.seed.value(), "augment": augment,
+                "more": {name: _value(control) for name, control in self.more.items()}}
 
     def start_training(self) -> None:
         project = self.state.project
@@ -192,15 +208,7 @@ class TrainPage(QWidget):
             job_box["job"].emit_epoch(entry)
 
         def work(progress: Any) -> Any:
-            from dataclasses import replace
-
-            from loff_core.augment import AugmentConfig
-            from loff_core.training import TrainConfig
-
-            augment = AugmentConfig.off() if chosen["augment"] is None else replace(AugmentConfig(),
-                                                                                      **chosen["augment"])
-            config = TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"],
-                                 lr=chosen["lr"], seed=chosen["seed"], augment=augment)
+            config = train_config(chosen)
             from loff_core import steps
 
             return steps.train(project, config, progress=progress, on_epoch=on_epoch)  # takes the lock
@@ -368,6 +376,9 @@ class TrainPage(QWidget):
                              ("token_dropout", self.dropout), ("mixup_alpha", self.mixup)):
                 if aug and key in aug:
                     box.setValue(float(aug[key]))
+            more = values.get("more") or {}
+            for name, control in self.more.items():
+                _set_value(control, more.get(name, getattr(default, name)))
         self.refresh()
 
     def save_settings(self) -> None:
@@ -411,6 +422,41 @@ class TrainPage(QWidget):
         self.compare.setCurrentIndex(max(i, 0))
         self.compare.blockSignals(False)
         self._plot()
+
+
+#: the Train page's own row of controls; every other command-line training setting is in "More settings"
+PLACED = ("head", "task", "epochs", "lr", "seed")
+
+
+def train_config(chosen: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of the page's settings (`TrainPage.settings()`), each value checked by its
+    declaration."""
+    from dataclasses import replace
+
+    augment = AugmentConfig.off() if chosen["augment"] is None else replace(AugmentConfig(), **chosen["augment"])
+    more = {name: field_info(TrainConfig, name).check(value) for name, value in (chosen.get("more") or {}).items()}
+    return TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"], lr=chosen["lr"],
+                       seed=chosen["seed"], augment=augment, **more)
+
+
+def more_settings() -> list[Any]:
+    """TrainConfig's declared settings that `loff train` offers and the page's first row does not
+    show (batch size, patience, device, ... and any setting added later)."""
+    return [info for info in all_fields(TrainConfig)
+            if info.option is not None and info.name not in PLACED and info.kind in (int, float, str)]
+
+
+def _value(control: Any) -> Any:
+    return control.currentText() if isinstance(control, QComboBox) else control.value()
+
+
+def _set_value(control: Any, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(control, QComboBox):
+        control.setCurrentText(str(value))
+    else:
+        control.setValue(value)
 
 
 def _duration(seconds: float) -> str:
