@@ -181,12 +181,15 @@ def heat_rgba(heat: np.ndarray, shape: tuple[int, int], mask: Optional[np.ndarra
     """The overlay as RGBA [rows, cols, 4] uint8: the upsampled map in HEAT_MAP colours,
     transparent outside `mask` (no colour on the background); alpha grows with the value,
     so low-attention tissue stays readable under it."""
-    heat = np.asarray(heat, dtype=np.float32)
-    lo, hi = float(heat.min()), float(heat.max())
-    # stretched from the lowest to the highest value of this image: a head that spreads its
-    # attention evenly shows a flat map, not a wash at full strength (the bar says so)
-    heat = (heat - lo) / (hi - lo) if hi - lo > 1e-6 else np.zeros_like(heat)
-    up = np.clip(upsample(heat, shape), 0.0, 1.0)
+    up = upsample(np.asarray(heat, dtype=np.float32), shape)
+    inside = mask.astype(bool) if mask is not None and mask.shape == tuple(shape) and mask.any() else None
+    # stretched from the lowest to the highest value inside the body of this image (2nd and
+    # 98th percentiles, so a few cells at the image's edge or on the background do not squeeze
+    # the tissue's range into a single colour): a head that spreads its attention evenly over
+    # the breast still shows where it looked most; the colour bar says "lowest ... highest"
+    values = up[inside] if inside is not None else up.ravel()
+    lo, hi = (float(v) for v in np.percentile(values, [2, 98]))
+    up = np.clip((up - lo) / (hi - lo), 0.0, 1.0) if hi - lo > 1e-6 else np.zeros_like(up)
     lut = pg.colormap.get(HEAT_MAP).getLookupTable(nPts=256, alpha=False)
     rgba = np.empty((*shape, 4), np.uint8)
     rgba[..., :3] = lut[(up * 255).astype(np.int32)]
