@@ -363,10 +363,10 @@ def _token_module_class() -> type:
                                                                       intermediates_only=True))
                         clss = [g.mean((2, 3)) for g in grids]
                 except (IndexError, AssertionError, AttributeError, NotImplementedError) as exc:
-                    raise BackboneError(f"--layers: {type(self.model).__name__} cannot give blocks "
+                    raise BackboneError(f"layers: {type(self.model).__name__} cannot give blocks "
                                         f"{self.indices} ({exc})") from None
                 if len({tuple(g.shape) for g in grids}) > 1:
-                    raise BackboneError(f"--layers: the chosen stages have different shapes "
+                    raise BackboneError(f"layers: the chosen stages have different shapes "
                                         f"{[tuple(g.shape[1:]) for g in grids]}; choose one stage")
                 if len(grids) == 1:
                     return clss[0], grids[0]
@@ -390,7 +390,7 @@ def parse_layers(text: Optional[str]) -> Optional[list[int]]:
         return None
     match = re.fullmatch(r"(-?\d+)(:?)", text)
     if match is None or (match.group(2) and int(match.group(1)) >= 0) or int(match.group(1)) == 0 and match.group(2):
-        raise BackboneError(f"--layers {text!r}: expected last, -K (the K-th block from the end), N (block N) or "
+        raise BackboneError(f"layers {text!r}: expected last, -K (the K-th block from the end), N (block N) or "
                             f"-K: (mean of the last K blocks)")
     k = int(match.group(1))
     return list(range(k, 0)) if match.group(2) else [k]

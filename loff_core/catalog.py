@@ -407,9 +407,9 @@ def _patient_pattern(regex: Optional[str]) -> Optional["re.Pattern[str]"]:
     try:
         pattern = re.compile(regex)
     except re.error as exc:
-        raise ProjectError(f"--patient-from-name {regex!r}: not a valid regular expression ({exc})") from None
+        raise ProjectError(f"patient-from-name pattern {regex!r}: not a valid regular expression ({exc})") from None
     if pattern.groups != 1:
-        raise ProjectError(f"--patient-from-name {regex!r}: needs exactly one capture group (the patient), "
+        raise ProjectError(f"patient-from-name pattern {regex!r}: needs exactly one capture group (the patient), "
                            f"found {pattern.groups}; e.g. '^(\\d+)_' for NIH ChestX-ray14's PATIENT_FOLLOWUP.png")
     return pattern
 
@@ -605,7 +605,7 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
             masked_path=mask_identifiers(rel, identifiers + [pid], key) if pid and not pid.startswith("file:") else None,
         ))
     if unmatched_name:
-        warnings.append(f"{unmatched_name} file names do not match --patient-from-name {patient_from_name!r}; "
+        warnings.append(f"{unmatched_name} file names do not match the patient-from-name pattern {patient_from_name!r}; "
                         f"their patient comes from the DICOM header or each is its own patient")
     if no_patient:
         warnings.append(f"{no_patient} images have no patient ID (no DICOM PatientID and no patient column); "

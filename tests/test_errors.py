@@ -70,7 +70,7 @@ def test_engine_messages_name_no_front_end():
     only the terminal's table (and the CLI itself) names commands and options."""
     literals = ["`loff extract", "`loff import", "`loff train", "--device cpu", "--random-init", "--weights FILE",
                 "--head linear", "--file-column", "--label-column", "--on-patient-overlap", "`loff weights",
-                "--backbone"]
+                "--backbone", "--layers", "--patient-from-name"]
     edge = {"cli.py", "cli_weights.py", "remedies.py", "settings.py", "demo.py"}
     found = []
     for path in sorted((ROOT / "loff_core").glob("*.py")):

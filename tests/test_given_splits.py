@@ -156,7 +156,7 @@ def test_patient_from_name_and_patient_like_column(tmp_path):
     keys = Counter(e.patient_key for e in cat.entries)
     assert sorted(keys.values()) == [1, 3, 3, 3, 3, 3, 3]
     assert cat.patients_from == {"file name pattern": 18, "none (each image its own patient)": 1}
-    assert any("1 file names do not match --patient-from-name" in w for w in cat.warnings)
+    assert any("1 file names do not match the patient-from-name pattern" in w for w in cat.warnings)
     with pytest.raises(ProjectError, match="exactly one capture group"):
         scan_folder(tmp_path / "nih", salt=SALT, patient_from_name=r"^\d+_")
     with pytest.raises(ProjectError, match="not a valid regular expression"):

@@ -269,7 +269,7 @@ def test_layers_parse_fingerprint_and_mean_of_blocks():
         if bad == "":
             assert parse_layers(bad) is None
             continue
-        with pytest.raises(BackboneError, match="--layers"):
+        with pytest.raises(BackboneError, match="layers"):
             parse_layers(bad)
     base = dict(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=None)
     last = load_backbone(BackboneSpec(**base), "cpu")
