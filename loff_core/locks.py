@@ -56,15 +56,9 @@ def _hold(root: Path, mode: str, timeout: float) -> Iterator[bool]:
     held = _held()
     mine = held.get(path)
     if mine is not None:
-        if mine[0] != mode:
-            if mine[0] == "write":  # a reader inside a writer's commit: covered by the write hold
-                mine[1] += 1
-                try:
-                    yield True
-                finally:
-                    mine[1] -= 1
-                return
+        if mine[0] != mode and mine[0] != "write":
             raise RuntimeError(f"{path}: a writer's commit inside a read of the same project in one thread")
+        # the same mode again, or a reader inside a writer's commit: covered by the hold taken
         mine[1] += 1
         try:
             yield True
