@@ -56,8 +56,10 @@ class CachePlan:
                    f"{' (average-pooled)' if ga != gb else ''}{px}")
         out.append(f"cache: {_size(self.bytes_per_image)} per image, {_size(self.total_bytes)} for "
                    f"{self.images} images (float16)")
-        if self.mammograms and self.input_size < MAMMO_MIN_INPUT:
-            out.append(f"suggestion: these look like mammograms; an input of at least {MAMMO_MIN_INPUT} px keeps "
+        # images smaller than 512 px gain nothing from a larger input: the suggestion stops at their own size
+        target = min(MAMMO_MIN_INPUT, max(self.native)) if self.native else MAMMO_MIN_INPUT
+        if self.mammograms and self.input_size < target:
+            out.append(f"suggestion: these look like mammograms; an input of at least {target} px keeps "
                        f"fine structure (calcifications, spiculation) that {self.input_size} px loses")
         return out
 

@@ -152,7 +152,7 @@ def test_cache_page_says_what_extract_will_do_and_the_cache_agrees(qtbot, window
     assert "token grid: 2 x 2 before pooling, 1 x 1 x 192 cached (average-pooled)" in text
     page.grid.setValue(2)
     assert "token grid: 2 x 2 before pooling, 2 x 2 x 192 cached" in page.plan.text()
-    assert "at least 512 px" in page.plan.text()  # synthetic DICOM mammograms (CC / MLO views)
+    assert "at least 96 px" in page.plan.text()  # synthetic DICOM mammograms (CC / MLO views) of 96 px: up to their own size
     _extract(qtbot, w)
     project = w.state.project
     summary = json.loads((project.caches_dir / f"{project.settings.active_cache}.json").read_text())
@@ -184,6 +184,11 @@ def test_the_plan_suggests_512_px_for_mammograms_and_its_table_matches_timm():
     assert "input size: 224 x 224" in lines and "shrunk 4.6x" in lines and "at least 512 px" in lines
     assert "7 x 7 before pooling" in lines
     assert "at least 512 px" not in "\n".join(plan(mammo, "tf_efficientnet_lite0", 512, 16).lines())
+    from dataclasses import replace
+
+    small = [replace(mammo[0], rows=256, cols=208)]  # e.g. the demo's: a larger input adds no detail
+    assert "suggestion" not in "\n".join(plan(small, "tf_efficientnet_lite2", None, 16).lines())
+    assert "at least 256 px" in "\n".join(plan(small, "tf_efficientnet_lite0", 128, 16).lines())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # restored below: later tests compare features across processes
     try:
