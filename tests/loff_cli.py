@@ -108,3 +108,15 @@ def binary_png_project(tmp_path, capsys, *, normal: int = 14, pneumonia: int = 2
     loff_json(capsys, "extract", project, "--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32",
               "--grid", "2", "--workers", "0", "--device", "cpu")
     return project
+
+
+#: a random-init ViT-Tiny at 32 px, pooled to 2 x 2: the smallest real extraction
+TINY = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32", "--grid", "2", "--workers", "0"]
+
+
+def trained_demo_project(root) -> object:
+    """The synthetic demo (10 patients) imported, extracted with TINY and trained for one epoch."""
+    assert main(["demo", str(root), "--patients", "10", "--quiet", "--json"]) == 0
+    assert main(["extract", str(root), *TINY, "--quiet", "--json"]) == 0
+    assert main(["train", str(root), "--epochs", "1", "--quiet", "--json"]) == 0
+    return root

@@ -14,20 +14,15 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from test_app import LONG, _wait_idle, qtbot_button, window  # noqa: E402,F401
 
-from loff_core.cli import main  # noqa: E402
+from loff_cli import trained_demo_project  # noqa: E402
 from loff_core.project import Project  # noqa: E402
 
 pytestmark = pytest.mark.gui
-TINY = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32", "--grid", "2", "--workers", "0"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("results") / "p"
-    assert main(["demo", str(root), "--patients", "10", "--quiet", "--json"]) == 0
-    assert main(["extract", str(root), *TINY, "--quiet", "--json"]) == 0
-    assert main(["train", str(root), "--epochs", "1", "--quiet", "--json"]) == 0
-    return root
+    return trained_demo_project(tmp_path_factory.mktemp("results") / "p")
 
 
 def test_results_page_shows_real_progress_and_stop_cancels(qtbot, window, trained, monkeypatch):

@@ -12,22 +12,17 @@ import threading
 
 import pytest
 
-from loff_cli import loff_json
+from loff_cli import loff_json, trained_demo_project
 
 from loff_core.cli import main
 from loff_core.errors import ProjectError
 from loff_core.project import Project
 
-TINY = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32", "--grid", "2", "--workers", "0"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("locks") / "p"
-    assert main(["demo", str(root), "--patients", "10", "--quiet", "--json"]) == 0
-    assert main(["extract", str(root), *TINY, "--quiet", "--json"]) == 0
-    assert main(["train", str(root), "--epochs", "1", "--quiet", "--json"]) == 0
-    return root
+    return trained_demo_project(tmp_path_factory.mktemp("locks") / "p")
 
 
 def _hold_writer_lock(root: str, ready, release) -> None:

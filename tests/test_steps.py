@@ -9,21 +9,16 @@ import json
 import numpy as np
 import pytest
 
-from loff_core.cli import main
+from loff_cli import trained_demo_project
 from loff_core.progress import Cancelled, Progress
 from loff_core import steps
 from loff_core.project import Project
 
-TINY = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32", "--grid", "2", "--workers", "0"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("steps") / "p"
-    assert main(["demo", str(root), "--patients", "10", "--quiet", "--json"]) == 0
-    assert main(["extract", str(root), *TINY, "--quiet", "--json"]) == 0
-    assert main(["train", str(root), "--epochs", "1", "--quiet", "--json"]) == 0
-    return root
+    return trained_demo_project(tmp_path_factory.mktemp("steps") / "p")
 
 
 def test_evaluate_reports_progress_over_its_images(trained):
