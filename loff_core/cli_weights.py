@@ -54,7 +54,7 @@ def _describe_get(out: dict[str, Any]) -> str:
         f"downloaded {out['downloaded'] / 1e6:.1f} MB" + (f" (resumed after {out['resumed_from'] / 1e6:.1f} MB)"
                                                            if out["resumed_from"] else ""))
     extra = f"; converted into the weights folder as {out['added']}" if out.get("added") else ""
-    return f"{out['name']}: {how}, SHA-256 checked ({out['sha256'][:16]}...), {out['path']}{extra}"
+    return f"{out['name']}: {how}, {out['checksum_kind']} checked ({out['checksum'][:16]}...), {out['path']}{extra}"
 
 
 def cmd_add(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,7 +120,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_list, describe=_describe_list, command="weights list")
 
     p = wsub.add_parser("get", parents=[common], help="download a suggested backbone from the Hugging Face Hub "
-                                                      "(explicit only; resumable; SHA-256 checked)")
+                                                      "(explicit only; resumable; checked against the Hub's SHA-256)")
     p.add_argument("name")
     p.set_defaults(func=cmd_get, describe=_describe_get, command="weights get")
 
