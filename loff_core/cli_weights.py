@@ -110,6 +110,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _input_size(text: str) -> int:
+    """--native-size: an input size in the declared range (settings.ExtractSettings.image_size)."""
+    from .settings import input_size_problem
+
+    value = _positive_int(text)
+    if (problem := input_size_problem(value)) is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `loff weights ...` to the main parser's subcommands."""
     w = sub.add_parser("weights", help="backbones: list, get (download), add your own, remove")
@@ -134,7 +144,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--quick-gelu", action="store_true", help="OpenAI CLIP towers use QuickGELU")
     p.add_argument("--mean", help="input mean, e.g. 0.5,0.5,0.5 (default: from the checkpoint's config)")
     p.add_argument("--std", help="input std, e.g. 0.25,0.25,0.25")
-    p.add_argument("--native-size", type=_positive_int, help="native input size in pixels")
+    p.add_argument("--native-size", type=_input_size, help="native input size in pixels")
     p.set_defaults(func=cmd_add, describe=_describe_add, command="weights add")
 
     p = wsub.add_parser("remove", parents=[common], help="remove an added backbone")
