@@ -233,6 +233,7 @@ def _download(repo: str, filename: str, revision: str, progress: Progress, name:
     from huggingface_hub.utils import build_hf_headers
 
     _checked_filename(repo, filename)
+    _checked_filename(repo, revision)  # written as refs/<revision>
     url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
     try:
         meta = get_hf_file_metadata(url, endpoint=endpoint())
