@@ -121,8 +121,8 @@ def _checked_metadata(repo: str, filename: str, meta: Any) -> tuple[str, str, st
     """(checksum, its kind, commit) from the HEAD answer, each checked (hex, right length)."""
     checksum = (meta.etag or "").strip('"').lower()
     if len(checksum) not in CHECKSUM_KINDS or any(c not in "0123456789abcdef" for c in checksum):
-        raise BackboneError(f"{repo}/{filename}: the Hub gives no checksum for this file (etag {str(meta.etag)[:80]!r}); "
-                            f"refusing a download that cannot be verified")
+        raise BackboneError(f"{repo}/{filename}: the Hub gives no checksum for this file "
+                            f"(etag {str(meta.etag)[:80]!r}); refusing a download that cannot be verified")
     commit = meta.commit_hash or ""
     if not COMMIT_ID.fullmatch(commit):
         raise BackboneError(f"{repo}/{filename}: the server's X-Repo-Commit {commit[:80]!r} is not a commit id "
@@ -214,8 +214,8 @@ def get_weights(name: str, progress: Optional[Progress] = None, revision: str = 
 
 def _json_file(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and path.stat().st_size <= EXTRA_FILE_MAX \
-            else {}
+        small = path.is_file() and path.stat().st_size <= EXTRA_FILE_MAX
+        data = json.loads(path.read_text(encoding="utf-8")) if small else {}
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
