@@ -185,6 +185,10 @@ def read_weights_file(path: Path | str) -> dict[str, Any]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from .trust import safetensors_problem
+
+        if (problem := safetensors_problem(path)) is not None:  # from the header, before reading tensors
+            raise BackboneError(f"{path}: {problem}")
         try:
             state = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
@@ -483,8 +487,11 @@ def load_backbone(spec: BackboneSpec, device: str = "auto") -> FrozenBackbone:
     """Build the frozen backbone for a spec (see the module docstring for where weights come from)."""
     import torch
 
+    from .settings import input_size_problem
     from .weights import resolve
 
+    if spec.image_size is not None and (problem := input_size_problem(spec.image_size)) is not None:
+        raise BackboneError(f"image size {problem}")
     dev = resolve_device(device)
     found = resolve(spec.name)
     if found.name != spec.name:  # a registry name: the timm name it stands for (same caches)

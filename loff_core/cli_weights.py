@@ -54,7 +54,7 @@ def _describe_get(out: dict[str, Any]) -> str:
         f"downloaded {out['downloaded'] / 1e6:.1f} MB" + (f" (resumed after {out['resumed_from'] / 1e6:.1f} MB)"
                                                            if out["resumed_from"] else ""))
     extra = f"; converted into the weights folder as {out['added']}" if out.get("added") else ""
-    return f"{out['name']}: {how}, SHA-256 checked ({out['sha256'][:16]}...), {out['path']}{extra}"
+    return f"{out['name']}: {how}, {out['checksum_kind']} checked ({out['checksum'][:16]}...), {out['path']}{extra}"
 
 
 def cmd_add(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,6 +110,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _input_size(text: str) -> int:
+    """--native-size: an input size in the declared range (settings.ExtractSettings.image_size)."""
+    from .settings import input_size_problem
+
+    value = _positive_int(text)
+    if (problem := input_size_problem(value)) is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add `loff weights ...` to the main parser's subcommands."""
     w = sub.add_parser("weights", help="backbones: list, get (download), add your own, remove")
@@ -120,7 +130,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_list, describe=_describe_list, command="weights list")
 
     p = wsub.add_parser("get", parents=[common], help="download a suggested backbone from the Hugging Face Hub "
-                                                      "(explicit only; resumable; SHA-256 checked)")
+                                                      "(explicit only; resumable; checked against the Hub's SHA-256)")
     p.add_argument("name")
     p.set_defaults(func=cmd_get, describe=_describe_get, command="weights get")
 
@@ -134,7 +144,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--quick-gelu", action="store_true", help="OpenAI CLIP towers use QuickGELU")
     p.add_argument("--mean", help="input mean, e.g. 0.5,0.5,0.5 (default: from the checkpoint's config)")
     p.add_argument("--std", help="input std, e.g. 0.25,0.25,0.25")
-    p.add_argument("--native-size", type=_positive_int, help="native input size in pixels")
+    p.add_argument("--native-size", type=_input_size, help="native input size in pixels")
     p.set_defaults(func=cmd_add, describe=_describe_add, command="weights add")
 
     p = wsub.add_parser("remove", parents=[common], help="remove an added backbone")

@@ -22,12 +22,14 @@ left over is named in the error, so nothing half-fits silently.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .errors import BackboneError
+from .settings import input_size_problem
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -98,15 +100,16 @@ def convert_checkpoint(path: Path | str, architecture: Optional[str] = None,
     state = read_weights_file(file)
     kind = detect_format(state)
     if kind == "hf-dinov2":
-        out = _from_hf_dinov2(state, _read_json(folder / "config.json"), file)
+        out = _from_hf_dinov2(state, _read_json(folder / "config.json"), file, folder / "config.json")
         pre = _read_json(folder / "preprocessor_config.json")
         if pre.get("image_mean") and pre.get("image_std"):
             out.mean, out.std = _triple(pre["image_mean"]), _triple(pre["image_std"])
         crop = pre.get("crop_size")
-        if isinstance(crop, dict) and crop.get("height"):
-            out.native_size = int(crop["height"])
-        elif isinstance(crop, int):
-            out.native_size = crop
+        crop = crop.get("height") if isinstance(crop, dict) else crop
+        if crop is not None:  # a downloaded file like any other input: in the declared range
+            if (problem := input_size_problem(crop)) is not None:
+                raise BackboneError(f"{folder / 'preprocessor_config.json'}: crop_size {problem}; not converted")
+            out.native_size = int(crop)
     elif kind == "dinov2":
         out = _from_dinov2(state)
     elif kind == "openclip":
@@ -120,7 +123,10 @@ def convert_checkpoint(path: Path | str, architecture: Optional[str] = None,
                 f"OpenCLIP ViT) and no timm architecture is given; for a timm checkpoint pass --architecture "
                 f"TIMM_NAME (e.g. {', '.join(sorted(k for k in list(state)[:3]))} ...)")
         pre = cfg.get("pretrained_cfg", {})
-        out = Converted(dict(state), arch, {}, int(pre.get("input_size", [3, 0, 0])[-1] or 0),
+        size = (pre.get("input_size") or [0])[-1] if isinstance(pre.get("input_size"), list) else 0
+        if size and (problem := input_size_problem(size)) is not None:
+            raise BackboneError(f"{folder / 'config.json'}: pretrained_cfg.input_size {problem}; not converted")
+        out = Converted(dict(state), arch, {}, int(size or 0),
                         _triple(pre["mean"]) if pre.get("mean") else None,
                         _triple(pre["std"]) if pre.get("std") else None, "timm")
     if architecture:
@@ -210,7 +216,46 @@ _HF_BLOCK = {
 }
 
 
-def _from_hf_dinov2(state: dict[str, Any], config: dict[str, Any], file: Path) -> Converted:
+def _check_hf_config(config: dict[str, Any], where: Path, out: dict[str, Any], swiglu: bool) -> tuple[int, int]:
+    """config.json against the tensors, before anything is built: the layers, width, patch and
+    MLP kind the tensors have are the model; a config that says otherwise is refused (a
+    200000-layer or ViT-g config over small tensors must not build anything). (depth, heads)."""
+    layers = sorted({int(k.split(".")[1]) for k in out if k.startswith("blocks.")})
+    if not layers:
+        raise BackboneError(f"{where.parent}: Hugging Face DINOv2 checkpoint without encoder layers")
+    depth = len(layers)
+    if layers != list(range(depth)):
+        gaps = sorted(set(range(layers[-1] + 1)) - set(layers))
+        raise BackboneError(f"{where.parent}: encoder layers {gaps[:5]} are missing from the tensors")
+    dim = int(out["cls_token"].shape[-1])
+    patch = int(out["patch_embed.proj.weight"].shape[-1])
+    hidden = int(out["blocks.0.mlp.fc1.weight"].shape[0]) if "blocks.0.mlp.fc1.weight" in out else 0
+    said = {"num_hidden_layers": (depth, f"{depth} layer{'s' if depth != 1 else ''}"),
+            "hidden_size": (dim, f"width {dim}"), "patch_size": (patch, f"patch {patch}"),
+            "use_swiglu_ffn": (swiglu, "a SwiGLU MLP" if swiglu else "no SwiGLU MLP")}
+    if not swiglu and hidden:
+        said["intermediate_size"] = (hidden, f"MLP width {hidden}")
+    for key, (actual, what) in said.items():
+        value = config.get(key)
+        if value is None or (key == "use_swiglu_ffn" and bool(value) == actual):
+            continue
+        if isinstance(value, bool) != isinstance(actual, bool) or value != actual:
+            raise BackboneError(f"{where}: {key} {str(value)[:40]} does not match the tensors ({what}); not converted")
+    ratio = config.get("mlp_ratio")
+    if ratio is not None and not swiglu and hidden and (
+            isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio)
+            or int(dim * ratio) != hidden):
+        raise BackboneError(f"{where}: mlp_ratio {str(ratio)[:40]} does not match the tensors (MLP width {hidden} "
+                            f"for width {dim}); not converted")
+    heads = config.get("num_attention_heads") or max(1, dim // 64)
+    if type(heads) is not int or not 1 <= heads <= dim or dim % heads:
+        raise BackboneError(f"{where}: num_attention_heads {str(heads)[:40]} does not divide the tensors' width {dim}; "
+                            f"not converted")
+    return depth, heads
+
+
+def _from_hf_dinov2(state: dict[str, Any], config: dict[str, Any], file: Path,
+                    config_path: Optional[Path] = None) -> Converted:
     prefix = "dinov2." if any(k.startswith("dinov2.") for k in state) else ""
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     out: dict[str, Any] = {}
@@ -253,12 +298,13 @@ def _from_hf_dinov2(state: dict[str, Any], config: dict[str, Any], file: Path) -
                 raise BackboneError(f"{file}: layer {n} lacks some of query / key / value {leaf}")
     if "cls_token" not in out or "pos_embed" not in out:
         raise BackboneError(f"{file}: Hugging Face DINOv2 checkpoint without embeddings.cls_token / position_embeddings")
+    if "patch_embed.proj.weight" not in out or "blocks.0.mlp.fc1.weight" not in out:
+        raise BackboneError(f"{file}: Hugging Face DINOv2 checkpoint without a patch embedding or a first MLP")
+    swiglu = any(".mlp.weights_in" in k for k in state)
+    depth, heads = _check_hf_config(config, config_path or file.parent / "config.json", out, swiglu)
     dim = int(out["cls_token"].shape[-1])
-    patch = int(config.get("patch_size") or out["patch_embed.proj.weight"].shape[-1])
-    depth = int(config.get("num_hidden_layers") or 1 + max(int(k.split(".")[1]) for k in out if k.startswith("blocks.")))
-    heads = int(config.get("num_attention_heads") or max(1, dim // 64))
+    patch = int(out["patch_embed.proj.weight"].shape[-1])
     side = _grid_side(int(out["pos_embed"].shape[1]) - 1, "embeddings.position_embeddings")
-    swiglu = bool(config.get("use_swiglu_ffn")) or any(".mlp.weights_in" in k for k in state)
     hidden = int(out["blocks.0.mlp.fc1.weight"].shape[0])
     args: dict[str, Any] = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": patch,
                             "img_size": side * patch, "mlp_ratio": _mlp_ratio(hidden, dim)}
@@ -321,16 +367,18 @@ def _from_openclip(state: dict[str, Any]) -> Converted:
     return Converted(out, "vit_base_patch16_clip_224", args, side * patch, CLIP_MEAN, CLIP_STD, "openclip")
 
 
-def check_fits(model: Any, state: dict[str, Any], source: str) -> None:
-    """Strict: every key of the model present with its shape, nothing left over."""
+def check_fits(model: Any, state: dict[str, Any], source: str, architecture: str = "") -> None:
+    """Strict: every key of the model present with its shape, nothing left over (the model
+    may live on the meta device: only names and shapes are compared)."""
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own or k.split(".")[0] not in ("head", "fc", "classifier")}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        raise BackboneError(f"{source}: the converted weights do not fit {type(model).__name__}: "
+        raise BackboneError(f"{source}: the converted weights do not fit {architecture or type(model).__name__}: "
                             f"missing keys {missing[:6]}{' ...' if len(missing) > 6 else ''}, "
                             f"unexpected keys {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     if bad:
-        raise BackboneError(f"{source}: converted weights have other shapes than the model: {bad[:4]}")
+        raise BackboneError(f"{source}: the converted weights do not fit {architecture or type(model).__name__} "
+                            f"(other shapes): {bad[:4]}")

@@ -29,6 +29,10 @@ TASKS: dict[str, str] = {
     "ordinal": "ordered levels (rank-consistent cumulative head; adds Kendall's tau and AMAE)",
 }
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+#: the input size range (pixels), checked wherever a size comes from: the CLI and the window
+#: (ExtractSettings.image_size below), the registry, a downloaded preprocessor_config.json,
+#: a backbone card, an exported head's card (`input_size_problem`)
+INPUT_SIZE_MIN, INPUT_SIZE_MAX = 16, 4096
 
 
 def setting(default: Any = MISSING, help: str = "", *, kind: type = str, unit: str = "",
@@ -168,8 +172,8 @@ class ExtractSettings:
     layers: str = setting("last", "which block(s) give the tokens: last (the model's output), -K (the K-th block "
                           "from the end; for EfficientNets a feature stage), N (block N) or -K: (the mean of the "
                           "last K); part of the cache's fingerprint and of the exported card")
-    image_size: Optional[int] = setting(None, "input size in pixels (default: the model's own)", kind=int, low=16,
-                                        unit="px", optional=True)
+    image_size: Optional[int] = setting(None, "input size in pixels (default: the model's own)", kind=int,
+                                        low=INPUT_SIZE_MIN, high=INPUT_SIZE_MAX, unit="px", optional=True)
     grid: int = setting(16, "average-pool the token grid to at most GRID x GRID (LOFF-TA's high-resolution route)",
                         kind=int, low=1, unit="tokens")
     batch_size: int = setting(16, "images per backbone forward pass", kind=int, low=1, unit="images")
@@ -212,6 +216,19 @@ class TuneSettings:
     trials: int = setting(8, "head configurations to try (plus a logistic regression for classification)",
                           kind=int, low=1)
     folds: int = _folds()
+
+
+def input_size_problem(value: Any) -> Optional[str]:
+    """Why `value` is not an input size in the declared range (ExtractSettings.image_size);
+    None when it is. Booleans and fractions are not sizes."""
+    info = field_info(ExtractSettings, "image_size")
+    if value is None or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        return f"{value!r} is not an input size ({int(info.low)}..{int(info.high)} px)"
+    try:
+        info.check(value)
+    except ValueError:
+        return f"{value!r} is outside the input size range {int(info.low)}..{int(info.high)} px"
+    return None
 
 
 # -- command-line options from the declarations ----------------------------------------

@@ -12,6 +12,8 @@ project, catalog, cache and export code so each kind of check exists once:
 - `head_shape_problem`: a head or card whose shapes are out of sane bounds is refused
   before anything is allocated;
 - `check_finite_state`: head weights must be finite floating-point tensors;
+- `safetensors_problem`: a weights file is sized from its header (read within a bound)
+  before any tensor is read, and refused when it does not fit in memory;
 - `normalise_label` / `lookalike_groups`: class names are NFC-normalised and stripped, and
   names that only differ by case, width or invisible characters are found;
 - `csv_cell` / `csv_uncell`: text cells that a spreadsheet would run as a formula are
@@ -30,7 +32,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Mapping, Optional, Type
 
 from .errors import LoffError, ProjectError
-from .settings import HEAD_KINDS, TASKS
+from .settings import HEAD_KINDS, INPUT_SIZE_MAX, TASKS
 
 MAX_JSON_BYTES = 64 << 20  # a project file, sidecar, report or card is never this big
 MAX_JSON_DEPTH = 64
@@ -39,7 +41,7 @@ MAX_JSON_DEPTH = 64
 MAX_FEATURE_DIM = 16384
 MAX_GRID_SIDE = 256
 MAX_CLASSES = 1000
-MAX_IMAGE_SIZE = 4096
+MAX_IMAGE_SIZE = INPUT_SIZE_MAX  # the declared input size range (settings.ExtractSettings.image_size)
 MAX_WIDTH = 8192
 MAX_DEPTH = 64
 MAX_HEADS = 256
@@ -224,6 +226,74 @@ def state_problem(state: Mapping[str, Any]) -> Optional[str]:
             return f"weight {name} is not floating point ({getattr(tensor, 'dtype', type(tensor).__name__)})"
         if not bool(torch.isfinite(tensor).all()):
             return f"weight {name} holds NaN or infinity"
+    return None
+
+
+# -- weights files -----------------------------------------------------------------------
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own bound on the JSON header
+_SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                         "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process can still get (Linux MemAvailable, else free pages); None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def safetensors_problem(path: Path | str) -> Optional[str]:
+    """Why a .safetensors file cannot be read into memory, judged from its header alone (read
+    within `MAX_SAFETENSORS_HEADER`): a header that is too long or not a table of tensors,
+    offsets past the end of the file, or tensors that need more memory than is available.
+    None when it can be read."""
+    path = Path(path)
+    try:
+        file_size = path.stat().st_size
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                return "not a safetensors file (shorter than its 8-byte header length)"
+            length = int.from_bytes(prefix, "little")
+            if length > MAX_SAFETENSORS_HEADER:
+                return f"a safetensors header of {length / 1e6:.1f} MB (at most {MAX_SAFETENSORS_HEADER / 1e6:g} MB)"
+            if 8 + length > file_size:
+                return f"the file ends inside its {length}-byte header (truncated?)"
+            header = json.loads(fh.read(length).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return f"not a readable safetensors header ({_first_line(str(exc)) or type(exc).__name__})"
+    if not isinstance(header, dict):
+        return "not a readable safetensors header (not a JSON object)"
+    total, data = 0, file_size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            if not all(type(v) is int and v >= 0 for v in (*shape, begin, end)) or begin > end:
+                raise ValueError
+            count = math.prod(shape) * _SAFETENSORS_ITEMSIZE[dtype]
+        except (KeyError, TypeError, ValueError):
+            return f"tensor {_show(name)}: not a readable safetensors entry"
+        if count != end - begin:
+            return f"tensor {_show(name)}: {count} bytes for its shape but {end - begin} in the file"
+        if end > data:
+            return f"tensor {_show(name)} lies past the end of the file (byte {end} of {data}; truncated?)"
+        total += count
+    free = available_memory()
+    if free is not None and total > free:
+        return (f"its tensors need {total / 1e9:.1f} GB of memory and {free / 1e9:.1f} GB is available; "
+                f"use a machine with more memory (or a smaller model)")
     return None
 
 

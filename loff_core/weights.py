@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import BackboneError, Remedy
+from .settings import input_size_problem
 
 CARD_FORMAT, CARD_VERSION = "loff-backbone", 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -178,15 +179,37 @@ def added(name: str) -> Optional[AddedBackbone]:
             raise ValueError(f"format is {card.get('format')!r}, not {CARD_FORMAT!r}")
         if int(card.get("format_version", 0)) > CARD_VERSION:
             raise ValueError(f"written by a newer LOFF Studio (card version {card['format_version']})")
+        if (problem := input_size_problem(card["native_size"])) is not None:
+            raise ValueError(f"native_size: {problem}")
         return AddedBackbone(
             name=card["name"], architecture=card["architecture"], model_args=dict(card.get("model_args") or {}),
             native_size=int(card["native_size"]), mean=tuple(card["mean"]), std=tuple(card["std"]),
             licence=card.get("licence", ""), source_file=card.get("source_file", ""),
             source_sha256=card.get("source_sha256", ""), source_format=card.get("source_format", ""),
-            params_m=float(card.get("params_m", 0.0)), weights_file=folder / card.get("weights_file", "model.safetensors"),
+            params_m=float(card.get("params_m", 0.0)), weights_file=_card_weights_file(folder, card),
             added=card.get("added", ""), registry_name=card.get("registry_name"), extra=dict(card.get("extra") or {}))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BackboneError(f"{card_path}: not a readable backbone card ({exc})") from None
+
+
+def _card_weights_file(folder: Path, card: dict[str, Any]) -> Path:
+    """The card's weights file: a plain file name inside the backbone's own folder, not a link
+    that leads out of it (a card is a file anyone can edit; `add_weights` writes real files)."""
+    from .trust import path_problem
+
+    name = card.get("weights_file", "model.safetensors")
+    problem = path_problem(name) or (None if "/" not in name and "\\" not in name else "not a file name")
+    if problem is None:
+        path = folder / name
+        try:
+            inside = path.resolve().parent == folder.resolve()
+        except (OSError, RuntimeError):
+            inside = False
+        if not inside:
+            problem = "it resolves outside the backbone's folder"
+    if problem is not None:
+        raise ValueError(f"weights_file {str(name)[:200]!r} is refused: {problem}")
+    return folder / name
 
 
 def added_backbones() -> list[AddedBackbone]:
@@ -233,11 +256,17 @@ def add_weights(source: Path | str, name: Optional[str] = None, *, licence: str 
     target = root / name
     if target.exists() and not replace:
         raise BackboneError(f"a backbone named {name!r} is already added ({target})", remedy=Remedy.ANOTHER_NAME)
+    with torch.device("meta"):  # names and shapes only, nothing allocated: what does not fit is refused
+        probe, _ = create_model(conv.architecture, conv.model_args, None, 0)  # before a ViT-g is built for real
+    check_fits(probe, conv.state, str(conv.source_file), conv.architecture)
     model, default_size = create_model(conv.architecture, conv.model_args, None, 0)
-    check_fits(model, conv.state, str(conv.source_file))
+    check_fits(model, conv.state, str(conv.source_file), conv.architecture)
     model.load_state_dict({k: v for k, v in conv.state.items() if k in model.state_dict()}, strict=True)
     model.eval()
-    size = int(native_size or conv.native_size or default_size)
+    size = native_size or conv.native_size or default_size
+    if (problem := input_size_problem(size)) is not None:
+        raise BackboneError(f"{conv.source_file}: native size {problem}")
+    size = int(size)
     with torch.inference_mode():
         feats = model.forward_features(torch.zeros(1, 3, default_size, default_size))
     if not bool(torch.isfinite(feats).all()):

@@ -6,7 +6,12 @@ It answers what the real `huggingface_hub` client asks: HEAD and GET on
 ones get their git blob SHA-1 as `ETag`, as the Hub does), and `Range` requests (206 with
 `Content-Range`). Knobs for failure stories: `cut_after` (drop the connection after so
 many bytes of the next GET), `corrupt` (serve bytes that do not match the advertised
-SHA-256), `delay` (seconds per chunk, so a test can press Stop mid-way).
+SHA-256), `delay` (seconds per chunk, so a test can press Stop mid-way), and for hostile
+servers: `commit` (the `X-Repo-Commit` sent), `advertised_size` (the `X-Linked-Size`
+sent, whatever the body), `git_etag` (an LFS-sized file announced by its git blob SHA-1
+only, no `X-Linked-Etag`), `redirect_to` (answer HEAD and GET on a file with `302
+Location: redirect_to + path`, the metadata on the redirect, as the Hub does for its CDN).
+`seen` records each request's headers.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ class HubServer:
         self.cut_after: Optional[int] = None
         self.corrupt = False
         self.delay = 0.0
+        self.commit = COMMIT
+        self.advertised_size: Optional[int] = None
+        self.git_etag = False
+        self.redirect_to: Optional[str] = None
+        self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers by lower-case name)
         self.requests: list[tuple[str, str, Optional[str]]] = []  # (method, path, Range header)
         server = self
 
@@ -46,23 +56,27 @@ class HubServer:
 
             def _headers(self, data: bytes, status: int, start: int = 0) -> None:
                 self.send_response(status)
-                if len(data) > 100_000:  # an LFS file: its SHA-256 in X-Linked-Etag
+                if status == 302:
+                    self.send_header("Location", server.redirect_to + self.path)
+                if len(data) > 100_000 and not server.git_etag:  # an LFS file: its SHA-256 in X-Linked-Etag
                     sha = hashlib.sha256(data).hexdigest()
                     self.send_header("ETag", f'"{sha}"')
                     self.send_header("X-Linked-Etag", f'"{sha}"')
-                    self.send_header("X-Linked-Size", str(len(data)))
+                    self.send_header("X-Linked-Size", str(len(data) if server.advertised_size is None
+                                                          else server.advertised_size))
                 else:  # a small file kept in git: ETag is its git blob SHA-1
                     sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
                     self.send_header("ETag", f'"{sha1}"')
-                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("X-Repo-Commit", server.commit)
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("Content-Length", "0" if status == 302 else str(len(data) - start))
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
 
             def do_HEAD(self) -> None:  # noqa: N802
                 server.requests.append(("HEAD", self.path, self.headers.get("Range")))
+                server.seen.append(("HEAD", self.path, {k.lower(): v for k, v in self.headers.items()}))
                 found = self._find()
                 if found is None:
                     self.send_response(404)
@@ -70,11 +84,12 @@ class HubServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                self._headers(found[1], 200)
+                self._headers(found[1], 302 if server.redirect_to else 200)
 
             def do_GET(self) -> None:  # noqa: N802
                 rng = self.headers.get("Range")
                 server.requests.append(("GET", self.path, rng))
+                server.seen.append(("GET", self.path, {k.lower(): v for k, v in self.headers.items()}))
                 found = self._find()
                 if found is None:
                     self.send_response(404)
@@ -82,6 +97,9 @@ class HubServer:
                     self.end_headers()
                     return
                 data = found[1]
+                if server.redirect_to:
+                    self._headers(data, 302)
+                    return
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 self._headers(data, 206 if start else 200, start)
                 body = data[start:]

@@ -153,7 +153,7 @@ def test_hf_layout_model_is_converted_on_get(hub, tmp_path, monkeypatch, own_pre
     if own_preprocessing:  # the model's preprocessor_config.json wins over the registry's mean / std
         hub.files[(repo, "preprocessor_config.json")] = json.dumps(
             {"image_mean": [0.53] * 3, "image_std": [0.26] * 3, "crop_size": {"height": 28, "width": 28}}).encode()
-    entry = W.KnownBackbone("test-rad-dino", "vit_base_patch14_dinov2", 0.1, 0.2, "test licence", "hf", repo, 28,
+    entry = W.KnownBackbone("test-rad-dino", "vit_base_patch14_dinov2", 0.1, 0.4, "test licence", "hf", repo, 28,
                             (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "HF layout", "dinov2", layout="hf-dinov2")
     monkeypatch.setattr(W, "KNOWN", [*W.KNOWN, entry])
     with pytest.raises(BackboneError, match="weights get test-rad-dino"):

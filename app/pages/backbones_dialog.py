@@ -154,8 +154,8 @@ class BackbonesDialog(QDialog):
         self._job = None
         how = "already here" if not result.downloaded else f"{result.downloaded / 1e6:.1f} MB downloaded" + (
             f" (resumed after {result.resumed_from / 1e6:.1f} MB)" if result.resumed_from else "")
-        self.status.setText(f"{result.name}: {how}; SHA-256 checked.")
-        self.state.message.emit("info", f"backbone {result.name} is here: {how}, SHA-256 checked")
+        self.status.setText(f"{result.name}: {how}; {result.checksum_kind} checked.")
+        self.state.message.emit("info", f"backbone {result.name} is here: {how}, {result.checksum_kind} checked")
         self.refresh()
 
     def _stopped(self) -> None:

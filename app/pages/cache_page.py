@@ -9,7 +9,7 @@ from typing import Any
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from loff_core.settings import ExtractSettings
+from loff_core.settings import ExtractSettings, field_info
 from loff_core.weights import TEST_MODEL, suggested
 
 from ..cache_plan import is_partial, plan
@@ -41,7 +41,7 @@ class CachePage(QWidget):
         pick.clicked.connect(self._choose_weights)
         self.random_init = QCheckBox("random weights (testing only)")
         self.image_size = QSpinBox()
-        self.image_size.setRange(0, 2048)
+        self.image_size.setRange(0, int(field_info(ExtractSettings, "image_size").high))  # 0: the model's own
         self.image_size.setSpecialValueText("model default")
         self.image_size.setSingleStep(32)
         self.grid = control_for(ExtractSettings, "grid", high=64)
