@@ -42,11 +42,31 @@ def cmd_get(args: argparse.Namespace) -> dict[str, Any]:
     resume = f", resuming after {info['partial_mb']:g} MB already here" if info["partial_mb"] else ""
     print(f"loff weights get: {info['name']}: {info['size_mb']:g} MB, licence {info['licence']}, from {info['source']}"
           f"{resume}", file=sys.stderr)
-    result = _run_with_progress(f"get {args.name}", args.quiet, lambda p: get_weights(args.name, p))
+    token = None
+    if info["gated"]:
+        print(f"loff weights get: {info['name']} is gated: accept its licence ({info['licence_url'] or info['page']}) "
+              f"on {info['page']} while signed in; the download needs a Hub access token, which is sent only to "
+              f"the Hub", file=sys.stderr)
+        if not info["token_set"]:
+            token = _ask_token()
+    result = _run_with_progress(f"get {args.name}", args.quiet, lambda p: get_weights(args.name, p, token=token))
     out = asdict(result)
     out["path"] = str(result.path)
     out["licence"] = info["licence"]
     return out
+
+
+def _ask_token() -> Any:
+    """A Hub access token typed at the terminal (hidden), or None without one (no terminal:
+    the Get then stops with the remedy: HF_TOKEN or `hf auth login`)."""
+    import getpass
+
+    if not sys.stdin.isatty():
+        return None
+    try:
+        return getpass.getpass("Hugging Face access token (read; input hidden, sent only to the Hub): ").strip() or None
+    except (EOFError, KeyboardInterrupt):
+        return None
 
 
 def _describe_get(out: dict[str, Any]) -> str:

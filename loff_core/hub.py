@@ -17,6 +17,12 @@ How it works, with the real `huggingface_hub` client:
 - the finished file's SHA-256 must equal the Hub's; a corrupt or truncated file is deleted
   and never used.
 
+Gated repos (DINOv3: the Hub asks each user to accept the licence on the model page) need a
+Hub access token: `get_weights(name, token=...)`, else `HF_TOKEN` / the token `hf auth login`
+stored; without one the Get stops before any request, saying where to accept the licence.
+The token goes only to the Hub's own host (the endpoint's origin): never to the CDN host a
+file is redirected to (the HEAD stops at such a redirect; the GET there carries no token).
+
 `HF_HUB_OFFLINE=1` (set by the launch script so nothing else ever reaches the network)
 blocks every huggingface_hub request. An explicit Get lifts it for its own requests only
 (`_online()`), and restores it after: the user asked for this one download.
@@ -111,8 +117,25 @@ def partial_file(name: str) -> Optional[Path]:
     return found[0] if found else None
 
 
-def get_weights(name: str, progress: Optional[Progress] = None, revision: str = "main") -> GetResult:
-    """Download a suggested model's weights (see the module docstring); resumable, verified."""
+def hub_token() -> Optional[str]:
+    """The user's Hub token, if one is set: HF_TOKEN, or the one `hf auth login` stored."""
+    from huggingface_hub import get_token
+
+    return get_token() or None
+
+
+def needs_token(name: str) -> bool:
+    """A gated suggested model with no Hub token set (the app and the CLI ask for one)."""
+    from .weights import known
+
+    k = known(name)
+    return bool(k is not None and k.gated and not hub_token())
+
+
+def get_weights(name: str, progress: Optional[Progress] = None, revision: str = "main",
+                token: Optional[str] = None) -> GetResult:
+    """Download a suggested model's weights (see the module docstring); resumable, verified.
+    `token`: a Hub access token for a gated repo (else HF_TOKEN or the stored one)."""
     from .weights import add_weights, added, known
 
     k = known(name)
@@ -120,12 +143,19 @@ def get_weights(name: str, progress: Optional[Progress] = None, revision: str = 
         raise BackboneError(f"{name!r} is not a suggested backbone", remedy=Remedy.SUGGESTED_BACKBONES, own=True)
     if k.source != "hf":
         raise BackboneError(f"{name} needs no download: its weights are installed with LOFF Studio ({k.repo})")
+    token = (token or "").strip() or None
+    if k.gated:
+        token = token or hub_token()
+        if not token:
+            raise BackboneError(f"{name}: {k.repo} is gated on the Hugging Face Hub: accept its licence on "
+                                f"{endpoint()}/{k.repo} and give a Hub access token", remedy=Remedy.HUB_TOKEN,
+                                name=name, repo=k.repo)
     progress = progress or Progress()
     with _online():
-        path, size, sha, fetched, resumed = _download(k.repo, k.filename, revision, progress, name)
-        for extra in ("config.json", "preprocessor_config.json") if k.layout != "timm" else ():
+        path, size, sha, fetched, resumed = _download(k.repo, k.filename, revision, progress, name, token)
+        for extra in k.extra_files():
             try:
-                _download(k.repo, extra, revision, Progress(), name)
+                _download(k.repo, extra, revision, Progress(), name, token)
             except BackboneError:
                 pass  # optional files: the conversion infers what they would say
     result = GetResult(name, path, size, sha, fetched, resumed)
@@ -138,7 +168,8 @@ def get_weights(name: str, progress: Optional[Progress] = None, revision: str = 
             has_norm = bool(own.get("image_mean") and own.get("image_std"))
             add_weights(path.parent, name, licence=k.licence, registry_name=name,
                         mean=None if has_norm else k.mean, std=None if has_norm else k.std,
-                        native_size=None if own.get("crop_size") else k.native_size, replace=True)
+                        native_size=None if k.layout == "hf-dinov2" and own.get("crop_size") else k.native_size,
+                        replace=True)
         result.added = name
     return result
 
@@ -151,15 +182,38 @@ def _json_file(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _download(repo: str, filename: str, revision: str, progress: Progress, name: str) -> tuple[Path, int, str, int, int]:
+def _origin(url: str) -> tuple[str, str, int]:
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return u.scheme, (u.hostname or "").lower(), u.port or {"http": 80, "https": 443}.get(u.scheme, 0)
+
+
+def _headers_for(target: str, token: Optional[str]) -> dict[str, str]:
+    """huggingface_hub's headers for a request to `target`; the token only if `target` is the
+    Hub's own host (a file redirected to a CDN is fetched there without it)."""
+    from huggingface_hub.utils import build_hf_headers
+
+    headers = build_hf_headers(token=token)
+    if _origin(target) != _origin(endpoint()):
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+def _download(repo: str, filename: str, revision: str, progress: Progress, name: str,
+              token: Optional[str] = None) -> tuple[Path, int, str, int, int]:
     import httpx2 as httpx
     from huggingface_hub import get_hf_file_metadata, get_session, hf_hub_url
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
     try:
-        meta = get_hf_file_metadata(url, endpoint=endpoint())
+        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint())
+    except GatedRepoError:
+        raise BackboneError(f"{repo}: the Hub refused the download (gated): accept the licence on "
+                            f"{endpoint()}/{repo} with the account whose token was given", remedy=Remedy.HUB_TOKEN,
+                            name=name, repo=repo) from None
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
         raise BackboneError(f"{repo}/{filename}: not found on the Hub ({type(exc).__name__})") from None
     except HfHubHTTPError as exc:
@@ -186,8 +240,7 @@ def _download(repo: str, filename: str, revision: str, progress: Progress, name:
     done = resumed
     fetched = 0
     if size is None or done < size:
-        headers = build_hf_headers()
-        headers["Accept-Encoding"] = "identity"
+        headers = _headers_for(meta.location or url, token)
         if done:
             headers["Range"] = f"bytes={done}-"
         try:
@@ -255,5 +308,7 @@ def describe_get(name: str) -> dict[str, Any]:
     if k is None:
         raise BackboneError(f"{name!r} is not a suggested backbone", remedy=Remedy.SUGGESTED_BACKBONES)
     return {"name": k.name, "size_mb": k.size_mb, "licence": k.licence, "source": f"{k.source}:{k.repo}",
-            "file": k.filename, "present": present_file(k) is not None,
+            "file": k.filename, "present": present_file(k) is not None, "gated": k.gated,
+            "licence_url": k.licence_url, "page": f"{endpoint()}/{k.repo}", "trained_on": k.trained_on,
+            "token_set": bool(k.gated and hub_token()),
             "partial_mb": round(p.stat().st_size / 1e6, 1) if (p := partial_file(name)) else 0.0}

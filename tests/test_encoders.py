@@ -158,3 +158,86 @@ def test_openclip_timm_tower_without_its_config_is_refused(tmp_path):
     (folder / "open_clip_config.json").unlink()
     with pytest.raises(BackboneError, match="open_clip_config.json"):
         W.add_weights(folder, "no-config")
+
+
+# -- registry and Get (gated) ----------------------------------------------------------------
+def test_registry_lists_dinov3_and_the_medical_encoders_with_licence_source_and_data():
+    rows = {r["name"]: r for r in W.list_backbones()}
+    for tag in ("vits16", "vits16plus", "vitb16", "vitl16", "vith16plus"):
+        r = rows[f"dinov3-{tag}"]
+        assert r["source"] == f"hf:facebook/dinov3-{tag}-pretrain-lvd1689m" and r["gated"]
+        assert "DINOv3 License" in r["licence"] and "LVD-1689M" in r["trained_on"]
+        k = W.known(f"dinov3-{tag}")
+        assert k.token_px == 16 and k.native_size == 256 and k.layout == "hf-dinov3" and k.mean == W.IMAGENET[0]
+    assert rows["dinov3-vith16plus"]["gpu_only"] and not rows["dinov3-vitl16"]["gpu_only"]
+    for name in ("biomedclip-vitb16", "rad-dino-maira-2", "rad-dino"):
+        assert rows[name]["licence"] and rows[name]["trained_on"] and not rows[name]["gated"]
+    assert W.known("biomedclip-vitb16").filename == "open_clip_pytorch_model.bin"
+
+
+def test_registry_geometry_matches_timm():
+    """params, feature width and patch of each new entry are those of the timm model it runs as."""
+    import timm
+
+    for name in ("dinov3-vits16", "dinov3-vits16plus", "dinov3-vitb16", "biomedclip-vitb16"):
+        k = W.known(name)
+        m = timm.create_model(k.architecture, pretrained=False, num_classes=0)
+        assert m.num_features == k.feature_dim and m.patch_embed.patch_size[0] == k.token_px, name
+        assert sum(p.numel() for p in m.parameters()) / 1e6 == pytest.approx(k.params_m, abs=0.1), name
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from hub_server import HubServer
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as the launch script sets it
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def test_get_dinov3_gated_asks_for_a_token_sends_it_only_to_the_hub_and_converts(hub, tmp_path, capsys):
+    from loff_core.errors import BackboneError, Remedy
+    from loff_core.hub import describe_get, get_weights, needs_token
+
+    ref, folder = _hf_dinov3(tmp_path, False, True, seed=7)
+    repo = "facebook/dinov3-vits16-pretrain-lvd1689m"
+    for f in ("model.safetensors", "config.json", "preprocessor_config.json"):
+        hub.files[(repo, f)] = (folder / f).read_bytes()
+    assert len(hub.files[(repo, "model.safetensors")]) > 100_000  # an LFS file: the Hub redirects it to its CDN
+    hub.gated[repo] = "hf_test_token"
+    hub.cdn_host = "localhost"  # another host name for the same server: the "CDN"
+
+    info = describe_get("dinov3-vits16")  # what the user is told before Get
+    assert info["gated"] and "DINOv3 License" in info["licence"] and info["page"].endswith(repo)
+    assert not info["token_set"] and needs_token("dinov3-vits16")
+    with pytest.raises(BackboneError) as no_token:
+        get_weights("dinov3-vits16")
+    assert no_token.value.remedy == Remedy.HUB_TOKEN and "gated" in str(no_token.value)
+    assert hub.requests == [], "without a token nothing is asked of the Hub"
+    with pytest.raises(BackboneError, match="gated"):
+        get_weights("dinov3-vits16", token="hf_wrong")
+
+    hub.seen.clear()
+    result = get_weights("dinov3-vits16", token="hf_test_token")
+    assert result.added == "dinov3-vits16" and result.size == len(hub.files[(repo, "model.safetensors")])
+    hub_host = hub.url.split("//")[1]
+    on_hub = [a for host, _, a in hub.seen if host == hub_host]
+    on_cdn = [(p, a) for host, p, a in hub.seen if host.startswith("localhost")]
+    assert on_hub and all(a == "Bearer hf_test_token" for a in on_hub)
+    assert on_cdn and all(p.startswith("/cdn/") and a is None for p, a in on_cdn), "the token never leaves the Hub"
+
+    card = json.loads((tmp_path / "weights" / "dinov3-vits16" / "card.json").read_text())
+    assert card["source_format"] == "hf-dinov3" and "DINOv3 License" in card["licence"]
+    assert card["native_size"] == 256 and card["registry_name"] == "dinov3-vits16"
+    assert {r["name"]: r for r in W.list_backbones()}["dinov3-vits16"]["present"]
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = ref(pixel_values=x).last_hidden_state
+    cls, patches = _ours("dinov3-vits16", 64, x)
+    _close("dinov3-vits16 after Get @64px", cls, patches, out[:, 0], out[:, 5:])

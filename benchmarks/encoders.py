@@ -1,0 +1,85 @@
+"""Cost of the advised encoders (issue 27): forward FLOPs per image (counted with
+`torch.utils.flop_counter`) and CPU images/s of `FrozenBackbone.tokens` (random weights: the
+time does not depend on the values), interleaved repeats, medians. The figures behind
+`loff_core.advice`'s CPU rows; GPU rows give FLOPs only unless run with --device cuda.
+
+    python benchmarks/encoders.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+# (label, timm architecture, model args, input px, time it on the CPU)
+CASES = [
+    ("efficientnet-lite2", "tf_efficientnet_lite2", {}, 260, True),
+    ("efficientnet-lite2", "tf_efficientnet_lite2", {}, 512, True),
+    ("dinov3-vits16", "vit_small_patch16_dinov3_qkvb", {"global_pool": "token"}, 256, True),
+    ("dinov3-vits16", "vit_small_patch16_dinov3_qkvb", {"global_pool": "token"}, 512, True),
+    ("dinov3-vitb16", "vit_base_patch16_dinov3_qkvb", {"global_pool": "token"}, 256, True),
+    ("rad-dino", "vit_base_patch14_dinov2", {}, 224, True),
+    ("rad-dino", "vit_base_patch14_dinov2", {}, 518, False),
+    ("biomedclip-vitb16", "vit_base_patch16_224", {}, 224, True),
+    ("dinov3-vitb16", "vit_base_patch16_dinov3_qkvb", {"global_pool": "token"}, 512, False),
+    ("dinov3-vitl16", "vit_large_patch16_dinov3_qkvb", {"global_pool": "token"}, 256, False),
+    ("dinov3-vitl16", "vit_large_patch16_dinov3_qkvb", {"global_pool": "token"}, 512, False),
+    ("dinov3-vith16plus", "vit_huge_plus_patch16_dinov3_qkvb", {"global_pool": "token"}, 512, False),
+]
+
+
+def main() -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from loff_core.backbones import FrozenBackbone, BackboneSpec, create_model
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    built = {}
+    rows = []
+    for label, arch, margs, size, timed in CASES:
+        model, _ = create_model(arch, margs, size, 0)
+        model.eval().requires_grad_(False)
+        b = FrozenBackbone(BackboneSpec(name=arch, random_init=True, image_size=size, grid=16), model,
+                           torch.device("cpu"), size, (0.5,) * 3, (0.5,) * 3, "random-init")
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            b.tokens(torch.zeros(1, 3, size, size))
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        rows.append({"label": label, "architecture": arch, "size": size, "params_m": round(params, 1),
+                     "gflops": round(counter.get_total_flops() / 1e9, 2), "feature_dim": b.feature_dim,
+                     "grid": list(b.grid_hw), "times": []})
+        if timed:
+            built[len(rows) - 1] = b
+        else:
+            del b, model
+    x = {}
+    for r in range(args.repeats):
+        order = list(built) if r % 2 == 0 else list(reversed(built))  # interleaved, alternating first
+        for i in order:
+            size = rows[i]["size"]
+            x.setdefault(size, torch.randn(args.batch, 3, size, size))
+            t0 = time.perf_counter()
+            built[i].tokens(x[size])
+            rows[i]["times"].append(time.perf_counter() - t0)
+    print("| encoder | input px | params M | GFLOPs / image | token grid (cached, grid 16) | CPU images/s |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        ips = args.batch / statistics.median(row["times"]) if row["times"] else None
+        row["images_per_s"] = round(ips, 2) if ips else None
+        print(f"| {row['label']} | {row['size']} | {row['params_m']} | {row['gflops']} | "
+              f"{row['grid'][0]} x {row['grid'][1]} x {row['feature_dim']} | {f'{ips:.2f}' if ips else 'not timed'} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
