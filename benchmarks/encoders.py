@@ -45,21 +45,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     built = {}
     rows = []
+    from loff_core.backbones import _token_module_class
+
     for label, arch, margs, size, timed in CASES:
-        model, _ = create_model(arch, margs, size, 0)
-        model.eval().requires_grad_(False)
-        b = FrozenBackbone(BackboneSpec(name=arch, random_init=True, image_size=size, grid=16), model,
-                           torch.device("cpu"), size, (0.5,) * 3, (0.5,) * 3, "random-init")
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            b.tokens(torch.zeros(1, 3, size, size))
-        params = sum(p.numel() for p in model.parameters()) / 1e6
+        with torch.device("meta"):  # FLOPs counted without computing (and without the memory)
+            meta, _ = create_model(arch, margs, size, 0)
+            module = _token_module_class()(meta.eval(), 16)
+            with FlopCounterMode(display=False) as counter:
+                cls, grid = module(torch.zeros(1, 3, size, size))
+        params = sum(p.numel() for p in meta.parameters()) / 1e6
         rows.append({"label": label, "architecture": arch, "size": size, "params_m": round(params, 1),
-                     "gflops": round(counter.get_total_flops() / 1e9, 2), "feature_dim": b.feature_dim,
-                     "grid": list(b.grid_hw), "times": []})
+                     "gflops": round(counter.get_total_flops() / 1e9, 2), "feature_dim": int(cls.shape[1]),
+                     "grid": [int(grid.shape[2]), int(grid.shape[3])], "times": []})
+        del meta, module
         if timed:
-            built[len(rows) - 1] = b
-        else:
-            del b, model
+            model, _ = create_model(arch, margs, size, 0)
+            model.eval().requires_grad_(False)
+            built[len(rows) - 1] = FrozenBackbone(BackboneSpec(name=arch, random_init=True, image_size=size, grid=16),
+                                                  model, torch.device("cpu"), size, (0.5,) * 3, (0.5,) * 3,
+                                                  "random-init")
     x = {}
     for r in range(args.repeats):
         order = list(built) if r % 2 == 0 else list(reversed(built))  # interleaved, alternating first

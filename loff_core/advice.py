@@ -46,35 +46,36 @@ class Advice:
 
     def time_note(self) -> str:
         if self.device == "cpu" and self.cpu_images_per_s:
-            return "measured on a shared 2-core CPU"
-        return f"estimate: {self.gflops:g} GFLOPs per image at an assumed {ASSUMED_GPU_TFLOPS:g} TFLOP/s"
+            return "forward pass measured on a busy shared 2-core CPU, 1 thread"
+        return (f"estimate: {self.gflops:g} GFLOPs per image at an assumed {ASSUMED_GPU_TFLOPS:g} TFLOP/s, forward "
+                f"only; decoding large images may take longer")
 
 
 # Figures: docs/benchmarks.md, "Encoders: cost of the advised rows" (benchmarks/encoders.py,
 # forward only, random weights, 1 torch thread) and the Lite rows of "EfficientNet-Lite0 / 1 / 2".
 TABLE: list[Advice] = [
-    Advice("mammograms", "cpu", "efficientnet-lite2", 260, 1.72, 3.5,
+    Advice("mammograms", "cpu", "efficientnet-lite2", 260, 1.72, 1.74,
            "the CPU default; 512 px gave no gain beyond the noise on mini-MIAS for 2.7x the time",
            "docs/benchmarks.md, EfficientNet-Lite0 / 1 / 2 on mini-MIAS (macro AUC 0.849 linear probe, 5 folds) "
-           "and the 512 px rows; 3.5 images/s end to end in 'Time of a plain loff tune'"),
-    Advice("mammograms", "gpu", "dinov3-vitl16", 512, 0.0, None,
+           "and its 512 px rows; speed: 'Encoders: cost of the advised rows'"),
+    Advice("mammograms", "gpu", "dinov3-vitl16", 512, 727.19, None,
            "DINOv3 is trained for high-resolution dense features; 512 px keeps calcifications and spiculation "
            "(LOFF-TA used 512 px); no mammography encoder with clear terms is public (docs/backbones.md)",
            "DINOv3 model card (facebook/dinov3-vitl16-pretrain-lvd1689m): ViT-L/16 distilled, dense results "
            "e.g. ADE20k linear 54.9 mIoU; compute counted in docs/benchmarks.md"),
-    Advice("chest radiographs", "cpu", "rad-dino", 224, 0.0, None,
+    Advice("chest radiographs", "cpu", "rad-dino", 224, 46.32, 0.20,
            "trained on 882,775 chest radiographs; 224 px (16 x 16 tokens) keeps a CPU run to minutes per "
-           "hundred images",
+           "hundred images (8.7x Lite2's time at 260 px, measured side by side)",
            "RAD-DINO model card (microsoft/rad-dino): five public chest X-ray data sets, 'fine-tuning typically "
            "not necessary'; CPU speed measured in docs/benchmarks.md"),
-    Advice("chest radiographs", "gpu", "rad-dino", 518, 0.0, None,
+    Advice("chest radiographs", "gpu", "rad-dino", 518, 303.15, None,
            "its native size (37 x 37 tokens), as its model card uses it",
            "RAD-DINO model card (microsoft/rad-dino): 518 px input, 37 x 37 patch tokens; compute counted in "
            "docs/benchmarks.md"),
-    Advice("other", "cpu", "efficientnet-lite2", 260, 1.72, 3.5,
+    Advice("other", "cpu", "efficientnet-lite2", 260, 1.72, 1.74,
            "the CPU default: the best of the shipped CNNs measured here",
-           "docs/benchmarks.md, EfficientNet-Lite0 / 1 / 2 (mini-MIAS) and 'Time of a plain loff tune'"),
-    Advice("other", "gpu", "dinov3-vitl16", 256, 0.0, None,
+           "docs/benchmarks.md, EfficientNet-Lite0 / 1 / 2 (mini-MIAS); speed: 'Encoders: cost of the advised rows'"),
+    Advice("other", "gpu", "dinov3-vitl16", 256, 164.74, None,
            "DINOv3 ViT-L/16 at its native 256 px: the strongest workstation-sized general encoder listed",
            "DINOv3 model card (facebook/dinov3-vitl16-pretrain-lvd1689m): e.g. ImageNet linear probe and ADE20k "
            "54.9 mIoU for ViT-L/16; compute counted in docs/benchmarks.md"),

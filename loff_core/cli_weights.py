@@ -9,6 +9,9 @@ from typing import Any
 
 
 def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from .advice import IMAGE_KINDS, advise, describe
     from .backbones import resolve_device
     from .weights import default_backbone, list_backbones, weights_dir
 
@@ -16,7 +19,10 @@ def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
         gpu = resolve_device("auto").type == "cuda"
     except Exception:  # noqa: BLE001 - no torch device info: answer for the CPU
         gpu = False
-    return {"backbones": list_backbones(), "weights_dir": str(weights_dir()), "default": default_backbone(gpu)}
+    kinds = [args.images] if getattr(args, "images", None) else list(IMAGE_KINDS)
+    advice = [{**asdict(a), "text": describe(a)} for a in (advise(k, gpu) for k in kinds)]
+    return {"backbones": list_backbones(), "weights_dir": str(weights_dir()), "default": default_backbone(gpu),
+            "advice": advice}
 
 
 def _describe_list(out: dict[str, Any]) -> str:
@@ -24,11 +30,14 @@ def _describe_list(out: dict[str, Any]) -> str:
     lines = [f"{'name':22s} {'params':>8s} {'size':>9s}  {'present':7s}  licence / source"]
     for r in rows:
         lines.append(f"{r['name']:22s} {r['params_m']:>7g}M {r['size_mb']:>7.1f}MB  {'yes' if r['present'] else 'no':7s}  "
-                     f"{r['licence']}; {r['source']}")
+                     f"{r['licence']}; {r['source']}" + ("; GPU only" if r.get("gpu_only") else "")
+                     + (f"; trained on {r['trained_on']}" if r.get("trained_on") else ""))
     d = out["default"]
     lines.append(f"default: {d['registry_name']} ({d['name']}): {d['reason']}"
                  + (f"; `loff weights get {d['would_use']}` downloads them" if d.get("would_use") else ""))
     lines.append(f"added backbones live in {out['weights_dir']}")
+    for a in out.get("advice", []):
+        lines.append(f"advice {a['text']}")
     return "\n".join(lines)
 
 
@@ -137,6 +146,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     w.set_defaults(describe=_describe_list)  # each action sets its own; this one satisfies the parser check
 
     p = wsub.add_parser("list", parents=[common], help="suggested and added backbones: size, licence, present?")
+    from .advice import IMAGE_KINDS
+
+    p.add_argument("--images", choices=IMAGE_KINDS, help="the advice for these images only (default: all kinds, "
+                                                         "for the device found)")
     p.set_defaults(func=cmd_list, describe=_describe_list, command="weights list")
 
     p = wsub.add_parser("get", parents=[common], help="download a suggested backbone from the Hugging Face Hub "

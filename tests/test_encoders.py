@@ -241,3 +241,66 @@ def test_get_dinov3_gated_asks_for_a_token_sends_it_only_to_the_hub_and_converts
         out = ref(pixel_values=x).last_hidden_state
     cls, patches = _ours("dinov3-vits16", 64, x)
     _close("dinov3-vits16 after Get @64px", cls, patches, out[:, 0], out[:, 5:])
+
+
+# -- advice ---------------------------------------------------------------------------------
+def test_advice_table_is_complete_named_and_consistent_with_the_registry_and_the_cache_plan():
+    from loff_core import advice as A
+
+    pairs = [(a.images, a.device) for a in A.TABLE]
+    assert sorted(pairs) == sorted((i, d) for i in A.IMAGE_KINDS for d in A.DEVICES), "one row per pair"
+    for a in A.TABLE:
+        k = W.known(a.backbone)
+        assert k is not None and a.evidence and a.why and a.gflops > 0, a
+        assert not (k.gpu_only and a.device == "cpu")
+        assert a.image_size % k.token_px == 0 or k.family == "efficientnet"
+        if a.device == "cpu":
+            assert a.cpu_images_per_s and "measured" in A.describe(a)
+        else:
+            assert "estimate" in A.describe(a) and "assumed" in A.describe(a)
+    # the cache size is the Cache page's (app/cache_plan.plan) for the same backbone, size and grid
+    from types import SimpleNamespace
+
+    from app.cache_plan import plan
+
+    row = A.advise("other", gpu=False)
+    entry = SimpleNamespace(rows=512, cols=512, modality=None, view=None)
+    p = plan([entry], W.known(row.backbone).architecture, row.image_size, 16)
+    assert A.cache_bytes_per_image(row.backbone, row.image_size, 16) == p.bytes_per_image
+    # DINOv3-L at 512 px: 32 x 32 tokens pooled to 16 x 16 x 1024, float16, plus the CLS token
+    assert A.cache_bytes_per_image("dinov3-vitl16", 512, 16) == (16 * 16 + 1) * 1024 * 2
+    assert A.advise("mammograms", gpu=True).backbone.startswith("dinov3-")
+    assert A.advise("chest radiographs", gpu=False).backbone == "rad-dino"
+
+
+def test_image_kind_from_the_catalog_and_advice_is_torch_free():
+    import subprocess
+    import sys
+    from types import SimpleNamespace as E
+
+    from loff_core.advice import image_kind
+
+    assert image_kind([E(modality="MG", view="CC"), E(modality=None, view="MLO"), E(modality="OT", view=None)]) \
+        == "mammograms"
+    assert image_kind([E(modality="DX", view="PA"), E(modality="CR", view="AP")]) == "chest radiographs"
+    assert image_kind([E(modality="CT", view=None)]) == "other" and image_kind([]) == "other"
+    code = "import sys, loff_core.advice as a; a.describe(a.TABLE[0]); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_weights_list_prints_the_advice_and_get_of_a_gated_model_without_a_token_says_what_to_do(
+        hub, capsys, monkeypatch):
+    from loff_cli import loff_json
+    from loff_core.cli import main
+
+    listed = loff_json(capsys, "weights", "list", "--images", "chest radiographs")
+    assert [a["images"] for a in listed["advice"]] == ["chest radiographs"]
+    assert listed["advice"][0]["backbone"] == "rad-dino" and "Evidence:" in listed["advice"][0]["text"]
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("advice for ") == 3 and "dinov3-vitl16" in out and "gated" in out
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))  # no terminal: the token cannot be asked for
+    code = main(["weights", "get", "dinov3-vits16"])
+    err = capsys.readouterr().err
+    assert code != 0 and "is gated" in err and "accept" in err and "HF_TOKEN" in err
+    assert hub.requests == []
