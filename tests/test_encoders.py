@@ -269,6 +269,8 @@ def test_advice_table_is_complete_named_and_consistent_with_the_registry_and_the
     assert A.cache_bytes_per_image(row.backbone, row.image_size, 16) == p.bytes_per_image
     # DINOv3-L at 512 px: 32 x 32 tokens pooled to 16 x 16 x 1024, float16, plus the CLS token
     assert A.cache_bytes_per_image("dinov3-vitl16", 512, 16) == (16 * 16 + 1) * 1024 * 2
+    assert plan([entry], "dinov3-vitl16", 512, 16).bytes_per_image == (16 * 16 + 1) * 1024 * 2  # the Cache page
+    assert plan([entry], "dinov3-vitl16", None, 16).input_size == 256
     assert A.advise("mammograms", gpu=True).backbone.startswith("dinov3-")
     assert A.advise("chest radiographs", gpu=False).backbone == "rad-dino"
 
