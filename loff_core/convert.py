@@ -406,9 +406,6 @@ def _from_hf_dinov3(state: dict[str, Any], config: dict[str, Any], file: Path) -
     if act != ("silu" if gated else "gelu"):
         raise BackboneError(f"{file}: hidden_act {act!r} with {'a gated' if gated else 'a plain'} MLP is not "
                             f"what timm's DINOv3 runs ({'silu' if gated else 'gelu'}); not converted")
-    for flag in ("key_bias",):
-        if config.get(flag):
-            raise BackboneError(f"{file}: {flag} is set; timm's DINOv3 has no key bias: not converted")
     dim = int(out["cls_token"].shape[-1])
     patch = int(out["patch_embed.proj.weight"].shape[-1])
     depth = 1 + max(int(k.split(".")[1]) for k in out if k.startswith("blocks."))

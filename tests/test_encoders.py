@@ -100,6 +100,9 @@ def test_hf_dinov3_with_a_key_bias_is_refused_naming_it(tmp_path):
 
     _, folder = _hf_dinov3(tmp_path, False, True)
     state = load_file(str(folder / "model.safetensors"))
+    state["layer.0.attention.k_proj.bias"] = torch.zeros(64)  # a zero key bias (the original's masked one): fine
+    save_file(state, str(folder / "model.safetensors"))
+    W.add_weights(folder, "zero-k-bias-dinov3")
     state["layer.0.attention.k_proj.bias"] = torch.ones(64)
     save_file(state, str(folder / "model.safetensors"))
     with pytest.raises(BackboneError, match="key bias"):
@@ -306,3 +309,22 @@ def test_weights_list_prints_the_advice_and_get_of_a_gated_model_without_a_token
     err = capsys.readouterr().err
     assert code != 0 and "is gated" in err and "accept" in err and "HF_TOKEN" in err
     assert hub.requests == []
+
+
+def test_get_biomedclip_fetches_its_open_clip_config_and_keeps_the_image_tower(hub, tmp_path):
+    from loff_core.hub import get_weights
+
+    tower, folder = _biomedclip_like(tmp_path, seed=5)
+    repo = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+    for f in ("open_clip_pytorch_model.bin", "open_clip_config.json"):
+        hub.files[(repo, f)] = (folder / f).read_bytes()
+    result = get_weights("biomedclip-vitb16")  # not gated: no token set, none needed
+    assert result.added == "biomedclip-vitb16" and all(a is None for _, _, a in hub.seen)
+    card = json.loads((tmp_path / "weights" / "biomedclip-vitb16" / "card.json").read_text())
+    assert card["source_format"] == "openclip-timm" and card["licence"] == "MIT"
+    assert card["architecture"] == "vit_tiny_patch16_224" and card["native_size"] == 224
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = tower.trunk.forward_features(x)
+    cls, patches = _ours("biomedclip-vitb16", 224, x)
+    _close("biomedclip-vitb16 after Get @224px", cls, patches, out[:, 0], out[:, 1:])
