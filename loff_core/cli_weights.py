@@ -158,7 +158,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_get, describe=_describe_get, command="weights get")
 
     p = wsub.add_parser("add", parents=[common], help="bring your own checkpoint: timm, original DINOv2, "
-                                                      "Hugging Face Dinov2Model (e.g. RAD-DINO), OpenCLIP ViT")
+                                                      "Hugging Face Dinov2Model (e.g. RAD-DINO) or DINOv3ViTModel, OpenCLIP ViT or "
+                                                      "timm tower (BiomedCLIP)")
     p.add_argument("source", type=Path, help="weights file or a folder holding one (with its config.json)")
     p.add_argument("--name", help="name to use with --backbone (default: from the file name)")
     p.add_argument("--licence", help="the weights' licence, as you know it (written on the card)")

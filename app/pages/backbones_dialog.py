@@ -46,7 +46,7 @@ class BackbonesDialog(QDialog):
         self.get_button.clicked.connect(self.get_selected)
         self.add_button = QPushButton("Add file...")
         self.add_button.setToolTip("Your own checkpoint: timm, original DINOv2 .pth, Hugging Face Dinov2Model "
-                                   "(e.g. RAD-DINO), OpenCLIP ViT")
+                                   "(e.g. RAD-DINO) or DINOv3ViTModel, OpenCLIP ViT or timm tower (BiomedCLIP)")
         self.add_button.clicked.connect(self._choose_file)
         self.remove_button = QPushButton("Remove")
         self.remove_button.clicked.connect(self.remove_selected)
