@@ -84,7 +84,7 @@ def looks_like_mammograms(entries: list[Any]) -> bool:
 
 def plan(entries: list[Any], backbone: str, image_size: Optional[int], grid: Optional[int]) -> CachePlan:
     native = (int(median(e.rows for e in entries)), int(median(e.cols for e in entries))) if entries else None
-    geometry = GEOMETRY.get(backbone)
+    geometry = GEOMETRY.get(backbone) or _registry_geometry(backbone)
     mammo = looks_like_mammograms(entries)
     if geometry is None:
         return CachePlan(len(entries), native, None, None, None, None, None, mammo)
@@ -94,6 +94,16 @@ def plan(entries: list[Any], backbone: str, image_size: Optional[int], grid: Opt
     after = min(grid, side) if grid else side
     return CachePlan(len(entries), native, size, (side, side), (after, after), dim, (after * after * dim + dim) * 2,
                      mammo)
+
+
+def _registry_geometry(name: str) -> Optional[tuple[int, int, int, str]]:
+    """A registry model used by its registry name (converted on Get: RAD-DINO, DINOv3, BiomedCLIP)."""
+    from loff_core.weights import known
+
+    k = known(name)
+    if k is None or not k.feature_dim or not k.token_px:
+        return None
+    return k.native_size, k.token_px, k.feature_dim, "cnn" if k.family == "efficientnet" else "vit"
 
 
 def is_partial(caches_dir: Path, fingerprint: Optional[str], project: Any = None) -> bool:

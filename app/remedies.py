@@ -44,6 +44,9 @@ WINDOW: dict[Remedy, Wording] = {
     Remedy.WEIGHTS_ADD_AGAIN: "add it again with Add file... in Backbones... on the Cache page",
     Remedy.WEIGHTS_COPY_AND_ADD: "without a network, copy the weights file to this computer and add it with "
                                  "Add file... in Backbones... on the Cache page",
+    Remedy.HUB_TOKEN: lambda p: (f"accept the licence on https://huggingface.co/{p.get('repo', 'REPO')} while signed "
+                                 f"in, create an access token there (Settings > Access Tokens, read) and press Get "
+                                 f"again: it asks for the token, which is sent only to the Hub"),
     Remedy.SUGGESTED_BACKBONES: lambda p: ("see the list in Backbones... on the Cache page" + (
         "; for your own checkpoint use Add file..." if p.get("own") else "")),
     Remedy.ADDED_BACKBONES: "see the list in Backbones... on the Cache page",

@@ -9,6 +9,9 @@ from typing import Any
 
 
 def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from .advice import IMAGE_KINDS, advise, describe
     from .backbones import resolve_device
     from .weights import default_backbone, list_backbones, weights_dir
 
@@ -16,7 +19,10 @@ def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
         gpu = resolve_device("auto").type == "cuda"
     except Exception:  # noqa: BLE001 - no torch device info: answer for the CPU
         gpu = False
-    return {"backbones": list_backbones(), "weights_dir": str(weights_dir()), "default": default_backbone(gpu)}
+    kinds = [args.images] if getattr(args, "images", None) else list(IMAGE_KINDS)
+    advice = [{**asdict(a), "text": describe(a)} for a in (advise(k, gpu) for k in kinds)]
+    return {"backbones": list_backbones(), "weights_dir": str(weights_dir()), "default": default_backbone(gpu),
+            "advice": advice}
 
 
 def _describe_list(out: dict[str, Any]) -> str:
@@ -24,11 +30,14 @@ def _describe_list(out: dict[str, Any]) -> str:
     lines = [f"{'name':22s} {'params':>8s} {'size':>9s}  {'present':7s}  licence / source"]
     for r in rows:
         lines.append(f"{r['name']:22s} {r['params_m']:>7g}M {r['size_mb']:>7.1f}MB  {'yes' if r['present'] else 'no':7s}  "
-                     f"{r['licence']}; {r['source']}")
+                     f"{r['licence']}; {r['source']}" + ("; GPU only" if r.get("gpu_only") else "")
+                     + (f"; trained on {r['trained_on']}" if r.get("trained_on") else ""))
     d = out["default"]
     lines.append(f"default: {d['registry_name']} ({d['name']}): {d['reason']}"
                  + (f"; `loff weights get {d['would_use']}` downloads them" if d.get("would_use") else ""))
     lines.append(f"added backbones live in {out['weights_dir']}")
+    for a in out.get("advice", []):
+        lines.append(f"advice {a['text']}")
     return "\n".join(lines)
 
 
@@ -42,11 +51,31 @@ def cmd_get(args: argparse.Namespace) -> dict[str, Any]:
     resume = f", resuming after {info['partial_mb']:g} MB already here" if info["partial_mb"] else ""
     print(f"loff weights get: {info['name']}: {info['size_mb']:g} MB, licence {info['licence']}, from {info['source']}"
           f"{resume}", file=sys.stderr)
-    result = _run_with_progress(f"get {args.name}", args.quiet, lambda p: get_weights(args.name, p))
+    token = None
+    if info["gated"]:
+        print(f"loff weights get: {info['name']} is gated: accept its licence ({info['licence_url'] or info['page']}) "
+              f"on {info['page']} while signed in; the download needs a Hub access token, which is sent only to "
+              f"the Hub", file=sys.stderr)
+        if not info["token_set"]:
+            token = _ask_token()
+    result = _run_with_progress(f"get {args.name}", args.quiet, lambda p: get_weights(args.name, p, token=token))
     out = asdict(result)
     out["path"] = str(result.path)
     out["licence"] = info["licence"]
     return out
+
+
+def _ask_token() -> Any:
+    """A Hub access token typed at the terminal (hidden), or None without one (no terminal:
+    the Get then stops with the remedy: HF_TOKEN or `hf auth login`)."""
+    import getpass
+
+    if not sys.stdin.isatty():
+        return None
+    try:
+        return getpass.getpass("Hugging Face access token (read; input hidden, sent only to the Hub): ").strip() or None
+    except (EOFError, KeyboardInterrupt):
+        return None
 
 
 def _describe_get(out: dict[str, Any]) -> str:
@@ -127,6 +156,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     w.set_defaults(describe=_describe_list)  # each action sets its own; this one satisfies the parser check
 
     p = wsub.add_parser("list", parents=[common], help="suggested and added backbones: size, licence, present?")
+    from .advice import IMAGE_KINDS
+
+    p.add_argument("--images", choices=IMAGE_KINDS, help="the advice for these images only (default: all kinds, "
+                                                         "for the device found)")
     p.set_defaults(func=cmd_list, describe=_describe_list, command="weights list")
 
     p = wsub.add_parser("get", parents=[common], help="download a suggested backbone from the Hugging Face Hub "
@@ -135,7 +168,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_get, describe=_describe_get, command="weights get")
 
     p = wsub.add_parser("add", parents=[common], help="bring your own checkpoint: timm, original DINOv2, "
-                                                      "Hugging Face Dinov2Model (e.g. RAD-DINO), OpenCLIP ViT")
+                                                      "Hugging Face Dinov2Model (e.g. RAD-DINO) or DINOv3ViTModel, OpenCLIP ViT or "
+                                                      "timm tower (BiomedCLIP)")
     p.add_argument("source", type=Path, help="weights file or a folder holding one (with its config.json)")
     p.add_argument("--name", help="name to use with --backbone (default: from the file name)")
     p.add_argument("--licence", help="the weights' licence, as you know it (written on the card)")

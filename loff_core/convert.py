@@ -13,7 +13,14 @@ mean / std. Layouts:
 - ``hf-dinov2``: Hugging Face transformers `Dinov2Model` / `Dinov2WithRegistersModel`
   (`embeddings.*`, `encoder.layer.N.*`, e.g. RAD-DINO), a folder with config.json or a file;
 - ``openclip``: an OpenCLIP ViT image tower (`visual.conv1.weight`,
-  `visual.transformer.resblocks.N.*`; the text tower is ignored).
+  `visual.transformer.resblocks.N.*`; the text tower is ignored);
+- ``openclip-timm``: an OpenCLIP model whose image tower is a timm model (`visual.trunk.*`,
+  e.g. BiomedCLIP; `open_clip_config.json` names the timm architecture, size, mean / std);
+- ``hf-dinov3``: Hugging Face transformers `DINOv3ViTModel` (`embeddings.register_tokens`,
+  `layer.N.attention.q_proj.*`, as published in facebook/dinov3-*-pretrain-lvd1689m; or
+  `model.layer.N.*`, as transformers 5 saves it) -> timm's `vit_*_patch16_dinov3_qkvb` (Eva
+  with DINOv3 RoPE: no position table, patch centres normalised to [-1, 1] at every input
+  size, so other sizes need no resampling; CLS and 4 registers carry no position).
 
 The result is then loaded strictly into the timm model (`check_fits`): any key missing or
 left over is named in the error, so nothing half-fits silently.
@@ -77,8 +84,15 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise BackboneError(f"{path}: not readable JSON ({exc})") from None
 
 
+_DINOV3_Q = re.compile(r"^(model\.)?layer\.\d+\.attention\.q_proj\.weight$")
+
+
 def detect_format(state: dict[str, Any]) -> str:
     keys = set(state)
+    if any(_DINOV3_Q.match(k) for k in keys) and "embeddings.cls_token" in keys:
+        return "hf-dinov3"
+    if any(k.startswith("visual.trunk.") for k in keys):
+        return "openclip-timm"
     if any(k.startswith(("visual.conv1.", "visual.transformer.resblocks.")) for k in keys) or \
             {"class_embedding", "conv1.weight"} <= keys:
         return "openclip"
@@ -110,6 +124,13 @@ def convert_checkpoint(path: Path | str, architecture: Optional[str] = None,
             if (problem := input_size_problem(crop)) is not None:
                 raise BackboneError(f"{folder / 'preprocessor_config.json'}: crop_size {problem}; not converted")
             out.native_size = int(crop)
+    elif kind == "hf-dinov3":
+        out = _from_hf_dinov3(state, _read_json(folder / "config.json"), file)
+        pre = _read_json(folder / "preprocessor_config.json")
+        if pre.get("image_mean") and pre.get("image_std"):
+            out.mean, out.std = _triple(pre["image_mean"]), _triple(pre["image_std"])
+    elif kind == "openclip-timm":
+        out = _from_openclip_timm(state, _read_json(folder / "open_clip_config.json"), file)
     elif kind == "dinov2":
         out = _from_dinov2(state)
     elif kind == "openclip":
@@ -365,6 +386,109 @@ def _from_openclip(state: dict[str, Any]) -> Converted:
     args = {"embed_dim": dim, "depth": depth, "num_heads": max(1, dim // 64), "patch_size": patch,
             "img_size": side * patch, "mlp_ratio": _mlp_ratio(hidden, dim), "act_layer": "gelu"}
     return Converted(out, "vit_base_patch16_clip_224", args, side * patch, CLIP_MEAN, CLIP_STD, "openclip")
+
+
+# -- Hugging Face transformers DINOv3ViTModel ----------------------------------------------
+_DINOV3_ARCH = {(384, False): "vit_small_patch16_dinov3_qkvb", (384, True): "vit_small_plus_patch16_dinov3_qkvb",
+                (768, False): "vit_base_patch16_dinov3_qkvb", (1024, False): "vit_large_patch16_dinov3_qkvb",
+                (1280, True): "vit_huge_plus_patch16_dinov3_qkvb"}
+_DINOV3_BLOCK = {"norm1": "norm1", "norm2": "norm2", "attention.o_proj": "attn.proj",
+                 "mlp.up_proj": "mlp.fc1", "mlp.down_proj": "mlp.fc2"}
+_DINOV3_GATED = {"mlp.gate_proj": "mlp.fc1_g", "mlp.up_proj": "mlp.fc1_x", "mlp.down_proj": "mlp.fc2"}
+
+
+def _from_hf_dinov3(state: dict[str, Any], config: dict[str, Any], file: Path) -> Converted:
+    """transformers' DINOv3ViTModel -> timm's Eva DINOv3 (the `_qkvb` variants: q / v biases
+    as separate parameters, k without bias, as transformers and the original release)."""
+    import torch
+
+    state = {k[len("model."):] if k.startswith("model.layer.") else k: v for k, v in state.items()}
+    gated = bool(config.get("use_gated_mlp")) or any(".mlp.gate_proj." in k for k in state)
+    block = _DINOV3_GATED | {k: v for k, v in _DINOV3_BLOCK.items() if not k.startswith("mlp.")} if gated \
+        else _DINOV3_BLOCK
+    out: dict[str, Any] = {}
+    qkv: dict[int, dict[str, Any]] = {}
+    unknown = []
+    for k, v in state.items():
+        if k in ("embeddings.mask_token",) or k.startswith(("pooler.", "rope_embeddings.")):
+            continue
+        if k == "embeddings.cls_token":
+            out["cls_token"] = v
+        elif k == "embeddings.register_tokens":
+            out["reg_token"] = v
+        elif k.startswith("embeddings.patch_embeddings."):
+            out["patch_embed.proj." + k.rsplit(".", 1)[1]] = v
+        elif k.startswith("norm."):
+            out[k] = v
+        elif m := re.match(r"layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$", k):
+            n, inner, leaf = int(m.group(1)), m.group(2), m.group(3)
+            if am := re.match(r"attention\.(q|k|v)_proj$", inner):
+                qkv.setdefault(n, {})[f"{am.group(1)}.{leaf}"] = v
+            elif leaf == "lambda1" and inner in ("layer_scale1", "layer_scale2"):
+                out[f"blocks.{n}.gamma_{inner[-1]}"] = v
+            elif inner in block:
+                out[f"blocks.{n}.{block[inner]}.{leaf}"] = v
+            else:
+                unknown.append(k)
+        else:
+            unknown.append(k)
+    _refuse_unknown(f"{file}: Hugging Face DINOv3 checkpoint", unknown)
+    for n, parts in qkv.items():
+        if not all(f"{p}.weight" in parts for p in "qkv"):
+            raise BackboneError(f"{file}: layer {n} lacks some of q_proj / k_proj / v_proj weights")
+        out[f"blocks.{n}.attn.qkv.weight"] = torch.cat([parts[f"{p}.weight"] for p in "qkv"], 0)
+        if "k.bias" in parts and bool(parts["k.bias"].abs().max() > 0):
+            raise BackboneError(f"{file}: layer {n} has a non-zero key bias; timm's DINOv3 has none: not converted")
+        zeros = torch.zeros_like(parts["q.weight"][:, 0])
+        out[f"blocks.{n}.attn.q_bias"] = parts.get("q.bias", zeros)
+        out[f"blocks.{n}.attn.v_bias"] = parts.get("v.bias", zeros)
+    if "cls_token" not in out or "patch_embed.proj.weight" not in out:
+        raise BackboneError(f"{file}: Hugging Face DINOv3 checkpoint without embeddings.cls_token / patch_embeddings")
+    for what, want in (("layer_norm_eps", 1e-5), ("rope_theta", 100.0)):
+        got = config.get(what)
+        if got is not None and abs(float(got) - want) > 1e-9 * max(1.0, want):
+            raise BackboneError(f"{file}: {what} {got} differs from timm's DINOv3 ({want:g}); not converted")
+    act = config.get("hidden_act", "silu" if gated else "gelu")
+    if act != ("silu" if gated else "gelu"):
+        raise BackboneError(f"{file}: hidden_act {act!r} with {'a gated' if gated else 'a plain'} MLP is not "
+                            f"what timm's DINOv3 runs ({'silu' if gated else 'gelu'}); not converted")
+    dim = int(out["cls_token"].shape[-1])
+    patch = int(out["patch_embed.proj.weight"].shape[-1])
+    depth = 1 + max(int(k.split(".")[1]) for k in out if k.startswith("blocks."))
+    heads = int(config.get("num_attention_heads") or max(1, dim // 64))
+    hidden = int(out["blocks.0.mlp.fc1_g.weight" if gated else "blocks.0.mlp.fc1.weight"].shape[0])
+    image = config.get("image_size") or 224
+    size = int(image[0] if isinstance(image, (list, tuple)) else image)
+    arch = _DINOV3_ARCH.get((dim, gated), "vit_small_plus_patch16_dinov3_qkvb" if gated else
+                            "vit_base_patch16_dinov3_qkvb")
+    # global_pool "token": the CLS token is the image embedding, as in DINOv3 (timm's default is the mean)
+    args: dict[str, Any] = {"embed_dim": dim, "depth": depth, "num_heads": heads, "patch_size": patch,
+                            "mlp_ratio": _mlp_ratio(hidden, dim), "global_pool": "token",
+                            "num_reg_tokens": int(out["reg_token"].shape[1]) if "reg_token" in out else 0}
+    return Converted(out, arch, args, size, IMAGENET_MEAN, IMAGENET_STD, "hf-dinov3")
+
+
+# -- OpenCLIP with a timm image tower (BiomedCLIP) ------------------------------------------
+def _from_openclip_timm(state: dict[str, Any], config: dict[str, Any], file: Path) -> Converted:
+    """`visual.trunk.*` is a timm model as it is; the projection head (`visual.head.*`) and
+    the text tower are not image features and are left out."""
+    vision = (config.get("model_cfg") or {}).get("vision_cfg") or {}
+    arch = vision.get("timm_model_name")
+    if not arch:
+        raise BackboneError(f"{file}: an OpenCLIP checkpoint with a timm image tower (visual.trunk.*) needs its "
+                            f"open_clip_config.json beside it (model_cfg.vision_cfg.timm_model_name); not found")
+    out = {k[len("visual.trunk."):]: v for k, v in state.items() if k.startswith("visual.trunk.")}
+    out = {k: v for k, v in out.items() if not k.startswith("head.")}  # a classifier, if the tower kept one
+    pre = config.get("preprocess_cfg") or {}
+    size = vision.get("image_size") or 224
+    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    mean = _triple(pre["mean"]) if pre.get("mean") else CLIP_MEAN
+    std = _triple(pre["std"]) if pre.get("std") else CLIP_STD
+    args: dict[str, Any] = {"img_size": size}
+    if "pos_embed" in out and "patch_embed.proj.weight" in out:
+        patch = int(out["patch_embed.proj.weight"].shape[-1])
+        args["patch_size"] = patch
+    return Converted(out, arch, args, size, mean, std, "openclip-timm")
 
 
 def check_fits(model: Any, state: dict[str, Any], source: str, architecture: str = "") -> None:

@@ -49,6 +49,7 @@ class Remedy(str, enum.Enum):
     WEIGHTS_GET = "weights_get"  # a suggested backbone not on this machine; params: name, size_mb, licence
     WEIGHTS_ADD_AGAIN = "weights_add_again"  # an added backbone whose weights file is gone
     WEIGHTS_COPY_AND_ADD = "weights_copy_and_add"  # no network: copy the file here and add it; params: name
+    HUB_TOKEN = "hub_token"  # a gated Hub repo: accept its licence there, give a token; params: name, repo
     SUGGESTED_BACKBONES = "suggested_backbones"  # not a suggested backbone; params: own (bool, optional)
     ADDED_BACKBONES = "added_backbones"  # not an added backbone: see the list
     ANOTHER_NAME = "another_name"  # a backbone of that name is already added

@@ -30,6 +30,12 @@ comparing its size, never checks the SHA-256, and deletes a partial download on 
 it does well is copied here: its metadata call, its redirect rule for the token, its
 commit-id pattern (`REGEX_COMMIT_HASH`) and its snapshot-path containment check.
 
+Gated repos (DINOv3: the Hub asks each user to accept the licence on the model page) need a
+Hub access token: `get_weights(name, token=...)`, else `HF_TOKEN` / the token `hf auth login`
+stored; without one the Get stops before any request, saying where to accept the licence.
+The token goes only to the Hub's own host (the endpoint's origin): never to the CDN host a
+file is redirected to (the HEAD stops at such a redirect; the GET there carries no token).
+
 `HF_HUB_OFFLINE=1` (set by the launch script so nothing else ever reaches the network)
 blocks every huggingface_hub request. An explicit Get lifts it for its own requests only
 (`_online()`), and restores it after: the user asked for this one download.
@@ -177,8 +183,25 @@ def registry_size_limit(k: Any) -> int:
     return int(k.size_mb * 1e6 * SIZE_MARGIN) + 100_000
 
 
-def get_weights(name: str, progress: Optional[Progress] = None, revision: str = "main") -> GetResult:
-    """Download a suggested model's weights (see the module docstring); resumable, verified."""
+def hub_token() -> Optional[str]:
+    """The user's Hub token, if one is set: HF_TOKEN, or the one `hf auth login` stored."""
+    from huggingface_hub import get_token
+
+    return get_token() or None
+
+
+def needs_token(name: str) -> bool:
+    """A gated suggested model with no Hub token set (the app and the CLI ask for one)."""
+    from .weights import known
+
+    k = known(name)
+    return bool(k is not None and k.gated and not hub_token())
+
+
+def get_weights(name: str, progress: Optional[Progress] = None, revision: str = "main",
+                token: Optional[str] = None) -> GetResult:
+    """Download a suggested model's weights (see the module docstring); resumable, verified.
+    `token`: a Hub access token for a gated repo (else HF_TOKEN or the stored one)."""
     from .weights import add_weights, added, file_sha256, known
 
     k = known(name)
@@ -186,13 +209,20 @@ def get_weights(name: str, progress: Optional[Progress] = None, revision: str = 
         raise BackboneError(f"{name!r} is not a suggested backbone", remedy=Remedy.SUGGESTED_BACKBONES, own=True)
     if k.source != "hf":
         raise BackboneError(f"{name} needs no download: its weights are installed with LOFF Studio ({k.repo})")
+    token = (token or "").strip() or None
+    if k.gated:
+        token = token or hub_token()
+        if not token:
+            raise BackboneError(f"{name}: {k.repo} is gated on the Hugging Face Hub: accept its licence on "
+                                f"{endpoint()}/{k.repo} and give a Hub access token", remedy=Remedy.HUB_TOKEN,
+                                name=name, repo=k.repo)
     progress = progress or Progress()
     with _online():
         path, size, checksum, kind, fetched, resumed = _download(k.repo, k.filename, revision, progress, name,
-                                                                 registry_size_limit(k))
-        for extra in ("config.json", "preprocessor_config.json") if k.layout != "timm" else ():
+                                                                 registry_size_limit(k), token)
+        for extra in k.extra_files():
             try:
-                _download(k.repo, extra, revision, Progress(), name, EXTRA_FILE_MAX)
+                _download(k.repo, extra, revision, Progress(), name, EXTRA_FILE_MAX, token)
             except BackboneError:
                 pass  # optional files: the conversion infers what they would say
     result = GetResult(name, path, size, checksum, kind, fetched, resumed)
@@ -207,7 +237,8 @@ def get_weights(name: str, progress: Optional[Progress] = None, revision: str = 
             has_norm = bool(own.get("image_mean") and own.get("image_std"))
             add_weights(path.parent, name, licence=k.licence, registry_name=name,
                         mean=None if has_norm else k.mean, std=None if has_norm else k.std,
-                        native_size=None if own.get("crop_size") else k.native_size, replace=True)
+                        native_size=None if k.layout == "hf-dinov2" and own.get("crop_size") else k.native_size,
+                        replace=True)
         result.added = name
     return result
 
@@ -221,22 +252,45 @@ def _json_file(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _origin(url: str) -> tuple[str, str, int]:
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return u.scheme, (u.hostname or "").lower(), u.port or {"http": 80, "https": 443}.get(u.scheme, 0)
+
+
+def _headers_for(target: str, token: Optional[str]) -> dict[str, str]:
+    """huggingface_hub's headers for a request to `target`; the token only if `target` is the
+    Hub's own host (a file redirected to a CDN is fetched there without it)."""
+    from huggingface_hub.utils import build_hf_headers
+
+    headers = build_hf_headers(token=token)
+    if _origin(target) != _origin(endpoint()):
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    headers["Accept-Encoding"] = "identity"
+    return headers
+
+
 def _download(repo: str, filename: str, revision: str, progress: Progress, name: str,
-              limit: int) -> tuple[Path, int, str, str, int, int]:
+              limit: int, token: Optional[str] = None) -> tuple[Path, int, str, str, int, int]:
     """One file into the cache: (snapshot path, size, checksum, its kind, bytes fetched now,
-    bytes already in a partial file). `limit`: the most bytes accepted for this file."""
+    bytes already in a partial file). `limit`: the most bytes accepted for this file;
+    `token`: sent to the Hub's own host only."""
     from urllib.parse import urljoin
 
     import httpx2 as httpx
     from huggingface_hub import get_hf_file_metadata, get_session, hf_hub_url
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     _checked_filename(repo, filename)
     _checked_filename(repo, revision)  # written as refs/<revision>
     url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
     try:
-        meta = get_hf_file_metadata(url, endpoint=endpoint())
+        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint())
+    except GatedRepoError:
+        raise BackboneError(f"{repo}: the Hub refused the download (gated): accept the licence on "
+                            f"{endpoint()}/{repo} with the account whose token was given", remedy=Remedy.HUB_TOKEN,
+                            name=name, repo=repo) from None
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
         raise BackboneError(f"{repo}/{filename}: not found on the Hub ({type(exc).__name__})") from None
     except HfHubHTTPError as exc:
@@ -263,11 +317,10 @@ def _download(repo: str, filename: str, revision: str, progress: Progress, name:
     done = resumed
     fetched = 0
     if size is None or done < size:
-        headers = build_hf_headers()
-        headers["Accept-Encoding"] = "identity"
+        target = urljoin(url, meta.location or url)
+        headers = _headers_for(target, token)
         if done:
             headers["Range"] = f"bytes={done}-"
-        target = urljoin(url, meta.location or url)
         if not _same_or_hub_host(url, target):  # a CDN: the token stays with the Hub
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         answered = False
@@ -356,5 +409,7 @@ def describe_get(name: str) -> dict[str, Any]:
     if k is None:
         raise BackboneError(f"{name!r} is not a suggested backbone", remedy=Remedy.SUGGESTED_BACKBONES)
     return {"name": k.name, "size_mb": k.size_mb, "licence": k.licence, "source": f"{k.source}:{k.repo}",
-            "file": k.filename, "present": present_file(k) is not None,
+            "file": k.filename, "present": present_file(k) is not None, "gated": k.gated,
+            "licence_url": k.licence_url, "page": f"{endpoint()}/{k.repo}", "trained_on": k.trained_on,
+            "token_set": bool(k.gated and hub_token()),
             "partial_mb": round(p.stat().st_size / 1e6, 1) if (p := partial_file(name)) else 0.0}

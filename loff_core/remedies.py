@@ -54,6 +54,10 @@ TERMINAL: dict[Remedy, Wording] = {
                                    else f"`loff weights get {p.get('name', 'NAME')}` downloads it"),
     Remedy.WEIGHTS_ADD_AGAIN: "add it again (`loff weights add`)",
     Remedy.WEIGHTS_COPY_AND_ADD: lambda p: f"without a network, copy the weights file here and run {_weights_add(p)}",
+    Remedy.HUB_TOKEN: lambda p: (f"accept the licence on https://huggingface.co/{p.get('repo', 'REPO')} while signed in, "
+                                 f"create an access token (Settings > Access Tokens, read) and run `loff weights get "
+                                 f"{p.get('name', 'NAME')}` again: it asks for the token (or set HF_TOKEN, or "
+                                 f"`hf auth login`); it is sent only to the Hub"),
     Remedy.SUGGESTED_BACKBONES: lambda p: ("see `loff weights list`" + (
         "; for your own checkpoint use `loff weights add FILE`" if p.get("own") else "")),
     Remedy.ADDED_BACKBONES: "see `loff weights list`",

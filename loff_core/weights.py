@@ -40,6 +40,15 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+DINOV3_LICENCE = "DINOv3 License (gated on the Hub: accept it there, then Get with a token)"
+DINOV3_LICENCE_URL = "https://ai.meta.com/resources/models-and-libraries/dinov3-license/"
+DINOV3_DATA = "LVD-1689M: 1.7 billion curated web images (public Instagram posts), self-supervised; distilled from DINOv3 ViT-7B"
+
+
+#: layout -> the small files its conversion reads (fetched beside the weights on Get)
+LAYOUT_FILES = {"hf-dinov2": ("config.json", "preprocessor_config.json"),
+                "hf-dinov3": ("config.json", "preprocessor_config.json"),
+                "openclip-timm": ("open_clip_config.json",)}
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,14 @@ class KnownBackbone:
     rank: int = 0  # higher is better within a family (the default rule)
     feature_dim: int = 0  # channels of a token (the Cache page's plan; checked against timm in the tests)
     token_px: int = 0  # input pixels per token side: the ViT patch, or the CNN's output stride
+    gated: bool = False  # the Hub asks for the licence to be accepted and a token (said before Get)
+    gpu_only: bool = False  # too slow on a CPU to extract a project with (listed, never advised there)
+    trained_on: str = ""  # what the weights were trained on (model card), shown with the licence
+    licence_url: str = ""
+
+    def extra_files(self) -> tuple[str, ...]:
+        """Small files fetched beside the weights on Get: what the layout's conversion reads."""
+        return LAYOUT_FILES.get(self.layout, ())
 
 
 KNOWN: list[KnownBackbone] = [
@@ -93,10 +110,46 @@ KNOWN: list[KnownBackbone] = [
     KnownBackbone("rad-dino", "vit_base_patch14_dinov2", 86.6, 346.4, "MIT (earlier revisions: MSRLA); research use",
                   "hf", "microsoft/rad-dino", 518, (0.5307, 0.5307, 0.5307), (0.2583, 0.2583, 0.2583),
                   "DINOv2 ViT-B/14 trained on chest X-rays (Hugging Face transformers layout, converted on Get)",
-                  "dinov2", layout="hf-dinov2", rank=2, feature_dim=768, token_px=14),
+                  "dinov2", layout="hf-dinov2", rank=2, feature_dim=768, token_px=14,
+                  trained_on="chest radiographs (MIMIC-CXR, CheXpert, NIH-CXR, PadChest, BRAX), self-supervised"),
+    # RAD-DINO-MAIRA-2: RAD-DINO trained on more chest radiographs (five public and one private
+    # de-identified data set, per its model card), the encoder of MAIRA-2; same layout as RAD-DINO.
+    # Licence MSRLA (Microsoft Research Licence Agreement: research use only), per its card.
+    KnownBackbone("rad-dino-maira-2", "vit_base_patch14_dinov2", 86.6, 346.4, "MSRLA (research use only)",
+                  "hf", "microsoft/rad-dino-maira-2", 518, (0.5307, 0.5307, 0.5307), (0.2583, 0.2583, 0.2583),
+                  "RAD-DINO trained on more chest X-rays (the MAIRA-2 encoder; converted on Get)",
+                  "dinov2", layout="hf-dinov2", rank=2, feature_dim=768, token_px=14,
+                  trained_on="chest radiographs: five public and one private de-identified data set, self-supervised"),
     KnownBackbone("openclip-vitb16", "vit_base_patch16_clip_224.laion2b", 86.2, 344.9, "MIT", "hf",
                   "timm/vit_base_patch16_clip_224.laion2b", 224, *CLIP, "OpenCLIP ViT-B/16 image tower (LAION-2B)",
                   "clip", rank=1, feature_dim=768, token_px=16),
+    # DINOv3 (docs/backbones.md): Meta's own repos in transformers' layout (converted on Get into
+    # timm's vit_*_patch16_dinov3_qkvb), gated: the Hub asks each user to accept the DINOv3
+    # License and download with a token. Parameters and sizes: timm's models with these shapes,
+    # float32 (they match timm's copies of the same weights on the Hub: 86.4 / 115 / 1210 / 3360 MB).
+    # 256 px: the size timm's pretrained_cfg gives these weights; RoPE works at any multiple of 16.
+    *[KnownBackbone(f"dinov3-{tag}", arch, params, size, DINOV3_LICENCE, "hf",
+                    f"facebook/dinov3-{tag}-pretrain-lvd1689m", 256, *IMAGENET,
+                    f"DINOv3 {label} distilled from the 7B model; high-resolution dense features"
+                    + ("; needs a large GPU" if gpu_only else ""), "dinov3", layout="hf-dinov3", rank=rank,
+                    feature_dim=dim, token_px=16, gated=True, gpu_only=gpu_only, trained_on=DINOV3_DATA,
+                    licence_url=DINOV3_LICENCE_URL)
+      for tag, arch, params, size, dim, label, rank, gpu_only in (
+          ("vits16", "vit_small_patch16_dinov3_qkvb", 21.6, 86.4, 384, "ViT-S/16", 1, False),
+          ("vits16plus", "vit_small_plus_patch16_dinov3_qkvb", 28.7, 114.8, 384, "ViT-S+/16", 2, False),
+          ("vitb16", "vit_base_patch16_dinov3_qkvb", 85.7, 342.6, 768, "ViT-B/16", 3, False),
+          ("vitl16", "vit_large_patch16_dinov3_qkvb", 303.1, 1212.5, 1024, "ViT-L/16", 4, False),
+          ("vith16plus", "vit_huge_plus_patch16_dinov3_qkvb", 840.6, 3362.4, 1280, "ViT-H+/16", 5, True))],
+    # BiomedCLIP (docs/backbones.md): OpenCLIP with a timm ViT-B/16 image tower, trained on
+    # PMC-15M (15 million figure-caption pairs from PubMed Central articles: radiographs
+    # among them, also CT, MRI, microscopy, charts). MIT. The file holds both towers (784 MB);
+    # only the image tower (85.8 M parameters) is kept, converted on Get.
+    KnownBackbone("biomedclip-vitb16", "vit_base_patch16_224", 85.8, 784.0, "MIT", "hf",
+                  "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", 224, *CLIP,
+                  "BiomedCLIP ViT-B/16 image tower, biomedical figures (PMC-15M)", "clip",
+                  filename="open_clip_pytorch_model.bin", layout="openclip-timm", rank=2, feature_dim=768,
+                  token_px=16, trained_on="PMC-15M: 15 M figure-caption pairs from PubMed Central (biomedical "
+                  "figures of all kinds, radiographs among them)"),
 ]
 
 
@@ -359,7 +412,8 @@ def list_backbones() -> list[dict[str, Any]]:
                     "licence": k.licence, "source": f"{k.source}:{k.repo}", "native_size": k.native_size,
                     "present": path is not None, "file": str(path) if path else None,
                     "added": added(k.name) is not None,  # brought in by hand or converted on Get: removable
-                    "note": k.note, "family": k.family})
+                    "note": k.note, "family": k.family, "gated": k.gated, "gpu_only": k.gpu_only,
+                    "trained_on": k.trained_on})
     for a in added_backbones():
         if known(a.name) is not None:
             continue  # a registry model converted on Get (RAD-DINO): listed above
@@ -367,7 +421,8 @@ def list_backbones() -> list[dict[str, Any]]:
         out.append({"name": a.name, "architecture": a.architecture, "params_m": a.params_m, "size_mb": round(size, 1),
                     "licence": a.licence, "source": f"added:{a.source_file} (sha256 {a.source_sha256[:12]})",
                     "native_size": a.native_size, "present": a.weights_file.is_file(), "file": str(a.weights_file),
-                    "added": True, "note": f"added from {a.source_format} checkpoint", "family": "added"})
+                    "added": True, "note": f"added from {a.source_format} checkpoint", "family": "added",
+                    "gated": False, "gpu_only": False, "trained_on": ""})
     return out
 
 

@@ -12,6 +12,11 @@ sent, whatever the body), `git_etag` (an LFS-sized file announced by its git blo
 only, no `X-Linked-Etag`), `redirect_to` (answer HEAD and GET on a file with `302
 Location: redirect_to + path`, the metadata on the redirect, as the Hub does for its CDN).
 `seen` records each request's headers.
+SHA-256), `delay` (seconds per chunk, so a test can press Stop mid-way). Gated repos
+(`gated[repo] = token`): without `Authorization: Bearer <token>` the Hub's answer, 401 with
+`X-Error-Code: GatedRepo`. `cdn_host` (e.g. "localhost"): an LFS file's resolve answers 302 to
+`http://<cdn_host>:<port>/cdn/<sha256>` as the Hub redirects to its CDN; `hosts_seen` records
+(host, path, Authorization header) of every request, so a test can see where a token went.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class HubServer:
         self.redirect_to: Optional[str] = None
         self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers by lower-case name)
         self.requests: list[tuple[str, str, Optional[str]]] = []  # (method, path, Range header)
+        self.gated: dict[str, str] = {}  # repo -> the token it needs
+        self.cdn_host: Optional[str] = None
+        self.hosts_seen: list[tuple[str, str, Optional[str]]] = []  # (Host header, path, Authorization header)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,12 +55,40 @@ class HubServer:
 
             def _find(self) -> Optional[tuple[str, bytes]]:
                 parts = self.path.split("?")[0].strip("/").split("/")
+                if len(parts) == 2 and parts[0] == "cdn":  # the CDN: a signed URL, no token needed
+                    data = next((d for d in server.files.values() if hashlib.sha256(d).hexdigest() == parts[1]), None)
+                    return ("cdn", data) if data is not None else None
                 if len(parts) >= 5 and parts[2] == "resolve":
                     repo, filename = "/".join(parts[:2]), "/".join(parts[4:])
                     data = server.files.get((repo, filename))
                     if data is not None:
                         return filename, data
                 return None
+
+            def _refused(self) -> bool:
+                """A gated repo without its token, or an LFS file the Hub hands to its CDN (302)."""
+                parts = self.path.split("?")[0].strip("/").split("/")
+                repo = "/".join(parts[:2])
+                if repo in server.gated and self.headers.get("Authorization") != f"Bearer {server.gated[repo]}":
+                    self.send_response(401)
+                    self.send_header("X-Error-Code", "GatedRepo")
+                    self.send_header("X-Error-Message", "Access to this model is restricted.")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return True
+                found = self._find() if server.cdn_host and len(parts) >= 5 else None
+                if found is not None and len(found[1]) > 100_000:
+                    sha = hashlib.sha256(found[1]).hexdigest()
+                    self.send_response(302)
+                    self.send_header("Location", f"http://{server.cdn_host}:{self.server.server_address[1]}/cdn/{sha}")
+                    self.send_header("X-Linked-Etag", f'"{sha}"')
+                    self.send_header("X-Linked-Size", str(len(found[1])))
+                    self.send_header("ETag", f'"{sha}"')
+                    self.send_header("X-Repo-Commit", COMMIT)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return True
+                return False
 
             def _headers(self, data: bytes, status: int, start: int = 0) -> None:
                 self.send_response(status)
@@ -77,6 +113,9 @@ class HubServer:
             def do_HEAD(self) -> None:  # noqa: N802
                 server.requests.append(("HEAD", self.path, self.headers.get("Range")))
                 server.seen.append(("HEAD", self.path, {k.lower(): v for k, v in self.headers.items()}))
+                server.hosts_seen.append((self.headers.get("Host", ""), self.path, self.headers.get("Authorization")))
+                if self._refused():
+                    return
                 found = self._find()
                 if found is None:
                     self.send_response(404)
@@ -90,6 +129,9 @@ class HubServer:
                 rng = self.headers.get("Range")
                 server.requests.append(("GET", self.path, rng))
                 server.seen.append(("GET", self.path, {k.lower(): v for k, v in self.headers.items()}))
+                server.hosts_seen.append((self.headers.get("Host", ""), self.path, self.headers.get("Authorization")))
+                if self._refused():
+                    return
                 found = self._find()
                 if found is None:
                     self.send_response(404)

@@ -113,3 +113,46 @@ def test_get_stop_resume_add_remove_use(qtbot, window, hub, tmp_path):
     qtbot.waitUntil(lambda: "bad.pth" in dialog.status.text(), timeout=LONG)
     assert not any(r["name"] == "bad" for r in dialog.rows)
 
+
+
+def test_gated_get_tells_before_asks_for_a_token_and_the_cache_page_shows_advice(qtbot, window, tmp_path,
+                                                                                 monkeypatch):
+    """Issue 27: a DINOv3 entry is gated: the question names it, the token is asked for (here
+    given by the test) and Get converts the model; the Cache page shows one line of advice."""
+    import json
+
+    import torch
+    import transformers
+    from huggingface_hub import constants
+
+    cfg = transformers.DINOv3ViTConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=256, num_register_tokens=4, image_size=32)
+    torch.manual_seed(2)
+    folder = tmp_path / "dinov3"
+    transformers.DINOv3ViTModel(cfg).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.485, 0.456, 0.406],
+                                                                 "image_std": [0.229, 0.224, 0.225]}))
+    repo = "facebook/dinov3-vits16-pretrain-lvd1689m"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert "Advice" in window.cache_page.advice.text() or window.cache_page.advice.text() == ""
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        for f in ("model.safetensors", "config.json", "preprocessor_config.json"):
+            server.files[(repo, f)] = (folder / f).read_bytes()
+        server.gated[repo] = "hf_dialog_token"
+        dialog = window.cache_page.open_backbones()
+        dialog.confirm = False
+        asked = []
+        dialog.ask_token = lambda name, page: asked.append((name, page)) or "hf_dialog_token"
+        dialog.select("dinov3-vits16")
+        assert "DINOv3 License" in _cell(dialog, "dinov3-vits16", "licence")
+        qtbot.mouseClick(dialog.get_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: not window.state.busy, timeout=LONG)
+        assert asked == [("dinov3-vits16", f"{server.url}/{repo}")]
+        qtbot.waitUntil(lambda: _cell(dialog, "dinov3-vits16", "present") == "yes", timeout=LONG)
+        assert all(a == "Bearer hf_dialog_token" for _, _, a in server.hosts_seen)
+    window.cache_page.show_advice([])
+    assert "start with efficientnet-lite2 at 260 px" in window.cache_page.advice.text()

@@ -68,3 +68,12 @@ def test_accuracy_minimias_skips_without_data(tmp_path: Path) -> None:
 def test_scale_smoke() -> None:
     out = _run("scale.py", "--smoke")
     assert _has_table(out, "N images")
+
+
+@pytest.mark.timeout(600)
+def test_encoders_smoke(tmp_path: Path) -> None:
+    out = _run("encoders.py", "--smoke", "--threads", "1", "--json", str(tmp_path / "r.json"))
+    assert _has_table(out, "encoder")
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [r["label"] for r in rows] == ["efficientnet-lite2", "dinov3-vits16"]
+    assert rows[1]["grid"] == [16, 16] and rows[1]["feature_dim"] == 384 and rows[1]["gflops"] > rows[0]["gflops"]

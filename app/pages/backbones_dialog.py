@@ -46,7 +46,7 @@ class BackbonesDialog(QDialog):
         self.get_button.clicked.connect(self.get_selected)
         self.add_button = QPushButton("Add file...")
         self.add_button.setToolTip("Your own checkpoint: timm, original DINOv2 .pth, Hugging Face Dinov2Model "
-                                   "(e.g. RAD-DINO), OpenCLIP ViT")
+                                   "(e.g. RAD-DINO) or DINOv3ViTModel, OpenCLIP ViT or timm tower (BiomedCLIP)")
         self.add_button.clicked.connect(self._choose_file)
         self.remove_button = QPushButton("Remove")
         self.remove_button.clicked.connect(self.remove_selected)
@@ -134,13 +134,21 @@ class BackbonesDialog(QDialog):
         info = describe_get(name)
         resume = (f"\n{info['partial_mb']:g} MB of an earlier download are here; Get continues from there."
                   if info["partial_mb"] else "")
+        gated = (f"\n\nGated: accept the licence on {info['page']} while signed in to the Hub; the download "
+                 f"needs a Hub access token, sent only to the Hub." if info["gated"] else "")
         question = (f"Download {name} from the Hugging Face Hub?\n\nSize: {info['size_mb']:,.1f} MB\n"
-                    f"Licence: {info['licence']}\nFrom: {info['source']}{resume}")
+                    f"Licence: {info['licence']}\nFrom: {info['source']}{resume}{gated}")
         if self.confirm and QMessageBox.question(self, "Get backbone weights", question) != QMessageBox.StandardButton.Yes:
             return
+        token = None
+        if info["gated"] and not info["token_set"]:
+            token = self.ask_token(name, info["page"])
+            if not token:
+                self.status.setText(f"{name}: no token given; Get needs one for this gated model")
+                return
         from loff_core.hub import get_weights
 
-        job = self.state.start(f"get {name}", lambda progress: get_weights(name, progress))
+        job = self.state.start(f"get {name}", lambda progress: get_weights(name, progress, token=token))
         if job is None:
             return
         self._job = job
@@ -149,6 +157,15 @@ class BackbonesDialog(QDialog):
         wire(job, strip=self.strip, done=self._got, cancelled=self._stopped, failed=self._failed)
         self.status.setText(f"getting {name} ({info['size_mb']:,.1f} MB, {info['licence']})...")
         self._enable()
+
+    def ask_token(self, name: str, page: str) -> Optional[str]:
+        """The user's Hub access token for a gated model (hidden as typed; tests replace this)."""
+        from PySide6.QtWidgets import QLineEdit
+
+        text, ok = QInputDialog.getText(self, "Hub access token", f"{name} is gated: after accepting its licence on "
+                                        f"{page}, paste a Hugging Face access token (read). It is sent only to the "
+                                        f"Hub and not stored.", QLineEdit.EchoMode.Password)
+        return text.strip() if ok and text.strip() else None
 
     def _got(self, result: Any) -> None:
         self._job = None

@@ -60,6 +60,8 @@ class CachePage(QWidget):
         self.info.setWordWrap(True)
         self.plan = QLabel("")  # what Extract will do, before it runs
         self.plan.setWordWrap(True)
+        self.advice = QLabel("")  # where to start, for these images and this device (loff_core.advice)
+        self.advice.setWordWrap(True)
         self.banner = Banner()
         for w in (self.backbone, self.image_size, self.grid):
             signal = w.currentTextChanged if isinstance(w, QComboBox) else w.valueChanged
@@ -79,6 +81,7 @@ class CachePage(QWidget):
         box.setLayout(form)
         plan_box = QGroupBox("What Extract will do")
         QVBoxLayout(plan_box).addWidget(self.plan)
+        plan_box.layout().addWidget(self.advice)
         layout = QVBoxLayout(self)
         layout.addWidget(self.banner)
         layout.addWidget(box)
@@ -159,6 +162,7 @@ class CachePage(QWidget):
         self.state.message.emit("info", text)
         if gpus:
             self.device.setCurrentIndex(self.device.findData(gpus[0]["device"]))
+        self.show_plan()  # the advice depends on the device found
 
     def spec(self) -> Any:
         from loff_core.backbones import BackboneSpec
@@ -238,12 +242,21 @@ class CachePage(QWidget):
     def show_plan(self) -> None:
         project = self.state.project
         entries = project.catalog().entries if project is not None and project.has_catalog() else []
+        self.show_advice(entries)
         if not entries:
             self.plan.setText("import images first: the plan needs their sizes")
             return
         name = self.spec_name()
         self.plan.setText("<br>".join(plan(entries, name, self.image_size.value() or None,
                                            self.grid.value()).lines()))
+
+    def show_advice(self, entries: list) -> None:
+        """One line from the declared advice table for the project's images and the device found."""
+        from loff_core.advice import advise, describe, image_kind
+
+        gpu = any(str(self.device.itemData(i) or "").startswith("cuda") for i in range(self.device.count()))
+        a = advise(image_kind(entries), gpu)
+        self.advice.setText(f"<i>Advice</i> {describe(a, images=len(entries) or None)}")
 
     def spec_name(self) -> str:
         return (self.backbone.currentData() if self.backbone.currentText() == self.backbone.itemText(

@@ -1,0 +1,158 @@
+"""Which encoder and input size to start with, and what it costs (torch-free).
+
+A small declared table: for the images in the project (mammograms, chest radiographs, other:
+`image_kind` infers it from the catalog's DICOM modality and view, or the user says it) and
+the device found (cpu / gpu), the suggested backbone (a registry name, `loff_core.weights`),
+the input size, the time per image and where every figure comes from (`evidence`: a
+measurement in docs/benchmarks.md, or a model card's own figure, named). The cache size is
+computed from the backbone's geometry (the registry's patch and feature width) and the grid
+cap, as the Cache page's plan computes it. `loff weights list` and the Cache page show it.
+
+The CPU times were measured on the shared 2-core development machine (docs/benchmarks.md,
+"Encoders: cost of the advised rows"), so a user's CPU is likely faster; GPU rows give the
+forward compute counted there (no GPU was lent when the table was made): their time is a
+stated estimate, not a measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+IMAGE_KINDS = ("mammograms", "chest radiographs", "other")
+DEVICES = ("cpu", "gpu")
+#: GPU time estimates: forward GFLOPs / this many effective TFLOP/s (bf16 autocast, a workstation
+#: GPU at a fraction of its peak). An assumption, stated wherever a GPU time is shown.
+ASSUMED_GPU_TFLOPS = 50.0
+_MAMMO_VIEWS = {"CC", "MLO", "ML", "LM", "XCCL", "XCCM", "SIO", "FB"}
+_CHEST_VIEWS = {"PA", "AP", "LL", "RL", "LATERAL", "LAT"}
+
+
+@dataclass(frozen=True)
+class Advice:
+    images: str  # one of IMAGE_KINDS
+    device: str  # one of DEVICES
+    backbone: str  # registry name (loff_core.weights.KNOWN)
+    image_size: int  # px
+    gflops: float  # forward compute per image at image_size (counted, benchmarks/encoders.py)
+    cpu_images_per_s: Optional[float]  # measured here (None: not measured on a CPU)
+    why: str
+    evidence: str  # where the choice and the figures come from, named
+
+    def seconds_per_image(self) -> float:
+        if self.device == "cpu" and self.cpu_images_per_s:
+            return 1.0 / self.cpu_images_per_s
+        return self.gflops / (ASSUMED_GPU_TFLOPS * 1e3)
+
+    def time_note(self) -> str:
+        if self.device == "cpu" and self.cpu_images_per_s:
+            return "forward pass measured on a busy shared 2-core CPU, 1 thread"
+        return (f"estimate: {self.gflops:g} GFLOPs per image at an assumed {ASSUMED_GPU_TFLOPS:g} TFLOP/s, forward "
+                f"only; decoding large images may take longer")
+
+
+# Figures: docs/benchmarks.md, "Encoders: cost of the advised rows" (benchmarks/encoders.py,
+# forward only, random weights, 1 torch thread) and the Lite rows of "EfficientNet-Lite0 / 1 / 2".
+TABLE: list[Advice] = [
+    Advice("mammograms", "cpu", "efficientnet-lite2", 260, 1.72, 1.74,
+           "the CPU default; 512 px gave no gain beyond the noise on mini-MIAS for 2.7x the time",
+           "docs/benchmarks.md, EfficientNet-Lite0 / 1 / 2 on mini-MIAS (macro AUC 0.849 linear probe, 5 folds) "
+           "and its 512 px rows; speed: 'Encoders: cost of the advised rows'"),
+    Advice("mammograms", "gpu", "dinov3-vitl16", 512, 727.19, None,
+           "DINOv3 is trained for high-resolution dense features; 512 px keeps calcifications and spiculation "
+           "(LOFF-TA used 512 px); no mammography encoder with clear terms is public (docs/backbones.md)",
+           "DINOv3 model card (facebook/dinov3-vitl16-pretrain-lvd1689m): ViT-L/16 distilled, dense results "
+           "e.g. ADE20k linear 54.9 mIoU; compute counted in docs/benchmarks.md"),
+    Advice("chest radiographs", "cpu", "rad-dino", 224, 46.32, 0.20,
+           "trained on 882,775 chest radiographs; 224 px (16 x 16 tokens) keeps a CPU run to minutes per "
+           "hundred images (8.7x Lite2's time at 260 px, measured side by side)",
+           "RAD-DINO model card (microsoft/rad-dino): five public chest X-ray data sets, 'fine-tuning typically "
+           "not necessary'; CPU speed measured in docs/benchmarks.md"),
+    Advice("chest radiographs", "gpu", "rad-dino", 518, 303.15, None,
+           "its native size (37 x 37 tokens), as its model card uses it",
+           "RAD-DINO model card (microsoft/rad-dino): 518 px input, 37 x 37 patch tokens; compute counted in "
+           "docs/benchmarks.md"),
+    Advice("other", "cpu", "efficientnet-lite2", 260, 1.72, 1.74,
+           "the CPU default: the best of the shipped CNNs measured here",
+           "docs/benchmarks.md, EfficientNet-Lite0 / 1 / 2 (mini-MIAS); speed: 'Encoders: cost of the advised rows'"),
+    Advice("other", "gpu", "dinov3-vitl16", 256, 164.74, None,
+           "DINOv3 ViT-L/16 at its native 256 px: the strongest workstation-sized general encoder listed",
+           "DINOv3 model card (facebook/dinov3-vitl16-pretrain-lvd1689m): e.g. ImageNet linear probe and ADE20k "
+           "54.9 mIoU for ViT-L/16; compute counted in docs/benchmarks.md"),
+]
+
+
+def advise(images: str, gpu: bool) -> Advice:
+    """The table's row for these images on this device."""
+    if images not in IMAGE_KINDS:
+        raise ValueError(f"images {images!r}: one of {', '.join(IMAGE_KINDS)}")
+    device = "gpu" if gpu else "cpu"
+    return next(a for a in TABLE if a.images == images and a.device == device)
+
+
+def image_kind(entries: Iterable[Any]) -> str:
+    """From the catalog: DICOM modality MG or a mammographic view (CC, MLO, ...) -> mammograms;
+    modality CR / DX with a chest view (PA, AP, lateral) -> chest radiographs; else other.
+    The majority of the entries decides."""
+    counts = {k: 0 for k in IMAGE_KINDS}
+    for e in entries:
+        modality = (getattr(e, "modality", None) or "").upper()
+        view = (getattr(e, "view", None) or "").upper()
+        if modality == "MG" or view in _MAMMO_VIEWS:
+            counts["mammograms"] += 1
+        elif modality in ("CR", "DX") and view in _CHEST_VIEWS:
+            counts["chest radiographs"] += 1
+        else:
+            counts["other"] += 1
+    best = max(IMAGE_KINDS, key=lambda k: (counts[k], k == "other"))
+    return best
+
+
+def cache_bytes_per_image(backbone: str, image_size: int, grid: Optional[int]) -> Optional[int]:
+    """float16 CLS + token grid (pooled to at most grid x grid), as the cache stores it."""
+    import math
+
+    from .weights import known
+
+    k = known(backbone)
+    if k is None or not k.feature_dim or not k.token_px:
+        return None
+    side = math.ceil(image_size / k.token_px) if k.family == "efficientnet" else image_size // k.token_px
+    after = min(grid, side) if grid else side
+    return (after * after + 1) * k.feature_dim * 2
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe(advice: Advice, images: Optional[int] = None, grid: Optional[int] = None) -> str:
+    """One line: what to start with, what it costs (for `images` images if given), why, evidence."""
+    from .settings import ExtractSettings
+    from .weights import known
+
+    grid = ExtractSettings.grid if grid is None else grid
+    k = known(advice.backbone)
+    per = advice.seconds_per_image()
+    per_bytes = cache_bytes_per_image(advice.backbone, advice.image_size, grid)
+    n = f" for {images} images" if images else " per 1000 images"
+    count = images or 1000
+    cost = f"about {_duration(per * count)}{n} ({advice.time_note()})"
+    if per_bytes:
+        cost += f", cache {_size(per_bytes * count)}"
+    get = ""
+    if k is not None and k.source == "hf":
+        get = f"; weights {k.size_mb:,.0f} MB, {k.licence.split(' (')[0]}" + (", gated" if k.gated else "")
+    return (f"for {advice.images} on a {advice.device.upper()}: start with {advice.backbone} at "
+            f"{advice.image_size} px: {cost}{get}. Why: {advice.why}. Evidence: {advice.evidence}")
