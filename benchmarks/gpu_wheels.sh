@@ -39,6 +39,7 @@ WHEELS=(
     "ml_dtypes"                 # onnx's dependency
     "setuptools>=68"            # to install the checkout itself (pip builds it offline)
     "wheel"
+    "packaging>=24"             # wheel's dependency when pip builds the checkout offline
 )
 pip_dl() {
     "$PY" -m pip download --disable-pip-version-check -q --only-binary=:all: --no-deps \

@@ -18,7 +18,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-BUILD_ONLY = {"setuptools", "wheel"}  # used by pip to build the checkout, never put on the path
+BUILD_ONLY = {"setuptools", "wheel", "packaging"}  # pip builds the checkout with these; never put on the path
 
 
 def _norm(name: str) -> str:
