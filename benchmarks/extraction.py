@@ -27,6 +27,7 @@ from _common import (bench_parser, parse_bench_args, Timer, machine_block, machi
                      write_json)
 
 TARGET_RATIO = 0.8
+TARGET_RATIO_GPU = 0.9  # issue 26: end to end against the forward pass on device tensors
 RLE = "1.2.840.10008.1.2.5"
 J2K = "1.2.840.10008.1.2.4.90"
 RAW = "1.2.840.10008.1.2.1"
@@ -41,20 +42,28 @@ def bench_extract(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from loff_core.images import load_pixels
 
     spec = BackboneSpec(name=args.backbone, random_init=args.backbone != "tf_efficientnet_lite0",
-                        image_size=args.image_size, grid=16)
+                        image_size=args.image_size, grid=args.grid)
     items, _ = synthetic_items(work / "extract-images", args.images, (256, 208))
-    backbone = load_backbone(spec, device=args.device)
+    with Timer(args.device) as load:
+        backbone = load_backbone(spec, device=args.device)
     images = torch.from_numpy(np.stack([backbone.preprocessor(load_pixels(p)) for _, p in items]))
+    if args.device.startswith("cuda"):  # forward-only: the tensors already on the device (no copy timed)
+        images = images.to(backbone.device)
     bs = args.batch_size
     backbone.tokens(images[:bs])  # warm-up
-    e2e, fwd = [], []
+    # end to end with the engine's default loader workers, and (--compare-workers) with more
+    variants: list[Any] = [args.workers] + [w for w in (args.compare_workers or []) if w != args.workers]
+    e2e: dict[str, list[float]] = {str(w): [] for w in variants}
+    e2e_no_load: dict[str, list[float]] = {str(w): [] for w in variants}
+    fwd: list[float] = []
     for r in range(args.repeats):
-        def run_e2e() -> None:
+        def run_e2e(w: Any) -> None:
             with Timer(args.device) as t:
-                res = extract_features(items, spec, work / f"caches-{r}", device=args.device, batch_size=bs,
-                                       num_workers=args.workers)
+                res = extract_features(items, spec, work / f"caches-{r}-{w}", device=args.device, batch_size=bs,
+                                       num_workers=w)
             assert res.extracted == len(items) and not res.failures, res
-            e2e.append(len(items) / t.seconds)
+            e2e[str(w)].append(len(items) / t.seconds)
+            e2e_no_load[str(w)].append(len(items) / max(t.seconds - load.seconds, 1e-9))
 
         def run_fwd() -> None:
             with Timer(args.device) as t:
@@ -62,12 +71,22 @@ def bench_extract(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     backbone.tokens(images[s:s + bs])
             fwd.append(len(images) / t.seconds)
 
-        for f in ((run_e2e, run_fwd) if r % 2 == 0 else (run_fwd, run_e2e)):
+        jobs = [lambda w=w: run_e2e(w) for w in variants] + [run_fwd]
+        for f in (jobs if r % 2 == 0 else list(reversed(jobs))):
             f()
-    ratio = median(e2e) / median(fwd)
-    return {"backbone": args.backbone, "image_size": backbone.preprocessor.image_size, "images": len(items),
-            "batch_size": bs, "workers": args.workers, "e2e_img_s": e2e, "forward_img_s": fwd,
-            "e2e_median": median(e2e), "forward_median": median(fwd), "ratio": ratio}
+    first = str(variants[0])
+    ratio = median(e2e[first]) / median(fwd)
+    return {"backbone": args.backbone, "image_size": backbone.preprocessor.image_size, "grid": args.grid,
+            "grid_hw": list(backbone.grid_hw), "images": len(items), "device": args.device,
+            "batch_size": bs, "workers": args.workers, "e2e_img_s": e2e[first], "forward_img_s": fwd,
+            "e2e_median": median(e2e[first]), "forward_median": median(fwd), "ratio": ratio,
+            "backbone_load_seconds": load.seconds,
+            "e2e_median_without_load": median(e2e_no_load[first]),
+            "ratio_without_load": median(e2e_no_load[first]) / median(fwd),
+            "variants": [{"workers": w, "e2e_median": median(e2e[str(w)]),
+                          "e2e_median_without_load": median(e2e_no_load[str(w)]),
+                          "ratio": median(e2e[str(w)]) / median(fwd),
+                          "ratio_without_load": median(e2e_no_load[str(w)]) / median(fwd)} for w in variants]}
 
 
 def _decoders() -> dict[str, Any]:
@@ -159,12 +178,13 @@ def bench_decode(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 
 def report(ext: dict[str, Any], dec: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
-    verdict = "meets" if ext["ratio"] >= TARGET_RATIO else "below"
+    target = TARGET_RATIO_GPU if ext["device"].startswith("cuda") else TARGET_RATIO
+    verdict = "meets" if ext["ratio"] >= target else "below"
     t1 = table(["backbone", "input", "images", "batch", "loader workers", "extract_features img/s (end to end)",
                 "tokens() forward-only img/s", "ratio", "target"],
                [[ext["backbone"], ext["image_size"], ext["images"], ext["batch_size"],
                  ext["workers"] if ext["workers"] is not None else "default",
-                 ext["e2e_median"], ext["forward_median"], f"{ext['ratio']:.2f}", f">= {TARGET_RATIO} ({verdict})"]])
+                 ext["e2e_median"], ext["forward_median"], f"{ext['ratio']:.2f}", f">= {target} ({verdict})"]])
     t2_rows = []
     for syntax in sorted({r["syntax"] for r in dec}):
         rows = [r for r in dec if r["syntax"] == syntax]
@@ -175,10 +195,18 @@ def report(ext: dict[str, Any], dec: list[dict[str, Any]], info: dict[str, Any],
                             {True: "yes", False: "NO", None: "n/a"}[r["equal"]],
                             "fastest correct" if r["decoder"] == best else r["note"]])
     t2 = table(["transfer syntax", "decoder", "MB/file", "images/s on 1 core", "equals uncompressed", "note"], t2_rows)
-    return (f"## Extraction throughput\n\n{machine_block(info)}\n\n{t1}\n\n"
+    t1b = table(["loader workers", "end to end img/s", "ratio", "without the backbone load: img/s", "ratio"],
+                [[v["workers"] if v["workers"] is not None else "default", v["e2e_median"], f"{v['ratio']:.2f}",
+                  v["e2e_median_without_load"], f"{v['ratio_without_load']:.2f}"] for v in ext["variants"]])
+    where = "on the device" if ext["device"].startswith("cuda") else "in RAM"
+    head = (f"## Extraction throughput\n\n{machine_block(info)}\n\n{t1}\n\n{t1b}\n\n"
             f"- End to end = backbone load + DataLoader decode/preprocess + forward + HDF5 shards + merge; "
-            f"forward-only = FrozenBackbone.tokens on preprocessed tensors in RAM, same batches. "
-            f"Medians of {args.repeats} interleaved repeats.\n\n"
+            f"forward-only = FrozenBackbone.tokens on preprocessed tensors {where}, same batches. "
+            f"'Without the backbone load' subtracts the load time measured once in the same process "
+            f"({ext['backbone_load_seconds']:.2f} s). Medians of {args.repeats} interleaved repeats.")
+    if not dec:
+        return head
+    return (head + "\n\n"
             f"## DICOM decode, 512x416, 12 bits stored in 16, one thread\n\n{t2}\n\n"
             f"- {args.decode_images} files per syntax, medians of {args.repeats} interleaved passes; "
             f"decoded arrays compared with the same images written uncompressed (half the files are MONOCHROME1; "
@@ -195,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the engine's)")
     p.add_argument("--decode-images", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--grid", type=int, default=16, help="token grid pooled to at most GRID x GRID")
+    p.add_argument("--compare-workers", type=int, nargs="+", default=None, metavar="N",
+                   help="also time end to end with N loader workers (before / after in the same run)")
+    p.add_argument("--no-decode", action="store_true", help="skip part 2 (DICOM decoders)")
     args = parse_bench_args(p, argv)
     assert args is not None
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -207,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.device)
     with tempfile.TemporaryDirectory(prefix="loff-bench-") as tmp:
         ext = bench_extract(args, Path(tmp))
-        dec = bench_decode(args, Path(tmp))
+        dec = [] if args.no_decode else bench_decode(args, Path(tmp))
     print(report(ext, dec, info, args))
     write_json(args.json, {"benchmark": "extraction", "mode": mode, "machine": info, "extract": ext, "decode": dec})
     return 0
