@@ -494,6 +494,29 @@ def _raster_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
     return _finish(path, arr, invert=False, max_side=max_side)
 
 
+def colour_channels_differ(path: Path | str, tolerance: int = 3) -> bool:
+    """Whether a colour raster really has colour: a grey picture stored as RGB (common for
+    JPEG exports) has equal channels, up to `tolerance` for JPEG's rounding. JPEGs are
+    read at 1/8 size by the decoder (cheap at import); anything that cannot be checked
+    counts as colour (the warning is kept)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+            rgb = np.asarray(img.convert("RGB"))  # uint8; compared band by band
+    except Exception:  # noqa: BLE001 - unreadable here: reported when it is decoded
+        return True
+    limit = tolerance if getattr(img, "format", None) == "JPEG" else 0
+    for r0, r1 in _bands(rgb.shape, 2):
+        band = rgb[r0:r1].astype(np.int16)
+        if int(np.abs(band[..., 0] - band[..., 1]).max(initial=0)) > limit \
+                or int(np.abs(band[..., 1] - band[..., 2]).max(initial=0)) > limit:
+            return True
+    return False
+
+
 def _volume_info(path: Path) -> ImageInfo:
     import SimpleITK as sitk
 
