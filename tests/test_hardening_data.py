@@ -53,7 +53,166 @@ def _err(capsys, *args) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-# -- 10. prevalences must be finite, positive and normalisable -----------------------------
+# -- 9. DICOM and NIfTI decode bombs ------------------------------------------------------
+def _bombs_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bombs.py"
+    spec = importlib.util.spec_from_file_location("loff_bench_bombs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_BOMB = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+from loff_core.images import decode_max_side, load_pixels, read_info
+info = read_info(sys.argv[1])
+out = load_pixels(sys.argv[1], decode_max_side(224))
+peak = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] >> 10
+print(info.rows, out.shape[0], out.shape[1], out.dtype, float(out.max()), peak)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dicom", "nifti"])
+def test_dicom_and_nifti_decode_bombs_stay_within_one_and_a_half_gib(tmp_path, kind):
+    """A deflated 14000 x 14000 16-bit DICOM with RescaleSlope 1.5 and a window (~0.6 MB),
+    a 14000 x 14000 float64 .nii.gz (~1.8 MB), decoded for a 224-px model in a process
+    limited to 1.5 GiB of address space. Old: 5.25 / 3.4 GB, so here 'not enough memory'."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bombs = _bombs_module()
+    path = (bombs.write_dicom_bomb(tmp_path / "bomb.dcm") if kind == "dicom"
+            else bombs.write_nifti_bomb(tmp_path / "bomb.nii.gz"))
+    assert path.stat().st_size < 2_000_000
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _BOMB, str(path)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    rows, out_rows, out_cols, dtype, top, peak = proc.stdout.split()
+    assert rows == "14000" and out_rows == out_cols == "7000" and dtype == "float32" and float(top) == 1.0
+    assert int(peak) <= 1536
+
+
+def _small_dicoms(tmp_path):
+    """Uncompressed and deflated grey DICOMs (rescale, window, a VOI LUT, MONOCHROME1, signed,
+    8-bit, two frames) above 256 KiB of pixel data, so their pixel data stay in the file."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                             SecondaryCaptureImageStorage, generate_uid)
+
+    rng = np.random.default_rng(3)
+    out = []
+    cases = [("defl-window", DeflatedExplicitVRLittleEndian, 16, 0, "MONOCHROME2", "window", 1),
+             ("plain-mono1", ExplicitVRLittleEndian, 16, 0, "MONOCHROME1", "window", 1),
+             ("implicit-lut", ImplicitVRLittleEndian, 16, 0, "MONOCHROME2", "lut", 1),
+             ("signed", ExplicitVRLittleEndian, 16, 1, "MONOCHROME2", None, 1),
+             ("eight-bit", DeflatedExplicitVRLittleEndian, 8, 0, "MONOCHROME2", None, 1),
+             ("frames", ExplicitVRLittleEndian, 16, 0, "MONOCHROME2", "window", 3)]
+    for name, syntax, bits, signed, photometric, voi, frames in cases:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+        meta.TransferSyntaxUID = syntax
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 530, 611, 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 4 if bits == 16 else 8, \
+            (bits - 5 if bits == 16 else 7), signed
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        ds.RescaleSlope, ds.RescaleIntercept = (1.5, -10) if bits == 16 else (1, 0)
+        if voi == "window":
+            ds.WindowCenter, ds.WindowWidth = 1500, 2000
+        elif voi == "lut":
+            item = Dataset()
+            item.LUTDescriptor = [4096, 0, 16]
+            item.LUTData = (np.sqrt(np.arange(4096)) * 1000).astype("<u2").tobytes()
+            ds.VOILUTSequence = Sequence([item])
+        dtype = {(16, 0): "<u2", (16, 1): "<i2", (8, 0): "u1"}[(bits, signed)]
+        top = 2 ** (ds.BitsStored - (1 if signed else 0))
+        arr = rng.integers(-top if signed else 0, top, (frames, 530, 611)).astype(dtype)
+        ds.PixelData = arr.tobytes()
+        path = tmp_path / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
+def test_streamed_decoding_gives_the_whole_image_decodes_values(tmp_path, monkeypatch):
+    """The band-by-band decode of big files (here forced on small ones) is the same, bit for
+    bit, as the whole-image decode: full size and reduced, DICOM and NIfTI."""
+    from loff_core import images
+
+    bombs = _bombs_module()
+    files = _small_dicoms(tmp_path)
+    files.append(bombs.write_nifti_bomb(tmp_path / "f8.nii.gz", 733))
+    files.append(bombs.write_nifti_bomb(tmp_path / "i2.nii.gz", 700, dtype="<i2"))
+    whole = {f: (images.load_pixels(f), images.load_pixels(f, 200)) for f in files}
+    streamed = []
+    real = images._stream_finish
+    monkeypatch.setattr(images, "_stream_finish", lambda *a, **k: streamed.append(1) or real(*a, **k))
+    monkeypatch.setattr(images, "STREAM_DECODE_BYTES", 0)
+    for f in files:
+        full, reduced = images.load_pixels(f), images.load_pixels(f, 200)
+        assert np.array_equal(full, whole[f][0]) and np.array_equal(reduced, whole[f][1]), f.name
+        assert full.dtype == np.float32 and full.shape == whole[f][0].shape and reduced.shape[1] <= 305
+    assert len(streamed) == 2 * len(files)
+
+
+def test_what_cannot_be_streamed_is_refused_by_header_arithmetic_in_bytes(tmp_path, monkeypatch):
+    """Bytes, not pixels: a float pixel-data DICOM, a colour DICOM, an MHA volume whose
+    whole-image decode would exceed the limit are refused from the header (at import), with
+    the arithmetic, before any pixel is read."""
+    import SimpleITK as sitk
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from loff_core import images
+    from loff_core.errors import UnreadableImage
+
+    def dicom(name, **attrs):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        for k, v in attrs.items():
+            setattr(ds, k, v)
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        return tmp_path / name
+
+    floats = dicom("float.dcm", Rows=800, Columns=700, SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2",
+                   BitsAllocated=32, FloatPixelData=np.zeros((800, 700), "<f4").tobytes())
+    colour = dicom("rgb.dcm", Rows=800, Columns=700, SamplesPerPixel=3, PhotometricInterpretation="RGB",
+                   PlanarConfiguration=0, BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0,
+                   PixelData=np.zeros((800, 700, 3), "u1").tobytes())
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 300, 400), np.float64)), str(tmp_path / "vol.mha"))
+    small = dicom("small.dcm", Rows=60, Columns=50, SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2",
+                  BitsAllocated=16, BitsStored=16, HighBit=15, PixelRepresentation=0,
+                  PixelData=np.zeros((60, 50), "<u2").tobytes())
+    monkeypatch.setattr(images, "MAX_DECODE_BYTES", 4 << 20, raising=False)
+    read = []
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", lambda *a, **k: read.append(1))
+    for path, what in ((floats, "800 x 700 pixels at 32 bits"), (colour, "800 x 700 pixels x 3 samples at 8 bits"),
+                       (tmp_path / "vol.mha", "400 x 300 x 6 voxels")):
+        with pytest.raises(UnreadableImage, match="would need about") as err:
+            images.read_info(path)
+        assert what in err.value.reason and "limit 4 MB" in err.value.reason, err.value.reason
+        with pytest.raises(UnreadableImage, match="would need about"):
+            images.load_pixels(path)
+    assert read == []
+    assert images.read_info(small).rows == 60  # small images are untouched
+
 @pytest.mark.parametrize("prevalence", ["nan,0.5", "inf,1", "1e308,1e308", "0,1", "-1,2"])
 def test_calibrate_refuses_a_prevalence_that_is_not_finite_positive_normalisable(binary, tmp_path, capsys,
                                                                                  prevalence):
