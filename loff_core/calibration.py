@@ -306,6 +306,10 @@ def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: str 
                 counts[classes.index(e.label)] += 1
         if sum(counts) == 0:
             raise TrainingError(f"{project.root}: the test split has no labels to take the prevalence from")
+        missing = [c for c, n in zip(classes, counts) if n == 0]
+        if missing:
+            raise TrainingError(f"{project.root}: the test split has no labelled images of {', '.join(missing)}; a "
+                                f"prevalence of 0 would never predict them; give --prevalence instead")
         prevalence, prevalence_from = counts, TEST_LABELS
     op = fit_operating_point(probs, y_arr, classes, task, source=source_prior(record.get("train_config"), train_counts),
                              fitted_on=fitted_on, criterion=criterion, target=target, threshold=threshold,

@@ -8,7 +8,10 @@ scaling. Scaling to [0, 1]: DICOM, volumes and rasters with more than 8 bits (16
 TIFF, 32-bit integer or float) are stretched from their own minimum to their maximum after
 the LUTs, so 12-bit data in a 16-bit PNG spans [0, 1] just as the same DICOM does; 8-bit
 rasters (already windowed for display) are divided by 255. Multi-frame images
-(tomosynthesis) give their central frame; colour images their luminance. Every problem
+(tomosynthesis) give their central frame; colour images their luminance. Memory is
+bounded in bytes (see STREAM_DECODE_BYTES below): big uncompressed DICOMs and NIfTI slices
+are read from the file band by band, and what cannot be is refused from its header when
+its decode would need more than MAX_DECODE_BYTES. Every problem
 becomes `UnreadableImage(path, reason)` with a reason a person understands; nothing
 here ever puts a patient identifier in a message.
 """
@@ -418,7 +421,6 @@ class _Rows:
         self._fh: Any = None
         self._pos = 0  # bytes of the (inflated) stream consumed
         self._inflater: Any = None
-        self._pending = b""
 
     def _open(self) -> None:
         import zlib
@@ -439,8 +441,7 @@ class _Rows:
             data = self._fh.read(n)
             self._pos += len(data)
             return data
-        out = bytearray(self._pending[:n])
-        self._pending = self._pending[n:]
+        out = bytearray()
         while len(out) < n:
             chunk = self._inflater.unconsumed_tail or self._fh.read(1 << 16)
             if not chunk:
