@@ -496,6 +496,23 @@ def load_backbone(spec: BackboneSpec, device: str = "auto") -> FrozenBackbone:
     found = resolve(spec.name)
     if found.name != spec.name:  # a registry name: the timm name it stands for (same caches)
         spec = replace(spec, name=found.name)
+    path = None
+    if found.weights_file is None and not spec.weights and not spec.random_init:
+        # where the weights come from is found before the model is built: a missing file is
+        # refused in milliseconds, not after building a ViT-g (GBs, tens of seconds)
+        path = bundled_weights_file(spec.name)
+        source = f"{BUNDLED.get(spec.name.split('.')[0])} package"
+        if path is None:
+            path, source = cached_weights_file(spec.name), "timm cache"
+        if path is None:
+            from .weights import known_by_architecture
+
+            k = known_by_architecture(spec.name)
+            get = (dict(download=k.name, size_mb=k.size_mb, licence=k.licence)
+                   if k is not None and k.source == "hf" else {})
+            raise BackboneError(
+                f"no weights for {spec.name}: they are not in the local timm / Hugging Face cache and nothing is "
+                f"downloaded unasked", remedy=Remedy.CHOOSE_WEIGHTS_OR_RANDOM, **get)
     model, default_size = create_model(found.architecture, found.model_args, spec.image_size or found.native_size,
                                        spec.seed)
     default_size = found.native_size or default_size
@@ -510,19 +527,7 @@ def load_backbone(spec: BackboneSpec, device: str = "auto") -> FrozenBackbone:
     elif spec.random_init:
         source = "random-init"
     else:
-        path = bundled_weights_file(spec.name)
-        source = f"{BUNDLED.get(spec.name.split('.')[0])} package"
-        if path is None:
-            path, source = cached_weights_file(spec.name), "timm cache"
-        if path is None:
-            from .weights import known_by_architecture
-
-            k = known_by_architecture(spec.name)
-            get = (dict(download=k.name, size_mb=k.size_mb, licence=k.licence)
-                   if k is not None and k.source == "hf" else {})
-            raise BackboneError(
-                f"no weights for {spec.name}: they are not in the local timm / Hugging Face cache and nothing is "
-                f"downloaded unasked", remedy=Remedy.CHOOSE_WEIGHTS_OR_RANDOM, **get)
+        assert path is not None
         state = read_weights_file(path) if path.suffix != ".bin" else torch.load(path, map_location="cpu",
                                                                                  weights_only=True)
         _load_state(model, state, str(path))

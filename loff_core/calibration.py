@@ -174,12 +174,13 @@ def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]
     op: dict[str, Any] = {"version": OP_VERSION, "fitted_on": fitted_on, "n": int(len(y)), "temperature": t,
                           "ece_before": ece(p, y), "ece_after": ece(calibrated, y), "prior": None, "threshold": None}
     if prevalence is not None:
-        target_prior = [float(v) for v in prevalence]
-        if len(target_prior) != k or any(v < 0 for v in target_prior) or sum(target_prior) <= 0:
-            raise TrainingError(f"the prevalence needs {k} non-negative numbers (one per class {', '.join(classes)})")
-        s = sum(target_prior)
-        op["prior"] = {"source": [float(v) for v in source], "target": [v / s for v in target_prior],
+        target_prior = check_prevalence(prevalence, classes)
+        op["prior"] = {"source": [float(v) for v in source], "target": target_prior,
                        "from": prevalence_from or "user"}
+        if prevalence_from == TEST_LABELS:
+            # the decision now depends on the test split's labels: its test metrics are not an
+            # independent estimate any more; said in run.json, the card, the window and the CLI
+            op["uses_test_labels"] = True
     adjusted = adjust(p, op)
     if task == "classification" and k == 2:
         score, pos = adjusted[:, 1], y == 1
@@ -196,7 +197,43 @@ def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]
                            "target": target if crit in ("sensitivity", "specificity") else None,
                            "sensitivity": sens, "specificity": spec,
                            "balanced_accuracy": None if sens is None else (sens + spec) / 2}
+    if op["prior"] is not None and len(y):
+        # what the prevalence does to the decision, counted on the images it was fitted on:
+        # the same operating point without the prior shift (its threshold refitted alike)
+        without = fit_operating_point(p, y, classes, task, source=source, fitted_on=fitted_on, criterion=criterion,
+                                      target=target, threshold=threshold)
+        changed = int((decide(adjusted, task, op) != decide(adjust(p, without), task, without)).sum())
+        op["prior"]["decisions_changed"] = changed
     return op
+
+
+TEST_LABELS = "the test split's labels"
+
+
+def check_prevalence(prevalence: Sequence[Any], classes: Sequence[str]) -> list[float]:
+    """The prevalence as class shares summing to 1: one finite number above 0 per class, whose
+    sum is finite (nan, inf, 0 or 1e308,1e308 would turn every probability into NaN or 0)."""
+    k = len(classes)
+    try:
+        values = [float(v) for v in prevalence]
+    except (TypeError, ValueError):
+        values = []
+    shown = ",".join(str(v) for v in prevalence)
+    need = f"{k} finite numbers above 0 (one per class: {', '.join(classes)})"
+    if len(values) != k:
+        raise TrainingError(f"the prevalence {shown} needs {need}; got {len(values)}")
+    bad = [v for v in values if not math.isfinite(v) or v <= 0]
+    if bad:
+        raise TrainingError(f"the prevalence {shown} needs {need}; {', '.join(map(str, bad))} is not")
+    try:
+        total = math.fsum(values)
+    except OverflowError:
+        total = math.inf
+    shares = [v / total for v in values] if math.isfinite(total) else []
+    if not shares or not all(math.isfinite(v) and v > 0 for v in shares):
+        raise TrainingError(f"the prevalence {shown} cannot be turned into class shares (its sum is {total}); "
+                            "give shares such as 0.3,0.7")
+    return shares
 
 
 def describe(op: Optional[dict[str, Any]]) -> str:
@@ -206,12 +243,17 @@ def describe(op: Optional[dict[str, Any]]) -> str:
     parts = [f"temperature {op['temperature']:.3g} (ECE {op['ece_before']:.3f} -> {op['ece_after']:.3f} on "
              f"{op['fitted_on']})" if op.get("ece_before") is not None else f"temperature {op['temperature']:.3g}"]
     if op.get("prior"):
+        changed = op["prior"].get("decisions_changed")
         parts.append("prevalence " + ", ".join(f"{v:.2f}" for v in op["prior"]["target"])
-                     + f" ({op['prior']['from']})")
+                     + f" ({op['prior']['from']}"
+                     + ("" if changed is None else f"; changes {changed} of {op.get('n')} decisions on {op['fitted_on']}")
+                     + ")")
     thr = op.get("threshold")
     if thr:
         parts.append(f"threshold {thr['value']:.3f} on P({thr['positive_class']}) by {thr['criterion']}"
                      + (f" {thr['target']}" if thr.get("target") is not None else ""))
+    if op.get("uses_test_labels"):
+        parts.append("USES THE TEST SPLIT'S LABELS (its test metrics are not independent)")
     return "; ".join(parts)
 
 
@@ -232,7 +274,11 @@ def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: str 
     task = record["task"]
     if criterion not in CRITERIA[:3]:
         raise TrainingError(f"unknown criterion {criterion!r}; expected youden, sensitivity or specificity")
+    if prevalence is not None:
+        check_prevalence(prevalence, classes)  # before any work
+    project.check_run_classes(run)  # a stale run (other classes) is refused as evaluate refuses it
     cache = project.open_cache(record["cache_fingerprint"])
+    project.check_cache_fits(run, cache)
     catalog = project.catalog()
     oof = project.root / "groups" / str(record.get("group")) / "oof.npz"
     if held_out is None and record.get("n_val") == 0 and record.get("group") and oof.is_file():
@@ -260,7 +306,11 @@ def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: str 
                 counts[classes.index(e.label)] += 1
         if sum(counts) == 0:
             raise TrainingError(f"{project.root}: the test split has no labels to take the prevalence from")
-        prevalence, prevalence_from = counts, "the test split's labels"
+        missing = [c for c, n in zip(classes, counts) if n == 0]
+        if missing:
+            raise TrainingError(f"{project.root}: the test split has no labelled images of {', '.join(missing)}; a "
+                                f"prevalence of 0 would never predict them; give --prevalence instead")
+        prevalence, prevalence_from = counts, TEST_LABELS
     op = fit_operating_point(probs, y_arr, classes, task, source=source_prior(record.get("train_config"), train_counts),
                              fitted_on=fitted_on, criterion=criterion, target=target, threshold=threshold,
                              prevalence=prevalence, prevalence_from=prevalence_from)

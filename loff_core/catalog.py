@@ -25,8 +25,8 @@ import numpy as np
 
 from .errors import ProjectError, Remedy, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json
-from .images import (IMAGE_EXTENSIONS, _suffix, cbis_ddsm_parts, is_image_candidate, read_info,
-                     special_file_reason)
+from .images import (IMAGE_EXTENSIONS, _suffix, cbis_ddsm_parts, colour_channels_differ, is_image_candidate,
+                     read_info, special_file_reason)
 from .progress import Progress
 from . import exam_columns, trust
 
@@ -473,6 +473,7 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
             if info.sop_instance_uid:
                 uids[info.sop_instance_uid] = rel
         first_row: dict[str, tuple[str, int]] = {}
+        two_splits: list[tuple[str, str, str, str, str]] = []  # rel, first CSV, its split, other CSV, its split
         for csv_split, csv_path in sources:
             rows, file_col, label_col, patient_col = _read_labels_csv(csv_path, label_column, file_column,
                                                                       patient_column, split_column)
@@ -489,6 +490,12 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
                     missing.append(f"row {i} ({r['file'] or 'empty'})")
                     continue
                 if rel in first_row:
+                    this_split = r["split"] or csv_split
+                    if this_split and rel in given and split_name(this_split) != split_name(given[rel]):
+                        # listed for two splits (e.g. in train.csv and in test.csv): not a
+                        # duplicate row of this CSV; the first listing wins, and the warning says so
+                        two_splits.append((rel, first_row[rel][0], given[rel], csv_path.name, this_split))
+                        continue
                     duplicates += 1
                     if r["label"] and labels.get(rel) not in (None, r["label"]):
                         conflicts.append(f"row {i} ({r['file']})")
@@ -520,6 +527,13 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
                                 + (f"; conflicting labels in {', '.join(conflicts[:10])}" if conflicts else ""))
             if blank:
                 warnings.append(f"{csv_name}: {blank} rows have an empty label; those images are unlabelled")
+        if two_splits:
+            shown = "; ".join(f"{display_path(rel)} ({a}: {split_name(sa) or sa}, {b}: {split_name(sb) or sb})"
+                              for rel, a, sa, b, sb in two_splits[:10])
+            won = Counter((split_name(sa) or sa, split_name(sb) or sb) for _, _, sa, _, sb in two_splits)
+            warnings.append(f"{len(two_splits)} images are listed for two splits: {shown}"
+                            + (" ..." if len(two_splits) > 10 else "") + "; the first listing won: "
+                            + ", ".join(f"{n} stay in {a} (not in {b})" for (a, b), n in sorted(won.items())))
         if odd_sides:
             warnings.append("side values that are not R / L / right / left: " + ", ".join(odd_sides)
                             + "; those images have no side in the exam view")
@@ -619,13 +633,55 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
     multi = sum(1 for e in entries if e.frames > 1)
     if multi:
         warnings.append(f"{multi} multi-frame images (e.g. tomosynthesis): the central frame is used")
-    colour = [rel for rel, info in infos if _is_colour(info)]
+    # a grey picture stored as RGB (equal channels) loses nothing: only real colour is counted
+    colour = [rel for rel, info in infos if _is_colour(info)
+              and (info.format == "dicom" or colour_channels_differ(root / rel))]
     if colour:
         warnings.append(f"{len(colour)} RGB (colour) images: converted to grey (luminance), colour is not used: "
                         + ", ".join(display_path(r) for r in colour[:5]) + (" ..." if len(colour) > 5 else ""))
     progress.report(len(files), len(files), f"imported {len(entries)} images, {len(failures)} unreadable")
     return Catalog(entries, class_order, failures, warnings, dict(patients_from),
                    split_from if any(e.split for e in entries) else "")
+
+
+def identical_across_splits(root: Path | str, entries: Sequence[CatalogEntry]) -> Optional[str]:
+    """A warning when the same file (byte for byte) is in two splits, e.g. copied into both
+    train/ and test/: the test would score pictures the head was trained on. Files are
+    grouped by size first; only sizes met in two splits are hashed (SHA-256), so this
+    reads almost nothing on a normal import."""
+    root = Path(root)
+    by_size: dict[int, list[CatalogEntry]] = defaultdict(list)
+    for e in entries:
+        if e.split:
+            try:
+                by_size[(root / e.path).stat().st_size].append(e)
+            except OSError:
+                continue
+    pairs: list[tuple[CatalogEntry, CatalogEntry]] = []
+    for group in by_size.values():
+        if len({e.split for e in group}) < 2:
+            continue
+        by_hash: dict[str, list[CatalogEntry]] = defaultdict(list)
+        for e in group:
+            try:
+                digest = hashlib.sha256()
+                with open(root / e.path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+            except OSError:
+                continue
+            by_hash[digest.hexdigest()].append(e)
+        for same in by_hash.values():
+            order = sorted(same, key=lambda e: (SPLITS.index(e.split) if e.split in SPLITS else 9, e.path))
+            pairs += [(order[0], other) for other in order[1:] if other.split != order[0].split]
+    if not pairs:
+        return None
+    kinds = Counter(f"{a.split} and {b.split}" for a, b in pairs)
+    shown = ", ".join(f"{display_path(a.masked_path or a.path)} = {display_path(b.masked_path or b.path)}"
+                      for a, b in pairs[:5])
+    return (f"{len(pairs)} images are byte-identical copies of images in another split ("
+            + ", ".join(f"{n} in {k}" for k, n in sorted(kinds.items())) + f"): {shown}"
+            + (" ..." if len(pairs) > 5 else "") + "; the same picture is trained on and scored: remove the copies")
 
 
 def assign_splits(entries: Sequence[CatalogEntry], *, seed: int = 0,

@@ -89,13 +89,19 @@ def cmd_import(args: argparse.Namespace) -> Any:
 
     if not args.images_dir.is_dir():  # before a project is created for nothing
         raise ProjectError(f"{args.images_dir}: not a folder")
+    made_folder, made_project = not args.project.exists(), not (args.project / "loff-project.json").exists()
     project = Project.open_or_create(args.project)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    return _run_with_progress("import", args.quiet, lambda p: steps.import_images(
-        project, args.images_dir, labels_csv=_labels_args(args.labels), label_column=args.label_column,
-        file_column=args.file_column, patient_column=args.patient_column, classes=classes,
-        task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
-        on_patient_overlap=args.on_patient_overlap, progress=p))
+    try:
+        return _run_with_progress("import", args.quiet, lambda p: steps.import_images(
+            project, args.images_dir, labels_csv=_labels_args(args.labels), label_column=args.label_column,
+            file_column=args.file_column, patient_column=args.patient_column, classes=classes,
+            task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
+            on_patient_overlap=args.on_patient_overlap, progress=p))
+    except BaseException:
+        if made_project:  # e.g. stopped by the patient-overlap question: no project left behind
+            project.discard_if_never_imported(made_folder)
+        raise
 
 
 def _labels_args(values: Optional[list[str]]) -> Optional[list[tuple[Optional[str], Path]]]:
@@ -629,9 +635,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, help="the sensitivity or specificity to reach, e.g. 0.9")
     p.add_argument("--threshold", type=float, help="set the threshold by hand (probability of the second class)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--prevalence", help="class shares expected where the model is used, in class order, e.g. 0.3,0.7")
+    g.add_argument("--prevalence", help="class shares expected where the model is used, in class order, e.g. 0.3,0.7 "
+                                        "(finite, above 0). It moves the probabilities (Bayes' prior shift); for a "
+                                        "binary run whose threshold is refitted by a criterion the decisions stay "
+                                        "the same (the threshold moves with them); with --threshold or more than "
+                                        "two classes it changes decisions. The summary says how many changed")
     g.add_argument("--prevalence-from-test", action="store_true",
-                   help="take the prevalence from the test split's labels (you say the test split is like the use)")
+                   help="take the prevalence from the test split's labels (you say the test split is like the use); "
+                        "does to the decision what --prevalence does, and marks the operating point as using test "
+                        "labels (run.json, card, Results page, summary): its test metrics are then not independent")
     p.set_defaults(func=cmd_calibrate, describe=_describe_calibrate)
 
     p = sub.add_parser("export", parents=[common], help="write head.safetensors + card.json (+ model.onnx)")

@@ -8,12 +8,13 @@ its settings (`synthetic: true`), in a README inside it, and in the DICOM header
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 from .errors import ProjectError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_json, atomic_write_text
 from .progress import Progress
 from .project import Project
 
@@ -62,9 +63,19 @@ def create_demo_project(root: Path | str, *, n_patients: int = 60, seed: int = 0
     atomic_write_text(work / "README.txt", DEMO_README.format(root=root))
     os.replace(work, root)  # an empty ROOT is replaced; a complete demo appears at once
     project = Project.open(root)
+    # every absolute path recorded during the import named the temporary .partial folder
     project.settings.images_root_absolute = str((root / "images").resolve())
-    if project.settings.labels_source:
-        project.settings.labels_source["csv_absolute"] = str((root / project.settings.labels_source["csv"]).resolve())
+    source = project.settings.labels_source
+    if source:
+        source["csv_absolute"] = str((root / source["csv"]).resolve())
+        for item in source.get("csvs") or []:
+            if item.get("csv"):
+                item["csv_absolute"] = str((root / item["csv"]).resolve())
+    report_path = project.root / "import-report.json"
+    if report_path.is_file():
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        report["images_root"] = str(root / "images")
+        atomic_write_json(report_path, report)
     project.save()
     progress.report(2, 2, "demo project ready")
     return project

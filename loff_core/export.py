@@ -28,7 +28,9 @@ from .settings import HEAD_KINDS, TASKS
 from . import trust
 
 CARD_FORMAT = "loff-head"
-CARD_VERSION = 2  # 2: operating_point (calibration, prevalence, threshold); 1 still loads
+# 2: operating_point (calibration, prevalence, threshold); 3: files.card_sha256 seals the
+# card (classes, task, operating point, ... with the head's SHA-256); 1 and 2 still load
+CARD_VERSION = 3
 
 CARD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -83,7 +85,8 @@ CARD_SCHEMA: dict[str, Any] = {
         "files": {
             "type": "object",
             "required": ["head", "head_sha256"],
-            "properties": {"head": {"const": "head.safetensors"}, "head_sha256": {"type": "string"}},
+            "properties": {"head": {"const": "head.safetensors"}, "head_sha256": {"type": "string"},
+                           "card_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
         },
         "metrics": {"type": "object"},
         "operating_point": {"type": ["object", "null"]},
@@ -146,6 +149,7 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
         if onnx:
             progress.check()
             card["onnx"] = export_onnx(staging, card, head_config, state, progress=progress)
+        card["files"]["card_sha256"] = card_seal(card)
         validate_card(card, out_dir / "card.json")
         atomic_write_json(staging / "card.json", card)
         progress.check()
@@ -353,6 +357,31 @@ def validate_card(card: Any, path: Path | str) -> None:
                           f"num_heads {head.get('num_heads', 4)}", path)
 
 
+def card_seal(card: dict[str, Any]) -> str:
+    """SHA-256 over the whole card but its own seal (canonical JSON), which includes the
+    head file's SHA-256: classes, task, head, backbone, preprocessing and operating point
+    (temperature, prevalence, threshold) cannot change without the seal changing."""
+    sealed = dict(card, files={k: v for k, v in card["files"].items() if k != "card_sha256"})
+    text = json.dumps(sealed, sort_keys=True, ensure_ascii=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_card_seal(card: dict[str, Any], path: Path | str) -> None:
+    """Version 3 cards carry `files.card_sha256`: a card edited after export (its classes
+    reordered, its threshold or task changed) is refused. Cards of versions 1 and 2 were
+    written before the seal and load as they did (only the head file's checksum)."""
+    if card["format_version"] < 3:
+        return  # migration: older cards have no seal; nothing to compare
+    seal = card["files"].get("card_sha256")
+    if seal is None:
+        raise ExportError("model card (format 3) has no seal (files.card_sha256); it was edited or not written by "
+                          "loff export; export the head again", path)
+    if seal != card_seal(card):
+        raise ExportError("model card was changed after export (its seal files.card_sha256 does not match: classes, "
+                          "task, operating point or another field was edited); its outputs would be mislabelled; "
+                          "export the head again", path)
+
+
 def load_exported_head(folder: Path | str, device: str = "cpu") -> LoadedHead:
     """Load `card.json` + `head.safetensors` from a folder; no pickle is ever read."""
     folder = Path(folder)
@@ -361,6 +390,7 @@ def load_exported_head(folder: Path | str, device: str = "cpu") -> LoadedHead:
         raise ExportError("not an exported head (needs card.json and head.safetensors)", folder)
     card = trust.load_json(card_path, what="card.json", error=ExportError, max_bytes=4 << 20)
     validate_card(card, card_path)
+    check_card_seal(card, card_path)
     if _sha256(head_path) != card["files"]["head_sha256"]:
         raise ExportError("head.safetensors does not match the checksum in card.json (file changed or corrupt)", head_path)
     from safetensors import SafetensorError
@@ -481,7 +511,7 @@ def predict_files(head_dir: Path | str | LoadedHead, paths: Iterable[Path | str]
                                     "probabilities": [round(float(x), 6) for x in row]})
         progress.report(min(start + batch_size, len(files)), len(files), f"predicted {len(predictions)} images")
     return {"head": str(head_dir), "classes": loaded.classes, "task": loaded.task,
-            "predictions": predictions, "failed": failures}
+            "predictions": predictions, "failed": failures, "operating_point": loaded.card.get("operating_point")}
 
 
 def _sha256(path: Path) -> str:

@@ -8,7 +8,10 @@ scaling. Scaling to [0, 1]: DICOM, volumes and rasters with more than 8 bits (16
 TIFF, 32-bit integer or float) are stretched from their own minimum to their maximum after
 the LUTs, so 12-bit data in a 16-bit PNG spans [0, 1] just as the same DICOM does; 8-bit
 rasters (already windowed for display) are divided by 255. Multi-frame images
-(tomosynthesis) give their central frame; colour images their luminance. Every problem
+(tomosynthesis) give their central frame; colour images their luminance. Memory is
+bounded in bytes (see STREAM_DECODE_BYTES below): big uncompressed DICOMs and NIfTI slices
+are read from the file band by band, and what cannot be is refused from its header when
+its decode would need more than MAX_DECODE_BYTES. Every problem
 becomes `UnreadableImage(path, reason)` with a reason a person understands; nothing
 here ever puts a patient identifier in a message.
 """
@@ -39,6 +42,19 @@ MAX_PIXELS = 200_000_000  # rows x cols x frames x samples; a 60000 x 60000 head
 STRIPE_BYTES = 8 << 20
 DECODE_MAX_SIDE_MIN = 8192
 BIG_DECODE_PIXELS = 40_000_000
+# Bounded decode memory in bytes, not only pixels (issue 25): from the header, the bytes a
+# whole-image decode would hold at its peak (the pixel data, the decoded frame, DICOM's
+# modality LUT and window as float64, the float32 result; a volume's whole array, twice).
+# Above STREAM_DECODE_BYTES, uncompressed DICOM (deflated included, one sample a pixel) and
+# NIfTI are decoded in bands of rows straight from the file (inflated on the fly), each
+# band through the same pydicom LUT functions, reduced while decoding (`decode_max_side`):
+# the same values as the whole-image decode, at most the result plus a few bands in
+# memory. What cannot be streamed (compressed DICOM, MHA / NRRD, colour) and needs more
+# than MAX_DECODE_BYTES is refused with the arithmetic, before anything is allocated.
+STREAM_DECODE_BYTES = 512 << 20
+MAX_DECODE_BYTES = 768 << 20
+HEADER_INFLATE_BYTES = 16 << 20  # a deflated DICOM's header is read from its first 16 MiB
+DEFER_BYTES = 256 << 10  # values above this (the pixel data; not a VOI LUT) stay in the file
 
 
 def decode_max_side(image_size: Optional[int]) -> Optional[int]:
@@ -165,11 +181,46 @@ def _check_size(path: Path, rows: int, cols: int, frames: int = 1, samples: int 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
 
 
+def _deflated_prefix(path: Path) -> Optional[tuple[Any, Any]]:
+    """(file meta, the dataset read from the first HEADER_INFLATE_BYTES of the inflated
+    stream) for a Deflated Explicit VR Little Endian file; None for any other file.
+    pydicom inflates the whole file to read a deflated header (a 381 KB file inflates to
+    392 MB): here only the start is inflated; big values (the pixel data) stay deferred
+    with their offset in the inflated stream."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    with open(path, "rb") as fh:
+        read_preamble(fh, False)
+        meta = _read_file_meta_info(fh)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return None
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        data = bytearray()
+        while len(data) < HEADER_INFLATE_BYTES:
+            chunk = inflater.unconsumed_tail or fh.read(1 << 16)
+            if not chunk:
+                break
+            data += inflater.decompress(chunk, HEADER_INFLATE_BYTES - len(data))
+            if inflater.eof:
+                break
+    ds = read_dataset(DicomBytesIO(bytes(data)), False, True, defer_size=DEFER_BYTES)
+    ds.file_meta = meta
+    return meta, ds
+
+
 def _dcmread_header(path: Path) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
+        if _is_deflated(path):
+            found = _deflated_prefix(path)
+            if found is not None:
+                return found[1]
         # stop_before_pixels would hide whether pixel data exist; defer_size keeps big
         # values (the pixel data) on disk, so this still reads only the header
         return pydicom.dcmread(path, defer_size=1024)
@@ -182,6 +233,15 @@ def _dcmread_header(path: Path) -> Any:
         raise UnreadableImage(path, f"truncated or damaged DICOM ({_short(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises a zoo of types on damaged files
         raise UnreadableImage(path, f"damaged DICOM ({_short(exc)})") from None
+
+
+def _is_deflated(path: Path) -> bool:
+    """The file meta names the Deflated transfer syntax (a cheap look at the first 4 KiB)."""
+    try:
+        with open(path, "rb") as fh:
+            return b"1.2.840.10008.1.2.1.99" in fh.read(4096)
+    except OSError:
+        return False
 
 
 def _short(exc: BaseException) -> str:
@@ -260,6 +320,7 @@ def _dicom_info(path: Path) -> ImageInfo:
     if bits_alloc is not None and bits_stored is not None and int(bits_stored) > int(bits_alloc):
         raise UnreadableImage(path, f"inconsistent header: BitsStored {bits_stored} > BitsAllocated {bits_alloc}")
     _check_size(path, rows, cols, frames, samples)
+    _check_dicom_bytes(path, ds, syntax, rows, cols, frames, samples, bits_alloc)
     spacing = None
     raw = _get(ds, "PixelSpacing") or _get(ds, "ImagerPixelSpacing")
     try:
@@ -294,11 +355,243 @@ def _dicom_info(path: Path) -> ImageInfo:
     )
 
 
+_NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99")
+
+
+def _dicom_bytes(ds: Any, syntax: Any, rows: int, cols: int, frames: int, samples: int,
+                 bits_alloc: Any, file_size: int) -> tuple[int, bool]:
+    """(bytes a whole-image decode holds at its peak, whether the file can be streamed)."""
+    try:
+        bytes_alloc = max(1, int(bits_alloc or 16) // 8)
+    except (TypeError, ValueError):
+        bytes_alloc = 2
+    if 0x7FE00009 in ds:
+        bytes_alloc = 8  # Double Float Pixel Data
+    elif 0x7FE00008 in ds:
+        bytes_alloc = 4
+    frame_px = rows * cols * max(samples, 1)
+    native = syntax is None or str(syntax).strip() in _NATIVE_SYNTAXES
+    # the pixel data as read (all frames; compressed: about the file), the decoded frame,
+    # (grey) the modality LUT and the window in float64 where the header has them, and the
+    # float32 result
+    stored = frames * frame_px * bytes_alloc if native else file_size
+    whole = stored + frame_px * bytes_alloc + rows * cols * 4
+    if samples <= 1:
+        slope, intercept = _get(ds, "RescaleSlope"), _get(ds, "RescaleIntercept")
+        rescaled = ("ModalityLUTSequence" in ds or slope not in (None, "", 1, 1.0)
+                    or intercept not in (None, "", 0, 0.0) or bytes_alloc >= 4)
+        whole += rows * cols * (8 * rescaled + 8 * _has_voi(ds))
+    streamable = (native and str(syntax or "").strip() != "1.2.840.10008.1.2.2" and samples == 1
+                  and bytes_alloc in (1, 2, 4) and int(bits_alloc or 0) in (8, 16, 32) and 0x7FE00010 in ds)
+    return whole, streamable
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GB" if n >= 1 << 30 else f"{n >> 20} MB"
+
+
+def _check_dicom_bytes(path: Path, ds: Any, syntax: Any, rows: int, cols: int, frames: int, samples: int,
+                       bits_alloc: Any) -> None:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    whole, streamable = _dicom_bytes(ds, syntax, rows, cols, frames, samples, bits_alloc, size)
+    if streamable or whole <= MAX_DECODE_BYTES:
+        return
+    raise UnreadableImage(path, f"image too large to decode: {rows} x {cols} pixels"
+                                + (f" x {samples} samples" if samples > 1 else "")
+                                + (f" x {frames} frames" if frames > 1 else "")
+                                + f" at {bits_alloc or '?'} bits would need about {_gib(whole)} "
+                                  f"(limit {_gib(MAX_DECODE_BYTES)} for one image)")
+
+
+class _Rows:
+    """The rows of one frame of raw pixel data read straight from a file, band by band, in
+    increasing order (as `_reduce` and `_stream_finish` ask for them): `src[r0:r1]` is the
+    decoded band. `inflate`: the file's dataset is deflated (read through zlib on the fly)."""
+
+    ndim = 2
+
+    def __init__(self, path: Path, offset: int, rows: int, cols: int, row_bytes: int, decode: Any, *,
+                 inflate_from: Optional[int] = None, gzip_file: bool = False):
+        self.path, self.offset, self.shape = path, offset, (rows, cols)
+        self.row_bytes, self.decode = row_bytes, decode
+        self.inflate_from, self.gzip_file = inflate_from, gzip_file
+        self._fh: Any = None
+        self._pos = 0  # bytes of the (inflated) stream consumed
+        self._inflater: Any = None
+
+    def _open(self) -> None:
+        import zlib
+
+        if self.gzip_file:
+            import gzip
+
+            self._fh = gzip.open(self.path, "rb")
+        else:
+            self._fh = open(self.path, "rb")
+        if self.inflate_from is not None:
+            self._fh.seek(self.inflate_from)
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+
+    def _read(self, n: int) -> bytes:
+        """The next n bytes of the (inflated) stream."""
+        if self._inflater is None:
+            data = self._fh.read(n)
+            self._pos += len(data)
+            return data
+        out = bytearray()
+        while len(out) < n:
+            chunk = self._inflater.unconsumed_tail or self._fh.read(1 << 16)
+            if not chunk:
+                break
+            out += self._inflater.decompress(chunk, n - len(out))
+            if self._inflater.eof:
+                break
+        self._pos += len(out)
+        return bytes(out)
+
+    def _skip_to(self, target: int) -> None:
+        if self._inflater is None:
+            self._fh.seek(target)
+            self._pos = target
+            return
+        while self._pos < target:
+            got = self._read(min(target - self._pos, STRIPE_BYTES))
+            if not got:
+                break
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        r0, r1 = rows.start or 0, min(rows.stop, self.shape[0])
+        if self._fh is None:
+            self._open()
+        start = self.offset + r0 * self.row_bytes
+        if start < self._pos:
+            raise RuntimeError("rows are read in increasing order")
+        self._skip_to(start)
+        need = (r1 - r0) * self.row_bytes
+        data = self._read(need)
+        if len(data) < need:
+            raise UnreadableImage(self.path, "truncated: the pixel data end before the image does")
+        return self.decode(data, r1 - r0)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _stream_finish(path: Path, open_rows: Any, to_float: Any, *, invert: bool,
+                   max_side: Optional[int]) -> np.ndarray:
+    """`_finish` of an image whose rows come from `open_rows()` (a fresh `_Rows`), without
+    the whole image in memory: reduced while read when it is larger than `max_side` (the
+    same block means as `_reduce` of the whole array), else two passes (minimum and
+    maximum, then the stretch), the same values as `_finish` of the whole float64 array."""
+    h, w = open_rows().shape
+    factor = _factor((h, w), max_side)
+    src = open_rows()
+    try:
+        if factor > 1:
+            return _finish(path, _reduce(src, factor, to_float), invert=invert, max_side=max_side)
+        lo, hi = np.inf, -np.inf
+        for r0, r1 in _bands((h, w), 8):
+            band = to_float(src[r0:r1])
+            if not np.all(np.isfinite(band)):
+                raise UnreadableImage(path, "pixel values are not finite (NaN or infinity)")
+            lo, hi = min(lo, float(band.min())), max(hi, float(band.max()))
+    finally:
+        src.close()
+    out = np.zeros((h, w), np.float32)
+    if hi > lo:
+        src = open_rows()
+        try:
+            for r0, r1 in _bands((h, w), 8):
+                band = (to_float(src[r0:r1]) - lo) / (hi - lo)
+                out[r0:r1] = 1.0 - band.astype(np.float32) if invert else band
+        finally:
+            src.close()
+    return out
+
+
+def _dicom_stream(path: Path, info: ImageInfo, max_side: Optional[int]) -> Optional[np.ndarray]:
+    """A big uncompressed grey DICOM decoded band by band from the file (None: not
+    streamable here; the whole-image decode is used)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    deflated = _is_deflated(path) and _deflated_prefix(path)
+    if deflated:
+        meta, ds = deflated
+        inflate_from = None
+        with open(path, "rb") as fh:  # where the deflated stream starts: after the file meta
+            from pydicom.filereader import _read_file_meta_info, read_preamble
+
+            read_preamble(fh, False)
+            _read_file_meta_info(fh)
+            inflate_from = fh.tell()
+    else:
+        ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        inflate_from = None
+    syntax = _get(getattr(ds, "file_meta", None), "TransferSyntaxUID") if getattr(ds, "file_meta", None) else None
+    whole, streamable = _dicom_bytes(ds, syntax, info.rows, info.cols, info.frames, info.samples,
+                                     _get(ds, "BitsAllocated"), 0)
+    if not streamable or whole <= STREAM_DECODE_BYTES:
+        return None
+    raw = ds._dict.get(0x7FE00010)
+    value_tell = getattr(raw, "value_tell", None)
+    bytes_alloc = int(ds.BitsAllocated) // 8
+    row_bytes = info.cols * bytes_alloc
+    frame_bytes = info.rows * row_bytes
+    if value_tell is None or getattr(raw, "value", None) is not None or raw.length in (None, 0xFFFFFFFF) \
+            or raw.length < frame_bytes * info.frames:
+        return None
+    frame = info.frames // 2 if info.frames > 1 else 0
+    template = {k: _get(ds, k) for k in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                                          "PhotometricInterpretation")}
+
+    def decode(data: bytes, n: int) -> np.ndarray:
+        band = Dataset()
+        band.file_meta = FileMetaDataset()
+        band.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        for k, v in template.items():
+            if v is not None:
+                setattr(band, k, v)
+        band.SamplesPerPixel, band.Rows, band.Columns = 1, n, info.cols
+        band.PixelData = data
+        return pixel_array(band)
+
+    def to_float(arr: np.ndarray) -> np.ndarray:
+        values = apply_modality_lut(arr, ds)  # the same functions as the whole-image decode
+        if _has_voi(ds):
+            values = apply_voi_lut(_voi_lut_input(values, ds), ds)
+        return np.asarray(values).astype(np.float64)
+
+    def open_rows() -> _Rows:
+        return _Rows(path, value_tell + frame * frame_bytes, info.rows, info.cols, row_bytes, decode,
+                     inflate_from=inflate_from)
+
+    photometric = (info.photometric or "").upper()
+    try:
+        return _stream_finish(path, open_rows, to_float, invert=photometric == "MONOCHROME1", max_side=max_side)
+    except UnreadableImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as the whole-image decode reports it
+        raise UnreadableImage(path, f"pixel data cannot be decoded ({_short(exc)})") from None
+
+
 def _dicom_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     info = _dicom_info(path)  # all header checks first: nothing big is allocated for a bad header
+    # at least 1 byte a stored pixel and 21 per decoded one: smaller images skip the look
+    big = info.rows * info.cols * (info.frames + 21) > STREAM_DECODE_BYTES
+    streamed = _dicom_stream(path, info, max_side) if info.samples == 1 and big else None
+    if streamed is not None:
+        return streamed
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:  # noqa: BLE001
@@ -494,6 +787,29 @@ def _raster_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
     return _finish(path, arr, invert=False, max_side=max_side)
 
 
+def colour_channels_differ(path: Path | str, tolerance: int = 3) -> bool:
+    """Whether a colour raster really has colour: a grey picture stored as RGB (common for
+    JPEG exports) has equal channels, up to `tolerance` for JPEG's rounding. JPEGs are
+    read at 1/8 size by the decoder (cheap at import); anything that cannot be checked
+    counts as colour (the warning is kept)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+            rgb = np.asarray(img.convert("RGB"))  # uint8; compared band by band
+    except Exception:  # noqa: BLE001 - unreadable here: reported when it is decoded
+        return True
+    limit = tolerance if getattr(img, "format", None) == "JPEG" else 0
+    for r0, r1 in _bands(rgb.shape, 2):
+        band = rgb[r0:r1].astype(np.int16)
+        if int(np.abs(band[..., 0] - band[..., 1]).max(initial=0)) > limit \
+                or int(np.abs(band[..., 1] - band[..., 2]).max(initial=0)) > limit:
+            return True
+    return False
+
+
 def _volume_info(path: Path) -> ImageInfo:
     import SimpleITK as sitk
 
@@ -506,16 +822,130 @@ def _volume_info(path: Path) -> ImageInfo:
     size = reader.GetSize()
     cols, rows = int(size[0]), int(size[1]) if len(size) > 1 else 1
     frames = int(size[2]) if len(size) > 2 else 1
-    _check_size(path, rows, cols, frames, reader.GetNumberOfComponents())
+    components = reader.GetNumberOfComponents()
+    _check_size(path, rows, cols, frames, components)
+    slices = int(np.prod([int(v) for v in size[2:]])) if len(size) > 2 else 1  # (z, t, ...): every voxel counts
+    whole = _volume_bytes(reader, rows, cols, slices, components)
+    if whole > MAX_DECODE_BYTES and _nifti_plan(path) is None:
+        raise UnreadableImage(path, f"volume too large to decode: {cols} x {rows} x {slices} voxels"
+                                    + (f" x {components} components" if components > 1 else "")
+                                    + f" would need about {_gib(whole)} (limit {_gib(MAX_DECODE_BYTES)} for one image)")
     spacing = reader.GetSpacing()
     return ImageInfo(format=_kind(path), rows=rows, cols=cols, frames=frames,
                      pixel_spacing=(float(spacing[1]), float(spacing[0])) if len(spacing) > 1 else None)
+
+
+def _voxel_bytes(reader: Any) -> int:
+    import SimpleITK as sitk
+
+    try:
+        return int(sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).itemsize)
+    except Exception:  # noqa: BLE001
+        return 8
+
+
+def _volume_bytes(reader: Any, rows: int, cols: int, frames: int, components: int) -> int:
+    """Bytes SimpleITK's whole-volume read holds at its peak: the volume, its numpy copy,
+    the central slice in float64 and the float32 result."""
+    voxels = rows * cols * frames * max(components, 1)
+    return 2 * voxels * _voxel_bytes(reader) + rows * cols * (8 + 4)
+
+
+_NIFTI_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
+                1280: "u8"}
+
+
+def _nifti_plan(path: Path) -> Optional[dict[str, Any]]:
+    """Where a single-file NIfTI-1 / NIfTI-2 image's central slice lies (offset, rows, cols,
+    dtype, scaling), from its header; None when it is no such file or has vector voxels."""
+    import gzip
+    import struct
+
+    if _suffix(path) not in (".nii", ".nii.gz"):
+        return None
+    try:
+        opener = gzip.open if _suffix(path) == ".nii.gz" else open
+        with opener(path, "rb") as fh:
+            head = fh.read(540)
+    except (OSError, EOFError, ValueError):
+        return None
+    if len(head) < 348:
+        return None
+    for end in "<>":
+        size = struct.unpack(end + "i", head[:4])[0]
+        if size == 348 and head[344:347] == b"n+1":
+            dims = struct.unpack(end + "8h", head[40:56])
+            code, = struct.unpack(end + "h", head[70:72])
+            offset = int(struct.unpack(end + "f", head[108:112])[0])
+            slope, inter = (float(v) for v in struct.unpack(end + "2f", head[112:120]))
+            break
+        if size == 540 and len(head) >= 540 and head[4:7] == b"n+2":
+            code, = struct.unpack(end + "h", head[12:14])
+            dims = struct.unpack(end + "8q", head[16:80])
+            offset, = struct.unpack(end + "q", head[168:176])
+            slope, inter = struct.unpack(end + "2d", head[176:192])
+            break
+    else:
+        return None
+    n = dims[0]
+    if code not in _NIFTI_TYPES or not 2 <= n <= 7 or any(d > 1 for d in dims[5:n + 1]) or offset < 0:
+        return None
+    cols, rows = int(dims[1]), int(dims[2])
+    nz = int(dims[3]) if n >= 3 else 1
+    nt = int(dims[4]) if n >= 4 else 1
+    if min(cols, rows, nz, nt) < 1:
+        return None
+    dtype = np.dtype(end + _NIFTI_TYPES[code])
+    # the central slice as the whole-volume decode takes it: [t, z, y, x] -> t // 2, z // 2
+    index = (nt // 2) * nz + nz // 2
+    scale = None if not np.isfinite(slope) or slope == 0 or (slope == 1 and inter == 0) else (slope, inter)
+    return {"offset": offset + index * rows * cols * dtype.itemsize, "rows": rows, "cols": cols, "dtype": dtype,
+            "scale": scale, "gzip": _suffix(path) == ".nii.gz"}
+
+
+def _nifti_stream(path: Path, max_side: Optional[int]) -> Optional[np.ndarray]:
+    """The central slice of a big NIfTI read band by band from the file (gzip inflated on
+    the fly); None: decoded whole by SimpleITK as before."""
+    import SimpleITK as sitk
+
+    plan = _nifti_plan(path)
+    if plan is None:
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = reader.GetSize()
+    frames = int(np.prod([int(v) for v in size[2:]])) if len(size) > 2 else 1
+    if _volume_bytes(reader, plan["rows"], plan["cols"], frames, reader.GetNumberOfComponents()) \
+            <= STREAM_DECODE_BYTES:
+        return None
+    dtype, cols, scale = plan["dtype"], plan["cols"], plan["scale"]
+
+    def decode(data: bytes, n: int) -> np.ndarray:
+        return np.frombuffer(data, dtype=dtype).reshape(n, cols)
+
+    def to_float(band: np.ndarray) -> np.ndarray:
+        values = band.astype(np.float64)
+        return values * scale[0] + scale[1] if scale else values
+
+    def open_rows() -> _Rows:
+        return _Rows(path, plan["offset"], plan["rows"], cols, cols * dtype.itemsize, decode, gzip_file=plan["gzip"])
+
+    try:
+        return _stream_finish(path, open_rows, to_float, invert=False, max_side=max_side)
+    except UnreadableImage:
+        raise
+    except (OSError, EOFError, ValueError) as exc:
+        raise UnreadableImage(path, f"volume cannot be decoded ({_short(exc)})") from None
 
 
 def _volume_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
     import SimpleITK as sitk
 
     _volume_info(path)
+    streamed = _nifti_stream(path, max_side)
+    if streamed is not None:
+        return streamed
     try:
         image = sitk.ReadImage(str(path))
         components = image.GetNumberOfComponentsPerPixel()

@@ -118,6 +118,30 @@ class Project:
         root = Path(root)
         return cls.open(root) if (root / PROJECT_FILE).exists() else cls.create(root)
 
+    def discard_if_never_imported(self, remove_folder: bool = False) -> None:
+        """Undo `create` when the first import failed (stopped by a question, bad labels):
+        a project that never had a catalog, runs or caches leaves no loff-project.json behind
+        (and no folder, when `remove_folder`: the import made it). Anything else is kept."""
+        if self.has_catalog():
+            return
+        known = {PROJECT_FILE, ".lock", ".lock-readers"}
+        try:
+            names = {p.name for p in self.root.iterdir()}
+        except OSError:
+            return
+        if names - known:
+            return  # something else is there (caches, runs, a user's file): not a project only just made
+        for name in names:
+            try:
+                (self.root / name).unlink()
+            except OSError:
+                return
+        if remove_folder:
+            try:
+                self.root.rmdir()
+            except OSError:
+                pass
+
     _held_revision: Optional[int] = None  # the revision on disk when this process took the lock
 
     def save(self) -> None:
@@ -519,6 +543,15 @@ class Project:
         from .steps import _explain
 
         return _explain(self, run_id, image_ids, **options)
+
+    def check_run_classes(self, run: RunInfo) -> None:
+        """A run trained on other classes than the catalog's (re-imported since) cannot be
+        scored or calibrated against these labels: refused (evaluate, calibrate)."""
+        catalog_classes = list(self.catalog().classes)
+        if list(run.record["classes"]) != catalog_classes:
+            raise ProjectError(f"{run.path / 'run.json'}: run {run.run_id} was trained on the classes "
+                               f"{', '.join(run.record['classes'])} but the catalog has {', '.join(catalog_classes)}; "
+                               f"its outputs cannot be scored against these labels; train again")
 
     @staticmethod
     def check_cache_fits(run: RunInfo, cache: Any) -> None:

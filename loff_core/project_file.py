@@ -4,6 +4,7 @@ input too) and how older schemas are migrated. `loff_core.project` re-exports th
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -65,9 +66,13 @@ class ProjectSettings:
 def _read_settings(path: Path) -> ProjectSettings:
     """The project file, every field checked: a project from someone else is input too."""
     data = trust.load_json(path, what="project file")
-    version = data.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool):
+    if "schema_version" not in data:
         raise ProjectError(f"{path}: project file has no schema_version")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ProjectError(f"{path}: project file's schema_version must be a whole number from 1 to "
+                           f"{SCHEMA_VERSION}, not {json.dumps(version)} ({type(version).__name__}); "
+                           f"restore the project file")
     if version > SCHEMA_VERSION:
         raise ProjectError(
             f"{path}: project was written by a newer LOFF Studio (schema {version}, this one reads {SCHEMA_VERSION})"

@@ -189,7 +189,7 @@ def _score_labelled(out: dict[str, Any], files: list[Path], labels: Optional[Pat
     """When the files come with labels (a labels CSV, or class sub-folders below a folder
     given), set each prediction's `label`; returns (labelled, n, the metrics `evaluate`
     reports or None)."""
-    from .metrics import evaluate_predictions
+    from .metrics import evaluate_decisions
 
     classes = out["classes"]
     table: dict[str, str] = _labels_from_csv(labels, label_column, file_column) if labels else {}
@@ -211,8 +211,11 @@ def _score_labelled(out: dict[str, Any], files: list[Path], labels: Optional[Pat
         return 0, None, None
     y = [classes.index(r["label"]) for r in rows]
     probs = np.array([r["probabilities"] for r in rows], dtype=np.float64)
-    evaluation = evaluate_predictions(y, probs, classes, out["task"], n_bootstrap=n_bootstrap)
-    return len(rows), len(rows), {k: evaluation[k] for k in EVALUATION_KEYS}
+    # the decision of the rows themselves (the head's operating point), scored as evaluate scores
+    _, evaluation = evaluate_decisions(y, probs, classes, out["task"], out.get("operating_point"),
+                                       n_bootstrap=n_bootstrap, predicted=[classes.index(r["predicted"]) for r in rows])
+    return len(rows), len(rows), {**{k: evaluation[k] for k in EVALUATION_KEYS},
+                                  "operating_point": out.get("operating_point")}
 
 
 def _labels_from_csv(labels: Path, label_column: str, file_column: Optional[str]) -> dict[str, str]:
@@ -297,6 +300,11 @@ def _import_images(
                                            fractions=project.settings.split_fractions,
                                            on_patient_overlap=on_patient_overlap)
     warnings = list(catalog.warnings)
+    from .catalog import identical_across_splits
+
+    copies = identical_across_splits(images_dir, entries)
+    if copies:
+        warnings.append(copies)
     overlap = split_source.get("patient_overlap")
     if overlap:
         warnings.append(f"the given split put {overlap['patients']} patients ({overlap['images']} images) on two "
@@ -479,15 +487,11 @@ def _evaluate(project: Any, run_id: Optional[str] = None, split: str = "test", *
               n_bootstrap: int = EvaluateSettings.bootstrap, save: bool = True,
               progress: Progress = Progress()) -> dict[str, Any]:
     """Metrics and per-image predictions of a run on one split; saved with the run."""
-    from .metrics import evaluate_predictions, small_split_warning
+    from .metrics import evaluate_decisions, small_split_warning
     from .training import predict_probabilities
 
     run = project.run(run_id)
-    catalog_classes = list(project.catalog().classes)
-    if list(run.record["classes"]) != catalog_classes:
-        raise ProjectError(f"{run.path / 'run.json'}: run {run.run_id} was trained on the classes "
-                           f"{', '.join(run.record['classes'])} but the catalog has {', '.join(catalog_classes)}; "
-                           f"its outputs cannot be scored against these labels; train again")
+    project.check_run_classes(run)
     cache = project.open_cache(run.record["cache_fingerprint"])
     project.check_cache_fits(run, cache)
     ids, y, entries = project.labelled_split(split, cache)
@@ -500,13 +504,12 @@ def _evaluate(project: Any, run_id: Optional[str] = None, split: str = "test", *
     progress.report(len(ids), len(ids), f"{n_bootstrap} bootstrap resamples for the 95% intervals")
     classes = run.record["classes"]
     task = run.record["task"]
-    from .calibration import adjust, decide
+    from .calibration import adjust
 
     op = run.record.get("operating_point")
     probs = adjust(probs, op)  # the run's calibration / prevalence, then its threshold
-    predicted = decide(probs, task, op)
-    evaluation = evaluate_predictions(y, probs, classes, task, n_bootstrap=n_bootstrap, seed=project.settings.seed,
-                                      predicted=predicted)
+    predicted, evaluation = evaluate_decisions(y, probs, classes, task, op, n_bootstrap=n_bootstrap,
+                                               seed=project.settings.seed)
     images = project.images_root()
     predictions = [
         {

@@ -289,6 +289,22 @@ def project_pool(project: Any, cache: Any) -> tuple[Pool, list[str]]:
     return Pool([e.image_id for e in entries], y, np.asarray([e.patient_key for e in entries])), list(catalog.classes)
 
 
+def check_every_class_twice(pool: Pool, classes: Sequence[str], where: Any) -> None:
+    """Cross-validation scores each class on held-out patients after training on others: a
+    class with fewer than two patients in train + val is trained on or scored, never both
+    (its fold scores would be 0.5 +- 0.5, noise): refused with the counts."""
+    short = []
+    for i, name in enumerate(classes):
+        mask = pool.y == i
+        patients = len(np.unique(pool.groups[mask]))
+        if patients < 2:
+            short.append(f"{name} ({int(mask.sum())} images, {patients} patients)")
+    if short:
+        raise TrainingError(f"{where}: cross-validation needs at least two patients of every class in train + val; "
+                            f"too few: {', '.join(short)}; import more images of that class or leave it out "
+                            f"(--classes)")
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -368,6 +384,7 @@ def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
     task = config.task if config != LOGREG else project.settings.task
     if config != LOGREG and config.task == "ordinal" and len(classes) < 3:
         raise TrainingError("the ordinal task needs at least three ordered levels")
+    check_every_class_twice(pool, classes, project.root)
     started = _now()
     result = run_folds(cache, pool, classes, task, config, folds=folds, seed=seed, progress=progress)
     if result["completed"] == 0:

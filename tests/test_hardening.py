@@ -298,6 +298,8 @@ def test_tampered_or_foreign_heads_are_refused_with_the_reason(exported, tmp_pat
     (evil / "head.safetensors").write_bytes(payload)
     card = json.loads((evil / "card.json").read_text())
     card["files"]["head_sha256"] = hashlib.sha256(payload).hexdigest()
+    from loff_core.export import card_seal
+    card["files"]["card_sha256"] = card_seal(card)  # a forger re-seals the card
     (evil / "card.json").write_text(json.dumps(card))
     with pytest.raises(ExportError, match="cannot read head weights"):
         load_exported_head(evil)
@@ -341,6 +343,8 @@ def test_a_tampered_card_is_refused_with_a_one_line_reason(exported, tmp_path, c
     card = json.loads((bad / "card.json").read_text())
     for section, values in edits.items():
         card[section].update(values)
+    from loff_core.export import card_seal
+    card["files"]["card_sha256"] = card_seal(card)  # a forger re-seals: the checks behind the seal still hold
     (bad / "card.json").write_text(json.dumps(card))
     img = next((exported / "img").rglob("*.dcm"))
     capsys.readouterr()

@@ -242,6 +242,8 @@ def test_a_cards_weights_file_is_never_opened(trained, tmp_path, monkeypatch):
     card = json.loads((head / "card.json").read_text())
     card["backbone"]["weights_file"] = str(planted)
     card["backbone"]["random_init"] = False
+    from loff_core.export import card_seal
+    card["files"]["card_sha256"] = card_seal(card)  # a forger re-seals the card
     (head / "card.json").write_text(json.dumps(card))
     opened = []
     real = backbones.read_weights_file
@@ -342,6 +344,8 @@ def test_nan_or_integer_head_weights_are_refused(trained, tmp_path):
         save_file(state, str(head / "head.safetensors"))
         card = json.loads((head / "card.json").read_text())
         card["files"]["head_sha256"] = hashlib.sha256((head / "head.safetensors").read_bytes()).hexdigest()
+        from loff_core.export import card_seal
+        card["files"]["card_sha256"] = card_seal(card)  # a forger re-seals the card
         (head / "card.json").write_text(json.dumps(card))
         with pytest.raises(ExportError, match=what):
             load_exported_head(head)
