@@ -41,6 +41,7 @@ def _sha(path: Path) -> str:
 
 
 # -- 2. killing never corrupts -----------------------------------------------------------
+@pytest.mark.slow
 def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, capsys):
     labels = write_synthetic_dataset(tmp_path / "img", n_patients=30, size=(64, 52), seed=4)
     project = tmp_path / "p"
@@ -103,6 +104,7 @@ def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, c
     assert not list((project / "caches").glob("*.parts")) and not list((project / "caches").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_the_lock_dies_with_a_killed_extract_not_with_its_decode_workers(tmp_path, capsys):
     """Decode workers are forked while the project lock is held; they drop their copy, so a
     SIGKILLed `loff extract` frees the project at once (its orphaned workers linger for
@@ -124,6 +126,7 @@ def test_the_lock_dies_with_a_killed_extract_not_with_its_decode_workers(tmp_pat
         pass
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_keeps_the_previous_head_and_project(tmp_path, capsys):
     labels = write_synthetic_dataset(tmp_path / "img", n_patients=16, size=(64, 52), seed=4)
     project = tmp_path / "p"
@@ -165,6 +168,7 @@ def _plant_sentinels(folder: Path) -> None:
         ds.save_as(path)
 
 
+@pytest.mark.slow
 def test_patient_identifiers_never_leave_the_project(tmp_path):
     labels = write_synthetic_dataset(tmp_path / "img", n_patients=12, size=(64, 52), seed=6)
     _plant_sentinels(tmp_path / "img")
@@ -362,6 +366,7 @@ def _other_weights(tmp_path: Path) -> Path:
 
 
 # -- 6. scale ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_twenty_thousand_image_import_stays_bounded(tmp_path):
     """20,000 small PNGs: import finishes with peak memory well under a bound (measured in
     a fresh process, so other tests do not count)."""
