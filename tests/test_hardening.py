@@ -136,8 +136,17 @@ def test_sigkill_during_training_keeps_the_previous_head_and_project(tmp_path, c
     run_dir = project / "runs" / first
     before = {f.name: _sha(f) for f in run_dir.iterdir()}
     settings = _sha(project / "loff-project.json")
-    proc = _loff("train", project, "--head", "vit", "--epochs", "100000", "--patience", "100000")
-    time.sleep(8)  # well into training
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "loff_core.cli", "train", str(project), "--head", "vit",
+                             "--epochs", "100000", "--patience", "100000"],  # not --quiet: its first line
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # well into training: stderr (not a terminal) gets its first line ("train: 1/100000 epoch
+    # 1/100000 loss ...") when the first epoch is done. A fixed sleep of 8 s waited longer than
+    # needed and, on a busy machine, could land before training had started.
+    lines = [proc.stderr.readline()]
+    while lines[-1] and b"/100000 loss" not in lines[-1]:  # past any warning printed before
+        lines.append(proc.stderr.readline())
+    assert lines[-1], f"training ended before its first epoch: {b''.join(lines)[-2000:]!r}"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stderr.close()
