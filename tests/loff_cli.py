@@ -115,8 +115,19 @@ TINY = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "
 
 
 def trained_demo_project(root) -> object:
-    """The synthetic demo (10 patients) imported, extracted with TINY and trained for one epoch."""
+    """The synthetic demo (10 patients) imported, extracted with TINY and trained for one epoch.
+    Tests take it from the session fixture `trained_demo` (tests/conftest.py: built once per
+    test run) and work on a `copy_project` of it."""
     assert main(["demo", str(root), "--patients", "10", "--quiet", "--json"]) == 0
     assert main(["extract", str(root), *TINY, "--quiet", "--json"]) == 0
     assert main(["train", str(root), "--epochs", "1", "--quiet", "--json"]) == 0
     return root
+
+
+def copy_project(src, dst):
+    """A copy of project SRC at DST (its images too when they live inside it, as the demo's
+    do); the lock file stays behind. A copy takes milliseconds where building takes seconds."""
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst

@@ -88,6 +88,7 @@ def _extract(qtbot, w):
     qtbot.waitUntil(lambda: w.state.project.settings.active_cache is not None, timeout=LONG)
 
 
+@pytest.mark.slow
 def test_whole_story_through_the_window(qtbot, window, images, tmp_path):
     w = window
     _new_project(w, tmp_path / "project")

@@ -16,6 +16,7 @@ from test_app_window import _train  # noqa: E402
 pytestmark = pytest.mark.gui
 
 
+@pytest.mark.slow
 def test_overlay_of_a_run_never_evaluated_is_computed_on_demand(qtbot, window, images, tmp_path):
     w = window
     _new_project(w, tmp_path / "p")

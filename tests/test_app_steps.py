@@ -14,15 +14,16 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from test_app import LONG, _wait_idle, qtbot_button, window  # noqa: E402,F401
 
-from loff_cli import trained_demo_project  # noqa: E402
+from loff_cli import copy_project  # noqa: E402
 from loff_core.project import Project  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_demo_project(tmp_path_factory.mktemp("results") / "p")
+def trained(trained_demo, tmp_path_factory):
+    """This file's own copy of the session's trained demo project (tests here write to it)."""
+    return copy_project(trained_demo, tmp_path_factory.mktemp("results") / "p")
 
 
 def test_results_page_shows_real_progress_and_stop_cancels(qtbot, window, trained, monkeypatch):

@@ -30,6 +30,7 @@ def _open(w, path):
     w.state.set_project(Project.open(path))
 
 
+@pytest.mark.slow
 def test_cross_validate_and_find_the_best_head_in_the_window(qtbot, window, tmp_path, capsys):
     path = binary_png_project(tmp_path, capsys)
     w = window

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 
 def test_about_lists_the_licence_of_every_backbone_offered():
     from app.about import about_html
@@ -50,6 +52,7 @@ def test_a_project_with_nothing_remembered_gets_the_defaults_not_the_previous_pr
     w.state.runner.shutdown()
 
 
+@pytest.mark.slow
 def test_a_stopped_extraction_is_partial_and_not_offered_to_train(qtbot, tmp_path):
     """Walk: Stop during the demo's extraction merged 64 of 120 images into the cache and
     removed its batches folder; the Cache page said "active" (not PARTIAL) and Train was

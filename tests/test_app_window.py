@@ -35,6 +35,7 @@ def _train(qtbot, w, epochs=2):
     qtbot.waitUntil(lambda: page.runs.rowCount() == n + 1, timeout=LONG)
 
 
+@pytest.mark.slow
 def test_one_project_at_a_time_on_every_page(qtbot, window, images, tmp_path):
     """Project A: import, extract, train, evaluate, view, export, predict. Project B opened:
     no page shows A's path, image, run, threshold or head; a head of A that differs from B

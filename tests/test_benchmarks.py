@@ -31,6 +31,7 @@ def _has_table(out: str, first_header: str) -> bool:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_loff_vs_finetune_smoke(tmp_path: Path) -> None:
     out = _run("loff_vs_finetune.py", "--smoke", "--json", str(tmp_path / "r.json"))
     assert _has_table(out, "backbone")
@@ -40,6 +41,7 @@ def test_loff_vs_finetune_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_extraction_smoke() -> None:
     out = _run("extraction.py", "--smoke")
     assert _has_table(out, "backbone")
@@ -47,6 +49,7 @@ def test_extraction_smoke() -> None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_cache_reads_smoke() -> None:
     out = _run("cache_reads.py", "--smoke")
     assert _has_table(out, "features")
@@ -54,6 +57,7 @@ def test_cache_reads_smoke() -> None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_accuracy_minimias_smoke(tmp_path: Path) -> None:
     out = _run("accuracy_minimias.py", "--smoke", "--cache-dir", str(tmp_path / "caches"))
     assert out.startswith("skipped: data absent") or _has_table(out, "features")
@@ -65,6 +69,7 @@ def test_accuracy_minimias_skips_without_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_scale_smoke() -> None:
     out = _run("scale.py", "--smoke")
     assert _has_table(out, "N images")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from loff_core.cli import main
 from loff_core.project import Project
@@ -18,6 +19,7 @@ TINY = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "
         "--batch-size", "4", "--workers", "0"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_make_one_identical_cache(tmp_path, capsys):
     labels = write_synthetic_dataset(tmp_path / "img", n_patients=9, size=(64, 52), seed=2)
     for name in ("single", "multi"):

@@ -41,6 +41,7 @@ def _sha(path: Path) -> str:
 
 
 # -- 2. killing never corrupts -----------------------------------------------------------
+@pytest.mark.slow
 def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, capsys):
     labels = write_synthetic_dataset(tmp_path / "img", n_patients=30, size=(64, 52), seed=4)
     project = tmp_path / "p"
@@ -103,6 +104,7 @@ def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, c
     assert not list((project / "caches").glob("*.parts")) and not list((project / "caches").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_the_lock_dies_with_a_killed_extract_not_with_its_decode_workers(tmp_path, capsys):
     """Decode workers are forked while the project lock is held; they drop their copy, so a
     SIGKILLed `loff extract` frees the project at once (its orphaned workers linger for
@@ -124,6 +126,7 @@ def test_the_lock_dies_with_a_killed_extract_not_with_its_decode_workers(tmp_pat
         pass
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_keeps_the_previous_head_and_project(tmp_path, capsys):
     labels = write_synthetic_dataset(tmp_path / "img", n_patients=16, size=(64, 52), seed=4)
     project = tmp_path / "p"
@@ -133,8 +136,17 @@ def test_sigkill_during_training_keeps_the_previous_head_and_project(tmp_path, c
     run_dir = project / "runs" / first
     before = {f.name: _sha(f) for f in run_dir.iterdir()}
     settings = _sha(project / "loff-project.json")
-    proc = _loff("train", project, "--head", "vit", "--epochs", "100000", "--patience", "100000")
-    time.sleep(8)  # well into training
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "loff_core.cli", "train", str(project), "--head", "vit",
+                             "--epochs", "100000", "--patience", "100000"],  # not --quiet: its first line
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # well into training: stderr (not a terminal) gets its first line ("train: 1/100000 epoch
+    # 1/100000 loss ...") when the first epoch is done. A fixed sleep of 8 s waited longer than
+    # needed and, on a busy machine, could land before training had started.
+    lines = [proc.stderr.readline()]
+    while lines[-1] and b"/100000 loss" not in lines[-1]:  # past any warning printed before
+        lines.append(proc.stderr.readline())
+    assert lines[-1], f"training ended before its first epoch: {b''.join(lines)[-2000:]!r}"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stderr.close()
@@ -165,6 +177,7 @@ def _plant_sentinels(folder: Path) -> None:
         ds.save_as(path)
 
 
+@pytest.mark.slow
 def test_patient_identifiers_never_leave_the_project(tmp_path):
     labels = write_synthetic_dataset(tmp_path / "img", n_patients=12, size=(64, 52), seed=6)
     _plant_sentinels(tmp_path / "img")
@@ -366,6 +379,7 @@ def _other_weights(tmp_path: Path) -> Path:
 
 
 # -- 6. scale ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_twenty_thousand_image_import_stays_bounded(tmp_path):
     """20,000 small PNGs: import finishes with peak memory well under a bound (measured in
     a fresh process, so other tests do not count)."""

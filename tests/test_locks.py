@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from loff_cli import loff_json, trained_demo_project
+from loff_cli import copy_project, loff_json
 
 from loff_core.cli import main
 from loff_core.errors import ProjectError
@@ -21,8 +21,9 @@ from loff_core.project import Project
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_demo_project(tmp_path_factory.mktemp("locks") / "p")
+def trained(trained_demo, tmp_path_factory):
+    """This file's own copy of the session's trained demo project (tests here write to it)."""
+    return copy_project(trained_demo, tmp_path_factory.mktemp("locks") / "p")
 
 
 def _hold_writer_lock(root: str, ready, release) -> None:

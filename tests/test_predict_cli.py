@@ -8,20 +8,16 @@ import shutil
 import numpy as np
 import pytest
 
-from loff_cli import loff_json
+from loff_cli import copy_project, loff_json
 from loff_core.cli import main
 from loff_core.metrics import evaluate_predictions
 
-TINY = ["--random-init", "--image-size", "32", "--workers", "0"]
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(trained_demo, tmp_path_factory):
+    """A copy of the session's trained demo project, and its run exported."""
     root = tmp_path_factory.mktemp("predict")
-    project = root / "demo"
-    assert main(["demo", str(project), "--patients", "6", "--quiet"]) == 0
-    assert main(["extract", str(project), *TINY, "--quiet"]) == 0
-    assert main(["train", str(project), "--epochs", "2", "--quiet"]) == 0
+    project = copy_project(trained_demo, root / "demo")
     assert main(["export", str(project), str(root / "head"), "--quiet"]) == 0
     return root, project
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from loff_cli import trained_demo_project
+from loff_cli import copy_project
 from loff_core.progress import Cancelled, Progress
 from loff_core import steps
 from loff_core.project import Project
@@ -17,8 +17,9 @@ from loff_core.project import Project
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_demo_project(tmp_path_factory.mktemp("steps") / "p")
+def trained(trained_demo, tmp_path_factory):
+    """This file's own copy of the session's trained demo project (tests here write to it)."""
+    return copy_project(trained_demo, tmp_path_factory.mktemp("steps") / "p")
 
 
 def test_evaluate_reports_progress_over_its_images(trained):

@@ -46,6 +46,7 @@ def _binary_labels(labels: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_classification_story(dicom_folder, tmp_path, capsys):
     images, level_csv = dicom_folder
     labels = _binary_labels(level_csv, tmp_path / "dense.csv")
@@ -93,6 +94,7 @@ def test_classification_story(dicom_folder, tmp_path, capsys):
     assert agree == len(test_files)
 
 
+@pytest.mark.slow
 def test_ordinal_story(dicom_folder, tmp_path, capsys):
     images, level_csv = dicom_folder
     project = tmp_path / "project"
