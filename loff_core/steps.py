@@ -5,10 +5,10 @@
 Each public step takes the project's lock itself (the writer lock for what changes the
 project: import, extract, train, cross-validate, tune; the shared reader lock for what only
 reads it: evaluate, explain, export, predict; see loff_core/locks.py), reports progress and
-checks for cancel between batches. The CLI (`loff_core/cli.py`) and the app's pages call
+checks for cancel between batches. The CLI (`loff_core/cli/`) and the app's pages call
 these and nothing below them, so both front ends do the same thing:
 
-    cli.py / app pages ──> steps.py ──> project.py (files, settings, locks, run storage)
+    cli/ / app pages ──> steps.py   ──> project.py (files, settings, locks, run storage)
                                     ├─> catalog.py, cache.py, backbones.py, training.py,
                                     │   metrics.py, calibration.py, validation.py, export.py
                                     └─> results.py (the records), predictions.py (CSV, heat)

@@ -8,7 +8,8 @@ from dataclasses import asdict
 import pytest
 from PIL import Image
 
-from loff_core.cli import AUGMENT_HELP, _augment_from_args, main
+from loff_core.cli import main
+from loff_core.cli.train import AUGMENT_HELP, _augment_from_args
 from loff_core.errors import TrainingError
 
 
@@ -109,7 +110,7 @@ def test_every_command_prints_a_human_summary_unless_json(tmp_path, capsys):
 
 def test_a_log_shows_each_progress_state_once(capsys):
     """Without a terminal, progress is plain lines; the last state is not printed twice."""
-    from loff_core.cli import TerminalProgress
+    from loff_core.cli.terminal import TerminalProgress
 
     terminal = TerminalProgress("export")
     terminal._tty = False

@@ -9,8 +9,8 @@ from typing import Any
 
 
 def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
-    from .backbones import resolve_device
-    from .weights import default_backbone, list_backbones, weights_dir
+    from ..backbones import resolve_device
+    from ..weights import default_backbone, list_backbones, weights_dir
 
     try:
         gpu = resolve_device("auto").type == "cuda"
@@ -35,14 +35,14 @@ def _describe_list(out: dict[str, Any]) -> str:
 def cmd_get(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from .cli import _run_with_progress
-    from .hub import describe_get, get_weights
+    from .terminal import run_with_progress
+    from ..hub import describe_get, get_weights
 
     info = describe_get(args.name)
     resume = f", resuming after {info['partial_mb']:g} MB already here" if info["partial_mb"] else ""
     print(f"loff weights get: {info['name']}: {info['size_mb']:g} MB, licence {info['licence']}, from {info['source']}"
           f"{resume}", file=sys.stderr)
-    result = _run_with_progress(f"get {args.name}", args.quiet, lambda p: get_weights(args.name, p))
+    result = run_with_progress(f"get {args.name}", args.quiet, lambda p: get_weights(args.name, p))
     out = asdict(result)
     out["path"] = str(result.path)
     out["licence"] = info["licence"]
@@ -58,7 +58,7 @@ def _describe_get(out: dict[str, Any]) -> str:
 
 
 def cmd_add(args: argparse.Namespace) -> dict[str, Any]:
-    from .weights import add_weights
+    from ..weights import add_weights
 
     model_args: dict[str, Any] = {}
     if args.heads:
@@ -74,7 +74,7 @@ def cmd_add(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _triple(text: Any, option: str) -> Any:
-    from .errors import BackboneError
+    from ..errors import BackboneError
 
     if not text:
         return None
@@ -95,7 +95,7 @@ def _describe_add(out: dict[str, Any]) -> str:
 
 
 def cmd_remove(args: argparse.Namespace) -> dict[str, Any]:
-    from .weights import remove_weights
+    from ..weights import remove_weights
 
     return remove_weights(args.name)
 
