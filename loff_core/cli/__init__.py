@@ -20,6 +20,7 @@ from typing import Any, Optional
 from ..errors import LoffError, explain_file_error, one_line
 from ..progress import Cancelled
 from . import extract, predict, project, train, validate, weights
+from .remedies import terminal_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +97,7 @@ def _main(args: argparse.Namespace) -> int:
         if hasattr(out, "to_json"):  # a step's typed record (loff_core.results)
             out = out.to_json() if args.json else out.to_dict()
     except LoffError as exc:
-        print(f"loff {args.command}: {one_line(str(exc))}", file=sys.stderr)
+        print(f"loff {args.command}: {one_line(terminal_text(exc))}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - only file-system errors are turned into a reason
         reason = file_error_reason(exc, _written_location(args))
