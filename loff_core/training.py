@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import AugmentConfig, TensorAugment
-from .backbones import resolve_device
+from .models import resolve_device
 from .errors import Remedy, TrainingError, is_out_of_memory
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress

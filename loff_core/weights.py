@@ -221,7 +221,7 @@ def add_weights(source: Path | str, name: Optional[str] = None, *, licence: str 
     import torch
     from safetensors.torch import save_file
 
-    from .backbones import create_model
+    from .models import create_model
     from .convert import IMAGENET_MEAN, IMAGENET_STD, check_fits, convert_checkpoint
 
     source = Path(source)

@@ -233,7 +233,7 @@ def test_active_cache_and_run_fingerprints_are_names_not_paths(trained, tmp_path
 
 def test_a_cards_weights_file_is_never_opened(trained, tmp_path, monkeypatch):
     """Old: predict loaded whatever file the card's backbone.weights_file named."""
-    import loff_core.backbones as backbones
+    import loff_core.models as models
     from loff_core import export as export_mod
 
     _, head = _copy(trained, tmp_path)
@@ -244,8 +244,8 @@ def test_a_cards_weights_file_is_never_opened(trained, tmp_path, monkeypatch):
     card["backbone"]["random_init"] = False
     (head / "card.json").write_text(json.dumps(card))
     opened = []
-    real = backbones.read_weights_file
-    monkeypatch.setattr(backbones, "read_weights_file", lambda p: opened.append(str(p)) or real(p))
+    real = models.read_weights_file
+    monkeypatch.setattr(models, "read_weights_file", lambda p: opened.append(str(p)) or real(p))
     Image.fromarray(np.full((20, 20), 9, np.uint8)).save(tmp_path / "x.png")
     with pytest.raises(Exception):
         export_mod.predict_files(head, [tmp_path / "x.png"], device="cpu")

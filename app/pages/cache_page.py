@@ -116,7 +116,7 @@ class CachePage(QWidget):
 
     def _find_devices(self) -> None:
         """Listing GPUs imports torch: done in a light job, not here."""
-        from loff_core.backbones import list_devices
+        from loff_core.models import list_devices
 
         from ..workers import start_light, wire
 

@@ -9,7 +9,7 @@ from typing import Any
 
 
 def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
-    from ..backbones import resolve_device
+    from ..models import resolve_device
     from ..weights import default_backbone, list_backbones, weights_dir
 
     try:
