@@ -196,11 +196,12 @@ def _evaluate_if_needed(project: Any, run: Any) -> None:
     """A card carries the run's validation and test metrics: splits never evaluated are
     evaluated now (an empty split is left out)."""
     from .errors import ProjectError
+    from .evaluation import evaluate_run
 
     for split in ("val", "test"):
         if not (run.path / f"eval-{split}.json").exists():
             try:
-                project.evaluate(run.run_id, split)
+                evaluate_run(project, run.run_id, split)
             except ProjectError:
                 pass  # e.g. no labelled images with features in that split
 

@@ -562,7 +562,9 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
         calibrate_run(project, run.run_id)
     test: Optional[dict[str, Any]] = None
     try:
-        evaluation = project.evaluate(run.run_id, "test", n_bootstrap=EvaluateSettings().bootstrap)
+        from .evaluation import evaluate_run
+
+        evaluation = evaluate_run(project, run.run_id, "test", n_bootstrap=EvaluateSettings().bootstrap)
         test = {"metrics": evaluation["metrics"], "ci": evaluation["ci"], "n": evaluation["n"]}
     except Exception as exc:  # noqa: BLE001 - no test split: the run stands, test stays empty
         from .errors import LoffError

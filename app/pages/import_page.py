@@ -385,7 +385,7 @@ class ImportPage(QWidget):
             f"{s.imported} images from {self.folder.text().strip() or 'a folder that moved'}"
             + (f"; labels: {Path(labels).name}, column {self.label_column.currentText()}" if labels else "")
             + f"; task {project.settings.task}")
-        for f in s.failures:
+        for f in s.failed:
             self.problems.addItem(f"{f['path']}: {f['reason']}")
         for w in s.warnings:
             self.problems.addItem(f"warning: {w}")

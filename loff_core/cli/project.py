@@ -105,7 +105,7 @@ def _info(project: Any) -> dict[str, Any]:
                            "synthetic": project.settings.synthetic}
     if project.has_catalog():
         s = project.import_summary()
-        out |= {"images": s.imported, "labelled": s.labelled, "splits": s.splits, "failed": len(s.failures),
+        out |= {"images": s.imported, "labelled": s.labelled, "splits": s.splits, "failed": len(s.failed),
                 "split_source": project.settings.split_source}
     out["caches"] = [str(p.relative_to(project.root)) for p in project.cache_paths()]
     out["active_cache"] = project.settings.active_cache
