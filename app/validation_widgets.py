@@ -104,8 +104,8 @@ class ValidationPanel(QGroupBox):
     def cv_config(self) -> Any:
         from dataclasses import replace
 
-        from loff_core.augment import AugmentConfig
-        from loff_core.training import TrainConfig
+        from loff_core.settings import AugmentConfig
+        from loff_core.settings import TrainConfig
 
         chosen = self.settings()
         augment = AugmentConfig.off() if chosen.get("augment") is None else replace(AugmentConfig(),

@@ -365,9 +365,3 @@ def load_backbone(spec: BackboneSpec, device: str = "auto") -> FrozenBackbone:
     std = found.std or tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     image_size = spec.image_size or default_size
     return FrozenBackbone(spec, model, dev, image_size, mean, std, source)
-
-
-def count_parameters(backbone: FrozenBackbone) -> int:
-    return sum(p.numel() for p in backbone.model.parameters())
-
-

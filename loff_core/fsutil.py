@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 
 @contextmanager
@@ -152,3 +153,16 @@ def relative_or_none(path: Path, start: Path) -> Optional[str]:
         return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
     except ValueError:  # another drive on Windows
         return None
+
+
+def sha256_file(path: Path | str, report: Optional[Callable[[int, int], None]] = None) -> str:
+    """The SHA-256 of a file as hex, read 1 MiB at a time; `report(done, total)` after each block."""
+    digest = hashlib.sha256()
+    total, done = os.stat(path).st_size if report else 0, 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            if report is not None:
+                done += len(block)
+                report(done, total)
+    return digest.hexdigest()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .errors import BackboneError, Remedy
+from .fsutil import sha256_file
 from .progress import Cancelled, Progress
 
 CHUNK = 1 << 20
@@ -220,7 +221,8 @@ def _download(repo: str, filename: str, revision: str, progress: Progress, name:
     if size is not None and part.stat().st_size < size:
         raise BackboneError(f"{repo}/{filename}: the download stopped at {part.stat().st_size} of {size} bytes; "
                             f"the partial file is kept: Get again resumes")
-    digest = _sha256(part, progress) if len(sha) == 64 else _git_blob_sha1(part)
+    digest = sha256_file(part, lambda done, total: progress.report(done, total, "checking SHA-256")) \
+        if len(sha) == 64 else _git_blob_sha1(part)
     if digest != sha or (size is not None and part.stat().st_size != size):
         part.unlink()
         raise BackboneError(f"{repo}/{filename}: the downloaded file is corrupt (checksum {digest[:16]}... but the Hub "
@@ -233,17 +235,6 @@ def _download(repo: str, filename: str, revision: str, progress: Progress, name:
 def _git_blob_sha1(path: Path) -> str:
     digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
     digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def _sha256(path: Path, progress: Progress) -> str:
-    digest = hashlib.sha256()
-    total, done = path.stat().st_size, 0
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-            done += len(block)
-            progress.report(done, total, "checking SHA-256")
     return digest.hexdigest()
 
 

@@ -7,7 +7,7 @@ project when possible, with the absolute path as a fallback), never copied.
 `Project` keeps what a project is: its files, its settings (`project_file.py`), its locks
 (the writer lock here, the readers' commit lock in `locks.py`) and its runs. What the steps
 do (import, extract, train, evaluate, explain) is in `steps.py`; how an import splits the
-images is in `splits.py`. The old names are re-exported here.
+images is in `splits.py`.
 """
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ from typing import Any, Callable, Iterator, Optional
 
 from .catalog import Catalog, CatalogEntry
 from .errors import CacheError, ProjectError, Remedy
-from .fsutil import HELD_LOCK_FDS, atomic_write_json, relative_or_none, utc_now
+from .fsutil import HELD_LOCK_FDS, atomic_write_json, relative_or_none, sha256_file, utc_now
 from . import trust
-from .project_file import PROJECT_FILE, TASKS, ProjectSettings, _read_settings
+from .project_file import PROJECT_FILE, ProjectSettings, _read_settings
 from .results import ImportResult
+from .settings import TASKS
 
 
 @dataclass(frozen=True)
@@ -354,7 +355,7 @@ class Project:
         return sorted(self.caches_dir.glob("*.h5")) if self.caches_dir.is_dir() else []
 
     def open_cache(self, fingerprint: Optional[str] = None) -> Any:
-        from .cache import FeatureCache
+        from .cache_reader import FeatureCache
 
         fingerprint = fingerprint or self.settings.active_cache
         if fingerprint is None:
@@ -392,7 +393,7 @@ class Project:
         staging.mkdir()
         try:
             save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staging / "head.safetensors"))
-            record = {**record, "checksum": trust.run_checksum(record, trust.sha256_file(staging / "head.safetensors"))}
+            record = {**record, "checksum": trust.run_checksum(record, sha256_file(staging / "head.safetensors"))}
             atomic_write_json(staging / "run.json", record)
             with self.committing():
                 os.replace(staging, self.runs_dir / run_id)
@@ -462,7 +463,7 @@ class Project:
         if not run.head_path.is_file():
             raise ProjectError(f"{run.head_path}: the run's head file is missing")
         checksum = run.record.get("checksum")
-        if checksum is not None and checksum != trust.run_checksum(run.record, trust.sha256_file(run.head_path)):
+        if checksum is not None and checksum != trust.run_checksum(run.record, sha256_file(run.head_path)):
             raise ProjectError(f"{where}: the run's settings or head file changed after training (checksum "
                                f"mismatch); this run is not used")
         try:

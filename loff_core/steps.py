@@ -34,11 +34,11 @@ from .fsutil import relative_or_none, utc_now
 from .predictions import heat_on_image
 from .progress import Progress
 from .project import RunInfo
-from .project_file import PROJECT_FILE, TASKS
+from .project_file import PROJECT_FILE
 from .splits import PATIENT_OVERLAP_ACTIONS, complete_split
 from .results import (EVALUATION_KEYS, CVResult, EvaluateResult, ExportResult, ExtractResult, ImportResult,
                       PredictResult, TrainResult, TuneResult)
-from .settings import EvaluateSettings, ExtractSettings, TuneSettings, config_record
+from .settings import TASKS, EvaluateSettings, ExtractSettings, TuneSettings, config_record
 
 #: images per read + forward in `explain`
 EXPLAIN_BATCH = 64
@@ -59,7 +59,7 @@ def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings
     """Run the frozen backbone `spec` over every catalogued image into the cache (writer
     lock; under torchrun only rank 0 takes it and records the cache). `settings`: device,
     batch size, workers (the spec carries image size, grid and layers)."""
-    from .cache import distributed_rank_world
+    from .cache_merge import distributed_rank_world
 
     rank, world = distributed_rank_world()
     with project.lock() if rank == 0 else nullcontext():
@@ -212,36 +212,18 @@ def _score_labelled(out: dict[str, Any], files: list[Path], labels: Optional[Pat
 
 
 def _labels_from_csv(labels: Path, label_column: str, file_column: Optional[str]) -> dict[str, str]:
-    """file -> label from a labels CSV (the file cell may be a path as given, a file name or
-    a stem)."""
-    import csv
+    """file -> label from a labels CSV, read as an import reads it (`catalog.read_labels_csv`);
+    the file cell may be a path as given, a file name or a stem."""
+    from .catalog import read_labels_csv
 
-    try:
-        with open(labels, newline="", encoding="utf-8-sig") as fh:
-            sample = fh.read(65536)
-            fh.seek(0)
-            try:
-                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
-            except csv.Error:
-                dialect = csv.excel
-            rows = list(csv.DictReader(fh, dialect=dialect))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise LoffError(f"{labels}: cannot read the labels CSV ({exc})") from None
-    columns = list(rows[0]) if rows else []
-    file_column = file_column or next((c for c in columns if c.strip().lower() in
-                                       ("file", "filename", "file_name", "path", "image", "image_path")), None)
-    if not rows or file_column not in columns or label_column not in columns:
-        wanted = f"a file column ({file_column or 'file, filename, path or image'}) and the label column " \
-                 f"{label_column!r}"
-        raise LoffError(f"{labels}: needs {wanted}; columns: {', '.join(columns) or 'none'}")
+    rows, _, _, _ = read_labels_csv(labels, label_column, file_column, None)
     table: dict[str, str] = {}
     for row in rows:
-        name, label = (row.get(file_column) or "").strip(), (row.get(label_column) or "").strip()
-        if name and label:
-            key = Path(name)
-            table.setdefault(key.as_posix(), label)
-            table.setdefault(key.name, label)
-            table.setdefault(key.stem, label)
+        if row["file"] and row["label"]:
+            key = Path(row["file"])
+            table.setdefault(key.as_posix(), row["label"])
+            table.setdefault(key.name, row["label"])
+            table.setdefault(key.stem, row["label"])
     return table
 
 
@@ -274,9 +256,9 @@ def _import_images(
     if on_patient_overlap not in (None, *PATIENT_OVERLAP_ACTIONS):
         raise ProjectError(f"unknown choice {on_patient_overlap!r} for patients on two sides; "
                            f"choose {' or '.join(PATIENT_OVERLAP_ACTIONS)}")
-    from .catalog import _labels_sources
+    from .catalog import labels_sources
 
-    sources = _labels_sources(labels_csv)
+    sources = labels_sources(labels_csv)
     catalog = scan_folder(
         images_dir,
         salt=project.salt,
@@ -339,8 +321,9 @@ def _extract(
     num_workers: Optional[int] = None,
     progress: Progress = Progress(),
 ) -> Any:
-    """Run the frozen backbone over every catalogued image; returns an ExtractResult."""
-    from .cache import distributed_rank_world, extract_features
+    """Run the frozen backbone over every catalogued image; returns a cache.Extraction."""
+    from .cache import extract_features
+    from .cache_merge import distributed_rank_world
 
     catalog = project.catalog()
     root = project.images_root()

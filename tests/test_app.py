@@ -452,7 +452,7 @@ def _runs_row(page, row: int) -> dict[str, str]:
 def _write_run(project, run_id: str, **config) -> None:
     """A run folder with a run.json shaped as `Project.train` writes it (no head weights)."""
     from loff_core.settings import config_record
-    from loff_core.training import TrainConfig
+    from loff_core.settings import TrainConfig
 
     if not project.has_catalog():  # the images an evaluation names (their files need not exist)
         from loff_core.catalog import Catalog, CatalogEntry
@@ -525,7 +525,7 @@ def test_another_project_or_a_vanished_run_clears_results_and_curves(qtbot, wind
 
 
 def test_runs_table_shows_learning_rate_seed_and_augmentation(qtbot, window, tmp_path):
-    from loff_core.augment import AugmentConfig
+    from loff_core.settings import AugmentConfig
     from loff_core.project import Project
 
     project = Project.create(tmp_path / "p")

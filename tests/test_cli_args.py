@@ -32,7 +32,7 @@ def test_bad_numbers_are_usage_errors_before_any_work(argv, option, capsys):
 
 
 def test_augmentation_help_shows_the_engine_defaults():
-    from loff_core.augment import AugmentConfig
+    from loff_core.settings import AugmentConfig
 
     defaults = asdict(AugmentConfig())
     for name, (shown, _) in AUGMENT_HELP.items():
@@ -43,7 +43,7 @@ def test_augmentation_help_shows_the_engine_defaults():
 
 
 def test_augmentation_strengths_by_name():
-    from loff_core.augment import AugmentConfig
+    from loff_core.settings import AugmentConfig
 
     config = _augment_from_args(["noise_std=0.1", "crop-scale=0.4,1", "mixup_prob=0"], AugmentConfig())
     assert config.noise_std == 0.1 and config.crop_scale == (0.4, 1.0) and config.mixup_prob == 0.0

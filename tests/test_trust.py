@@ -513,7 +513,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, capsys):
 def test_training_interrupted_after_some_epochs_keeps_the_best_head(trained, tmp_path):
     """Old: Ctrl-C (or SIGTERM) lost the whole run although the CLI said work was kept."""
     from loff_core.progress import Progress
-    from loff_core.training import TrainConfig
+    from loff_core.settings import TrainConfig
 
     project, _ = _copy(trained, tmp_path)
     before = len(_runs(project))

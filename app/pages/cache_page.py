@@ -3,7 +3,6 @@ background, with images/s and time left; Stop keeps what is done, Extract again 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit,

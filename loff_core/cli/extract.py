@@ -20,7 +20,7 @@ def backbone_spec_from_args(args: argparse.Namespace) -> Any:
 
 def cmd_extract(args: argparse.Namespace) -> Any:
     from .. import steps  # every command runs a step (loff_core/steps.py), as the app does
-    from ..cache import distributed_rank_world
+    from ..cache_merge import distributed_rank_world
     from ..project import Project
     from ..settings import ExtractSettings
 

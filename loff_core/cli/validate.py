@@ -12,8 +12,7 @@ from .terminal import METRICS_HELP, run_with_progress
 def _train_config_from_args(args: argparse.Namespace, task: str) -> Any:
     from dataclasses import replace
 
-    from ..augment import AugmentConfig
-    from ..training import TrainConfig
+    from ..settings import AugmentConfig, TrainConfig
 
     defaults = TrainConfig(head=args.head, task=task)
     return replace(
