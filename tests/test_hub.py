@@ -127,7 +127,7 @@ def test_no_network_is_one_line_with_the_add_alternative(hub, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
     with pytest.raises(BackboneError) as info:
         get_weights("test-vit-tiny")
-    text = str(info.value)
+    text = terminal_text(info.value)  # the terminal's words for the remedy
     assert "cannot reach the Hugging Face Hub" in text and "loff weights add FILE --name test-vit-tiny" in text
     assert "\n" not in text
 
