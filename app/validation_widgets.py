@@ -338,7 +338,7 @@ class ImportExtras(QWidget):
         return out
 
     def show_project(self, project: Any) -> None:
-        from loff_core.cli.project import describe_split_source
+        from loff_core.splits import describe_split_source
 
         source = project.settings.split_source if project is not None else None
         self.assigned.setText("<br>".join(describe_split_source(source)))

@@ -42,26 +42,12 @@ def _labels_args(values: Optional[list[str]]) -> Optional[list[tuple[Optional[st
 
 
 
-def describe_split_source(source: Optional[dict[str, Any]]) -> list[str]:
-    """How an import split the images and found the patients, as lines for a person."""
-    if not source:
-        return []
-    lines = [f"split: {source.get('from') or source.get('kind')}"
-             + ("; val carved from train by patient" if source.get("val_carved") else "")]
-    overlap = source.get("patient_overlap")
-    if overlap:
-        lines.append(f"patients on two sides of the given split: {overlap['patients']} ({overlap['images']} images), "
-                     f"{'kept as given' if overlap['action'] == 'keep' else 're-split by patient'}")
-    if source.get("patients_from"):
-        lines.append("patients from: " + ", ".join(f"{k} ({v} images)" for k, v in source["patients_from"].items()))
-    return lines
-
-
-
 def _describe_import(out: dict[str, Any]) -> str:
     lines = [f"imported {out['imported']} images ({out['labelled']} labelled) into {out['project']}",
              "classes: " + (", ".join(f"{c} ({n})" for c, n in out["per_class"].items()) or "none"),
              "split: " + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items()))]
+    from ..splits import describe_split_source
+
     lines += describe_split_source(out.get("split_source"))
     if out["failed"]:
         lines.append(f"{len(out['failed'])} files could not be read:")
@@ -127,6 +113,8 @@ def _describe_info(out: dict[str, Any]) -> str:
     if "images" in out:
         lines.append(f"{out['images']} images ({out['labelled']} labelled, {out['failed']} unreadable); split "
                      + ", ".join(f"{k} {v}" for k, v in sorted(out["splits"].items())))
+    from ..splits import describe_split_source
+
     lines += describe_split_source(out.get("split_source"))
     for cache in out["caches"]:
         active = " (active)" if out["active_cache"] and Path(cache).stem == out["active_cache"] else ""
