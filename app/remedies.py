@@ -1,5 +1,5 @@
 """The window's wording of each `Remedy` (`loff_core.errors`): pages and controls, never
-`loff` commands or options (those are the terminal's, `loff_core.remedies.TERMINAL`).
+`loff` commands or options (those are the terminal's, `loff_core.cli.remedies.TERMINAL`).
 
 `window_text(exc)` is how the window shows any exception a job or a page catches: a
 `LoffError` as "PATH: REASON; REMEDY" with the remedy worded here, a file-system error

@@ -77,6 +77,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not w.open_project(args.project):
         print(f"cannot open {args.project}", file=sys.stderr)
         return 1
+    _fill_project(app, w, args)
+    _save_pages(app, w, Path(args.out))
+    w.close()
+    return 0
+
+
+def _fill_project(app: Any, w: Any, args: argparse.Namespace) -> None:
+    """Do what the project still lacks through the pages, as a user would: extract, train,
+    evaluate (and open the fullest confusion cell in the Viewer), predict a few test images."""
     project = w.state.project
     idle = lambda: not w.state.busy  # noqa: E731
 
@@ -104,24 +113,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif project.runs():
         w.train_page.show_history(project.runs()[-1].record.get("history", []))
     if project.runs():
-        results = w.results_page
-        results.refresh()  # the best run is chosen by default
-        results.start_evaluate()
-        _wait(app, idle)
-        r = results.result
-        if r is not None:
-            cm = r["confusion_matrix"]
-            n = len(cm)
-            cells = [(i, j) for i in range(n) for j in range(n) if cm[i][j]]
-            off = [c for c in cells if c[0] != c[1]]
-            if cells:
-                i, j = max(off or cells, key=lambda c: cm[c[0]][c[1]])
-                results.confusion.setCurrentCell(i, j)
-                results.select_cell(i, j)
-                results._browse_cell()
-                viewer = w.viewer_page
-                _wait(app, lambda: bool(viewer.ids) and viewer.ids[0] in viewer.explained, 600)
-                _wait(app, idle)
+        _evaluate_and_browse(app, w, idle)
     if project.runs() and project.has_catalog():
         predict = w.predict_page
         test = [str(project.image_path(e)) for e in project.catalog().in_split("test")[:8]]
@@ -134,7 +126,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         import_page.table.selectRow(0)
         import_page.table.setCurrentIndex(import_page.model.index(0, 0))
 
-    out = Path(args.out)
+
+def _evaluate_and_browse(app: Any, w: Any, idle: Callable[[], bool]) -> None:
+    """Evaluate the best run on the Results page and open its fullest off-diagonal (else
+    diagonal) confusion-matrix cell in the Viewer."""
+    results = w.results_page
+    results.refresh()  # the best run is chosen by default
+    results.start_evaluate()
+    _wait(app, idle)
+    r = results.result
+    if r is None:
+        return
+    cm = r["confusion_matrix"]
+    n = len(cm)
+    cells = [(i, j) for i in range(n) for j in range(n) if cm[i][j]]
+    off = [c for c in cells if c[0] != c[1]]
+    if cells:
+        i, j = max(off or cells, key=lambda c: cm[c[0]][c[1]])
+        results.confusion.setCurrentCell(i, j)
+        results.select_cell(i, j)
+        results._browse_cell()
+        viewer = w.viewer_page
+        _wait(app, lambda: bool(viewer.ids) and viewer.ids[0] in viewer.explained, 600)
+        _wait(app, idle)
+
+
+def _save_pages(app: Any, w: Any, out: Path) -> None:
+    """Each page as OUT/<page>.png, then the Viewer's exam view as OUT/viewer-exam.png."""
     out.mkdir(parents=True, exist_ok=True)
     pages = [w.import_page, w.cache_page, w.train_page, w.results_page, w.viewer_page, w.predict_page]
     for name, page in zip(PAGES, pages):
@@ -154,8 +172,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         path = out / "viewer-exam.png"
         w.grab().save(str(path), "PNG", 9)
         print(f"{path}  {path.stat().st_size / 1024:.0f} KB")
-    w.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -104,8 +104,8 @@ class ValidationPanel(QGroupBox):
     def cv_config(self) -> Any:
         from dataclasses import replace
 
-        from loff_core.augment import AugmentConfig
-        from loff_core.training import TrainConfig
+        from loff_core.settings import AugmentConfig
+        from loff_core.settings import TrainConfig
 
         chosen = self.settings()
         augment = AugmentConfig.off() if chosen.get("augment") is None else replace(AugmentConfig(),
@@ -338,7 +338,7 @@ class ImportExtras(QWidget):
         return out
 
     def show_project(self, project: Any) -> None:
-        from loff_core.cli import describe_split_source
+        from loff_core.splits import describe_split_source
 
         source = project.settings.split_source if project is not None else None
         self.assigned.setText("<br>".join(describe_split_source(source)))

@@ -54,7 +54,7 @@ def load_dataset(root: Path) -> tuple[list[tuple[str, Path]], list[int], list[in
 
 
 def configs(mode: str) -> list[dict[str, Any]]:
-    from loff_core.augment import AugmentConfig
+    from loff_core.settings import AugmentConfig
 
     on, off = AugmentConfig(), AugmentConfig.off()
     out = [dict(name="linear probe (CLS), no aug", head="linear", augment=off),
@@ -78,7 +78,7 @@ def ablation_configs() -> list[dict[str, Any]]:
     """The attention head with the default tensor augmentations, each one switched off in turn."""
     from dataclasses import replace
 
-    from loff_core.augment import AugmentConfig
+    from loff_core.settings import AugmentConfig
 
     return [dict(name=f"attention + tensor aug without {name}", head="attention",
                  augment=replace(AugmentConfig(), **change)) for name, change in ABLATION.items()]
@@ -187,9 +187,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from sklearn.model_selection import StratifiedGroupKFold
 
     from loff_core.backbones import BackboneSpec
-    from loff_core.cache import FeatureCache, extract_features
+    from loff_core.cache import extract_features
+    from loff_core.cache_reader import FeatureCache
     from loff_core.metrics import evaluate_predictions
-    from loff_core.training import TrainConfig, predict_probabilities, train_head
+    from loff_core.settings import TrainConfig
+    from loff_core.training import predict_probabilities, train_head
 
     items, ys, women = load_dataset(args.data)
     if args.limit:

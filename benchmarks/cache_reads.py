@@ -56,8 +56,9 @@ def _extract(items: list, name: str, size: int, grid: int | None, work: Path, de
 
 
 def _epoch(source: Any, ids: list, ys: list, head: str, args: argparse.Namespace) -> float:
-    from loff_core.augment import AugmentConfig
-    from loff_core.training import TrainConfig, train_head
+    from loff_core.settings import AugmentConfig
+    from loff_core.settings import TrainConfig
+    from loff_core.training import train_head
 
     config = TrainConfig(head=head, epochs=1, batch_size=args.batch_size, device=args.device,
                          augment=AugmentConfig())
@@ -66,7 +67,7 @@ def _epoch(source: Any, ids: list, ys: list, head: str, args: argparse.Namespace
 
 
 def bench_reads(args: argparse.Namespace, items: list, ys: list, work: Path) -> dict[str, Any]:
-    from loff_core.cache import FeatureCache
+    from loff_core.cache_reader import FeatureCache
 
     path = _extract(items, args.backbone, args.image_size, args.grid, work, args.device, args.random_init)
     cache = FeatureCache.open(path)
@@ -95,7 +96,7 @@ def bench_reads(args: argparse.Namespace, items: list, ys: list, work: Path) -> 
 
 
 def bench_grids(args: argparse.Namespace, items: list, ys: list, work: Path) -> list[dict[str, Any]]:
-    from loff_core.cache import FeatureCache
+    from loff_core.cache_reader import FeatureCache
 
     sources = {}
     for g in args.grids:
@@ -119,7 +120,7 @@ def bench_grids(args: argparse.Namespace, items: list, ys: list, work: Path) -> 
 
 
 def bench_sizes(args: argparse.Namespace, items: list, work: Path) -> list[dict[str, Any]]:
-    from loff_core.cache import FeatureCache
+    from loff_core.cache_reader import FeatureCache
 
     rows = []
     for name, size, grid in args.size_table:

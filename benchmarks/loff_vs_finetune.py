@@ -40,7 +40,8 @@ def _spec(task: dict[str, Any]) -> Any:
 
 # -- workers (each in its own process) ---------------------------------------------------
 def worker_extract(task: dict[str, Any]) -> dict[str, Any]:
-    from loff_core.cache import FeatureCache, extract_features
+    from loff_core.cache import extract_features
+    from loff_core.cache_reader import FeatureCache
 
     items = [(i, Path(p)) for i, p in task["items"]]
     meter = MemoryMeter(task["device"])
@@ -130,9 +131,10 @@ def worker_finetune(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_loff(task: dict[str, Any]) -> dict[str, Any]:
-    from loff_core.augment import AugmentConfig
-    from loff_core.cache import FeatureCache
-    from loff_core.training import TrainConfig, train_head
+    from loff_core.settings import AugmentConfig
+    from loff_core.cache_reader import FeatureCache
+    from loff_core.settings import TrainConfig
+    from loff_core.training import train_head
 
     meter = MemoryMeter(task["device"])
     meter.start()

@@ -24,10 +24,12 @@ NUM_CLASSES = 8
 
 
 def worker(task: dict[str, Any]) -> dict[str, Any]:
-    from loff_core.augment import AugmentConfig
+    from loff_core.settings import AugmentConfig
     from loff_core.backbones import BackboneSpec
-    from loff_core.cache import FeatureCache, extract_features
-    from loff_core.training import TrainConfig, train_head
+    from loff_core.cache import extract_features
+    from loff_core.cache_reader import FeatureCache
+    from loff_core.settings import TrainConfig
+    from loff_core.training import train_head
 
     from _common import peak_rss
 

@@ -7,12 +7,11 @@ cached once, and these cheap augmentations act on the cached tensors instead.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .settings import AugmentConfig  # declared once, with defaults and help (re-exported here)
+from .settings import AugmentConfig  # declared once, with defaults and help
 
 
 def _rand(generator: torch.Generator, *shape: int) -> torch.Tensor:

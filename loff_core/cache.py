@@ -23,10 +23,9 @@ for the disk; a CUDA out-of-memory error halves the batch and retries (the user 
 
 This module plans and runs an extraction (`extract_features`: the batch plan, decoding in
 worker processes, the forward pass with out-of-memory retry). The reader is in
-`cache_reader.py`, the crash-safe HDF5 layer in `cache_h5.py`, the merge and torchrun
-ranks in `cache_merge.py`; their public and test-visible names are re-exported here, so
-`from loff_core.cache import FeatureCache, extract_features, distributed_rank_world` works
-as before.
+`cache_reader.py` (`FeatureCache`), the crash-safe HDF5 layer in `cache_h5.py`, the merge
+and torchrun ranks in `cache_merge.py` (`distributed_rank_world`); import each from its own
+module.
 """
 
 from __future__ import annotations
@@ -44,16 +43,15 @@ from .catalog import ImportFailure
 from .errors import CacheError, Remedy, UnreadableImage, is_out_of_memory
 from .progress import Progress
 from .settings import ExtractSettings
-# re-exported: the old import paths keep working (tests wrap cache._write_shard)
-from .cache_h5 import (FORMAT_VERSION, _create_h5, _defer_signals, _failures, _h5py, _pid_alive,  # noqa: F401
-                       _read_failed, _read_shard, _remove_stale_temps, _shard_name, _strings, _TempTarget,
-                       _write_shard, cache_path_for, summary_path_for)
-from .cache_merge import _merge, distributed_rank_world  # noqa: F401
-from .cache_reader import FeatureCache  # noqa: F401
+from .cache_h5 import _read_failed, _read_shard, _remove_stale_temps, _shard_name, _write_shard, cache_path_for
+from .cache_merge import _merge, distributed_rank_world
+from .cache_reader import FeatureCache
 
 
 @dataclass
-class ExtractResult:
+class Extraction:
+    """What `extract_features` did (the step's record is `results.ExtractResult`)."""
+
     cache_path: Path
     extracted: int
     skipped: int
@@ -113,12 +111,8 @@ def _default_workers() -> int:
 
 def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path, *, device: str = "auto",
                      batch_size: int = ExtractSettings.batch_size, num_workers: Optional[int] = None,
-                     progress: Progress = Progress()) -> ExtractResult:
+                     progress: Progress = Progress()) -> Extraction:
     """Cache CLS + token grids for every (image_id, path) not cached yet; see the module docstring."""
-    import torch
-
-    from .backbones import load_backbone
-
     started = time.monotonic()
     if batch_size < 1:
         raise CacheError("batch size must be at least 1")
@@ -129,122 +123,166 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
         raise CacheError(f"{caches_dir}: cannot create the cache folder ({exc.strerror or exc})") from None
     progress.report(0, len(items), "loading backbone")
     rank, world = distributed_rank_world()
-    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-    backbone = load_backbone(spec, device=device)
+    backbone = _load_for_rank(spec, device, rank, world)
     final = cache_path_for(caches_dir, backbone.fingerprint)
     parts = caches_dir / f"{backbone.fingerprint}.parts"
     if rank == 0:  # only rank 0 merges; other ranks may be writing shards right now
         _remove_stale_temps(caches_dir, f".{final.name}.")
         if world == 1:
             _remove_stale_temps(parts, ".")
-
-    done_ids: set[str] = set()
-    failed_before: list[tuple[str, str]] = []
-    if final.exists():
-        try:
-            with FeatureCache.open(final, expected_fingerprint=backbone.fingerprint) as old:
-                done_ids = set(old.image_ids)
-            failed_before = _read_failed(final)
-        except CacheError:
-            final.unlink()  # an unfinished final file can only come from a foreign writer; redo it
-    # files that could not be decoded are remembered in the cache and not tried again: an
-    # image id names one file content (path, size, mtime), so a fixed file gets a new id
-    wanted = {image_id for image_id, _ in items}
-    failed_before = [(i, r) for i, r in failed_before if i in wanted]
-    work: list[tuple[str, Path]] = []
-    seen: set[str] = done_ids | {i for i, _ in failed_before}
-    for image_id, path in items:
-        if image_id not in seen:
-            seen.add(image_id)
-            work.append((image_id, Path(path)))
-    plan = [work[k:k + batch_size] for k in range(0, len(work), batch_size)]
-    names = [_shard_name(k, [i for i, _ in batch]) for k, batch in enumerate(plan)]
-    try:
-        parts.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise CacheError(f"{parts}: cannot write the cache ({exc.strerror or exc})") from None
-    finished = {k for k, name in enumerate(names) if (parts / name).exists() and _read_shard(parts / name) is not None}
-    # under torchrun each process takes every world-th batch of the same plan
-    todo = [k for k in range(len(plan)) if k not in finished and k % world == rank]
-    skipped_images = sum(len(plan[k]) for k in finished)
-    total = len(work)
-    done_count = skipped_images
+    plan = _Plan.make(items, final, parts, backbone.fingerprint, batch_size, rank, world)
+    progress.report(plan.skipped_images, len(plan.work),
+                    f"{plan.cached} images already cached; {len(plan.work) - plan.skipped_images} to go")
     notes: list[str] = []
-    path_of = {i: str(p) for i, p in items}
-    progress.report(done_count, total, f"{len(done_ids)} images already cached; {total - done_count} to go")
-
-    extracted, stopped = 0, False
-    if todo:
-        flat_paths = [str(p) for _, p in work]
-        dataset = _DecodeDataset(flat_paths, backbone.preprocessor)
-        batches = [[k * batch_size + j for j in range(len(plan[k]))] for k in todo]
-        workers = _default_workers() if num_workers is None else max(0, num_workers)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-            pin_memory=backbone.device.type == "cuda", prefetch_factor=4 if workers else None,
-            persistent_workers=False, worker_init_fn=_worker_init,
-        )
-        sub_batch = batch_size
-        t0 = time.monotonic()
-        try:
-            for k, (indices, batch, bad) in zip(todo, loader):
-                progress.check()
-                ids = [work[i][0] for i in indices]
-                bad_named = [(work[i][0], r) for i, r in bad]
-                if batch is None:
-                    cls = np.zeros((0, backbone.feature_dim), np.float16)
-                    tokens = np.zeros((0, *backbone.grid_hw, backbone.feature_dim), np.float16)
-                else:
-                    cls, tokens, sub_batch = _forward_with_retry(backbone, batch, sub_batch, progress, notes)
-                try:
-                    _write_shard(parts / names[k], ids, cls, tokens, bad_named)
-                except OSError as exc:
-                    raise CacheError(
-                        f"{parts}: cannot write features ({exc.strerror or exc}); the {done_count} images "
-                        f"finished so far are kept; free space or choose another project folder and run "
-                        f"extract again to resume") from None
-                extracted += len(ids)
-                done_count += len(plan[k]) * (world if world > 1 else 1)
-                done_count = min(done_count, total)
-                rate = extracted * world / max(time.monotonic() - t0, 1e-9)
-                left = (total - done_count) / rate if rate > 0 else 0
-                progress.report(done_count, total, f"{rate:.1f} img/s, {left:.0f} s left")
-                if progress.stop_requested:
-                    stopped = True
-                    break
-        finally:
-            del loader
-
+    extracted, stopped = _run_batches(plan, backbone, num_workers, world, progress, notes) if plan.todo else (0, False)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         if rank != 0:  # rank 0 merges the shards of all processes into one cache
             dist.barrier()
-            return ExtractResult(cache_path=final, extracted=extracted, skipped=skipped_images,
-                                 seconds=time.monotonic() - started, batch_size=batch_size, notes=notes)
-    present = [n for n in names if (parts / n).exists()]
-    failures: list[tuple[str, str]] = list(failed_before)
-    for name in present:
-        got = _read_shard(parts / name)
-        if got:
-            failures += got[1]
-    if plan and present:
-        _merge(final, parts, present, backbone)
-    elif not final.exists():
-        _merge(final, parts, [], backbone)  # nothing readable: an empty, finished cache
-    if not plan:
-        shutil.rmtree(parts, ignore_errors=True)
+            return Extraction(cache_path=final, extracted=extracted, skipped=plan.skipped_images,
+                              seconds=time.monotonic() - started, batch_size=batch_size, notes=notes)
+    failures = _finish(plan, final, backbone)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    return ExtractResult(
-        cache_path=final, extracted=extracted, skipped=len(items) - len(work) + skipped_images,
+    path_of = {i: str(p) for i, p in items}
+    return Extraction(
+        cache_path=final, extracted=extracted, skipped=len(items) - len(plan.work) + plan.skipped_images,
         failures=[ImportFailure(path_of.get(i, i), r) for i, r in failures],
         seconds=time.monotonic() - started, stopped=stopped, batch_size=batch_size, notes=notes,
     )
+
+
+def _load_for_rank(spec: Any, device: str, rank: int, world: int) -> Any:
+    """The frozen backbone; under torchrun each process on its own GPU (LOCAL_RANK)."""
+    import torch
+
+    from .backbones import load_backbone
+
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    return load_backbone(spec, device=device)
+
+
+@dataclass
+class _Plan:
+    """What an extraction does: the images not cached yet (`work`) in fixed batches (`batches`,
+    shard `names`), which of them earlier runs finished, and this process's share (`todo`)."""
+
+    work: list[tuple[str, Path]]
+    batches: list[list[tuple[str, Path]]]
+    names: list[str]
+    finished: set[int]
+    todo: list[int]
+    failed_before: list[tuple[str, str]]
+    cached: int  # images already in the final cache
+    batch_size: int
+    parts: Path  # the shards' folder
+
+    @property
+    def skipped_images(self) -> int:
+        return sum(len(self.batches[k]) for k in self.finished)
+
+    @classmethod
+    def make(cls, items: list[tuple[str, Path]], final: Path, parts: Path, fingerprint: str, batch_size: int,
+             rank: int, world: int) -> "_Plan":
+        done_ids: set[str] = set()
+        failed_before: list[tuple[str, str]] = []
+        if final.exists():
+            try:
+                with FeatureCache.open(final, expected_fingerprint=fingerprint) as old:
+                    done_ids = set(old.image_ids)
+                failed_before = _read_failed(final)
+            except CacheError:
+                final.unlink()  # an unfinished final file can only come from a foreign writer; redo it
+        # files that could not be decoded are remembered in the cache and not tried again: an
+        # image id names one file content (path, size, mtime), so a fixed file gets a new id
+        wanted = {image_id for image_id, _ in items}
+        failed_before = [(i, r) for i, r in failed_before if i in wanted]
+        work: list[tuple[str, Path]] = []
+        seen: set[str] = done_ids | {i for i, _ in failed_before}
+        for image_id, path in items:
+            if image_id not in seen:
+                seen.add(image_id)
+                work.append((image_id, Path(path)))
+        batches = [work[k:k + batch_size] for k in range(0, len(work), batch_size)]
+        names = [_shard_name(k, [i for i, _ in batch]) for k, batch in enumerate(batches)]
+        try:
+            parts.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"{parts}: cannot write the cache ({exc.strerror or exc})") from None
+        finished = {k for k, name in enumerate(names) if (parts / name).exists() and _read_shard(parts / name) is not None}
+        # under torchrun each process takes every world-th batch of the same plan
+        todo = [k for k in range(len(batches)) if k not in finished and k % world == rank]
+        return cls(work, batches, names, finished, todo, failed_before, len(done_ids), batch_size, parts)
+
+
+def _run_batches(plan: _Plan, backbone: Any, num_workers: Optional[int], world: int, progress: Progress,
+                 notes: list[str]) -> tuple[int, bool]:
+    """Decode (DataLoader workers), forward and write one shard per batch of `plan.todo`;
+    returns (images extracted, stopped early)."""
+    import torch
+
+    total, done_count = len(plan.work), plan.skipped_images
+    dataset = _DecodeDataset([str(p) for _, p in plan.work], backbone.preprocessor)
+    batches = [[k * plan.batch_size + j for j in range(len(plan.batches[k]))] for k in plan.todo]
+    workers = _default_workers() if num_workers is None else max(0, num_workers)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+        pin_memory=backbone.device.type == "cuda", prefetch_factor=4 if workers else None,
+        persistent_workers=False, worker_init_fn=_worker_init,
+    )
+    extracted, sub_batch = 0, plan.batch_size
+    t0 = time.monotonic()
+    try:
+        for k, (indices, batch, bad) in zip(plan.todo, loader):
+            progress.check()
+            ids = [plan.work[i][0] for i in indices]
+            bad_named = [(plan.work[i][0], r) for i, r in bad]
+            if batch is None:
+                cls = np.zeros((0, backbone.feature_dim), np.float16)
+                tokens = np.zeros((0, *backbone.grid_hw, backbone.feature_dim), np.float16)
+            else:
+                cls, tokens, sub_batch = _forward_with_retry(backbone, batch, sub_batch, progress, notes)
+            try:
+                _write_shard(plan.parts / plan.names[k], ids, cls, tokens, bad_named)
+            except OSError as exc:
+                raise CacheError(
+                    f"{plan.parts}: cannot write features ({exc.strerror or exc}); the {done_count} images "
+                    f"finished so far are kept; free space or choose another project folder and run "
+                    f"extract again to resume") from None
+            extracted += len(ids)
+            done_count = min(done_count + len(plan.batches[k]) * (world if world > 1 else 1), total)
+            rate = extracted * world / max(time.monotonic() - t0, 1e-9)
+            left = (total - done_count) / rate if rate > 0 else 0
+            progress.report(done_count, total, f"{rate:.1f} img/s, {left:.0f} s left")
+            if progress.stop_requested:
+                return extracted, True
+    finally:
+        del loader
+    return extracted, False
+
+
+def _finish(plan: _Plan, final: Path, backbone: Any) -> list[tuple[str, str]]:
+    """Merge the shards into the final cache (rank 0); returns every (image id, reason) that
+    could not be decoded, earlier runs' included."""
+    parts = plan.parts
+    present = [n for n in plan.names if (parts / n).exists()]
+    failures: list[tuple[str, str]] = list(plan.failed_before)
+    for name in present:
+        got = _read_shard(parts / name)
+        if got:
+            failures += got[1]
+    if plan.batches and present:
+        _merge(final, parts, present, backbone)
+    elif not final.exists():
+        _merge(final, parts, [], backbone)  # nothing readable: an empty, finished cache
+    if not plan.batches:
+        shutil.rmtree(parts, ignore_errors=True)
+    return failures
 
 
 def _forward_with_retry(backbone: Any, batch: Any, sub_batch: int, progress: Progress,

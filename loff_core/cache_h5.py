@@ -2,7 +2,7 @@
 written through a Python file object that records the first OS error and never hands it
 back into HDF5 (a full disk ends with a clear CacheError, not a crash in HDF5's close);
 signals are deferred while HDF5 runs; shards are written to a temporary name and renamed;
-merge temps of killed runs are removed. `loff_core.cache` re-exports these names."""
+merge temps of killed runs are removed."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Merging an extraction's shards into the final cache file, and the torchrun rank / world
 size (split out of cache.py, issue 10): under torchrun each rank computes its share of the
 batches as shards; rank 0 merges them (and the previous final file) into a temporary file
-renamed over `<fingerprint>.h5`. `loff_core.cache` re-exports these names."""
+renamed over `<fingerprint>.h5`."""
 
 from __future__ import annotations
 

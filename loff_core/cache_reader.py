@@ -1,6 +1,6 @@
 """The read side of the feature cache (split out of cache.py, issue 10): `FeatureCache`
 opens a finished `caches/<fingerprint>.h5`, checks it and reads token grids for training,
-evaluation and the viewer. `loff_core.cache` re-exports it."""
+evaluation and the viewer."""
 
 from __future__ import annotations
 

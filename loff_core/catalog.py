@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
-import json
 import os
 import re
 from collections import Counter, defaultdict
@@ -295,7 +294,7 @@ def _rel(path: Path, root: Path) -> str:
 
 
 # -- labels CSV ------------------------------------------------------------------------
-def _read_labels_csv(path: Path, label_column: Optional[str], file_column: Optional[str],
+def read_labels_csv(path: Path, label_column: Optional[str], file_column: Optional[str],
                      patient_column: Optional[str], split_column: Optional[str] = None
                      ) -> tuple[list[dict[str, str]], str, str, Optional[str]]:
     """The rows of a labels CSV as {"file", "label", "patient", "split"} (the delimiter is
@@ -382,7 +381,7 @@ def _read_labels_csv(path: Path, label_column: Optional[str], file_column: Optio
     return rows, file_col, label_col, patient_col
 
 
-def _labels_sources(labels_csv: Any) -> list[tuple[Optional[str], Path]]:
+def labels_sources(labels_csv: Any) -> list[tuple[Optional[str], Path]]:
     """`labels_csv` as given to `scan_folder`: None, one path, or a list of paths and
     (split, path) pairs -> [(split or None, path)]."""
     if labels_csv is None:
@@ -424,12 +423,30 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
     `labels_csv`: one CSV, or several, each optionally with the split it defines
     ([("train", a.csv), ("test", b.csv)]: CSAW-M's layout). A given split (from
     `split_column`, from a CSV's split, or from top-level folders named train / val / test)
-    is put in the entries' `split`; `Project.import_images` completes it."""
+    is put in the entries' `split`; `steps.import_images` completes it."""
     root = Path(root)
-    sources = _labels_sources(labels_csv)
+    sources = labels_sources(labels_csv)
     name_pattern = _patient_pattern(patient_from_name)
     failures: list[ImportFailure] = []
     warnings: list[str] = []
+    files, infos, versions = _read_headers(root, sources, failures, warnings, progress)
+    if sources:
+        given = _given_by_csvs(infos, sources, label_column, file_column, patient_column, split_column, warnings)
+    else:
+        given = _given_by_folders(infos)
+    labels, class_order = _labels_and_classes(given.labels, classes, labels_csv, root, warnings)
+    entries, patients_from = _entries(infos, versions, labels, given, salt, name_pattern, patient_from_name,
+                                      warnings)
+    warnings += _format_warnings(infos, entries)
+    progress.report(len(files), len(files), f"imported {len(entries)} images, {len(failures)} unreadable")
+    return Catalog(entries, class_order, failures, warnings, patients_from,
+                   given.split_from if any(e.split for e in entries) else "")
+
+
+def _read_headers(root: Path, sources: list[tuple[Optional[str], Path]], failures: list[ImportFailure],
+                  warnings: list[str], progress: Progress) -> tuple[list[Path], list[tuple[str, Any]], dict[str, str]]:
+    """Every image file below ROOT (the labels CSVs left out) and its header: (files,
+    [(relative path, ImageInfo)], {relative path: file version}); unreadable files are failures."""
     progress.report(0, 0, "listing files")
     files = _walk(root, failures, progress)
     if sources:
@@ -453,115 +470,146 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
         except OSError as exc:  # vanished or became unreadable between reading and stat
             failures.append(ImportFailure(display_path(rel), f"cannot be read ({exc.strerror or exc})"))
         progress.report(n + 1, len(files), f"scanned {n + 1} files")
+    return files, infos, versions
 
-    labels: dict[str, str] = {}
-    csv_patients: dict[str, str] = {}
-    csv_sides: dict[str, str] = {}  # image -> R / L from the CSV (the exam view's columns)
-    csv_views: dict[str, str] = {}  # image -> CC / MLO / ... from the CSV (its rows)
+
+@dataclass
+class _Given:
+    """What the labels CSVs or the folder names say about the images (keys: relative paths)."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    patients: dict[str, str] = field(default_factory=dict)  # the CSV's patient (beats the DICOM PatientID)
+    patient_cols: dict[str, str] = field(default_factory=dict)  # the CSV column each patient came from
+    sides: dict[str, str] = field(default_factory=dict)  # R / L from the CSV (the exam view's columns)
+    views: dict[str, str] = field(default_factory=dict)  # CC / MLO / ... from the CSV
+    splits: dict[str, str] = field(default_factory=dict)  # the split the CSV or the folders give
+    split_from: str = ""
+
+
+def _given_by_folders(infos: list[tuple[str, Any]]) -> _Given:
+    """No labels CSV: the label (and the split) from the folder names."""
+    given = _Given()
+    tops = {rel.split("/", 1)[0] for rel, _ in infos if "/" in rel}
+    if len(tops) >= 2 and all("/" in rel for rel, _ in infos):
+        if all(split_name(t) for t in tops) and all(rel.count("/") >= 2 for rel, _ in infos):
+            # train|val|test / class / files: the split and the label from the folders
+            given.labels = {rel: rel.split("/", 2)[1] for rel, _ in infos}
+            given.splits = {rel: split_name(rel.split("/", 1)[0]) or "" for rel, _ in infos}
+            given.split_from = "folders " + ", ".join(f"{s}/" for s in SPLITS if s in given.splits.values())
+        else:
+            given.labels = {rel: rel.split("/", 1)[0] for rel, _ in infos}
+    return given
+
+
+def _csv_matcher(infos: list[tuple[str, Any]]) -> Any:
+    """A CSV's file cell -> the image's relative path: the relative path, else the bare file
+    name (when unique), else the stem, else the SOPInstanceUID; None when none fits."""
+    by_rel = {rel: rel for rel, _ in infos}
+    names: dict[str, list[str]] = defaultdict(list)
+    stems: dict[str, list[str]] = defaultdict(list)
+    uids: dict[str, str] = {}
+    for rel, info in infos:
+        names[rel.rsplit("/", 1)[-1]].append(rel)
+        stems[_stem(rel.rsplit("/", 1)[-1])].append(rel)
+        if info.sop_instance_uid:
+            uids[info.sop_instance_uid] = rel
+
+    def match(cell: str) -> Optional[str]:
+        key = cell.replace("\\", "/")
+        while key.startswith("./"):
+            key = key[2:]
+        base = key.rsplit("/", 1)[-1]
+        return by_rel.get(key) or _unique(names.get(base)) or _unique(stems.get(key)) \
+            or _unique(stems.get(_stem(base))) or uids.get(key)
+    return match
+
+
+def _given_by_csvs(infos: list[tuple[str, Any]], sources: list[tuple[Optional[str], Path]],
+                   label_column: Optional[str], file_column: Optional[str], patient_column: Optional[str],
+                   split_column: Optional[str], warnings: list[str]) -> _Given:
+    """Labels, patients, sides, views and splits from the labels CSVs (the first row of an
+    image wins); what does not fit is said in `warnings`."""
+    given = _Given()
+    match = _csv_matcher(infos)
+    first_row: dict[str, tuple[str, int]] = {}
+    two_splits: list[tuple[str, str, str, str, str]] = []  # rel, first CSV, its split, other CSV, its split
     odd_sides: list[str] = []
-    patient_cols: dict[str, str] = {}  # rel -> the CSV column its patient came from
-    given: dict[str, str] = {}  # rel -> the split given by the CSV
-    split_from = ""
-    if sources:
-        by_rel = {rel: rel for rel, _ in infos}
-        names: dict[str, list[str]] = defaultdict(list)
-        stems: dict[str, list[str]] = defaultdict(list)
-        uids: dict[str, str] = {}
-        for rel, info in infos:
-            names[rel.rsplit("/", 1)[-1]].append(rel)
-            stems[_stem(rel.rsplit("/", 1)[-1])].append(rel)
-            if info.sop_instance_uid:
-                uids[info.sop_instance_uid] = rel
-        first_row: dict[str, tuple[str, int]] = {}
-        two_splits: list[tuple[str, str, str, str, str]] = []  # rel, first CSV, its split, other CSV, its split
-        for csv_split, csv_path in sources:
-            rows, file_col, label_col, patient_col = _read_labels_csv(csv_path, label_column, file_column,
-                                                                      patient_column, split_column)
-            missing, blank, conflicts, duplicates = [], 0, [], 0
-            for i, r in enumerate(rows, start=2):
-                key = r["file"].replace("\\", "/")
-                while key.startswith("./"):
-                    key = key[2:]
-                # the relative path, else the bare file name (when unique), else the stem, else the SOPInstanceUID
-                base = key.rsplit("/", 1)[-1]
-                rel = by_rel.get(key) or _unique(names.get(base)) or _unique(stems.get(key)) \
-                    or _unique(stems.get(_stem(base))) or uids.get(key)
-                if rel is None:
-                    missing.append(f"row {i} ({r['file'] or 'empty'})")
+    for csv_split, csv_path in sources:
+        rows, _, _, patient_col = read_labels_csv(csv_path, label_column, file_column, patient_column, split_column)
+        missing, blank, conflicts, duplicates = [], 0, [], 0
+        for i, r in enumerate(rows, start=2):
+            rel = match(r["file"])
+            if rel is None:
+                missing.append(f"row {i} ({r['file'] or 'empty'})")
+                continue
+            if rel in first_row:
+                this_split = r["split"] or csv_split
+                if this_split and rel in given.splits and split_name(this_split) != split_name(given.splits[rel]):
+                    # listed for two splits (e.g. in train.csv and in test.csv): not a
+                    # duplicate row of this CSV; the first listing wins, and the warning says so
+                    two_splits.append((rel, first_row[rel][0], given.splits[rel], csv_path.name, this_split))
                     continue
-                if rel in first_row:
-                    this_split = r["split"] or csv_split
-                    if this_split and rel in given and split_name(this_split) != split_name(given[rel]):
-                        # listed for two splits (e.g. in train.csv and in test.csv): not a
-                        # duplicate row of this CSV; the first listing wins, and the warning says so
-                        two_splits.append((rel, first_row[rel][0], given[rel], csv_path.name, this_split))
-                        continue
-                    duplicates += 1
-                    if r["label"] and labels.get(rel) not in (None, r["label"]):
-                        conflicts.append(f"row {i} ({r['file']})")
-                    continue
-                first_row[rel] = (csv_path.name, i)
-                if r["patient"]:
-                    csv_patients[rel] = r["patient"]  # the CSV's patient beats the DICOM PatientID
-                    patient_cols[rel] = patient_col or ""
-                if r["split"] or csv_split:
-                    given[rel] = r["split"] or csv_split
-                for field_name, norm, into in (("laterality", exam_columns.laterality, csv_sides),
-                                               ("view", exam_columns.view, csv_views)):
-                    if r[field_name]:
-                        value = norm(r[field_name])
-                        if value:
-                            into[rel] = value
-                        elif len(odd_sides) < 10 and field_name == "laterality":
-                            odd_sides.append(f"row {i} ({r[field_name]!r})")
-                if not r["label"]:
-                    blank += 1
-                    continue
-                labels[rel] = r["label"]
-            csv_name = csv_path.name
-            if missing:
-                warnings.append(f"{csv_name}: {len(missing)} rows name no image in the folder: "
-                                + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
-            if duplicates:
-                warnings.append(f"{csv_name}: {duplicates} duplicate rows for the same image; the first row is used"
-                                + (f"; conflicting labels in {', '.join(conflicts[:10])}" if conflicts else ""))
-            if blank:
-                warnings.append(f"{csv_name}: {blank} rows have an empty label; those images are unlabelled")
-        if two_splits:
-            shown = "; ".join(f"{display_path(rel)} ({a}: {split_name(sa) or sa}, {b}: {split_name(sb) or sb})"
-                              for rel, a, sa, b, sb in two_splits[:10])
-            won = Counter((split_name(sa) or sa, split_name(sb) or sb) for _, _, sa, _, sb in two_splits)
-            warnings.append(f"{len(two_splits)} images are listed for two splits: {shown}"
-                            + (" ..." if len(two_splits) > 10 else "") + "; the first listing won: "
-                            + ", ".join(f"{n} stay in {a} (not in {b})" for (a, b), n in sorted(won.items())))
-        if odd_sides:
-            warnings.append("side values that are not R / L / right / left: " + ", ".join(odd_sides)
-                            + "; those images have no side in the exam view")
-        unlisted = len(infos) - len(first_row)
-        if unlisted > 0:
-            names_shown = ", ".join(p.name for _, p in sources)
-            warnings.append(f"{names_shown}: {unlisted} images have no row; they are imported unlabelled")
-        if split_column is not None:
-            split_from = f"column {split_column!r} of " + ", ".join(p.name for _, p in sources)
-        elif any(s for s, _ in sources):
-            split_from = "labels CSVs per split (" + ", ".join(f"{s}: {p.name}" for s, p in sources if s) + ")"
-        if not given:  # a single CSV over train / val / test folders: the folders give the split
-            tops = {rel: split_name(rel.split("/", 1)[0]) for rel, _ in infos if "/" in rel}
-            if infos and len(tops) == len(infos) and all(tops.values()):
-                given = {rel: s for rel, s in tops.items() if s}
-                split_from = "folders " + ", ".join(f"{s}/" for s in SPLITS if s in given.values())
-    else:
-        tops = {rel.split("/", 1)[0] for rel, _ in infos if "/" in rel}
-        if len(tops) >= 2 and all("/" in rel for rel, _ in infos):
-            if all(split_name(t) for t in tops) and all(rel.count("/") >= 2 for rel, _ in infos):
-                # train|val|test / class / files: the split and the label from the folders
-                labels = {rel: rel.split("/", 2)[1] for rel, _ in infos}
-                given = {rel: split_name(rel.split("/", 1)[0]) or "" for rel, _ in infos}
-                split_from = "folders " + ", ".join(f"{s}/" for s in SPLITS if s in given.values())
-            else:
-                labels = {rel: rel.split("/", 1)[0] for rel, _ in infos}
+                duplicates += 1
+                if r["label"] and given.labels.get(rel) not in (None, r["label"]):
+                    conflicts.append(f"row {i} ({r['file']})")
+                continue
+            first_row[rel] = (csv_path.name, i)
+            if r["patient"]:
+                given.patients[rel] = r["patient"]  # the CSV's patient beats the DICOM PatientID
+                given.patient_cols[rel] = patient_col or ""
+            if r["split"] or csv_split:
+                given.splits[rel] = r["split"] or csv_split
+            for field_name, norm, into in (("laterality", exam_columns.laterality, given.sides),
+                                           ("view", exam_columns.view, given.views)):
+                if r[field_name]:
+                    value = norm(r[field_name])
+                    if value:
+                        into[rel] = value
+                    elif len(odd_sides) < 10 and field_name == "laterality":
+                        odd_sides.append(f"row {i} ({r[field_name]!r})")
+            if not r["label"]:
+                blank += 1
+                continue
+            given.labels[rel] = r["label"]
+        csv_name = csv_path.name
+        if missing:
+            warnings.append(f"{csv_name}: {len(missing)} rows name no image in the folder: "
+                            + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        if duplicates:
+            warnings.append(f"{csv_name}: {duplicates} duplicate rows for the same image; the first row is used"
+                            + (f"; conflicting labels in {', '.join(conflicts[:10])}" if conflicts else ""))
+        if blank:
+            warnings.append(f"{csv_name}: {blank} rows have an empty label; those images are unlabelled")
+    if two_splits:
+        shown = "; ".join(f"{display_path(rel)} ({a}: {split_name(sa) or sa}, {b}: {split_name(sb) or sb})"
+                          for rel, a, sa, b, sb in two_splits[:10])
+        won = Counter((split_name(sa) or sa, split_name(sb) or sb) for _, _, sa, _, sb in two_splits)
+        warnings.append(f"{len(two_splits)} images are listed for two splits: {shown}"
+                        + (" ..." if len(two_splits) > 10 else "") + "; the first listing won: "
+                        + ", ".join(f"{n} stay in {a} (not in {b})" for (a, b), n in sorted(won.items())))
+    if odd_sides:
+        warnings.append("side values that are not R / L / right / left: " + ", ".join(odd_sides)
+                        + "; those images have no side in the exam view")
+    unlisted = len(infos) - len(first_row)
+    if unlisted > 0:
+        names_shown = ", ".join(p.name for _, p in sources)
+        warnings.append(f"{names_shown}: {unlisted} images have no row; they are imported unlabelled")
+    if split_column is not None:
+        given.split_from = f"column {split_column!r} of " + ", ".join(p.name for _, p in sources)
+    elif any(s for s, _ in sources):
+        given.split_from = "labels CSVs per split (" + ", ".join(f"{s}: {p.name}" for s, p in sources if s) + ")"
+    if not given.splits:  # a single CSV over train / val / test folders: the folders give the split
+        tops = {rel: split_name(rel.split("/", 1)[0]) for rel, _ in infos if "/" in rel}
+        if infos and len(tops) == len(infos) and all(tops.values()):
+            given.splits = {rel: s for rel, s in tops.items() if s}
+            given.split_from = "folders " + ", ".join(f"{s}/" for s in SPLITS if s in given.splits.values())
+    return given
 
-    # class names: Unicode NFC, stripped; names a person cannot tell apart are refused
+
+def _labels_and_classes(labels: dict[str, str], classes: Optional[Sequence[str]], labels_csv: Any, root: Path,
+                        warnings: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Class names as Unicode NFC, stripped (names a person cannot tell apart are refused);
+    labels outside the given `classes` dropped with a warning. Returns (labels, class order)."""
     labels = {k: trust.normalise_label(v) for k, v in labels.items() if trust.normalise_label(v)}
     if classes:
         classes = [trust.normalise_label(str(c)) for c in classes]
@@ -572,24 +620,30 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
         where = display_path(str(labels_csv)) if labels_csv is not None else f"folder names in {display_path(str(root))}"
         raise ProjectError(f"{where}: class names that only differ by case, width or invisible characters: "
                            f"{trust.describe_lookalikes(groups)}; make them one name or clearly different")
-    if classes:
-        unknown = sorted({v for v in labels.values() if v not in classes})
-        if unknown:
-            warnings.append(f"labels not among the classes {', '.join(classes)}: {', '.join(unknown[:10])}; "
-                            f"those images are unlabelled")
-            labels = {k: v for k, v in labels.items() if v in classes}
-        class_order = list(classes)
-    else:
-        class_order = natural_class_order(labels.values())
+    if not classes:
+        return labels, natural_class_order(labels.values())
+    unknown = sorted({v for v in labels.values() if v not in classes})
+    if unknown:
+        warnings.append(f"labels not among the classes {', '.join(classes)}: {', '.join(unknown[:10])}; "
+                        f"those images are unlabelled")
+        labels = {k: v for k, v in labels.items() if v in classes}
+    return labels, list(classes)
 
+
+def _entries(infos: list[tuple[str, Any]], versions: dict[str, str], labels: dict[str, str], given: _Given,
+             salt: bytes, name_pattern: Optional["re.Pattern[str]"], patient_from_name: Optional[str],
+             warnings: list[str]) -> tuple[list[CatalogEntry], dict[str, int]]:
+    """One catalog entry per readable image, its patient found (the CSV, the file name
+    pattern, the DICOM PatientID, CBIS-DDSM's P_ number, else the image itself) and only its
+    salted key kept. Returns (entries, {where patients came from: images})."""
     entries: list[CatalogEntry] = []
     no_patient = 0
     unmatched_name = 0
     cbis_patients: Counter = Counter()
     patients_from: Counter = Counter()
     for rel, info in infos:
-        pid = csv_patients.get(rel)
-        source = f"CSV column {patient_cols.get(rel)}" if pid else ""
+        pid = given.patients.get(rel)
+        source = f"CSV column {given.patient_cols.get(rel)}" if pid else ""
         if not pid and name_pattern is not None:
             match = name_pattern.search(rel.rsplit("/", 1)[-1])
             if match and match.group(1):
@@ -613,9 +667,9 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
         key = patient_key_for(salt, pid)
         entries.append(CatalogEntry(
             image_id=image_id_for(rel, versions[rel]), path=rel, patient_key=key, label=labels.get(rel),
-            split=given.get(rel) or None, format=info.format, modality=info.modality,
-            view=info.view or csv_views.get(rel),  # the header's own values win; the CSV fills gaps
-            laterality=info.laterality or csv_sides.get(rel), rows=info.rows, cols=info.cols, frames=info.frames, pixel_spacing=spacing,
+            split=given.splits.get(rel) or None, format=info.format, modality=info.modality,
+            view=info.view or given.views.get(rel),  # the header's own values win; the CSV fills gaps
+            laterality=info.laterality or given.sides.get(rel), rows=info.rows, cols=info.cols, frames=info.frames, pixel_spacing=spacing,
             masked_path=mask_identifiers(rel, identifiers + [pid], key) if pid and not pid.startswith("file:") else None,
         ))
     if unmatched_name:
@@ -630,6 +684,12 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
                         f"Mass-Test_P_#####_LEFT_CC) and grouped by their P_ number into {len(cbis_patients)} "
                         f"patients for the split; view and laterality are read from the ID where the header "
                         f"lacks them")
+    return entries, dict(patients_from)
+
+
+def _format_warnings(infos: list[tuple[str, Any]], entries: list[CatalogEntry]) -> list[str]:
+    """What the import changes about some images: multi-frame (the central frame), colour (grey)."""
+    warnings = []
     multi = sum(1 for e in entries if e.frames > 1)
     if multi:
         warnings.append(f"{multi} multi-frame images (e.g. tomosynthesis): the central frame is used")
@@ -639,9 +699,7 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
     if colour:
         warnings.append(f"{len(colour)} RGB (colour) images: converted to grey (luminance), colour is not used: "
                         + ", ".join(display_path(r) for r in colour[:5]) + (" ..." if len(colour) > 5 else ""))
-    progress.report(len(files), len(files), f"imported {len(entries)} images, {len(failures)} unreadable")
-    return Catalog(entries, class_order, failures, warnings, dict(patients_from),
-                   split_from if any(e.split for e in entries) else "")
+    return warnings
 
 
 def identical_across_splits(root: Path | str, entries: Sequence[CatalogEntry]) -> Optional[str]:

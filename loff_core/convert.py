@@ -106,7 +106,7 @@ def detect_format(state: dict[str, Any]) -> str:
 def convert_checkpoint(path: Path | str, architecture: Optional[str] = None,
                        model_args: Optional[dict[str, Any]] = None) -> Converted:
     """See the module docstring. `architecture` / `model_args` override what is inferred."""
-    from .backbones import read_weights_file
+    from .models import read_weights_file
 
     path = Path(path)
     file = weights_file_in(path)

@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import ProjectError
 from .fsutil import atomic_write_json, atomic_write_text
 from .progress import Progress
+from . import steps
 from .project import Project
 
 DEMO_README = """\
@@ -56,10 +57,10 @@ def create_demo_project(root: Path | str, *, n_patients: int = 60, seed: int = 0
     labels = write_synthetic_dataset(work / "images", n_patients=n_patients, seed=seed)
     progress.check()
     project.settings.synthetic = True
-    project.import_images(work / "images", labels_csv=labels, label_column="masking_level",
-                          file_column="file", patient_column="patient",
-                          classes=[str(i) for i in range(1, 9)], task="ordinal",
-                          progress=progress.child(1, 2))
+    steps.import_images(project, work / "images", labels_csv=labels, label_column="masking_level",
+                        file_column="file", patient_column="patient",
+                        classes=[str(i) for i in range(1, 9)], task="ordinal",
+                        progress=progress.child(1, 2))
     atomic_write_text(work / "README.txt", DEMO_README.format(root=root))
     os.replace(work, root)  # an empty ROOT is replaced; a complete demo appears at once
     project = Project.open(root)

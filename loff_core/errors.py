@@ -8,10 +8,11 @@ A `LoffError` carries three things:
 * `remedy`: a `Remedy` key saying what the user can do, with its parameters (`params`,
   e.g. the project folder), or None.
 
-Each front end words the remedy its own way: the terminal's table is
-`loff_core.remedies.TERMINAL` ("run `loff extract PROJECT`"), the window's is
-`app.remedies.WINDOW` ("run Extract on the Cache page"). `str(error)` is the terminal's
-wording, "PATH: REASON; REMEDY", which the CLI prints as one line and exits non-zero.
+Each front end words the remedy its own way, at its edge: the terminal's table is
+`loff_core.cli.remedies.TERMINAL` ("run `loff extract PROJECT`"), the window's is
+`app.remedies.WINDOW` ("run Extract on the Cache page"); `error.message(TABLE)` is
+"PATH: REASON; REMEDY" in that table's words. `str(error)` is "PATH: REASON", the engine's
+own words (logs, records), and depends on no front end.
 
 `explain_file_error` turns a file-system error (full or read-only disk, permission, ...)
 into a `LoffError` naming the file; the CLI and the app's workers both use it.
@@ -72,12 +73,11 @@ class LoffError(Exception):
         super().__init__(self.reason)
 
     def message(self, wordings: Optional[Mapping[Remedy, Any]] = None) -> str:
-        """"PATH: REASON; REMEDY", the remedy worded from `wordings` (the terminal's table
-        when None). A wording is a format string over `params` or a function of them."""
-        if wordings is None:
-            from .remedies import TERMINAL as wordings
+        """"PATH: REASON; REMEDY", the remedy worded from one front end's `wordings`
+        ("PATH: REASON" when None). A wording is a format string over `params` or a
+        function of them."""
         text = self.reason if self.path is None else f"{self.path}: {self.reason}"
-        remedy = word_remedy(self.remedy, self.params, wordings)
+        remedy = "" if wordings is None else word_remedy(self.remedy, self.params, wordings)
         return f"{text}; {remedy}" if remedy else text
 
     def __str__(self) -> str:

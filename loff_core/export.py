@@ -11,8 +11,6 @@ preprocessing must match the card's, or loading is refused with the reason.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ import torch
 
 from . import __version__
 from .errors import ExportError, Remedy, UnreadableImage
-from .fsutil import atomic_path, atomic_write_json
+from .fsutil import atomic_path, atomic_write_json, sha256_file
 from .progress import Progress
 from .settings import HEAD_KINDS, TASKS
 from . import trust
@@ -145,7 +143,7 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
         save_file({k: v.contiguous() for k, v in state.items()}, str(staging / "head.safetensors"),
                   metadata={"format": CARD_FORMAT})
         progress.report(1, 3 if onnx else 2, "writing card")
-        card = _make_card(project, run, head_config, _sha256(staging / "head.safetensors"))
+        card = _make_card(project, run, head_config, sha256_file(staging / "head.safetensors"))
         if onnx:
             progress.check()
             card["onnx"] = export_onnx(staging, card, head_config, state, progress=progress)
@@ -200,11 +198,12 @@ def _evaluate_if_needed(project: Any, run: Any) -> None:
     """A card carries the run's validation and test metrics: splits never evaluated are
     evaluated now (an empty split is left out)."""
     from .errors import ProjectError
+    from .evaluation import evaluate_run
 
     for split in ("val", "test"):
         if not (run.path / f"eval-{split}.json").exists():
             try:
-                project.evaluate(run.run_id, split)
+                evaluate_run(project, run.run_id, split)
             except ProjectError:
                 pass  # e.g. no labelled images with features in that split
 
@@ -391,7 +390,7 @@ def load_exported_head(folder: Path | str, device: str = "cpu") -> LoadedHead:
     card = trust.load_json(card_path, what="card.json", error=ExportError, max_bytes=4 << 20)
     validate_card(card, card_path)
     check_card_seal(card, card_path)
-    if _sha256(head_path) != card["files"]["head_sha256"]:
+    if sha256_file(head_path) != card["files"]["head_sha256"]:
         raise ExportError("head.safetensors does not match the checksum in card.json (file changed or corrupt)", head_path)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -418,7 +417,7 @@ def load_run_head(project: Any, run_id: Optional[str] = None, device: str = "cpu
     write (nothing is written, no split is evaluated)."""
     run = project.run(run_id)
     head_config, state = project.load_head(run)
-    card = _make_card(project, run, head_config, _sha256(run.head_path))
+    card = _make_card(project, run, head_config, sha256_file(run.head_path))
     return LoadedHead(run.path, card, head_config, _build_head(head_config, state).to(device))
 
 
@@ -513,10 +512,3 @@ def predict_files(head_dir: Path | str | LoadedHead, paths: Iterable[Path | str]
     return {"head": str(head_dir), "classes": loaded.classes, "task": loaded.task,
             "predictions": predictions, "failed": failures, "operating_point": loaded.card.get("operating_point")}
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

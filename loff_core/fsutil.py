@@ -1,14 +1,17 @@
-"""Crash-safe file writes: write to a temporary file beside the target, fsync, rename."""
+"""Crash-safe file writes: write to a temporary file beside the target, fsync, rename; and the
+two small helpers every record written to a project uses (a UTC time stamp, a relative path)."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import errno
+import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 
 @contextmanager
@@ -137,3 +140,29 @@ def pid_alive(pid: int) -> bool:
     except OSError:  # exists, owned by another user
         return True
     return True
+
+
+def utc_now() -> str:
+    """The time stamp records carry ("started", "finished", "date"): UTC, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def relative_or_none(path: Path, start: Path) -> Optional[str]:
+    """`path` relative to `start` as a POSIX string, or None (another drive on Windows)."""
+    try:
+        return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        return None
+
+
+def sha256_file(path: Path | str, report: Optional[Callable[[int, int], None]] = None) -> str:
+    """The SHA-256 of a file as hex, read 1 MiB at a time; `report(done, total)` after each block."""
+    digest = hashlib.sha256()
+    total, done = os.stat(path).st_size if report else 0, 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            if report is not None:
+                done += len(block)
+                report(done, total)
+    return digest.hexdigest()

@@ -50,10 +50,6 @@ class HeadConfig:
             kwargs["grid_hw"] = tuple(int(x) for x in kwargs["grid_hw"])
         return cls(**kwargs)
 
-    @property
-    def num_outputs(self) -> int:
-        return self.num_classes if self.task == "classification" else self.num_classes - 1
-
 
 # -- output layers ---------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .errors import BackboneError, Remedy
+from .fsutil import sha256_file
 from .progress import Cancelled, Progress
 
 CHUNK = 1 << 20
@@ -202,7 +203,7 @@ def get_weights(name: str, progress: Optional[Progress] = None, revision: str = 
                 token: Optional[str] = None) -> GetResult:
     """Download a suggested model's weights (see the module docstring); resumable, verified.
     `token`: a Hub access token for a gated repo (else HF_TOKEN or the stored one)."""
-    from .weights import add_weights, added, file_sha256, known
+    from .weights import add_weights, added, known
 
     k = known(name)
     if k is None:
@@ -228,7 +229,7 @@ def get_weights(name: str, progress: Optional[Progress] = None, revision: str = 
     result = GetResult(name, path, size, checksum, kind, fetched, resumed)
     if k.layout != "timm":  # e.g. RAD-DINO in transformers' layout: converted once, into the weights folder
         entry = added(name)
-        sha256 = checksum if kind == "SHA-256" else file_sha256(path)
+        sha256 = checksum if kind == "SHA-256" else sha256_file(path)
         if entry is None or entry.source_sha256 != sha256:
             # the model's own preprocessor_config.json (image_mean / image_std / crop_size, read
             # by the conversion, which checks crop_size against the declared input size range)
@@ -367,7 +368,8 @@ def _download(repo: str, filename: str, revision: str, progress: Progress, name:
     if size is not None and part.stat().st_size < size:
         raise BackboneError(f"{repo}/{filename}: the download stopped at {part.stat().st_size} of {size} bytes; "
                             f"the partial file is kept: Get again resumes")
-    digest = _sha256(part, progress) if kind == "SHA-256" else _git_blob_sha1(part, progress)
+    digest = sha256_file(part, lambda done, total: progress.report(done, total, "checking SHA-256")) \
+        if kind == "SHA-256" else _git_blob_sha1(part, progress)
     if digest != checksum or (size is not None and part.stat().st_size != size):
         part.unlink()
         raise BackboneError(f"{repo}/{filename}: the downloaded file is corrupt ({kind} {digest[:16]}... but the Hub "
@@ -387,17 +389,6 @@ def _git_blob_sha1(path: Path, progress: Optional[Progress] = None) -> str:
             done += len(block)
             if progress is not None:
                 progress.report(done, total, "checking the git blob SHA-1")
-    return digest.hexdigest()
-
-
-def _sha256(path: Path, progress: Progress) -> str:
-    digest = hashlib.sha256()
-    total, done = path.stat().st_size, 0
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-            done += len(block)
-            progress.report(done, total, "checking SHA-256")
     return digest.hexdigest()
 
 

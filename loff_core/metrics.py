@@ -269,21 +269,3 @@ def evaluate_predictions(
         "confusion_matrix": [[int(v) for v in row] for row in cm],
         "roc": roc,
     }
-
-
-def evaluate_decisions(y_true: Sequence[int], probs: Any, classes: Sequence[str], task: str,
-                       operating_point: Optional[dict[str, Any]], *, n_bootstrap: int = EvaluateSettings.bootstrap,
-                       seed: int = 0, predicted: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """The one scoring of `evaluate` and `loff predict` with labels: metrics and confusion
-    matrix at the run's decision (its operating point: binary threshold, else argmax /
-    ordinal decode) on `probs`, the run's adjusted probabilities. `predicted`: decisions
-    already made from these probabilities with this operating point (predict's own rows).
-    Returns (the decided class per image, the evaluation)."""
-    from .calibration import decide
-
-    p = np.asarray(probs, dtype=np.float64)
-    if predicted is None:
-        predicted = decide(p, task, operating_point) if len(p) else np.zeros(0, dtype=np.int64)
-    predicted = np.asarray(predicted, dtype=np.int64).reshape(-1)
-    return predicted, evaluate_predictions(y_true, p, classes, task, n_bootstrap=n_bootstrap, seed=seed,
-                                           predicted=predicted)

@@ -7,39 +7,26 @@ project when possible, with the absolute path as a fallback), never copied.
 `Project` keeps what a project is: its files, its settings (`project_file.py`), its locks
 (the writer lock here, the readers' commit lock in `locks.py`) and its runs. What the steps
 do (import, extract, train, evaluate, explain) is in `steps.py`; how an import splits the
-images is in `splits.py`. The old names are re-exported here.
+images is in `splits.py`.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import secrets
 import shutil
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from .catalog import Catalog, CatalogEntry
 from .errors import CacheError, ProjectError, Remedy
-from .fsutil import HELD_LOCK_FDS, atomic_write_json
-from .predictions import read_predictions_csv, write_predictions_csv  # noqa: F401 (write_...: the old import path)
+from .fsutil import HELD_LOCK_FDS, atomic_write_json, relative_or_none, sha256_file, utc_now
 from . import trust
-from .project_file import (PROJECT_FILE, SCHEMA_VERSION, TASKS, ProjectSettings, _migrate,  # noqa: F401
-                           _read_settings, _settings_problem)
-from .splits import PATIENT_OVERLAP_ACTIONS, _sides, complete_split  # noqa: F401
-
-
-@dataclass(frozen=True)
-class ImportSummary:
-    imported: int
-    labelled: int
-    failures: list[dict[str, str]]
-    warnings: list[str]
-    classes: list[str]
-    splits: dict[str, int]
-    per_class: dict[str, int]
+from .project_file import PROJECT_FILE, ProjectSettings, _read_settings
+from .results import ImportResult
+from .settings import TASKS
 
 
 @dataclass(frozen=True)
@@ -93,7 +80,7 @@ class Project:
         root.mkdir(parents=True, exist_ok=True)
         settings = ProjectSettings(
             name=name or root.resolve().name,
-            created=_now(),
+            created=utc_now(),
             salt=secrets.token_hex(16),
             seed=seed,
         )
@@ -304,13 +291,6 @@ class Project:
     def image_path(self, entry: CatalogEntry) -> Path:
         return self.images_root() / entry.path
 
-    def import_images(self, images_dir: Path | str, **options: Any) -> ImportSummary:
-        """Scan IMAGES_DIR into the catalog (the caller holds the lock); see
-        `loff_core.steps.import_images`, which takes the lock itself."""
-        from .steps import _import_images
-
-        return _import_images(self, images_dir, **options)
-
     def commit_import(self, catalog: Catalog, report: dict[str, Any], s: ProjectSettings) -> None:
         """Write an import's catalog, its sidecar, the report and the settings `s` together
         (staging folder, one rename as the commit point, under the commit lock)."""
@@ -329,7 +309,7 @@ class Project:
     def relative(self, path: Path | str) -> str:
         """A path as `loff` prints it: relative to the project folder (absolute on another
         drive)."""
-        return _relative_or_none(Path(path), self.root) or str(Path(path).resolve())
+        return relative_or_none(Path(path), self.root) or str(Path(path).resolve())
 
     def labels_csv(self) -> Optional[Path]:
         """The labels CSV of the last import, found again after a move; None for folder names
@@ -347,7 +327,8 @@ class Project:
             return Path(absolute)
         return None
 
-    def import_summary(self) -> ImportSummary:
+    def import_summary(self) -> ImportResult:
+        """What the catalog holds, as `steps.import_images` reports it."""
         catalog = self.catalog()
         report = self.import_report()
         labelled = [e for e in catalog.entries if e.label is not None]
@@ -356,14 +337,16 @@ class Project:
         for e in labelled:
             splits[e.split or "none"] = splits.get(e.split or "none", 0) + 1
             per_class[e.label] = per_class.get(e.label, 0) + 1
-        return ImportSummary(
+        return ImportResult(
+            project=str(self.root),
             imported=len(catalog.entries),
             labelled=len(labelled),
-            failures=report.get("failed", []),
+            failed=report.get("failed", []),
             warnings=report.get("warnings", []),
             classes=list(catalog.classes),
             splits=splits,
             per_class=per_class,
+            split_source=self.settings.split_source,
         )
 
     def import_report(self) -> dict[str, Any]:
@@ -380,20 +363,13 @@ class Project:
         return report
 
     # -- features ----------------------------------------------------------------------
-    def extract(self, spec: Any, **options: Any) -> Any:
-        """Run the frozen backbone over every catalogued image (the caller holds the lock);
-        see `loff_core.steps.extract`. Returns cache.ExtractResult."""
-        from .steps import _extract
-
-        return _extract(self, spec, **options)
-
     def record_extract_failures(self, failures: list[Any]) -> None:
         """Add an extraction's unreadable files to the import report (shown with the import's)."""
         report = self.import_report()
         known = {f["path"] for f in report.get("failed", [])}
         root = self.images_root()
         for f in failures:
-            rel = _relative_or_none(Path(f.path), root) or str(f.path)
+            rel = relative_or_none(Path(f.path), root) or str(f.path)
             if rel not in known:
                 report.setdefault("failed", []).append({"path": rel, "reason": f.reason})
         with self.committing():
@@ -403,7 +379,7 @@ class Project:
         return sorted(self.caches_dir.glob("*.h5")) if self.caches_dir.is_dir() else []
 
     def open_cache(self, fingerprint: Optional[str] = None) -> Any:
-        from .cache import FeatureCache
+        from .cache_reader import FeatureCache
 
         fingerprint = fingerprint or self.settings.active_cache
         if fingerprint is None:
@@ -421,13 +397,6 @@ class Project:
         cached = set(cache.image_ids)
         entries = [e for e in catalog.in_split(split) if e.label is not None and e.image_id in cached]
         return [e.image_id for e in entries], [catalog.class_index(e.label) for e in entries], entries
-
-    def train(self, config: Any, **options: Any) -> RunInfo:
-        """Train a head on the active cache (the caller holds the lock); see
-        `loff_core.steps.train`."""
-        from .steps import _train
-
-        return _train(self, config, **options)
 
     def new_run_id(self, head: str) -> str:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -448,7 +417,7 @@ class Project:
         staging.mkdir()
         try:
             save_file({k: v.contiguous() for k, v in state_dict.items()}, str(staging / "head.safetensors"))
-            record = {**record, "checksum": trust.run_checksum(record, trust.sha256_file(staging / "head.safetensors"))}
+            record = {**record, "checksum": trust.run_checksum(record, sha256_file(staging / "head.safetensors"))}
             atomic_write_json(staging / "run.json", record)
             with self.committing():
                 os.replace(staging, self.runs_dir / run_id)
@@ -518,7 +487,7 @@ class Project:
         if not run.head_path.is_file():
             raise ProjectError(f"{run.head_path}: the run's head file is missing")
         checksum = run.record.get("checksum")
-        if checksum is not None and checksum != trust.run_checksum(run.record, trust.sha256_file(run.head_path)):
+        if checksum is not None and checksum != trust.run_checksum(run.record, sha256_file(run.head_path)):
             raise ProjectError(f"{where}: the run's settings or head file changed after training (checksum "
                                f"mismatch); this run is not used")
         try:
@@ -538,12 +507,6 @@ class Project:
             raise ProjectError(f"{run.head_path}: {problem}")
         return config, state
 
-    def explain(self, run_id: Optional[str], image_ids: list[str], **options: Any) -> dict[str, Any]:
-        """Probabilities and heat maps of a run for some images; see `loff_core.steps.explain`."""
-        from .steps import _explain
-
-        return _explain(self, run_id, image_ids, **options)
-
     def check_run_classes(self, run: RunInfo) -> None:
         """A run trained on other classes than the catalog's (re-imported since) cannot be
         scored or calibrated against these labels: refused (evaluate, calibrate)."""
@@ -562,19 +525,6 @@ class Project:
                              f"{cache.grid_hw[1]} grid, but run {run.run_id}'s head reads {head['feature_dim']} on "
                              f"{head['grid_hw'][0]}x{head['grid_hw'][1]}")
 
-    # -- evaluation --------------------------------------------------------------------
-    def evaluate(self, run_id: Optional[str] = None, split: str = "test", **options: Any) -> dict[str, Any]:
-        """Metrics and per-image predictions of a run on one split, saved with the run (the
-        dict form of `loff_core.steps.evaluate`'s EvaluateResult; `save=False`: only returned,
-        e.g. for a ROC overlay while another job holds the lock)."""
-        from .steps import _evaluate
-
-        return _evaluate(self, run_id, split, **options)
-
-    read_predictions_csv = staticmethod(read_predictions_csv)
-
-
-RUN_TASKS = TASKS
 
 
 def _read_run_record(path: Path) -> dict[str, Any]:
@@ -596,18 +546,3 @@ def _read_run_record(path: Path) -> dict[str, Any]:
         raise ProjectError(f"{where}: run record is not valid: backbone must be an object")
     return record
 
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _relative_or_none(path: Path, start: Path) -> Optional[str]:
-    try:
-        return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
-    except ValueError:  # another drive on Windows
-        return None
-
-
-def _config_dict(config: Any) -> dict[str, Any]:
-    data = asdict(config)
-    return json.loads(json.dumps(data, default=str))

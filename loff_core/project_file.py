@@ -14,7 +14,7 @@ from . import trust
 
 PROJECT_FILE = "loff-project.json"
 SCHEMA_VERSION = 2  # 2: split_source (how the split and the patients were assigned at import)
-from .settings import TASKS  # (re-exported: declared once)
+from .settings import TASKS
 
 
 @dataclass

@@ -5,9 +5,9 @@ Every step (`loff_core.steps`) returns one of these instead of a string-keyed di
 contract, tests/test_cli*.py check them); `to_dict()` is what the short human summary is
 written from (the same, plus what only the summary shows for cv / tune). Torch-free.
 
-Not to be confused with the engine-internal results they are made from:
-`cache.ExtractResult` (one extraction's counts) and `training.TrainResult` (a trained head
-in memory); the records here are what a front end gets.
+The engine-internal results they are made from have other names: `cache.Extraction` (one
+extraction's counts) and `training.TrainedHead` (a trained head in memory); the records here
+are what a front end gets.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ dataclasses themselves (`dataclasses.asdict`). A new training setting is one fie
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Iterable, Optional
@@ -268,3 +269,8 @@ def _argparse_type(info: FieldInfo) -> Any:
             raise argparse.ArgumentTypeError(str(exc)) from None
     parse.__name__ = info.kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def config_record(config: Any) -> dict[str, Any]:
+    """A settings object as run.json and group.json record it: `asdict`, made JSON-able."""
+    return json.loads(json.dumps(asdict(config), default=str))

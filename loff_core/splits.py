@@ -65,3 +65,18 @@ def _sides(entries: list[CatalogEntry]) -> dict[str, set[str]]:
     for e in entries:
         sides.setdefault(e.patient_key, set()).add(str(e.split))
     return sides
+
+
+def describe_split_source(source: Optional[dict[str, Any]]) -> list[str]:
+    """How an import split the images and found the patients, as lines for a person."""
+    if not source:
+        return []
+    lines = [f"split: {source.get('from') or source.get('kind')}"
+             + ("; val carved from train by patient" if source.get("val_carved") else "")]
+    overlap = source.get("patient_overlap")
+    if overlap:
+        lines.append(f"patients on two sides of the given split: {overlap['patients']} ({overlap['images']} images), "
+                     f"{'kept as given' if overlap['action'] == 'keep' else 're-split by patient'}")
+    if source.get("patients_from"):
+        lines.append("patients from: " + ", ".join(f"{k} ({v} images)" for k, v in source["patients_from"].items()))
+    return lines

@@ -5,17 +5,16 @@
 Each public step takes the project's lock itself (the writer lock for what changes the
 project: import, extract, train, cross-validate, tune; the shared reader lock for what only
 reads it: evaluate, explain, export, predict; see loff_core/locks.py), reports progress and
-checks for cancel between batches. The CLI (`loff_core/cli.py`) and the app's pages call
+checks for cancel between batches. The CLI (`loff_core/cli/`) and the app's pages call
 these and nothing below them, so both front ends do the same thing:
 
-    cli.py / app pages ──> steps.py ──> project.py (files, settings, locks, run storage)
+    cli/ / app pages ──> steps.py   ──> project.py (files, settings, locks, run storage)
                                     ├─> catalog.py, cache.py, backbones.py, training.py,
                                     │   metrics.py, calibration.py, validation.py, export.py
                                     └─> results.py (the records), predictions.py (CSV, heat)
 
-The `_name` functions are the steps' bodies without the lock; `Project.import_images`,
-`.extract`, `.train`, `.evaluate` and `.explain` still call them for scripts and tests that
-hold the lock themselves (as callers of those methods always did).
+The `_name` functions are the steps' bodies without the lock, for code that holds it
+already; `evaluation.evaluate_run` is the body of `evaluate` (export and tune use it too).
 """
 
 from __future__ import annotations
@@ -30,15 +29,16 @@ import numpy as np
 
 from .catalog import scan_folder
 from .errors import LoffError, ProjectError, Remedy, TrainingError
-from .fsutil import atomic_write_json
-from .predictions import heat_on_image, write_evaluation_csv
+from .evaluation import evaluate_run
+from .fsutil import relative_or_none, utc_now
+from .predictions import heat_on_image
 from .progress import Progress
-from .project import ImportSummary, RunInfo, _config_dict, _now, _relative_or_none
-from .project_file import PROJECT_FILE, TASKS
+from .project import RunInfo
+from .project_file import PROJECT_FILE
 from .splits import PATIENT_OVERLAP_ACTIONS, complete_split
 from .results import (EVALUATION_KEYS, CVResult, EvaluateResult, ExportResult, ExtractResult, ImportResult,
                       PredictResult, TrainResult, TuneResult)
-from .settings import EvaluateSettings, ExtractSettings, TuneSettings
+from .settings import TASKS, EvaluateSettings, ExtractSettings, TuneSettings, config_record
 
 #: images per read + forward in `explain`
 EXPLAIN_BATCH = 64
@@ -51,11 +51,7 @@ def import_images(project: Any, images_dir: Path | str, *, progress: Progress = 
     label_column, file_column, patient_column, classes, task, split_column,
     patient_from_name, on_patient_overlap (see `_import_images`)."""
     with project.lock():
-        summary = _import_images(project, images_dir, progress=progress, **options)
-    return ImportResult(project=str(project.root), imported=summary.imported, labelled=summary.labelled,
-                        failed=summary.failures, warnings=summary.warnings, classes=summary.classes,
-                        splits=summary.splits, per_class=summary.per_class,
-                        split_source=project.settings.split_source)
+        return _import_images(project, images_dir, progress=progress, **options)
 
 
 def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings(), *,
@@ -63,7 +59,7 @@ def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings
     """Run the frozen backbone `spec` over every catalogued image into the cache (writer
     lock; under torchrun only rank 0 takes it and records the cache). `settings`: device,
     batch size, workers (the spec carries image size, grid and layers)."""
-    from .cache import distributed_rank_world
+    from .cache_merge import distributed_rank_world
 
     rank, world = distributed_rank_world()
     with project.lock() if rank == 0 else nullcontext():
@@ -104,8 +100,8 @@ def evaluate(project: Any, run_id: Optional[str] = None, split: str = "test",
     `save` is False (reader lock: never waits for a training; eval-SPLIT.json is replaced
     atomically)."""
     with project.read_lock():
-        return EvaluateResult.from_dict(_evaluate(project, run_id, split, n_bootstrap=settings.bootstrap,
-                                                  save=save, progress=progress))
+        return EvaluateResult.from_dict(evaluate_run(project, run_id, split, n_bootstrap=settings.bootstrap,
+                                                     save=save, progress=progress))
 
 
 def explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
@@ -189,7 +185,7 @@ def _score_labelled(out: dict[str, Any], files: list[Path], labels: Optional[Pat
     """When the files come with labels (a labels CSV, or class sub-folders below a folder
     given), set each prediction's `label`; returns (labelled, n, the metrics `evaluate`
     reports or None)."""
-    from .metrics import evaluate_decisions
+    from .evaluation import evaluate_decisions
 
     classes = out["classes"]
     table: dict[str, str] = _labels_from_csv(labels, label_column, file_column) if labels else {}
@@ -219,36 +215,18 @@ def _score_labelled(out: dict[str, Any], files: list[Path], labels: Optional[Pat
 
 
 def _labels_from_csv(labels: Path, label_column: str, file_column: Optional[str]) -> dict[str, str]:
-    """file -> label from a labels CSV (the file cell may be a path as given, a file name or
-    a stem)."""
-    import csv
+    """file -> label from a labels CSV, read as an import reads it (`catalog.read_labels_csv`);
+    the file cell may be a path as given, a file name or a stem."""
+    from .catalog import read_labels_csv
 
-    try:
-        with open(labels, newline="", encoding="utf-8-sig") as fh:
-            sample = fh.read(65536)
-            fh.seek(0)
-            try:
-                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
-            except csv.Error:
-                dialect = csv.excel
-            rows = list(csv.DictReader(fh, dialect=dialect))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise LoffError(f"{labels}: cannot read the labels CSV ({exc})") from None
-    columns = list(rows[0]) if rows else []
-    file_column = file_column or next((c for c in columns if c.strip().lower() in
-                                       ("file", "filename", "file_name", "path", "image", "image_path")), None)
-    if not rows or file_column not in columns or label_column not in columns:
-        wanted = f"a file column ({file_column or 'file, filename, path or image'}) and the label column " \
-                 f"{label_column!r}"
-        raise LoffError(f"{labels}: needs {wanted}; columns: {', '.join(columns) or 'none'}")
+    rows, _, _, _ = read_labels_csv(labels, label_column, file_column, None)
     table: dict[str, str] = {}
     for row in rows:
-        name, label = (row.get(file_column) or "").strip(), (row.get(label_column) or "").strip()
-        if name and label:
-            key = Path(name)
-            table.setdefault(key.as_posix(), label)
-            table.setdefault(key.name, label)
-            table.setdefault(key.stem, label)
+        if row["file"] and row["label"]:
+            key = Path(row["file"])
+            table.setdefault(key.as_posix(), row["label"])
+            table.setdefault(key.name, row["label"])
+            table.setdefault(key.stem, row["label"])
     return table
 
 
@@ -267,7 +245,7 @@ def _import_images(
     patient_from_name: Optional[str] = None,
     on_patient_overlap: Optional[str] = None,
     progress: Progress = Progress(),
-) -> ImportSummary:
+) -> ImportResult:
     """Scan IMAGES_DIR into the catalog. `labels_csv`: one CSV, or a list of CSVs and
     (split, CSV) pairs (see `scan_folder`). A split given by the CSV or the folders is
     kept (val carved from train by patient when it has none); a patient it puts on two
@@ -281,9 +259,9 @@ def _import_images(
     if on_patient_overlap not in (None, *PATIENT_OVERLAP_ACTIONS):
         raise ProjectError(f"unknown choice {on_patient_overlap!r} for patients on two sides; "
                            f"choose {' or '.join(PATIENT_OVERLAP_ACTIONS)}")
-    from .catalog import _labels_sources
+    from .catalog import labels_sources
 
-    sources = _labels_sources(labels_csv)
+    sources = labels_sources(labels_csv)
     catalog = scan_folder(
         images_dir,
         salt=project.salt,
@@ -317,20 +295,20 @@ def _import_images(
         "failed": [{"path": f.path, "reason": f.reason} for f in catalog.failures],
         "warnings": list(catalog.warnings),
         "split_source": split_source,
-        "date": _now(),
+        "date": utc_now(),
     }
     s = replace(project.settings, extras=dict(project.settings.extras))
-    s.images_root = _relative_or_none(images_dir, project.root)
+    s.images_root = relative_or_none(images_dir, project.root)
     s.images_root_absolute = str(images_dir.resolve())
     s.classes = list(catalog.classes)
     s.label_name = label_column or s.label_name
     first = sources[0][1] if sources else None
     s.labels_source = None if not sources else {
-        "csv": _relative_or_none(first, project.root), "csv_absolute": str(first.resolve()),
+        "csv": relative_or_none(first, project.root), "csv_absolute": str(first.resolve()),
         "label_column": label_column, "file_column": file_column, "patient_column": patient_column,
         "classes": list(classes) if classes else None, "split_column": split_column,
         "patient_from_name": patient_from_name,
-        "csvs": [{"split": sp, "csv": _relative_or_none(p, project.root), "csv_absolute": str(p.resolve())}
+        "csvs": [{"split": sp, "csv": relative_or_none(p, project.root), "csv_absolute": str(p.resolve())}
                  for sp, p in sources]}
     if not sources and patient_from_name:
         s.labels_source = {"patient_from_name": patient_from_name}
@@ -351,8 +329,9 @@ def _extract(
     num_workers: Optional[int] = None,
     progress: Progress = Progress(),
 ) -> Any:
-    """Run the frozen backbone over every catalogued image; returns an ExtractResult."""
-    from .cache import distributed_rank_world, extract_features
+    """Run the frozen backbone over every catalogued image; returns a cache.Extraction."""
+    from .cache import extract_features
+    from .cache_merge import distributed_rank_world
 
     catalog = project.catalog()
     root = project.images_root()
@@ -399,7 +378,7 @@ def _train(
         raise TrainingError(f"{project.root}: no labelled training images with features; import labels and extract first")
     if config.task == "ordinal" and len(classes) < 3:
         raise TrainingError("the ordinal task needs at least three ordered levels")
-    started = _now()
+    started = utc_now()
     for leftover in project.runs_dir.glob(".*.partial") if project.runs_dir.is_dir() else []:
         shutil.rmtree(leftover, ignore_errors=True)  # from a run killed while it was being saved
     result = train_head(
@@ -410,10 +389,10 @@ def _train(
     record = {
         "run_id": run_id,
         "started": started,
-        "finished": _now(),
+        "finished": utc_now(),
         "task": config.task,
         "classes": list(classes),
-        "train_config": _config_dict(config),
+        "train_config": config_record(config),
         "head_config": result.head_config.to_dict(),
         "history": result.history,
         "best_epoch": result.best_epoch,
@@ -481,60 +460,3 @@ def _explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
     return {"image_ids": list(image_ids), "probabilities": probs[back], "attention": maps, "heat": heat,
             "classes": run.record["classes"], "task": run.record["task"],
             "predicted": [run.record["classes"][int(c)] for c in decided[back]], "operating_point": op}
-
-
-def _evaluate(project: Any, run_id: Optional[str] = None, split: str = "test", *,
-              n_bootstrap: int = EvaluateSettings.bootstrap, save: bool = True,
-              progress: Progress = Progress()) -> dict[str, Any]:
-    """Metrics and per-image predictions of a run on one split; saved with the run."""
-    from .metrics import evaluate_decisions, small_split_warning
-    from .training import predict_probabilities
-
-    run = project.run(run_id)
-    project.check_run_classes(run)
-    cache = project.open_cache(run.record["cache_fingerprint"])
-    project.check_cache_fits(run, cache)
-    ids, y, entries = project.labelled_split(split, cache)
-    if not ids:
-        raise ProjectError(f"{project.root}: the {split} split has no labelled images with features")
-    head_config, state = project.load_head(run)
-    progress.check()
-    probs = predict_probabilities(head_config, state, cache, ids, progress=progress)
-    progress.check()
-    progress.report(len(ids), len(ids), f"{n_bootstrap} bootstrap resamples for the 95% intervals")
-    classes = run.record["classes"]
-    task = run.record["task"]
-    from .calibration import adjust
-
-    op = run.record.get("operating_point")
-    probs = adjust(probs, op)  # the run's calibration / prevalence, then its threshold
-    predicted, evaluation = evaluate_decisions(y, probs, classes, task, op, n_bootstrap=n_bootstrap,
-                                               seed=project.settings.seed)
-    images = project.images_root()
-    predictions = [
-        {
-            "image_id": e.image_id,
-            "path": project.relative(images / e.path),  # relative to the project folder
-            "label": e.label,
-            "predicted": classes[int(p)],
-            "probabilities": [round(float(x), 6) for x in row],
-        }
-        for e, p, row in zip(entries, predicted, probs)
-    ]
-    result = {
-        "run": run.run_id,
-        "split": split,
-        "task": task,
-        "classes": classes,
-        "n": len(ids),
-        "stale": project.stale_reasons(run),
-        "operating_point": op,
-        **evaluation,
-        "warnings": [w for w in [small_split_warning(len(ids), evaluation["ci"].get("accuracy"), split)] if w],
-        "predictions": predictions,
-    }
-    progress.check()  # a cancel before this point leaves the saved evaluation as it was
-    if save:  # save=False: only returned (e.g. a ROC overlay while another job holds the lock)
-        atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
-        write_evaluation_csv(run.path / f"predictions-{split}.csv", predictions, classes)
-    return result

@@ -108,7 +108,7 @@ def write_synthetic_dataset(folder: Path | str, n_patients: int = 24, views: Seq
 def _write_dicom(path: Path, pixels: np.ndarray, patient: str, view: str, laterality: str, syntax: str,
                  photometric: str, seed: int, p: int, index: int, FileMetaDataset: type) -> None:
     from pydicom.dataset import Dataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, UID, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, UID, generate_uid
 
     values = np.round(pixels * MAX_VALUE).astype(np.uint16)
     if photometric == "MONOCHROME1":

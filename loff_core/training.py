@@ -18,19 +18,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import AugmentConfig, TensorAugment
-from .backbones import resolve_device
+from .augment import TensorAugment
+from .models import resolve_device
 from .errors import Remedy, TrainingError, is_out_of_memory
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
-from .settings import HEAD_KINDS, TASKS, TrainConfig  # declared once, with defaults and help (re-exported here)
+from .settings import HEAD_KINDS, TASKS, TrainConfig  # declared once, with defaults and help
 
 _MEMORY_LIMIT = 2 * 1024**3
 _IMPROVEMENT = 1e-4
 
 
 @dataclass
-class TrainResult:
+class TrainedHead:
     head_config: HeadConfig
     state_dict: dict[str, torch.Tensor]
     history: list[dict[str, Any]]
@@ -148,7 +148,7 @@ def train_head(
     num_classes: int,
     progress: Progress = Progress(),
     on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
-) -> TrainResult:
+) -> TrainedHead:
     """Train a head; returns the best head (by the monitor) with its history."""
     if num_classes < 2:
         raise TrainingError(f"training needs at least two classes, got {num_classes}")
@@ -347,7 +347,7 @@ def train_head(
             break
 
     assert best_state is not None
-    return TrainResult(
+    return TrainedHead(
         head_config=head_config,
         state_dict=best_state,
         history=history,

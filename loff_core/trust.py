@@ -145,19 +145,6 @@ def confined_relpath(value: Any, *, what: str, where: str, error: Type[LoffError
     return value
 
 
-def confined(root: Path, rel: str, *, what: str, where: str, error: Type[LoffError] = ProjectError) -> Path:
-    """root / rel, refused unless it resolves inside root (symbolic links included)."""
-    confined_relpath(rel, what=what, where=where, error=error)
-    path = Path(root) / rel
-    try:
-        inside = path.resolve().is_relative_to(Path(root).resolve())
-    except (OSError, RuntimeError):
-        inside = False
-    if not inside:
-        raise error(f"{where}: {what} {_show(rel)} is refused: it resolves outside {Path(root).name}/")
-    return path
-
-
 def name_problem(value: Any) -> Optional[str]:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         return "not a plain name (letters, digits, '-', '_', '.', '+'; no folders)"
@@ -369,10 +356,3 @@ def run_checksum(record: Mapping[str, Any], head_sha256: str) -> str:
     text = json.dumps(settings, sort_keys=True, ensure_ascii=True, default=str)
     return hashlib.sha256((text + "\n" + head_sha256).encode()).hexdigest()
 
-
-def sha256_file(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -22,16 +22,16 @@ import datetime as _dt
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from .errors import TrainingError
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, utc_now
 from .progress import Progress
-from .settings import EvaluateSettings
+from .settings import EvaluateSettings, config_record
 
 #: the metric `tune` ranks by: macro AUC for classification, Kendall's tau for ordinal labels
 PRIMARY = {"classification": "auc", "ordinal": "kendall_tau"}
@@ -50,13 +50,13 @@ class Pool:
 
 
 def strong_augment() -> Any:
-    from .augment import AugmentConfig
+    from .settings import AugmentConfig
 
     return AugmentConfig(crop_scale=(0.4, 1.0), noise_std=0.1, token_dropout=0.2, mixup_alpha=0.4, mixup_prob=0.7)
 
 
 def augment_named(name: str) -> Any:
-    from .augment import AugmentConfig
+    from .settings import AugmentConfig
 
     if name == "off":
         return AugmentConfig.off()
@@ -304,11 +304,6 @@ def check_every_class_twice(pool: Pool, classes: Sequence[str], where: Any) -> N
                             f"too few: {', '.join(short)}; import more images of that class or leave it out "
                             f"(--classes)")
 
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _new_group_id(project: Any, kind: str) -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = project.root / GROUPS_DIR
@@ -364,7 +359,7 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 
 def _augment_name(augment: Any) -> Any:
-    from .augment import AugmentConfig
+    from .settings import AugmentConfig
 
     if not augment.enabled:
         return "off"
@@ -385,7 +380,7 @@ def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
     if config != LOGREG and config.task == "ordinal" and len(classes) < 3:
         raise TrainingError("the ordinal task needs at least three ordered levels")
     check_every_class_twice(pool, classes, project.root)
-    started = _now()
+    started = utc_now()
     result = run_folds(cache, pool, classes, task, config, folds=folds, seed=seed, progress=progress)
     if result["completed"] == 0:
         raise TrainingError("cross-validation was stopped before the first fold finished; nothing was saved")
@@ -395,7 +390,7 @@ def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
               "config": config_dict(config), "train_config": _jsonable(config), "seed": seed,
               "n_images": len(pool.ids), "n_patients": int(len(np.unique(pool.groups))),
               "fold_sizes": result["fold_sizes"], "best_epochs": result["best_epochs"],
-              "started": started, "finished": _now(), "catalog_version": project.settings.catalog_version,
+              "started": started, "finished": utc_now(), "catalog_version": project.settings.catalog_version,
               "cache_fingerprint": cache.fingerprint}
     _save_group(project, record)
     return record
@@ -404,7 +399,7 @@ def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
 def _jsonable(config: Any) -> Any:
     if config == LOGREG:
         return {"head": LOGREG, "Cs": list(LOGREG_CS)}
-    return json.loads(json.dumps(asdict(config), default=str))
+    return config_record(config)
 
 
 # -- model selection -------------------------------------------------------------------------
@@ -470,7 +465,7 @@ def tune_source(source: Any, pool: Pool, classes: Sequence[str], task: str, *, t
     """Score `trials` head configurations (plus the logistic regression for classification)
     by grouped CV on `pool`; returns {"leaderboard" (best first), "best", "stopped"}.
     `heads` restricts the head kinds searched (see `choose_trials`)."""
-    from .training import TrainConfig
+    from .settings import TrainConfig
 
     base = base or TrainConfig(task=task)
     configs: list[Any] = choose_trials(task, base, trials, seed, heads)
@@ -533,14 +528,14 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
     """`loff tune`: search scored by grouped CV on train + val, winner retrained on train +
     val as a normal run, evaluated once on test. Returns {"group", "leaderboard", "best",
     "run", "test"}."""
-    from .training import TrainConfig
+    from .settings import TrainConfig
 
     cache = project.open_cache()
     pool, classes = project_pool(project, cache)
     task = task or project.settings.task
     if len(classes) < 2:
         raise TrainingError(f"{project.root}: tuning needs at least two classes")
-    started = _now()
+    started = utc_now()
     total = 1000
     search = _linked(progress, lambda d, n, m: progress.report(int(0.95 * total * d / n) if n else 0, total, m))
     from .training import _in_memory
@@ -557,7 +552,7 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
     group = _new_group_id(project, "tune")
     run_id = project.new_run_id(head_config.kind)
     record = {
-        "run_id": run_id, "started": started, "finished": _now(), "task": task, "classes": list(classes),
+        "run_id": run_id, "started": started, "finished": utc_now(), "task": task, "classes": list(classes),
         "train_config": notes.get("train_config", {"head": LOGREG, "C": notes.get("C"), "augment": {"enabled": False},
                                                    "Cs": list(LOGREG_CS)}),
         "head_config": head_config.to_dict(), "history": notes.get("history", []),
@@ -579,7 +574,9 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
         calibrate_run(project, run.run_id)
     test: Optional[dict[str, Any]] = None
     try:
-        evaluation = project.evaluate(run.run_id, "test", n_bootstrap=EvaluateSettings().bootstrap)
+        from .evaluation import evaluate_run
+
+        evaluation = evaluate_run(project, run.run_id, "test", n_bootstrap=EvaluateSettings().bootstrap)
         test = {"metrics": evaluation["metrics"], "ci": evaluation["ci"], "n": evaluation["n"]}
     except Exception as exc:  # noqa: BLE001 - no test split: the run stands, test stays empty
         from .errors import LoffError
@@ -593,7 +590,7 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
            "leaderboard": leaderboard, "best": best_out, "run": run.run_id,
            "test": None if test is None else test["metrics"], "test_ci": None if test is None else test["ci"],
            "n_test": None if test is None else test["n"], "stopped": found["stopped"], "seed": seed,
-           "started": started, "finished": _now(), "n_images": len(pool.ids),
+           "started": started, "finished": utc_now(), "n_images": len(pool.ids),
            "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint}
     _save_group(project, out)
     return out

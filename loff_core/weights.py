@@ -23,7 +23,6 @@ finds (fingerprints of existing caches do not change).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import BackboneError, Remedy
+from .fsutil import sha256_file
 from .settings import input_size_problem
 
 CARD_FORMAT, CARD_VERSION = "loff-backbone", 1
@@ -280,14 +280,6 @@ def added_backbones() -> list[AddedBackbone]:
     return out
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def add_weights(source: Path | str, name: Optional[str] = None, *, licence: str = "", architecture: Optional[str] = None,
                 model_args: Optional[dict[str, Any]] = None, mean: Optional[tuple[float, float, float]] = None,
                 std: Optional[tuple[float, float, float]] = None, native_size: Optional[int] = None,
@@ -297,7 +289,7 @@ def add_weights(source: Path | str, name: Optional[str] = None, *, licence: str 
     import torch
     from safetensors.torch import save_file
 
-    from .backbones import create_model
+    from .models import create_model
     from .convert import IMAGENET_MEAN, IMAGENET_STD, check_fits, convert_checkpoint
 
     source = Path(source)
@@ -327,7 +319,7 @@ def add_weights(source: Path | str, name: Optional[str] = None, *, licence: str 
     entry = AddedBackbone(
         name=name, architecture=conv.architecture, model_args=conv.model_args, native_size=size,
         mean=tuple(mean or conv.mean or IMAGENET_MEAN), std=tuple(std or conv.std or IMAGENET_STD),
-        licence=licence or "not given", source_file=conv.source_file.name, source_sha256=file_sha256(conv.source_file),
+        licence=licence or "not given", source_file=conv.source_file.name, source_sha256=sha256_file(conv.source_file),
         source_format=conv.source_format, params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         weights_file=target / "model.safetensors",
         added=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), registry_name=registry_name,

@@ -452,8 +452,8 @@ def _runs_row(page, row: int) -> dict[str, str]:
 
 def _write_run(project, run_id: str, **config) -> None:
     """A run folder with a run.json shaped as `Project.train` writes it (no head weights)."""
-    from loff_core.project import _config_dict
-    from loff_core.training import TrainConfig
+    from loff_core.settings import config_record
+    from loff_core.settings import TrainConfig
 
     if not project.has_catalog():  # the images an evaluation names (their files need not exist)
         from loff_core.catalog import Catalog, CatalogEntry
@@ -468,7 +468,7 @@ def _write_run(project, run_id: str, **config) -> None:
 
     head = HeadConfig(kind="linear", task="classification", num_classes=2, feature_dim=8, grid_hw=(2, 2))
     record = {"run_id": run_id, "task": "classification", "classes": ["a", "b"],
-              "train_config": _config_dict(TrainConfig(**config)), "head_config": head.to_dict(),
+              "train_config": config_record(TrainConfig(**config)), "head_config": head.to_dict(),
               "cache_fingerprint": "0123456789abcdef", "backbone": {"name": "tf_efficientnet_lite0"},
               "history": [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.6, "val_auc": 0.8}],
               "best_epoch": 1, "best_score": 0.8, "monitor": "val_auc", "stopped": "completed", "notes": []}
@@ -526,7 +526,7 @@ def test_another_project_or_a_vanished_run_clears_results_and_curves(qtbot, wind
 
 
 def test_runs_table_shows_learning_rate_seed_and_augmentation(qtbot, window, tmp_path):
-    from loff_core.augment import AugmentConfig
+    from loff_core.settings import AugmentConfig
     from loff_core.project import Project
 
     project = Project.create(tmp_path / "p")

@@ -13,6 +13,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from test_app import LONG, _extract, _import, _new_project, _wait_idle, images, qtbot_button, window  # noqa: E402,F401
 from test_app_window import _train  # noqa: E402
 
+from loff_core import steps  # noqa: E402
+from loff_core.settings import EvaluateSettings  # noqa: E402
+
 pytestmark = pytest.mark.gui
 
 
@@ -38,7 +41,7 @@ def test_overlay_of_a_run_never_evaluated_is_computed_on_demand(qtbot, window, i
     qtbot.waitUntil(lambda: bool(results.compare_items), timeout=LONG)
     assert f"dashed: run {second}" in results.roc_legend.text() and "not saved" in results.roc_legend.text()
     assert not (project.runs_dir / second / f"eval-{split}.json").exists()  # nothing written
-    expected = project.evaluate(second, split, n_bootstrap=0, save=False)["roc"]
+    expected = steps.evaluate(project, second, split, EvaluateSettings(bootstrap=0), save=False).evaluation["roc"]
     curves = [expected] if "fpr" in expected else list(expected.values())
     assert [list(i.getData()[0]) for i in results.compare_items] == [list(c["fpr"]) for c in curves]
     # choosing it again does not compute again; a saved evaluation is preferred when there is one

@@ -61,10 +61,11 @@ def test_engine_messages_name_controls_in_the_window(window, remedy, params, win
     """An engine error as the window shows it: its remedy worded from the window's table
     (app/remedies.py), never a command or an option (the terminal's words)."""
     from app.remedies import window_text
+    from loff_core.cli.remedies import terminal_text
     from loff_core.errors import LoffError
 
     error = LoffError("something is missing", "/p", remedy, **params)
-    assert "--" in str(error) or "`loff" in str(error)  # the terminal's words
+    assert "--" in terminal_text(error) or "`loff" in terminal_text(error)  # the terminal's words
     window.show_message("error", window_text(error))
     shown = window.problems.item(window.problems.count() - 1).text()
     assert shown.startswith("Problem: /p: something is missing; ") and shown.endswith(window_words), shown

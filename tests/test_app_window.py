@@ -237,14 +237,14 @@ def test_progress_text_goes_when_work_stops_and_an_empty_import_is_not_full(qtbo
 
 
 def test_find_gpus_says_what_it_found(qtbot, window, monkeypatch):
-    from loff_core import backbones
+    from loff_core import models
 
     page = window.cache_page
-    monkeypatch.setattr(backbones, "list_devices", lambda: [{"device": "cpu", "label": "CPU"}])
+    monkeypatch.setattr(models, "list_devices", lambda: [{"device": "cpu", "label": "CPU"}])
     page._find_devices()
     qtbot.waitUntil(lambda: "found no GPU" in page.devices_found.text(), timeout=LONG)
     assert page.devices_button.isEnabled()
-    monkeypatch.setattr(backbones, "list_devices", lambda: [{"device": "cpu", "label": "CPU"},
+    monkeypatch.setattr(models, "list_devices", lambda: [{"device": "cpu", "label": "CPU"},
                                                             {"device": "cuda:0", "label": "H200 (139.0 of 140.0 GiB free)"}])
     page._find_devices()
     qtbot.waitUntil(lambda: "found 1 GPU: H200" in page.devices_found.text(), timeout=LONG)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from loff_core.backbones import (BackboneSpec, Preprocessor, bundled_weights_file, load_backbone,
-                                 read_weights_file)
+from loff_core.backbones import BackboneSpec, Preprocessor, bundled_weights_file, load_backbone
+from loff_core.models import read_weights_file
+from loff_core.cli.remedies import terminal_text
 from loff_core.errors import BackboneError
 
 TINY = dict(name="vit_tiny_patch16_224", random_init=True, image_size=64, grid=4)
@@ -93,8 +94,9 @@ def test_bundled_efficientnet_lite0_weights_load_strictly():
                                        image_size=96, grid=16), "cpu")
     assert again.weights_hash == b.weights_hash
     # TF-ported weights in the PyTorch-padding variant would silently give other outputs: refused
-    with pytest.raises(BackboneError, match="tf_efficientnet_lite0"):
+    with pytest.raises(BackboneError) as refused:
         load_backbone(BackboneSpec(name="efficientnet_lite0", weights=str(bundled_weights_file("tf_efficientnet_lite0"))), "cpu")
+    assert "--backbone tf_efficientnet_lite0" in terminal_text(refused.value)  # the remedy names the right one
 
 
 def test_missing_weights_and_unknown_model_are_clear():

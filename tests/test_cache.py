@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from loff_core.backbones import BackboneSpec, load_backbone
-from loff_core.cache import FeatureCache, extract_features
+from loff_core.cache import extract_features
+from loff_core.cache_reader import FeatureCache
 from loff_core.errors import CacheError
 from loff_core.progress import Progress
 

@@ -22,6 +22,7 @@ from loff_core.catalog import (Catalog, CatalogEntry, ImportFailure, assign_spli
 from loff_core.errors import ProjectError
 from loff_core.progress import Progress
 from loff_core.synthetic import write_synthetic_dataset
+from loff_core import steps
 
 SALT = b"test-salt"
 SIZE = (48, 40)
@@ -329,7 +330,7 @@ def test_folder_without_images_warns(tmp_path):
     from loff_core.project import Project
 
     project = Project.create(tmp_path / "project")
-    assert project.import_images(tmp_path / "empty").imported == 0
+    assert steps.import_images(project, tmp_path / "empty").imported == 0
     assert project.import_report()["warnings"][0].startswith("no image files found in")  # in the import report
     _png(tmp_path / "docs" / "a.png")
     assert not [w for w in scan_folder(tmp_path / "docs", salt=SALT).warnings if "no image files" in w]

@@ -8,7 +8,8 @@ from dataclasses import asdict
 import pytest
 from PIL import Image
 
-from loff_core.cli import AUGMENT_HELP, _augment_from_args, main
+from loff_core.cli import main
+from loff_core.cli.train import AUGMENT_HELP, _augment_from_args
 from loff_core.errors import TrainingError
 
 
@@ -31,7 +32,7 @@ def test_bad_numbers_are_usage_errors_before_any_work(argv, option, capsys):
 
 
 def test_augmentation_help_shows_the_engine_defaults():
-    from loff_core.augment import AugmentConfig
+    from loff_core.settings import AugmentConfig
 
     defaults = asdict(AugmentConfig())
     for name, (shown, _) in AUGMENT_HELP.items():
@@ -42,7 +43,7 @@ def test_augmentation_help_shows_the_engine_defaults():
 
 
 def test_augmentation_strengths_by_name():
-    from loff_core.augment import AugmentConfig
+    from loff_core.settings import AugmentConfig
 
     config = _augment_from_args(["noise_std=0.1", "crop-scale=0.4,1", "mixup_prob=0"], AugmentConfig())
     assert config.noise_std == 0.1 and config.crop_scale == (0.4, 1.0) and config.mixup_prob == 0.0
@@ -109,7 +110,7 @@ def test_every_command_prints_a_human_summary_unless_json(tmp_path, capsys):
 
 def test_a_log_shows_each_progress_state_once(capsys):
     """Without a terminal, progress is plain lines; the last state is not printed twice."""
-    from loff_core.cli import TerminalProgress
+    from loff_core.cli.terminal import TerminalProgress
 
     terminal = TerminalProgress("export")
     terminal._tty = False

@@ -24,6 +24,7 @@ import loff_core.fsutil as fsutil_mod
 import loff_core.project as project_mod
 from loff_cli import loff_json
 from loff_core.cli import file_error_reason, main
+from loff_core.predictions import read_predictions_csv
 from loff_core.project import Project
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32", "--grid", "2",
@@ -202,7 +203,7 @@ def test_non_utf8_names_through_evaluate_export_and_predict(trained, tmp_path, c
         run = Project.open(project).run(out["run"])
         csv_path = run.path / f"predictions-{split}.csv"
         assert ODD in csv_path.read_bytes()  # the original bytes, not an escape
-        rows = Project.read_predictions_csv(csv_path)
+        rows = read_predictions_csv(csv_path)
         assert [r["path"] for r in rows] == [p["path"] for p in out["predictions"]]
     code, _ = _run(capsys, "evaluate", project)  # the human summary too
     assert code == 0

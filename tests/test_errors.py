@@ -15,7 +15,7 @@ import pytest
 
 from loff_core.errors import (CacheError, ExportError, FileSystemError, LoffError, ProjectError, Remedy,
                               UnreadableImage, explain_file_error)
-from loff_core.remedies import TERMINAL
+from loff_core.cli.remedies import TERMINAL, terminal_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def test_every_remedy_has_a_terminal_and_a_window_wording(remedy):
     assert set(TERMINAL) == set(Remedy) and set(window) == set(Remedy)
     for params in ({}, FULL):  # optional parameters may be missing
         error = LoffError("something went wrong", "/data/x.csv", remedy, **params)
-        terminal, shown = str(error), error.message(window)
+        terminal, shown = terminal_text(error), error.message(window)
         assert terminal.startswith("/data/x.csv: something went wrong; ") and len(terminal) > 40
         assert shown.startswith("/data/x.csv: something went wrong; ") and shown != terminal
         remedy_words = shown.split("; ", 1)[1]
@@ -46,12 +46,13 @@ def test_every_remedy_has_a_terminal_and_a_window_wording(remedy):
 
 def test_remedy_words_carry_their_parameters():
     error = CacheError("no feature cache yet", "/data/proj", Remedy.EXTRACT, project="/data/proj")
-    assert str(error) == "/data/proj: no feature cache yet; run `loff extract /data/proj`"
+    assert terminal_text(error) == "/data/proj: no feature cache yet; run `loff extract /data/proj`"
+    assert str(error) == "/data/proj: no feature cache yet"  # the engine's words: no front end's
     assert error.message(_window()) == "/data/proj: no feature cache yet; run Extract on the Cache page"
     assert error.reason == "no feature cache yet" and error.path == "/data/proj" and error.remedy is Remedy.EXTRACT
     weights = LoffError("no weights", remedy=Remedy.CHOOSE_WEIGHTS_OR_RANDOM, **FULL)
-    assert "`loff weights get dinov2-vits14` downloads them (88 MB, licence Apache-2.0)" in str(weights)
-    assert "--random-init" in str(weights) and "random weights on the Cache page" in weights.message(_window())
+    assert "`loff weights get dinov2-vits14` downloads them (88 MB, licence Apache-2.0)" in terminal_text(weights)
+    assert "--random-init" in terminal_text(weights) and "random weights on the Cache page" in weights.message(_window())
 
 
 def test_old_constructor_shapes_and_pickling_keep_the_message():
@@ -61,7 +62,8 @@ def test_old_constructor_shapes_and_pickling_keep_the_message():
     assert str(image) == "/img.dcm: not a DICOM file" and image.path == "/img.dcm"
     error = ProjectError("no training runs yet", "/p", Remedy.TRAIN, project="/p")
     back = pickle.loads(pickle.dumps(error))  # a worker process hands its error back whole
-    assert type(back) is ProjectError and str(back) == str(error) == "/p: no training runs yet; run `loff train /p`"
+    assert type(back) is ProjectError and terminal_text(back) == terminal_text(error) == \
+        "/p: no training runs yet; run `loff train /p`"
     assert back.remedy is Remedy.TRAIN and back.params == {"project": "/p"}
 
 
@@ -71,7 +73,7 @@ def test_engine_messages_name_no_front_end():
     literals = ["`loff extract", "`loff import", "`loff train", "--device cpu", "--random-init", "--weights FILE",
                 "--head linear", "--file-column", "--label-column", "--on-patient-overlap", "`loff weights",
                 "--backbone", "--layers", "--patient-from-name"]
-    edge = {"cli.py", "cli_weights.py", "remedies.py", "settings.py", "demo.py"}
+    edge = {"settings.py", "demo.py"}  # loff_core/cli/ (the terminal, its remedies.py) is not read
     found = []
     for path in sorted((ROOT / "loff_core").glob("*.py")):
         if path.name in edge:
@@ -129,10 +131,11 @@ def test_cli_words_a_missing_cache_as_loff_extract(tmp_path, capsys):
 def test_cli_words_a_full_disk_from_the_engine(tmp_path, capsys, monkeypatch):
     """The CLI's file-error explanation is the engine's `explain_file_error`."""
     from loff_core import cli
+    from loff_core.cli import project as project_commands
 
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "proj" / "runs" / "x.json"))
-    monkeypatch.setattr(cli, "cmd_info", full)
+    monkeypatch.setattr(project_commands, "cmd_info", full)
     assert cli.main(["info", str(tmp_path / "proj")]) == 1
     assert capsys.readouterr().err == f"loff info: cannot write {tmp_path / 'proj' / 'runs' / 'x.json'}: " \
                                       "No space left on device\n"

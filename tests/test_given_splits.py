@@ -5,6 +5,7 @@ given split, patients from file names or a patient-like column, and `loff info`.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from PIL import Image
 
 from loff_core.catalog import scan_folder
 from loff_core.errors import ProjectError
-from loff_core.project import PROJECT_FILE, Project
+from loff_core.project import Project
+from loff_core.project_file import PROJECT_FILE
+from loff_core import steps
+from loff_core.cli.remedies import terminal_text
 from tests.loff_cli import loff_json
 
 SALT = b"s"
@@ -44,7 +48,7 @@ def test_split_column_any_case_and_errors_name_rows(tmp_path):
     lines = [lines[0]] + [ln.replace(f",p{i // 3},", f",p{i},") for i, ln in enumerate(lines[1:])]
     (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
     project = Project.create(tmp_path / "p")
-    summary = project.import_images(tmp_path / "img", labels_csv=tmp_path / "l.csv", split_column="split")
+    summary = steps.import_images(project, tmp_path / "img", labels_csv=tmp_path / "l.csv", split_column="split")
     assert summary.splits == {"train": 8, "val": 8, "test": 8}
     by_path = {e.path: e.split for e in project.catalog().entries}
     assert by_path["0.png"] == "train" and by_path["1.png"] == "val" and by_path["2.png"] == "test"
@@ -55,9 +59,9 @@ def test_split_column_any_case_and_errors_name_rows(tmp_path):
     bad = lines[:3] + [lines[3].replace("test", "holdout"), lines[4].rsplit(",", 1)[0] + ","] + lines[5:]
     (tmp_path / "bad.csv").write_text("\n".join(bad) + "\n")
     with pytest.raises(ProjectError, match=r"bad.csv.*'Split'.*2 rows.*row 4 \('holdout'\), row 5 \(''\)"):
-        project.import_images(tmp_path / "img", labels_csv=tmp_path / "bad.csv", split_column="split")
+        steps.import_images(project, tmp_path / "img", labels_csv=tmp_path / "bad.csv", split_column="split")
     with pytest.raises(ProjectError, match="no split column 'fold'"):
-        project.import_images(tmp_path / "img", labels_csv=tmp_path / "l.csv", split_column="fold")
+        steps.import_images(project, tmp_path / "img", labels_csv=tmp_path / "l.csv", split_column="fold")
 
 
 def test_train_test_class_folders_give_split_and_labels_and_val_is_carved(tmp_path, capsys):
@@ -79,7 +83,7 @@ def test_train_test_class_folders_give_split_and_labels_and_val_is_carved(tmp_pa
     assert {e.label for e in cat.entries} == {"normal", "pneumonia"}
     # carving is deterministic
     first = {e.path: e.split for e in cat.entries}
-    Project.open(tmp_path / "p").import_images(tmp_path / "img")
+    steps.import_images(Project.open(tmp_path / "p"), tmp_path / "img")
     assert {e.path: e.split for e in Project.open(tmp_path / "p").catalog().entries} == first
     info = loff_json(capsys, "info", tmp_path / "p")
     assert info["split_source"]["from"] == "folders train/, test/"
@@ -132,17 +136,18 @@ def test_patient_on_two_sides_is_reported_and_the_user_chooses(tmp_path):
     lines[20] = lines[20].replace(",s9,", ",s10,")
     (tmp_path / "l.csv").write_text("\n".join(lines))
     project = Project.create(tmp_path / "p")
-    with pytest.raises(ProjectError, match=r"puts 1 patients \(3 images\) on two sides.*keep.*resplit") as err:
-        project.import_images(tmp_path / "img", labels_csv=tmp_path / "l.csv", split_column="split")
-    assert "s10" not in str(err.value)  # no identifiers
+    with pytest.raises(ProjectError, match=r"puts 1 patients \(3 images\) on two sides") as err:
+        steps.import_images(project, tmp_path / "img", labels_csv=tmp_path / "l.csv", split_column="split")
+    assert re.search("keep.*resplit", terminal_text(err.value))  # the remedy names both choices
+    assert "s10" not in terminal_text(err.value)  # no identifiers
     assert not project.has_catalog()
-    project.import_images(tmp_path / "img", labels_csv=tmp_path / "l.csv", split_column="split",
-                          on_patient_overlap="keep")
+    steps.import_images(project, tmp_path / "img", labels_csv=tmp_path / "l.csv", split_column="split",
+                        on_patient_overlap="keep")
     assert project.settings.split_source["patient_overlap"] == {"patients": 1, "images": 3, "action": "keep"}
     assert sum(len(s) > 1 for s in _sides(project).values()) == 1
     assert any("1 patients (3 images) on two sides; kept as given" in w for w in project.import_summary().warnings)
-    project.import_images(tmp_path / "img", labels_csv=tmp_path / "l.csv", split_column="split",
-                          on_patient_overlap="resplit")
+    steps.import_images(project, tmp_path / "img", labels_csv=tmp_path / "l.csv", split_column="split",
+                        on_patient_overlap="resplit")
     assert all(len(s) == 1 for s in _sides(project).values())
     assert project.settings.split_source["kind"] == "random"
 
@@ -181,7 +186,7 @@ def test_schema_1_project_written_by_the_previous_code_is_migrated(tmp_path):
     _png(tmp_path / "img" / "a" / "1.png")
     _png(tmp_path / "img" / "b" / "2.png")
     project = Project.create(tmp_path / "p")
-    project.import_images(tmp_path / "img")
+    steps.import_images(project, tmp_path / "img")
     data = json.loads(project.settings_path.read_text())
     # what schema 1 wrote: no split_source
     data.pop("split_source")

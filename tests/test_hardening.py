@@ -19,7 +19,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from loff_core.cache import FeatureCache, extract_features
+from loff_core.cache import extract_features
+from loff_core.cache_reader import FeatureCache
 from loff_core.cli import main
 from loff_cli import loff_json
 from loff_core.project import Project

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from loff_core.augment import AugmentConfig, TensorAugment
+from loff_core.settings import AugmentConfig
+from loff_core.augment import TensorAugment
 from loff_core.heads import (
     HeadConfig,
     attention_map,

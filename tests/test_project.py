@@ -13,7 +13,10 @@ import pytest
 from PIL import Image
 
 from loff_core.errors import ProjectError
-from loff_core.project import PROJECT_FILE, Project
+from loff_core.project import Project
+from loff_core.project_file import PROJECT_FILE
+from loff_core import steps
+from loff_core.settings import ExtractSettings
 
 
 def _png_folder(root: Path, n: int = 6) -> Path:
@@ -28,7 +31,7 @@ def test_project_folder_can_be_moved(tmp_path):
     work = tmp_path / "work"
     images = _png_folder(work / "images")
     project = Project.create(work / "proj")
-    summary = project.import_images(images)
+    summary = steps.import_images(project, images)
     assert summary.imported == 12 and summary.classes == ["a", "b"]
     assert project.settings.images_root == "../images"
 
@@ -96,7 +99,7 @@ def test_work_under_the_lock_starts_from_the_project_on_disk(tmp_path):
     classes) back over the new ones."""
     from loff_core.backbones import BackboneSpec
 
-    Project.create(tmp_path / "p").import_images(_png_folder(tmp_path / "first"))
+    steps.import_images(Project.create(tmp_path / "p"), _png_folder(tmp_path / "first"))
     long_open = Project.open(tmp_path / "p")  # e.g. the app's window
     assert long_open.settings.classes == ["a", "b"]
 
@@ -106,13 +109,11 @@ def test_work_under_the_lock_starts_from_the_project_on_disk(tmp_path):
         (folder / label).mkdir(parents=True)
         for i in range(2):
             Image.new("L", (32, 24), color=60 * i).save(folder / label / f"{label}{i}.png")
-    with other.lock():
-        other.import_images(folder)
+    steps.import_images(other, folder)
     version = other.settings.catalog_version
 
-    with long_open.lock():
-        long_open.extract(BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2),
-                          device="cpu", batch_size=4, num_workers=0)
+    steps.extract(long_open, BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2),
+                  ExtractSettings(device="cpu", batch_size=4, workers=0))
     on_disk = Project.open(tmp_path / "p").settings
     assert on_disk.catalog_version == version
     assert on_disk.classes == ["x", "y", "z"]
@@ -141,25 +142,25 @@ def test_changed_files_are_extracted_again_after_a_re_import(tmp_path):
     spec = BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2)
     images = _png_folder(tmp_path / "images", n=3)
     project = Project.create(tmp_path / "p")
-    project.import_images(images)
-    assert project.extract(spec, device="cpu", num_workers=0).extracted == 6
+    steps.import_images(project, images)
+    assert steps.extract(project, spec, ExtractSettings(device="cpu", workers=0)).extracted == 6
 
-    project.import_images(images)  # nothing changed: nothing to extract
-    assert project.extract(spec, device="cpu", num_workers=0).extracted == 0
+    steps.import_images(project, images)  # nothing changed: nothing to extract
+    assert steps.extract(project, spec, ExtractSettings(device="cpu", workers=0)).extracted == 0
 
     edited = images / "a" / "a1.png"
     Image.new("L", (32, 24), color=250).save(edited)
     os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
-    project.import_images(images)
-    assert project.extract(spec, device="cpu", num_workers=0).extracted == 1
+    steps.import_images(project, images)
+    assert steps.extract(project, spec, ExtractSettings(device="cpu", workers=0)).extracted == 1
 
     shutil.rmtree(images)  # another folder with the same file names
     for label in ("a", "b"):
         (images / label).mkdir(parents=True)
         for i in range(3):
             Image.new("L", (40, 30), color=200 - 30 * i).save(images / label / f"{label}{i}.png")
-    project.import_images(images)
-    assert project.extract(spec, device="cpu", num_workers=0).extracted == 6
+    steps.import_images(project, images)
+    assert steps.extract(project, spec, ExtractSettings(device="cpu", workers=0)).extracted == 6
 
 
 def test_a_stopped_extraction_does_not_replace_the_cache_training_uses(tmp_path):
@@ -167,19 +168,19 @@ def test_a_stopped_extraction_does_not_replace_the_cache_training_uses(tmp_path)
     from loff_core.progress import Progress
 
     project = Project.create(tmp_path / "p")
-    project.import_images(_png_folder(tmp_path / "images", n=4))
+    steps.import_images(project, _png_folder(tmp_path / "images", n=4))
     first = BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2)
-    project.extract(first, device="cpu", num_workers=0)
+    steps.extract(project, first, ExtractSettings(device="cpu", workers=0))
     complete = project.settings.active_cache
 
     progress = Progress()
     progress.on_report = lambda d, t, m: progress.request_stop() if d >= 2 else None
     other = BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=48, grid=2)
-    result = project.extract(other, device="cpu", num_workers=0, batch_size=2, progress=progress)
+    result = steps.extract(project, other, ExtractSettings(device="cpu", workers=0, batch_size=2), progress=progress)
     assert result.stopped and result.extracted < 8
     assert Project.open(tmp_path / "p").settings.active_cache == complete
     assert any("keeps using the previous cache" in n for n in result.notes)
 
-    finished = project.extract(other, device="cpu", num_workers=0, batch_size=2)  # resumed to the end
+    finished = steps.extract(project, other, ExtractSettings(device="cpu", workers=0, batch_size=2))  # resumed to the end
     assert not finished.stopped
     assert Project.open(tmp_path / "p").settings.active_cache != complete

@@ -69,9 +69,9 @@ def test_out_of_range_values_are_refused_by_the_declaration():
 
 
 def test_a_run_records_every_training_setting(tmp_path):
-    from loff_core.project import _config_dict
+    from loff_core.settings import config_record
 
-    recorded = _config_dict(TrainConfig())
+    recorded = config_record(TrainConfig())
     assert set(recorded) == {f.name for f in fields(TrainConfig)}
     assert set(recorded["augment"]) == {f.name for f in fields(AugmentConfig)}
 

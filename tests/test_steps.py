@@ -13,6 +13,8 @@ from loff_cli import copy_project
 from loff_core.progress import Cancelled, Progress
 from loff_core import steps
 from loff_core.project import Project
+from loff_core.evaluation import evaluate_run
+from loff_core.settings import EvaluateSettings
 
 
 
@@ -25,8 +27,9 @@ def trained(trained_demo, tmp_path_factory):
 def test_evaluate_reports_progress_over_its_images(trained):
     project = Project.open(trained)
     seen: list[tuple[int, int, str]] = []
-    out = project.evaluate(split="val", n_bootstrap=10, progress=Progress(on_report=lambda *r: seen.append(r)))
-    n = out["n"]
+    out = steps.evaluate(project, split="val", settings=EvaluateSettings(bootstrap=10),
+                         progress=Progress(on_report=lambda *r: seen.append(r)))
+    n = out.n
     assert n > 0 and seen[0][:2] == (0, n) and "predicting" in seen[0][2]
     assert (n, n) in [r[:2] for r in seen]
     assert any("10 bootstrap resamples" in r[2] for r in seen)
@@ -35,14 +38,14 @@ def test_evaluate_reports_progress_over_its_images(trained):
 
 def test_a_cancelled_evaluation_leaves_the_saved_one_as_it_was(trained):
     project = Project.open(trained)
-    project.evaluate(split="val", n_bootstrap=10)
+    steps.evaluate(project, split="val", settings=EvaluateSettings(bootstrap=10))
     saved = project.run().path / "eval-val.json"
     before = saved.read_bytes()
     for at in ("predicting", "bootstrap"):  # cancelled while predicting, then after it
         progress = Progress()
         progress.on_report = lambda d, t, m, at=at, p=progress: p.cancel() if at in m else None
         with pytest.raises(Cancelled):
-            project.evaluate(split="val", n_bootstrap=20, progress=progress)
+            steps.evaluate(project, split="val", settings=EvaluateSettings(bootstrap=20), progress=progress)
         assert saved.read_bytes() == before
 
 
@@ -51,18 +54,18 @@ def test_explain_reports_progress_in_batches_and_can_be_cancelled(trained, monke
     ids = [e.image_id for e in project.catalog().entries][:5]
     monkeypatch.setattr(steps, "EXPLAIN_BATCH", 2)
     seen: list[tuple[int, int]] = []
-    out = project.explain(None, ids, progress=Progress(on_report=lambda d, t, m: seen.append((d, t))))
+    out = steps.explain(project, None, ids, progress=Progress(on_report=lambda d, t, m: seen.append((d, t))))
     assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
     assert len(out["heat"]) == 5 and out["probabilities"].shape[0] == 5
     # the same numbers as one batch (up to float rounding of another batch size)
     monkeypatch.setattr(steps, "EXPLAIN_BATCH", 64)
-    whole = project.explain(None, ids)
+    whole = steps.explain(project, None, ids)
     assert np.allclose(whole["probabilities"], out["probabilities"], atol=1e-5)
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(whole["heat"], out["heat"]))
     cancelled = Progress()
     cancelled.cancel()
     with pytest.raises(Cancelled):
-        project.explain(None, ids, progress=cancelled)
+        steps.explain(project, None, ids, progress=cancelled)
 
 
 def test_typed_results_give_exactly_the_cli_json(trained, capsys, tmp_path):
@@ -77,7 +80,7 @@ def test_typed_results_give_exactly_the_cli_json(trained, capsys, tmp_path):
     assert list(TrainResult.from_record(run.record, run.run_id).to_json()) == [
         "run", "head", "task", "classes", "best_epoch", "monitor", "best_score", "stopped", "epochs", "n_train",
         "n_val", "notes"]
-    raw = project.evaluate(run.run_id, "val", n_bootstrap=10)
+    raw = evaluate_run(project, run.run_id, "val", n_bootstrap=10)  # the dict the record is made from
     record = EvaluateResult.from_dict(raw)
     assert record.to_json() == raw and list(record.to_json()) == list(raw)
     assert record.metrics == raw["metrics"] and record.n == raw["n"]

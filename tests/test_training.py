@@ -12,12 +12,13 @@ import torch
 
 import loff_core.training as training
 from loff_cli import oom_once, train_step_faults
-from loff_core.augment import AugmentConfig
+from loff_core.settings import AugmentConfig
 from loff_core.errors import TrainingError
 from loff_core.features import InMemoryFeatures
 from loff_core.heads import build_head
 from loff_core.progress import Cancelled, Progress
-from loff_core.training import TrainConfig, predict_probabilities, train_head
+from loff_core.settings import TrainConfig
+from loff_core.training import predict_probabilities, train_head
 
 C, H, W = 8, 2, 2
 

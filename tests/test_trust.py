@@ -26,6 +26,8 @@ from loff_cli import loff_json
 from loff_core.cli import main
 from loff_core.errors import ExportError, ProjectError
 from loff_core.project import Project
+from loff_core import steps
+from loff_core.settings import EvaluateSettings
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--random-init", "--image-size", "32", "--grid", "2",
         "--workers", "0"]
@@ -233,7 +235,7 @@ def test_active_cache_and_run_fingerprints_are_names_not_paths(trained, tmp_path
 
 def test_a_cards_weights_file_is_never_opened(trained, tmp_path, monkeypatch):
     """Old: predict loaded whatever file the card's backbone.weights_file named."""
-    import loff_core.backbones as backbones
+    import loff_core.models as models
     from loff_core import export as export_mod
 
     _, head = _copy(trained, tmp_path)
@@ -246,8 +248,8 @@ def test_a_cards_weights_file_is_never_opened(trained, tmp_path, monkeypatch):
     card["files"]["card_sha256"] = card_seal(card)  # a forger re-seals the card
     (head / "card.json").write_text(json.dumps(card))
     opened = []
-    real = backbones.read_weights_file
-    monkeypatch.setattr(backbones, "read_weights_file", lambda p: opened.append(str(p)) or real(p))
+    real = models.read_weights_file
+    monkeypatch.setattr(models, "read_weights_file", lambda p: opened.append(str(p)) or real(p))
     Image.fromarray(np.full((20, 20), 9, np.uint8)).save(tmp_path / "x.png")
     with pytest.raises(Exception):
         export_mod.predict_files(head, [tmp_path / "x.png"], device="cpu")
@@ -383,7 +385,7 @@ def test_card_with_look_alike_classes_is_refused(trained, tmp_path):
 def test_csv_text_cells_that_a_spreadsheet_would_run_are_escaped(tmp_path, capsys):
     """Old: a file named '=HYPERLINK(...).png' reached catalog.csv and predictions CSVs as a formula."""
     from loff_core.catalog import Catalog
-    from loff_core.project import write_predictions_csv
+    from loff_core.predictions import read_predictions_csv, write_predictions_csv
 
     images = _images(tmp_path / "images", per_class=6, names=("=SUM(1)", "@bright"))
     project = tmp_path / "p"
@@ -395,7 +397,7 @@ def test_csv_text_cells_that_a_spreadsheet_would_run_are_escaped(tmp_path, capsy
     assert {e.label for e in entries} == {"=SUM(1)", "@bright"} and entries[0].path.startswith(("=SUM", "@bright"))
     for split in ("train", "val", "test"):
         try:
-            result = Project.open(project).evaluate(split=split, n_bootstrap=10)
+            result = steps.evaluate(Project.open(project), split=split, settings=EvaluateSettings(bootstrap=10))
         except ProjectError:
             continue
         text = (Path(Project.open(project).run().path) / f"predictions-{split}.csv").read_text()
@@ -407,7 +409,7 @@ def test_csv_text_cells_that_a_spreadsheet_would_run_are_escaped(tmp_path, capsy
     write_predictions_csv(tmp_path / "pred.csv", result)
     rows = (tmp_path / "pred.csv").read_text().splitlines()
     assert rows[1] == "'@SUM(1),'-dark,-0.5,1.5" and rows[2].startswith("'+x.png,")
-    back = Project.read_predictions_csv(tmp_path / "pred.csv")
+    back = read_predictions_csv(tmp_path / "pred.csv")
     assert back[0]["path"] == "@SUM(1)" and back[0]["predicted"] == "-dark"
 
 
@@ -447,8 +449,8 @@ def test_deleting_the_lock_file_cannot_let_stale_settings_be_written(tmp_path):
     with first.lock():
         (tmp_path / "p" / ".lock").unlink()  # someone 'cleans up'
         second = Project.open(tmp_path / "p")
-        with second.lock():
-            second.import_images(tmp_path / "images")
+        with second.lock():  # the lock held here, so the step's body
+            steps._import_images(second, tmp_path / "images")
         first.settings.seed = 5
         with pytest.raises(ProjectError, match="changed by another process"):
             first.save()
@@ -515,7 +517,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, capsys):
 def test_training_interrupted_after_some_epochs_keeps_the_best_head(trained, tmp_path):
     """Old: Ctrl-C (or SIGTERM) lost the whole run although the CLI said work was kept."""
     from loff_core.progress import Progress
-    from loff_core.training import TrainConfig
+    from loff_core.settings import TrainConfig
 
     project, _ = _copy(trained, tmp_path)
     before = len(_runs(project))
@@ -527,8 +529,7 @@ def test_training_interrupted_after_some_epochs_keeps_the_best_head(trained, tmp
             raise KeyboardInterrupt
     p = Project.open(project)
     with pytest.raises(KeyboardInterrupt):
-        with p.lock():
-            p.train(TrainConfig(head="linear", epochs=20, batch_size=4), progress=Progress(on_report=report))
+        steps.train(p, TrainConfig(head="linear", epochs=20, batch_size=4), progress=Progress(on_report=report))
     runs = Project.open(project).runs()
     assert len(runs) == before + 1
     record = runs[-1].record
@@ -540,8 +541,7 @@ def _reimport_with_new_classes(tmp_path: Path) -> tuple[Path, Path]:
     first = _images(tmp_path / "first", per_class=3)
     second = _images(tmp_path / "second", per_class=3, names=("low", "high"))
     p = Project.create(tmp_path / "p")
-    with p.lock():
-        p.import_images(first)
+    steps.import_images(p, first)
     return tmp_path / "p", second
 
 
@@ -567,8 +567,7 @@ def test_reimport_killed_after_the_catalog_is_written_keeps_the_old_state_whole(
     monkeypatch.setattr(catalog_mod, "atomic_write_json", killed)
     p = Project.open(project)
     with pytest.raises(KeyboardInterrupt):
-        with p.lock():
-            p.import_images(second)
+        steps.import_images(p, second)
     monkeypatch.undo()
     assert _consistent(project) == before and before[1] == 1
     assert not [q.name for q in project.iterdir() if q.name in (".staging", ".commit")]
@@ -588,8 +587,7 @@ def test_reimport_killed_after_its_commit_point_is_finished_by_the_next_open(tmp
     monkeypatch.setattr(os, "replace", dies_after_one_move)
     p = Project.open(project)
     with pytest.raises(KeyboardInterrupt):
-        with p.lock():
-            p.import_images(second)
+        steps.import_images(p, second)
     monkeypatch.undo()
     classes, version = _consistent(project)  # opening finishes the commit
     assert sorted(classes) == ["high", "low"] and version == 2

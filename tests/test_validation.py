@@ -17,7 +17,7 @@ from loff_core.features import InMemoryFeatures
 from loff_core.heads import HeadConfig, build_head, probabilities
 from loff_core.metrics import evaluate_predictions
 from loff_core.progress import Cancelled, Progress
-from loff_core.training import TrainConfig
+from loff_core.settings import TrainConfig
 from loff_core.validation import (LOGREG, Pool, _logreg_features, choose_trials, fit_logreg, grouped_folds,
                                   logreg_head_state, logreg_probabilities, run_folds, tune_source)
 

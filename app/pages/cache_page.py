@@ -3,7 +3,6 @@ background, with images/s and time left; Stop keeps what is done, Extract again 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit,
@@ -119,7 +118,7 @@ class CachePage(QWidget):
 
     def _find_devices(self) -> None:
         """Listing GPUs imports torch: done in a light job, not here."""
-        from loff_core.backbones import list_devices
+        from loff_core.models import list_devices
 
         from ..workers import start_light, wire
 

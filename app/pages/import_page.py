@@ -5,13 +5,12 @@ catalog only holds the de-identified patient key."""
 from __future__ import annotations
 
 import csv
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QListWidget, QMessageBox, QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QLabel, QLineEdit, QListWidget,
+                               QMessageBox, QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
 
 from loff_core.catalog import CatalogEntry
 from loff_core.errors import LoffError
@@ -115,6 +114,20 @@ class ImportPage(QWidget):
     def __init__(self, state: AppState):
         super().__init__()
         self.state = state
+        top = self._import_box()
+        split = self._catalog_and_viewer()
+        self.banner = Banner()
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.banner)
+        layout.addWidget(top)
+        layout.addWidget(split, 1)
+        state.project_changed.connect(lambda _: self._project_changed())
+        state.catalog_changed.connect(self.refresh)
+        state.busy_changed.connect(self._busy)
+        self._read_columns()
+
+    def _import_box(self) -> QWidget:
+        """Images, labels CSV and its columns, split and patients, task: folded once imported."""
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("folder of DICOM / PNG / JPEG images (scanned in place, never copied)")
         browse = QPushButton("Browse...")
@@ -158,8 +171,11 @@ class ImportPage(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         # folds to one line once the project has images, so the table gets the height at 1280 x 720;
         # Import and its progress stay in the header
-        top = self.import_box = Collapsible("Import images", body, (self.import_button, self.strip))
+        self.import_box = Collapsible("Import images", body, (self.import_button, self.strip))
+        return self.import_box
 
+    def _catalog_and_viewer(self) -> QWidget:
+        """The catalog table with its filter, the import report below it, the image beside them."""
         self.model = CatalogModel()
         self.filter = QLineEdit()
         self.filter.setPlaceholderText("filter (any column)")
@@ -204,15 +220,7 @@ class ImportPage(QWidget):
         split.addWidget(left)
         split.addWidget(self.viewer)
         split.setSizes([700, 500])
-        self.banner = Banner()
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.banner)
-        layout.addWidget(top)
-        layout.addWidget(split, 1)
-        state.project_changed.connect(lambda _: self._project_changed())
-        state.catalog_changed.connect(self.refresh)
-        state.busy_changed.connect(self._busy)
-        self._read_columns()
+        return split
 
     def _project_changed(self) -> None:
         """Another project: nothing of the previous one stays (image, filter, texts)."""
@@ -385,7 +393,7 @@ class ImportPage(QWidget):
             f"{s.imported} images from {self.folder.text().strip() or 'a folder that moved'}"
             + (f"; labels: {Path(labels).name}, column {self.label_column.currentText()}" if labels else "")
             + f"; task {project.settings.task}")
-        for f in s.failures:
+        for f in s.failed:
             self.problems.addItem(f"{f['path']}: {f['reason']}")
         for w in s.warnings:
             self.problems.addItem(f"warning: {w}")

@@ -295,7 +295,7 @@ class PredictPage(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Save predictions", "predictions.csv", "CSV (*.csv)")
         if not path:
             return
-        from loff_core.project import write_predictions_csv
+        from loff_core.predictions import write_predictions_csv
 
         failed = self.result["failed"]
         try:  # unreadable files too, as in the table: the reason where the prediction would be

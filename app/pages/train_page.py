@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig, all_fields, field_info
 
@@ -46,6 +46,36 @@ class TrainPage(QWidget):
     def __init__(self, state: AppState):
         super().__init__()
         self.state = state
+        box = self._settings_box()
+        curves = self._curves()
+        self.runs = QTableWidget(0, len(RUN_COLUMNS))
+        self.runs.setHorizontalHeaderLabels(list(RUN_COLUMNS))
+        self.runs.horizontalHeader().setStretchLastSection(True)
+        self.runs.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.runs.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+
+        self.banner = Banner()
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.banner)
+        layout.addWidget(box)
+        from ..validation_widgets import ValidationPanel  # Cross-validate / Find the best head (issue 13)
+
+        self.validation = ValidationPanel(state, self.settings)
+        layout.addWidget(self.status)
+        self._split_body(curves)
+        layout.addWidget(self.body, 1)
+        self.history: list[dict] = []
+        self.curves_run: str | None = None  # the run whose curves are drawn (None: live training or none)
+        self._defaults = self.settings()  # what a project with no remembered settings gets
+        state.project_changed.connect(lambda _: self._project_changed())
+        state.catalog_changed.connect(self.refresh)
+        state.cache_changed.connect(self.refresh)
+        state.runs_changed.connect(self.refresh)
+        state.busy_changed.connect(self._busy)
+        self.runs.cellClicked.connect(self._run_clicked)
+
+    def _settings_box(self) -> QGroupBox:
+        """The training settings, Train and its progress strip."""
         # every control from the engine's one declaration of the setting (loff_core.settings)
         self.head = control_for(TrainConfig, "head")
         self.head.setToolTip("\n".join(f"{k}: {v}" for k, v in HEAD_KINDS.items()))
@@ -95,7 +125,10 @@ class TrainPage(QWidget):
         form.addRow("", form_row(self.train_button, self.strip, stretch_last=True))
         box = QGroupBox("Train a compact head on the cached features")
         box.setLayout(form)
+        return box
 
+    def _curves(self) -> QWidget:
+        """Loss and validation metric per epoch, another run's dashed, the legend beside them."""
         self.loss_plot = pg.PlotWidget(title="loss per epoch")
         self.loss_plot.setLabel("bottom", "epoch")
         self.metric_plot = pg.PlotWidget(title="validation metric per epoch")
@@ -128,28 +161,17 @@ class TrainPage(QWidget):
         plots.addWidget(self.loss_plot)
         plots.addWidget(self.metric_plot)
         plots_box.addLayout(plots, 1)
+        curves = QWidget()
+        curves.setLayout(plots_box)
+        plots_box.setContentsMargins(0, 0, 0, 0)
+        return curves
 
-        self.runs = QTableWidget(0, len(RUN_COLUMNS))
-        self.runs.setHorizontalHeaderLabels(list(RUN_COLUMNS))
-        self.runs.horizontalHeader().setStretchLastSection(True)
-        self.runs.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.runs.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
-
-        self.banner = Banner()
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.banner)
-        layout.addWidget(box)
-        from ..validation_widgets import ValidationPanel  # Cross-validate / Find the best head (issue 13)
-
-        self.validation = ValidationPanel(state, self.settings)
-        layout.addWidget(self.status)
+    def _split_body(self, curves: QWidget) -> None:
+        """`self.body`: validation, curves and runs in one vertical splitter."""
         # validation, curves and runs share the height in a splitter: at 1280 x 720 the curves
         # were squeezed to a few pixels under the validation panel; the user moves the lines
         from PySide6.QtWidgets import QSplitter
 
-        curves = QWidget()
-        curves.setLayout(plots_box)
-        plots_box.setContentsMargins(0, 0, 0, 0)
         runs_part = QWidget()
         rv = QVBoxLayout(runs_part)
         rv.setContentsMargins(0, 0, 0, 0)
@@ -170,16 +192,6 @@ class TrainPage(QWidget):
         self.validation.board.setMinimumHeight(0)
         curves.setMinimumHeight(160)
         self.body.setSizes([30, 330, 110])
-        layout.addWidget(self.body, 1)
-        self.history: list[dict] = []
-        self.curves_run: str | None = None  # the run whose curves are drawn (None: live training or none)
-        self._defaults = self.settings()  # what a project with no remembered settings gets
-        state.project_changed.connect(lambda _: self._project_changed())
-        state.catalog_changed.connect(self.refresh)
-        state.cache_changed.connect(self.refresh)
-        state.runs_changed.connect(self.refresh)
-        state.busy_changed.connect(self._busy)
-        self.runs.cellClicked.connect(self._run_clicked)
 
     # -- training ----------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from typing import Any
 def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from .advice import IMAGE_KINDS, advise, describe
-    from .backbones import resolve_device
-    from .weights import default_backbone, list_backbones, weights_dir
+    from ..advice import IMAGE_KINDS, advise, describe
+    from ..models import resolve_device
+    from ..weights import default_backbone, list_backbones, weights_dir
 
     try:
         gpu = resolve_device("auto").type == "cuda"
@@ -44,8 +44,8 @@ def _describe_list(out: dict[str, Any]) -> str:
 def cmd_get(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from .cli import _run_with_progress
-    from .hub import describe_get, get_weights
+    from .terminal import run_with_progress
+    from ..hub import describe_get, get_weights
 
     info = describe_get(args.name)
     resume = f", resuming after {info['partial_mb']:g} MB already here" if info["partial_mb"] else ""
@@ -58,7 +58,7 @@ def cmd_get(args: argparse.Namespace) -> dict[str, Any]:
               f"the Hub", file=sys.stderr)
         if not info["token_set"]:
             token = _ask_token()
-    result = _run_with_progress(f"get {args.name}", args.quiet, lambda p: get_weights(args.name, p, token=token))
+    result = run_with_progress(f"get {args.name}", args.quiet, lambda p: get_weights(args.name, p, token=token))
     out = asdict(result)
     out["path"] = str(result.path)
     out["licence"] = info["licence"]
@@ -87,7 +87,7 @@ def _describe_get(out: dict[str, Any]) -> str:
 
 
 def cmd_add(args: argparse.Namespace) -> dict[str, Any]:
-    from .weights import add_weights
+    from ..weights import add_weights
 
     model_args: dict[str, Any] = {}
     if args.heads:
@@ -103,7 +103,7 @@ def cmd_add(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _triple(text: Any, option: str) -> Any:
-    from .errors import BackboneError
+    from ..errors import BackboneError
 
     if not text:
         return None
@@ -124,7 +124,7 @@ def _describe_add(out: dict[str, Any]) -> str:
 
 
 def cmd_remove(args: argparse.Namespace) -> dict[str, Any]:
-    from .weights import remove_weights
+    from ..weights import remove_weights
 
     return remove_weights(args.name)
 
@@ -141,7 +141,7 @@ def _positive_int(text: str) -> int:
 
 def _input_size(text: str) -> int:
     """--native-size: an input size in the declared range (settings.ExtractSettings.image_size)."""
-    from .settings import input_size_problem
+    from ..settings import input_size_problem
 
     value = _positive_int(text)
     if (problem := input_size_problem(value)) is not None:
@@ -156,7 +156,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     w.set_defaults(describe=_describe_list)  # each action sets its own; this one satisfies the parser check
 
     p = wsub.add_parser("list", parents=[common], help="suggested and added backbones: size, licence, present?")
-    from .advice import IMAGE_KINDS
+    from ..advice import IMAGE_KINDS
 
     p.add_argument("--images", choices=IMAGE_KINDS, help="the advice for these images only (default: all kinds, "
                                                          "for the device found)")

@@ -1,7 +1,8 @@
 """The terminal's wording of each `Remedy` (`loff_core.errors`): commands and options of `loff`.
 
-The engine's messages name no front end; `str(LoffError)` words its remedy from this table,
-the window from `app.remedies.WINDOW`. A wording is a format string over the error's
+The engine's messages name no front end (`str(LoffError)` is "PATH: REASON"); the CLI words
+the remedy at its edge with `terminal_text(exc)`, from this table, the window with
+`app.remedies.window_text(exc)`, from `app.remedies.WINDOW`. A wording is a format string over the error's
 parameters, or a function of them when a parameter is optional. Every key has a wording
 here and in the window's table (tests/test_errors.py)."""
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Union
 
-from .errors import Remedy
+from ..errors import LoffError, Remedy
 
 Wording = Union[str, Callable[[dict], str]]
 
@@ -67,3 +68,8 @@ TERMINAL: dict[Remedy, Wording] = {
                              "`loff export PROJECT FOLDER`"),
 }
 
+
+
+def terminal_text(exc: LoffError) -> str:
+    """"PATH: REASON; REMEDY" with the remedy in the terminal's words (what `loff` prints)."""
+    return exc.message(TERMINAL)

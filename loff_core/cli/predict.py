@@ -1,0 +1,93 @@
+"""`loff export`, `loff predict`: a run as a head package, predictions on new images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .terminal import at_least, metric_lines, run_with_progress
+
+def cmd_export(args: argparse.Namespace) -> Any:
+    from .. import steps  # every command runs a step (loff_core/steps.py), as the app does
+    from ..project import Project
+
+    project = Project.open(args.project)  # the step takes the reader lock, also while it writes eval-*.json
+    return run_with_progress("export", args.quiet, lambda p: steps.export(
+        project, args.out_dir, run_id=args.run, onnx=args.onnx, progress=p))
+
+
+
+def _describe_export(out: dict[str, Any]) -> str:
+    lines = [f"exported run {out['run']} to {out['out_dir']}"]
+    lines += [f"  {kind:5s} {path}" for kind, path in out["files"].items()]
+    if out.get("onnx") and "max_abs_diff_vs_torch" in out["onnx"]:
+        lines.append(f"  ONNX checked against torch: max difference {out['onnx']['max_abs_diff_vs_torch']:.2e}")
+    return "\n".join(lines)
+
+
+
+def cmd_predict(args: argparse.Namespace) -> Any:
+    from .. import steps  # every command runs a step (loff_core/steps.py), as the app does
+    from ..settings import EvaluateSettings
+
+    result = run_with_progress("predict", args.quiet, lambda p: steps.predict(
+        args.head_dir, args.files, run_id=args.run, labels=args.labels, label_column=args.label_column,
+        file_column=args.file_column, settings=EvaluateSettings(bootstrap=args.bootstrap), weights=args.weights,
+        random_init=True if args.random_init else None, device=args.device, batch_size=args.batch_size,
+        progress=p))
+    if args.csv:
+        from ..predictions import write_predictions_csv
+
+        write_predictions_csv(Path(args.csv), result.to_json(), with_failed=False)
+    return result
+
+
+
+def _describe_predict(out: dict[str, Any]) -> str:
+    classes = out["classes"]
+    lines = [f"{len(out['predictions'])} predictions ({out['task']}; classes {', '.join(classes)})"]
+    for row in out["predictions"]:
+        p = row["probabilities"][classes.index(row["predicted"])] if row["predicted"] in classes else None
+        lines.append(f"  {row['path']}: {row['predicted']}" + (f"  (P {p:.2f})" if p is not None else ""))
+    lines += [f"  failed {f['path']}: {f['reason']}" for f in out.get("failed", [])]
+    if out.get("labelled"):
+        lines.append(f"metrics on the {out['labelled']} labelled files:")
+        lines += metric_lines(out)
+    return "\n".join(lines)
+
+
+
+def add_export(sub: Any, common: argparse.ArgumentParser) -> None:
+    """`loff export PROJECT OUT_DIR`."""
+    p = sub.add_parser("export", parents=[common], help="write head.safetensors + card.json (+ model.onnx)")
+    p.add_argument("project", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--run")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (backbone + head), checked against torch")
+    p.set_defaults(func=cmd_export, describe=_describe_export)
+
+
+
+def add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
+    """`loff predict HEAD_DIR_OR_PROJECT FILES`."""
+    from ..settings import EvaluateSettings, add_options
+
+    p = sub.add_parser("predict", parents=[common], help="predict new images with an exported head or a project's run")
+    p.add_argument("head_dir", type=Path, metavar="HEAD_DIR_OR_PROJECT",
+                   help="an exported head folder, or a project folder (its latest run, or --run ID)")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--run", help="with a project folder: the run to predict with (default: the latest)")
+    p.add_argument("--labels", type=Path, help="labels CSV for the files: metrics are reported as by evaluate "
+                                               "(without it, class sub-folders of a given folder are the labels)")
+    p.add_argument("--label-column", default="label", help="label column of --labels (default: label)")
+    p.add_argument("--file-column", help="file column of --labels (default: file, filename, path or image)")
+    add_options(p, EvaluateSettings)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--weights")
+    g.add_argument("--random-init", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument("--csv", type=Path, help="also save the predictions as CSV")
+    p.set_defaults(func=cmd_predict, describe=_describe_predict)
+

@@ -1,0 +1,96 @@
+"""What evaluating a run does: its head over one split's cached features, the run's
+operating point applied, metrics with bootstrap intervals, and the per-image predictions
+saved with the run (eval-SPLIT.json, predictions-SPLIT.csv).
+
+The body of the `evaluate` step (loff_core/steps.py takes the reader lock around it); `export`
+(a card carries val / test metrics) and `tune` (the winner tested once) call it too, which is
+why it lives on the workflows floor below the steps (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from .errors import ProjectError
+from .fsutil import atomic_write_json
+from .predictions import write_evaluation_csv
+from .progress import Progress
+from .settings import EvaluateSettings
+
+
+def evaluate_run(project: Any, run_id: Optional[str] = None, split: str = "test", *,
+              n_bootstrap: int = EvaluateSettings.bootstrap, save: bool = True,
+              progress: Progress = Progress()) -> dict[str, Any]:
+    """Metrics and per-image predictions of a run on one split; saved with the run."""
+    from .metrics import small_split_warning
+    from .training import predict_probabilities
+
+    run = project.run(run_id)
+    project.check_run_classes(run)
+    cache = project.open_cache(run.record["cache_fingerprint"])
+    project.check_cache_fits(run, cache)
+    ids, y, entries = project.labelled_split(split, cache)
+    if not ids:
+        raise ProjectError(f"{project.root}: the {split} split has no labelled images with features")
+    head_config, state = project.load_head(run)
+    progress.check()
+    probs = predict_probabilities(head_config, state, cache, ids, progress=progress)
+    progress.check()
+    progress.report(len(ids), len(ids), f"{n_bootstrap} bootstrap resamples for the 95% intervals")
+    classes = run.record["classes"]
+    task = run.record["task"]
+    from .calibration import adjust
+
+    op = run.record.get("operating_point")
+    probs = adjust(probs, op)  # the run's calibration / prevalence, then its threshold
+    predicted, evaluation = evaluate_decisions(y, probs, classes, task, op, n_bootstrap=n_bootstrap,
+                                               seed=project.settings.seed)
+    images = project.images_root()
+    predictions = [
+        {
+            "image_id": e.image_id,
+            "path": project.relative(images / e.path),  # relative to the project folder
+            "label": e.label,
+            "predicted": classes[int(p)],
+            "probabilities": [round(float(x), 6) for x in row],
+        }
+        for e, p, row in zip(entries, predicted, probs)
+    ]
+    result = {
+        "run": run.run_id,
+        "split": split,
+        "task": task,
+        "classes": classes,
+        "n": len(ids),
+        "stale": project.stale_reasons(run),
+        "operating_point": op,
+        **evaluation,
+        "warnings": [w for w in [small_split_warning(len(ids), evaluation["ci"].get("accuracy"), split)] if w],
+        "predictions": predictions,
+    }
+    progress.check()  # a cancel before this point leaves the saved evaluation as it was
+    if save:  # save=False: only returned (e.g. a ROC overlay while another job holds the lock)
+        atomic_write_json(run.path / f"eval-{split}.json", {k: v for k, v in result.items() if k != "predictions"})
+        write_evaluation_csv(run.path / f"predictions-{split}.csv", predictions, classes)
+    return result
+
+
+def evaluate_decisions(y_true: Sequence[int], probs: Any, classes: Sequence[str], task: str,
+                       operating_point: Optional[dict[str, Any]], *, n_bootstrap: int = EvaluateSettings.bootstrap,
+                       seed: int = 0, predicted: Any = None) -> tuple[Any, dict[str, Any]]:
+    """The one scoring of `evaluate` and `loff predict` with labels: metrics and confusion
+    matrix at the run's decision (its operating point: binary threshold, else argmax /
+    ordinal decode) on `probs`, the run's adjusted probabilities. `predicted`: decisions
+    already made from these probabilities with this operating point (predict's own rows).
+    Returns (the decided class per image, the evaluation)."""
+    import numpy as np
+
+    from .calibration import decide
+    from .metrics import evaluate_predictions
+
+    p = np.asarray(probs, dtype=np.float64)
+    if predicted is None:
+        predicted = decide(p, task, operating_point) if len(p) else np.zeros(0, dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64).reshape(-1)
+    return predicted, evaluate_predictions(y_true, p, classes, task, n_bootstrap=n_bootstrap, seed=seed,
+                                           predicted=predicted)
