@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable, Optional
 
 from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QTableWidget,
@@ -127,7 +126,14 @@ class ValidationPanel(QGroupBox):
         if job is not None:
             job.on_close = "stop"
             self.result.setText(f"cross-validating {config.head} over {folds} folds ...")
-            wire(job, strip=self.strip, done=self.show_cv)
+            wire(job, strip=self.strip, done=self.show_cv, partial={"fold": self.show_fold})
+
+    def show_fold(self, fold: dict[str, Any]) -> None:
+        """A finished fold while the others run: its scores under the running line."""
+        scores = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in fold["metrics"].items()
+                           if k in ("accuracy", "auc", "kendall_tau") and v is not None)
+        head = self.result.text().split("<br>")[0]
+        self.result.setText(f"{head}<br>fold {fold['fold']}/{fold['folds']} done: {scores}")
 
     def show_cv(self, record: dict[str, Any]) -> None:
         done = f"{record['completed']} of {record['folds']} folds" + (" (stopped)" if record.get("stopped") else "")
@@ -147,26 +153,17 @@ class ValidationPanel(QGroupBox):
         seed, task = self.settings().get("seed", 0), self.settings().get("task")
         self.entries = []
         self.board.setRowCount(0)
-        job_box: dict[str, Any] = {}
-        known = threading.Event()
-
-        def on_trial(entry: dict[str, Any]) -> None:
-            known.wait()
-            job_box["job"].emit_epoch(entry)  # the job's per-step signal carries one leaderboard row
-
         def work(progress: Any) -> Any:
             from loff_core import steps
             from loff_core.settings import TuneSettings
 
             return steps.tune(project, TuneSettings(trials=trials, folds=folds), seed=seed, task=task,
-                              progress=progress, on_trial=on_trial).to_dict()
+                              progress=progress).to_dict()  # each scored trial comes as a partial
         job = self.state.start("find the best head", work)
         if job is not None:
-            job_box["job"] = job
             job.on_close = "stop"
             self.result.setText(f"trying {trials} head configurations and a logistic regression, {folds} folds each ...")
-            wire(job, strip=self.strip, partial=self.add_entry, done=self.show_tune)
-            known.set()
+            wire(job, strip=self.strip, partial={"trial": self.add_entry}, done=self.show_tune)
 
     def add_entry(self, entry: dict[str, Any]) -> None:
         """One scored configuration: the table is kept sorted best first."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Iterable, Optional
 
 #: compact heads, the default first (docs/benchmarks.md, section 4: attention ties the linear
@@ -104,9 +104,40 @@ def all_fields(cls: type) -> list[FieldInfo]:
     return [field_info(cls, f.name) for f in fields(cls)]
 
 
+class Checked:
+    """A settings dataclass whose every declared setting is checked against its declaration
+    (kind, range, choices) when an object is built, by any front end or script: an
+    out-of-range value is a `SettingError` naming the setting, never a surprise deep in a
+    step (so the steps hold no hand checks of their own)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            if "kind" not in f.metadata:
+                continue
+            value = getattr(self, f.name)
+            if is_dataclass(value):
+                continue  # a nested settings object checks itself
+            info = field_info(type(self), f.name)
+            for item in value if isinstance(value, (tuple, list)) and info.kind is not str else [value]:
+                _check_one(type(self), info, item)
+
+
+def _check_one(cls: type, info: FieldInfo, value: Any) -> None:
+    from .errors import SettingError
+
+    try:
+        if info.kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value} is not an integer")
+        if info.kind is str and info.choices is None and value is not None and not isinstance(value, str):
+            raise ValueError(f"{value!r} is not text")
+        info.check(value)
+    except ValueError as exc:
+        raise SettingError(f"{cls.__name__}.{info.name}: {exc}") from None
+
+
 # -- the settings ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Checked):
     """Which tensor augmentations training applies to cached token grids, and how strongly
     (`loff train --augment NAME=VALUE`; 0 turns one off)."""
 
@@ -134,7 +165,7 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """How a compact head is trained on the cache (`loff train`, the Train page, run.json)."""
 
     head: str = setting("attention", "the compact head: " + "; ".join(f"{k}: {v}" for k, v in HEAD_KINDS.items()),
@@ -162,7 +193,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class ExtractSettings:
+class ExtractSettings(Checked):
     """How the frozen backbone is run over the images (`loff extract`, the Cache page)."""
 
     layers: str = setting("last", "which block(s) give the tokens: last (the model's output), -K (the K-th block "
@@ -179,7 +210,7 @@ class ExtractSettings:
 
 
 @dataclass(frozen=True)
-class EvaluateSettings:
+class EvaluateSettings(Checked):
     """How a run is evaluated (`loff evaluate`, `loff predict` with labels, the Results page)."""
 
     bootstrap: int = setting(1000, "bootstrap resamples for the 95% intervals (0: none)", kind=int, low=0)
@@ -196,7 +227,7 @@ def _folds() -> Any:
 
 
 @dataclass(frozen=True)
-class CVSettings:
+class CVSettings(Checked):
     """How `loff cv` (and the Train page's Cross-validate) splits and what it scores; the
     training settings are TrainConfig's."""
 
@@ -206,7 +237,7 @@ class CVSettings:
 
 
 @dataclass(frozen=True)
-class TuneSettings:
+class TuneSettings(Checked):
     """How `loff tune` (and the Train page's Tune) searches."""
 
     trials: int = setting(8, "head configurations to try (plus a logistic regression for classification)",

@@ -88,12 +88,11 @@ def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings
     )
 
 
-def train(project: Any, config: Any, *, progress: Progress = Progress(),
-          on_epoch: Optional[Callable[[dict[str, Any]], None]] = None) -> TrainResult:
+def train(project: Any, config: Any, *, progress: Progress = Progress()) -> TrainResult:
     """Train a head (`config`: TrainConfig) on the active cache (writer lock); the run folder
-    appears only when complete."""
+    appears only when complete. Each epoch is an "epoch" partial result of `progress`."""
     with project.lock():
-        run = _train(project, config, progress=progress, on_epoch=on_epoch)
+        run = _train(project, config, progress=progress)
     return TrainResult.from_record(run.record, run.run_id)
 
 
@@ -136,14 +135,14 @@ def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
 
 
 def tune(project: Any, settings: TuneSettings = TuneSettings(), *, seed: int = 0, task: Optional[str] = None,
-         device: str = "auto", progress: Progress = Progress(),
-         on_trial: Optional[Callable[[dict[str, Any]], None]] = None) -> TuneResult:
-    """Head search by grouped CV, winner retrained as a run and tested once (writer lock)."""
+         device: str = "auto", progress: Progress = Progress()) -> TuneResult:
+    """Head search by grouped CV, winner retrained as a run and tested once (writer lock).
+    Each scored configuration is a "trial" partial result of `progress`."""
     from .validation import tune as run_tune
 
     with project.lock():
         return TuneResult.from_dict(run_tune(project, trials=settings.trials, folds=settings.folds, seed=seed,
-                                             task=task, device=device, progress=progress, on_trial=on_trial))
+                                             task=task, device=device, progress=progress))
 
 
 def predict(source: Path | str, files: Iterable[Path | str], *, run_id: Optional[str] = None,
@@ -376,7 +375,6 @@ def _train(
     config: Any,
     *,
     progress: Progress = Progress(),
-    on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> RunInfo:
     """Train a head on the active cache; the run folder appears only when complete."""
     from .training import train_head
@@ -396,7 +394,7 @@ def _train(
         shutil.rmtree(leftover, ignore_errors=True)  # from a run killed while it was being saved
     result = train_head(
         cache, train_ids, train_y, val_ids, val_y, config,
-        num_classes=len(classes), progress=progress, on_epoch=on_epoch,
+        num_classes=len(classes), progress=progress,
     )
     run_id = project.new_run_id(config.head)
     record = {

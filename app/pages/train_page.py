@@ -5,7 +5,6 @@ their settings and scores and flagged when stale (labels or cache changed since)
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Optional
 
@@ -200,28 +199,18 @@ class TrainPage(QWidget):
         self.history = []
         self.curves_run = None
         self._plot()
-        job_box: dict[str, Any] = {}
-        job_known = threading.Event()  # the worker may reach its first epoch before `start` returns
-
-        def on_epoch(entry: dict) -> None:
-            job_known.wait()
-            job_box["job"].emit_epoch(entry)
-
         def work(progress: Any) -> Any:
             config = train_config(chosen)
             from loff_core import steps
 
-            return steps.train(project, config, progress=progress, on_epoch=on_epoch)  # takes the lock
+            return steps.train(project, config, progress=progress)  # takes the lock; epochs come as partials
         self.save_settings()
         job = wire(self.state.start("train", work, banner=self.banner), strip=None, banner=self.banner,
-                   done=self._trained)
+                   done=self._trained, partial={"epoch": self._epoch})
         if job is not None:
-            job_box["job"] = job
             job.on_close = "stop"  # closing the window keeps the best head so far, like Stop
             self._started = time.monotonic()
-            wire(job, partial=self._epoch)
             job.progress.connect(self._progress)
-            job_known.set()
 
     def _validation_toggled(self, expanded: bool) -> None:
         sizes = self.body.sizes()
