@@ -93,7 +93,8 @@ class ValidationPanel(QGroupBox):
 
     def _busy(self, busy: bool) -> None:
         project = self.state.project
-        ready = project is not None and project.has_catalog() and bool(project.settings.active_cache)
+        ready = (project is not None and project.has_catalog() and bool(project.settings.active_cache)
+                 and not project.cache_partial())  # the engine refuses a partial cache
         self.cv_button.setEnabled(ready and not busy)
         self.tune_button.setEnabled(ready and not busy)
         job = self.state.runner.job
@@ -101,27 +102,25 @@ class ValidationPanel(QGroupBox):
 
     # -- cross-validation ---------------------------------------------------------------
     def cv_config(self) -> Any:
-        from dataclasses import replace
+        """The Train page's TrainConfig, More settings included (its one builder)."""
+        from .pages.train_page import train_config
 
-        from loff_core.augment import AugmentConfig
-        from loff_core.training import TrainConfig
-
-        chosen = self.settings()
-        augment = AugmentConfig.off() if chosen.get("augment") is None else replace(AugmentConfig(),
-                                                                                    **chosen["augment"])
-        return TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"], lr=chosen["lr"],
-                           seed=chosen["seed"], augment=augment)
+        return train_config(self.settings())
 
     def start_cv(self) -> None:
         project = self.state.project
         if project is None:
             return
-        config, folds, seed = self.cv_config(), self.folds.value(), self.settings().get("seed", 0)
+        from loff_core.settings import CVSettings
+
+        config = self.cv_config()
+        folds = self.folds.value()
+        settings = CVSettings(folds=folds, head=config.head, train=config)
 
         def work(progress: Any) -> Any:
             from loff_core import steps
 
-            return steps.cross_validate(project, config, folds=folds, seed=seed, progress=progress).to_dict()
+            return steps.cross_validate(project, settings, progress=progress).to_dict()
         job = self.state.start("cross-validate", work)
         if job is not None:
             job.on_close = "stop"
@@ -149,16 +148,17 @@ class ValidationPanel(QGroupBox):
         project = self.state.project
         if project is None:
             return
+        from loff_core.settings import TuneSettings
+
         trials, folds = self.trials.value(), self.folds.value()
-        seed, task = self.settings().get("seed", 0), self.settings().get("task")
+        # the page's task, seed, device, batch size, ...: the engine keeps what the search does not vary
+        settings = TuneSettings(trials=trials, folds=folds, train=self.cv_config())
         self.entries = []
         self.board.setRowCount(0)
         def work(progress: Any) -> Any:
             from loff_core import steps
-            from loff_core.settings import TuneSettings
 
-            return steps.tune(project, TuneSettings(trials=trials, folds=folds), seed=seed, task=task,
-                              progress=progress).to_dict()  # each scored trial comes as a partial
+            return steps.tune(project, settings, progress=progress).to_dict()  # each scored trial comes as a partial
         job = self.state.start("find the best head", work)
         if job is not None:
             job.on_close = "stop"

@@ -89,13 +89,23 @@ def cmd_import(args: argparse.Namespace) -> Any:
 
     if not args.images_dir.is_dir():  # before a project is created for nothing
         raise ProjectError(f"{args.images_dir}: not a folder")
+    from .settings import ImportSettings
+
     project = Project.open_or_create(args.project)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    settings = ImportSettings(**_declared(args, ImportSettings, skip=("labels_csv", "classes")),
+                              labels_csv=_labels_args(args.labels), classes=classes)
     return _run_with_progress("import", args.quiet, lambda p: steps.import_images(
-        project, args.images_dir, labels_csv=_labels_args(args.labels), label_column=args.label_column,
-        file_column=args.file_column, patient_column=args.patient_column, classes=classes,
-        task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
-        on_patient_overlap=args.on_patient_overlap, progress=p))
+        project, args.images_dir, settings, progress=p))
+
+
+def _declared(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings of `cls` given on the command line (options left out or None: the
+    declaration's default holds)."""
+    from dataclasses import fields
+
+    return {f.name: getattr(args, f.name) for f in fields(cls)
+            if f.name not in skip and getattr(args, f.name, None) is not None}
 
 
 def _labels_args(values: Optional[list[str]]) -> Optional[list[tuple[Optional[str], Path]]]:
@@ -188,16 +198,10 @@ def _describe_extract(out: dict[str, Any]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> Any:
     from . import steps  # every command runs a step (loff_core/steps.py), as the app does
-    from dataclasses import fields
-
     from .project import Project
-    from .settings import AugmentConfig, TrainConfig
 
     project = Project.open(args.project)
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    given.setdefault("task", project.settings.task)
-    given["augment"] = AugmentConfig.off() if args.no_augment else _augment_from_args(args.augment, AugmentConfig())
-    config = TrainConfig(**given)
+    config = _train_config_from_args(args, project)
     result = _run_with_progress("train", args.quiet, lambda p: steps.train(project, config, progress=p))
     _print_notes("train", result.notes)
     return result
@@ -313,13 +317,12 @@ def _describe_export(out: dict[str, Any]) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> Any:
     from . import steps  # every command runs a step (loff_core/steps.py), as the app does
-    from .settings import EvaluateSettings
+    from .settings import PredictSettings
 
-    result = _run_with_progress("predict", args.quiet, lambda p: steps.predict(
-        args.head_dir, args.files, run_id=args.run, labels=args.labels, label_column=args.label_column,
-        file_column=args.file_column, settings=EvaluateSettings(bootstrap=args.bootstrap), weights=args.weights,
-        random_init=True if args.random_init else None, device=args.device, batch_size=args.batch_size,
-        progress=p))
+    settings = PredictSettings(**_declared(args, PredictSettings, skip=("random_init",)),
+                               random_init=True if args.random_init else None)
+    result = _run_with_progress("predict", args.quiet, lambda p: steps.predict(args.head_dir, args.files, settings,
+                                                                               progress=p))
     if args.csv:
         from .predictions import write_predictions_csv
 
@@ -350,34 +353,29 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
             "task": project.settings.task, "synthetic": True, "splits": summary.splits}
 
 
-def _train_config_from_args(args: argparse.Namespace, task: str) -> Any:
-    from dataclasses import replace
+def _train_config_from_args(args: argparse.Namespace, project: Any, skip: tuple[str, ...] = ()) -> Any:
+    """The one place `loff` builds a TrainConfig (train, cv, tune): the declared training
+    options the command has (left out or None: TrainConfig's default; the task: the
+    project's), the augmentations from --no-augment / --augment; checked as it is built."""
+    from .settings import AugmentConfig, TrainConfig
 
-    from .augment import AugmentConfig
-    from .training import TrainConfig
-
-    defaults = TrainConfig(head=args.head, task=task)
-    return replace(
-        defaults, seed=args.seed, device=args.device,
-        epochs=args.epochs if args.epochs is not None else defaults.epochs,
-        lr=args.lr if args.lr is not None else defaults.lr,
-        patience=args.patience if args.patience is not None else defaults.patience,
-        augment=AugmentConfig.off() if args.no_augment else defaults.augment)
+    given = _declared(args, TrainConfig, skip=("augment", *skip))
+    given.setdefault("task", project.settings.task)
+    augment = (AugmentConfig.off() if getattr(args, "no_augment", False)
+               else _augment_from_args(getattr(args, "augment", None), AugmentConfig()))
+    return TrainConfig(**given, augment=augment)
 
 
 def cmd_cv(args: argparse.Namespace) -> dict[str, Any]:
     from . import steps  # every command runs a step (loff_core/steps.py), as the app does
     from .project import Project
-    from .validation import LOGREG
+    from .settings import CVSettings
 
     project = Project.open(args.project)
-    task = args.task or project.settings.task
-    config = LOGREG if args.head == "logreg" else _train_config_from_args(args, task)
-    if config == LOGREG and task != "classification":
-        raise TrainingError("--head logreg (logistic regression on the pooled embedding) is for classification tasks")
+    config = _train_config_from_args(args, project, skip=("head",))  # the head scored is CVSettings'
+    settings = CVSettings(**_declared(args, CVSettings, skip=("train",)), train=config)
     # --json: exactly the documented document; the rest is in groups/GROUP/group.json
-    return _run_with_progress("cv", args.quiet, lambda p: steps.cross_validate(
-        project, config, folds=args.folds, seed=args.seed, progress=p))
+    return _run_with_progress("cv", args.quiet, lambda p: steps.cross_validate(project, settings, progress=p))
 
 
 def _describe_cv(out: dict[str, Any]) -> str:
@@ -398,10 +396,10 @@ def cmd_tune(args: argparse.Namespace) -> Any:
     from .settings import TuneSettings
 
     project = Project.open(args.project)
+    settings = TuneSettings(**_declared(args, TuneSettings, skip=("train",)),
+                            train=_train_config_from_args(args, project))
     # --json: exactly the documented document; the rest is in groups/GROUP/group.json
-    return _run_with_progress("tune", args.quiet, lambda p: steps.tune(
-        project, TuneSettings(trials=args.trials, folds=args.folds), seed=args.seed, task=args.task,
-        device=args.device, progress=p))
+    return _run_with_progress("tune", args.quiet, lambda p: steps.tune(project, settings, progress=p))
 
 
 def _describe_tune(out: dict[str, Any]) -> str:
@@ -527,7 +525,8 @@ def _at_least(low: float, kind: type = int) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import TASKS, CVSettings, EvaluateSettings, ExtractSettings, TrainConfig, TuneSettings, add_options
+    from .settings import (CVSettings, EvaluateSettings, ExtractSettings, ImportSettings, PredictSettings, TrainConfig,
+                           TuneSettings, add_options, field_info)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -546,20 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV with a file column and a label column (delimiter detected: , ; or tab). Repeatable; "
                         "SPLIT=CSV says the CSV's images are that split, e.g. --labels train=CSAW-M_train.csv "
                         "--labels test=CSAW-M_test.csv")
-    p.add_argument("--label-column")
-    p.add_argument("--file-column")
-    p.add_argument("--patient-column", help="default: a column named patient_id, patient, subject, woman, ...")
-    p.add_argument("--split-column", help="take the split from this CSV column (train / val / test, any case; "
-                                          "validation accepted); a split without val gets one carved from train")
-    p.add_argument("--patient-from-name", metavar="REGEX",
-                   help="the patient from the file name: a regular expression with one capture group, e.g. "
-                        "'^(\\d+)_' for NIH ChestX-ray14's PATIENT_FOLLOWUP.png")
-    p.add_argument("--on-patient-overlap", choices=["keep", "resplit"],
-                   help="when the given split puts a patient on two sides: keep it as given, or re-split by "
-                        "patient (default: stop and report the counts)")
+    add_options(p, ImportSettings)
     p.add_argument("--classes", help="comma-separated class order (low to high for ordinal labels), e.g. F,G,D")
-    p.add_argument("--task", choices=list(TASKS), help="the project's default task: "
-                   + "; ".join(f"{k}: {v}" for k, v in TASKS.items()))
     p.set_defaults(func=cmd_import, describe=_describe_import)
 
     p = sub.add_parser("extract", parents=[common], help="run the frozen backbone once per image into the HDF5 cache")
@@ -590,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "mean, SD and per-fold values; saved as a group that `loff info` lists. " + METRICS_HELP)
     p.add_argument("project", type=Path)
     add_options(p, CVSettings)
-    add_options(p, TrainConfig, names=["task", "epochs", "lr", "patience"], defaults=False)  # None: TrainConfig's
+    add_options(p, TrainConfig, names=["task", "epochs", "lr", "patience", "batch_size"], defaults=False)  # None: TrainConfig's
     add_options(p, TrainConfig, names=["seed", "device"])  # the seed of the folds and of training
     p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
     p.set_defaults(func=cmd_cv, describe=_describe_cv)
@@ -602,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on train + val as a normal run and evaluate it once on test. " + METRICS_HELP)
     p.add_argument("project", type=Path)
     add_options(p, TuneSettings)
-    add_options(p, TrainConfig, names=["task"], defaults=False)  # default: the project's task
+    add_options(p, TrainConfig, names=["task", "batch_size"], defaults=False)  # None: the project's task, TrainConfig's
     add_options(p, TrainConfig, names=["seed", "device"])
     p.set_defaults(func=cmd_tune, describe=_describe_tune)
 
@@ -645,17 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("head_dir", type=Path, metavar="HEAD_DIR_OR_PROJECT",
                    help="an exported head folder, or a project folder (its latest run, or --run ID)")
     p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--run", help="with a project folder: the run to predict with (default: the latest)")
-    p.add_argument("--labels", type=Path, help="labels CSV for the files: metrics are reported as by evaluate "
-                                               "(without it, class sub-folders of a given folder are the labels)")
-    p.add_argument("--label-column", default="label", help="label column of --labels (default: label)")
-    p.add_argument("--file-column", help="file column of --labels (default: file, filename, path or image)")
-    add_options(p, EvaluateSettings)
+    add_options(p, PredictSettings)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--weights")
-    g.add_argument("--random-init", action="store_true")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=_at_least(1), default=8)
+    g.add_argument("--weights", help=field_info(PredictSettings, "weights").help)
+    g.add_argument("--random-init", action="store_true", help=field_info(PredictSettings, "random_init").help)
     p.add_argument("--csv", type=Path, help="also save the predictions as CSV")
     p.set_defaults(func=cmd_predict, describe=_describe_predict)
 

@@ -344,10 +344,25 @@ def _augment_name(augment: Any) -> Any:
     return augment.to_dict()
 
 
-def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
-                   progress: Progress = Progress()) -> dict[str, Any]:
-    """`loff cv`: K patient-grouped, label-stratified folds over train + val; saved as a
-    group. Returns {"group", "folds", "metrics": {name: {"mean", "sd", "per_fold"}}, ...}."""
+def scored_config(project: Any, settings: Any) -> Any:
+    """What a cross-validation (`settings`: CVSettings) scores: LOGREG, or its TrainConfig with
+    the head chosen (None: TrainConfig's defaults with the project's task)."""
+    if settings.head == "logreg":
+        if (settings.train.task if settings.train else project.settings.task) != "classification":
+            raise TrainingError("the logistic regression on the pooled embedding is for classification tasks")
+        return LOGREG
+    from .settings import TrainConfig
+
+    return replace(settings.train or TrainConfig(task=project.settings.task), head=settings.head)
+
+
+def cross_validate(project: Any, settings: Any, *, progress: Progress = Progress()) -> dict[str, Any]:
+    """`loff cv`: K patient-grouped, label-stratified folds over train + val (`settings`:
+    CVSettings; the folds are shuffled with the training seed); saved as a group. Returns
+    {"group", "folds", "metrics": {name: {"mean", "sd", "per_fold"}}, ...}."""
+    config = scored_config(project, settings)
+    folds, seed = settings.folds, (settings.train.seed if settings.train else 0)
+    project.check_cache_complete()
     cache = project.open_cache()
     pool, classes = project_pool(project, cache)
     task = config.task if config != LOGREG else project.settings.task
@@ -494,16 +509,28 @@ def retrain_final(source: Any, pool: Pool, classes: Sequence[str], task: str, be
                                                    "train_config": _jsonable(final)}
 
 
-def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: Optional[str] = None,
-         device: str = "auto", progress: Progress = Progress()) -> dict[str, Any]:
-    """`loff tune`: search scored by grouped CV on train + val, winner retrained on train +
-    val as a normal run, evaluated once on test. Returns {"group", "leaderboard", "best",
-    "run", "test"}."""
+def tune_base(config: Any) -> Any:
+    """The base of a search from a front end's TrainConfig: its task, seed and every setting
+    the search does not vary (device, batch size, weight decay, ...); what it varies (head,
+    learning rate, epochs / patience, augmentation) starts from TrainConfig's defaults."""
+    from .settings import TrainConfig
+
+    default = TrainConfig()
+    return replace(config, head=default.head, lr=default.lr, epochs=default.epochs, patience=default.patience,
+                   augment=default.augment)
+
+
+def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dict[str, Any]:
+    """`loff tune`: search scored by grouped CV on train + val (`settings`: TuneSettings),
+    winner retrained on train + val as a normal run, evaluated once on test. Returns
+    {"group", "leaderboard", "best", "run", "test"}."""
     from .training import TrainConfig
 
+    base = tune_base(settings.train or TrainConfig(task=project.settings.task))
+    trials, folds, seed, task = settings.trials, settings.folds, base.seed, base.task
+    project.check_cache_complete()
     cache = project.open_cache()
     pool, classes = project_pool(project, cache)
-    task = task or project.settings.task
     if len(classes) < 2:
         raise TrainingError(f"{project.root}: tuning needs at least two classes")
     started = _now()
@@ -512,8 +539,8 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
     from .training import _in_memory
 
     data = _in_memory(cache)
-    found = tune_source(data, pool, classes, task, trials=trials, folds=folds, seed=seed,
-                        base=TrainConfig(task=task, device=device), progress=search)
+    found = tune_source(data, pool, classes, task, trials=trials, folds=folds, seed=seed, base=base,
+                        progress=search)
     best = found["best"]
     # not linked to Stop: the winner is always trained to the end (a few seconds)
     final_progress = progress.linked(lambda d, n, m: progress.report(950 + int(50 * d / n) if n else 950, total,

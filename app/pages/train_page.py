@@ -15,7 +15,6 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 
 from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig, all_fields, field_info
 
-from ..cache_plan import is_partial
 from ..forms import control_for
 from ..remedies import window_text
 from ..state import AppState
@@ -331,7 +330,7 @@ class TrainPage(QWidget):
             return False, "training needs labels with at least two classes"
         if not project.settings.active_cache:
             return False, "extract features first (Cache page)"
-        if is_partial(project.caches_dir, project.settings.active_cache, project):
+        if project.cache_partial():  # the engine's rule (`loff train` refuses it too)
             return False, ("the feature cache is partial (its extraction was stopped): Extract again on the Cache "
                            "page to finish it, then train")
         return True, ""
