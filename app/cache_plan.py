@@ -1,13 +1,12 @@
-"""What an extraction will do, said before it runs (the Cache page's plan), and whether a
-cache is partial. Plain Python: no Qt, no torch (the window must not import torch to
-describe a backbone), so the numbers come from a small table of the suggested backbones;
-a test checks the table against timm."""
+"""What an extraction will do, said before it runs (the Cache page's plan; whether a cache
+is partial is the engine's rule, `Project.cache_partial`). Plain Python: no Qt, no torch
+(the window must not import torch to describe a backbone), so the numbers come from a small
+table of the suggested backbones; a test checks the table against timm."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from statistics import median
 from typing import Any, Optional
 
@@ -105,44 +104,3 @@ def _registry_geometry(name: str) -> Optional[tuple[int, int, int, str]]:
         return None
     return k.native_size, k.token_px, k.feature_dim, "cnn" if k.family == "efficientnet" else "vit"
 
-
-def is_partial(caches_dir: Path, fingerprint: Optional[str], project: Any = None) -> bool:
-    """A cache whose extraction was stopped before the end: its `.parts` folder (the batches
-    done, from which Extract resumes) is still there, or (given the project) it holds fewer
-    images than the catalog has readable ones. A Stop merges the finished batches into the
-    cache and removes the folder, so the count is what tells (found in the walk: a stopped
-    demo extraction, 64 of 120 images, was shown "active" and offered to Train)."""
-    if not fingerprint:
-        return False
-    if (Path(caches_dir) / f"{fingerprint}.parts").is_dir():
-        return True
-    if project is None:
-        return False
-    cached = cached_images(caches_dir, fingerprint)
-    return cached is not None and cached < expected_images(project)
-
-
-def cached_images(caches_dir: Path, fingerprint: str) -> Optional[int]:
-    """Images in a cache, from the JSON summary written beside it (the window never opens
-    HDF5); None when there is no readable summary."""
-    import json
-
-    try:
-        value = json.loads((Path(caches_dir) / f"{fingerprint}.json").read_text(encoding="utf-8")).get("images")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) else None
-
-
-def expected_images(project: Any) -> int:
-    """The catalog's images that a complete cache holds: all but those whose pixels could
-    not be decoded (listed in the import report by extraction)."""
-    from loff_core.errors import LoffError
-
-    if not project.has_catalog():
-        return 0
-    try:
-        failed = {str(f.get("path")) for f in project.import_report().get("failed", []) if isinstance(f, dict)}
-    except LoffError:
-        failed = set()
-    return sum(1 for e in project.catalog().entries if e.path not in failed)

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable, Optional
 
 from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QTableWidget,
@@ -94,7 +93,8 @@ class ValidationPanel(QGroupBox):
 
     def _busy(self, busy: bool) -> None:
         project = self.state.project
-        ready = project is not None and project.has_catalog() and bool(project.settings.active_cache)
+        ready = (project is not None and project.has_catalog() and bool(project.settings.active_cache)
+                 and not project.cache_partial())  # the engine refuses a partial cache
         self.cv_button.setEnabled(ready and not busy)
         self.tune_button.setEnabled(ready and not busy)
         job = self.state.runner.job
@@ -102,32 +102,37 @@ class ValidationPanel(QGroupBox):
 
     # -- cross-validation ---------------------------------------------------------------
     def cv_config(self) -> Any:
-        from dataclasses import replace
+        """The Train page's TrainConfig, More settings included (its one builder)."""
+        from .pages.train_page import train_config
 
-        from loff_core.settings import AugmentConfig
-        from loff_core.settings import TrainConfig
-
-        chosen = self.settings()
-        augment = AugmentConfig.off() if chosen.get("augment") is None else replace(AugmentConfig(),
-                                                                                    **chosen["augment"])
-        return TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"], lr=chosen["lr"],
-                           seed=chosen["seed"], augment=augment)
+        return train_config(self.settings())
 
     def start_cv(self) -> None:
         project = self.state.project
         if project is None:
             return
-        config, folds, seed = self.cv_config(), self.folds.value(), self.settings().get("seed", 0)
+        from loff_core.settings import CVSettings
+
+        config = self.cv_config()
+        folds = self.folds.value()
+        settings = CVSettings(folds=folds, head=config.head, train=config)
 
         def work(progress: Any) -> Any:
             from loff_core import steps
 
-            return steps.cross_validate(project, config, folds=folds, seed=seed, progress=progress).to_dict()
+            return steps.cross_validate(project, settings, progress=progress).to_dict()
         job = self.state.start("cross-validate", work)
         if job is not None:
             job.on_close = "stop"
             self.result.setText(f"cross-validating {config.head} over {folds} folds ...")
-            wire(job, strip=self.strip, done=self.show_cv)
+            wire(job, strip=self.strip, done=self.show_cv, partial={"fold": self.show_fold})
+
+    def show_fold(self, fold: dict[str, Any]) -> None:
+        """A finished fold while the others run: its scores under the running line."""
+        scores = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in fold["metrics"].items()
+                           if k in ("accuracy", "auc", "kendall_tau") and v is not None)
+        head = self.result.text().split("<br>")[0]
+        self.result.setText(f"{head}<br>fold {fold['fold']}/{fold['folds']} done: {scores}")
 
     def show_cv(self, record: dict[str, Any]) -> None:
         done = f"{record['completed']} of {record['folds']} folds" + (" (stopped)" if record.get("stopped") else "")
@@ -143,30 +148,22 @@ class ValidationPanel(QGroupBox):
         project = self.state.project
         if project is None:
             return
+        from loff_core.settings import TuneSettings
+
         trials, folds = self.trials.value(), self.folds.value()
-        seed, task = self.settings().get("seed", 0), self.settings().get("task")
+        # the page's task, seed, device, batch size, ...: the engine keeps what the search does not vary
+        settings = TuneSettings(trials=trials, folds=folds, train=self.cv_config())
         self.entries = []
         self.board.setRowCount(0)
-        job_box: dict[str, Any] = {}
-        known = threading.Event()
-
-        def on_trial(entry: dict[str, Any]) -> None:
-            known.wait()
-            job_box["job"].emit_epoch(entry)  # the job's per-step signal carries one leaderboard row
-
         def work(progress: Any) -> Any:
             from loff_core import steps
-            from loff_core.settings import TuneSettings
 
-            return steps.tune(project, TuneSettings(trials=trials, folds=folds), seed=seed, task=task,
-                              progress=progress, on_trial=on_trial).to_dict()
+            return steps.tune(project, settings, progress=progress).to_dict()  # each scored trial comes as a partial
         job = self.state.start("find the best head", work)
         if job is not None:
-            job_box["job"] = job
             job.on_close = "stop"
             self.result.setText(f"trying {trials} head configurations and a logistic regression, {folds} folds each ...")
-            wire(job, strip=self.strip, partial=self.add_entry, done=self.show_tune)
-            known.set()
+            wire(job, strip=self.strip, partial={"trial": self.add_entry}, done=self.show_tune)
 
     def add_entry(self, entry: dict[str, Any]) -> None:
         """One scored configuration: the table is kept sorted best first."""

@@ -4,10 +4,10 @@ One class, `Job`, in the pattern of Orange's `FutureWatcher`: a plain engine cal
 a worker thread, and everything it reports comes back to the GUI thread as Qt signals
 of the `Job` object, which lives on the GUI thread:
 
-- `progress(done, total, text)`; `partial(value)`: a partial result (an epoch, a fold, a
-  tuning trial; `epoch(dict)` too for training history entries); `notice(text)`: a report
-  the user must see at once while the job goes on (e.g. "GPU out of memory: retrying with
-  batch size 8");
+- `progress(done, total, text)`; `partial(Partial)`: a partial result the engine handed to
+  its `Progress` (`progress.partial(kind, value)`: an "epoch", a finished "fold", a scored
+  "trial"; loff_core.progress.PARTIAL_KINDS); `notice(text)`: a report the user must see
+  at once while the job goes on (e.g. "GPU out of memory: retrying with batch size 8");
 - then exactly one of `finished(result)`, `failed(text)` (one line; an unexpected error
   has its traceback in the log) or `cancelled()`; then `ended()`.
 
@@ -29,7 +29,10 @@ Two ways to run a `Job`, one API for pages:
   `newest=(widget, key)` makes the newest request of a widget win (a stale job's signals
   are dropped).
 
-`wire(job, strip=, banner=, done=, partial=, failed=, cancelled=)` is the one page helper.
+`wire(job, strip=, banner=, done=, partial={kind: slot}, failed=, cancelled=)` is the one page
+helper: a page says what to run (`AppState.start(name, fn)`, fn calls a step with the job's
+`Progress`) and what to do with its progress, partial results, result and error; nothing
+else passes between the job and the page.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from typing import Any, Callable, Optional
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from loff_core.errors import LoffError, explain_file_error
-from loff_core.progress import Cancelled, Progress
+from loff_core.progress import Cancelled, Partial, Progress
 
 from .remedies import window_text
 
@@ -55,8 +58,7 @@ class Job(QObject):
     """One job (heavy or light); lives on the GUI thread, its `fn` runs on a worker thread."""
 
     progress = Signal(int, int, str)
-    epoch = Signal(dict)  # training curves: one history entry per epoch
-    partial = Signal(object)  # any partial result (an epoch, a fold, a tuning trial)
+    partial = Signal(object)  # a loff_core.progress.Partial: kind ("epoch", "fold", "trial") and value
     finished = Signal(object)
     failed = Signal(str)
     cancelled = Signal()
@@ -69,7 +71,7 @@ class Job(QObject):
         self.name = name
         self._fn, self._args, self._kwargs = fn, args, kwargs
         self._takes_progress = takes_progress
-        self.progress_state = Progress(on_report=self._report, on_notice=self._notice)
+        self.progress_state = Progress(on_report=self._report, on_notice=self._notice, on_partial=self._partial)
         self.thread_name: Optional[str] = None  # recorded for tests: never the GUI thread
         self.on_close = "cancel"  # or "stop": what closing the window does to this job
         self.notices: list[str] = []  # the notices already emitted (pages skip them in the result)
@@ -92,11 +94,8 @@ class Job(QObject):
             self.notices.append(message)
             self._send("notice", str(message))
 
-    def emit_epoch(self, entry: dict) -> None:
-        self._send("epoch", dict(entry))
-
-    def emit_partial(self, value: Any) -> None:
-        self._send("partial", value)
+    def _partial(self, item: Partial) -> None:
+        self._send("partial", item)
 
     def execute(self) -> None:
         """Run `fn` here (a worker thread) and send its outcome to the GUI thread."""
@@ -124,9 +123,6 @@ class Job(QObject):
         if not self.stale:
             if kind == "progress":
                 self.progress.emit(*payload)
-            elif kind == "epoch":
-                self.epoch.emit(payload)
-                self.partial.emit(payload)
             elif kind == "partial":
                 self.partial.emit(payload)
             elif kind == "notice":
@@ -343,11 +339,12 @@ def load_image(owner: QObject, path: Any, callback: Callable[[Any, Optional[str]
 
 # -- the page helper -----------------------------------------------------------------------
 def wire(job: Optional[Job], *, strip: Any = None, banner: Any = None, done: Optional[Callable[[Any], Any]] = None,
-         partial: Optional[Callable[[Any], Any]] = None, failed: Optional[Callable[[str], Any]] = None,
+         partial: Optional[dict[str, Callable[[Any], Any]]] = None, failed: Optional[Callable[[str], Any]] = None,
          cancelled: Optional[Callable[[], Any]] = None) -> Optional[Job]:
     """Connect a job (heavy or light) to a page: progress to its strip, failure to its
     banner (a heavy job's failure reaches the window's Messages too, from `AppState.start`)
-    and to `failed`, the result to `done`, partial results to `partial`, a cancel to
+    and to `failed`, the result to `done`, each partial result of a kind in `partial`
+    ({kind: slot(value)}; other kinds are not the page's) to its slot, a cancel to
     `cancelled`. Every slot runs on the GUI thread. Returns the job (None when refused)."""
     if job is None:
         return None
@@ -356,8 +353,9 @@ def wire(job: Optional[Job], *, strip: Any = None, banner: Any = None, done: Opt
         job.failed.connect(banner.show_error)
     if strip is not None:
         job.progress.connect(strip.report)
-    if partial is not None:
-        job.partial.connect(partial)
+    if partial:
+        slots = dict(partial)
+        job.partial.connect(lambda item: slots[item.kind](item.value) if item.kind in slots else None)
     if done is not None:
         job.finished.connect(done)
     if failed is not None:

@@ -194,7 +194,7 @@ def section_window_steps(cfg: dict[str, Any], device: str, work: Path) -> dict[s
     from loff_core.backbones import BackboneSpec
     from loff_core.demo import create_demo_project
     from loff_core.progress import Progress
-    from loff_core.settings import EvaluateSettings, ExtractSettings, TrainConfig
+    from loff_core.settings import EvaluateSettings, ExtractSettings, PredictSettings, TrainConfig
 
     log: list[dict[str, Any]] = []
     root = work / "window-steps"
@@ -206,7 +206,7 @@ def section_window_steps(cfg: dict[str, Any], device: str, work: Path) -> dict[s
         project, spec, ExtractSettings(device=device, batch_size=cfg["batch_size"]), progress=Progress()))
     tr = _timed(log, "steps.train", lambda: steps.train(
         project, TrainConfig(head=cfg["head"], task="ordinal", epochs=cfg["epochs"], device=device),
-        progress=Progress(), on_epoch=lambda entry: None))
+        progress=Progress(on_partial=lambda item: None)))
     ev = _timed(log, "steps.evaluate", lambda: steps.evaluate(
         project, tr.run, "test", EvaluateSettings(bootstrap=cfg["bootstrap"]), progress=Progress()))
     ids = list(project.open_cache().image_ids)[:4]
@@ -214,13 +214,12 @@ def section_window_steps(cfg: dict[str, Any], device: str, work: Path) -> dict[s
     out = _timed(log, "steps.export", lambda: steps.export(project, work / "window-export", run_id=tr.run,
                                                            progress=Progress()))
     files = _demo_files(root, 4)
-    pr = _timed(log, "steps.predict", lambda: steps.predict(work / "window-export", files, random_init=True,
-                                                          device=device, require_predictions=False,
-                                                          progress=Progress()))
+    pr = _timed(log, "steps.predict", lambda: steps.predict(work / "window-export", files, PredictSettings(
+        random_init=True, device=device, require_predictions=False), progress=Progress()))
     record = project.run(tr.run).record
     return {"extracted": ext.extracted, "images": ext.images, "run": tr.run, "epochs": tr.epochs,
             "train_device": record["train_config"].get("device"), "evaluate_n": ev.n,
-            "explained": len(ex["image_ids"]), "exported": sorted(out.files), "predicted": len(pr.predictions),
+            "explained": len(ex.image_ids), "exported": sorted(out.files), "predicted": len(pr.predictions),
             "log": log}
 
 

@@ -437,7 +437,7 @@ def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
     labels, class_order = _labels_and_classes(given.labels, classes, labels_csv, root, warnings)
     entries, patients_from = _entries(infos, versions, labels, given, salt, name_pattern, patient_from_name,
                                       warnings)
-    warnings += _format_warnings(infos, entries)
+    warnings += _format_warnings(root, infos, entries)
     progress.report(len(files), len(files), f"imported {len(entries)} images, {len(failures)} unreadable")
     return Catalog(entries, class_order, failures, warnings, patients_from,
                    given.split_from if any(e.split for e in entries) else "")
@@ -687,7 +687,7 @@ def _entries(infos: list[tuple[str, Any]], versions: dict[str, str], labels: dic
     return entries, dict(patients_from)
 
 
-def _format_warnings(infos: list[tuple[str, Any]], entries: list[CatalogEntry]) -> list[str]:
+def _format_warnings(root: Path, infos: list[tuple[str, Any]], entries: list[CatalogEntry]) -> list[str]:
     """What the import changes about some images: multi-frame (the central frame), colour (grey)."""
     warnings = []
     multi = sum(1 for e in entries if e.frames > 1)

@@ -126,6 +126,11 @@ class ExportError(LoffError):
     """An exported head that cannot be written or that is refused on load."""
 
 
+class SettingError(LoffError, ValueError):
+    """A setting out of its declared range (loff_core.settings checks every setting object
+    when it is built)."""
+
+
 class FileSystemError(LoffError):
     """A file that cannot be written or read: a full or read-only disk, no permission, ...
     (`explain_file_error`). `errno` is the OS error number, or None."""

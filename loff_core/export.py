@@ -11,6 +11,8 @@ preprocessing must match the card's, or loading is refused with the reason.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path

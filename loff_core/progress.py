@@ -1,12 +1,21 @@
-"""Progress reporting and cooperative cancellation for long engine jobs.
+"""Progress, partial results and cooperative cancellation for long engine jobs: the one
+channel between a job and whoever watches it (in the spirit of Orange's TaskState).
 
-Every long function in `loff_core` takes a `Progress`. It calls `progress.report(done,
-total, message)` as it goes and `progress.check()` between batches; `check()` raises
-`Cancelled` once somebody asked to stop. Who cancels (the GUI's Stop button, Ctrl-C in
-the CLI) only calls `progress.cancel()`; who works only calls `check()`.
+Every long function in `loff_core` takes a `Progress`. As it goes it calls
+`progress.report(done, total, message)`, `progress.partial(kind, value)` for each partial
+result a watcher may show before the end (an epoch's curve point, a finished fold, a
+scored tuning trial: see `PARTIAL_KINDS`), and `progress.check()` between batches; `check()`
+raises `Cancelled` once somebody asked to drop the job, and `stop_requested` turns true once
+somebody asked it to finish early and keep what it has. Who cancels or stops (the GUI's
+buttons, Ctrl-C in the CLI) only calls `cancel()` / `request_stop()`; who works only reads.
 
-The CLI wraps this in a tqdm bar on stderr; the app's worker bridge turns `report` into a
-Qt signal. A plain `Progress()` is silent and never cancelled, handy in tests and scripts.
+A part of a job gets a child (`child`, or `linked` with its own count mapping): its reports
+map into the parent's, and it SHARES the parent's cancel and Stop flags (a Stop asked after
+the child was made reaches it) and passes notices and partial results up to the parent.
+
+The CLI wraps this in a tqdm bar on stderr; the app's worker bridge (`app.workers.Job`)
+turns reports, notices and partial results into Qt signals. A plain `Progress()` is silent
+and never cancelled, handy in tests and scripts.
 """
 
 from __future__ import annotations
@@ -14,27 +23,44 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 ReportFn = Callable[[int, int, str], None]
 
-#: how a report's message starts when it is a notice: the job goes on, but the user must be
-#: told at once (the GUI shows it as a warning, not only as the passing progress text)
+#: the partial results the engine sends, and what each value is
+PARTIAL_KINDS = {
+    "epoch": "one training epoch's history entry (train_loss, val_loss, the monitor, lr, ...), as in run.json",
+    "fold": "a finished cross-validation fold: {fold, folds, label, metrics} (label names the tuning trial)",
+    "trial": "a scored tuning configuration: {config, cv, per_fold, best_epochs, fold_extra}",
+}
+
+
+@dataclass(frozen=True)
+class Partial:
+    """One partial result of a job: `kind` (one of PARTIAL_KINDS) and its value."""
+
+    kind: str
+    value: Any
+
+
 class Cancelled(Exception):
     """Raised by `Progress.check()` when the job was asked to stop."""
 
 
 @dataclass
 class Progress:
-    """A report callback plus a cancel flag, shared between a job and whoever watches it."""
+    """Reports, partial results, a cancel flag and a Stop flag, shared between a job (and its
+    parts) and whoever watches it."""
 
     on_report: Optional[ReportFn] = None
     #: called with a message the user must see at once while the job goes on (e.g. "GPU out
     #: of memory: retrying with batch size 8"); the app shows it as a warning
     on_notice: Optional[Callable[[str], None]] = None
-    _event: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: called with each `Partial` result (an epoch, a fold, a trial), on the job's thread
+    on_partial: Optional[Callable[[Partial], None]] = None
+    _event: threading.Event = field(default_factory=threading.Event, repr=False)  # cancel
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)  # Stop: keep what is done
     _last: tuple[int, int, str] = (0, 0, "")
-    _stop: bool = False
     started: float = field(default_factory=time.monotonic)
 
     def report(self, done: int, total: int, message: str = "") -> None:
@@ -45,8 +71,19 @@ class Progress:
     def notice(self, message: str) -> None:
         """Report `message` (it shows where progress shows) and flag it as a notice."""
         self.report(self._last[0], self._last[1], message)
+        self._send_notice(message)
+
+    def _send_notice(self, message: str) -> None:
         if self.on_notice is not None:
             self.on_notice(message)
+
+    def partial(self, kind: str, value: Any) -> None:
+        """Hand a partial result to whoever watches (see PARTIAL_KINDS)."""
+        self._send_partial(Partial(kind, value))
+
+    def _send_partial(self, item: Partial) -> None:
+        if self.on_partial is not None:
+            self.on_partial(item)
 
     def cancel(self) -> None:
         self._event.set()
@@ -56,12 +93,13 @@ class Progress:
         return self._event.is_set()
 
     def request_stop(self) -> None:
-        """Ask the job to finish early and keep what it has (best head so far, done images)."""
-        self._stop = True
+        """Ask the job to finish early and keep what it has (best head so far, done images);
+        every part of the job made from this Progress sees it, before or after."""
+        self._stop.set()
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop
+        return self._stop.is_set()
 
     def check(self) -> None:
         if self._event.is_set():
@@ -71,15 +109,18 @@ class Progress:
     def last(self) -> tuple[int, int, str]:
         return self._last
 
+    def linked(self, on_report: Optional[ReportFn], *, stop: bool = True) -> "Progress":
+        """A Progress for a part of this job with its own report callback (which maps the
+        part's counts into this one's); it shares this one's cancel flag and, unless `stop`
+        is False (a part that must run to its end), its Stop flag; its notices and partial
+        results reach this one's watchers."""
+        return Progress(on_report=on_report, on_notice=self._send_notice, on_partial=self._send_partial,
+                        _event=self._event, _stop=self._stop if stop else threading.Event())
+
     def child(self, offset: int, total: int) -> "Progress":
-        """A Progress for a sub-step that shares this one's cancel flag and maps its
-        counts into [offset, offset + its own total] of an overall `total`."""
-        parent = self
-
+        """A part whose counts map into [offset, offset + its own total] of an overall
+        `total` (see `linked`)."""
         def forward(done: int, sub_total: int, message: str) -> None:
-            parent.report(offset + done, total, message)
+            self.report(offset + done, total, message)
 
-        child = Progress(on_report=forward, on_notice=self.on_notice, _event=self._event)
-        child._stop = self._stop
-        return child
-
+        return self.linked(forward)

@@ -12,6 +12,7 @@ images is in `splits.py`.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import secrets
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from .catalog import Catalog, CatalogEntry
-from .errors import CacheError, ProjectError, Remedy
+from .errors import CacheError, LoffError, ProjectError, Remedy
 from .fsutil import HELD_LOCK_FDS, atomic_write_json, relative_or_none, sha256_file, utc_now
 from . import trust
 from .project_file import PROJECT_FILE, ProjectSettings, _read_settings
@@ -389,6 +390,51 @@ class Project:
         if not path.exists():
             raise CacheError("feature cache is missing or unfinished", path, Remedy.EXTRACT_AGAIN, project=self.root)
         return FeatureCache.open(path, expected_fingerprint=fingerprint)
+
+    def cached_images(self, fingerprint: str) -> Optional[int]:
+        """Images in a cache, from the JSON summary written beside it (no HDF5 opened: the
+        window asks this); None when there is no readable summary."""
+        try:
+            value = json.loads((self.caches_dir / f"{fingerprint}.json").read_text(encoding="utf-8")).get("images")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, int) else None
+
+    def expected_images(self) -> int:
+        """The catalog's images that a complete cache holds: all but those whose pixels could
+        not be decoded (listed in the import report by extraction)."""
+        if not self.has_catalog():
+            return 0
+        try:
+            failed = {str(f.get("path")) for f in self.import_report().get("failed", []) if isinstance(f, dict)}
+        except LoffError:
+            failed = set()
+        return sum(1 for e in self.catalog().entries if e.path not in failed)
+
+    def cache_partial(self, fingerprint: Optional[str] = None) -> bool:
+        """Whether a cache (default: the active one) is partial, its extraction stopped before
+        the end: its `.parts` folder (the batches done, from which extract resumes) is still
+        there, or it holds fewer images than the catalog has readable ones (a Stop merges the
+        finished batches into the cache and removes the folder, so the count is what tells).
+        The one rule: training refuses a partial cache (`check_cache_complete`) from either
+        front end, and the window's Cache page marks it."""
+        fingerprint = fingerprint or self.settings.active_cache
+        if not fingerprint:
+            return False
+        if (self.caches_dir / f"{fingerprint}.parts").is_dir():
+            return True
+        cached = self.cached_images(fingerprint)
+        return cached is not None and cached < self.expected_images()
+
+    def check_cache_complete(self) -> None:
+        """A CacheError (extract again to finish it) when the active cache is partial:
+        training on it would silently leave the images not yet extracted out."""
+        if self.cache_partial():
+            fingerprint = self.settings.active_cache
+            raise CacheError(f"the feature cache is partial (its extraction was stopped before the end: "
+                             f"{self.cached_images(fingerprint) or 0} of {self.expected_images()} images); training "
+                             f"on it would leave the others out", self.caches_dir / f"{fingerprint}.h5",
+                             Remedy.EXTRACT_AGAIN, project=self.root)
 
     # -- training ----------------------------------------------------------------------
     def labelled_split(self, split: str, cache: Any) -> tuple[list[str], list[int], list[CatalogEntry]]:

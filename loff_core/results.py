@@ -180,6 +180,29 @@ class PredictResult(StepResult):
 
 
 @dataclass
+class ExplainResult(StepResult):
+    """A run's view of some images (the viewer's): per image, in the order asked, the class
+    probabilities (after the run's calibration), the class its operating point decides, and
+    the head's attention over the token grid (`attention`, [h, w], max 1) and on the image's
+    own aspect (`heat`)."""
+
+    run: str
+    image_ids: list[str]
+    classes: list[str]
+    task: str
+    probabilities: Any  # numpy [N, K] float
+    predicted: list[str]
+    attention: Any  # numpy [N, h, w]
+    heat: list[Any]  # numpy arrays, one per image
+    operating_point: Optional[dict[str, Any]] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run": self.run, "image_ids": self.image_ids, "classes": self.classes, "task": self.task,
+                "probabilities": [[float(p) for p in row] for row in self.probabilities],
+                "predicted": self.predicted, "operating_point": self.operating_point}
+
+
+@dataclass
 class CVResult(StepResult):
     """`loff cv`: `to_json()` is exactly the documented document; the rest (fold sizes,
     stopped, ...) is in `details` and in groups/GROUP/group.json."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Iterable, Optional
 
 #: compact heads, the default first (docs/benchmarks.md, section 4: attention ties the linear
@@ -42,7 +42,8 @@ def setting(default: Any = MISSING, help: str = "", *, kind: type = str, unit: s
             optional: bool = False) -> Any:
     """A dataclass field that carries what a front end needs to show and check it.
 
-    kind: int, float, str or bool; low / high: inclusive bounds (low_open: low excluded);
+    kind: int, float, str, bool, or object (not checked: a value only scripts and the front
+    ends' own options give); low / high: inclusive bounds (low_open: low excluded);
     option: the `loff` option name ("" derives --field-name, None: not a command-line option);
     optional: None is allowed (meaning "automatic", said in the help)."""
     meta = {"help": help, "kind": kind, "unit": unit, "low": low, "high": high, "low_open": low_open,
@@ -109,9 +110,42 @@ def all_fields(cls: type) -> list[FieldInfo]:
     return [field_info(cls, f.name) for f in fields(cls)]
 
 
+class Checked:
+    """A settings dataclass whose every declared setting is checked against its declaration
+    (kind, range, choices) when an object is built, by any front end or script: an
+    out-of-range value is a `SettingError` naming the setting, never a surprise deep in a
+    step (so the steps hold no hand checks of their own)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            if "kind" not in f.metadata:
+                continue
+            value = getattr(self, f.name)
+            if is_dataclass(value):
+                continue  # a nested settings object checks itself
+            info = field_info(type(self), f.name)
+            for item in value if isinstance(value, (tuple, list)) else [value]:
+                _check_one(type(self), info, item)
+
+
+def _check_one(cls: type, info: FieldInfo, value: Any) -> None:
+    from .errors import SettingError
+
+    if info.kind is object:
+        return
+    try:
+        if info.kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value} is not an integer")
+        if info.kind is str and info.choices is None and value is not None and not isinstance(value, str):
+            raise ValueError(f"{value!r} is not text")
+        info.check(value)
+    except ValueError as exc:
+        raise SettingError(f"{cls.__name__}.{info.name}: {exc}") from None
+
+
 # -- the settings ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Checked):
     """Which tensor augmentations training applies to cached token grids, and how strongly
     (`loff train --augment NAME=VALUE`; 0 turns one off)."""
 
@@ -139,7 +173,7 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """How a compact head is trained on the cache (`loff train`, the Train page, run.json)."""
 
     head: str = setting("attention", "the compact head: " + "; ".join(f"{k}: {v}" for k, v in HEAD_KINDS.items()),
@@ -167,7 +201,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class ExtractSettings:
+class ExtractSettings(Checked):
     """How the frozen backbone is run over the images (`loff extract`, the Cache page)."""
 
     layers: str = setting("last", "which block(s) give the tokens: last (the model's output), -K (the K-th block "
@@ -183,11 +217,72 @@ class ExtractSettings:
     device: str = setting("auto", DEVICE_HELP)
 
 
-@dataclass(frozen=True)
-class EvaluateSettings:
-    """How a run is evaluated (`loff evaluate`, `loff predict` with labels, the Results page)."""
+def _bootstrap() -> Any:
+    """`--bootstrap` of `loff evaluate` and `loff predict` (one declaration, two commands)."""
+    return setting(1000, "bootstrap resamples for the 95% intervals (0: none)", kind=int, low=0)
 
-    bootstrap: int = setting(1000, "bootstrap resamples for the 95% intervals (0: none)", kind=int, low=0)
+
+@dataclass(frozen=True)
+class EvaluateSettings(Checked):
+    """How a run is evaluated (`loff evaluate`, the Results page)."""
+
+    bootstrap: int = _bootstrap()
+
+
+#: what an import does when the given split puts a patient on two sides (default: stop and report)
+PATIENT_OVERLAP_ACTIONS = ("keep", "resplit")
+
+
+@dataclass(frozen=True)
+class ImportSettings(Checked):
+    """How images and labels are read into the catalog (`loff import`, the Import page); the
+    image folder is the step's input. A column left None is found by its usual names."""
+
+    labels_csv: Any = setting(None, "one labels CSV, or a list of CSVs and (split, CSV) pairs (split None: the "
+                              "CSV's own split column, or none)", kind=object, option=None, optional=True)
+    label_column: Optional[str] = setting(None, "label column of the labels CSV (default: a column named label, or "
+                                          "the only column left)", optional=True)
+    file_column: Optional[str] = setting(None, "file column of the labels CSV (default: a column named file, "
+                                         "filename, path, image, ...)", optional=True)
+    patient_column: Optional[str] = setting(None, "default: a column named patient_id, patient, subject, woman, ...",
+                                            optional=True)
+    split_column: Optional[str] = setting(None, "take the split from this CSV column (train / val / test, any case; "
+                                          "validation accepted); a split without val gets one carved from train",
+                                          optional=True)
+    patient_from_name: Optional[str] = setting(None, "the patient from the file name: a regular expression with one "
+                                               "capture group, e.g. '^(\\d+)_' for NIH ChestX-ray14's "
+                                               "PATIENT_FOLLOWUP.png", optional=True)
+    on_patient_overlap: Optional[str] = setting(None, "when the given split puts a patient on two sides: keep it as "
+                                                "given, or re-split by patient (default: stop and report the counts)",
+                                                choices=PATIENT_OVERLAP_ACTIONS, optional=True)
+    classes: Optional[tuple[str, ...]] = setting(None, "class order (low to high for ordinal labels), e.g. F,G,D",
+                                                 option=None, optional=True)
+    task: Optional[str] = setting(None, "the project's default task: " + "; ".join(f"{k}: {v}" for k, v in
+                                                                                 TASKS.items()),
+                                  choices=TASKS, optional=True)
+
+
+@dataclass(frozen=True)
+class PredictSettings(Checked):
+    """How files are predicted (`loff predict`, the Predict page); the head (an exported head
+    folder or a project) and the files are the step's inputs."""
+
+    run: Optional[str] = setting(None, "with a project folder: the run to predict with (default: the latest)",
+                                 optional=True)
+    labels: Optional[str] = setting(None, "labels CSV for the files: metrics are reported as by evaluate (without "
+                                    "it, class sub-folders of a given folder are the labels)", optional=True)
+    label_column: str = setting("label", "label column of the labels CSV")
+    file_column: Optional[str] = setting(None, "file column of the labels CSV (default: file, filename, path or "
+                                         "image)", optional=True)
+    bootstrap: int = _bootstrap()
+    weights: Optional[str] = setting(None, "local weights file of the backbone (default: the card's)", option=None,
+                                     optional=True)
+    random_init: Optional[bool] = setting(None, "seeded random backbone weights (tests)", kind=bool, option=None,
+                                          optional=True)
+    device: str = setting("auto", DEVICE_HELP)
+    batch_size: int = setting(8, "images per backbone forward pass", kind=int, low=1, unit="images")
+    require_predictions: bool = setting(True, "no readable file is an error (else a result listing the failures)",
+                                        kind=bool, option=None)
 
 
 #: heads cross-validation can score: the compact heads and a logistic regression
@@ -201,22 +296,29 @@ def _folds() -> Any:
 
 
 @dataclass(frozen=True)
-class CVSettings:
-    """How `loff cv` (and the Train page's Cross-validate) splits and what it scores; the
-    training settings are TrainConfig's."""
+class CVSettings(Checked):
+    """How `loff cv` (and the Train page's Cross-validate) splits and what it scores. `train`:
+    how each fold's head is trained (its seed also shuffles the folds; its head is replaced
+    by `head`); None: TrainConfig's defaults with the project's task."""
 
     folds: int = _folds()
     head: str = setting(next(iter(HEAD_KINDS)), f"the head to score: {', '.join(HEAD_KINDS)} (as `loff train "
                         f"--head`) or logreg: {CV_HEADS['logreg']}", choices=CV_HEADS)
+    train: Optional[TrainConfig] = setting(None, "how each fold's head is trained", kind=object, option=None,
+                                           optional=True)
 
 
 @dataclass(frozen=True)
-class TuneSettings:
-    """How `loff tune` (and the Train page's Tune) searches."""
+class TuneSettings(Checked):
+    """How `loff tune` (and the Train page's Tune) searches. `train`: the task, seed and the
+    settings the search does not vary (device, batch size, ...; `validation.tune_base`
+    decides which); None: TrainConfig's defaults with the project's task."""
 
     trials: int = setting(8, "head configurations to try (plus a logistic regression for classification)",
                           kind=int, low=1)
     folds: int = _folds()
+    train: Optional[TrainConfig] = setting(None, "the base training settings", kind=object, option=None,
+                                           optional=True)
 
 
 def input_size_problem(value: Any) -> Optional[str]:

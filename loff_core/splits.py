@@ -10,9 +10,7 @@ from typing import Any, Optional
 
 from .catalog import Catalog, CatalogEntry, assign_splits
 from .errors import ProjectError, Remedy
-
-#: what to do when a given split puts one patient on two sides
-PATIENT_OVERLAP_ACTIONS = ("keep", "resplit")
+from .settings import PATIENT_OVERLAP_ACTIONS  # what to do when a given split puts a patient on two sides
 
 
 def complete_split(catalog: Catalog, *, seed: int, fractions: Any,

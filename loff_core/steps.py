@@ -23,7 +23,7 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
@@ -35,23 +35,24 @@ from .predictions import heat_on_image
 from .progress import Progress
 from .project import RunInfo
 from .project_file import PROJECT_FILE
-from .splits import PATIENT_OVERLAP_ACTIONS, complete_split
-from .results import (EVALUATION_KEYS, CVResult, EvaluateResult, ExportResult, ExtractResult, ImportResult,
-                      PredictResult, TrainResult, TuneResult)
-from .settings import TASKS, EvaluateSettings, ExtractSettings, TuneSettings, config_record
+from .splits import complete_split
+from .results import (EVALUATION_KEYS, CVResult, EvaluateResult, ExplainResult, ExportResult, ExtractResult,
+                      ImportResult, PredictResult, TrainResult, TuneResult)
+from .settings import (CVSettings, EvaluateSettings, ExtractSettings, ImportSettings, PredictSettings,
+                       TuneSettings, config_record)
 
 #: images per read + forward in `explain`
 EXPLAIN_BATCH = 64
 
 
 # -- the steps -----------------------------------------------------------------------------
-def import_images(project: Any, images_dir: Path | str, *, progress: Progress = Progress(),
-                  **options: Any) -> ImportResult:
-    """Scan IMAGES_DIR into the project's catalog (writer lock). `options`: labels_csv,
-    label_column, file_column, patient_column, classes, task, split_column,
-    patient_from_name, on_patient_overlap (see `_import_images`)."""
+def import_images(project: Any, images_dir: Path | str, settings: ImportSettings = ImportSettings(), *,
+                  progress: Progress = Progress(), **changes: Any) -> ImportResult:
+    """Scan IMAGES_DIR into the project's catalog (writer lock) as `settings` say (see
+    `_import_images`); `changes`: ImportSettings fields given one by one (labels_csv=...),
+    in place of those of `settings`."""
     with project.lock():
-        return _import_images(project, images_dir, progress=progress, **options)
+        return _import_images(project, images_dir, settings, progress=progress, **changes)
 
 
 def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings(), *,
@@ -84,12 +85,11 @@ def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings
     )
 
 
-def train(project: Any, config: Any, *, progress: Progress = Progress(),
-          on_epoch: Optional[Callable[[dict[str, Any]], None]] = None) -> TrainResult:
+def train(project: Any, config: Any, *, progress: Progress = Progress()) -> TrainResult:
     """Train a head (`config`: TrainConfig) on the active cache (writer lock); the run folder
-    appears only when complete."""
+    appears only when complete. Each epoch is an "epoch" partial result of `progress`."""
     with project.lock():
-        run = _train(project, config, progress=progress, on_epoch=on_epoch)
+        run = _train(project, config, progress=progress)
     return TrainResult.from_record(run.record, run.run_id)
 
 
@@ -105,7 +105,7 @@ def evaluate(project: Any, run_id: Optional[str] = None, split: str = "test",
 
 
 def explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
-            progress: Progress = Progress()) -> dict[str, Any]:
+            progress: Progress = Progress()) -> ExplainResult:
     """Probabilities and heat maps of a run for some images (reader lock)."""
     with project.read_lock():
         return _explain(project, run_id, image_ids, progress=progress)
@@ -122,37 +122,35 @@ def export(project: Any, out_dir: Path | str, *, run_id: Optional[str] = None, o
     return ExportResult(run=out["run"], out_dir=out["out_dir"], files=out["files"], card=out["card"])
 
 
-def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
+def cross_validate(project: Any, settings: CVSettings = CVSettings(), *,
                    progress: Progress = Progress()) -> CVResult:
-    """K patient-grouped folds over train + val, saved as a group (writer lock)."""
+    """K patient-grouped folds over train + val, saved as a group (writer lock). Each
+    finished fold is a "fold" partial result of `progress`."""
     from .validation import cross_validate as run_cv
 
     with project.lock():
-        return CVResult.from_dict(run_cv(project, config, folds=folds, seed=seed, progress=progress))
+        return CVResult.from_dict(run_cv(project, settings, progress=progress))
 
 
-def tune(project: Any, settings: TuneSettings = TuneSettings(), *, seed: int = 0, task: Optional[str] = None,
-         device: str = "auto", progress: Progress = Progress(),
-         on_trial: Optional[Callable[[dict[str, Any]], None]] = None) -> TuneResult:
-    """Head search by grouped CV, winner retrained as a run and tested once (writer lock)."""
+def tune(project: Any, settings: TuneSettings = TuneSettings(), *, progress: Progress = Progress()) -> TuneResult:
+    """Head search by grouped CV, winner retrained as a run and tested once (writer lock).
+    Each scored configuration is a "trial" partial result of `progress`."""
     from .validation import tune as run_tune
 
     with project.lock():
-        return TuneResult.from_dict(run_tune(project, trials=settings.trials, folds=settings.folds, seed=seed,
-                                             task=task, device=device, progress=progress, on_trial=on_trial))
+        return TuneResult.from_dict(run_tune(project, settings, progress=progress))
 
 
-def predict(source: Path | str, files: Iterable[Path | str], *, run_id: Optional[str] = None,
-            labels: Optional[Path] = None, label_column: str = "label", file_column: Optional[str] = None,
-            settings: EvaluateSettings = EvaluateSettings(), weights: Optional[str] = None,
-            random_init: Optional[bool] = None, device: str = "auto", batch_size: int = 8,
-            require_predictions: bool = True, progress: Progress = Progress()) -> PredictResult:
+def predict(source: Path | str, files: Iterable[Path | str], settings: PredictSettings = PredictSettings(), *,
+            progress: Progress = Progress()) -> PredictResult:
     """Predict image files with an exported head folder or a project's run (`source`; the
-    run is read under the project's reader lock). Files that come with labels (`labels`
-    CSV, or class sub-folders of a folder in `files`) are scored as `evaluate` scores.
-    `require_predictions`: no file readable is an error (else a result listing the failures)."""
+    run, `settings.run`, is read under the project's reader lock). Files that come with
+    labels (the `settings.labels` CSV, or class sub-folders of a folder in `files`) are
+    scored as `evaluate` scores. `settings.require_predictions`: no file readable is an
+    error (else a result listing the failures)."""
     from .export import load_run_head, predict_files
 
+    run_id, labels = settings.run, None if settings.labels is None else Path(settings.labels)
     source = Path(source)
     files = [Path(f) for f in files]
     if (source / PROJECT_FILE).is_file():  # a project: predict with one of its runs, as is
@@ -168,13 +166,14 @@ def predict(source: Path | str, files: Iterable[Path | str], *, run_id: Optional
     else:
         raise LoffError("neither an exported head (card.json + head.safetensors) nor a LOFF project", source,
                         Remedy.HEAD_OR_PROJECT)
-    out = predict_files(head, files, weights=weights, random_init=random_init, device=device,
-                        batch_size=batch_size, progress=progress)
-    if not out["predictions"] and require_predictions:
+    out = predict_files(head, files, weights=settings.weights, random_init=settings.random_init,
+                        device=settings.device, batch_size=settings.batch_size, progress=progress)
+    if not out["predictions"] and settings.require_predictions:
         failed = out.get("failed", [])
         first = f"; {failed[0]['path']}: {failed[0]['reason']}" if failed else ""
         raise LoffError(f"no predictions: none of the {len(failed)} files could be read{first}")
-    labelled, n, evaluation = _score_labelled(out, files, labels, label_column, file_column, settings.bootstrap)
+    labelled, n, evaluation = _score_labelled(out, files, labels, settings.label_column, settings.file_column,
+                                              settings.bootstrap)
     return PredictResult(head=out["head"], classes=out["classes"], task=out["task"], predictions=out["predictions"],
                          failed=out["failed"], run=None if isinstance(head, Path) else head.card["run"],
                          labelled=labelled, n=n, evaluation=evaluation)
@@ -231,37 +230,23 @@ def _labels_from_csv(labels: Path, label_column: str, file_column: Optional[str]
 
 
 # -- the steps' bodies, without the lock -----------------------------------------------------
-def _import_images(
-    project: Any,
-    images_dir: Path | str,
-    *,
-    labels_csv: Any = None,
-    label_column: Optional[str] = None,
-    file_column: Optional[str] = None,
-    patient_column: Optional[str] = None,
-    classes: Optional[list[str]] = None,
-    task: Optional[str] = None,
-    split_column: Optional[str] = None,
-    patient_from_name: Optional[str] = None,
-    on_patient_overlap: Optional[str] = None,
-    progress: Progress = Progress(),
-) -> ImportResult:
-    """Scan IMAGES_DIR into the catalog. `labels_csv`: one CSV, or a list of CSVs and
-    (split, CSV) pairs (see `scan_folder`). A split given by the CSV or the folders is
+def _import_images(project: Any, images_dir: Path | str, settings: ImportSettings = ImportSettings(), *,
+                   progress: Progress = Progress(), **changes: Any) -> ImportResult:
+    """Scan IMAGES_DIR into the catalog. `settings.labels_csv`: one CSV, or a list of CSVs
+    and (split, CSV) pairs (see `scan_folder`). A split given by the CSV or the folders is
     kept (val carved from train by patient when it has none); a patient it puts on two
     sides stops the import with counts unless `on_patient_overlap` is "keep" (as given)
     or "resplit" (a fresh patient-grouped split, the given one ignored)."""
+    settings = replace(settings, **changes) if changes else settings  # checked as it is built
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise ProjectError(f"{images_dir}: not a folder")
-    if task is not None and task not in TASKS:
-        raise ProjectError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if on_patient_overlap not in (None, *PATIENT_OVERLAP_ACTIONS):
-        raise ProjectError(f"unknown choice {on_patient_overlap!r} for patients on two sides; "
-                           f"choose {' or '.join(PATIENT_OVERLAP_ACTIONS)}")
     from .catalog import labels_sources
 
-    sources = labels_sources(labels_csv)
+    label_column, file_column, patient_column = settings.label_column, settings.file_column, settings.patient_column
+    split_column, patient_from_name, task = settings.split_column, settings.patient_from_name, settings.task
+    classes = list(settings.classes) if settings.classes else None
+    sources = labels_sources(settings.labels_csv)
     catalog = scan_folder(
         images_dir,
         salt=project.salt,
@@ -276,7 +261,7 @@ def _import_images(
     )
     entries, split_source = complete_split(catalog, seed=project.settings.seed,
                                            fractions=project.settings.split_fractions,
-                                           on_patient_overlap=on_patient_overlap)
+                                           on_patient_overlap=settings.on_patient_overlap)
     warnings = list(catalog.warnings)
     from .catalog import identical_across_splits
 
@@ -363,11 +348,11 @@ def _train(
     config: Any,
     *,
     progress: Progress = Progress(),
-    on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> RunInfo:
     """Train a head on the active cache; the run folder appears only when complete."""
     from .training import train_head
 
+    project.check_cache_complete()  # the one rule: both front ends refuse a partial cache
     cache = project.open_cache()
     classes = project.catalog().classes
     if len(classes) < 2:
@@ -383,7 +368,7 @@ def _train(
         shutil.rmtree(leftover, ignore_errors=True)  # from a run killed while it was being saved
     result = train_head(
         cache, train_ids, train_y, val_ids, val_y, config,
-        num_classes=len(classes), progress=progress, on_epoch=on_epoch,
+        num_classes=len(classes), progress=progress,
     )
     run_id = project.new_run_id(config.head)
     record = {
@@ -418,7 +403,7 @@ def _train(
 
 
 def _explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
-            progress: Progress = Progress()) -> dict[str, Any]:
+             progress: Progress = Progress()) -> ExplainResult:
     """Per image: class probabilities and the head's attention over the token grid
     ([h, w], max 1), for the viewer's heat map. Reads only these images' features,
     `EXPLAIN_BATCH` at a time (progress reported, cancel checked between batches)."""
@@ -457,6 +442,7 @@ def _explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
     size = int(cache.backbone["image_size"])
     heat = [heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
             for m, i in zip(maps, image_ids)]
-    return {"image_ids": list(image_ids), "probabilities": probs[back], "attention": maps, "heat": heat,
-            "classes": run.record["classes"], "task": run.record["task"],
-            "predicted": [run.record["classes"][int(c)] for c in decided[back]], "operating_point": op}
+    return ExplainResult(run=run.run_id, image_ids=list(image_ids), classes=list(run.record["classes"]),
+                         task=run.record["task"], probabilities=probs[back],
+                         predicted=[run.record["classes"][int(c)] for c in decided[back]], attention=maps, heat=heat,
+                         operating_point=op)

@@ -12,7 +12,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from .models import resolve_device
 from .errors import Remedy, TrainingError, is_out_of_memory
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
-from .settings import HEAD_KINDS, TASKS, TrainConfig  # declared once, with defaults and help
+from .settings import TrainConfig  # declared once, with defaults and help
 
 _MEMORY_LIMIT = 2 * 1024**3
 _IMPROVEMENT = 1e-4
@@ -147,108 +147,145 @@ def train_head(
     *,
     num_classes: int,
     progress: Progress = Progress(),
-    on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> TrainedHead:
-    """Train a head; returns the best head (by the monitor) with its history."""
+    """Train a head; returns the best head (by the monitor) with its history. Each epoch's
+    history entry is an "epoch" partial result of `progress` as it finishes. `config`'s
+    ranges were checked when it was built (TrainConfig.__post_init__)."""
     if num_classes < 2:
         raise TrainingError(f"training needs at least two classes, got {num_classes}")
-    if config.task not in TASKS:
-        raise TrainingError(f"unknown task {config.task!r}; expected one of {', '.join(TASKS)}")
-    if config.head not in HEAD_KINDS:
-        raise TrainingError(f"unknown head {config.head!r}; expected one of {', '.join(HEAD_KINDS)}")
     if config.task == "ordinal" and num_classes < 3:
         raise TrainingError("the ordinal task needs at least three ordered levels")
     if len(train_ids) == 0:
         raise TrainingError("no training images: the training split is empty")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise TrainingError(f"epochs and batch size must be at least 1 (got {config.epochs}, {config.batch_size})")
     ytr = _validate_labels("training labels", train_ids, train_y, num_classes)
     yva = _validate_labels("validation labels", val_ids, val_y, num_classes)
+    fit = _Fit.prepare(source, train_ids, ytr, val_ids, yva, config, num_classes, progress)
+    return fit.run()
 
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    device = resolve_device(config.device)
-    data = _in_memory(source)
-    try:
-        train_idx = np.asarray(data.indices(list(train_ids)), dtype=np.int64)
-        val_idx = np.asarray(data.indices(list(val_ids)), dtype=np.int64) if len(val_ids) else np.zeros(0, np.int64)
-    except KeyError as exc:
-        raise TrainingError(str(exc.args[0]) if exc.args else str(exc)) from None
 
-    head_config = HeadConfig(
-        kind=config.head, task=config.task, num_classes=int(num_classes),
-        feature_dim=int(source.feature_dim), grid_hw=tuple(int(x) for x in source.grid_hw),
-        width=int(config.width), depth=int(config.depth),
-    )
-    head = build_head(head_config).to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    augment = TensorAugment(config.augment, gen)
+def _class_weights(y: np.ndarray, num_classes: int, balanced: bool) -> np.ndarray:
+    """Inverse class frequency, mean 1 over the classes present (all ones when not `balanced`)."""
+    if not balanced:
+        return np.ones(num_classes)
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    return w / w[counts > 0].mean()
 
-    counts = np.bincount(ytr, minlength=num_classes).astype(np.float64)
-    if config.class_weights:
-        w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
-        w = w / w[counts > 0].mean()
-    else:
-        w = np.ones(num_classes)
-    class_w = torch.tensor(w, dtype=torch.float32, device=device)
 
-    has_val = len(val_idx) > 0
+def _monitor(has_val: bool, task: str, yva: np.ndarray, num_classes: int) -> str:
+    """The validation score that picks the best epoch."""
     if not has_val:
-        monitor = "train_loss_neg"
-    elif config.task == "ordinal":
-        monitor = "val_kendall_tau"
-    elif len(np.unique(yva)) == num_classes:
-        monitor = "val_auc"
-    else:
-        monitor = "val_balanced_accuracy"  # AUC undefined with classes missing from validation
+        return "train_loss_neg"
+    if task == "ordinal":
+        return "val_kendall_tau"
+    if len(np.unique(yva)) == num_classes:
+        return "val_auc"
+    return "val_balanced_accuracy"  # AUC undefined with classes missing from validation
 
-    n = len(train_idx)
-    batch_size = int(config.batch_size)
 
-    def schedule() -> tuple[int, int, int]:
-        per_epoch = math.ceil(n / batch_size)
-        total = per_epoch * config.epochs
-        warmup = config.warmup_steps if config.warmup_steps is not None else int(0.05 * total)
+@dataclass
+class _Fit:
+    """One training in progress: the head, its optimizer and data, and what the epochs
+    loop keeps (history, best head, stale epochs)."""
+
+    config: TrainConfig
+    data: Any
+    head: torch.nn.Module
+    head_config: HeadConfig
+    optimizer: torch.optim.Optimizer
+    augment: TensorAugment
+    gen: torch.Generator
+    device: torch.device
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    ytr: np.ndarray
+    yva: np.ndarray
+    class_w: torch.Tensor
+    num_classes: int
+    monitor: str
+    batch_size: int
+    progress: Progress
+    history: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    best_state: Optional[dict[str, torch.Tensor]] = None
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_loss: float = math.inf
+    stale: int = 0
+
+    @classmethod
+    def prepare(cls, source: Any, train_ids: Sequence[str], ytr: np.ndarray, val_ids: Sequence[str],
+                yva: np.ndarray, config: TrainConfig, num_classes: int, progress: Progress) -> "_Fit":
+        torch.manual_seed(config.seed)
+        gen = torch.Generator().manual_seed(config.seed)
+        device = resolve_device(config.device)
+        data = _in_memory(source)
+        try:
+            train_idx = np.asarray(data.indices(list(train_ids)), dtype=np.int64)
+            val_idx = np.asarray(data.indices(list(val_ids)), dtype=np.int64) if len(val_ids) else np.zeros(0, np.int64)
+        except KeyError as exc:
+            raise TrainingError(str(exc.args[0]) if exc.args else str(exc)) from None
+        head_config = HeadConfig(
+            kind=config.head, task=config.task, num_classes=int(num_classes),
+            feature_dim=int(source.feature_dim), grid_hw=tuple(int(x) for x in source.grid_hw),
+            width=int(config.width), depth=int(config.depth),
+        )
+        head = build_head(head_config).to(device)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        class_w = torch.tensor(_class_weights(ytr, num_classes, config.class_weights), dtype=torch.float32,
+                               device=device)
+        return cls(config, data, head, head_config, optimizer, TensorAugment(config.augment, gen), gen, device,
+                   train_idx, val_idx, ytr, yva, class_w, num_classes,
+                   _monitor(len(val_idx) > 0, config.task, yva, num_classes), int(config.batch_size), progress)
+
+    def schedule(self) -> tuple[int, int, int]:
+        """(steps per epoch, all steps, warm-up steps) at the current batch size."""
+        per_epoch = math.ceil(len(self.train_idx) / self.batch_size)
+        total = per_epoch * self.config.epochs
+        warmup = self.config.warmup_steps if self.config.warmup_steps is not None else int(0.05 * total)
         return per_epoch, total, int(warmup)
 
-    def evaluate() -> _Eval:
+    def evaluate(self) -> _Eval:
+        """Loss and the monitor on the validation images (no augmentation)."""
+        head, config, val_idx = self.head, self.config, self.val_idx
         head.eval()
         losses, all_probs = [], []
         order = np.argsort(val_idx, kind="stable")
-        eval_bs = max(batch_size, 64)
+        eval_bs = max(self.batch_size, 64)
         with torch.inference_mode():
             for s in range(0, len(order), eval_bs):
                 pos = order[s : s + eval_bs]
-                cls, grid = _read(data, val_idx[pos], device)
-                y = torch.from_numpy(yva[pos]).to(device)
+                cls, grid = _read(self.data, val_idx[pos], self.device)
+                y = torch.from_numpy(self.yva[pos]).to(self.device)
                 logits = head(cls, grid)
-                onehot = F.one_hot(y, num_classes).float()
-                losses.append(float(_loss(logits, onehot, torch.ones_like(class_w), config.task)) * len(pos))
+                onehot = F.one_hot(y, self.num_classes).float()
+                losses.append(float(_loss(logits, onehot, torch.ones_like(self.class_w), config.task)) * len(pos))
                 all_probs.append(probabilities(logits.float(), config.task).double().cpu().numpy())
         probs = np.concatenate(all_probs)
         probs = probs / probs.sum(axis=1, keepdims=True)
-        acc, bal, score = _val_metrics(config.task, monitor, yva[order], probs, num_classes)
+        acc, bal, score = _val_metrics(config.task, self.monitor, self.yva[order], probs, self.num_classes)
         return _Eval(sum(losses) / len(order), acc, bal, score)
 
-    def train_epoch(epoch: int) -> tuple[float, float, bool]:
+    def train_epoch(self, epoch: int) -> tuple[float, float, bool]:
         """One pass over the training set; returns (mean loss, last lr, stop requested)."""
-        per_epoch, total, warmup = schedule()
+        config, head, optimizer, progress = self.config, self.head, self.optimizer, self.progress
+        batch_size, n = self.batch_size, len(self.train_idx)
+        per_epoch, total, warmup = self.schedule()
         scheduler = lr_schedule(optimizer, total, warmup, config.min_lr)
         head.train()
-        perm = torch.randperm(n, generator=gen).numpy()
+        perm = torch.randperm(n, generator=self.gen).numpy()
         loss_sum, seen, lr = 0.0, 0, config.lr
         for b in range(per_epoch):
             progress.check()
             pos = np.sort(perm[b * batch_size : (b + 1) * batch_size])  # train_idx positions
-            pos = pos[np.argsort(train_idx[pos], kind="stable")]  # ascending cache rows
+            pos = pos[np.argsort(self.train_idx[pos], kind="stable")]  # ascending cache rows
             step = epoch * per_epoch + b
             scheduler.step_update(step)
             lr = optimizer.param_groups[0]["lr"]
-            cls, grid = _read(data, train_idx[pos], device)
-            onehot = F.one_hot(torch.from_numpy(ytr[pos]), num_classes).float().to(device)
-            cls, grid, onehot = augment(cls, grid, onehot)
-            logits = head(cls, grid)
-            loss = _loss(logits, onehot, class_w, config.task)
+            cls, grid = _read(self.data, self.train_idx[pos], self.device)
+            onehot = F.one_hot(torch.from_numpy(self.ytr[pos]), self.num_classes).float().to(self.device)
+            cls, grid, onehot = self.augment(cls, grid, onehot)
+            loss = _loss(head(cls, grid), onehot, self.class_w, config.task)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip and config.grad_clip > 0:
@@ -265,52 +302,27 @@ def train_head(
                 return loss_sum / seen, lr, True
         return loss_sum / max(seen, 1), lr, False
 
-    history: list[dict[str, Any]] = []
-    best_state: Optional[dict[str, torch.Tensor]] = None
-    best_score, best_epoch, best_loss = -math.inf, 0, math.inf
-    stale = 0
-    stopped = "completed"
-    notes: list[str] = []
-    epoch = 0
-    while epoch < config.epochs:
-        started = time.monotonic()
-        snapshot = (
-            copy.deepcopy(head.state_dict()),
-            copy.deepcopy(optimizer.state_dict()),
-            gen.get_state(),
-            torch.get_rng_state(),
-        )
-        try:
-            train_loss, lr, stop = train_epoch(epoch)
-            finished_epoch = not stop
-            if stop and best_state is not None:
-                stopped = "user_stop"
-                break
-            ev = evaluate() if has_val else None
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the best head so far is the result
-            if best_state is None:
-                raise
-            stopped = "interrupted"
-            notes.append(f"interrupted during epoch {epoch + 1}: the best head so far (epoch {best_epoch}) is kept")
-            break
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-            if not is_out_of_memory(exc):
-                raise
-            if batch_size <= 1:
-                raise TrainingError("GPU out of memory even with batch size 1", remedy=Remedy.HEAD_LINEAR) from None
-            batch_size = max(1, batch_size // 2)
-            message = f"GPU out of memory: retrying with batch size {batch_size}"
-            notes.append(message)
-            progress.notice(message)
-            del exc
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            head.load_state_dict(snapshot[0])
-            optimizer.load_state_dict(snapshot[1])
-            gen.set_state(snapshot[2])
-            torch.set_rng_state(snapshot[3])
-            continue
-        del snapshot
+    def snapshot(self) -> tuple[Any, ...]:
+        return (copy.deepcopy(self.head.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                self.gen.get_state(), torch.get_rng_state())
+
+    def after_out_of_memory(self, snapshot: tuple[Any, ...]) -> None:
+        """Halve the batch size and go back to the epoch's start (`snapshot`)."""
+        if self.batch_size <= 1:
+            raise TrainingError("GPU out of memory even with batch size 1", remedy=Remedy.HEAD_LINEAR) from None
+        self.batch_size = max(1, self.batch_size // 2)
+        message = f"GPU out of memory: retrying with batch size {self.batch_size}"
+        self.notes.append(message)
+        self.progress.notice(message)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.head.load_state_dict(snapshot[0])
+        self.optimizer.load_state_dict(snapshot[1])
+        self.gen.set_state(snapshot[2])
+        torch.set_rng_state(snapshot[3])
+
+    def record_epoch(self, epoch: int, train_loss: float, lr: float, ev: Optional[_Eval], started: float) -> None:
+        """The epoch's history entry (sent as an "epoch" partial result) and the best head so far."""
         score = ev.score if ev is not None else -train_loss
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -318,45 +330,63 @@ def train_head(
             "val_loss": None if ev is None else float(ev.loss),
             "val_accuracy": None if ev is None else float(ev.accuracy),
             "val_balanced_accuracy": None if ev is None else float(ev.balanced_accuracy),
-            monitor: float(score),
+            self.monitor: float(score),
             "lr": float(lr),
             "seconds": round(time.monotonic() - started, 3),
-            "batch_size": int(batch_size),
+            "batch_size": int(self.batch_size),
         }
-        history.append(entry)
-        if on_epoch is not None:
-            on_epoch(dict(entry))
+        self.history.append(entry)
+        self.progress.partial("epoch", dict(entry))
         # better monitor, or (a saturated monitor such as AUC = 1) an equal one with a lower
         # validation loss: ranking alone would keep an early, badly calibrated head
         loss_now = ev.loss if ev is not None else train_loss
-        tie_better = abs(score - best_score) <= _IMPROVEMENT and loss_now < best_loss - _IMPROVEMENT
-        if best_state is None or score > best_score + _IMPROVEMENT or tie_better:
-            best_score, best_epoch, stale, best_loss = float(score), epoch + 1, 0, float(loss_now)
-            best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        tie_better = abs(score - self.best_score) <= _IMPROVEMENT and loss_now < self.best_loss - _IMPROVEMENT
+        if self.best_state is None or score > self.best_score + _IMPROVEMENT or tie_better:
+            self.best_score, self.best_epoch, self.stale, self.best_loss = float(score), epoch + 1, 0, float(loss_now)
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
         else:
-            stale += 1
-        epoch += 1
-        if not finished_epoch:
-            stopped = "user_stop"
-            break
-        if progress.stop_requested:
-            stopped = "user_stop"
-            break
-        if stale >= config.patience and epoch < config.epochs:
-            stopped = "early_stopping"
-            break
+            self.stale += 1
 
-    assert best_state is not None
-    return TrainedHead(
-        head_config=head_config,
-        state_dict=best_state,
-        history=history,
-        best_epoch=best_epoch,
-        best_score=float(best_score),
-        monitor=monitor,
-        stopped=stopped,
-        notes=notes,
-    )
+    def run(self) -> TrainedHead:
+        """The epochs: early stopping, Stop (keep the best so far), Ctrl-C (the same, noted),
+        a GPU out-of-memory (halve the batch, redo the epoch)."""
+        config, progress = self.config, self.progress
+        stopped, epoch = "completed", 0
+        while epoch < config.epochs:
+            started = time.monotonic()
+            snapshot = self.snapshot()
+            try:
+                train_loss, lr, stop = self.train_epoch(epoch)
+                if stop and self.best_state is not None:
+                    stopped = "user_stop"
+                    break
+                ev = self.evaluate() if len(self.val_idx) else None
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the best head so far is the result
+                if self.best_state is None:
+                    raise
+                stopped = "interrupted"
+                self.notes.append(f"interrupted during epoch {epoch + 1}: the best head so far (epoch "
+                                  f"{self.best_epoch}) is kept")
+                break
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not is_out_of_memory(exc):
+                    raise
+                del exc
+                self.after_out_of_memory(snapshot)
+                continue
+            del snapshot
+            self.record_epoch(epoch, train_loss, lr, ev, started)
+            epoch += 1
+            if stop or progress.stop_requested:
+                stopped = "user_stop"
+                break
+            if self.stale >= config.patience and epoch < config.epochs:
+                stopped = "early_stopping"
+                break
+        assert self.best_state is not None
+        return TrainedHead(head_config=self.head_config, state_dict=self.best_state, history=self.history,
+                           best_epoch=self.best_epoch, best_score=float(self.best_score), monitor=self.monitor,
+                           stopped=stopped, notes=self.notes)
 
 
 def predict_probabilities(

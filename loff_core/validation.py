@@ -12,8 +12,9 @@ grouped and stratified) is held out for the head's early stopping / best-epoch c
 the held-out fold is only ever used to score.
 
 Results are saved as a run group: `groups/<ID>/group.json` in the project (`loff info`
-lists them). Progress and Stop go through the `Progress` given: Stop ends after the fold
-(or trial) in progress and keeps what is finished.
+lists them). Progress, partial results (each finished "fold", each scored "trial") and
+Stop go through the `Progress` given: Stop ends after the fold (or trial) in progress and
+keeps what is finished.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -97,31 +98,14 @@ def inner_split(idx: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int,
 
 
 # -- one configuration over the folds ----------------------------------------------------
-class _Linked(Progress):
-    """A Progress for a part of a job: its own report mapping, the parent's cancel flag, and
-    Stop as soon as the parent (or this one) was asked to stop."""
-
-    parent: Optional[Progress] = None
-
-    @property
-    def stop_requested(self) -> bool:  # type: ignore[override]
-        return self._stop or (self.parent is not None and self.parent.stop_requested)
-
-
-def _linked(parent: Progress, report: Callable[[int, int, str], None]) -> Progress:
-    child = _Linked(on_report=report, on_notice=parent.on_notice, _event=parent._event)
-    child.parent = parent
-    return child
-
-
 def _fold_progress(parent: Progress, fold: int, folds: int, label: str) -> Progress:
     """A Progress for one fold: counts mapped into the parent's [fold, fold + 1) of 1000
-    units each, cancel shared, Stop passed on."""
+    units each, cancel and Stop shared."""
     def forward(done: int, total: int, message: str) -> None:
         part = done / total if total else 0.0
         parent.report(fold * 1000 + int(999 * part), folds * 1000, f"{label}fold {fold + 1}/{folds}: {message}")
 
-    return _linked(parent, forward)
+    return parent.linked(forward)
 
 
 def _logreg_features(cls: np.ndarray) -> np.ndarray:
@@ -255,6 +239,7 @@ def run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config
         metrics = evaluate_predictions(pool.y[test_idx], probs, classes, task, n_bootstrap=0)["metrics"]
         per_fold.append(metrics)
         sizes.append(int(len(test_idx)))
+        progress.partial("fold", {"fold": f + 1, "folds": folds, "label": label, "metrics": dict(metrics)})
         progress.report((f + 1) * 1000, folds * 1000, f"{label}fold {f + 1}/{folds} done")
     return {"folds": folds, "completed": len(per_fold), "metrics": summarise(per_fold),
             "best_epochs": best_epochs, "fold_extra": extra, "fold_sizes": sizes, "stopped": stopped, "oof": oof}
@@ -370,10 +355,25 @@ def _augment_name(augment: Any) -> Any:
     return augment.to_dict()
 
 
-def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
-                   progress: Progress = Progress()) -> dict[str, Any]:
-    """`loff cv`: K patient-grouped, label-stratified folds over train + val; saved as a
-    group. Returns {"group", "folds", "metrics": {name: {"mean", "sd", "per_fold"}}, ...}."""
+def scored_config(project: Any, settings: Any) -> Any:
+    """What a cross-validation (`settings`: CVSettings) scores: LOGREG, or its TrainConfig with
+    the head chosen (None: TrainConfig's defaults with the project's task)."""
+    if settings.head == "logreg":
+        if (settings.train.task if settings.train else project.settings.task) != "classification":
+            raise TrainingError("the logistic regression on the pooled embedding is for classification tasks")
+        return LOGREG
+    from .settings import TrainConfig
+
+    return replace(settings.train or TrainConfig(task=project.settings.task), head=settings.head)
+
+
+def cross_validate(project: Any, settings: Any, *, progress: Progress = Progress()) -> dict[str, Any]:
+    """`loff cv`: K patient-grouped, label-stratified folds over train + val (`settings`:
+    CVSettings; the folds are shuffled with the training seed); saved as a group. Returns
+    {"group", "folds", "metrics": {name: {"mean", "sd", "per_fold"}}, ...}."""
+    config = scored_config(project, settings)
+    folds, seed = settings.folds, (settings.train.seed if settings.train else 0)
+    project.check_cache_complete()
     cache = project.open_cache()
     pool, classes = project_pool(project, cache)
     task = config.task if config != LOGREG else project.settings.task
@@ -460,10 +460,10 @@ def _rank_key(entry: dict[str, Any], task: str) -> tuple[float, float]:
 
 def tune_source(source: Any, pool: Pool, classes: Sequence[str], task: str, *, trials: int = 8, folds: int = 5,
                 seed: int = 0, base: Any = None, with_logreg: bool = True, progress: Progress = Progress(),
-                on_trial: Optional[Callable[[dict[str, Any]], None]] = None,
                 heads: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Score `trials` head configurations (plus the logistic regression for classification)
-    by grouped CV on `pool`; returns {"leaderboard" (best first), "best", "stopped"}.
+    by grouped CV on `pool`; returns {"leaderboard" (best first), "best", "stopped"}. Each
+    scored configuration is a "trial" partial result of `progress` as it finishes.
     `heads` restricts the head kinds searched (see `choose_trials`)."""
     from .settings import TrainConfig
 
@@ -478,7 +478,7 @@ def tune_source(source: Any, pool: Pool, classes: Sequence[str], task: str, *, t
         if progress.stop_requested and board:
             stopped = True
             break
-        sub = _linked(progress, lambda d, n, m, t=t: progress.report(
+        sub = progress.linked(lambda d, n, m, t=t: progress.report(
             t * 1000 + int(999 * d / n) if n else t * 1000, len(configs) * 1000, f"trial {t + 1}/{len(configs)}: {m}"))
         result = run_folds(source, pool, classes, task, config, folds=folds, seed=seed, progress=sub)
         if result["stopped"] and result["completed"] < folds:
@@ -490,8 +490,7 @@ def tune_source(source: Any, pool: Pool, classes: Sequence[str], task: str, *, t
                  "best_epochs": result["best_epochs"], "fold_extra": result["fold_extra"], "_config": config,
                  "_oof": result["oof"]}
         board.append(entry)
-        if on_trial is not None:
-            on_trial({k: v for k, v in entry.items() if k not in ("_config", "_oof")})
+        progress.partial("trial", {k: v for k, v in entry.items() if k not in ("_config", "_oof")})
     if not board:
         raise TrainingError("tuning was stopped before the first configuration was scored")
     board.sort(key=lambda e: _rank_key(e, task), reverse=True)
@@ -522,32 +521,42 @@ def retrain_final(source: Any, pool: Pool, classes: Sequence[str], task: str, be
                                                    "train_config": _jsonable(final)}
 
 
-def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: Optional[str] = None,
-         device: str = "auto", progress: Progress = Progress(),
-         on_trial: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
-    """`loff tune`: search scored by grouped CV on train + val, winner retrained on train +
-    val as a normal run, evaluated once on test. Returns {"group", "leaderboard", "best",
-    "run", "test"}."""
+def tune_base(config: Any) -> Any:
+    """The base of a search from a front end's TrainConfig: its task, seed and every setting
+    the search does not vary (device, batch size, weight decay, ...); what it varies (head,
+    learning rate, epochs / patience, augmentation) starts from TrainConfig's defaults."""
     from .settings import TrainConfig
 
+    default = TrainConfig()
+    return replace(config, head=default.head, lr=default.lr, epochs=default.epochs, patience=default.patience,
+                   augment=default.augment)
+
+
+def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dict[str, Any]:
+    """`loff tune`: search scored by grouped CV on train + val (`settings`: TuneSettings),
+    winner retrained on train + val as a normal run, evaluated once on test. Returns
+    {"group", "leaderboard", "best", "run", "test"}."""
+    from .settings import TrainConfig
+
+    base = tune_base(settings.train or TrainConfig(task=project.settings.task))
+    trials, folds, seed, task = settings.trials, settings.folds, base.seed, base.task
+    project.check_cache_complete()
     cache = project.open_cache()
     pool, classes = project_pool(project, cache)
-    task = task or project.settings.task
     if len(classes) < 2:
         raise TrainingError(f"{project.root}: tuning needs at least two classes")
     started = utc_now()
     total = 1000
-    search = _linked(progress, lambda d, n, m: progress.report(int(0.95 * total * d / n) if n else 0, total, m))
+    search = progress.linked(lambda d, n, m: progress.report(int(0.95 * total * d / n) if n else 0, total, m))
     from .training import _in_memory
 
     data = _in_memory(cache)
-    found = tune_source(data, pool, classes, task, trials=trials, folds=folds, seed=seed,
-                        base=TrainConfig(task=task, device=device), progress=search, on_trial=on_trial)
+    found = tune_source(data, pool, classes, task, trials=trials, folds=folds, seed=seed, base=base,
+                        progress=search)
     best = found["best"]
     # not linked to Stop: the winner is always trained to the end (a few seconds)
-    final_progress = Progress(on_report=lambda d, n, m: progress.report(950 + int(50 * d / n) if n else 950, total,
-                                                                        f"winner on train + val: {m}"),
-                              on_notice=progress.on_notice, _event=progress._event)
+    final_progress = progress.linked(lambda d, n, m: progress.report(950 + int(50 * d / n) if n else 950, total,
+                                                                     f"winner on train + val: {m}"), stop=False)
     head_config, state, notes = retrain_final(data, pool, classes, task, best, seed, final_progress)
     group = _new_group_id(project, "tune")
     run_id = project.new_run_id(head_config.kind)

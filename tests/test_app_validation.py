@@ -32,6 +32,8 @@ def _open(w, path):
 
 @pytest.mark.slow
 def test_cross_validate_and_find_the_best_head_in_the_window(qtbot, window, tmp_path, capsys):
+    from app.workers import wire
+
     path = binary_png_project(tmp_path, capsys)
     w = window
     _open(w, path)
@@ -42,7 +44,12 @@ def test_cross_validate_and_find_the_best_head_in_the_window(qtbot, window, tmp_
     panel.folds.setValue(3)
     qtbot.mouseClick(panel.cv_button, Qt.MouseButton.LeftButton)
     assert w.state.busy  # a worker job, not the GUI thread
+    folds_seen = []
+    wire(w.state.runner.job, partial={"fold": lambda fold: folds_seen.append((fold["fold"], panel.result.text()))})
     qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
+    # each finished fold reached the window while the others ran, and the panel showed it
+    assert [k for k, _ in folds_seen] == [1, 2, 3]
+    assert "fold 1/3 done: accuracy" in folds_seen[0][1]
     assert "cross-validation" in panel.result.text() and "±" in panel.result.text()
     assert "3 of 3 folds" in panel.result.text()
 
@@ -56,7 +63,7 @@ def test_cross_validate_and_find_the_best_head_in_the_window(qtbot, window, tmp_
             w.state.runner.stop()
 
     qtbot.mouseClick(panel.tune_button, Qt.MouseButton.LeftButton)
-    w.state.runner.job.epoch.connect(stop_once)
+    wire(w.state.runner.job, partial={"trial": stop_once})  # after the page's own slot: its row is in
     qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
     assert stopped and 1 <= panel.board.rowCount() < 4
     assert "best:" in panel.result.text() and "retrained on train + val as run" in panel.result.text()

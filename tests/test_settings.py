@@ -9,8 +9,9 @@ from dataclasses import fields
 import pytest
 
 from loff_core.cli import build_parser
-from loff_core.settings import (AugmentConfig, CVSettings, EvaluateSettings, ExtractSettings, TrainConfig,
-                                TuneSettings, all_fields, field_info, option_name)
+from loff_core.errors import LoffError, SettingError
+from loff_core.settings import (AugmentConfig, CVSettings, EvaluateSettings, ExtractSettings, ImportSettings,
+                                PredictSettings, TrainConfig, TuneSettings, all_fields, field_info, option_name)
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -20,7 +21,8 @@ def _subparser(name: str) -> argparse.ArgumentParser:
 
 @pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("extract", ExtractSettings),
                                           ("evaluate", EvaluateSettings), ("cv", CVSettings),
-                                          ("tune", TuneSettings)])
+                                          ("tune", TuneSettings), ("import", ImportSettings),
+                                          ("predict", PredictSettings)])
 def test_every_declared_option_is_on_the_command_line_with_its_default(command, cls):
     parser = _subparser(command)
     by_dest = {a.dest: a for a in parser._actions}
@@ -66,6 +68,42 @@ def test_out_of_range_values_are_refused_by_the_declaration():
     assert build_parser().parse_args(["train", "p", "--lr", "0.01"]).lr == 0.01
     with pytest.raises(ValueError, match="too large"):
         field_info(AugmentConfig, "hflip").check(1.5)
+
+
+@pytest.mark.parametrize("cls, bad", [
+    (TrainConfig, {"epochs": 0}), (TrainConfig, {"lr": 0.0}), (TrainConfig, {"head": "mlp"}),
+    (TrainConfig, {"task": "regression"}), (TrainConfig, {"batch_size": 2.5}), (TrainConfig, {"patience": 0}),
+    (AugmentConfig, {"hflip": 1.5}), (AugmentConfig, {"crop_scale": (0.0, 1.0)}), (ExtractSettings, {"grid": 0}),
+    (ExtractSettings, {"image_size": 8}), (EvaluateSettings, {"bootstrap": -1}), (CVSettings, {"folds": 1}),
+    (CVSettings, {"head": "mlp"}), (TuneSettings, {"trials": 0}), (ImportSettings, {"task": "regression"}),
+    (ImportSettings, {"on_patient_overlap": "merge"}), (PredictSettings, {"batch_size": 0}),
+    (PredictSettings, {"bootstrap": -5})])
+def test_a_settings_object_is_checked_when_it_is_built(cls, bad):
+    """Any front end or script: an out-of-range setting is refused where the object is built,
+    naming the setting (so no step keeps hand checks of its own)."""
+    with pytest.raises(SettingError, match=f"{cls.__name__}.{next(iter(bad))}") as caught:
+        cls(**bad)
+    assert isinstance(caught.value, LoffError) and isinstance(caught.value, ValueError)
+    from dataclasses import replace
+
+    with pytest.raises(SettingError):
+        replace(cls(), **bad)  # a changed copy is checked too
+    assert cls() == cls()  # the defaults are in range
+
+
+def test_predict_and_import_take_their_options_from_the_declaration():
+    args = build_parser().parse_args(["predict", "HEAD", "a.png", "--run", "R", "--labels", "l.csv",
+                                      "--batch-size", "4", "--bootstrap", "0"])
+    from loff_core.cli import _declared
+
+    settings = PredictSettings(**_declared(args, PredictSettings))
+    assert (settings.run, settings.labels, settings.batch_size, settings.bootstrap) == ("R", "l.csv", 4, 0)
+    assert settings.label_column == PredictSettings.label_column and settings.device == PredictSettings.device
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "HEAD", "a.png", "--batch-size", "0"])
+    args = build_parser().parse_args(["import", "p", "img", "--on-patient-overlap", "keep", "--split-column", "s"])
+    settings = ImportSettings(**_declared(args, ImportSettings, skip=("labels_csv", "classes")))
+    assert (settings.on_patient_overlap, settings.split_column, settings.task) == ("keep", "s", None)
 
 
 def test_a_run_records_every_training_setting(tmp_path):
@@ -118,3 +156,13 @@ def test_every_training_option_is_on_the_train_page_and_reaches_the_config(qtbot
     config = train_config(train.settings())
     assert (config.batch_size, config.patience, config.epochs) == (8, 3, 7)
     assert config.device == TrainConfig.device and config.lr == pytest.approx(TrainConfig.lr)
+    # Cross-validate trains each fold with the same config (More settings included), and tune
+    # keeps what its search does not vary (device, batch size, seed, task)
+    train.more["device"].setCurrentText("cpu")
+    cv = train.validation.cv_config()
+    assert (cv.batch_size, cv.patience, cv.epochs, cv.device) == (8, 3, 7, "cpu")
+    from loff_core.validation import tune_base
+
+    base = tune_base(cv)
+    assert (base.batch_size, base.device, base.seed, base.task) == (8, "cpu", cv.seed, cv.task)
+    assert (base.epochs, base.patience, base.head) == (TrainConfig.epochs, TrainConfig.patience, TrainConfig.head)

@@ -15,6 +15,7 @@ from loff_core import steps
 from loff_core.project import Project
 from loff_core.evaluation import evaluate_run
 from loff_core.settings import EvaluateSettings
+from loff_core.results import ExplainResult
 
 
 
@@ -56,12 +57,15 @@ def test_explain_reports_progress_in_batches_and_can_be_cancelled(trained, monke
     seen: list[tuple[int, int]] = []
     out = steps.explain(project, None, ids, progress=Progress(on_report=lambda d, t, m: seen.append((d, t))))
     assert seen == [(0, 5), (2, 5), (4, 5), (5, 5)]
-    assert len(out["heat"]) == 5 and out["probabilities"].shape[0] == 5
+    assert isinstance(out, ExplainResult) and out.run == project.runs()[-1].run_id and out.image_ids == ids
+    assert len(out.heat) == 5 and out.probabilities.shape == (5, len(out.classes)) and len(out.predicted) == 5
+    assert set(out.to_json()) == {"run", "image_ids", "classes", "task", "probabilities", "predicted",
+                                  "operating_point"}
     # the same numbers as one batch (up to float rounding of another batch size)
     monkeypatch.setattr(steps, "EXPLAIN_BATCH", 64)
     whole = steps.explain(project, None, ids)
-    assert np.allclose(whole["probabilities"], out["probabilities"], atol=1e-5)
-    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(whole["heat"], out["heat"]))
+    assert np.allclose(whole.probabilities, out.probabilities, atol=1e-5)
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(whole.heat, out.heat))
     cancelled = Progress()
     cancelled.cancel()
     with pytest.raises(Cancelled):
@@ -90,3 +94,44 @@ def test_typed_results_give_exactly_the_cli_json(trained, capsys, tmp_path):
     assert list(exported) == ["run", "out_dir", "files", "onnx"] and exported["onnx"] is None
     record = ExportResult(run=exported["run"], out_dir=exported["out_dir"], files=exported["files"], card={})
     assert record.to_json() == exported
+
+
+def test_a_partial_cache_is_refused_by_loff_train_as_by_the_window(trained, tmp_path, capsys):
+    """One rule in the engine (Project.cache_partial): a cache whose extraction was stopped
+    (its batches folder still there, or fewer images than the catalog's readable ones) is
+    refused by `loff train`, cross-validation and tuning, and the window's Train page reads
+    the same rule."""
+    import shutil
+
+    from loff_core.cli import main
+    from loff_core.errors import CacheError, Remedy
+    from loff_core.settings import CVSettings, TrainConfig
+
+    root = tmp_path / "p"
+    shutil.copytree(trained, root)
+    project = Project.open(root)
+    fingerprint = project.settings.active_cache
+    n = project.expected_images()
+    assert project.cached_images(fingerprint) == n and not project.cache_partial()
+    parts = project.caches_dir / f"{fingerprint}.parts"
+    parts.mkdir()  # a stopped extraction's batches, not merged yet
+    assert project.cache_partial()
+    assert main(["train", str(root), "--epochs", "1", "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "partial" in err and "loff extract" in err and "again to finish it" in err
+    parts.rmdir()
+    summary = project.caches_dir / f"{fingerprint}.json"
+    saved = summary.read_text()
+    summary.write_text(json.dumps({**json.loads(saved), "images": n - 3}))  # merged, but 3 images short
+    project = Project.open(root)
+    assert project.cache_partial()
+    with pytest.raises(CacheError, match=f"{n - 3} of {n} images") as caught:
+        steps.train(project, TrainConfig(epochs=1, task=project.settings.task))
+    assert caught.value.remedy == Remedy.EXTRACT_AGAIN
+    with pytest.raises(CacheError, match="partial"):
+        steps.cross_validate(project, CVSettings(folds=2, train=TrainConfig(epochs=1, task=project.settings.task)))
+    runs = len(project.runs())
+    summary.write_text(saved)
+    assert not Project.open(root).cache_partial()
+    assert main(["train", str(root), "--epochs", "1", "--quiet"]) == 0
+    assert len(Project.open(root).runs()) == runs + 1

@@ -52,7 +52,7 @@ def test_learns_and_predicts(head, task):
     seen = []
     result = train_head(src, tr_ids, tr_y, va_ids, va_y, _cfg(head=head, task=task, epochs=6, lr=3e-2 if head == "linear" else 3e-3),
                         num_classes=3,
-                        on_epoch=seen.append)
+                        progress=Progress(on_partial=lambda p: seen.append(p.value) if p.kind == "epoch" else None))
     monitor = "val_auc" if task == "classification" else "val_kendall_tau"
     assert result.monitor == monitor
     assert len(result.history) == len(seen) and seen[0]["epoch"] == 1
@@ -88,8 +88,8 @@ def test_same_seed_same_history_and_weights():
 def test_early_stopping_and_no_validation():
     src, y = _source()
     tr_ids, tr_y, _, _ = _split(src, y)
-    # learning rate 0: nothing ever improves after epoch 1
-    r = train_head(src, tr_ids, tr_y, [], [], _cfg(head="linear", epochs=10, patience=2, lr=0.0, min_lr=0.0,
+    # learning rate ~0 (0 itself is out of the declared range): nothing ever improves after epoch 1
+    r = train_head(src, tr_ids, tr_y, [], [], _cfg(head="linear", epochs=10, patience=2, lr=1e-12, min_lr=0.0,
                                                     augment=AugmentConfig.off(), class_weights=False), num_classes=3)
     assert r.monitor == "train_loss_neg"
     assert r.stopped == "early_stopping" and len(r.history) == 3 and r.best_epoch == 1

@@ -112,11 +112,18 @@ def test_logistic_regression_is_exactly_a_linear_head(k):
 
 def test_tune_ranks_configurations_and_includes_the_baseline():
     src, pool = _pool()
-    seen = []
+    seen, folds = [], []
+    progress = Progress(on_partial=lambda p: (seen if p.kind == "trial" else folds).append(p))
     out = tune_source(src, pool, ["a", "b", "c"], "classification", trials=3, folds=3, seed=0,
-                      base=_cfg(), on_trial=seen.append)
+                      base=_cfg(), progress=progress)
     board = out["leaderboard"]
     assert len(board) == len(seen) == 4  # logistic regression + 3 head configurations
+    # each trial came as it was scored (the baseline first), with its leaderboard row's scores,
+    # after its 3 folds (and, for a head, their epochs) came as partial results of their own
+    assert seen[0].value["config"] == {"head": LOGREG}
+    by_config = {json.dumps(e["config"]): e for e in board}
+    assert all(p.value["cv"] == by_config[json.dumps(p.value["config"])]["cv"] for p in seen)
+    assert sum(p.kind == "fold" for p in folds) == 12 and {p.kind for p in folds} == {"fold", "epoch"}
     assert {e["config"]["head"] for e in board} == {LOGREG, "attention", "linear", "vit"}
     aucs = [e["cv"]["auc"]["mean"] for e in board]
     assert aucs == sorted(aucs, reverse=True) and out["best"] is board[0]
@@ -176,3 +183,22 @@ def test_cv_and_tune_commands_end_to_end(tmp_path, capsys):
     assert again["metrics"]["accuracy"] == pytest.approx(tuned["test"]["accuracy"])
     exported = loff_json(capsys, "export", project, tmp_path / "out", "--run", tuned["run"])
     assert (tmp_path / "out" / "card.json").is_file() and exported
+
+
+def test_stop_reaches_the_fold_training_already_running():
+    """A Stop asked in the middle of a fold's training (after its progress was made) ends that
+    training at once: the fold is not counted and the finished one is kept."""
+    src, pool = _pool()
+    progress = Progress()
+    epochs = []
+
+    def on_partial(item):
+        if item.kind == "epoch":
+            epochs.append(item.value["epoch"])
+            if len(epochs) == 4:  # the second fold's first epoch (3 epochs a fold)
+                progress.request_stop()
+
+    progress.on_partial = on_partial
+    out = run_folds(src, pool, ["a", "b", "c"], "classification", _cfg(epochs=3), folds=3, seed=0,
+                    progress=progress)
+    assert out["stopped"] and out["completed"] == 1 and epochs == [1, 2, 3, 1]

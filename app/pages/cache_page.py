@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, Q
 from loff_core.settings import ExtractSettings, field_info
 from loff_core.weights import TEST_MODEL, suggested
 
-from ..cache_plan import is_partial, plan
+from ..cache_plan import plan
 from ..forms import control_for
 from ..state import AppState
 from ..widgets import Banner, ProgressStrip, form_row
@@ -272,7 +272,7 @@ class CachePage(QWidget):
         for path in project.cache_paths():
             active = path.stem == project.settings.active_cache
             size = path.stat().st_size / 2**20
-            partial = is_partial(project.caches_dir, path.stem, project)
+            partial = project.cache_partial(path.stem)
             state = ("<b>PARTIAL</b> (extraction stopped before the end; Extract with the same settings finishes "
                      "it; Train waits for it) " if partial else "") + ("<b>active</b> " if active else "")
             lines.append(f"{state}cache {path.name}: {size:.1f} MB on disk")

@@ -335,8 +335,9 @@ class ImportPage(QWidget):
 
         def work(progress: Any) -> Any:
             from loff_core import steps
+            from loff_core.settings import ImportSettings
 
-            return steps.import_images(project, folder, progress=progress, **kwargs)  # takes the lock
+            return steps.import_images(project, folder, ImportSettings(**kwargs), progress=progress)  # takes the lock
         wire(self.state.start("import", work, banner=self.banner), strip=self.strip, banner=self.banner,
              done=self._imported)
 

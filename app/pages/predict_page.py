@@ -235,10 +235,11 @@ class PredictPage(QWidget):
 
         def work(progress: Any) -> Any:
             from loff_core import steps
+            from loff_core.settings import PredictSettings
 
             # a project's run predicts as it is (no export to a temporary folder first)
             source = (head_dir, None) if head_dir else (project.root, run_id)
-            return steps.predict(source[0], paths, run_id=source[1], require_predictions=False,
+            return steps.predict(source[0], paths, PredictSettings(run=source[1], require_predictions=False),
                                  progress=progress).to_json()
         source = {"head_dir": head_dir} if head_dir else {"run": run_id}
         wire(self.state.start("predict", work, banner=self.banner), strip=self.strip, banner=self.banner,

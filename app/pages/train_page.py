@@ -5,7 +5,6 @@ their settings and scores and flagged when stale (labels or cache changed since)
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Optional
 
@@ -16,7 +15,6 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHB
 
 from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig, all_fields, field_info
 
-from ..cache_plan import is_partial
 from ..forms import control_for
 from ..remedies import window_text
 from ..state import AppState
@@ -212,28 +210,18 @@ class TrainPage(QWidget):
         self.history = []
         self.curves_run = None
         self._plot()
-        job_box: dict[str, Any] = {}
-        job_known = threading.Event()  # the worker may reach its first epoch before `start` returns
-
-        def on_epoch(entry: dict) -> None:
-            job_known.wait()
-            job_box["job"].emit_epoch(entry)
-
         def work(progress: Any) -> Any:
             config = train_config(chosen)
             from loff_core import steps
 
-            return steps.train(project, config, progress=progress, on_epoch=on_epoch)  # takes the lock
+            return steps.train(project, config, progress=progress)  # takes the lock; epochs come as partials
         self.save_settings()
         job = wire(self.state.start("train", work, banner=self.banner), strip=None, banner=self.banner,
-                   done=self._trained)
+                   done=self._trained, partial={"epoch": self._epoch})
         if job is not None:
-            job_box["job"] = job
             job.on_close = "stop"  # closing the window keeps the best head so far, like Stop
             self._started = time.monotonic()
-            wire(job, partial=self._epoch)
             job.progress.connect(self._progress)
-            job_known.set()
 
     def _validation_toggled(self, expanded: bool) -> None:
         sizes = self.body.sizes()
@@ -354,7 +342,7 @@ class TrainPage(QWidget):
             return False, "training needs labels with at least two classes"
         if not project.settings.active_cache:
             return False, "extract features first (Cache page)"
-        if is_partial(project.caches_dir, project.settings.active_cache, project):
+        if project.cache_partial():  # the engine's rule (`loff train` refuses it too)
             return False, ("the feature cache is partial (its extraction was stopped): Extract again on the Cache "
                            "page to finish it, then train")
         return True, ""

@@ -215,9 +215,9 @@ class ViewerPage(QWidget):
             run = project.run(run_id)
             out = steps.explain(project, run.run_id, image_ids)  # the reader lock: never waits for a training
             kind = run.record["head_config"]["kind"]
-            return [{"image_id": i, "probabilities": out["probabilities"][k], "heat": out["heat"][k],
-                     "classes": out["classes"], "task": out["task"], "head": kind, "run": run.run_id,
-                     "project": str(project.root), "decided": (out.get("predicted") or [None] * len(image_ids))[k]}
+            return [{"image_id": i, "probabilities": out.probabilities[k], "heat": out.heat[k],
+                     "classes": out.classes, "task": out.task, "head": kind, "run": run.run_id,
+                     "project": str(project.root), "decided": out.predicted[k]}
                     for k, i in enumerate(image_ids)]
         wire(start_light("explain", work, newest=(self, key)), done=lambda outs: [slot(o) for o in outs],
              failed=lambda text: self.details.setText(f"no prediction: {text}"))

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .terminal import at_least, metric_lines, run_with_progress
+from .terminal import declared, metric_lines, run_with_progress
 
 def cmd_export(args: argparse.Namespace) -> Any:
     from .. import steps  # every command runs a step (loff_core/steps.py), as the app does
@@ -29,13 +29,12 @@ def _describe_export(out: dict[str, Any]) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> Any:
     from .. import steps  # every command runs a step (loff_core/steps.py), as the app does
-    from ..settings import EvaluateSettings
+    from ..settings import PredictSettings
 
-    result = run_with_progress("predict", args.quiet, lambda p: steps.predict(
-        args.head_dir, args.files, run_id=args.run, labels=args.labels, label_column=args.label_column,
-        file_column=args.file_column, settings=EvaluateSettings(bootstrap=args.bootstrap), weights=args.weights,
-        random_init=True if args.random_init else None, device=args.device, batch_size=args.batch_size,
-        progress=p))
+    settings = PredictSettings(**declared(args, PredictSettings, skip=("random_init",)),
+                               random_init=True if args.random_init else None)
+    result = run_with_progress("predict", args.quiet, lambda p: steps.predict(args.head_dir, args.files, settings,
+                                                                              progress=p))
     if args.csv:
         from ..predictions import write_predictions_csv
 
@@ -71,23 +70,16 @@ def add_export(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
     """`loff predict HEAD_DIR_OR_PROJECT FILES`."""
-    from ..settings import EvaluateSettings, add_options
+    from ..settings import PredictSettings, add_options, field_info
 
     p = sub.add_parser("predict", parents=[common], help="predict new images with an exported head or a project's run")
     p.add_argument("head_dir", type=Path, metavar="HEAD_DIR_OR_PROJECT",
                    help="an exported head folder, or a project folder (its latest run, or --run ID)")
     p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--run", help="with a project folder: the run to predict with (default: the latest)")
-    p.add_argument("--labels", type=Path, help="labels CSV for the files: metrics are reported as by evaluate "
-                                               "(without it, class sub-folders of a given folder are the labels)")
-    p.add_argument("--label-column", default="label", help="label column of --labels (default: label)")
-    p.add_argument("--file-column", help="file column of --labels (default: file, filename, path or image)")
-    add_options(p, EvaluateSettings)
+    add_options(p, PredictSettings)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--weights")
-    g.add_argument("--random-init", action="store_true")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=at_least(1), default=8)
+    g.add_argument("--weights", help=field_info(PredictSettings, "weights").help)
+    g.add_argument("--random-init", action="store_true", help=field_info(PredictSettings, "random_init").help)
     p.add_argument("--csv", type=Path, help="also save the predictions as CSV")
     p.set_defaults(func=cmd_predict, describe=_describe_predict)
 

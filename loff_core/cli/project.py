@@ -7,23 +7,23 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import ProjectError
-from .terminal import at_least, run_with_progress
+from .terminal import at_least, declared, run_with_progress
 
 def cmd_import(args: argparse.Namespace) -> Any:
     from .. import steps  # every command runs a step (loff_core/steps.py), as the app does
     from ..project import Project
+    from ..settings import ImportSettings
 
     if not args.images_dir.is_dir():  # before a project is created for nothing
         raise ProjectError(f"{args.images_dir}: not a folder")
     made_folder, made_project = not args.project.exists(), not (args.project / "loff-project.json").exists()
     project = Project.open_or_create(args.project)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    settings = ImportSettings(**declared(args, ImportSettings, skip=("labels_csv", "classes")),
+                              labels_csv=_labels_args(args.labels), classes=classes)
     try:
         return run_with_progress("import", args.quiet, lambda p: steps.import_images(
-            project, args.images_dir, labels_csv=_labels_args(args.labels), label_column=args.label_column,
-            file_column=args.file_column, patient_column=args.patient_column, classes=classes,
-            task=args.task, split_column=args.split_column, patient_from_name=args.patient_from_name,
-            on_patient_overlap=args.on_patient_overlap, progress=p))
+            project, args.images_dir, settings, progress=p))
     except BaseException:
         if made_project:  # e.g. stopped by the patient-overlap question: no project left behind
             project.discard_if_never_imported(made_folder)
@@ -142,7 +142,7 @@ def _describe_info(out: dict[str, Any]) -> str:
 
 def add_import(sub: Any, common: argparse.ArgumentParser) -> None:
     """`loff import PROJECT IMAGES_DIR`."""
-    from ..settings import TASKS
+    from ..settings import ImportSettings, add_options
 
     p = sub.add_parser("import", parents=[common], help="scan an image folder (in place) into a project")
     p.add_argument("project", type=Path)
@@ -151,20 +151,8 @@ def add_import(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="CSV with a file column and a label column (delimiter detected: , ; or tab). Repeatable; "
                         "SPLIT=CSV says the CSV's images are that split, e.g. --labels train=CSAW-M_train.csv "
                         "--labels test=CSAW-M_test.csv")
-    p.add_argument("--label-column")
-    p.add_argument("--file-column")
-    p.add_argument("--patient-column", help="default: a column named patient_id, patient, subject, woman, ...")
-    p.add_argument("--split-column", help="take the split from this CSV column (train / val / test, any case; "
-                                          "validation accepted); a split without val gets one carved from train")
-    p.add_argument("--patient-from-name", metavar="REGEX",
-                   help="the patient from the file name: a regular expression with one capture group, e.g. "
-                        "'^(\\d+)_' for NIH ChestX-ray14's PATIENT_FOLLOWUP.png")
-    p.add_argument("--on-patient-overlap", choices=["keep", "resplit"],
-                   help="when the given split puts a patient on two sides: keep it as given, or re-split by "
-                        "patient (default: stop and report the counts)")
+    add_options(p, ImportSettings)
     p.add_argument("--classes", help="comma-separated class order (low to high for ordinal labels), e.g. F,G,D")
-    p.add_argument("--task", choices=list(TASKS), help="the project's default task: "
-                   + "; ".join(f"{k}: {v}" for k, v in TASKS.items()))
     p.set_defaults(func=cmd_import, describe=_describe_import)
 
 

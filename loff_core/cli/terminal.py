@@ -120,3 +120,11 @@ def at_least(low: float, kind: type = int) -> Any:
         return value
     return parse
 
+
+def declared(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The settings of `cls` given on the command line (options left out or None: the
+    declaration's default holds)."""
+    from dataclasses import fields
+
+    return {f.name: getattr(args, f.name) for f in fields(cls)
+            if f.name not in skip and getattr(args, f.name, None) is not None}

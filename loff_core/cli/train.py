@@ -7,24 +7,31 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import TrainingError
-from .terminal import METRICS_HELP, metric_lines, print_notes, run_with_progress
+from .terminal import METRICS_HELP, declared, metric_lines, print_notes, run_with_progress
 
 def cmd_train(args: argparse.Namespace) -> Any:
     from .. import steps  # every command runs a step (loff_core/steps.py), as the app does
-    from dataclasses import fields
-
     from ..project import Project
-    from ..settings import AugmentConfig, TrainConfig
 
     project = Project.open(args.project)
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    given.setdefault("task", project.settings.task)
-    given["augment"] = AugmentConfig.off() if args.no_augment else _augment_from_args(args.augment, AugmentConfig())
-    config = TrainConfig(**given)
+    config = train_config_from_args(args, project)
     result = run_with_progress("train", args.quiet, lambda p: steps.train(project, config, progress=p))
     print_notes("train", result.notes)
     return result
 
+
+
+def train_config_from_args(args: argparse.Namespace, project: Any, skip: tuple[str, ...] = ()) -> Any:
+    """The one place `loff` builds a TrainConfig (train, cv, tune): the declared training
+    options the command has (left out or None: TrainConfig's default; the task: the
+    project's), the augmentations from --no-augment / --augment; checked as it is built."""
+    from ..settings import AugmentConfig, TrainConfig
+
+    given = declared(args, TrainConfig, skip=("augment", *skip))
+    given.setdefault("task", project.settings.task)
+    augment = (AugmentConfig.off() if getattr(args, "no_augment", False)
+               else _augment_from_args(getattr(args, "augment", None), AugmentConfig()))
+    return TrainConfig(**given, augment=augment)
 
 
 def _describe_train(out: dict[str, Any]) -> str:

@@ -6,37 +6,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import TrainingError
-from .terminal import METRICS_HELP, run_with_progress
-
-def _train_config_from_args(args: argparse.Namespace, task: str) -> Any:
-    from dataclasses import replace
-
-    from ..settings import AugmentConfig, TrainConfig
-
-    defaults = TrainConfig(head=args.head, task=task)
-    return replace(
-        defaults, seed=args.seed, device=args.device,
-        epochs=args.epochs if args.epochs is not None else defaults.epochs,
-        lr=args.lr if args.lr is not None else defaults.lr,
-        patience=args.patience if args.patience is not None else defaults.patience,
-        augment=AugmentConfig.off() if args.no_augment else defaults.augment)
-
-
+from .terminal import METRICS_HELP, declared, run_with_progress
+from .train import train_config_from_args
 
 def cmd_cv(args: argparse.Namespace) -> dict[str, Any]:
     from .. import steps  # every command runs a step (loff_core/steps.py), as the app does
     from ..project import Project
-    from ..validation import LOGREG
+    from ..settings import CVSettings
 
     project = Project.open(args.project)
-    task = args.task or project.settings.task
-    config = LOGREG if args.head == "logreg" else _train_config_from_args(args, task)
-    if config == LOGREG and task != "classification":
-        raise TrainingError("--head logreg (logistic regression on the pooled embedding) is for classification tasks")
+    config = train_config_from_args(args, project, skip=("head",))  # the head scored is CVSettings'
+    settings = CVSettings(**declared(args, CVSettings, skip=("train",)), train=config)
     # --json: exactly the documented document; the rest is in groups/GROUP/group.json
-    return run_with_progress("cv", args.quiet, lambda p: steps.cross_validate(
-        project, config, folds=args.folds, seed=args.seed, progress=p))
+    return run_with_progress("cv", args.quiet, lambda p: steps.cross_validate(project, settings, progress=p))
 
 
 
@@ -59,10 +41,10 @@ def cmd_tune(args: argparse.Namespace) -> Any:
     from ..settings import TuneSettings
 
     project = Project.open(args.project)
+    settings = TuneSettings(**declared(args, TuneSettings, skip=("train",)),
+                            train=train_config_from_args(args, project))
     # --json: exactly the documented document; the rest is in groups/GROUP/group.json
-    return run_with_progress("tune", args.quiet, lambda p: steps.tune(
-        project, TuneSettings(trials=args.trials, folds=args.folds), seed=args.seed, task=args.task,
-        device=args.device, progress=p))
+    return run_with_progress("tune", args.quiet, lambda p: steps.tune(project, settings, progress=p))
 
 
 
@@ -94,7 +76,7 @@ def add_cv(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "mean, SD and per-fold values; saved as a group that `loff info` lists. " + METRICS_HELP)
     p.add_argument("project", type=Path)
     add_options(p, CVSettings)
-    add_options(p, TrainConfig, names=["task", "epochs", "lr", "patience"], defaults=False)  # None: TrainConfig's
+    add_options(p, TrainConfig, names=["task", "epochs", "lr", "patience", "batch_size"], defaults=False)  # None: TrainConfig's
     add_options(p, TrainConfig, names=["seed", "device"])  # the seed of the folds and of training
     p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
     p.set_defaults(func=cmd_cv, describe=_describe_cv)
@@ -112,7 +94,7 @@ def add_tune(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "on train + val as a normal run and evaluate it once on test. " + METRICS_HELP)
     p.add_argument("project", type=Path)
     add_options(p, TuneSettings)
-    add_options(p, TrainConfig, names=["task"], defaults=False)  # default: the project's task
+    add_options(p, TrainConfig, names=["task", "batch_size"], defaults=False)  # None: the project's task, TrainConfig's
     add_options(p, TrainConfig, names=["seed", "device"])
     p.set_defaults(func=cmd_tune, describe=_describe_tune)
 
