@@ -107,17 +107,31 @@ def _worker_init(_worker_id: int) -> None:
     close_inherited_locks()
 
 
-def _default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+def _default_workers(device_type: str = "cuda") -> int:
+    """Decode worker processes. On a GPU up to 4 (the GPU waits for the disk otherwise); on
+    the CPU the forward pass takes all the cores (engines.cpu_threads) and decoding is ~10 %
+    of its time, so one worker when there are 2+ cores, none on 1 core (no oversubscription)."""
+    from .engines import available_cores
+
+    cores = available_cores()
+    if device_type == "cpu":
+        return 1 if cores >= 2 else 0
+    return max(0, min(4, cores - 1))
+
+
+#: an extraction whose estimate (from the timed first batch) is longer than this says so up front
+ESTIMATE_NOTICE_SECONDS = 60.0
 
 
 def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path, *, device: str = "auto",
                      batch_size: int = ExtractSettings.batch_size, num_workers: Optional[int] = None,
-                     progress: Progress = Progress()) -> ExtractResult:
+                     engine: str = ExtractSettings.engine, progress: Progress = Progress()) -> ExtractResult:
     """Cache CLS + token grids for every (image_id, path) not cached yet; see the module docstring."""
     import torch
 
     from .backbones import load_backbone
+    from .engines import choose_engine
+    from .progress import TimeLeft, format_duration
 
     started = time.monotonic()
     if batch_size < 1:
@@ -175,11 +189,15 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
     progress.report(done_count, total, f"{len(done_ids)} images already cached; {total - done_count} to go")
 
     extracted, stopped = 0, False
+    engine_label = ""
     if todo:
+        # decided on the whole plan, not on what is left: a resumed run uses the same engine
+        forward = choose_engine(backbone, engine, notes, images=total)
+        engine_label = forward.label
         flat_paths = [str(p) for _, p in work]
         dataset = _DecodeDataset(flat_paths, backbone.preprocessor)
         batches = [[k * batch_size + j for j in range(len(plan[k]))] for k in todo]
-        workers = _default_workers() if num_workers is None else max(0, num_workers)
+        workers = _default_workers(backbone.device.type) if num_workers is None else max(0, num_workers)
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
             pin_memory=backbone.device.type == "cuda", prefetch_factor=4 if workers else None,
@@ -187,18 +205,20 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
         )
         sub_batch = batch_size
         t0 = time.monotonic()
+        to_do = total - done_count
+        clock = TimeLeft(to_do, t0)
         try:
             for k, (indices, batch, bad) in zip(todo, loader):
                 progress.check()
                 ids = [work[i][0] for i in indices]
                 bad_named = [(work[i][0], r) for i, r in bad]
                 if batch is None:
-                    cls = np.zeros((0, backbone.feature_dim), np.float16)
-                    tokens = np.zeros((0, *backbone.grid_hw, backbone.feature_dim), np.float16)
+                    blocks = [(np.zeros((0, dim), np.float16), np.zeros((0, *hw, dim), np.float16))
+                              for dim, hw in backbone.block_shapes]
                 else:
-                    cls, tokens, sub_batch = _forward_with_retry(backbone, batch, sub_batch, progress, notes)
+                    blocks, sub_batch = _forward_with_retry(backbone, batch, sub_batch, progress, notes, forward)
                 try:
-                    _write_shard(parts / names[k], ids, cls, tokens, bad_named)
+                    _write_shard(parts / names[k], ids, blocks[0][0], blocks[0][1], bad_named, tuple(blocks[1:]))
                 except OSError as exc:
                     raise CacheError(
                         f"{parts}: cannot write features ({exc.strerror or exc}); the {done_count} images "
@@ -207,9 +227,20 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
                 extracted += len(ids)
                 done_count += len(plan[k]) * (world if world > 1 else 1)
                 done_count = min(done_count, total)
-                rate = extracted * world / max(time.monotonic() - t0, 1e-9)
-                left = (total - done_count) / rate if rate > 0 else 0
-                progress.report(done_count, total, f"{rate:.1f} img/s, {left:.0f} s left")
+                now = time.monotonic()
+                clock.update(extracted * world, now)
+                left = clock.seconds_left() or 0.0
+                if clock.batches == 1 and to_do > len(ids) * world:  # the first batch, timed: say the cost
+                    estimate = (now - t0) / max(1, extracted * world) * to_do
+                    message = (f"first batch: {now - t0:.1f} s for {extracted * world} images ({engine_label}); "
+                               f"about {format_duration(estimate)} for the {to_do} images")
+                    if estimate >= ESTIMATE_NOTICE_SECONDS:
+                        notes.append(message)
+                        progress.notice(message)
+                    else:
+                        progress.report(done_count, total, message)
+                else:
+                    progress.report(done_count, total, f"{clock.rate:.1f} img/s, {format_duration(left)} left")
                 if progress.stop_requested:
                     stopped = True
                     break
@@ -231,9 +262,9 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
         if got:
             failures += got[1]
     if plan and present:
-        _merge(final, parts, present, backbone)
+        _merge(final, parts, present, backbone, engine_label)
     elif not final.exists():
-        _merge(final, parts, [], backbone)  # nothing readable: an empty, finished cache
+        _merge(final, parts, [], backbone, engine_label)  # nothing readable: an empty, finished cache
     if not plan:
         shutil.rmtree(parts, ignore_errors=True)
     if world > 1:
@@ -248,18 +279,24 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
 
 
 def _forward_with_retry(backbone: Any, batch: Any, sub_batch: int, progress: Progress,
-                        notes: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Forward a batch in pieces of `sub_batch`; on CUDA OOM halve the piece and retry."""
+                        notes: list[str], forward: Any = None) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """Forward a batch in pieces of `sub_batch` with `forward` (an engine; default: the
+    backbone's own torch forward): [(cls [B,C], tokens [B,h,w,C]) float16 per block]; on CUDA
+    OOM halve the piece and retry."""
     import torch
 
+    forward = forward or backbone.blocks_tokens
     while True:
         try:
-            cls_parts, grid_parts = [], []
+            parts: list[list[tuple[np.ndarray, np.ndarray]]] = []
             for s in range(0, len(batch), sub_batch):
-                cls, grid = backbone.tokens(batch[s:s + sub_batch])
-                cls_parts.append(cls.to(torch.float16).cpu().numpy())
-                grid_parts.append(grid.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy())
-            return np.concatenate(cls_parts), np.ascontiguousarray(np.concatenate(grid_parts)), sub_batch
+                parts.append([(cls.to(torch.float16).cpu().numpy(),
+                               grid.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy())
+                              for cls, grid in forward(batch[s:s + sub_batch])])
+            blocks = [(np.concatenate([p[i][0] for p in parts]),
+                       np.ascontiguousarray(np.concatenate([p[i][1] for p in parts])))
+                      for i in range(len(parts[0]))]
+            return blocks, sub_batch
         except Exception as exc:  # noqa: BLE001
             if not is_out_of_memory(exc):
                 raise

@@ -232,7 +232,7 @@ def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: str 
     task = record["task"]
     if criterion not in CRITERIA[:3]:
         raise TrainingError(f"unknown criterion {criterion!r}; expected youden, sensitivity or specificity")
-    cache = project.open_cache(record["cache_fingerprint"])
+    cache = project.open_cache(record["cache_fingerprint"], block=record.get("block"))
     catalog = project.catalog()
     oof = project.root / "groups" / str(record.get("group")) / "oof.npz"
     if held_out is None and record.get("n_val") == 0 and record.get("group") and oof.is_file():

@@ -35,7 +35,16 @@ class TerminalProgress:
         self._last_line = -1e9
         self._last: tuple[int, int, str] = (0, 0, "")
         self._printed: Optional[tuple[int, int, str]] = None  # the state the last plain line showed
-        self.progress = Progress(on_report=self._on_report)
+        self.progress = Progress(on_report=self._on_report, on_notice=self._on_notice)
+
+    def _on_notice(self, message: str) -> None:
+        """A notice (e.g. extract's estimate from its first batch) is a line of its own, at once."""
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.write(f"{self.desc}: {message}", file=sys.stderr)
+        else:
+            print(f"{self.desc}: {message}", file=sys.stderr, flush=True)
 
     def _on_report(self, done: int, total: int, message: str) -> None:
         if self.quiet:
@@ -161,7 +170,8 @@ def cmd_extract(args: argparse.Namespace) -> Any:
     project = Project.open(args.project)
     spec = backbone_spec_from_args(args)
     rank, _ = distributed_rank_world()  # under torchrun: N processes, one cache; rank 0 reports
-    settings = ExtractSettings(device=args.device, batch_size=args.batch_size, workers=args.workers)
+    settings = ExtractSettings(device=args.device, batch_size=args.batch_size, workers=args.workers,
+                               engine=args.engine)
     result = _run_with_progress("extract", args.quiet or rank != 0,
                                 lambda p: steps.extract(project, spec, settings, progress=p))
     if rank == 0:
@@ -362,7 +372,7 @@ def _train_config_from_args(args: argparse.Namespace, task: str) -> Any:
         epochs=args.epochs if args.epochs is not None else defaults.epochs,
         lr=args.lr if args.lr is not None else defaults.lr,
         patience=args.patience if args.patience is not None else defaults.patience,
-        augment=AugmentConfig.off() if args.no_augment else defaults.augment)
+        augment=AugmentConfig.off() if args.no_augment else defaults.augment, block=args.block)
 
 
 def cmd_cv(args: argparse.Namespace) -> dict[str, Any]:
@@ -377,7 +387,7 @@ def cmd_cv(args: argparse.Namespace) -> dict[str, Any]:
         raise TrainingError("--head logreg (logistic regression on the pooled embedding) is for classification tasks")
     # --json: exactly the documented document; the rest is in groups/GROUP/group.json
     return _run_with_progress("cv", args.quiet, lambda p: steps.cross_validate(
-        project, config, folds=args.folds, seed=args.seed, progress=p))
+        project, config, folds=args.folds, seed=args.seed, block=args.block, progress=p))
 
 
 def _describe_cv(out: dict[str, Any]) -> str:
@@ -400,7 +410,7 @@ def cmd_tune(args: argparse.Namespace) -> Any:
     project = Project.open(args.project)
     # --json: exactly the documented document; the rest is in groups/GROUP/group.json
     return _run_with_progress("tune", args.quiet, lambda p: steps.tune(
-        project, TuneSettings(trials=args.trials, folds=args.folds), seed=args.seed, task=args.task,
+        project, TuneSettings(trials=args.trials, folds=args.folds, block=args.block), seed=args.seed, task=args.task,
         device=args.device, progress=p))
 
 
@@ -577,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common], help="train a compact head on the cached features")
     p.add_argument("project", type=Path)
     add_options(p, TrainConfig, names=["task"], defaults=False)  # default: the project's task
-    add_options(p, TrainConfig, names=["head", "epochs", "seed", "lr", "batch_size", "patience", "device"])
+    add_options(p, TrainConfig, names=["head", "epochs", "seed", "lr", "batch_size", "patience", "device", "block"])
     p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
     p.add_argument("--augment", action="append", metavar="NAME=VALUE",
                    help="change one tensor augmentation (repeatable); defaults: "
@@ -590,7 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "mean, SD and per-fold values; saved as a group that `loff info` lists. " + METRICS_HELP)
     p.add_argument("project", type=Path)
     add_options(p, CVSettings)
-    add_options(p, TrainConfig, names=["task", "epochs", "lr", "patience"], defaults=False)  # None: TrainConfig's
+    # None: TrainConfig's
+    add_options(p, TrainConfig, names=["task", "epochs", "lr", "patience", "block"], defaults=False)
     add_options(p, TrainConfig, names=["seed", "device"])  # the seed of the folds and of training
     p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
     p.set_defaults(func=cmd_cv, describe=_describe_cv)

@@ -68,7 +68,7 @@ def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings
     rank, world = distributed_rank_world()
     with project.lock() if rank == 0 else nullcontext():
         result = _extract(project, spec, device=settings.device, batch_size=settings.batch_size,
-                          num_workers=settings.workers, progress=progress)
+                          num_workers=settings.workers, engine=settings.engine, progress=progress)
     if rank != 0:
         return ExtractResult(rank=rank, world_size=world, extracted=result.extracted, notes=list(result.notes))
     cache = project.open_cache()
@@ -126,13 +126,14 @@ def export(project: Any, out_dir: Path | str, *, run_id: Optional[str] = None, o
     return ExportResult(run=out["run"], out_dir=out["out_dir"], files=out["files"], card=out["card"])
 
 
-def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
+def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0, block: Optional[str] = None,
                    progress: Progress = Progress()) -> CVResult:
-    """K patient-grouped folds over train + val, saved as a group (writer lock)."""
+    """K patient-grouped folds over train + val, saved as a group (writer lock). `block`:
+    the cache's block (default: config.block, else the cache's first)."""
     from .validation import cross_validate as run_cv
 
     with project.lock():
-        return CVResult.from_dict(run_cv(project, config, folds=folds, seed=seed, progress=progress))
+        return CVResult.from_dict(run_cv(project, config, folds=folds, seed=seed, block=block, progress=progress))
 
 
 def tune(project: Any, settings: TuneSettings = TuneSettings(), *, seed: int = 0, task: Optional[str] = None,
@@ -143,6 +144,7 @@ def tune(project: Any, settings: TuneSettings = TuneSettings(), *, seed: int = 0
 
     with project.lock():
         return TuneResult.from_dict(run_tune(project, trials=settings.trials, folds=settings.folds, seed=seed,
+                                             block=settings.block,
                                              task=task, device=device, progress=progress, on_trial=on_trial))
 
 
@@ -341,6 +343,7 @@ def _extract(
     device: str = "auto",
     batch_size: int = ExtractSettings.batch_size,
     num_workers: Optional[int] = None,
+    engine: str = ExtractSettings.engine,
     progress: Progress = Progress(),
 ) -> Any:
     """Run the frozen backbone over every catalogued image; returns an ExtractResult."""
@@ -351,7 +354,7 @@ def _extract(
     items = [(e.image_id, root / e.path) for e in catalog.entries]
     result = extract_features(
         items, spec, project.caches_dir, device=device, batch_size=batch_size,
-        num_workers=num_workers, progress=progress,
+        num_workers=num_workers, engine=engine, progress=progress,
     )
     if distributed_rank_world()[0] != 0:
         return result  # under torchrun, rank 0 merges and records the cache
@@ -381,7 +384,7 @@ def _train(
     """Train a head on the active cache; the run folder appears only when complete."""
     from .training import train_head
 
-    cache = project.open_cache()
+    cache = project.open_cache(block=getattr(config, "block", None))
     classes = project.catalog().classes
     if len(classes) < 2:
         raise TrainingError(f"{project.root}: training needs at least two classes; labels found: {classes or 'none'}")
@@ -417,7 +420,8 @@ def _train(
         "n_val": len(val_ids),
         "catalog_version": project.settings.catalog_version,
         "cache_fingerprint": cache.fingerprint,
-        "backbone": cache.backbone,
+        "block": cache.block,  # which of the cache's blocks; "backbone" describes that block alone
+        "backbone": cache.block_backbone,
     }
     run = project.write_run(run_id, record, result.state_dict)
     if result.stopped == "interrupted":
@@ -440,7 +444,7 @@ def _explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
     from .heads import attention_map, build_head, probabilities
 
     run = project.run(run_id)
-    cache = project.open_cache(run.record["cache_fingerprint"])
+    cache = project.open_cache(run.record["cache_fingerprint"], block=run.record.get("block"))
     project.check_cache_fits(run, cache)
     head_config, state = project.load_head(run)
     head = build_head(head_config)
@@ -488,7 +492,7 @@ def _evaluate(project: Any, run_id: Optional[str] = None, split: str = "test", *
         raise ProjectError(f"{run.path / 'run.json'}: run {run.run_id} was trained on the classes "
                            f"{', '.join(run.record['classes'])} but the catalog has {', '.join(catalog_classes)}; "
                            f"its outputs cannot be scored against these labels; train again")
-    cache = project.open_cache(run.record["cache_fingerprint"])
+    cache = project.open_cache(run.record["cache_fingerprint"], block=run.record.get("block"))
     project.check_cache_fits(run, cache)
     ids, y, entries = project.labelled_split(split, cache)
     if not ids:

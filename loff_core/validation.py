@@ -359,11 +359,11 @@ def _augment_name(augment: Any) -> Any:
     return augment.to_dict()
 
 
-def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
+def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0, block: Optional[str] = None,
                    progress: Progress = Progress()) -> dict[str, Any]:
     """`loff cv`: K patient-grouped, label-stratified folds over train + val; saved as a
     group. Returns {"group", "folds", "metrics": {name: {"mean", "sd", "per_fold"}}, ...}."""
-    cache = project.open_cache()
+    cache = project.open_cache(block=block or getattr(config, "block", None))
     pool, classes = project_pool(project, cache)
     task = config.task if config != LOGREG else project.settings.task
     if config != LOGREG and config.task == "ordinal" and len(classes) < 3:
@@ -379,7 +379,7 @@ def cross_validate(project: Any, config: Any, *, folds: int = 5, seed: int = 0,
               "n_images": len(pool.ids), "n_patients": int(len(np.unique(pool.groups))),
               "fold_sizes": result["fold_sizes"], "best_epochs": result["best_epochs"],
               "started": started, "finished": _now(), "catalog_version": project.settings.catalog_version,
-              "cache_fingerprint": cache.fingerprint}
+              "cache_fingerprint": cache.fingerprint, "block": cache.block}
     _save_group(project, record)
     return record
 
@@ -511,14 +511,14 @@ def retrain_final(source: Any, pool: Pool, classes: Sequence[str], task: str, be
 
 
 def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: Optional[str] = None,
-         device: str = "auto", progress: Progress = Progress(),
+         device: str = "auto", block: Optional[str] = None, progress: Progress = Progress(),
          on_trial: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
     """`loff tune`: search scored by grouped CV on train + val, winner retrained on train +
     val as a normal run, evaluated once on test. Returns {"group", "leaderboard", "best",
     "run", "test"}."""
     from .training import TrainConfig
 
-    cache = project.open_cache()
+    cache = project.open_cache(block=block)
     pool, classes = project_pool(project, cache)
     task = task or project.settings.task
     if len(classes) < 2:
@@ -530,7 +530,8 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
 
     data = _in_memory(cache)
     found = tune_source(data, pool, classes, task, trials=trials, folds=folds, seed=seed,
-                        base=TrainConfig(task=task, device=device), progress=search, on_trial=on_trial)
+                        base=TrainConfig(task=task, device=device, block=cache.block), progress=search,
+                        on_trial=on_trial)
     best = found["best"]
     # not linked to Stop: the winner is always trained to the end (a few seconds)
     final_progress = Progress(on_report=lambda d, n, m: progress.report(950 + int(50 * d / n) if n else 950, total,
@@ -549,7 +550,7 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
         "notes": [f"chosen by `loff tune` (group {group}): {folds}-fold grouped CV on train + val, then retrained on "
                   f"train + val"], "n_train": len(pool.ids), "n_val": 0,
         "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
-        "backbone": cache.backbone, "group": group,
+        "block": cache.block, "backbone": cache.block_backbone, "group": group,
     }
     run = project.write_run(run_id, record, state)
     folder = project.root / GROUPS_DIR / group
@@ -577,6 +578,7 @@ def tune(project: Any, *, trials: int = 8, folds: int = 5, seed: int = 0, task: 
            "test": None if test is None else test["metrics"], "test_ci": None if test is None else test["ci"],
            "n_test": None if test is None else test["n"], "stopped": found["stopped"], "seed": seed,
            "started": started, "finished": _now(), "n_images": len(pool.ids),
-           "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint}
+           "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
+           "block": cache.block}
     _save_group(project, out)
     return out
