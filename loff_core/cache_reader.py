@@ -164,6 +164,15 @@ class FeatureCache(_IdIndex):
         h, w = self.grid_hw
         return (h * w * self.feature_dim + self.feature_dim) * 2
 
+    def stored_bytes_per_image(self) -> int:
+        """What one image takes in the file: every block's grid and CLS (nbytes_per_image:
+        the chosen block's, what training holds in memory)."""
+        total = 0
+        for i in range(len(self.blocks)):
+            _, h, w, c = self._h[block_datasets(i)[1]].shape
+            total += (h * w * c + c) * 2
+        return total
+
     def nbytes(self) -> int:
         return self.nbytes_per_image() * len(self.image_ids)
 

@@ -131,6 +131,8 @@ def test_a_cache_of_two_blocks_reads_each_block(images, tmp_path):
         assert c.block_backbone["fingerprint"] == alone.fingerprint == last.cache_path.stem
         assert c.block_backbone["layers"] == "last" and "blocks" not in c.block_backbone
         assert c.nbytes_per_image() == alone.nbytes_per_image()
+        assert c.stored_bytes_per_image() == alone.nbytes_per_image() + first.cls.shape[1] * (
+            1 + first.grid.shape[2] * first.grid.shape[3]) * 2
         with pytest.raises(CacheError, match="holds the blocks -2, last"):
             c.use_block("-3")
     with FeatureCache.open(res.cache_path, block="last") as c:
