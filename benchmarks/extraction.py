@@ -129,7 +129,10 @@ def bench_extract(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             continue
         for threads in args.thread_counts:
             rows.append(bench_one(args, work, name, args.image_size or size, threads, items))
-            print(f"# {name} {threads} thread(s): ratio {rows[-1]['ratio']:.2f}", file=sys.stderr, flush=True)
+            e = rows[-1]
+            print(f"# {name} {threads} thread(s): forward {e['forward_median']}, end to end {e['e2e_median']:.1f} "
+                  f"(two blocks {e['e2e_two_blocks_median']:.1f}) img/s, ratio {e['ratio']:.2f}",
+                  file=sys.stderr, flush=True)
     torch.set_num_threads(threads_before)
     return rows
 
