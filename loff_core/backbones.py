@@ -349,7 +349,14 @@ def _token_module_class() -> type:
                 import torch.nn.functional as F
 
                 if self.grid is not None and (grid.shape[2] > self.grid or grid.shape[3] > self.grid):
-                    grid = F.adaptive_avg_pool2d(grid, (min(self.grid, grid.shape[2]), min(self.grid, grid.shape[3])))
+                    out = (min(self.grid, grid.shape[2]), min(self.grid, grid.shape[3]))
+                    if torch.onnx.is_in_onnx_export() and (grid.shape[2] % out[0] or grid.shape[3] % out[1]):
+                        # ONNX has no adaptive pooling of uneven bins (Lite2's 17 x 17 stage to 16 x 16):
+                        # the same average as two constant matrices (bins as PyTorch defines them)
+                        ph = _adaptive_pool_matrix(int(grid.shape[2]), out[0]).to(grid.dtype)
+                        pw = _adaptive_pool_matrix(int(grid.shape[3]), out[1]).to(grid.dtype)
+                        return torch.matmul(ph, torch.matmul(grid, pw.t()))
+                    grid = F.adaptive_avg_pool2d(grid, out)
                 return grid
 
             def _from_final(self, image: Any, feats: Any) -> tuple[Any, Any]:
@@ -429,6 +436,18 @@ def _token_module_class() -> type:
 
 
 _TOKEN_MODULE: Optional[type] = None
+
+
+def _adaptive_pool_matrix(n: int, m: int) -> Any:
+    """[m, n]: row i averages input cells floor(i n / m) .. ceil((i + 1) n / m) - 1, the bins of
+    torch's adaptive_avg_pool (so grid -> P_h @ grid @ P_w^T is that pooling)."""
+    import torch
+
+    mat = torch.zeros(m, n)
+    for i in range(m):
+        start, end = (i * n) // m, -((-(i + 1) * n) // m)
+        mat[i, start:end] = 1.0 / (end - start)
+    return mat
 
 
 def parse_layers(text: Optional[str]) -> Optional[list[int]]:

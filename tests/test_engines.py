@@ -64,6 +64,19 @@ def test_engines_give_the_same_tokens_within_float16(spec):
     assert not _close_in_f16(torch_out[0][1], torch_out[0][1] + 0.01 * (1 + torch_out[0][1].abs()))  # the check can fail
 
 
+def test_onnxruntime_pools_uneven_grids_as_torch_does():
+    """Lite2's -2 stage is 17 x 17 at 260 px, pooled to 16 x 16: uneven bins, which ONNX's
+    pooling cannot express (the export failed and extraction fell back to torch); here
+    Lite0's 4 x 4 stage at 64 px pooled to 3 x 3 has uneven bins too."""
+    b = load_backbone(BackboneSpec(**{**LITE.__dict__, "grid": 3, "layers": "-2,last"}), "cpu")
+    assert b.block_shapes[0][1] == (3, 3)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    want = TorchEngine(b)(x)
+    got = OnnxRuntimeEngine(b, threads=1)(x)
+    for (wc, wg), (gc, gg) in zip(want, got):
+        assert _close_in_f16(gc, wc) and _close_in_f16(gg, wg)
+
+
 def test_the_engine_is_recorded_but_does_not_change_the_fingerprint(images, tmp_path):
     a = extract_features(images, LITE, tmp_path / "a", device="cpu", batch_size=4, num_workers=0, engine="torch")
     b = extract_features(images, LITE, tmp_path / "b", device="cpu", batch_size=4, num_workers=0,
