@@ -7,9 +7,9 @@ of the cache fingerprint; the cache records which engine wrote it (attribute `en
     torch        PyTorch eager; CNNs in channels_last memory format (on the CPU too: 1.1-3x
                  NCHW here), bf16 autocast on CUDA
     onnxruntime  the token module exported to ONNX (in memory, a few seconds) and run by
-                 ONNX Runtime's CPU provider: on the 2-core machine 2.2x torch channels_last
-                 for Lite0 at 224 px, 2.5x for Lite2 at 260 px, 1.5x for a ViT-S/14
-                 (docs/benchmarks.md, section 2)
+                 ONNX Runtime's CPU provider: on the 2-core machine 2.7x torch channels_last
+                 for Lite0 at 224 px and 2.4x for Lite2 at 260 px (1 thread; docs/benchmarks.md,
+                 section 2), 1.5x torch eager for a ViT-S/14 in a one-off check
 
 `choose_engine(backbone, "auto", images=N)`: CUDA -> torch; CPU -> onnxruntime when there are
 at least ONNX_MIN_IMAGES images to extract (the export takes 2-4 s, which torch's slower
@@ -90,7 +90,10 @@ class OnnxRuntimeEngine:
         buffer = io.BytesIO()
         import warnings
 
-        with torch.no_grad(), warnings.catch_warnings():
+        import contextlib
+
+        # redirect: on failure the exporter prints its whole graph; the reason is in the exception
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # tracer warnings about shapes taken as constants (fixed size)
             torch.onnx.export(module, (sample,), buffer, input_names=["image"], output_names=names,
                               dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}},
