@@ -13,7 +13,7 @@ and OUT/suite.json + OUT/suite.md gather them:
                of (a) full fine-tuning + linear head, pixel augmentations, bf16 autocast, and
                (b) the LOFF-TA head on the cache with tensor augmentations; ratios; MFU.
 2. extraction  `extract_features` end to end vs the forward pass alone on device tensors,
-               ViT-L/14 at 518, same batch (benchmarks/extraction.py), with the engine's
+               ViT-L/14 at 518, same batch (benchmarks/extraction_gpu.py), with the engine's
                default loader workers and with more (before / after in the same run).
 3. cuda_path   `loff demo` + extract / train / evaluate / export --onnx / predict with
                --device cuda (in one process, through `loff_core.cli.main` as `loff` runs
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--loff-epochs", str(cfg["loff_epochs"]), "--repeats", str(cfg["repeats"]), "--grid", str(cfg["grid"]),
                    "--head", cfg["head"], "--json", str(out / "finetune.json"), *threads]
         elif name == "extraction":
-            cmd = [py, str(HERE / "extraction.py"), "--device", args.device, "--backbone", cfg["backbone"],
+            cmd = [py, str(HERE / "extraction_gpu.py"), "--device", args.device, "--backbone", cfg["backbone"],
                    "--image-size", str(cfg["image_size"]), "--grid", str(cfg["grid"]), "--images", str(cfg["images"]),
                    "--batch-size", str(cfg["batch_size"]), "--repeats", str(cfg["repeats"]), "--no-decode",
                    "--compare-workers", *map(str, cfg["compare_workers"]), "--json", str(out / "extraction.json"), *threads]

@@ -166,46 +166,60 @@ class FrozenBackbone:
         self.weights_source = weights_source
         self.weights_hash = _state_hash(model)
         self.model.to(device)
-        if device.type == "cuda" and not hasattr(model, "patch_embed"):
+        if not hasattr(model, "patch_embed"):  # CNNs: channels_last (CUDA, and the CPU: 1.1-3x NCHW there)
             self.model.to(memory_format=torch.channels_last)
-        self._module = _token_module_class()(model, spec.grid, parse_layers(spec.layers)).eval()
+        self.blocks = parse_blocks(spec.layers, model)
+        self._module = _token_module_class()(model, spec.grid,
+                                             blocks=[parse_layers(b) for b in self.blocks]).eval()
         with torch.inference_mode():
-            cls, grid = self._module(torch.zeros(1, 3, image_size, image_size, device=device))
-        self.feature_dim = int(cls.shape[1])
-        self.grid_hw = (int(grid.shape[2]), int(grid.shape[3]))
+            out = self._module(torch.zeros(1, 3, image_size, image_size, device=device))
+        #: (feature_dim, (h, w)) of each block, in the order of `blocks`
+        self.block_shapes = [(int(out[2 * i].shape[1]), (int(out[2 * i + 1].shape[2]), int(out[2 * i + 1].shape[3])))
+                             for i in range(len(self.blocks))]
+        self.feature_dim, self.grid_hw = self.block_shapes[0]
         self.fingerprint = fingerprint_of(self._identity())
 
-    def _identity(self) -> dict[str, Any]:
+    def _identity(self, layers: Optional[str] = None) -> dict[str, Any]:
         p = self.preprocessor
+        layers = ",".join(self.blocks) if layers is None else layers
         return identity_of({"name": self.spec.name, "weights_hash": self.weights_hash, "image_size": p.image_size,
                             "grid": self.spec.grid, "mean": list(p.mean), "std": list(p.std),
-                            "preprocess_version": PREPROCESS_VERSION,
-                            "layers": None if parse_layers(self.spec.layers) is None else self.spec.layers})
+                            "preprocess_version": PREPROCESS_VERSION, "layers": layers})
 
     def describe(self) -> dict[str, Any]:
         weights_file = None
         if self.spec.weights:
             weights_file = str(Path(self.spec.weights).resolve())
-        return {**self._identity(), "layers": self.spec.layers or "last",
-                "fingerprint": self.fingerprint, "grid_hw": list(self.grid_hw),
-                "feature_dim": self.feature_dim, "random_init": self.spec.random_init, "seed": self.spec.seed,
-                "weights_source": self.weights_source, "weights_file": weights_file}
+        out = {**self._identity(), "layers": ",".join(self.blocks),
+               "fingerprint": self.fingerprint, "grid_hw": list(self.grid_hw),
+               "feature_dim": self.feature_dim, "random_init": self.spec.random_init, "seed": self.spec.seed,
+               "weights_source": self.weights_source, "weights_file": weights_file}
+        if len(self.blocks) > 1:  # each block as a one-block cache of it would describe itself
+            out["blocks"] = [{"layers": b, "feature_dim": dim, "grid_hw": list(hw),
+                              "fingerprint": fingerprint_of(self._identity(b))}
+                             for b, (dim, hw) in zip(self.blocks, self.block_shapes)]
+        return out
 
     def token_module(self) -> Any:
         """image [B,3,S,S] -> (cls [B,C], grid [B,C,h,w]) as an nn.Module (for ONNX export)."""
         return self._module
 
     def tokens(self, batch: Any) -> tuple[Any, Any]:
-        """Frozen forward pass: float32 `cls [B,C]`, `grid [B,C,h,w]` (bf16 autocast on CUDA)."""
+        """Frozen forward pass: float32 `cls [B,C]`, `grid [B,C,h,w]` of the first block (bf16
+        autocast on CUDA)."""
+        return self.blocks_tokens(batch)[0]
+
+    def blocks_tokens(self, batch: Any) -> list[tuple[Any, Any]]:
+        """One forward pass: float32 (cls [B,C], grid [B,C,h,w]) of each block in `blocks`."""
         import torch
 
         batch = batch.to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and not hasattr(self.model, "patch_embed"):
+        if not hasattr(self.model, "patch_embed"):
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.device.type == "cuda"):
-            cls, grid = self._module(batch)
-        return cls.float(), grid.float()
+            out = self._module(batch)
+        return [(out[2 * i].float(), out[2 * i + 1].float()) for i in range(len(out) // 2)]
 
 
 def _token_module_class() -> type:
@@ -218,23 +232,44 @@ def _token_module_class() -> type:
         class _TokenModule(torch.nn.Module):
             """Backbone forward -> (pooled/CLS embedding, pooled token grid)."""
 
-            def __init__(self, model: Any, grid: Optional[int], indices: Optional[list[int]] = None):
+            def __init__(self, model: Any, grid: Optional[int], indices: Optional[list[int]] = None,
+                         blocks: Optional[list[Optional[list[int]]]] = None):
                 super().__init__()
                 self.model = model
                 self.grid = grid
-                self.indices = indices
+                # one entry per block: None (the model's own output) or the block indices to average
+                self.blocks = list(blocks) if blocks is not None else [indices]
+                self.indices = self.blocks[0]
                 self.prefix = int(getattr(model, "num_prefix_tokens",
                                           1 if getattr(model, "cls_token", None) is not None else 0))
 
-            def forward(self, image: Any) -> tuple[Any, Any]:
+            def forward(self, image: Any) -> tuple[Any, ...]:
+                """(cls, grid) for one block; (cls0, grid0, cls1, grid1, ...) for several,
+                all from one forward pass."""
+                if len(self.blocks) > 1:
+                    return self._several(image)
+                if self.indices is not None:
+                    cls, grid = self._mean(self._intermediates(image, self.indices, True)[1])
+                    return cls, self._pool(grid)
+                feats = self.model.forward_features(image)
+                return self._from_final(image, feats)
+
+            def _pool(self, grid: Any) -> Any:
                 import torch.nn.functional as F
 
-                if self.indices is not None:
-                    cls, grid = self._intermediate(image)
-                    if self.grid is not None and (grid.shape[2] > self.grid or grid.shape[3] > self.grid):
-                        grid = F.adaptive_avg_pool2d(grid, (min(self.grid, grid.shape[2]), min(self.grid, grid.shape[3])))
-                    return cls, grid
-                feats = self.model.forward_features(image)
+                if self.grid is not None and (grid.shape[2] > self.grid or grid.shape[3] > self.grid):
+                    out = (min(self.grid, grid.shape[2]), min(self.grid, grid.shape[3]))
+                    if torch.onnx.is_in_onnx_export() and (grid.shape[2] % out[0] or grid.shape[3] % out[1]):
+                        # ONNX has no adaptive pooling of uneven bins (Lite2's 17 x 17 stage to 16 x 16):
+                        # the same average as two constant matrices (bins as PyTorch defines them)
+                        ph = _adaptive_pool_matrix(int(grid.shape[2]), out[0]).to(grid.dtype)
+                        pw = _adaptive_pool_matrix(int(grid.shape[3]), out[1]).to(grid.dtype)
+                        return torch.matmul(ph, torch.matmul(grid, pw.t()))
+                    grid = F.adaptive_avg_pool2d(grid, out)
+                return grid
+
+            def _from_final(self, image: Any, feats: Any) -> tuple[Any, Any]:
+                """(pooled/CLS embedding, pooled grid) from the model's forward_features output."""
                 cls = self.model.forward_head(feats, pre_logits=True)
                 if feats.ndim == 3:  # ViT-style [B, prefix + h*w, C]
                     patches = feats[:, self.prefix:]
@@ -249,43 +284,79 @@ def _token_module_class() -> type:
                     raise BackboneError(f"unsupported feature shape {tuple(feats.shape)} from the backbone")
                 if cls.ndim != 2:
                     cls = cls.flatten(1)
-                if self.grid is not None and (grid.shape[2] > self.grid or grid.shape[3] > self.grid):
-                    grid = F.adaptive_avg_pool2d(grid, (min(self.grid, grid.shape[2]), min(self.grid, grid.shape[3])))
-                return cls, grid
+                return cls, self._pool(grid)
 
-            def _intermediate(self, image: Any) -> tuple[Any, Any]:
-                """Tokens of chosen blocks (ViT: normalised by the final norm, as DINOv2's
-                get_intermediate_layers; CNN: a stage's feature map), averaged over them."""
+            def _several(self, image: Any) -> tuple[Any, ...]:
+                depth = len(getattr(self.model, "feature_info", None) or getattr(self.model, "blocks", []))
+                wanted = sorted({i % depth for ind in self.blocks if ind is not None for i in ind}) if depth else []
+                need_final = any(ind is None for ind in self.blocks)
+                final, got = self._intermediates(image, wanted, not need_final) if wanted else (
+                    self.model.forward_features(image), [])
+                by_index = dict(zip(wanted, got))
+                out: list[Any] = []
+                for ind in self.blocks:
+                    if ind is None:
+                        out += self._from_final(image, final)
+                    else:
+                        cls, grid = self._mean([by_index[i % depth] for i in ind])
+                        out += [cls, self._pool(grid)]
+                return tuple(out)
+
+            def _mean(self, pairs: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+                grids = [g for g, _ in pairs]
+                if len({tuple(g.shape) for g in grids}) > 1:
+                    raise BackboneError(f"layers: the chosen stages have different shapes "
+                                        f"{[tuple(g.shape[1:]) for g in grids]}; choose one stage")
+                if len(pairs) == 1:
+                    return pairs[0][1], pairs[0][0]
+                return torch.stack([c for _, c in pairs]).mean(0), torch.stack(grids).mean(0)
+
+            def _intermediates(self, image: Any, indices: list[int], only: bool) -> tuple[Any, list[tuple[Any, Any]]]:
+                """(final features or None, [(grid, cls) per block in block order]) of chosen
+                blocks (ViT: normalised by the final norm, as DINOv2's get_intermediate_layers;
+                CNN: a stage's feature map, its "CLS" the stage's global average)."""
                 is_vit = hasattr(self.model, "patch_embed") and hasattr(self.model, "blocks")
+                final = None
                 try:
                     if is_vit:
-                        outs = self.model.forward_intermediates(image, indices=self.indices, norm=True,
+                        outs = self.model.forward_intermediates(image, indices=indices, norm=True,
                                                                 return_prefix_tokens=True, output_fmt="NCHW",
-                                                                intermediates_only=True)
+                                                                intermediates_only=only)
+                        if not only:
+                            final, outs = outs
                         grids = [o[0] for o in outs]
                         if self.prefix and getattr(self.model, "cls_token", None) is not None:
                             clss = [o[1][:, 0] for o in outs]
                         else:
                             clss = [g.mean((2, 3)) for g in grids]
                     else:
-                        grids = list(self.model.forward_intermediates(image, indices=self.indices,
-                                                                      intermediates_only=True))
+                        outs = self.model.forward_intermediates(image, indices=indices, intermediates_only=only)
+                        if not only:
+                            final, outs = outs
+                        grids = list(outs)
                         clss = [g.mean((2, 3)) for g in grids]
                 except (IndexError, AssertionError, AttributeError, NotImplementedError) as exc:
                     raise BackboneError(f"layers: {type(self.model).__name__} cannot give blocks "
-                                        f"{self.indices} ({exc})") from None
-                if len({tuple(g.shape) for g in grids}) > 1:
-                    raise BackboneError(f"layers: the chosen stages have different shapes "
-                                        f"{[tuple(g.shape[1:]) for g in grids]}; choose one stage")
-                if len(grids) == 1:
-                    return clss[0], grids[0]
-                return torch.stack(clss).mean(0), torch.stack(grids).mean(0)
+                                        f"{indices} ({exc})") from None
+                return final, list(zip(grids, clss))
 
         _TOKEN_MODULE = _TokenModule
     return _TOKEN_MODULE
 
 
 _TOKEN_MODULE: Optional[type] = None
+
+
+def _adaptive_pool_matrix(n: int, m: int) -> Any:
+    """[m, n]: row i averages input cells floor(i n / m) .. ceil((i + 1) n / m) - 1, the bins of
+    torch's adaptive_avg_pool (so grid -> P_h @ grid @ P_w^T is that pooling)."""
+    import torch
+
+    mat = torch.zeros(m, n)
+    for i in range(m):
+        start, end = (i * n) // m, -((-(i + 1) * n) // m)
+        mat[i, start:end] = 1.0 / (end - start)
+    return mat
 
 
 def parse_layers(text: Optional[str]) -> Optional[list[int]]:
@@ -303,6 +374,28 @@ def parse_layers(text: Optional[str]) -> Optional[list[int]]:
                             f"-K: (mean of the last K blocks)")
     k = int(match.group(1))
     return list(range(k, 0)) if match.group(2) else [k]
+
+
+#: `--layers default`: the blocks the default extraction stores (docs/benchmarks.md, "Which
+#: layer"): for CNNs the second-to-last stage first (the attention head's best on mini-MIAS:
+#: Lite0 and Lite2 AUC 0.864 vs 0.835 / 0.830 from `last`), then the network's output (the
+#: linear probe's best: 0.836 / 0.849 vs 0.716 / 0.758); ViTs: their output only (no evidence yet)
+DEFAULT_LAYERS = {"cnn": "-2,last", "vit": "last"}
+
+
+def parse_blocks(text: Optional[str], model: Any = None) -> list[str]:
+    """`--layers` as the list of blocks a cache stores, from one forward pass: comma-separated
+    block specs (each as `parse_layers` reads it; the first is the default block training
+    uses), or `default` (DEFAULT_LAYERS for this kind of model)."""
+    text = (text or "last").strip()
+    if text == "default":
+        text = DEFAULT_LAYERS["vit" if model is not None and hasattr(model, "patch_embed") else "cnn"]
+    blocks = [b.strip() for b in text.split(",")]
+    if any(not b for b in blocks) or len(set(blocks)) != len(blocks):
+        raise BackboneError(f"layers {text!r}: expected blocks separated by commas, each once (e.g. last,-2)")
+    for b in blocks:
+        parse_layers(b)
+    return blocks
 
 
 def _patch_grid(model: Any, image: Any, n: int) -> tuple[int, int]:

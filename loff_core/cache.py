@@ -105,13 +105,25 @@ def _worker_init(_worker_id: int) -> None:
     close_inherited_locks()
 
 
-def _default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+def _default_workers(device_type: str = "cuda") -> int:
+    """Decode worker processes. On a GPU up to 4 (the GPU waits for the disk otherwise); on
+    the CPU the forward pass takes all the cores (engines.cpu_threads) and decoding is ~10 %
+    of its time, so one worker when there are 2+ cores, none on 1 core (no oversubscription)."""
+    from .engines import available_cores
+
+    cores = available_cores()
+    if device_type == "cpu":
+        return 1 if cores >= 2 else 0
+    return max(0, min(4, cores - 1))
+
+
+#: an extraction whose estimate (from the timed first batch) is longer than this says so up front
+ESTIMATE_NOTICE_SECONDS = 60.0
 
 
 def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path, *, device: str = "auto",
                      batch_size: int = ExtractSettings.batch_size, num_workers: Optional[int] = None,
-                     progress: Progress = Progress()) -> Extraction:
+                     engine: str = ExtractSettings.engine, progress: Progress = Progress()) -> Extraction:
     """Cache CLS + token grids for every (image_id, path) not cached yet; see the module docstring."""
     started = time.monotonic()
     if batch_size < 1:
@@ -134,7 +146,15 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
     progress.report(plan.skipped_images, len(plan.work),
                     f"{plan.cached} images already cached; {len(plan.work) - plan.skipped_images} to go")
     notes: list[str] = []
-    extracted, stopped = _run_batches(plan, backbone, num_workers, world, progress, notes) if plan.todo else (0, False)
+    engine_label = ""
+    extracted, stopped = 0, False
+    if plan.todo:
+        from .engines import choose_engine
+
+        # decided on the whole plan, not on what is left: a resumed run uses the same engine
+        forward = choose_engine(backbone, engine, notes, images=len(plan.work))
+        engine_label = forward.label
+        extracted, stopped = _run_batches(plan, backbone, forward, num_workers, world, progress, notes)
     if world > 1:
         import torch.distributed as dist
 
@@ -143,7 +163,7 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
             dist.barrier()
             return Extraction(cache_path=final, extracted=extracted, skipped=plan.skipped_images,
                               seconds=time.monotonic() - started, batch_size=batch_size, notes=notes)
-    failures = _finish(plan, final, backbone)
+    failures = _finish(plan, final, backbone, engine_label)
     if world > 1:
         import torch.distributed as dist
 
@@ -220,16 +240,19 @@ class _Plan:
         return cls(work, batches, names, finished, todo, failed_before, len(done_ids), batch_size, parts)
 
 
-def _run_batches(plan: _Plan, backbone: Any, num_workers: Optional[int], world: int, progress: Progress,
-                 notes: list[str]) -> tuple[int, bool]:
-    """Decode (DataLoader workers), forward and write one shard per batch of `plan.todo`;
+def _run_batches(plan: _Plan, backbone: Any, forward: Any, num_workers: Optional[int], world: int,
+                 progress: Progress, notes: list[str]) -> tuple[int, bool]:
+    """Decode (DataLoader workers), forward (`forward`: the engine) and write one shard per
+    batch of `plan.todo`; the cost said from the first batch, then a steady time left;
     returns (images extracted, stopped early)."""
     import torch
+
+    from .progress import TimeLeft
 
     total, done_count = len(plan.work), plan.skipped_images
     dataset = _DecodeDataset([str(p) for _, p in plan.work], backbone.preprocessor)
     batches = [[k * plan.batch_size + j for j in range(len(plan.batches[k]))] for k in plan.todo]
-    workers = _default_workers() if num_workers is None else max(0, num_workers)
+    workers = _default_workers(backbone.device.type) if num_workers is None else max(0, num_workers)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
         pin_memory=backbone.device.type == "cuda", prefetch_factor=4 if workers else None,
@@ -237,18 +260,21 @@ def _run_batches(plan: _Plan, backbone: Any, num_workers: Optional[int], world: 
     )
     extracted, sub_batch = 0, plan.batch_size
     t0 = time.monotonic()
+    to_do = total - done_count
+    clock = TimeLeft(to_do, t0)
     try:
         for k, (indices, batch, bad) in zip(plan.todo, loader):
             progress.check()
             ids = [plan.work[i][0] for i in indices]
             bad_named = [(plan.work[i][0], r) for i, r in bad]
             if batch is None:
-                cls = np.zeros((0, backbone.feature_dim), np.float16)
-                tokens = np.zeros((0, *backbone.grid_hw, backbone.feature_dim), np.float16)
+                blocks = [(np.zeros((0, dim), np.float16), np.zeros((0, *hw, dim), np.float16))
+                          for dim, hw in backbone.block_shapes]
             else:
-                cls, tokens, sub_batch = _forward_with_retry(backbone, batch, sub_batch, progress, notes)
+                blocks, sub_batch = _forward_with_retry(backbone, batch, sub_batch, progress, notes, forward)
             try:
-                _write_shard(plan.parts / plan.names[k], ids, cls, tokens, bad_named)
+                _write_shard(plan.parts / plan.names[k], ids, blocks[0][0], blocks[0][1], bad_named,
+                             tuple(blocks[1:]))
             except OSError as exc:
                 raise CacheError(
                     f"{plan.parts}: cannot write features ({exc.strerror or exc}); the {done_count} images "
@@ -256,9 +282,9 @@ def _run_batches(plan: _Plan, backbone: Any, num_workers: Optional[int], world: 
                     f"extract again to resume") from None
             extracted += len(ids)
             done_count = min(done_count + len(plan.batches[k]) * (world if world > 1 else 1), total)
-            rate = extracted * world / max(time.monotonic() - t0, 1e-9)
-            left = (total - done_count) / rate if rate > 0 else 0
-            progress.report(done_count, total, f"{rate:.1f} img/s, {left:.0f} s left")
+            clock.update(extracted * world, time.monotonic())
+            _report_batch(progress, clock, t0, extracted * world, to_do, len(ids) * world, done_count, total,
+                          forward.label, notes)
             if progress.stop_requested:
                 return extracted, True
     finally:
@@ -266,7 +292,28 @@ def _run_batches(plan: _Plan, backbone: Any, num_workers: Optional[int], world: 
     return extracted, False
 
 
-def _finish(plan: _Plan, final: Path, backbone: Any) -> list[tuple[str, str]]:
+def _report_batch(progress: Progress, clock: Any, t0: float, extracted: int, to_do: int, batch: int,
+                  done_count: int, total: int, engine_label: str, notes: list[str]) -> None:
+    """After the first batch, what the whole extraction will cost (a notice when it is long);
+    then the rate and a steady time left."""
+    from .progress import format_duration
+
+    now = time.monotonic()
+    if clock.batches == 1 and to_do > batch:  # the first batch, timed: say the cost
+        estimate = (now - t0) / max(1, extracted) * to_do
+        message = (f"first batch: {now - t0:.1f} s for {extracted} images ({engine_label}); "
+                   f"about {format_duration(estimate)} for the {to_do} images")
+        if estimate >= ESTIMATE_NOTICE_SECONDS:
+            notes.append(message)
+            progress.notice(message)
+        else:
+            progress.report(done_count, total, message)
+    else:
+        left = clock.seconds_left() or 0.0
+        progress.report(done_count, total, f"{clock.rate:.1f} img/s, {format_duration(left)} left")
+
+
+def _finish(plan: _Plan, final: Path, backbone: Any, engine_label: str = "") -> list[tuple[str, str]]:
     """Merge the shards into the final cache (rank 0); returns every (image id, reason) that
     could not be decoded, earlier runs' included."""
     parts = plan.parts
@@ -277,27 +324,33 @@ def _finish(plan: _Plan, final: Path, backbone: Any) -> list[tuple[str, str]]:
         if got:
             failures += got[1]
     if plan.batches and present:
-        _merge(final, parts, present, backbone)
+        _merge(final, parts, present, backbone, engine_label)
     elif not final.exists():
-        _merge(final, parts, [], backbone)  # nothing readable: an empty, finished cache
+        _merge(final, parts, [], backbone, engine_label)  # nothing readable: an empty, finished cache
     if not plan.batches:
         shutil.rmtree(parts, ignore_errors=True)
     return failures
 
 
 def _forward_with_retry(backbone: Any, batch: Any, sub_batch: int, progress: Progress,
-                        notes: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Forward a batch in pieces of `sub_batch`; on CUDA OOM halve the piece and retry."""
+                        notes: list[str], forward: Any = None) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """Forward a batch in pieces of `sub_batch` with `forward` (an engine; default: the
+    backbone's own torch forward): [(cls [B,C], tokens [B,h,w,C]) float16 per block]; on CUDA
+    OOM halve the piece and retry."""
     import torch
 
+    forward = forward or backbone.blocks_tokens
     while True:
         try:
-            cls_parts, grid_parts = [], []
+            parts: list[list[tuple[np.ndarray, np.ndarray]]] = []
             for s in range(0, len(batch), sub_batch):
-                cls, grid = backbone.tokens(batch[s:s + sub_batch])
-                cls_parts.append(cls.to(torch.float16).cpu().numpy())
-                grid_parts.append(grid.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy())
-            return np.concatenate(cls_parts), np.ascontiguousarray(np.concatenate(grid_parts)), sub_batch
+                parts.append([(cls.to(torch.float16).cpu().numpy(),
+                               grid.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy())
+                              for cls, grid in forward(batch[s:s + sub_batch])])
+            blocks = [(np.concatenate([p[i][0] for p in parts]),
+                       np.ascontiguousarray(np.concatenate([p[i][1] for p in parts])))
+                      for i in range(len(parts[0]))]
+            return blocks, sub_batch
         except Exception as exc:  # noqa: BLE001
             if not is_out_of_memory(exc):
                 raise

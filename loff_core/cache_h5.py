@@ -160,9 +160,17 @@ def _create_h5(tmp: Path, fill: Callable[[Any, Callable[[], None]], None]) -> No
     deliver()  # a signal that came while the file closed
 
 
+def block_datasets(i: int) -> tuple[str, str]:
+    """The (cls, tokens) dataset names of a cache's i-th block: the first (the default block)
+    in `cls` / `tokens`, where caches of one block always kept them (so readers of one block
+    read it as before), the others in `blocks/<i>/`."""
+    return ("cls", "tokens") if i == 0 else (f"blocks/{i}/cls", f"blocks/{i}/tokens")
+
+
 def _write_shard(path: Path, ids: list[str], cls: np.ndarray, tokens: np.ndarray,
-                 failures: list[tuple[str, str]]) -> None:
-    """One finished batch: temp file + fsync + rename, so a shard exists whole or not at all."""
+                 failures: list[tuple[str, str]], extra: tuple[tuple[np.ndarray, np.ndarray], ...] = ()) -> None:
+    """One finished batch: temp file + fsync + rename, so a shard exists whole or not at all.
+    `extra`: (cls, tokens) of the blocks after the first."""
     h5py = _h5py()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
@@ -170,6 +178,9 @@ def _write_shard(path: Path, ids: list[str], cls: np.ndarray, tokens: np.ndarray
         f.create_dataset("image_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
         f.create_dataset("cls", data=cls)
         f.create_dataset("tokens", data=tokens)
+        for i, (c, t) in enumerate(extra, start=1):
+            f.create_dataset(block_datasets(i)[0], data=c)
+            f.create_dataset(block_datasets(i)[1], data=t)
         f.create_dataset("failed_ids", data=np.array([i for i, _ in failures], dtype=object),
                          dtype=h5py.string_dtype())
         f.create_dataset("failed_reasons", data=np.array([r for _, r in failures], dtype=object),

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import CacheError
 
-from .cache_h5 import FORMAT_VERSION, _create_h5, _h5py, _read_failed, _read_shard, summary_path_for
+from .cache_h5 import FORMAT_VERSION, _create_h5, block_datasets, _h5py, _read_failed, _read_shard, summary_path_for
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -34,7 +34,7 @@ def distributed_rank_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any) -> None:
+def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any, engine: str = "") -> None:
     """Previous final file + shards -> new final file (temp + rename), then drop the shards.
 
     Sources are opened one at a time (a count pass, then a copy pass): with thousands of
@@ -55,6 +55,7 @@ def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any) -> N
             got = _read_shard(path)
             failed += got[1] if got else []
     n = sum(count for _, count in sources)
+    shapes = list(getattr(backbone, "block_shapes", None) or [(backbone.feature_dim, tuple(backbone.grid_hw))])
     c = backbone.feature_dim
     gh, gw = backbone.grid_hw
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -62,27 +63,35 @@ def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any) -> N
     def fill(out: Any, check: Callable[[], None]) -> None:
         ids_ds = out.create_dataset("image_ids", shape=(n,), dtype=h5py.string_dtype())
         # one image per chunk; an empty cache (no readable image) cannot have chunks
-        cls_ds = out.create_dataset("cls", shape=(n, c), dtype=np.float16, chunks=(1, c) if n else None)
-        tok_ds = out.create_dataset("tokens", shape=(n, gh, gw, c), dtype=np.float16,
-                                    chunks=(1, gh, gw, c) if n else None)
+        blocks = []
+        for i, (bc, (bh, bw)) in enumerate(shapes):
+            cls_name, tok_name = block_datasets(i)
+            blocks.append((cls_name, tok_name,
+                           out.create_dataset(cls_name, shape=(n, bc), dtype=np.float16, chunks=(1, bc) if n else None),
+                           out.create_dataset(tok_name, shape=(n, bh, bw, bc), dtype=np.float16,
+                                              chunks=(1, bh, bw, bc) if n else None)))
         out.create_dataset("failed_ids", data=np.array([i for i, _ in failed], dtype=object),
                            dtype=h5py.string_dtype())
         out.create_dataset("failed_reasons", data=np.array([r for _, r in failed], dtype=object),
                            dtype=h5py.string_dtype())
         row = 0
-        step = max(1, min(256, (32 << 20) // max(1, gh * gw * c * 2)))  # <= 32 MB a step
+        per_image = sum(bh * bw * bc * 2 for bc, (bh, bw) in shapes)
+        step = max(1, min(256, (32 << 20) // max(1, per_image)))  # <= 32 MB a step
         for path, count in sources:
             with h5py.File(path, "r", locking=False) as h:
                 for s in range(0, count, step):
                     e = min(count, s + step)
                     ids_ds[row + s:row + e] = h["image_ids"][s:e]
-                    cls_ds[row + s:row + e] = h["cls"][s:e]
-                    tok_ds[row + s:row + e] = h["tokens"][s:e]
+                    for cls_name, tok_name, cls_ds, tok_ds in blocks:
+                        cls_ds[row + s:row + e] = h[cls_name][s:e]
+                        tok_ds[row + s:row + e] = h[tok_name][s:e]
                     check()  # stop at the first failed write (full disk)
             row += count
         out.attrs["fingerprint"] = backbone.fingerprint
         out.attrs["backbone"] = json.dumps(backbone.describe(), sort_keys=True)
         out.attrs["format_version"] = FORMAT_VERSION
+        if engine:  # which forward engine computed the features (not part of the fingerprint)
+            out.attrs["engine"] = engine
         out.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         out.attrs["done"] = 1
     try:
@@ -101,6 +110,6 @@ def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any) -> N
     atomic_write_json(summary_path_for(final), {
         "fingerprint": backbone.fingerprint, "backbone": backbone.describe(), "images": n,
         "grid_hw": list(backbone.grid_hw), "feature_dim": backbone.feature_dim,
-        "bytes_per_image": (gh * gw * c + c) * 2,
+        "bytes_per_image": sum((bh * bw * bc + bc) * 2 for bc, (bh, bw) in shapes), "engine": engine,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     shutil.rmtree(parts, ignore_errors=True)

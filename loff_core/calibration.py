@@ -277,7 +277,7 @@ def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: str 
     if prevalence is not None:
         check_prevalence(prevalence, classes)  # before any work
     project.check_run_classes(run)  # a stale run (other classes) is refused as evaluate refuses it
-    cache = project.open_cache(record["cache_fingerprint"])
+    cache = project.open_cache(record["cache_fingerprint"], block=record.get("block"))
     project.check_cache_fits(run, cache)
     catalog = project.catalog()
     oof = project.root / "groups" / str(record.get("group")) / "oof.npz"

@@ -124,3 +124,67 @@ class Progress:
             self.report(offset + done, total, message)
 
         return self.linked(forward)
+
+
+class TimeLeft:
+    """A steady "time left" for a job done in batches (issue 20: the window's estimate swung
+    between 2,100 and 3,300 s on 5,840 images).
+
+    The rate is an exponential moving average of seconds per item over batches, each batch
+    weighted by its size (weight `alpha` per `unit` items, so small and large batches count
+    alike: with the defaults the last ~350 items carry two thirds of it; before that many
+    items it is their plain mean); the first batch, which pays warm-up costs (worker start,
+    first allocations), only seeds it and is replaced as soon as later batches come.
+    `update(done, now)` takes the count done so far and a clock reading; times are injected,
+    so tests drive it with synthetic clocks."""
+
+    def __init__(self, total: int, start: float, *, alpha: float = 0.05, unit: int = 16):
+        self.total = total
+        self.alpha, self.unit = alpha, max(1, unit)
+        self._last_done = 0
+        self._last_time = start
+        self._per_item: Optional[float] = None
+        self._counted = 0  # items in the average since the warm-up batch
+        self._batches = 0
+
+    def update(self, done: int, now: float) -> None:
+        items = done - self._last_done
+        if items <= 0:
+            return
+        per_item = max(now - self._last_time, 0.0) / items
+        self._batches += 1
+        if self._per_item is None or self._batches == 2:  # the second batch replaces the warm-up one
+            self._per_item, self._counted = per_item, items
+        else:
+            self._counted += items
+            # a plain running mean until the average holds as many items as the moving
+            # average's memory, then the moving average (so the start is not one batch's luck)
+            weight = max(1.0 - (1.0 - self.alpha) ** (items / self.unit), items / self._counted)
+            self._per_item += weight * (per_item - self._per_item)
+        self._last_done, self._last_time = done, now
+
+    @property
+    def batches(self) -> int:
+        """Batches seen so far."""
+        return self._batches
+
+    @property
+    def rate(self) -> float:
+        """Items per second (0 before the first batch)."""
+        return 1.0 / self._per_item if self._per_item else 0.0
+
+    def seconds_left(self, done: Optional[int] = None) -> Optional[float]:
+        if self._per_item is None:
+            return None
+        done = self._last_done if done is None else done
+        return max(0, self.total - done) * self._per_item
+
+
+def format_duration(seconds: float) -> str:
+    """12 s, 4 min 10 s, 1 h 05 min."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

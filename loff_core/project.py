@@ -379,7 +379,9 @@ class Project:
     def cache_paths(self) -> list[Path]:
         return sorted(self.caches_dir.glob("*.h5")) if self.caches_dir.is_dir() else []
 
-    def open_cache(self, fingerprint: Optional[str] = None) -> Any:
+    def open_cache(self, fingerprint: Optional[str] = None, block: Optional[str] = None) -> Any:
+        """The cache `fingerprint` (default: the active one), reading its block `block`
+        (default: the cache's first; a run passes its record's `block`)."""
         from .cache_reader import FeatureCache
 
         fingerprint = fingerprint or self.settings.active_cache
@@ -389,7 +391,7 @@ class Project:
         path = self.caches_dir / f"{fingerprint}.h5"
         if not path.exists():
             raise CacheError("feature cache is missing or unfinished", path, Remedy.EXTRACT_AGAIN, project=self.root)
-        return FeatureCache.open(path, expected_fingerprint=fingerprint)
+        return FeatureCache.open(path, expected_fingerprint=fingerprint, block=block)
 
     def cached_images(self, fingerprint: str) -> Optional[int]:
         """Images in a cache, from the JSON summary written beside it (no HDF5 opened: the

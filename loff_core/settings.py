@@ -35,6 +35,20 @@ DEVICE_HELP = "auto, cpu, cuda or cuda:N"
 #: a backbone card, an exported head's card (`input_size_problem`)
 INPUT_SIZE_MIN, INPUT_SIZE_MAX = 16, 4096
 
+#: forward engines of extraction (loff_core/engines.py, which reads this table)
+ENGINES: dict[str, str] = {
+    "auto": "onnxruntime on the CPU when the backbone exports to ONNX, else torch",
+    "torch": "PyTorch (channels_last for CNNs; bf16 autocast on CUDA)",
+    "onnxruntime": "ONNX Runtime on the CPU (the backbone exported to ONNX in memory first)",
+}
+
+
+def _block() -> Any:
+    """`--block`: which of the cache's blocks a head is trained on (train, cv, tune: one
+    declaration); recorded in the run, its fingerprint'd backbone record and the exported card."""
+    return setting(None, "which of the cache's blocks to train on (a cache extracted with --layers -2,last holds "
+                   "two; default: its first)", optional=True)
+
 
 def setting(default: Any = MISSING, help: str = "", *, kind: type = str, unit: str = "",
             low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False,
@@ -198,23 +212,30 @@ class TrainConfig(Checked):
     class_weights: bool = setting(True, "weight the loss by inverse class frequency", kind=bool, option=None)
     width: int = setting(192, "width of the attention / ViT head", kind=int, low=8, option=None)
     depth: int = setting(2, "blocks of the ViT head", kind=int, low=1, option=None)
+    block: Optional[str] = _block()
 
 
 @dataclass(frozen=True)
 class ExtractSettings(Checked):
     """How the frozen backbone is run over the images (`loff extract`, the Cache page)."""
 
-    layers: str = setting("last", "which block(s) give the tokens: last (the model's output), -K (the K-th block "
-                          "from the end; for EfficientNets a feature stage), N (block N) or -K: (the mean of the "
-                          "last K); part of the cache's fingerprint and of the exported card")
+    layers: str = setting("default", "which block(s) give the tokens: last (the model's output), -K (the K-th "
+                          "block from the end; for EfficientNets a feature stage), N (block N) or -K: (the mean of "
+                          "the last K); several separated by commas (e.g. -2,last) are stored together from one "
+                          "forward pass, the first is the default block training uses; default: for CNNs -2,last "
+                          "(the attention head's best stage, then the linear probe's), for ViTs last; part of the "
+                          "cache's fingerprint, and the chosen block of the exported card")
     image_size: Optional[int] = setting(None, "input size in pixels (default: the model's own)", kind=int,
                                         low=INPUT_SIZE_MIN, high=INPUT_SIZE_MAX, unit="px", optional=True)
     grid: int = setting(16, "average-pool the token grid to at most GRID x GRID (LOFF-TA's high-resolution route)",
                         kind=int, low=1, unit="tokens")
     batch_size: int = setting(16, "images per backbone forward pass", kind=int, low=1, unit="images")
-    workers: Optional[int] = setting(None, "decode worker processes (default: up to 4)", kind=int, low=0,
-                                     optional=True)
+    workers: Optional[int] = setting(None, "decode worker processes (default: 1 on a CPU with 2+ cores, up to 4 "
+                                     "with a GPU)", kind=int, low=0, optional=True)
     device: str = setting("auto", DEVICE_HELP)
+    engine: str = setting("auto", "who runs the backbone: " + "; ".join(f"{k}: {v}" for k, v in ENGINES.items())
+                          + " (the features are the same within float16; the cache records the engine)",
+                          choices=ENGINES)
 
 
 def _bootstrap() -> Any:

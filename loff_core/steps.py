@@ -65,7 +65,7 @@ def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings
     rank, world = distributed_rank_world()
     with project.lock() if rank == 0 else nullcontext():
         result = _extract(project, spec, device=settings.device, batch_size=settings.batch_size,
-                          num_workers=settings.workers, progress=progress)
+                          num_workers=settings.workers, engine=settings.engine, progress=progress)
     if rank != 0:
         return ExtractResult(rank=rank, world_size=world, extracted=result.extracted, notes=list(result.notes))
     cache = project.open_cache()
@@ -78,7 +78,7 @@ def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings
         skipped=result.skipped,
         failed=[{"path": project.relative(f.path), "reason": f.reason} for f in result.failures],
         seconds=round(result.seconds, 2),
-        bytes_per_image=cache.nbytes_per_image(),
+        bytes_per_image=cache.stored_bytes_per_image(),
         notes=result.notes,
         stopped=result.stopped,
         world_size=world,
@@ -312,6 +312,7 @@ def _extract(
     device: str = "auto",
     batch_size: int = ExtractSettings.batch_size,
     num_workers: Optional[int] = None,
+    engine: str = ExtractSettings.engine,
     progress: Progress = Progress(),
 ) -> Any:
     """Run the frozen backbone over every catalogued image; returns a cache.Extraction."""
@@ -323,7 +324,7 @@ def _extract(
     items = [(e.image_id, root / e.path) for e in catalog.entries]
     result = extract_features(
         items, spec, project.caches_dir, device=device, batch_size=batch_size,
-        num_workers=num_workers, progress=progress,
+        num_workers=num_workers, engine=engine, progress=progress,
     )
     if distributed_rank_world()[0] != 0:
         return result  # under torchrun, rank 0 merges and records the cache
@@ -353,7 +354,7 @@ def _train(
     from .training import train_head
 
     project.check_cache_complete()  # the one rule: both front ends refuse a partial cache
-    cache = project.open_cache()
+    cache = project.open_cache(block=getattr(config, "block", None))
     classes = project.catalog().classes
     if len(classes) < 2:
         raise TrainingError(f"{project.root}: training needs at least two classes; labels found: {classes or 'none'}")
@@ -389,7 +390,8 @@ def _train(
         "n_val": len(val_ids),
         "catalog_version": project.settings.catalog_version,
         "cache_fingerprint": cache.fingerprint,
-        "backbone": cache.backbone,
+        "block": cache.block,  # which of the cache's blocks; "backbone" describes that block alone
+        "backbone": cache.block_backbone,
     }
     run = project.write_run(run_id, record, result.state_dict)
     if result.stopped == "interrupted":
@@ -412,7 +414,7 @@ def _explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
     from .heads import attention_map, build_head, probabilities
 
     run = project.run(run_id)
-    cache = project.open_cache(run.record["cache_fingerprint"])
+    cache = project.open_cache(run.record["cache_fingerprint"], block=run.record.get("block"))
     project.check_cache_fits(run, cache)
     head_config, state = project.load_head(run)
     head = build_head(head_config)

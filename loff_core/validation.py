@@ -374,7 +374,7 @@ def cross_validate(project: Any, settings: Any, *, progress: Progress = Progress
     config = scored_config(project, settings)
     folds, seed = settings.folds, (settings.train.seed if settings.train else 0)
     project.check_cache_complete()
-    cache = project.open_cache()
+    cache = project.open_cache(block=settings.train.block if settings.train else None)
     pool, classes = project_pool(project, cache)
     task = config.task if config != LOGREG else project.settings.task
     if config != LOGREG and config.task == "ordinal" and len(classes) < 3:
@@ -391,7 +391,7 @@ def cross_validate(project: Any, settings: Any, *, progress: Progress = Progress
               "n_images": len(pool.ids), "n_patients": int(len(np.unique(pool.groups))),
               "fold_sizes": result["fold_sizes"], "best_epochs": result["best_epochs"],
               "started": started, "finished": utc_now(), "catalog_version": project.settings.catalog_version,
-              "cache_fingerprint": cache.fingerprint}
+              "cache_fingerprint": cache.fingerprint, "block": cache.block}
     _save_group(project, record)
     return record
 
@@ -541,7 +541,7 @@ def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dic
     base = tune_base(settings.train or TrainConfig(task=project.settings.task))
     trials, folds, seed, task = settings.trials, settings.folds, base.seed, base.task
     project.check_cache_complete()
-    cache = project.open_cache()
+    cache = project.open_cache(block=base.block)
     pool, classes = project_pool(project, cache)
     if len(classes) < 2:
         raise TrainingError(f"{project.root}: tuning needs at least two classes")
@@ -570,7 +570,7 @@ def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dic
         "notes": [f"chosen by `loff tune` (group {group}): {folds}-fold grouped CV on train + val, then retrained on "
                   f"train + val"], "n_train": len(pool.ids), "n_val": 0,
         "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
-        "backbone": cache.backbone, "group": group,
+        "block": cache.block, "backbone": cache.block_backbone, "group": group,
     }
     run = project.write_run(run_id, record, state)
     folder = project.root / GROUPS_DIR / group
@@ -600,6 +600,7 @@ def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dic
            "test": None if test is None else test["metrics"], "test_ci": None if test is None else test["ci"],
            "n_test": None if test is None else test["n"], "stopped": found["stopped"], "seed": seed,
            "started": started, "finished": utc_now(), "n_images": len(pool.ids),
-           "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint}
+           "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
+           "block": cache.block}
     _save_group(project, out)
     return out

@@ -70,23 +70,29 @@ def extraction_faults(monkeypatch) -> Faults:
     """`faults.fn(stage, n)` during extraction: stage "forward" before each backbone forward
     pass (n: its images; e.g. a CUDA out-of-memory), stage "write" before each feature shard
     is written (n: 0 for the first shard this extraction writes; e.g. a full disk). Wraps
-    `FrozenBackbone.tokens` and `cache._write_shard`."""
+    the forward engines (`FrozenBackbone.blocks_tokens`, which the torch engine and `tokens`
+    call, and the ONNX Runtime engine) and `cache._write_shard`."""
     from loff_core import cache
     from loff_core.backbones import FrozenBackbone
+    from loff_core.engines import OnnxRuntimeEngine
 
-    faults, tokens, write = Faults(), FrozenBackbone.tokens, cache._write_shard
+    faults, write = Faults(), cache._write_shard
 
-    def forward(self, batch):
-        if faults.fn is not None:
-            faults.fn("forward", len(batch))
-        return tokens(self, batch)
+    def wrap(fn):
+        def forward(self, batch):
+            if faults.fn is not None:
+                faults.fn("forward", len(batch))
+            return fn(self, batch)
+        return forward
+    monkeypatch.setattr(OnnxRuntimeEngine, "__call__", wrap(OnnxRuntimeEngine.__call__))
+    forward = wrap(FrozenBackbone.blocks_tokens)
 
     def write_shard(*args, **kwargs):
         if faults.fn is not None:
             n, faults.count = faults.count, faults.count + 1
             faults.fn("write", n)
         return write(*args, **kwargs)
-    monkeypatch.setattr(FrozenBackbone, "tokens", forward)
+    monkeypatch.setattr(FrozenBackbone, "blocks_tokens", forward)
     monkeypatch.setattr(cache, "_write_shard", write_shard)
     return faults
 

@@ -44,7 +44,7 @@ class CachePage(QWidget):
         self.image_size.setSpecialValueText("model default")
         self.image_size.setSingleStep(32)
         self.grid = control_for(ExtractSettings, "grid", high=64)
-        self.layers = control_for(ExtractSettings, "layers", suggestions=["-2", "-4", "-4:"])
+        self.layers = control_for(ExtractSettings, "layers", suggestions=["last", "-2", "-2,last", "-4", "-4:"])
         self.batch = control_for(ExtractSettings, "batch_size", high=1024)
         self.device = QComboBox()
         self.device.addItem("auto", "auto")

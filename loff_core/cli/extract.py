@@ -27,7 +27,8 @@ def cmd_extract(args: argparse.Namespace) -> Any:
     project = Project.open(args.project)
     spec = backbone_spec_from_args(args)
     rank, _ = distributed_rank_world()  # under torchrun: N processes, one cache; rank 0 reports
-    settings = ExtractSettings(device=args.device, batch_size=args.batch_size, workers=args.workers)
+    settings = ExtractSettings(device=args.device, batch_size=args.batch_size, workers=args.workers,
+                               engine=args.engine)
     result = run_with_progress("extract", args.quiet or rank != 0,
                                 lambda p: steps.extract(project, spec, settings, progress=p))
     if rank == 0:
@@ -47,6 +48,10 @@ def _describe_extract(out: dict[str, Any]) -> str:
              f"{out['bytes_per_image'] / 1024:.0f} KiB per image",
              f"extracted {out['extracted']}, reused {out['skipped']}, failed {len(out['failed'])} "
              f"in {out['seconds']:.1f} s"]
+    if b.get("blocks"):  # several blocks from one forward pass; training uses the first unless --block
+        lines.insert(1, "blocks: " + ", ".join(f"{e['layers']} ({e['grid_hw'][0]} x {e['grid_hw'][1]} x "
+                                               f"{e['feature_dim']})" for e in b["blocks"])
+                     + f"; train, cv and tune use {b['blocks'][0]['layers']} unless --block says another")
     lines += [f"  {f['path']}: {f['reason']}" for f in out["failed"][:20]]
     if len(out["failed"]) > 20:
         lines.append(f"  ... and {len(out['failed']) - 20} more")

@@ -27,7 +27,16 @@ class TerminalProgress:
         self._last_line = -1e9
         self._last: tuple[int, int, str] = (0, 0, "")
         self._printed: Optional[tuple[int, int, str]] = None  # the state the last plain line showed
-        self.progress = Progress(on_report=self._on_report)
+        self.progress = Progress(on_report=self._on_report, on_notice=self._on_notice)
+
+    def _on_notice(self, message: str) -> None:
+        """A notice (e.g. extract's estimate from its first batch) is a line of its own, at once."""
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.write(f"{self.desc}: {message}", file=sys.stderr)
+        else:
+            print(f"{self.desc}: {message}", file=sys.stderr, flush=True)
 
     def _on_report(self, done: int, total: int, message: str) -> None:
         if self.quiet:

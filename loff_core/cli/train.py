@@ -137,7 +137,7 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train", parents=[common], help="train a compact head on the cached features")
     p.add_argument("project", type=Path)
     add_options(p, TrainConfig, names=["task"], defaults=False)  # default: the project's task
-    add_options(p, TrainConfig, names=["head", "epochs", "seed", "lr", "batch_size", "patience", "device"])
+    add_options(p, TrainConfig, names=["head", "epochs", "seed", "lr", "batch_size", "patience", "device", "block"])
     p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
     p.add_argument("--augment", action="append", metavar="NAME=VALUE",
                    help="change one tensor augmentation (repeatable); defaults: "

@@ -76,7 +76,8 @@ def add_cv(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "mean, SD and per-fold values; saved as a group that `loff info` lists. " + METRICS_HELP)
     p.add_argument("project", type=Path)
     add_options(p, CVSettings)
-    add_options(p, TrainConfig, names=["task", "epochs", "lr", "patience", "batch_size"], defaults=False)  # None: TrainConfig's
+    # None: TrainConfig's
+    add_options(p, TrainConfig, names=["task", "epochs", "lr", "patience", "batch_size", "block"], defaults=False)
     add_options(p, TrainConfig, names=["seed", "device"])  # the seed of the folds and of training
     p.add_argument("--no-augment", action="store_true", help="train without tensor augmentations")
     p.set_defaults(func=cmd_cv, describe=_describe_cv)
@@ -94,7 +95,8 @@ def add_tune(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "on train + val as a normal run and evaluate it once on test. " + METRICS_HELP)
     p.add_argument("project", type=Path)
     add_options(p, TuneSettings)
-    add_options(p, TrainConfig, names=["task", "batch_size"], defaults=False)  # None: the project's task, TrainConfig's
+    # None: the project's task, TrainConfig's
+    add_options(p, TrainConfig, names=["task", "batch_size", "block"], defaults=False)
     add_options(p, TrainConfig, names=["seed", "device"])
     p.set_defaults(func=cmd_tune, describe=_describe_tune)
 
