@@ -312,36 +312,40 @@ def _token_module_class() -> type:
                 return torch.stack([c for _, c in pairs]).mean(0), torch.stack(grids).mean(0)
 
             def _intermediates(self, image: Any, indices: list[int], only: bool) -> tuple[Any, list[tuple[Any, Any]]]:
-                """(final features or None, [(grid, cls) per block in block order]) of chosen
-                blocks (ViT: normalised by the final norm, as DINOv2's get_intermediate_layers;
-                CNN: a stage's feature map, its "CLS" the stage's global average)."""
-                is_vit = hasattr(self.model, "patch_embed") and hasattr(self.model, "blocks")
-                final = None
-                try:
-                    if is_vit:
-                        outs = self.model.forward_intermediates(image, indices=indices, norm=True,
-                                                                return_prefix_tokens=True, output_fmt="NCHW",
-                                                                intermediates_only=only)
-                        if not only:
-                            final, outs = outs
-                        grids = [o[0] for o in outs]
-                        if self.prefix and getattr(self.model, "cls_token", None) is not None:
-                            clss = [o[1][:, 0] for o in outs]
-                        else:
-                            clss = [g.mean((2, 3)) for g in grids]
-                    else:
-                        outs = self.model.forward_intermediates(image, indices=indices, intermediates_only=only)
-                        if not only:
-                            final, outs = outs
-                        grids = list(outs)
-                        clss = [g.mean((2, 3)) for g in grids]
-                except (IndexError, AssertionError, AttributeError, NotImplementedError) as exc:
-                    raise BackboneError(f"layers: {type(self.model).__name__} cannot give blocks "
-                                        f"{indices} ({exc})") from None
-                return final, list(zip(grids, clss))
+                return _block_intermediates(self.model, self.prefix, image, indices, only)
 
         _TOKEN_MODULE = _TokenModule
     return _TOKEN_MODULE
+
+
+def _block_intermediates(model: Any, prefix: int, image: Any, indices: list[int],
+                         only: bool) -> tuple[Any, list[tuple[Any, Any]]]:
+    """(final features or None, [(grid, cls) per block in block order]) of chosen
+    blocks (ViT: normalised by the final norm, as DINOv2's get_intermediate_layers;
+    CNN: a stage's feature map, its "CLS" the stage's global average)."""
+    is_vit = hasattr(model, "patch_embed") and hasattr(model, "blocks")
+    final = None
+    try:
+        if is_vit:
+            outs = model.forward_intermediates(image, indices=indices, norm=True, return_prefix_tokens=True,
+                                               output_fmt="NCHW", intermediates_only=only)
+            if not only:
+                final, outs = outs
+            grids = [o[0] for o in outs]
+            if prefix and getattr(model, "cls_token", None) is not None:
+                clss = [o[1][:, 0] for o in outs]
+            else:
+                clss = [g.mean((2, 3)) for g in grids]
+        else:
+            outs = model.forward_intermediates(image, indices=indices, intermediates_only=only)
+            if not only:
+                final, outs = outs
+            grids = list(outs)
+            clss = [g.mean((2, 3)) for g in grids]
+    except (IndexError, AssertionError, AttributeError, NotImplementedError) as exc:
+        raise BackboneError(f"layers: {type(model).__name__} cannot give blocks "
+                            f"{indices} ({exc})") from None
+    return final, list(zip(grids, clss))
 
 
 _TOKEN_MODULE: Optional[type] = None

@@ -272,22 +272,18 @@ def _headers_for(target: str, token: Optional[str]) -> dict[str, str]:
     return headers
 
 
-def _download(repo: str, filename: str, revision: str, progress: Progress, name: str,
-              limit: int, token: Optional[str] = None) -> tuple[Path, int, str, str, int, int]:
-    """One file into the cache: (snapshot path, size, checksum, its kind, bytes fetched now,
-    bytes already in a partial file). `limit`: the most bytes accepted for this file;
-    `token`: sent to the Hub's own host only."""
-    from urllib.parse import urljoin
-
+def _file_metadata(repo: str, filename: str, revision: str, name: str, token: Optional[str]) -> tuple[str, Any]:
+    """(the file's resolve URL, the Hub's metadata of it: size, checksum, commit, location),
+    after the file name and revision are checked as plain path parts."""
     import httpx2 as httpx
-    from huggingface_hub import get_hf_file_metadata, get_session, hf_hub_url
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     _checked_filename(repo, filename)
     _checked_filename(repo, revision)  # written as refs/<revision>
     url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint())
     try:
-        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint())
+        return url, get_hf_file_metadata(url, token=token, endpoint=endpoint())
     except GatedRepoError:
         raise BackboneError(f"{repo}: the Hub refused the download (gated): accept the licence on "
                             f"{endpoint()}/{repo} with the account whose token was given", remedy=Remedy.HUB_TOKEN,
@@ -298,6 +294,19 @@ def _download(repo: str, filename: str, revision: str, progress: Progress, name:
         raise BackboneError(f"{repo}/{filename}: the Hub answered {str(exc).splitlines()[0][:200]}") from None
     except (httpx.TransportError, OSError) as exc:
         raise _no_network(exc, name, url) from None
+
+
+def _download(repo: str, filename: str, revision: str, progress: Progress, name: str,
+              limit: int, token: Optional[str] = None) -> tuple[Path, int, str, str, int, int]:
+    """One file into the cache: (snapshot path, size, checksum, its kind, bytes fetched now,
+    bytes already in a partial file). `limit`: the most bytes accepted for this file;
+    `token`: sent to the Hub's own host only."""
+    from urllib.parse import urljoin
+
+    import httpx2 as httpx
+    from huggingface_hub import get_session
+
+    url, meta = _file_metadata(repo, filename, revision, name, token)
     checksum, kind, commit = _checked_metadata(repo, filename, meta)
     size = meta.size
     if size is not None and size > limit:

@@ -444,6 +444,7 @@ def test_a_schema_version_of_the_wrong_type_is_named_as_such(tmp_path, capsys, v
 
 def test_a_missing_giant_backbone_is_refused_before_it_is_built(monkeypatch):
     import loff_core.backbones as backbones
+    import loff_core.models as models
     from loff_core.backbones import BackboneSpec, load_backbone
     from loff_core.errors import BackboneError
 
@@ -452,7 +453,7 @@ def test_a_missing_giant_backbone_is_refused_before_it_is_built(monkeypatch):
     def create_model(*args, **kwargs):  # a ViT-g would take GBs and tens of seconds here
         built.append(args[0])
         raise MemoryError("the model was built before its weights were looked for")
-    monkeypatch.setattr(backbones, "create_model", create_model)
+    monkeypatch.setattr(models, "create_model", create_model)
     monkeypatch.setattr(backbones, "cached_weights_file", lambda name: None)
     with pytest.raises(BackboneError, match="no weights for vit_giant_patch14_dinov2"):
         load_backbone(BackboneSpec(name="vit_giant_patch14_dinov2.lvd142m"), device="cpu")

@@ -111,7 +111,7 @@ def test_3_the_advertised_size_is_enforced_while_streaming(hub, payload, monkeyp
 
 # -- 4. a hash named for what it is; a dropped download resumes ------------------------------------
 def test_4_a_git_sha1_is_not_called_sha256_and_a_drop_resumes(hub, payload):
-    from loff_core.cli_weights import _describe_get
+    from loff_core.cli.weights import _describe_get
 
     hub.git_etag = True  # a 22 MB file announced by its 40-hex git blob SHA-1 only
     hub.cut_after = 100_000  # the connection drops after 100 kB

@@ -94,9 +94,9 @@ def test_a_settings_object_is_checked_when_it_is_built(cls, bad):
 def test_predict_and_import_take_their_options_from_the_declaration():
     args = build_parser().parse_args(["predict", "HEAD", "a.png", "--run", "R", "--labels", "l.csv",
                                       "--batch-size", "4", "--bootstrap", "0"])
-    from loff_core.cli import _declared
+    from loff_core.cli.terminal import declared
 
-    settings = PredictSettings(**_declared(args, PredictSettings))
+    settings = PredictSettings(**declared(args, PredictSettings))
     assert (settings.run, settings.labels, settings.batch_size, settings.bootstrap) == ("R", "l.csv", 4, 0)
     assert settings.label_column == PredictSettings.label_column and settings.device == PredictSettings.device
     with pytest.raises(SystemExit):
