@@ -23,8 +23,9 @@ def control_for(cls: type, name: str, *, step: float | None = None, decimals: in
     if info.kind is str and info.choices is None:  # free text, e.g. --layers: an editable list
         box = QComboBox()
         box.setEditable(True)
-        box.addItems([str(info.default), *[s for s in suggestions or [] if s != str(info.default)]])
-        box.setCurrentText(str(info.default))
+        shown = "" if info.default is None else str(info.default)  # empty: automatic (e.g. --block)
+        box.addItems([shown, *[s for s in suggestions or [] if s != shown]])
+        box.setCurrentText(shown)
     elif info.choices is not None:
         box: Any = QComboBox()
         box.addItems(list(info.choices))

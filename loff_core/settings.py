@@ -86,8 +86,8 @@ class FieldInfo:
     def check(self, value: Any) -> Any:
         """`value` converted to the field's kind and checked against its range; ValueError
         with a reason a user can act on."""
-        if value is None and self.optional:
-            return None
+        if self.optional and (value is None or (self.kind is str and str(value).strip() == "")):
+            return None  # an empty text field of an optional setting: automatic
         if self.kind is bool:
             return bool(value)
         if self.kind in (int, float):
