@@ -36,15 +36,34 @@ from .progress import Progress
 from .project import RunInfo
 from .project_file import PROJECT_FILE, TASKS
 from .splits import PATIENT_OVERLAP_ACTIONS, complete_split
-from .results import (EVALUATION_KEYS, CVResult, EvaluateResult, ExportResult, ExtractResult, ImportResult,
+from .results import (EVALUATION_KEYS, AuditResult, CVResult, EvaluateResult, ExportResult, ExtractResult, ImportResult,
                       PredictResult, TrainResult, TuneResult)
-from .settings import EvaluateSettings, ExtractSettings, TuneSettings, config_record
+from .settings import AuditSettings, EvaluateSettings, ExtractSettings, TuneSettings, config_record
 
 #: images per read + forward in `explain`
 EXPLAIN_BATCH = 64
 
 
 # -- the steps -----------------------------------------------------------------------------
+def audit(project: Any, settings: AuditSettings = AuditSettings(), *,
+          progress: Progress = Progress()) -> AuditResult:
+    """Near-duplicates, suspected label errors, outliers and the shift between splits from
+    the cached embeddings (reader lock; writes only audit/*.csv, see loff_core/audit.py)."""
+    from .audit import run_audit
+
+    with project.read_lock():
+        return run_audit(project, settings, progress=progress)
+
+
+def exclude(project: Any, image_ids: list[str], reason: Optional[str]) -> dict[str, Any]:
+    """Leave images out of training, cv, tune and evaluation, recording `reason` in the
+    catalog; reason None includes them again (writer lock)."""
+    from .audit import set_excluded
+
+    with project.lock():
+        return set_excluded(project, image_ids, reason)
+
+
 def import_images(project: Any, images_dir: Path | str, *, progress: Progress = Progress(),
                   **options: Any) -> ImportResult:
     """Scan IMAGES_DIR into the project's catalog (writer lock). `options`: labels_csv,
