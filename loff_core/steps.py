@@ -311,6 +311,9 @@ def _import_images(
     entries, split_source = complete_split(catalog, seed=project.settings.seed,
                                            fractions=project.settings.split_fractions,
                                            on_patient_overlap=on_patient_overlap)
+    if project.has_catalog():  # exclusions (`loff audit --exclude`) outlive a re-import
+        left_out = {e.image_id: e.excluded for e in project.catalog().entries if e.excluded is not None}
+        entries = [replace(e, excluded=left_out[e.image_id]) if e.image_id in left_out else e for e in entries]
     warnings = list(catalog.warnings)
     overlap = split_source.get("patient_overlap")
     if overlap:
