@@ -65,6 +65,9 @@ class CatalogEntry:
     # `path` with the patient's ID and name parts replaced by `patient-<key>` where the
     # folder or file names contain them; None when they do not (see `mask_identifiers`)
     masked_path: Optional[str] = None
+    # why the user left this image out (`loff audit --exclude`): None = used; an excluded
+    # image is kept in the catalog but left out of training, cv, tune and evaluation
+    excluded: Optional[str] = None
 
     @property
     def shown_path(self) -> str:
@@ -143,7 +146,7 @@ class Catalog:
                     split=split, format=r["format"], modality=get("modality"), view=get("view"),
                     laterality=get("laterality"), rows=int(r["rows"]), cols=int(r["cols"]),
                     frames=int(r["frames"] or 1), pixel_spacing=get("pixel_spacing"),
-                    masked_path=get("masked_path"),
+                    masked_path=get("masked_path"), excluded=get("excluded"),
                 ))
         except (KeyError, ValueError, TypeError) as exc:
             raise ProjectError(f"{path}: damaged catalog ({exc})") from None

@@ -307,6 +307,12 @@ class Project:
         if self._held_revision is not None:
             self._held_revision = s.revision
 
+    def save_catalog(self, catalog: Catalog) -> None:
+        """Replace the catalog alone (an exclusion changed; the caller holds the writer lock)."""
+        with self.committing():
+            catalog.save(self.catalog_path)
+        self._catalog = catalog
+
     def relative(self, path: Path | str) -> str:
         """A path as `loff` prints it: relative to the project folder (absolute on another
         drive)."""
@@ -443,7 +449,8 @@ class Project:
         """Image ids, class indices and entries of one split that the cache holds."""
         catalog = self.catalog()
         cached = set(cache.image_ids)
-        entries = [e for e in catalog.in_split(split) if e.label is not None and e.image_id in cached]
+        entries = [e for e in catalog.in_split(split)
+                   if e.label is not None and e.excluded is None and e.image_id in cached]  # not left out
         return [e.image_id for e in entries], [catalog.class_index(e.label) for e in entries], entries
 
     def new_run_id(self, head: str) -> str:

@@ -245,3 +245,29 @@ class TuneResult(StepResult):
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.details)
+
+
+@dataclass
+class AuditResult(StepResult):
+    """`loff audit`: each list most suspicious first, images named by the catalog's image_id;
+    `to_json()` shows at most `top` of each (the CSVs in audit/ hold them all)."""
+
+    duplicates: list[dict[str, Any]]
+    label_suspects: list[dict[str, Any]]
+    outliers: list[dict[str, Any]]
+    shift: dict[str, Any]
+    cache: str = ""
+    images: int = 0
+    leaks: int = 0
+    top: int = 50
+    date: str = ""
+    saved: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"duplicates": self.duplicates[:self.top], "label_suspects": self.label_suspects[:self.top],
+                "outliers": self.outliers[:self.top], "shift": self.shift}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.to_json(), "cache": self.cache, "images": self.images, "leaks": self.leaks,
+                "n_duplicates": len(self.duplicates), "n_label_suspects": len(self.label_suspects),
+                "saved": list(self.saved), "date": self.date}

@@ -355,6 +355,25 @@ def input_size_problem(value: Any) -> Optional[str]:
     return None
 
 
+@dataclass(frozen=True)
+class AuditSettings:
+    """How `loff audit` looks at the cached embeddings (no forward pass): near-duplicates,
+    suspected label errors, outliers and the shift between splits."""
+
+    cache: Optional[str] = setting(None, "the cache (fingerprint) to audit (default: the active cache)",
+                                   optional=True)
+    duplicate_similarity: float = setting(0.90, "cosine similarity of the centred embeddings above which two "
+                                          "images are near-duplicates", kind=float, low=0.0, high=1.0)
+    neighbours: int = setting(5, "nearest neighbours an image's outlier score averages over", kind=int, low=1)
+    folds: int = setting(5, "patient-grouped folds of the logistic-regression probe whose out-of-fold "
+                         "predictions rank the suspected label errors", kind=int, low=2)
+    shift_warn_auc: float = setting(0.7, "test-vs-train AUC above which the audit warns of a shift between "
+                                    "splits", kind=float, low=0.5, high=1.0)
+    bootstrap: int = setting(200, "bootstrap resamples of the shift AUC's interval", kind=int, low=0)
+    top: int = setting(50, "longest list shown per finding (the CSVs in audit/ hold them all)", kind=int, low=1)
+    seed: int = setting(0, "seed of the folds and the bootstrap", kind=int)
+
+
 # -- command-line options from the declarations ----------------------------------------
 def option_name(info: FieldInfo) -> Optional[str]:
     if info.option is None:

@@ -36,16 +36,35 @@ from .progress import Progress
 from .project import RunInfo
 from .project_file import PROJECT_FILE
 from .splits import complete_split
-from .results import (EVALUATION_KEYS, CVResult, EvaluateResult, ExplainResult, ExportResult, ExtractResult,
-                      ImportResult, PredictResult, TrainResult, TuneResult)
-from .settings import (CVSettings, EvaluateSettings, ExtractSettings, ImportSettings, PredictSettings,
-                       TuneSettings, config_record)
+from .results import (EVALUATION_KEYS, AuditResult, CVResult, EvaluateResult, ExplainResult, ExportResult,
+                      ExtractResult, ImportResult, PredictResult, TrainResult, TuneResult)
+from .settings import (AuditSettings, CVSettings, EvaluateSettings, ExtractSettings, ImportSettings,
+                       PredictSettings, TuneSettings, config_record)
 
 #: images per read + forward in `explain`
 EXPLAIN_BATCH = 64
 
 
 # -- the steps -----------------------------------------------------------------------------
+def audit(project: Any, settings: AuditSettings = AuditSettings(), *,
+          progress: Progress = Progress()) -> AuditResult:
+    """Near-duplicates, suspected label errors, outliers and the shift between splits from
+    the cached embeddings (reader lock; writes only audit/*.csv, see loff_core/audit.py)."""
+    from .audit import run_audit
+
+    with project.read_lock():
+        return run_audit(project, settings, progress=progress)
+
+
+def exclude(project: Any, image_ids: list[str], reason: Optional[str]) -> dict[str, Any]:
+    """Leave images out of training, cv, tune and evaluation, recording `reason` in the
+    catalog; reason None includes them again (writer lock)."""
+    from .audit import set_excluded
+
+    with project.lock():
+        return set_excluded(project, image_ids, reason)
+
+
 def import_images(project: Any, images_dir: Path | str, settings: ImportSettings = ImportSettings(), *,
                   progress: Progress = Progress(), **changes: Any) -> ImportResult:
     """Scan IMAGES_DIR into the project's catalog (writer lock) as `settings` say (see
@@ -262,6 +281,9 @@ def _import_images(project: Any, images_dir: Path | str, settings: ImportSetting
     entries, split_source = complete_split(catalog, seed=project.settings.seed,
                                            fractions=project.settings.split_fractions,
                                            on_patient_overlap=settings.on_patient_overlap)
+    if project.has_catalog():  # exclusions (`loff audit --exclude`) outlive a re-import
+        left_out = {e.image_id: e.excluded for e in project.catalog().entries if e.excluded is not None}
+        entries = [replace(e, excluded=left_out[e.image_id]) if e.image_id in left_out else e for e in entries]
     warnings = list(catalog.warnings)
     from .catalog import identical_across_splits
 

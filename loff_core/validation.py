@@ -267,7 +267,7 @@ def project_pool(project: Any, cache: Any) -> tuple[Pool, list[str]]:
     catalog = project.catalog()
     cached = set(cache.image_ids)
     entries = [e for e in catalog.entries
-               if e.split in ("train", "val") and e.label is not None and e.image_id in cached]
+               if e.split in ("train", "val") and e.label is not None and e.excluded is None and e.image_id in cached]
     if not entries:
         raise TrainingError(f"{project.root}: no labelled train / val images with features; import and extract first")
     y = np.asarray([catalog.class_index(e.label) for e in entries], dtype=np.int64)

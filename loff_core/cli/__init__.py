@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from ..errors import LoffError, explain_file_error, one_line
 from ..progress import Cancelled
-from . import extract, predict, project, train, validate, weights
+from . import audit, extract, predict, project, train, validate, weights
 from .remedies import terminal_text
 
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "train a compact head with tensor augmentations, evaluate, export, predict.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (project.add_import, extract.add_extract, train.add_train, validate.add_cv, validate.add_tune,
+    for add in (project.add_import, extract.add_extract, train.add_train, validate.add_cv, validate.add_tune, audit.add_audit,
                 train.add_evaluate, train.add_calibrate, predict.add_export, predict.add_predict, project.add_demo,
                 project.add_info, weights.register):  # the order `loff --help` lists them in
         add(sub, common)

@@ -1,0 +1,200 @@
+"""`loff audit` (issue 22, point 1): problems planted in a copy of mini-MIAS are found from
+the cache. Real images and the real offline weights (tf_efficientnet_lite0 from its installed
+package), extracted once for the module at 192 px; everything is written under tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loff_cli import loff_json
+from loff_core.catalog import Catalog
+from loff_core.cli import main
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+if not (SHARED / "mini-mias" / "labels.csv").is_file():
+    SHARED = Path("/work/shared/data")  # a worktree beside the main checkout
+MIAS, CHEST = SHARED / "mini-mias", SHARED / "chest-xray-samples"
+
+pytestmark = pytest.mark.skipif(not (MIAS / "labels.csv").is_file() or not CHEST.is_dir(),
+                                reason=f"the shared real data ({SHARED}: mini-mias, chest-xray-samples) is absent")
+
+
+def _plant(root: Path, seed: int = 0) -> dict:
+    """mini-MIAS copied with a patient-grouped split (70/15/15) given in a split column; 5
+    test images copied into train under new names and other patients (one re-encoded as
+    JPEG, one shifted by a few pixels); 16 tissue labels (5 %) flipped to another class at
+    random; the chest X-ray samples dropped in, unlabelled."""
+    from PIL import Image
+
+    images = root / "images"
+    images.mkdir(parents=True)
+    rows = list(csv.DictReader(open(MIAS / "labels.csv", newline="")))
+    rng = np.random.default_rng(seed)
+    women = sorted({r["woman"] for r in rows})
+    side = {w: "test" if i < 0.15 * len(women) else "val" if i < 0.30 * len(women) else "train"
+            for i, w in enumerate(np.asarray(women)[rng.permutation(len(women))])}
+    for r in rows:
+        shutil.copyfile(MIAS / "images" / r["file"], images / r["file"])
+        r["split"] = side[r["woman"]]
+    test_rows = [r for r in rows if r["split"] == "test"]
+    copies = []
+    for n, i in enumerate(rng.choice(len(test_rows), 5, replace=False)):
+        src = images / test_rows[i]["file"]
+        name = f"copy{n}.jpg" if n == 0 else f"copy{n}.png"
+        if n == 0:
+            Image.open(src).convert("L").save(images / name, quality=90)
+        elif n == 1:
+            Image.fromarray(np.roll(np.asarray(Image.open(src)), (6, -5), axis=(0, 1))).save(images / name)
+        else:
+            shutil.copyfile(src, images / name)
+        copies.append((test_rows[i], name))
+    flipped = [rows[i] for i in rng.choice(len(rows), 16, replace=False)]
+    for r in flipped:
+        others = [c for c in "FGD" if c != r["tissue"]]
+        r["tissue"] = others[rng.integers(2)]
+    out = [{"file": r["file"], "woman": r["woman"], "tissue": r["tissue"], "split": r["split"]} for r in rows]
+    out += [{"file": name, "woman": f"X{n:03d}", "tissue": r["tissue"], "split": "train"}
+            for n, (r, name) in enumerate(copies)]
+    (images / "other").mkdir()
+    chest = sorted(p for p in CHEST.iterdir() if p.is_file())
+    for p in chest:
+        shutil.copyfile(p, images / "other" / p.name)
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["file", "woman", "tissue", "split"])
+        writer.writeheader()
+        writer.writerows(out)
+    return {"copies": [(r["file"], name) for r, name in copies], "flipped": [r["file"] for r in flipped],
+            "chest": [p.name for p in chest]}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    info = _plant(root)
+    project = root / "project"
+    assert main(["import", str(project), str(root / "images"), "--labels", str(root / "labels.csv"),
+                 "--label-column", "tissue", "--patient-column", "woman", "--split-column", "split",
+                 "--classes", "F,G,D", "--quiet"]) == 0
+    assert main(["extract", str(project), "--backbone", "tf_efficientnet_lite0", "--image-size", "192",
+                 "--workers", "0", "--quiet"]) == 0
+    entries = Catalog.load(project / "catalog.csv").entries
+    info["id"] = {Path(e.path).name: e.image_id for e in entries}
+    info["project"] = project
+    return info
+
+
+@pytest.fixture(scope="module")
+def audited(planted, tmp_path_factory):
+    import contextlib
+    import io
+    import json
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["audit", str(planted["project"]), "--json", "--quiet", "--top", "1000"]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_the_json_is_exactly_the_documented_document(audited):
+    assert list(audited) == ["duplicates", "label_suspects", "outliers", "shift"]
+    assert all(set(g) == {"images", "splits", "similarity"} for g in audited["duplicates"])
+    assert all(set(s) == {"image", "label", "predicted", "score"} for s in audited["label_suspects"])
+    assert all(set(o) == {"image", "score"} for o in audited["outliers"])
+    scores = [o["score"] for o in audited["outliers"]]
+    assert scores == sorted(scores, reverse=True)  # most suspicious first
+    suspects = [s["score"] for s in audited["label_suspects"]]
+    assert suspects == sorted(suspects, reverse=True)
+    assert {"test_vs_train_auc", "test_vs_train_ci", "val_vs_train_auc", "warning"} <= set(audited["shift"])
+
+
+def test_every_planted_copy_is_a_cross_split_duplicate(planted, audited):
+    ids = planted["id"]
+    for original, copy in planted["copies"]:  # one a JPEG re-encode, one shifted by (6, -5) pixels
+        groups = [g for g in audited["duplicates"] if ids[original] in g["images"] and ids[copy] in g["images"]]
+        assert groups, f"{copy} (a copy of test image {original}) not reported as a duplicate"
+        g = groups[0]
+        split = dict(zip(g["images"], g["splits"]))
+        assert split[ids[original]] == "test" and split[ids[copy]] == "train"
+    leaks = [g for g in audited["duplicates"] if len(set(g["splits"])) > 1]
+    assert audited["duplicates"][:len(leaks)] == leaks  # leaks first
+
+
+def test_flipped_labels_lead_the_suspects(planted, audited):
+    flipped = {planted["id"][f] for f in planted["flipped"]}
+    top = [s["image"] for s in audited["label_suspects"][:32]]
+    assert len(flipped & set(top)) >= 8, f"only {len(flipped & set(top))} of 16 flipped labels in the top 32"
+    assert all(s["predicted"] != s["label"] for s in audited["label_suspects"])
+
+
+def test_non_mammograms_are_the_top_outliers(planted, audited):
+    chest = {planted["id"][n] for n in planted["chest"]}
+    ranks = [i for i, o in enumerate(audited["outliers"]) if o["image"] in chest]
+    assert len(ranks) == len(chest)
+    assert max(ranks) < len(chest) + 3, f"chest films ranked {ranks} among the outliers"
+
+
+def test_a_random_split_shows_no_shift_and_the_csvs_are_written(planted, audited):
+    assert audited["shift"]["test_vs_train_auc"] < 0.7 and audited["shift"]["warning"] is None
+    lo, hi = audited["shift"]["test_vs_train_ci"]
+    assert lo <= audited["shift"]["test_vs_train_auc"] <= hi
+    folder = planted["project"] / "audit"
+    rows = list(csv.DictReader(open(folder / "duplicates.csv", newline="")))
+    assert [r["images"].split(";") for r in rows] == [g["images"] for g in audited["duplicates"]]
+    outliers = list(csv.DictReader(open(folder / "outliers.csv", newline="")))
+    assert [r["image"] for r in outliers] == [o["image"] for o in audited["outliers"]]
+    assert (folder / "label_suspects.csv").is_file() and (folder / "shift.csv").is_file()
+
+
+def test_exclude_is_recorded_left_out_of_training_and_reversible(planted, audited, capsys):
+    from loff_core.project import Project
+    from loff_core.validation import project_pool
+
+    project = planted["project"]
+    before = (project / "catalog.csv").read_bytes()
+    copy = planted["id"][planted["copies"][2][1]]  # a train copy of a test image
+    code = main(["audit", str(project), "--exclude", f"{copy},nope", "--reason", "x", "--quiet"])
+    assert code == 1 and "nope" in capsys.readouterr().err
+    assert (project / "catalog.csv").read_bytes() == before  # refused: nothing changed
+    assert main(["audit", str(project), "--exclude", copy, "--quiet"]) == 1  # a reason is required
+    out = loff_json(capsys, "audit", project, "--exclude", copy, "--reason", "duplicate of a test image")
+    assert out["changed"] == 1 and out["excluded"] == 1
+    p = Project.open(project)
+    entry = p.catalog().by_id()[copy]
+    assert entry.excluded == "duplicate of a test image"
+    cache = p.open_cache()
+    try:
+        train_ids, _, _ = p.labelled_split("train", cache)
+        pool, _ = project_pool(p, cache)
+    finally:
+        cache.close()
+    assert copy not in train_ids and copy not in pool.ids
+    root = project.parent  # a re-import keeps the exclusion
+    loff_json(capsys, "import", project, root / "images", "--labels", root / "labels.csv", "--label-column", "tissue",
+              "--patient-column", "woman", "--split-column", "split", "--classes", "F,G,D")
+    assert Project.open(project).catalog().by_id()[copy].excluded == "duplicate of a test image"
+    out = loff_json(capsys, "audit", project, "--include", copy)
+    assert out["changed"] == 1 and out["excluded"] == 0
+    p = Project.open(project)
+    assert p.catalog().by_id()[copy].excluded is None
+    cache = p.open_cache()
+    try:
+        assert copy in p.labelled_split("train", cache)[0]
+    finally:
+        cache.close()
+
+
+def test_a_catalog_written_before_exclusions_still_opens(planted, tmp_path):
+    rows = list(csv.DictReader(open(planted["project"] / "catalog.csv", newline="")))
+    names = [n for n in rows[0] if n != "excluded"]
+    old = tmp_path / "catalog.csv"
+    with open(old, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=names, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    catalog = Catalog.load(old)
+    assert len(catalog.entries) == len(rows) and all(e.excluded is None for e in catalog.entries)
