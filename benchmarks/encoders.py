@@ -43,7 +43,8 @@ def main(argv=None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import bench_parser, parse_bench_args  # noqa: E402
 
-    from loff_core.backbones import FrozenBackbone, BackboneSpec, _token_module_class, create_model
+    from loff_core.backbones import FrozenBackbone, BackboneSpec, _token_module_class
+    from loff_core.models import create_model
 
     parser = bench_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)

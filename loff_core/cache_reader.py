@@ -49,7 +49,7 @@ class FeatureCache(_IdIndex):
             i = self.blocks.index(block)
         else:
             raise CacheError(f"{self.path}: the cache holds the blocks {', '.join(self.blocks)}, not {block!r}; "
-                             f"extract with --layers including {block} or choose one of those")
+                             f"extract again with the layers setting including {block}, or choose one of those")
         self.block = self.blocks[i]
         cls_name, tok_name = block_datasets(i)
         self._cls = self._h[cls_name]

@@ -27,7 +27,7 @@ def evaluate_run(project: Any, run_id: Optional[str] = None, split: str = "test"
 
     run = project.run(run_id)
     project.check_run_classes(run)
-    cache = project.open_cache(run.record["cache_fingerprint"])
+    cache = project.open_cache(run.record["cache_fingerprint"], block=run.record.get("block"))
     project.check_cache_fits(run, cache)
     ids, y, entries = project.labelled_split(split, cache)
     if not ids:

@@ -79,6 +79,9 @@ def grouped_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[
         raise TrainingError(f"cross-validation needs at least 2 folds, got {k}")
     if n_groups < k:
         raise TrainingError(f"{k} folds need at least {k} patients in train + val; there are {n_groups}")
+    if len(y) and np.bincount(np.asarray(y, dtype=np.int64)).max() < k:  # scikit-learn refuses it
+        raise TrainingError(f"{k} folds need a class with at least {k} images in train + val; the largest has "
+                            f"{int(np.bincount(np.asarray(y, dtype=np.int64)).max())}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "least populated class has fewer members than n_splits"
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -92,7 +95,10 @@ def inner_split(idx: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int,
     n_groups = len(np.unique(groups[idx]))
     if n_groups < 2:
         return idx, idx[:0]
-    parts = min(parts, n_groups)
+    largest = int(np.bincount(np.asarray(y[idx], dtype=np.int64)).max()) if len(idx) else 0
+    parts = min(parts, n_groups, largest)  # stratified folds need a class with as many images
+    if parts < 2:
+        return idx, idx[:0]
     fit, val = grouped_folds(y[idx], groups[idx], parts, seed)[0]
     return idx[fit], idx[val]
 

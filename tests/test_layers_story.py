@@ -40,7 +40,7 @@ def test_two_blocks_in_one_cache_train_export_and_predict_the_chosen_block(tmp_p
     chooses one for train and cv; the run and the card record it, and predict rebuilds
     exactly that block's features (the card's fingerprint is that of a cache of it alone)."""
     project = tmp_path / "demo"
-    loff_json(capsys, "demo", project, "--patients", "4")
+    loff_json(capsys, "demo", project, "--patients", "24")  # cv: two patients of every level in train + val
     both = loff_json(capsys, "extract", project, *TINY, "--layers=-2,last")
     assert both["backbone"]["layers"] == "-2,last" and [b["layers"] for b in both["backbone"]["blocks"]] == ["-2", "last"]
     fp_last = both["backbone"]["blocks"][1]["fingerprint"]

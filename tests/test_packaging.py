@@ -145,10 +145,10 @@ def test_wheel_installs_into_a_fresh_venv_with_working_commands_and_resources(tm
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)], check=True,
-                   cwd=tmp_path)
     env = dict(os.environ, HF_HUB_OFFLINE="1", QT_QPA_PLATFORM="offscreen")
-    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONPATH", None)  # a checkout on the path (its .egg-info) would make pip skip the install
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)], check=True,
+                   cwd=tmp_path, env=env)
     run = lambda *cmd: subprocess.run(list(cmd), capture_output=True, text=True, cwd=tmp_path, env=env)  # noqa: E731
     out = run(str(venv / "bin" / "loff"), "--help")
     assert out.returncode == 0 and "COMMAND" in out.stdout, out.stderr

@@ -102,7 +102,7 @@ def test_predict_and_import_take_their_options_from_the_declaration():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["predict", "HEAD", "a.png", "--batch-size", "0"])
     args = build_parser().parse_args(["import", "p", "img", "--on-patient-overlap", "keep", "--split-column", "s"])
-    settings = ImportSettings(**_declared(args, ImportSettings, skip=("labels_csv", "classes")))
+    settings = ImportSettings(**declared(args, ImportSettings, skip=("labels_csv", "classes")))
     assert (settings.on_patient_overlap, settings.split_column, settings.task) == ("keep", "s", None)
 
 
