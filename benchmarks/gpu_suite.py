@@ -247,7 +247,7 @@ def section_oom(cfg: dict[str, Any], device: str, work: Path) -> dict[str, Any]:
                    simulated=False)
         restore: Callable[[], None] = lambda: None
     else:
-        real = FrozenBackbone.tokens
+        real = FrozenBackbone.blocks_tokens  # what the torch engine runs (the extraction below uses it)
         raised = {"n": 0}
 
         def tokens(self: Any, images: Any) -> Any:
@@ -256,14 +256,15 @@ def section_oom(cfg: dict[str, Any], device: str, work: Path) -> dict[str, Any]:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
             return real(self, images)
 
-        FrozenBackbone.tokens = tokens  # type: ignore[method-assign]
+        FrozenBackbone.blocks_tokens = tokens  # type: ignore[method-assign]
         out.update(how="simulated (CPU): torch.OutOfMemoryError raised for batches over 2 images", simulated=True)
 
         def restore() -> None:
-            FrozenBackbone.tokens = real  # type: ignore[method-assign]
+            FrozenBackbone.blocks_tokens = real  # type: ignore[method-assign]
     t0 = time.perf_counter()
     try:
-        res = extract_features(items, spec, work / "oom-caches", device=device, batch_size=cfg["batch_size"])
+        res = extract_features(items, spec, work / "oom-caches", device=device, batch_size=cfg["batch_size"],
+                               engine="torch")  # the out-of-memory retry is the torch engine's
     finally:
         restore()
     out["seconds"] = round(time.perf_counter() - t0, 2)

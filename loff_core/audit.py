@@ -252,6 +252,8 @@ def run_audit(project: Any, settings: AuditSettings = AuditSettings(), *,
               progress: Progress = Progress()) -> AuditResult:
     """The audit's body (the caller holds the reader lock): find, rank, write audit/*.csv."""
     cache = project.open_cache(settings.cache)
+    if "last" in cache.blocks:  # the pooled embedding the linear probe ranks best (docs/benchmarks.md)
+        cache.use_block("last")
     try:
         entries, x = _audited(project, cache)
         fingerprint = cache.fingerprint
