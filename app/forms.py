@@ -49,3 +49,17 @@ def control_for(cls: type, name: str, *, step: float | None = None, decimals: in
         box.setValue(float(info.default))
     box.setToolTip(tip)
     return box
+
+
+def train_config(chosen: dict[str, Any]) -> Any:
+    """The TrainConfig of the Train page's settings (`TrainPage.settings()`; the Train page,
+    Cross-validate and Find the best head build it here), each value checked by its
+    declaration."""
+    from dataclasses import replace
+
+    from loff_core.settings import AugmentConfig, TrainConfig
+
+    augment = AugmentConfig.off() if chosen["augment"] is None else replace(AugmentConfig(), **chosen["augment"])
+    more = {name: field_info(TrainConfig, name).check(value) for name, value in (chosen.get("more") or {}).items()}
+    return TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"], lr=chosen["lr"],
+                       seed=chosen["seed"], augment=augment, **more)

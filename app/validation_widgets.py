@@ -103,7 +103,7 @@ class ValidationPanel(QGroupBox):
     # -- cross-validation ---------------------------------------------------------------
     def cv_config(self) -> Any:
         """The Train page's TrainConfig, More settings included (its one builder)."""
-        from .pages.train_page import train_config
+        from .forms import train_config
 
         return train_config(self.settings())
 

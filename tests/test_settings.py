@@ -140,7 +140,8 @@ def test_every_training_option_is_on_the_train_page_and_reaches_the_config(qtbot
     without touching the page (its "More settings" are built from the declaration), and the
     value chosen there is the one the run is trained with."""
     from app.main import MainWindow
-    from app.pages.train_page import PLACED, train_config
+    from app.forms import train_config
+    from app.pages.train_page import PLACED
 
     window = MainWindow()
     qtbot.addWidget(window)

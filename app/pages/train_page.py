@@ -13,9 +13,9 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig, all_fields, field_info
+from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig, all_fields
 
-from ..forms import control_for
+from ..forms import control_for, train_config
 from ..remedies import window_text
 from ..state import AppState
 from ..widgets import Banner, ProgressStrip, form_row
@@ -426,17 +426,6 @@ class TrainPage(QWidget):
 
 #: the Train page's own row of controls; every other command-line training setting is in "More settings"
 PLACED = ("head", "task", "epochs", "lr", "seed")
-
-
-def train_config(chosen: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of the page's settings (`TrainPage.settings()`), each value checked by its
-    declaration."""
-    from dataclasses import replace
-
-    augment = AugmentConfig.off() if chosen["augment"] is None else replace(AugmentConfig(), **chosen["augment"])
-    more = {name: field_info(TrainConfig, name).check(value) for name, value in (chosen.get("more") or {}).items()}
-    return TrainConfig(head=chosen["head"], task=chosen["task"], epochs=chosen["epochs"], lr=chosen["lr"],
-                       seed=chosen["seed"], augment=augment, **more)
 
 
 def more_settings() -> list[Any]:
