@@ -30,7 +30,12 @@ def distributed_rank_world() -> tuple[int, int]:
 
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("LOFF_DIST_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend=backend)
+        # LOFF_DIST_TIMEOUT (seconds): how long a rank waits for a vanished peer at the end
+        # before it fails (its finished shards stay; extract again resumes); torch's default
+        # otherwise (30 minutes)
+        timeout = os.environ.get("LOFF_DIST_TIMEOUT")
+        dist.init_process_group(backend=backend, **(
+            {"timeout": _dt.timedelta(seconds=float(timeout))} if timeout else {}))
     return dist.get_rank(), dist.get_world_size()
 
 

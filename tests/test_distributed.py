@@ -143,7 +143,8 @@ def test_a_node_dies_mid_way_and_extract_resumes_without_losing_work(tmp_path):
     assert main(["import", str(project), str(tmp_path / "img"), "--labels", str(labels),
                  "--label-column", "masking_level", "--quiet"]) == 0
     port = _free_port()
-    nodes = [_node(rank, port, project) for rank in (0, 1)]
+    # a short wait for the vanished peer, so node 0 gives up in seconds, not torch's 30 minutes
+    nodes = [_node(rank, port, project, {"LOFF_DIST_TIMEOUT": "20"}) for rank in (0, 1)]
     caches = project / "caches"
     deadline = time.monotonic() + 300
     while not any(caches.glob("*.parts")) and time.monotonic() < deadline:  # both joined, backbone loaded
