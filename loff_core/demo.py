@@ -64,6 +64,7 @@ def create_demo_project(root: Path | str, *, n_patients: int = 60, seed: int = 0
     atomic_write_text(work / "README.txt", DEMO_README.format(root=root))
     os.replace(work, root)  # an empty ROOT is replaced; a complete demo appears at once
     project = Project.open(root)
+    project.settings.synthetic = True  # the import step re-read the settings file under its lock
     # every absolute path recorded during the import named the temporary .partial folder
     project.settings.images_root_absolute = str((root / "images").resolve())
     source = project.settings.labels_source

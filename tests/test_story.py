@@ -123,6 +123,7 @@ def test_demo_project_is_synthetic_and_ready(tmp_path, capsys):
     out = loff_json(capsys, "demo", tmp_path / "demo", "--patients", "10")
     assert out["synthetic"] is True and out["imported"] == 20 and out["task"] == "ordinal"
     assert "SYNTHETIC" in (tmp_path / "demo" / "README.txt").read_text()
+    assert loff_json(capsys, "info", tmp_path / "demo")["synthetic"] is True  # saved with the project
 
 
 def test_an_interrupted_demo_leaves_no_half_project(tmp_path):
