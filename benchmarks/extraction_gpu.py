@@ -17,10 +17,8 @@ decoded arrays are checked against the same images written uncompressed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +28,6 @@ from _common import (bench_parser, parse_bench_args, Timer, machine_block, machi
 
 TARGET_RATIO = 0.8
 TARGET_RATIO_GPU = 0.9  # issue 26: end to end against the forward pass on device tensors
-RLE = "1.2.840.10008.1.2.5"
-J2K = "1.2.840.10008.1.2.4.90"
-RAW = "1.2.840.10008.1.2.1"
 
 
 def bench_extract(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -89,94 +84,6 @@ def bench_extract(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                           "e2e_median_without_load": median(e2e_no_load[str(w)]),
                           "ratio": median(e2e[str(w)]) / median(fwd),
                           "ratio_without_load": median(e2e_no_load[str(w)]) / median(fwd)} for w in variants]}
-
-
-def _decoders() -> dict[str, Any]:
-    import numpy as np
-
-    found: dict[str, Any] = {}
-    try:
-        from pydicom.pixels import pixel_array
-
-        found["pydicom+pylibjpeg"] = lambda p: pixel_array(p, decoding_plugin="pylibjpeg")
-        found["pydicom+gdcm"] = lambda p: pixel_array(p, decoding_plugin="gdcm")
-        found["pydicom native (RLE only)"] = lambda p: pixel_array(p, decoding_plugin="pydicom")
-    except ImportError:
-        pass
-    try:
-        import gdcm
-
-        def gdcm_direct(p: Any) -> Any:
-            reader = gdcm.ImageReader()
-            reader.SetFileName(str(p))
-            if not reader.Read():
-                raise RuntimeError("gdcm could not read the file")
-            image = reader.GetImage()
-            cols, rows = image.GetDimension(0), image.GetDimension(1)
-            return np.frombuffer(image.GetBuffer().encode("utf-8", "surrogateescape"), dtype=np.uint16).reshape(rows, cols)
-
-        found["gdcm (python-gdcm, direct)"] = gdcm_direct
-    except ImportError:
-        pass
-    try:
-        import SimpleITK as sitk
-
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-        found["SimpleITK"] = lambda p: np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(p))))[0]
-    except ImportError:
-        pass
-    return found
-
-
-def bench_decode(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    import numpy as np
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    size = (512, 416)
-    raw_items, _ = synthetic_items(work / "decode-raw", args.decode_images, size, syntaxes=[RAW])
-    from pydicom.pixels import pixel_array
-
-    import pydicom
-
-    truth = [pixel_array(p).astype(np.int64) for _, p in raw_items]
-    # SimpleITK converts MONOCHROME1 to MONOCHROME2 (max - value); compare it after undoing that
-    inverted = [2 ** int(ds.BitsStored) - 1 - t if ds.PhotometricInterpretation == "MONOCHROME1" else t
-                for t, ds in zip(truth, (pydicom.dcmread(p, stop_before_pixels=True) for _, p in raw_items))]
-    decoders = _decoders()
-    rows = []
-    for syntax, label in ((RLE, "RLE Lossless"), (J2K, "JPEG 2000 Lossless")):
-        items, _ = synthetic_items(work / f"decode-{syntax}", args.decode_images, size, syntaxes=[syntax])
-        paths = [p for _, p in items]
-        mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
-        usable = {}
-        for name, fn in decoders.items():
-            if name.startswith("pydicom native") and syntax != RLE:
-                continue
-            try:
-                arrays = [fn(p) for p in paths]  # warm-up + correctness
-            except Exception as exc:  # noqa: BLE001 - a missing plugin is a result, not a crash
-                rows.append({"syntax": label, "decoder": name, "img_s": None, "equal": None,
-                             "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}", "mb_per_file": mb})
-                continue
-            ref = inverted if name == "SimpleITK" else truth
-            equal = all(a.shape == t.shape and np.array_equal(a.astype(np.int64), t) for a, t in zip(arrays, ref))
-            usable[name] = (fn, equal)
-        speeds: dict[str, list[float]] = {n: [] for n in usable}
-        for r in range(args.repeats):
-            names = list(usable) if r % 2 == 0 else list(reversed(usable))
-            for name in names:
-                fn = usable[name][0]
-                t0 = time.perf_counter()
-                for p in paths:
-                    fn(p)
-                speeds[name].append(len(paths) / (time.perf_counter() - t0))
-        for name, (_, equal) in usable.items():
-            rows.append({"syntax": label, "decoder": name, "img_s": median(speeds[name]), "runs": speeds[name],
-                         "equal": equal, "note": "", "mb_per_file": mb})
-    torch.set_num_threads(threads)
-    return rows
 
 
 def report(ext: dict[str, Any], dec: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
@@ -241,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.device)
     with tempfile.TemporaryDirectory(prefix="loff-bench-") as tmp:
         ext = bench_extract(args, Path(tmp))
+        from extraction import bench_decode  # part 2 is the CPU benchmark's own (benchmarks/extraction.py)
+
         dec = [] if args.no_decode else bench_decode(args, Path(tmp))
     print(report(ext, dec, info, args))
     write_json(args.json, {"benchmark": "extraction", "mode": mode, "machine": info, "extract": ext, "decode": dec})
