@@ -8,7 +8,9 @@ under-confident. Three corrections, applied in this order and stored with the ru
 1. **Temperature scaling** (all tasks): p_T(c) ∝ p(c)^(1/T), T fitted on the validation
    split by minimising the negative log-likelihood (Guo et al. 2017); for softmax heads this
    is the usual logits / T. The expected calibration error (ECE, 15 equal-width bins of the
-   top probability) is reported before and after.
+   top probability) is reported before and after. The fitted T is kept only when it lowers
+   the ECE on those held-out images; otherwise T = 1 is kept and `temperature_scaling`
+   records the fitted T and the reason ("scaling raised ECE 0.146 -> 0.154 on ...").
 2. **Prior shift** (optional): the user states the prevalence expected where the model will
    be used (or takes it from the given test split's labels); probabilities are corrected by
    Bayes' rule, p'(c) ∝ p(c) · target(c) / source(c), where source is the prior the head
@@ -75,6 +77,26 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
                           options={"xatol": 1e-4})
     t = float(math.exp(res.x))
     return t if nll(math.log(t)) <= nll(0.0) else 1.0
+
+
+def choose_temperature(probs: np.ndarray, y: np.ndarray, fitted_on: str) -> tuple[float, dict[str, Any]]:
+    """The temperature to keep, and the decision recorded with it (issue 23, item 6): the
+    NLL-fitted T is kept only when it lowers the expected calibration error on the same
+    held-out images (`probs`, `y`: the validation split, or tune's out-of-fold predictions,
+    never the training images); otherwise T = 1 (the head's own probabilities) and the
+    reason says by how much scaling would have raised (or not lowered) the ECE."""
+    fitted = fit_temperature(probs, y)
+    before = ece(probs, y)
+    after = ece(apply_temperature(probs, fitted), y)
+    record: dict[str, Any] = {"fitted": fitted, "ece_fitted": after, "kept": True, "reason": ""}
+    if before is None or after is None:
+        record.update(kept=False, reason=f"no held-out images to check it on ({fitted_on})")
+    elif abs(fitted - 1.0) < 1e-9:
+        record.update(kept=False, reason="the fit found no better temperature than 1")
+    elif after >= before:
+        verb = "raised" if after > before else "did not lower"
+        record.update(kept=False, reason=f"scaling {verb} ECE {before:.3f} -> {after:.3f} on {fitted_on}")
+    return (fitted if record["kept"] else 1.0), record
 
 
 def prior_shift(probs: np.ndarray, source: Sequence[float], target: Sequence[float]) -> np.ndarray:
@@ -169,10 +191,10 @@ def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     k = len(classes)
-    t = fit_temperature(p, y)
-    calibrated = apply_temperature(p, t)
+    t, scaling = choose_temperature(p, y, fitted_on)
     op: dict[str, Any] = {"version": OP_VERSION, "fitted_on": fitted_on, "n": int(len(y)), "temperature": t,
-                          "ece_before": ece(p, y), "ece_after": ece(calibrated, y), "prior": None, "threshold": None}
+                          "ece_before": ece(p, y), "ece_after": ece(apply_temperature(p, t), y),
+                          "temperature_scaling": scaling, "prior": None, "threshold": None}
     if prevalence is not None:
         target_prior = check_prevalence(prevalence, classes)
         op["prior"] = {"source": [float(v) for v in source], "target": target_prior,
@@ -240,8 +262,7 @@ def describe(op: Optional[dict[str, Any]]) -> str:
     """One line for people: what the operating point does."""
     if not op:
         return "argmax of the head's probabilities (no operating point)"
-    parts = [f"temperature {op['temperature']:.3g} (ECE {op['ece_before']:.3f} -> {op['ece_after']:.3f} on "
-             f"{op['fitted_on']})" if op.get("ece_before") is not None else f"temperature {op['temperature']:.3g}"]
+    parts = [describe_temperature(op)]
     if op.get("prior"):
         changed = op["prior"].get("decisions_changed")
         parts.append("prevalence " + ", ".join(f"{v:.2f}" for v in op["prior"]["target"])
@@ -255,6 +276,20 @@ def describe(op: Optional[dict[str, Any]]) -> str:
     if op.get("uses_test_labels"):
         parts.append("USES THE TEST SPLIT'S LABELS (its test metrics are not independent)")
     return "; ".join(parts)
+
+
+def describe_temperature(op: dict[str, Any]) -> str:
+    """The temperature part of `describe`: the T kept, or why T = 1 was kept."""
+    scaling = op.get("temperature_scaling")
+    before, after = op.get("ece_before"), op.get("ece_after")
+    if scaling and not scaling.get("kept"):
+        return f"temperature kept at 1: {scaling['reason']}"
+    if before is None or after is None:
+        return f"temperature {op['temperature']:.3g}"
+    text = f"temperature {op['temperature']:.3g} (ECE {before:.3f} -> {after:.3f} on {op['fitted_on']})"
+    if scaling is None and after > before:  # fitted before the check existed (an old run or card)
+        text += "; it raised the ECE: calibrate again to keep temperature 1"
+    return text
 
 
 def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: str = "youden",

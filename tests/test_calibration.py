@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from loff_cli import binary_png_project, loff_json
-from loff_core.calibration import (adjust, choose_threshold, decide, ece, fit_operating_point, fit_temperature,
-                                   prior_shift, set_threshold)
+from loff_core.calibration import (adjust, choose_temperature, choose_threshold, decide, describe, ece,
+                                   fit_operating_point, fit_temperature, prior_shift, set_threshold)
 from loff_core.errors import TrainingError
 from loff_core.export import load_exported_head
 from loff_core.project import Project
@@ -32,6 +32,43 @@ def test_temperature_scaling_lowers_the_calibration_error():
     assert ece(adjust(p, {"temperature": t}), y) < 0.5 * ece(p, y)
     # argmax unchanged: temperature alone never changes a classification decision
     assert (decide(adjust(p, {"temperature": t}), "classification", {"temperature": t}) == p.argmax(1)).all()
+
+
+def _scaling_makes_it_worse():
+    """80 images at P = 0.8 (80 % right: calibrated) and 10 confidently wrong at 0.995: the
+    NLL fit softens everything (T ~ 10), which makes the calibrated majority underconfident."""
+    p = np.r_[np.tile([0.8, 0.2], (90, 1)), np.tile([0.995, 0.005], (10, 1))]
+    y = np.r_[np.zeros(72, int), np.ones(18, int), np.ones(10, int)]
+    return p, y
+
+
+def test_temperature_that_raises_the_held_out_ece_is_not_kept():
+    """Issue 23, item 6: T = 1 kept, the fitted T and the reason recorded and said."""
+    p, y = _scaling_makes_it_worse()
+    assert fit_temperature(p, y) > 2  # the NLL fit alone would soften the probabilities
+    t, scaling = choose_temperature(p, y, "the validation split (100 images)")
+    assert t == 1.0 and not scaling["kept"] and scaling["fitted"] > 2
+    assert scaling["ece_fitted"] > ece(p, y)
+    assert scaling["reason"].startswith(f"scaling raised ECE {ece(p, y):.3f} -> {scaling['ece_fitted']:.3f}")
+    op = fit_operating_point(p, y, ["a", "b"], "classification", source=[0.5, 0.5],
+                             fitted_on="the validation split (100 images)")
+    assert op["temperature"] == 1.0 and op["ece_after"] == pytest.approx(op["ece_before"])
+    assert op["temperature_scaling"]["kept"] is False
+    assert describe(op).startswith(f"temperature kept at 1: scaling raised ECE {op['ece_before']:.3f} -> "
+                                   f"{op['temperature_scaling']['ece_fitted']:.3f} on the validation split")
+    # an operating point fitted before this rule (no record of it) that raised the ECE is flagged
+    old = {k: v for k, v in op.items() if k != "temperature_scaling"} | {"temperature": 1.52, "ece_before": 0.146,
+                                                                          "ece_after": 0.154}
+    assert "raised the ECE: calibrate again" in describe(old)
+
+
+def test_temperature_that_lowers_the_held_out_ece_is_kept():
+    p, y = _overconfident()
+    op = fit_operating_point(p, y, ["a", "b", "c"], "classification", source=[1 / 3] * 3, fitted_on="val")
+    assert op["temperature"] == pytest.approx(fit_temperature(p, y)) and op["temperature"] > 2
+    assert op["temperature_scaling"]["kept"] is True and op["ece_after"] < op["ece_before"]
+    assert describe(op).startswith(f"temperature {op['temperature']:.3g} (ECE {op['ece_before']:.3f} -> "
+                                   f"{op['ece_after']:.3f} on val)")
 
 
 def test_prior_shift_is_bayes_rule():
@@ -94,6 +131,9 @@ def test_operating_point_is_used_by_evaluate_export_and_predict(tmp_path, capsys
     loff_json(capsys, "export", project, tmp_path / "head")
     card = json.loads((tmp_path / "head" / "card.json").read_text())
     assert card["format_version"] == 3 and card["operating_point"] == cal["operating_point"]
+    scaling = card["operating_point"]["temperature_scaling"]  # the export carries the temperature decision
+    assert scaling["kept"] == (card["operating_point"]["temperature"] != 1.0) and "fitted" in scaling
+    assert ("temperature kept at 1: " + scaling["reason"] in cal["summary"]) != scaling["kept"]
     files = sorted((tmp_path / "img" / "normal").glob("*.png"))[:3]
     predicted = loff_json(capsys, "predict", tmp_path / "head", *files, "--random-init", "--device", "cpu")
     t = card["operating_point"]["threshold"]["value"]
