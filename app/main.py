@@ -27,7 +27,7 @@ from .pages.train_page import TrainPage
 from .pages.viewer_page import ViewerPage
 from .remedies import window_text
 from .state import AppState, data_dir, log_dir, recent_projects, settings, setup_logging
-from .theme import THEMES, apply_theme, icon
+from .theme import THEMES, apply_theme, icon, warning_colour
 from .workers import wire
 
 log = logging.getLogger("loff_studio")
@@ -148,6 +148,7 @@ class MainWindow(QMainWindow):
     def set_theme(self, name: str) -> None:
         self.theme = name if name in THEMES else "light"
         apply_theme(self.theme, self)
+        self._show_banner(self.state.project)  # its warning colour follows the theme
         self.theme_actions[self.theme].setChecked(True)
         settings().setValue("theme", self.theme)
 
@@ -205,16 +206,27 @@ class MainWindow(QMainWindow):
         self.state.set_project(project)
         return True
 
-    def new_project(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Choose an empty folder for the new project")
-        if not path:
-            return
+    def new_project(self, path: Optional[str | Path] = None) -> bool:
+        """A new project in a folder that may not exist yet (made), then the Import page."""
+        if path is None:
+            from .new_project import NewProjectDialog
+
+            dialog = NewProjectDialog(self)
+            if dialog.exec() != QDialog.DialogCode.Accepted:
+                return False
+            path = dialog.path()
         from loff_core.project import Project
 
+        if self.state.busy:
+            self.show_message("warning", "a job is running; stop it before creating a project")
+            return False
         try:
             self.state.set_project(Project.open_or_create(path))
         except LoffError as exc:
             self.show_message("error", window_text(exc))
+            return False
+        self.tabs.setCurrentWidget(self.import_page)  # a new project's first step
+        return True
 
     def choose_project(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open a LOFF Studio project folder")
@@ -251,8 +263,15 @@ class MainWindow(QMainWindow):
         self.problems.addItem(f"--- opened project {project.settings.name} ---")  # the log of the session
         synthetic = " - SYNTHETIC demo data" if project.settings.synthetic else ""
         self.setWindowTitle(f"LOFF Studio - {project.settings.name}{synthetic}")
-        self.banner.setText(f"<b>{project.root}</b>" + (" <span style='color:#c0392b'><b>SYNTHETIC data: no real "
-                                                        "patients</b></span>" if synthetic else ""))
+        self._show_banner(project)
+
+    def _show_banner(self, project: Any) -> None:
+        """The project's folder, and SYNTHETIC in the theme's warning colour (readable in both)."""
+        if project is None:
+            return
+        self.banner.setText(f"<b>{project.root}</b>" + (
+            f" <span style='color:{warning_colour()}'><b>SYNTHETIC data: no real patients</b></span>"
+            if project.settings.synthetic else ""))
 
     # -- messages ----------------------------------------------------------------------
     def show_message(self, level: str, text: str) -> None:

@@ -13,6 +13,31 @@ from PySide6.QtWidgets import QApplication, QWidget
 from .resources import resource_path
 
 THEMES = ("light", "dark")
+_current = {"name": "light"}
+
+
+def warning_colour(name: str | None = None) -> str:
+    """The colour of warning text (a stale run, SYNTHETIC, a warning line) in a theme (None:
+    the one applied): red readable on that theme's window and base, contrast >= 4.5:1
+    (WCAG AA; tests/test_window_items.py checks it). Labels use `warning_label`; rich
+    text uses this colour in a span."""
+    return theme_colours(name or _current["name"])["warning_text"]
+
+
+def warning_label(label: QWidget) -> QWidget:
+    """Mark a label as warning text: the theme's stylesheet colours it (QLabel[warning="true"])."""
+    label.setProperty("warning", True)
+    return label
+
+
+def contrast_ratio(foreground: str, background: str) -> float:
+    """WCAG 2 contrast ratio of two "#rrggbb" colours (1 to 21)."""
+    def luminance(colour: str) -> float:
+        rgb = [int(colour.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+        lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    hi, lo = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
 
 
 def theme_colours(name: str) -> dict[str, str]:
@@ -30,6 +55,7 @@ def apply_theme(name: str, root: QWidget) -> dict[str, str]:
     if name not in THEMES:
         name = "light"
     c = theme_colours(name)
+    _current["name"] = name
     app = QApplication.instance()
     palette = QPalette()
     for role, key in ((QPalette.ColorRole.Window, "window"), (QPalette.ColorRole.Base, "base"),

@@ -47,7 +47,9 @@ def spread_text(metrics: dict[str, Any]) -> str:
 
 
 def config_text(config: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in config.items())
+    from loff_core.results import config_head_name  # "logistic regression", as in the run list
+
+    return ", ".join(f"{k} {config_head_name(v) if k == 'head' else v}" for k, v in config.items())
 
 
 class ValidationPanel(QGroupBox):
@@ -210,7 +212,9 @@ class ResultsExtras(QWidget):
         self.spread.setToolTip("\n".join(f"{k}: {v}" for k, v in METRIC_TIPS.items()))
         self.warnings = QLabel("")
         self.warnings.setWordWrap(True)
-        self.warnings.setStyleSheet("color: #c0392b")
+        from .theme import warning_label
+
+        warning_label(self.warnings)  # the theme's red, readable in the dark theme too
         self.operating = QLabel("")
         self.operating.setWordWrap(True)
         self.save_button = QPushButton("Save operating point")

@@ -29,6 +29,7 @@ class ProgressStrip(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Finish early and keep what is done")
         self.stop_button.clicked.connect(self.stop_clicked)
+        self.stop_button.clicked.connect(self._stop_pressed)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Abandon this job; the project stays as it was")
         self.cancel_button.clicked.connect(self.cancel_clicked)
@@ -44,8 +45,13 @@ class ProgressStrip(QWidget):
         self.bar.setTextVisible(False)  # no "0%" before anything ran
         self._running = False
         self._finished = False
+        self._stopped = False  # Stop was pressed during this run: its bar never ends full
         self._last = (0, 0)
         self.set_running(False)
+
+    def _stop_pressed(self) -> None:
+        if self._running:
+            self._stopped = True
 
     def set_running(self, running: bool) -> None:
         """When work stops, what described it going on ("6.5 img/s, 22 s left") goes: the
@@ -55,12 +61,15 @@ class ProgressStrip(QWidget):
         self._running = running
         self.stop_button.setEnabled(running)
         self.cancel_button.setEnabled(running)
+        if running and not was_running:
+            self._stopped = False
         if running or not was_running:
             return
         if not self._finished:
             self.label.setText("")
         done, total = self._last
-        if total <= 0 or done < total or self.bar.maximum() == 0:
+        # after Stop the work did not reach its end, even when the page reported "done"
+        if self._stopped or total <= 0 or done < total or self.bar.maximum() == 0:
             self.bar.setRange(0, 1)
             self.bar.setValue(0)
             self.bar.setTextVisible(False)
@@ -70,6 +79,7 @@ class ProgressStrip(QWidget):
         bar full (the work reached its end) or empty."""
         self._finished = True
         self.label.setText(message)
+        complete = complete and not self._stopped  # stopped: the outcome is kept, the bar is not full
         self._last = (1, 1) if complete else (0, 1)
         self.bar.setRange(0, 1)
         self.bar.setValue(1 if complete else 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -49,15 +49,36 @@ def heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.n
 
 
 def write_predictions_csv(path: Path, result: dict[str, Any], *, with_failed: bool = True) -> None:
-    """`predict_files`' result as CSV (path, predicted, p_<class>...; with_failed: then one
-    row per unreadable file with "not read: <reason>"). UTF-8; a non-UTF-8 file name is
-    written as its original bytes. Temp file + rename."""
+    """`predict`'s result as CSV (path, predicted, p_<class>..., run, model; with_failed: then
+    one row per unreadable file with "not read: <reason>"). `run` and `model` name what made
+    every row (the run id, and e.g. "attention head on tf_efficientnet_lite0 at 224 px"; empty
+    when the result does not say). UTF-8; a non-UTF-8 file name is written as its original
+    bytes. Temp file + rename; the folder is made when missing."""
     classes = result["classes"]
+    model = result.get("model") or {}
+    named = [trust.csv_cell(str(model.get("run") or result.get("run") or "")), trust.csv_cell(str(model.get("text") or ""))]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8",
                                               errors="surrogateescape") as fh:
         writer = csv.writer(fh)
-        writer.writerow([trust.csv_cell(v) for v in ("path", "predicted", *[f"p_{c}" for c in classes])])
+        writer.writerow([trust.csv_cell(v) for v in ("path", "predicted", *[f"p_{c}" for c in classes], "run", "model")])
         for p in result["predictions"]:
-            writer.writerow([trust.csv_cell(p["path"]), trust.csv_cell(p["predicted"]), *p["probabilities"]])
+            writer.writerow([trust.csv_cell(p["path"]), trust.csv_cell(p["predicted"]), *p["probabilities"], *named])
         for f in result.get("failed", []) if with_failed else []:
-            writer.writerow([trust.csv_cell(f["path"]), trust.csv_cell(f"not read: {f['reason']}"), *[""] * len(classes)])
+            writer.writerow([trust.csv_cell(f["path"]), trust.csv_cell(f"not read: {f['reason']}"), *[""] * len(classes),
+                             *named])
+
+
+def default_predictions_csv(source: Path | str, run: Optional[str] = None, *, now: Optional[str] = None) -> Path:
+    """Where predictions are saved unless the user says otherwise: into the project they belong
+    to, PROJECT/predictions/<run>-<time>.csv, PROJECT being `source` when it is a project, else
+    the project an exported head folder lies in (exports/<run>); a head from outside any
+    project: HEAD/predictions/. Never the working folder."""
+    import datetime as _dt
+
+    from .project_file import PROJECT_FILE
+
+    source = Path(source).resolve()
+    home = next((p for p in (source, *source.parents) if (p / PROJECT_FILE).is_file()), source)
+    stamp = now or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return home / "predictions" / f"{run or source.name}-{stamp}.csv"

@@ -166,10 +166,13 @@ class PredictResult(StepResult):
     labelled: Optional[int] = None  # files that came with a label (None: labels not looked for)
     evaluation: Optional[dict[str, Any]] = None  # as `evaluate`'s, over the labelled files
     n: Optional[int] = None
+    model: Optional[dict[str, Any]] = None  # which model made them: `model_of(card)`
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"head": self.head, "classes": self.classes, "task": self.task,
                                "predictions": self.predictions, "failed": self.failed}
+        if self.model is not None:
+            out["model"] = self.model
         if self.run is not None:
             out["run"] = self.run
         if self.labelled is not None:
@@ -271,3 +274,97 @@ class AuditResult(StepResult):
         return {**self.to_json(), "cache": self.cache, "images": self.images, "leaks": self.leaks,
                 "n_duplicates": len(self.duplicates), "n_label_suspects": len(self.label_suspects),
                 "saved": list(self.saved), "date": self.date}
+
+
+# -- what a run is called and what its score is (issue 23, item 4) ------------------------------
+#: the tuned logistic regression: a `linear` head in its head_config, "logistic_regression" in
+#: its train_config; shown by this name everywhere (run list, summaries, CSV, card readers)
+LOGREG_NAME = "logistic regression"
+
+
+def head_name(record: dict[str, Any]) -> str:
+    """A run's head as every front end names it: "logistic regression" for `loff tune`'s
+    fitted logistic regression (stored as a linear head), else the head kind."""
+    config = record.get("train_config") or {}
+    if config.get("head") == "logistic_regression":
+        return LOGREG_NAME
+    return str((record.get("head_config") or {}).get("kind", "?"))
+
+
+def config_head_name(head: Any) -> str:
+    """A search configuration's head ("logistic_regression" -> "logistic regression")."""
+    return LOGREG_NAME if head == "logistic_regression" else str(head)
+
+
+def score_kind(record: dict[str, Any]) -> str:
+    """What a run's best_score is: "cv" (mean over cross-validation folds: a `loff tune`
+    winner), "val" (the validation split) or "train" (no validation images: minus the
+    training loss). Scores of different kinds are never compared."""
+    monitor = str(record.get("monitor") or "")
+    if monitor.startswith("cv_"):
+        return "cv"
+    if monitor.startswith("val_"):
+        return "val"
+    return "train"
+
+
+def score_text(record: dict[str, Any]) -> str:
+    """A run's best score with its kind: "CV auc 0.840", "val auc 0.836", "train loss 0.312"."""
+    score, monitor = record.get("best_score"), str(record.get("monitor") or "")
+    kind = score_kind(record)
+    if score is None:
+        return "n/a"
+    if kind == "train":
+        return f"train loss {-float(score):.3f} (no validation images)"
+    name = monitor.split("_", 1)[1].replace("_", " ")
+    return f"{'CV' if kind == 'cv' else 'val'} {name} {float(score):.3f}"
+
+
+def epochs_text(record: dict[str, Any]) -> str:
+    """A run's epochs as the run list shows them: "19 (best 11), early stop"; a fitted
+    logistic regression has none; a `tune` winner was trained a fixed number of epochs."""
+    stopped = {"user_stop": "stopped by user", "early_stopping": "early stop"}.get(
+        record.get("stopped", ""), str(record.get("stopped", "")))
+    if head_name(record) == LOGREG_NAME:
+        return "none (fitted, not trained by epochs)"
+    history = record.get("history") or []
+    if score_kind(record) == "cv":
+        return f"{len(history)} (fixed: the folds' median best epoch)"
+    return f"{len(history)} (best {record.get('best_epoch')}), {stopped}"
+
+
+def choose_run(project: Any, runs: Optional[list[Any]] = None) -> tuple[Optional[str], str]:
+    """The run a front end shows first, and the rule that chose it (said beside it). Only
+    runs that are up to date (the active cache, the current labels) are candidates: the
+    latest `loff tune` winner (chosen by cross-validation), else the best validation score
+    among the runs with the same monitor as the newest one (a validation AUC is never
+    compared with a CV AUC or a balanced accuracy); else the newest run."""
+    runs = list(project.runs() if runs is None else runs)
+    if not runs:
+        return None, ""
+    fresh = [r for r in runs if not project.stale_reasons(r)]
+    tuned = [r for r in fresh if score_kind(r.record) == "cv"]
+    if tuned:
+        return tuned[-1].run_id, "the latest Find-the-best-head winner (chosen by cross-validation)"
+    val = [r for r in fresh if score_kind(r.record) == "val" and r.record.get("best_score") is not None]
+    if val:
+        monitor = val[-1].record["monitor"]
+        same = [(r.record["best_score"], i, r) for i, r in enumerate(val) if r.record["monitor"] == monitor]
+        best = max(same, key=lambda t: (t[0], t[1]))[2]
+        return best.run_id, (f"the best {monitor.replace('_', ' ')} among the up-to-date runs on the active cache")
+    if fresh:
+        return fresh[-1].run_id, "the newest up-to-date run (none has a validation score)"
+    return runs[-1].run_id, "the newest run (none is up to date with the active cache and labels)"
+
+
+def model_of(card: dict[str, Any]) -> dict[str, Any]:
+    """Which model a head is, from its card (an export's card.json, or the card a project's
+    run is described by): {"run", "backbone", "image_size", "head", "text"}; "text" names it
+    in one phrase ("attention head on tf_efficientnet_lite0 at 224 px"), as the predictions
+    CSV and the window name it."""
+    backbone = card.get("backbone") or {}
+    head = head_name({"train_config": (card.get("training") or {}).get("config"), "head_config": card.get("head")})
+    size = backbone.get("image_size")
+    text = (f"{head}{'' if head == LOGREG_NAME else ' head'} on {backbone.get('name', '?')}"
+            + (f" at {size} px" if size else ""))
+    return {"run": card.get("run"), "backbone": backbone.get("name"), "image_size": size, "head": head, "text": text}

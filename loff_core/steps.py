@@ -193,9 +193,22 @@ def predict(source: Path | str, files: Iterable[Path | str], settings: PredictSe
         raise LoffError(f"no predictions: none of the {len(failed)} files could be read{first}")
     labelled, n, evaluation = _score_labelled(out, files, labels, settings.label_column, settings.file_column,
                                               settings.bootstrap)
+    from .results import model_of
+
+    card = head.card if not isinstance(head, Path) else _card_of(head)
     return PredictResult(head=out["head"], classes=out["classes"], task=out["task"], predictions=out["predictions"],
                          failed=out["failed"], run=None if isinstance(head, Path) else head.card["run"],
-                         labelled=labelled, n=n, evaluation=evaluation)
+                         labelled=labelled, n=n, evaluation=evaluation, model=model_of(card))
+
+
+def _card_of(head_dir: Path) -> dict[str, Any]:
+    """An exported head's card (already checked by `predict_files`); {} when unreadable."""
+    from . import trust
+
+    try:
+        return trust.load_json(head_dir / "card.json", what="head card")
+    except LoffError:
+        return {}
 
 
 def _score_labelled(out: dict[str, Any], files: list[Path], labels: Optional[Path], label_column: str,

@@ -93,10 +93,10 @@ def test_a_stopped_extraction_is_partial_and_not_offered_to_train(qtbot, tmp_pat
     got = project.cached_images(project.settings.active_cache)
     assert got is not None and 0 < got < n, (got, n)
     assert not (project.caches_dir / f"{project.settings.active_cache}.parts").exists()
-    assert "PARTIAL" in cache.info.text()
+    assert "(partial: " in cache.info.text()
     assert not w.train_page.train_button.isEnabled() and "partial" in w.train_page.status.text()
     qtbot.mouseClick(cache.extract_button, qtbot_button())  # Extract again finishes it
     _wait_idle(qtbot, w)
     assert project.cached_images(project.settings.active_cache) == n
-    assert "PARTIAL" not in cache.info.text() and w.train_page.train_button.isEnabled()
+    assert "partial" not in cache.info.text() and w.train_page.train_button.isEnabled()
     w.state.runner.shutdown()

@@ -273,9 +273,14 @@ class CachePage(QWidget):
             active = path.stem == project.settings.active_cache
             size = path.stat().st_size / 2**20
             partial = project.cache_partial(path.stem)
-            state = ("<b>PARTIAL</b> (extraction stopped before the end; Extract with the same settings finishes "
-                     "it; Train waits for it) " if partial else "") + ("<b>active</b> " if active else "")
-            lines.append(f"{state}cache {path.name}: {size:.1f} MB on disk")
+            # one phrase, not "PARTIAL ... active" side by side (read as a contradiction)
+            kind = "<b>active cache</b>" if active else "cache"
+            if partial:
+                got = project.cached_images(path.stem)
+                count = f"{got or 0} of {project.expected_images()} images" if got is not None else "unfinished"
+                kind += (f" <b>(partial: {count})</b>: its extraction stopped before the end; Extract with the "
+                         "same settings finishes it; Train waits for it;")
+            lines.append(f"{kind} {path.name}: {size:.1f} MB on disk")
         parts = list(project.caches_dir.glob("*.parts")) if project.caches_dir.is_dir() else []
         for p in parts:
             if (project.caches_dir / f"{p.stem}.h5").exists():

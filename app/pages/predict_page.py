@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGroupBox, QLa
 
 from ..about import project_backbone
 from ..state import AppState
+from ..theme import warning_colour
 from ..widgets import Banner, ProgressStrip, form_row
 from ..workers import wire
 from .results_page import fill_runs
@@ -262,7 +263,7 @@ class PredictPage(QWidget):
                 + f", classes {', '.join(result['classes'])}, task {result.get('task', '?')}")
         differ = differences({**(card or {}), "classes": result["classes"], "task": result.get("task")}, project)
         if differ:
-            text += ("<br><span style='color:#b35900'><b>Differs from this project</b>: " + "; ".join(differ)
+            text += (f"<br><span style='color:{warning_colour()}'><b>Differs from this project</b>: " + "; ".join(differ)
                      + "</span>")
         return text
 
@@ -289,11 +290,23 @@ class PredictPage(QWidget):
         self.state.message.emit("info", text)
         self.strip.finish(text, complete=bool(rows))
 
+    def default_csv(self) -> Path:
+        """PROJECT/predictions/<run>-<time>.csv in the project the head belongs to (the open
+        project for its runs; an exported head's own project), never the working folder."""
+        from loff_core.predictions import default_predictions_csv
+
+        result = self.result or {}
+        project = self.state.project
+        source = result.get("head_dir") or (project.root if project is not None else Path.home())
+        path = default_predictions_csv(source, result.get("run") or (result.get("model") or {}).get("run"))
+        path.parent.mkdir(parents=True, exist_ok=True)  # the dialog opens there
+        return path
+
     def save_csv(self, path: Optional[str] = None) -> None:
         if self.result is None:
             return
         if not path:
-            path, _ = QFileDialog.getSaveFileName(self, "Save predictions", "predictions.csv", "CSV (*.csv)")
+            path, _ = QFileDialog.getSaveFileName(self, "Save predictions", str(self.default_csv()), "CSV (*.csv)")
         if not path:
             return
         from loff_core.predictions import write_predictions_csv

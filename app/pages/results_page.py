@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QComboBox, QGridLayout, QLabel, QPushButton, QSli
 from loff_core.settings import EvaluateSettings
 
 from ..state import AppState
+from ..theme import warning_colour
 from ..widgets import Banner, ProgressStrip, bold, form_row
 from ..workers import wire
 from .train_page import OKABE_ITO, STOPPED_WORDS
@@ -25,12 +26,11 @@ CORRECT, WRONG = QColor(0, 114, 178), QColor(230, 159, 0)  # blue / orange: dist
 
 
 def best_run(project: Any, runs: list[Any]) -> Optional[str]:
-    """The run with the best validation score (its monitor; all monitors are higher-better),
-    preferring runs that are up to date; ties go to the newest."""
-    if not runs:
-        return None
-    fresh = [r for r in runs if not project.stale_reasons(r)] or runs
-    return max(enumerate(fresh), key=lambda ir: (ir[1].record.get("best_score", float("-inf")), ir[0]))[1].run_id
+    """The run chosen first, by the engine's stated rule (`loff_core.results.choose_run`: the
+    latest tune winner, else the best validation score among comparable up-to-date runs)."""
+    from loff_core.results import choose_run
+
+    return choose_run(project, runs)[0] if runs else None
 
 
 def run_label(run: Any) -> str:
@@ -47,9 +47,13 @@ def fill_runs(combo: QComboBox, project: Any, keep: Optional[str]) -> None:
     runs = project.runs() if project is not None else []
     for r in reversed(runs):
         combo.addItem(run_label(r), r.run_id)
-    chosen = keep if keep and combo.findData(keep) >= 0 else best_run(project, runs)
+    from loff_core.results import choose_run
+
+    best, rule = choose_run(project, runs) if runs else (None, "")
+    chosen = keep if keep and combo.findData(keep) >= 0 else best
     if chosen:
         combo.setCurrentIndex(combo.findData(chosen))
+    combo.setToolTip("runs of this project, newest first" + (f"; chosen first: run {best}, {rule}" if best else ""))
     combo.blockSignals(False)
 
 
@@ -59,7 +63,7 @@ class ResultsPage(QWidget):
         self.state = state
         self.run = QComboBox()
         self.run.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)  # full run names
-        self.run.setToolTip("runs of this project, newest first; the best validation score is chosen by default")
+        self.run.setToolTip("runs of this project, newest first")  # fill_runs adds the rule that chose one
         self.run.currentIndexChanged.connect(self._run_changed)
         self.compare = QComboBox()
         self.compare.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
@@ -232,7 +236,7 @@ class ResultsPage(QWidget):
         self.state.evaluation_changed.emit(result)
         stale = result.get("stale") or []
         self.summary.setText(f"run <b>{result['run']}</b> on the {result['split']} split: {result['n']} images, "
-                             f"task {result['task']}" + (f" &nbsp; <span style='color:#c0392b'>stale: "
+                             f"task {result['task']}" + (f" &nbsp; <span style='color:{warning_colour()}'>stale: "
                                                          f"{'; '.join(stale)}</span>" if stale else ""))
         self.metrics.setRowCount(0)
         for name, value in result["metrics"].items():

@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from loff_core.results import epochs_text, head_name, score_text
 from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig, all_fields
 
 from ..forms import control_for, train_config
@@ -325,7 +326,8 @@ class TrainPage(QWidget):
         r = result  # loff_core.results.TrainResult
         done = f"best {r.monitor} {r.best_score:.3f} at epoch {r.best_epoch} ({r.stopped.replace('_', ' ')})"
         self.curves_run = r.run
-        self.strip.finish(f"run {r.run}: {done}")  # a run that stopped early ends full too
+        # early stopping reached its end (full bar); a Stop by the user did not (empty bar)
+        self.strip.finish(f"run {r.run}: {done}", complete=r.stopped != "user_stop")
         self.state.message.emit("info", f"run {r.run}: {done}")
         shown = self.state.runner.job.notices if self.state.runner.job is not None else []
         for note in r.notes:
@@ -402,9 +404,8 @@ class TrainPage(QWidget):
             stale = project.stale_reasons(r)
             config = rec.get("train_config") or {}
             lr, seed = config.get("lr"), config.get("seed")
-            stopped = STOPPED_WORDS.get(rec.get("stopped", ""), rec.get("stopped", ""))
-            values = [r.run_id, rec["head_config"]["kind"], rec["task"], f"{rec['best_score']:.3f}", rec["monitor"],
-                      f"{len(rec['history'])} (best {rec['best_epoch']}), {stopped}",
+            # each score with its kind (CV / val): a tune winner's CV AUC is not a validation AUC
+            values = [r.run_id, head_name(rec), rec["task"], score_text(rec), rec["monitor"], epochs_text(rec),
                       "" if lr is None else f"{lr:g}", "" if seed is None else seed,
                       augment_text(config.get("augment") or {}), "; ".join(stale) or "up to date"]
             row = self.runs.rowCount()

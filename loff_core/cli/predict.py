@@ -36,10 +36,21 @@ def cmd_predict(args: argparse.Namespace) -> Any:
     result = run_with_progress("predict", args.quiet, lambda p: steps.predict(args.head_dir, args.files, settings,
                                                                               progress=p))
     if args.csv:
-        from ..predictions import write_predictions_csv
+        from ..predictions import default_predictions_csv, write_predictions_csv
 
-        write_predictions_csv(Path(args.csv), result.to_json(), with_failed=False)
+        # --csv alone: into the project the head belongs to (PROJECT/predictions/), not the working folder
+        path = default_predictions_csv(args.head_dir, result.run or (result.model or {}).get("run")) \
+            if args.csv is DEFAULT_CSV else Path(args.csv)
+        args.csv = path  # what a file-system error is about
+        write_predictions_csv(path, result.to_json(), with_failed=False)
+        out = result.to_json()
+        out["csv"] = str(path)
+        return out
     return result
+
+
+#: `--csv` given without a file name
+DEFAULT_CSV = object()
 
 
 
@@ -50,6 +61,10 @@ def _describe_predict(out: dict[str, Any]) -> str:
         p = row["probabilities"][classes.index(row["predicted"])] if row["predicted"] in classes else None
         lines.append(f"  {row['path']}: {row['predicted']}" + (f"  (P {p:.2f})" if p is not None else ""))
     lines += [f"  failed {f['path']}: {f['reason']}" for f in out.get("failed", [])]
+    if out.get("model"):
+        lines.insert(1, f"  by run {out['model'].get('run')}: {out['model'].get('text')}")
+    if out.get("csv"):
+        lines.append(f"saved to {out['csv']}")
     if out.get("labelled"):
         lines.append(f"metrics on the {out['labelled']} labelled files:")
         lines += metric_lines(out)
@@ -80,6 +95,8 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights", help=field_info(PredictSettings, "weights").help)
     g.add_argument("--random-init", action="store_true", help=field_info(PredictSettings, "random_init").help)
-    p.add_argument("--csv", type=Path, help="also save the predictions as CSV")
+    p.add_argument("--csv", nargs="?", const=DEFAULT_CSV, metavar="OUT",
+                   help="also save the predictions as CSV (columns path, predicted, p_CLASS..., run, model); "
+                        "OUT left out: PROJECT/predictions/RUN-TIME.csv in the project the head belongs to")
     p.set_defaults(func=cmd_predict, describe=_describe_predict)
 

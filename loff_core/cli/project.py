@@ -101,9 +101,11 @@ def _info(project: Any) -> dict[str, Any]:
                 "split_source": project.settings.split_source}
     out["caches"] = [str(p.relative_to(project.root)) for p in project.cache_paths()]
     out["active_cache"] = project.settings.active_cache
-    out["runs"] = [{"run": r.run_id, "head": r.record["head_config"]["kind"], "task": r.record["task"],
+    from ..results import head_name, score_text
+
+    out["runs"] = [{"run": r.run_id, "head": head_name(r.record), "task": r.record["task"],
                     "best_score": r.record.get("best_score"), "monitor": r.record.get("monitor"),
-                    "stale": project.stale_reasons(r)} for r in project.runs()]
+                    "score": score_text(r.record), "stale": project.stale_reasons(r)} for r in project.runs()]
     from ..validation import list_groups
 
     out["groups"] = list_groups(project)
@@ -126,9 +128,8 @@ def _describe_info(out: dict[str, Any]) -> str:
         active = " (active)" if out["active_cache"] and Path(cache).stem == out["active_cache"] else ""
         lines.append(f"cache {cache}{active}")
     for r in out["runs"]:
-        score = "n/a" if r["best_score"] is None else f"{r['best_score']:.3f}"
         stale = f"  STALE: {'; '.join(r['stale'])}" if r["stale"] else ""
-        lines.append(f"run {r['run']}: {r['head']} {r['task']}, best {r['monitor']} {score}{stale}")
+        lines.append(f"run {r['run']}: {r['head']} {r['task']}, best {r['score']}{stale}")
     if not out["runs"]:
         lines.append("no runs yet")
     for g in out.get("groups", []):
