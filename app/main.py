@@ -234,10 +234,12 @@ class MainWindow(QMainWindow):
             self.open_project(path)
 
     def open_demo(self) -> None:
-        """The synthetic demo project (written once, in the background, on first use)."""
+        """The synthetic demo project (written once, in the background, on first use), with its
+        feature cache: something to train and explore at once (issue 23, item 10)."""
         root = data_dir() / "demo-project"
         if (root / "loff-project.json").exists() and (root / "catalog.csv").exists():
-            self.open_project(root)
+            if self.open_project(root) and not self.state.project.cache_paths():
+                self._extract_demo_cache()  # written by an older version, or its extraction was interrupted
             return
         if root.exists():  # left half-written by a version that did not write it atomically
             import shutil
@@ -248,11 +250,25 @@ class MainWindow(QMainWindow):
         def work(progress: Any) -> Any:
             from loff_core.demo import create_demo_project
 
-            return create_demo_project(root, progress=progress)
-        self.show_message("info", f"writing the synthetic demo project to {root}")
+            return create_demo_project(root, with_cache=True, progress=progress)
+        self.show_message("info", f"writing the synthetic demo project to {root} and extracting its features")
         job = self.state.start("demo", work)
         if job is not None:
             wire(job, done=self.state.set_project)
+
+    def _extract_demo_cache(self) -> None:
+        project = self.state.project
+
+        def work(progress: Any) -> Any:
+            from loff_core.demo import extract_demo_cache
+
+            return extract_demo_cache(project, progress)
+        self.show_message("info", "extracting the demo's features (EfficientNet-Lite0, shipped with LOFF Studio)")
+        job = self.state.start("extract", work)
+        if job is not None:
+            job.on_close = "stop"
+            wire(job, strip=self.cache_page.strip, banner=self.cache_page.banner,
+                 done=lambda _: (self.state.cache_changed.emit(), self.state.catalog_changed.emit()))
 
     def _project_changed(self, project: Any) -> None:
         if project is None:

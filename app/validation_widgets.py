@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QTab
 
 from .remedies import window_text
 from .state import AppState
-from .widgets import ProgressStrip, form_row
+from .widgets import ProgressStrip, enable, form_row
 from .workers import wire
 
 #: what each metric name means (tooltips; the same words as `loff evaluate --help`)
@@ -221,7 +221,7 @@ class ResultsExtras(QWidget):
         self.save_button.setToolTip("use the threshold on the slider for this run's decisions (evaluate, export, "
                                     "predict, viewer)")
         self.save_button.clicked.connect(self.save_threshold)
-        self.save_button.setEnabled(False)
+        enable(self.save_button, False, "evaluate a run first (binary classification runs only)")
         row = QHBoxLayout()
         row.addWidget(self.operating, 1)
         row.addWidget(self.save_button)
@@ -231,6 +231,12 @@ class ResultsExtras(QWidget):
         layout.addWidget(self.warnings)
         layout.addLayout(row)
 
+    def clear(self) -> None:
+        """No evaluation shown (another run or project): nothing to save an operating point of."""
+        self.operating.setText("")
+        self.warnings.setText("")
+        enable(self.save_button, False, "evaluate a run first (binary classification runs only)")
+
     def show_result(self, result: dict[str, Any]) -> None:
         from loff_core.calibration import describe
 
@@ -238,7 +244,12 @@ class ResultsExtras(QWidget):
         self.warnings.setText("<br>".join(f"warning: {w}" for w in result.get("warnings", [])))
         self.operating.setText(f"decision: {describe(result.get('operating_point'))}")
         binary = result.get("task") == "classification" and len(result.get("classes", [])) == 2
-        self.save_button.setEnabled(binary)
+        why = "" if binary else (
+            f"a decision threshold is saved only for two-class runs; this run has {len(result.get('classes', []))} "
+            f"classes ({result.get('task')}): it decides by the highest probability")
+        enable(self.save_button, binary, why)
+        if why:
+            self.operating.setText(f"{self.operating.text()} <i>(Save operating point: {why})</i>")
         self.spread.setText(self.spread_for(project, result.get("run")) if project is not None else "")
 
     @staticmethod
@@ -267,6 +278,7 @@ class ResultsExtras(QWidget):
 
         project, result = self.state.project, self.page.result
         if project is None or result is None:
+            self.state.message.emit("warning", "evaluate a run first: the operating point is saved for the run shown")
             return
         value = self.page.threshold.value() / 1000.0
         if self.page.positive.currentIndex() == 0:  # the slider thresholds P(first class): convert

@@ -14,6 +14,17 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QProgressBar, QPu
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
 
+def enable(button: QWidget, on: bool, why: str = "") -> None:
+    """Enable a control, or disable it saying why in its tooltip (issue 23, item 7: a control
+    that looks usable and does nothing, or is greyed out without a word, is a defect). The
+    control's own tooltip comes back when it is enabled again."""
+    if button.property("own_tip") is None:
+        button.setProperty("own_tip", button.toolTip())
+    button.setEnabled(on)
+    own = button.property("own_tip") or ""
+    button.setToolTip(own if on or not why else f"{why}" + (f"\n({own})" if own else ""))
+
+
 class ProgressStrip(QWidget):
     """Progress bar + message + Stop (keep what is done) + Cancel (drop it)."""
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Optional
 
 from .errors import ProjectError
 from .fsutil import atomic_write_json, atomic_write_text
@@ -37,9 +38,41 @@ Try:
 """
 
 
-def create_demo_project(root: Path | str, *, n_patients: int = 60, seed: int = 0,
+#: the demo's feature cache (issue 23, item 10: a demo without one had nothing to explore):
+#: EfficientNet-Lite0, whose weights ship with LOFF Studio (no download), at 192 px for speed
+#: (the demo's images are 256 x 208); the token grid as extracted (6 x 6)
+DEMO_BACKBONE, DEMO_IMAGE_SIZE = "efficientnet-lite0", 192
+
+
+def demo_cache_spec() -> Any:
+    """The BackboneSpec of the demo's cache, or None when its weights are not installed."""
+    from .backbones import BackboneSpec
+    from .weights import known, present_file
+
+    entry = known(DEMO_BACKBONE)
+    if entry is None or present_file(entry) is None:
+        return None
+    return BackboneSpec(name=entry.architecture, image_size=DEMO_IMAGE_SIZE)
+
+
+def extract_demo_cache(project: Project, progress: Progress = Progress()) -> Optional[str]:
+    """Extract the demo's features (`demo_cache_spec`) into its cache; returns the cache's
+    fingerprint, or None (a notice says why) when the weights are not installed."""
+    from .settings import ExtractSettings
+
+    spec = demo_cache_spec()
+    if spec is None:
+        progress.notice(f"the demo has no feature cache: the weights of {DEMO_BACKBONE} are not installed; "
+                        "choose a backbone on the Cache page and Extract")
+        return None
+    return steps.extract(project, spec, ExtractSettings(device="cpu"), progress=progress).fingerprint
+
+
+def create_demo_project(root: Path | str, *, n_patients: int = 60, seed: int = 0, with_cache: bool = False,
                         progress: Progress = Progress()) -> Project:
-    """Write images + labels into ROOT/images and import them as an ordinal project.
+    """Write images + labels into ROOT/images and import them as an ordinal project;
+    `with_cache`: then extract its features (`extract_demo_cache`), so the window's demo
+    opens ready to train and explore.
 
     Everything is written into a hidden sibling folder first and renamed to ROOT at the
     end, so a demo interrupted half-way (the app closed on first launch) never leaves a
@@ -79,5 +112,12 @@ def create_demo_project(root: Path | str, *, n_patients: int = 60, seed: int = 0
         report["images_root"] = str(root / "images")
         atomic_write_json(report_path, report)
     project.save()
+    if with_cache:
+        progress.report(2, 3, "demo features")
+        extract_demo_cache(project, progress.linked(
+            lambda d, n, m: progress.report(2 * n + d if n else 2, 3 * n if n else 3, f"demo features: {m}")))
+        project = Project.open(root)
+        progress.report(3, 3, "demo project ready, with its feature cache")
+        return project
     progress.report(2, 2, "demo project ready")
     return project

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QFileDialog, QHBoxLay
 
 from ..remedies import window_text
 from ..state import AppState
-from ..widgets import ProgressStrip
+from ..widgets import ProgressStrip, enable
 from ..workers import wire
 
 COLUMNS = ["name", "parameters", "size", "licence", "present", "source / note"]
@@ -59,6 +59,8 @@ class BackbonesDialog(QDialog):
         self.strip.stop_clicked.connect(self.state.runner.stop)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.why = QLabel("")  # why Use is not available for the selected backbone
+        self.why.setWordWrap(True)
         buttons = QHBoxLayout()
         for b in (self.get_button, self.add_button, self.remove_button, self.use_button):
             buttons.addWidget(b)
@@ -68,6 +70,7 @@ class BackbonesDialog(QDialog):
         layout.addWidget(self.default_label)
         layout.addWidget(self.table)
         layout.addLayout(buttons)
+        layout.addWidget(self.why)
         layout.addWidget(self.strip)
         layout.addWidget(self.status)
         self._job: Any = None
@@ -115,13 +118,26 @@ class BackbonesDialog(QDialog):
         return next((r for r in self.rows if r["name"] == name), None)
 
     def _enable(self) -> None:
+        """Each button enabled, or disabled with the reason (tooltip, and the line under the
+        buttons for the selected backbone): Use on a backbone not here said nothing."""
         row = self._row(self.selected_name())
         busy = self.state.busy
-        self.get_button.setEnabled(not busy and row is not None and not row["present"]
-                                   and row["source"].startswith("hf:"))
-        self.remove_button.setEnabled(not busy and row is not None and row["added"])
-        self.use_button.setEnabled(row is not None and row["present"] and self.on_use is not None)
-        self.add_button.setEnabled(not busy)
+        name = row["name"] if row is not None else ""
+        running = "another job is running; wait for it or stop it" if busy else ""
+        get_why = (running or ("select a backbone first" if row is None else "")
+                   or (f"{name}'s weights are already here" if row["present"] else "")
+                   or ("" if row["source"].startswith("hf:") else f"{name} is not downloaded from the Hub "
+                       f"({row['source']}): bring its file with Add file..."))
+        use_why = ("select a backbone first" if row is None else
+                   f"{name} is not on this machine: Get it first (or Add file...), then Use" if not row["present"] else
+                   "open this dialog from the Cache page to choose the backbone there" if self.on_use is None else "")
+        remove_why = running or ("select a backbone first" if row is None else "" if row["added"] else
+                                 f"{name} was not added here: only added or converted weights can be removed")
+        enable(self.get_button, not get_why, get_why)
+        enable(self.remove_button, not remove_why, remove_why)
+        enable(self.use_button, not use_why, use_why)
+        enable(self.add_button, not busy, running)
+        self.why.setText(f"Use: {use_why}" if row is not None and use_why else "")
         self.strip.set_running(busy and self._job is not None)
 
     # -- Get ------------------------------------------------------------------------------

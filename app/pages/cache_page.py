@@ -276,8 +276,8 @@ class CachePage(QWidget):
             # one phrase, not "PARTIAL ... active" side by side (read as a contradiction)
             kind = "<b>active cache</b>" if active else "cache"
             if partial:
-                got = project.cached_images(path.stem)
-                count = f"{got or 0} of {project.expected_images()} images" if got is not None else "unfinished"
+                got, want = project.cached_images(path.stem), project.expected_images()
+                count = f"{got} of {want} images" if got is not None and got < want else "batches still to merge"
                 kind += (f" <b>(partial: {count})</b>: its extraction stopped before the end; Extract with the "
                          "same settings finishes it; Train waits for it;")
             lines.append(f"{kind} {path.name}: {size:.1f} MB on disk")

@@ -208,6 +208,8 @@ class ResultsPage(QWidget):
         self.threshold.blockSignals(True)
         self.threshold.setValue(500)
         self.threshold.blockSignals(False)
+        if hasattr(self, "extras"):
+            self.extras.clear()  # its Save operating point was left enabled for a result no longer shown
 
     def _busy(self, busy: bool) -> None:
         self.evaluate_button.setEnabled(not busy and self.run.count() > 0)

@@ -69,10 +69,11 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from ..demo import create_demo_project
 
     project = run_with_progress("demo", args.quiet, lambda p: create_demo_project(
-        args.project, n_patients=args.patients, progress=p))
+        args.project, n_patients=args.patients, with_cache=args.with_cache, progress=p))
     summary = project.import_summary()
     return {"project": str(project.root), "imported": summary.imported, "classes": summary.classes,
-            "task": project.settings.task, "synthetic": True, "splits": summary.splits}
+            "task": project.settings.task, "synthetic": True, "splits": summary.splits,
+            "active_cache": project.settings.active_cache}
 
 
 
@@ -163,6 +164,8 @@ def add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("demo", parents=[common], help="write a small synthetic demo project (no download)")
     p.add_argument("project", type=Path)
     p.add_argument("--patients", type=at_least(2), default=60)
+    p.add_argument("--with-cache", action="store_true",
+                   help="also extract its features (EfficientNet-Lite0, shipped, at 192 px), as the window's demo does")
     p.set_defaults(func=cmd_demo, describe=_describe_demo)
 
 
