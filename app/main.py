@@ -88,7 +88,7 @@ class MainWindow(QMainWindow):
             action = QAction(text, self)
             if shortcut is not None:
                 action.setShortcut(shortcut)
-            action.triggered.connect(slot)
+            action.triggered.connect(lambda _=False, f=slot: f())  # not triggered's `checked` as an argument
             menu.addAction(action)
         menu.actions()[1].setIcon(icon("open"))
         self.recent_menu = QMenu("&Recent projects", self)

@@ -281,6 +281,8 @@ class ImagePanel(QWidget):
         self.reset_button = QPushButton("Reset view")
         self.reset_button.setToolTip("full range, whole image")
         self.reset_button.clicked.connect(self.reset)
+        for control in (self.preset, self.reset_button):  # nothing to reset before an image is shown
+            enable(control, False, "no image shown: choose one first")
         self.colour_bar = ColourBar()
         self.colour_bar.hide()
         self.view.getHistogramWidget().item.sigLevelsChanged.connect(self._levels_changed)
@@ -306,6 +308,8 @@ class ImagePanel(QWidget):
         self.heat = None
         self.pixels = None if pixels is None else np.asarray(pixels)
         self.mask = None
+        for control in (self.preset, self.reset_button):
+            enable(control, pixels is not None, "no image shown: choose one first")
         if pixels is None:
             self.view.clear()
             self.window_text.setText("")

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGroupBox, QLa
 from ..about import project_backbone
 from ..state import AppState
 from ..theme import warning_colour
-from ..widgets import Banner, ProgressStrip, form_row
+from ..widgets import Banner, ProgressStrip, enable, form_row
 from ..workers import wire
 from .results_page import fill_runs
 
@@ -87,7 +87,7 @@ class PredictPage(QWidget):
         self.predict_button.clicked.connect(self.start_predict)
         self.save_button = QPushButton("Save CSV...")
         self.save_button.clicked.connect(self.save_csv)
-        self.save_button.setEnabled(False)
+        enable(self.save_button, False, "predict images first: the CSV holds the table below")
         self.strip = ProgressStrip()
         self.strip.stop_clicked.connect(self.state.runner.cancel)
         self.table = QTableWidget(0, 0)
@@ -132,7 +132,7 @@ class PredictPage(QWidget):
         self.table.setRowCount(0)
         self.table.setColumnCount(0)
         self.model_text.setText("")
-        self.save_button.setEnabled(False)
+        enable(self.save_button, False, "predict images first: the CSV holds the table below")
         self.strip.clear()
         self.banner.clear()
         self.refresh()
@@ -285,7 +285,7 @@ class PredictPage(QWidget):
             self.table.setItem(len(rows) + k, 0, QTableWidgetItem(f["path"]))
             self.table.setItem(len(rows) + k, 1, QTableWidgetItem(f"not read: {f['reason']}"))
         self.table.resizeColumnsToContents()
-        self.save_button.setEnabled(bool(rows or result["failed"]))
+        enable(self.save_button, bool(rows or result["failed"]), "nothing was predicted")
         text = f"predicted {len(rows)} images; {len(result['failed'])} could not be read"
         self.state.message.emit("info", text)
         self.strip.finish(text, complete=bool(rows))

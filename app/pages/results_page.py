@@ -17,7 +17,7 @@ from loff_core.settings import EvaluateSettings
 
 from ..state import AppState
 from ..theme import warning_colour
-from ..widgets import Banner, ProgressStrip, bold, form_row
+from ..widgets import Banner, ProgressStrip, bold, enable, form_row
 from ..workers import wire
 from .train_page import OKABE_ITO, STOPPED_WORDS
 
@@ -112,7 +112,7 @@ class ResultsPage(QWidget):
         self.levels.setLabel("left", "expected predicted level")
         self.view_cell = QPushButton("Open these images in the Viewer")
         self.view_cell.clicked.connect(self._browse_cell)
-        self.view_cell.setEnabled(False)
+        enable(self.view_cell, False, "evaluate, then click a cell of the confusion matrix to choose its images")
         self.cell_ids: list[str] = []
         self.cell_caption = ""
 
@@ -191,7 +191,7 @@ class ResultsPage(QWidget):
         self.confusion.setColumnCount(0)
         self.confusion.setMaximumHeight(16777215)
         self.cell_ids, self.cell_caption = [], ""
-        self.view_cell.setEnabled(False)
+        enable(self.view_cell, False, "evaluate, then click a cell of the confusion matrix to choose its images")
         self.view_cell.setText("Open these images in the Viewer")
         self.roc.clear()
         self.marker.setData([], [])
@@ -293,7 +293,7 @@ class ResultsPage(QWidget):
         c.setMaximumHeight(c.horizontalHeader().height() + sum(c.rowHeight(r) for r in range(rows))
                            + 2 * c.frameWidth() + 2)
         self.cell_ids = []
-        self.view_cell.setEnabled(False)
+        enable(self.view_cell, False, "evaluate, then click a cell of the confusion matrix to choose its images")
 
     def select_cell(self, row: int, col: int) -> None:
         """Select the images of one confusion-matrix cell (true = row, predicted = column)."""
@@ -303,7 +303,7 @@ class ResultsPage(QWidget):
         self.cell_ids = [p["image_id"] for p in self.result["predictions"]
                          if p["label"] == classes[row] and p["predicted"] == classes[col]]
         self.cell_caption = f"true {classes[row]}, predicted {classes[col]} ({_n_images(len(self.cell_ids))})"
-        self.view_cell.setEnabled(bool(self.cell_ids))
+        enable(self.view_cell, bool(self.cell_ids), "this cell holds no images")
         self.view_cell.setText(f"Open {_n_images(len(self.cell_ids))} (true {classes[row]}, predicted "
                                f"{classes[col]}) in the Viewer")
 
