@@ -65,6 +65,10 @@ def apply_theme(name: str, root: QWidget) -> dict[str, str]:
                       (QPalette.ColorRole.HighlightedText, "highlighted_text"), (QPalette.ColorRole.Mid, "mid"),
                       (QPalette.ColorRole.ToolTipBase, "base"), (QPalette.ColorRole.ToolTipText, "text")):
         palette.setColor(role, QColor(c[key]))
+    # a disabled control must look disabled (setColor above sets every group alike: a disabled
+    # Save operating point looked enabled and did nothing, issue 23 item 7)
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.WindowText, QPalette.ColorRole.ButtonText):
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor(c["disabled_text"]))
     app.setPalette(palette)
     app.setStyleSheet(resource_path("themes", f"{name}.qss").read_text(encoding="utf-8"))
     pg.setConfigOption("background", c["plot_background"])

@@ -463,7 +463,13 @@ def test_dark_theme_colours_warnings_with_its_own_red(qtbot, demo_copy):
     label.style().unpolish(label)
     label.style().polish(label)
     assert label.palette().color(QPalette.ColorRole.WindowText).name() == warning_colour("dark")
-    w.set_theme("light")
+    # a disabled control looks disabled in both themes (its text greyed, not the normal text)
+    for theme in ("dark", "light"):
+        w.set_theme(theme)
+        save = w.results_page.extras.save_button
+        assert not save.isEnabled()
+        greyed = save.palette().color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.ButtonText)
+        assert greyed.name() != save.palette().color(QPalette.ColorGroup.Active, QPalette.ColorRole.ButtonText).name()
     assert f"color:{warning_colour('light')}" in w.banner.text()
     w.state.runner.shutdown()
 
