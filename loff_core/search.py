@@ -514,6 +514,9 @@ def tune_source(sources: Any, pool: Pool, classes: Sequence[str], task: str, *, 
         if with_logreg and task == "classification" else []
     baseline_stopped = with_logreg and task == "classification" and len(rows) < len(by_block)
     restored = study.finished()
+    if restored:
+        progress.notice(f"resuming the study {study.path.name if study.path else ''}: {len(restored)} trials were "
+                        f"done by an earlier tune with these settings")
     for t in restored[:target]:  # what an earlier, stopped or killed, tune of this study scored
         entry = t.user_attrs["entry"]
         rows.append({**entry, "_name": f"trial-{entry['trial']}", "_params": dict(t.params)})
@@ -642,8 +645,6 @@ def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dic
     found = tune_source(sources, pool, classes, task, trials=target, folds=folds, seed=seed, base=base,
                         progress=search, heads=heads, budget=budget, study_path=study_path,
                         with_logreg=with_logreg)
-    if found["resumed"]:
-        progress.notice(f"resumed the study {TUNE_DIR}/{study_path.name}: {found['resumed']} trials were done")
     return _finish(project, settings, found, caches, sources, pool, classes, task, seed, started, progress)
 
 
