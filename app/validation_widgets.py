@@ -65,13 +65,17 @@ class ValidationPanel(QGroupBox):
         from .forms import control_for
 
         self.folds = control_for(TuneSettings, "folds", high=20)  # declared once with `loff cv / tune --folds`
+        from loff_core.settings import DEFAULT_TUNE_TRIALS
+
         self.trials = control_for(TuneSettings, "trials", high=100)
+        self.trials.setValue(DEFAULT_TUNE_TRIALS)  # the declaration's None: this many without a budget
         self.cv_button = QPushButton("Cross-validate")
         self.cv_button.setToolTip("train the head above once per fold and report each metric as mean ± SD")
         self.cv_button.clicked.connect(self.start_cv)
         self.tune_button = QPushButton("Find the best head")
-        self.tune_button.setToolTip("score head kinds, learning rates, epochs and augmentation by cross-validation; "
-                                    "retrain the winner on train + val and evaluate it once on test")
+        self.tune_button.setToolTip("search the cache's blocks, head kinds, learning rates, augmentation and length "
+                                    "(the epochs above, or twice them) by cross-validation (Optuna); retrain the "
+                                    "winner on train + val and evaluate it once on test")
         self.tune_button.clicked.connect(self.start_tune)
         self.strip = ProgressStrip()
         self.strip.stop_clicked.connect(self.state.runner.stop)
@@ -82,6 +86,7 @@ class ValidationPanel(QGroupBox):
         self.board.horizontalHeader().setStretchLastSection(True)
         self.board.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.entries: list[dict[str, Any]] = []
+        self.plan = ""
         layout = QVBoxLayout(self)
         layout.addWidget(form_row(QLabel("folds"), self.folds, self.cv_button, QLabel("trials"), self.trials,
                                   self.tune_button, self.strip, stretch_last=True))
@@ -153,8 +158,10 @@ class ValidationPanel(QGroupBox):
         from loff_core.settings import TuneSettings
 
         trials, folds = self.trials.value(), self.folds.value()
-        # the page's task, seed, device, batch size, ...: the engine keeps what the search does not vary
-        settings = TuneSettings(trials=trials, folds=folds, train=self.cv_config())
+        # the page's task, seed, epochs (the search's base length: it tries them and twice them),
+        # device, batch size, ...: the engine keeps what the search does not vary (search.tune_base)
+        config = self.cv_config()
+        settings = TuneSettings(trials=trials, folds=folds, train=config)
         self.entries = []
         self.board.setRowCount(0)
         def work(progress: Any) -> Any:
@@ -164,14 +171,22 @@ class ValidationPanel(QGroupBox):
         job = self.state.start("find the best head", work)
         if job is not None:
             job.on_close = "stop"
-            self.result.setText(f"trying {trials} head configurations and a logistic regression, {folds} folds each ...")
+            self.plan = (f"trying {trials} head configurations ({config.epochs} or {2 * config.epochs} epochs) after a "
+                         f"logistic regression, {folds} folds each; Stop keeps the best so far")
+            self.result.setText(self.plan)
+            job.notice.connect(self.show_notice)
             wire(job, strip=self.strip, partial={"trial": self.add_entry}, done=self.show_tune)
 
+    def show_notice(self, text: str) -> None:
+        """The search's one-line description and its estimate, under the running line."""
+        self.plan = f"{self.plan}<br>{text}"
+        self.result.setText(self.plan)
+
     def add_entry(self, entry: dict[str, Any]) -> None:
-        """One scored configuration: the table is kept sorted best first."""
+        """One scored configuration: the table is kept sorted best first, pruned ones last."""
         self.entries.append(entry)
         primary = "auc" if "kendall_tau" not in entry["cv"] else "kendall_tau"
-        self.entries.sort(key=lambda e: -((e["cv"].get(primary) or {}).get("mean") or -1e9))
+        self.entries.sort(key=lambda e: (bool(e.get("pruned")), -((e["cv"].get(primary) or {}).get("mean") or -1e9)))
         self.board.setRowCount(0)
         for e in self.entries:
             row = self.board.rowCount()
@@ -184,18 +199,29 @@ class ValidationPanel(QGroupBox):
                     return "n/a"
                 return f"{m['mean']:.3f}" + (f" ± {m['sd']:.3f}" if m.get("sd") is not None else "")
             folds = len(next(iter(e.get("per_fold", {}).values()), [])) or ""
-            for col, text in enumerate([config_text(e["config"]), cell("accuracy"), cell("balanced_accuracy"),
+            if e.get("pruned"):
+                folds = f"{folds} (pruned)"
+            shown = {k: v for k, v in e["config"].items() if not (k == "block" and v is None)}
+            for col, text in enumerate([config_text(shown), cell("accuracy"), cell("balanced_accuracy"),
                                         cell(primary), str(folds)]):
-                self.board.setItem(row, col, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                if e.get("pruned"):
+                    item.setToolTip("pruned: clearly behind the best configuration after its first folds; "
+                                    "never chosen")
+                self.board.setItem(row, col, item)
         self.board.resizeColumnsToContents()
 
     def show_tune(self, out: dict[str, Any]) -> None:
         test = out.get("test") or {}
         shown = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in test.items() if v is not None)
+        search = out.get("search") or {}
+        done = (f"{search.get('trials_run', 0) + search.get('resumed', 0)} trials"
+                + (f", {search['pruned']} pruned" if search.get("pruned") else "")
+                + (", stopped: best so far" if out.get("stopped") else "")) if search else ""
         self.result.setText(f"<b>best: {config_text(out['best']['config'])}</b> (cross-validation "
-                            f"{spread_text(out['best']['cv'])}); retrained on train + val as run "
-                            f"<b>{out['run']}</b>" + (f"; on the test split, once: {shown}" if shown else ""))
-        self.strip.report(1, 1, "done")
+                            f"{spread_text(out['best']['cv'])}{'; ' + done if done else ''}); retrained on train + "
+                            f"val as run <b>{out['run']}</b>" + (f"; on the test split, once: {shown}" if shown else ""))
+        self.strip.finish(f"best head: run {out['run']}")
         self.state.message.emit("info", f"best head: run {out['run']}")
         self.state.runs_changed.emit()
 

@@ -249,7 +249,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 per_cfg.setdefault(LOGREG_ARM, []).append(m)
                 walls[LOGREG_ARM] = walls.get(LOGREG_ARM, 0.0) + time.perf_counter() - t0
             if args.nested_tune and wanted(TUNE_ARM):
-                from loff_core.validation import Pool, config_dict, retrain_final, tune_source
+                from loff_core.search import retrain_final, tune_source
+                from loff_core.validation import Pool, config_dict
 
                 t0 = time.perf_counter()
                 pool = Pool(list(ids_all[tr]), y_all[tr], g_all[tr])

@@ -243,7 +243,8 @@ class TuneResult(StepResult):
                    details=data)
 
     def to_json(self) -> dict[str, Any]:
-        return {"leaderboard": [{"config": e["config"], "cv": e["cv"]} for e in self.leaderboard],
+        return {"leaderboard": [{"config": e["config"], "cv": e["cv"], **({"pruned": True} if e.get("pruned") else {})}
+                                for e in self.leaderboard],
                 "best": {"config": self.best["config"], "cv": self.best["cv"]}, "run": self.run, "test": self.test}
 
     def to_dict(self) -> dict[str, Any]:

@@ -311,6 +311,13 @@ CV_HEADS: dict[str, str] = {**HEAD_KINDS, "logreg": "scikit-learn logistic regre
                                                     "C chosen by inner CV (classification only)"}
 
 
+#: `loff tune` when neither --trials nor --budget is given: this many trials, no new one once
+#: this many seconds are spent (the default tune fits in 3 minutes on a 2-core CPU;
+#: docs/validation.md says why)
+DEFAULT_TUNE_TRIALS = 8
+DEFAULT_TUNE_BUDGET = 150.0
+
+
 def _folds() -> Any:
     """`--folds` of `loff cv` and `loff tune` (one declaration, two commands)."""
     return setting(5, "patient-grouped, label-stratified folds over train + val", kind=int, low=2)
@@ -331,13 +338,22 @@ class CVSettings(Checked):
 
 @dataclass(frozen=True)
 class TuneSettings(Checked):
-    """How `loff tune` (and the Train page's Tune) searches. `train`: the task, seed and the
-    settings the search does not vary (device, batch size, ...; `validation.tune_base`
-    decides which); None: TrainConfig's defaults with the project's task."""
+    """How `loff tune` (and the Train page's Find the best head) searches (loff_core/search.py).
+    `train`: the task, seed, length (epochs / patience) and the settings the search does not
+    vary (device, batch size, ...; `search.tune_base` decides which); None: TrainConfig's
+    defaults with the project's task."""
 
-    trials: int = setting(8, "head configurations to try (plus a logistic regression for classification)",
-                          kind=int, low=1)
+    trials: Optional[int] = setting(None, f"head configurations to try, the defaults first (plus a logistic "
+                                    f"regression for classification); default: {DEFAULT_TUNE_TRIALS}, no new one "
+                                    f"after {DEFAULT_TUNE_BUDGET:.0f} s; with --budget alone, as many as it allows",
+                                    kind=int, low=1, optional=True)
     folds: int = _folds()
+    budget: Optional[float] = setting(None, "time budget of the search in seconds (command line: 90s, 3m, 1h); "
+                                      "no new trial starts once it is spent", kind=float, unit="s", low=1,
+                                      optional=True)
+    heads: Optional[tuple[str, ...]] = setting(None, "head kinds searched, e.g. attention,linear (default: "
+                                               + ", ".join(HEAD_KINDS) + ")", choices=HEAD_KINDS,
+                                               option=None, optional=True)
     train: Optional[TrainConfig] = setting(None, "the base training settings", kind=object, option=None,
                                            optional=True)
 

@@ -154,7 +154,7 @@ def cross_validate(project: Any, settings: CVSettings = CVSettings(), *,
 def tune(project: Any, settings: TuneSettings = TuneSettings(), *, progress: Progress = Progress()) -> TuneResult:
     """Head search by grouped CV, winner retrained as a run and tested once (writer lock).
     Each scored configuration is a "trial" partial result of `progress`."""
-    from .validation import tune as run_tune
+    from .search import tune as run_tune
 
     with project.lock():
         return TuneResult.from_dict(run_tune(project, settings, progress=progress))

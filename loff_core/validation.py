@@ -1,27 +1,24 @@
-"""Patient-grouped cross-validation and model selection on the feature cache.
+"""Patient-grouped cross-validation on the feature cache.
 
 The cache makes training a head nearly free, so results can be honest: `cross_validate`
 trains one head per fold over train + val (folds grouped by patient, stratified by label;
 the test split is never read) and reports each metric of `evaluate` as mean, SD and the
-per-fold values; `tune` scores a small search (head kind, learning rate, epochs / patience,
-augmentation strength, plus a scikit-learn logistic regression on the pooled embedding)
-by that cross-validation, retrains the winner on train + val and evaluates it once on test.
+per-fold values. Model selection (`loff tune`) scores configurations by the same folds
+(`run_folds`); it lives in `search.py`.
 
 Inside each fold a validation part (about 1/6 of the fold's training patients, again
 grouped and stratified) is held out for the head's early stopping / best-epoch choice, so
 the held-out fold is only ever used to score.
 
 Results are saved as a run group: `groups/<ID>/group.json` in the project (`loff info`
-lists them). Progress, partial results (each finished "fold", each scored "trial") and
-Stop go through the `Progress` given: Stop ends after the fold (or trial) in progress and
-keeps what is finished.
+lists them). Progress, partial results (each finished "fold") and Stop go through the
+`Progress` given: Stop ends after the fold in progress and keeps what is finished.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +29,7 @@ import numpy as np
 from .errors import TrainingError
 from .fsutil import atomic_write_json, utc_now
 from .progress import Progress
-from .settings import EvaluateSettings, config_record
+from .settings import config_record
 
 #: the metric `tune` ranks by: macro AUC for classification, Kendall's tau for ordinal labels
 PRIMARY = {"classification": "auc", "ordinal": "kendall_tau"}
@@ -406,207 +403,3 @@ def _jsonable(config: Any) -> Any:
     if config == LOGREG:
         return {"head": LOGREG, "Cs": list(LOGREG_CS)}
     return config_record(config)
-
-
-# -- model selection -------------------------------------------------------------------------
-def search_space(task: str, base: Any) -> list[Any]:
-    """Every head configuration `tune` may try (TrainConfig), in a fixed order: epochs /
-    patience are the base's (30 / 8 by default) or twice as long."""
-    out = []
-    lengths = ((base.epochs, base.patience), (2 * base.epochs, 2 * base.patience))
-    for head in ("attention", "linear", "vit"):
-        for augment in ("default", "off", "strong"):
-            for lr in (5e-4, 1e-3, 2e-3) if head != "linear" else (1e-3, 3e-3, 1e-2):
-                for epochs, patience in lengths:
-                    out.append(replace(base, head=head, task=task, lr=lr, epochs=epochs, patience=patience,
-                                       augment=augment_named(augment)))
-    return out
-
-
-def choose_trials(task: str, base: Any, trials: int, seed: int,
-                  heads: Optional[Sequence[str]] = None) -> list[Any]:
-    """`trials` head configurations: the defaults first, then a seeded sample drawn in turn
-    from each head kind, so every kind is tried when trials >= 3. `heads` (e.g.
-    ["attention"]) restricts the search to those head kinds (the first is then the
-    defaults with the first of them when the base's head is not among them)."""
-    space = search_space(task, base)
-    if heads is not None:
-        unknown = sorted(set(heads) - {c.head for c in space})
-        if unknown or not heads:
-            raise TrainingError(f"unknown head kind(s) for tune: {', '.join(unknown) or '(none given)'}; "
-                                "expected attention, linear or vit")
-        space = [c for c in space if c.head in heads]
-    first = replace(base, task=task)
-    if heads is not None and first.head not in heads:
-        first = replace(first, head=heads[0])
-    rng = np.random.default_rng(seed)
-    by_head: dict[str, list[Any]] = {}
-    for c in space:
-        if config_dict(c) != config_dict(first):
-            by_head.setdefault(c.head, []).append(c)
-    for h in by_head:
-        by_head[h] = [by_head[h][i] for i in rng.permutation(len(by_head[h]))]
-    chosen = [first]
-    heads = [h for h in ("linear", "vit", "attention") if h in by_head]
-    turn = 0
-    while len(chosen) < trials and any(by_head[h] for h in heads):
-        h = heads[turn % len(heads)]
-        if by_head[h]:
-            chosen.append(by_head[h].pop(0))
-        turn += 1
-    return chosen[:max(1, trials)]
-
-
-def _rank_key(entry: dict[str, Any], task: str) -> tuple[float, float]:
-    cv = entry["cv"]
-    primary = (cv.get(PRIMARY[task]) or {}).get("mean")
-    acc = (cv.get("accuracy") or {}).get("mean")
-    return (-math.inf if primary is None else primary, -math.inf if acc is None else acc)
-
-
-def tune_source(source: Any, pool: Pool, classes: Sequence[str], task: str, *, trials: int = 8, folds: int = 5,
-                seed: int = 0, base: Any = None, with_logreg: bool = True, progress: Progress = Progress(),
-                heads: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """Score `trials` head configurations (plus the logistic regression for classification)
-    by grouped CV on `pool`; returns {"leaderboard" (best first), "best", "stopped"}. Each
-    scored configuration is a "trial" partial result of `progress` as it finishes.
-    `heads` restricts the head kinds searched (see `choose_trials`)."""
-    from .settings import TrainConfig
-
-    base = base or TrainConfig(task=task)
-    configs: list[Any] = choose_trials(task, base, trials, seed, heads)
-    if with_logreg and task == "classification":
-        configs.insert(0, LOGREG)
-    board: list[dict[str, Any]] = []
-    stopped = False
-    for t, config in enumerate(configs):
-        progress.check()
-        if progress.stop_requested and board:
-            stopped = True
-            break
-        sub = progress.linked(lambda d, n, m, t=t: progress.report(
-            t * 1000 + int(999 * d / n) if n else t * 1000, len(configs) * 1000, f"trial {t + 1}/{len(configs)}: {m}"))
-        result = run_folds(source, pool, classes, task, config, folds=folds, seed=seed, progress=sub)
-        if result["stopped"] and result["completed"] < folds:
-            stopped = True
-            break  # a trial scored on fewer folds is not comparable
-        entry = {"config": config_dict(config),
-                 "cv": {n: {"mean": v["mean"], "sd": v["sd"]} for n, v in result["metrics"].items()},
-                 "per_fold": {n: v["per_fold"] for n, v in result["metrics"].items()},
-                 "best_epochs": result["best_epochs"], "fold_extra": result["fold_extra"], "_config": config,
-                 "_oof": result["oof"]}
-        board.append(entry)
-        progress.partial("trial", {k: v for k, v in entry.items() if k not in ("_config", "_oof")})
-    if not board:
-        raise TrainingError("tuning was stopped before the first configuration was scored")
-    board.sort(key=lambda e: _rank_key(e, task), reverse=True)
-    return {"leaderboard": board, "best": board[0], "stopped": stopped}
-
-
-def retrain_final(source: Any, pool: Pool, classes: Sequence[str], task: str, best: dict[str, Any], seed: int,
-                  progress: Progress = Progress()) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The winner trained on all of `pool` (train + val): a head for LOGREG (its C chosen by
-    grouped CV again), else the TrainConfig for the median best epoch of the folds with no
-    early stopping. Returns (HeadConfig, state dict, notes for the run record)."""
-    from .heads import HeadConfig
-    from .training import train_head
-
-    config = best["_config"]
-    k = len(classes)
-    if config == LOGREG:
-        x = _logreg_features(_read_cls(source, pool.ids))
-        fitted = fit_logreg(x, pool.y, pool.groups, k, seed)
-        head_config = HeadConfig(kind="linear", task="classification", num_classes=k,
-                                 feature_dim=int(source.feature_dim), grid_hw=tuple(int(v) for v in source.grid_hw))
-        progress.report(1, 1, "logistic regression on train + val")
-        return head_config, logreg_head_state(fitted, int(source.feature_dim)), {"C": fitted["C"]}
-    epochs = int(np.median(best["best_epochs"])) if best["best_epochs"] else config.epochs
-    final = replace(config, epochs=max(1, epochs), patience=max(1, epochs), seed=seed)
-    result = train_head(source, pool.ids, pool.y.tolist(), [], [], final, num_classes=k, progress=progress)
-    return result.head_config, result.state_dict, {"epochs": final.epochs, "history": result.history,
-                                                   "train_config": _jsonable(final)}
-
-
-def tune_base(config: Any) -> Any:
-    """The base of a search from a front end's TrainConfig: its task, seed and every setting
-    the search does not vary (device, batch size, weight decay, ...); what it varies (head,
-    learning rate, epochs / patience, augmentation) starts from TrainConfig's defaults."""
-    from .settings import TrainConfig
-
-    default = TrainConfig()
-    return replace(config, head=default.head, lr=default.lr, epochs=default.epochs, patience=default.patience,
-                   augment=default.augment)
-
-
-def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dict[str, Any]:
-    """`loff tune`: search scored by grouped CV on train + val (`settings`: TuneSettings),
-    winner retrained on train + val as a normal run, evaluated once on test. Returns
-    {"group", "leaderboard", "best", "run", "test"}."""
-    from .settings import TrainConfig
-
-    base = tune_base(settings.train or TrainConfig(task=project.settings.task))
-    trials, folds, seed, task = settings.trials, settings.folds, base.seed, base.task
-    project.check_cache_complete()
-    cache = project.open_cache(block=base.block)
-    pool, classes = project_pool(project, cache)
-    if len(classes) < 2:
-        raise TrainingError(f"{project.root}: tuning needs at least two classes")
-    started = utc_now()
-    total = 1000
-    search = progress.linked(lambda d, n, m: progress.report(int(0.95 * total * d / n) if n else 0, total, m))
-    from .training import _in_memory
-
-    data = _in_memory(cache)
-    found = tune_source(data, pool, classes, task, trials=trials, folds=folds, seed=seed, base=base,
-                        progress=search)
-    best = found["best"]
-    # not linked to Stop: the winner is always trained to the end (a few seconds)
-    final_progress = progress.linked(lambda d, n, m: progress.report(950 + int(50 * d / n) if n else 950, total,
-                                                                     f"winner on train + val: {m}"), stop=False)
-    head_config, state, notes = retrain_final(data, pool, classes, task, best, seed, final_progress)
-    group = _new_group_id(project, "tune")
-    run_id = project.new_run_id(head_config.kind)
-    record = {
-        "run_id": run_id, "started": started, "finished": utc_now(), "task": task, "classes": list(classes),
-        "train_config": notes.get("train_config", {"head": LOGREG, "C": notes.get("C"), "augment": {"enabled": False},
-                                                   "Cs": list(LOGREG_CS)}),
-        "head_config": head_config.to_dict(), "history": notes.get("history", []),
-        "best_epoch": notes.get("epochs", 0), "best_score": (best["cv"].get(PRIMARY[task]) or {}).get("mean") or 0.0,
-        "monitor": f"cv_{PRIMARY[task]}", "stopped": "completed",
-        "notes": [f"chosen by `loff tune` (group {group}): {folds}-fold grouped CV on train + val, then retrained on "
-                  f"train + val"], "n_train": len(pool.ids), "n_val": 0,
-        "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
-        "block": cache.block, "backbone": cache.block_backbone, "group": group,
-    }
-    run = project.write_run(run_id, record, state)
-    folder = project.root / GROUPS_DIR / group
-    folder.mkdir(parents=True, exist_ok=True)
-    done = ~np.isnan(best["_oof"]).any(axis=1)
-    np.savez(folder / "oof.npz", probabilities=best["_oof"][done], labels=pool.y[done])
-    if len(np.unique(pool.y[done])) >= 2:  # calibrated / thresholded on the out-of-fold predictions
-        from .calibration import calibrate_run
-
-        calibrate_run(project, run.run_id)
-    test: Optional[dict[str, Any]] = None
-    try:
-        from .evaluation import evaluate_run
-
-        evaluation = evaluate_run(project, run.run_id, "test", n_bootstrap=EvaluateSettings().bootstrap)
-        test = {"metrics": evaluation["metrics"], "ci": evaluation["ci"], "n": evaluation["n"]}
-    except Exception as exc:  # noqa: BLE001 - no test split: the run stands, test stays empty
-        from .errors import LoffError
-
-        if not isinstance(exc, LoffError):
-            raise
-    leaderboard = [{k: v for k, v in e.items() if k not in ("_config", "_oof", "per_fold")}
-                   for e in found["leaderboard"]]
-    best_out = {k: v for k, v in best.items() if k not in ("_config", "_oof")}
-    out = {"group": group, "kind": "tune", "folds": folds, "trials": len(leaderboard), "task": task,
-           "leaderboard": leaderboard, "best": best_out, "run": run.run_id,
-           "test": None if test is None else test["metrics"], "test_ci": None if test is None else test["ci"],
-           "n_test": None if test is None else test["n"], "stopped": found["stopped"], "seed": seed,
-           "started": started, "finished": utc_now(), "n_images": len(pool.ids),
-           "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
-           "block": cache.block}
-    _save_group(project, out)
-    return out

@@ -79,6 +79,48 @@ def test_cross_validate_and_find_the_best_head_in_the_window(qtbot, window, tmp_
     assert "decision:" in results.extras.operating.text()
 
 
+@pytest.mark.slow
+def test_find_the_best_head_honours_the_form_fills_in_marks_pruned_and_shows_time_left(qtbot, window, tmp_path,
+                                                                                        capsys, monkeypatch):
+    """Issue 23 item 5: the search's length axis is the form's epochs (and twice them), not
+    TrainConfig's 30; the board fills in as trials finish, pruned ones marked and last; the
+    strip says the time left; Cross-validate trains with the page's More settings."""
+    from loff_core import search
+    from app.workers import wire
+
+    monkeypatch.setattr(search, "PRUNE_MARGIN", -1.0)  # every trial after the first complete one is pruned
+    path = binary_png_project(tmp_path, capsys)
+    w = window
+    _open(w, path)
+    page, panel = w.train_page, w.train_page.validation
+    page.epochs.setValue(2)
+    page.more["batch_size"].setValue(8)
+    panel.folds.setValue(3)
+    qtbot.mouseClick(panel.cv_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
+    group = next((path / "groups").iterdir())
+    cv = json.loads((group / "group.json").read_text())
+    assert (cv["train_config"]["batch_size"], cv["train_config"]["epochs"]) == (8, 2)
+
+    panel.trials.setValue(3)
+    rows, lines = [], []
+    qtbot.mouseClick(panel.tune_button, Qt.MouseButton.LeftButton)
+    job = w.state.runner.job
+    wire(job, partial={"trial": lambda _e: rows.append(panel.board.rowCount())})
+    job.progress.connect(lambda done, total, message: lines.append(message))
+    qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
+    assert rows == [1, 2, 3, 4]  # the baseline, then each trial as it finished
+    folds = [panel.board.item(r, 4).text() for r in range(panel.board.rowCount())]
+    assert folds[:2] == ["3", "3"] and folds[2:] == ["1 (pruned)", "1 (pruned)"]
+    assert "(pruned)" not in panel.board.item(0, 4).text() and "best:" in panel.result.text()
+    assert any(m.startswith("trial 2/3 (fold 1/3)") and "best so far" in m and "left" in m for m in lines)
+    tuned = json.loads(next(g for g in (path / "groups").iterdir() if g.name.endswith("tune")).joinpath(
+        "group.json").read_text())
+    epochs = {e["config"].get("epochs") for e in tuned["leaderboard"]} - {None}
+    assert epochs and epochs <= {2, 4}  # the form's epochs or twice them
+    assert "pruned" in panel.result.text()
+
+
 def test_results_page_saves_the_operating_point(qtbot, window, tmp_path, capsys):
     path = binary_png_project(tmp_path, capsys)
     run = loff_json(capsys, "train", path, "--head", "linear", "--epochs", "3", "--device", "cpu")["run"]

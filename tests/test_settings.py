@@ -162,8 +162,9 @@ def test_every_training_option_is_on_the_train_page_and_reaches_the_config(qtbot
     train.more["device"].setCurrentText("cpu")
     cv = train.validation.cv_config()
     assert (cv.batch_size, cv.patience, cv.epochs, cv.device) == (8, 3, 7, "cpu")
-    from loff_core.validation import tune_base
+    from loff_core.search import tune_base
 
     base = tune_base(cv)
     assert (base.batch_size, base.device, base.seed, base.task) == (8, "cpu", cv.seed, cv.task)
-    assert (base.epochs, base.patience, base.head) == (TrainConfig.epochs, TrainConfig.patience, TrainConfig.head)
+    # issue 23 item 5: the form's epochs / patience are the search's base length (it tries them and twice them)
+    assert (base.epochs, base.patience, base.head, base.lr) == (7, 3, TrainConfig.head, TrainConfig.lr)

@@ -18,8 +18,8 @@ from loff_core.heads import HeadConfig, build_head, probabilities
 from loff_core.metrics import evaluate_predictions
 from loff_core.progress import Cancelled, Progress
 from loff_core.settings import TrainConfig
-from loff_core.validation import (LOGREG, Pool, _logreg_features, choose_trials, fit_logreg, grouped_folds,
-                                  logreg_head_state, logreg_probabilities, run_folds, tune_source)
+from loff_core.validation import (Pool, _logreg_features, fit_logreg, grouped_folds, logreg_head_state,
+                                  logreg_probabilities, run_folds)
 
 C, H, W = 8, 2, 2
 
@@ -108,39 +108,6 @@ def test_logistic_regression_is_exactly_a_linear_head(k):
                             "classification").double().numpy()
     assert np.abs(got - expected).max() < 1e-4
     assert (expected.argmax(1) == pool.y).mean() > 0.8
-
-
-def test_tune_ranks_configurations_and_includes_the_baseline():
-    src, pool = _pool()
-    seen, folds = [], []
-    progress = Progress(on_partial=lambda p: (seen if p.kind == "trial" else folds).append(p))
-    out = tune_source(src, pool, ["a", "b", "c"], "classification", trials=3, folds=3, seed=0,
-                      base=_cfg(), progress=progress)
-    board = out["leaderboard"]
-    assert len(board) == len(seen) == 4  # logistic regression + 3 head configurations
-    # each trial came as it was scored (the baseline first), with its leaderboard row's scores,
-    # after its 3 folds (and, for a head, their epochs) came as partial results of their own
-    assert seen[0].value["config"] == {"head": LOGREG}
-    by_config = {json.dumps(e["config"]): e for e in board}
-    assert all(p.value["cv"] == by_config[json.dumps(p.value["config"])]["cv"] for p in seen)
-    assert sum(p.kind == "fold" for p in folds) == 12 and {p.kind for p in folds} == {"fold", "epoch"}
-    assert {e["config"]["head"] for e in board} == {LOGREG, "attention", "linear", "vit"}
-    aucs = [e["cv"]["auc"]["mean"] for e in board]
-    assert aucs == sorted(aucs, reverse=True) and out["best"] is board[0]
-    trials = choose_trials("classification", _cfg(), 5, seed=0)
-    assert trials == choose_trials("classification", _cfg(), 5, seed=0) and trials[0] == _cfg()
-    assert len({json.dumps(t.__dict__, default=str) for t in trials}) == 5
-
-
-def test_tune_can_be_restricted_to_head_kinds():
-    only = choose_trials("classification", _cfg(), 4, seed=0, heads=["attention"])
-    assert len(only) == 4 and {t.head for t in only} == {"attention"}
-    assert len({json.dumps(t.__dict__, default=str) for t in only}) == 4
-    assert only[1:] != choose_trials("classification", _cfg(), 4, seed=1, heads=["attention"])[1:]
-    two = choose_trials("classification", _cfg(), 5, seed=0, heads=["linear", "vit"])
-    assert {t.head for t in two} == {"linear", "vit"} and two[0].head == "linear"
-    with pytest.raises(TrainingError, match="unknown head kind"):
-        choose_trials("classification", _cfg(), 3, seed=0, heads=["mlp"])
 
 
 def _project(tmp_path, capsys):

@@ -49,12 +49,17 @@ def cmd_tune(args: argparse.Namespace) -> Any:
 
 
 def _describe_tune(out: dict[str, Any]) -> str:
-    lines = ["leaderboard (grouped cross-validation on train + val, mean +- SD):"]
+    search = out.get("search") or {}
+    lines = [f"leaderboard (grouped cross-validation on train + val, mean +- SD; {out['folds']} folds"
+             + (f", {search['pruned']} pruned after 1-2 folds" if search.get("pruned") else "")
+             + (f", {search['resumed']} trials from the stopped tune resumed" if search.get("resumed") else "")
+             + (", stopped early" if out.get("stopped") else "") + "):"]
     for i, e in enumerate(out["leaderboard"], 1):
-        shown = ", ".join(f"{k}={v}" for k, v in e["config"].items())
+        shown = ", ".join(f"{k}={v}" for k, v in e["config"].items() if v is not None)
         cv = "  ".join(f"{n} {v['mean']:.3f}" + (f"+-{v['sd']:.3f}" if v["sd"] is not None else "")
                        for n, v in e["cv"].items() if v["mean"] is not None)
-        lines.append(f"  {i:2d}. {shown}\n      {cv}")
+        mark = f" [pruned after {len(e.get('best_epochs') or [])} folds]" if e.get("pruned") else ""
+        lines.append(f"  {i:2d}. {shown}{mark}\n      {cv}")
     lines.append(f"winner retrained on train + val as run {out['run']}")
     if out.get("test"):
         lines.append(f"test split ({out['n_test']} images), evaluated once:")
@@ -86,17 +91,60 @@ def add_cv(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def add_tune(sub: Any, common: argparse.ArgumentParser) -> None:
     """`loff tune PROJECT`."""
-    from ..settings import TrainConfig, TuneSettings, add_options
+    from ..settings import TrainConfig, TuneSettings, add_options, field_info
 
     p = sub.add_parser("tune", parents=[common], help="find the best head by grouped cross-validation, test it once",
-                       description="Score TRIALS head configurations (head kind, learning rate, epochs / patience, "
-                                   "augmentation off / default / strong) plus a logistic regression on the pooled "
-                                   "embedding by patient-grouped cross-validation on train + val; retrain the winner "
-                                   "on train + val as a normal run and evaluate it once on test. " + METRICS_HELP)
+                       description="Search head configurations (the cache's block, head kind, learning rate, "
+                                   "augmentation off / default / strong, length: --epochs or twice that) with "
+                                   "Optuna's seeded TPE sampler, scored by patient-grouped cross-validation on train "
+                                   "+ val after a logistic regression on the pooled embedding; a trial clearly behind "
+                                   "after fold 1-2 is pruned. The study is kept in PROJECT/tune/, so a stopped or "
+                                   "killed tune resumes when run again with the same settings. The winner is "
+                                   "retrained on train + val as a normal run and evaluated once on test. "
+                                   + METRICS_HELP)
     p.add_argument("project", type=Path)
-    add_options(p, TuneSettings)
-    # None: the project's task, TrainConfig's
-    add_options(p, TrainConfig, names=["task", "batch_size", "block"], defaults=False)
+    add_options(p, TuneSettings, names=["folds"])
+    trials, budget = field_info(TuneSettings, "trials"), field_info(TuneSettings, "budget")
+    p.add_argument("--trials", type=_trials, default=None, help=trials.help.replace("%", "%%"))
+    p.add_argument("--budget", type=_duration, default=None, metavar="DURATION",
+                   help=budget.help.replace("%", "%%") + "; with no --trials, trials until it is spent")
+    p.add_argument("--heads", type=_heads, default=None, metavar="KIND[,KIND]",
+                   help=field_info(TuneSettings, "heads").help)
+    # None: the project's task, TrainConfig's; --epochs / --patience: the search's base length
+    add_options(p, TrainConfig, names=["task", "batch_size", "block", "epochs", "patience"], defaults=False)
     add_options(p, TrainConfig, names=["seed", "device"])
     p.set_defaults(func=cmd_tune, describe=_describe_tune)
+
+
+def _trials(text: str) -> int:
+    """--trials: a positive count; 0 is refused with what to do instead."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of trials") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: a search needs at least 1 trial (trial 1 is the default "
+                                         "configuration); to score one configuration use `loff cv`, to limit the "
+                                         "time use --budget")
+    return value
+
+
+def _duration(text: str) -> float:
+    from ..progress import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _heads(text: str) -> tuple[str, ...]:
+    from ..settings import HEAD_KINDS
+
+    heads = tuple(h.strip() for h in text.split(",") if h.strip())
+    unknown = [h for h in heads if h not in HEAD_KINDS]
+    if unknown or not heads:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or text!r}: expected head kinds among "
+                                         f"{', '.join(HEAD_KINDS)}, separated by commas")
+    return heads
 
