@@ -338,8 +338,22 @@ class TuneSettings(Checked):
     trials: int = setting(8, "head configurations to try (plus a logistic regression for classification)",
                           kind=int, low=1)
     folds: int = _folds()
+    budget: Optional[float] = setting(None, "time budget of the search in seconds (command line: 90s, 3m, 1h); "
+                                      "no new trial starts once it is spent", kind=float, unit="s", low=1,
+                                      optional=True)
     train: Optional[TrainConfig] = setting(None, "the base training settings", kind=object, option=None,
                                            optional=True)
+
+
+@dataclass(frozen=True)
+class AutoSettings(Checked):
+    """How `loff auto` (and the window's Build a model) goes from a folder to an exported head:
+    the import's columns are ImportSettings', the extraction ExtractSettings' defaults, the
+    search TuneSettings' with this budget."""
+
+    budget: float = setting(300.0, "time budget of the head search in seconds (command line: 90s, 5m, 1h); the "
+                            "import and the extraction come before it and are not counted", kind=float, unit="s",
+                            low=1)
 
 
 def input_size_problem(value: Any) -> Optional[str]:
