@@ -420,9 +420,9 @@ def _patient_pattern(regex: Optional[str]) -> Optional["re.Pattern[str]"]:
 #: typed --patient-from-name pattern and a DICOM PatientID) when nothing else names it:
 #: (scheme, a regular expression on the file name whose one group is the patient, where it is from)
 NAME_SCHEMES: tuple[tuple[str, str, str], ...] = (
-    ("personN_bacteria_M", r"^(person\d+)_(?:bacteria|virus)_\d+\.[A-Za-z0-9]+$",
+    ("personN_bacteria_M", r"^(person\d+)_(?:bacteria|virus)(?:_\d+)+\.[A-Za-z0-9]+$",
      "pediatric chest X-rays, e.g. person123_bacteria_4.jpeg"),
-    ("IM-NNNN-NNNN", r"^((?:NORMAL2-)?IM-\d+)-\d+\.[A-Za-z0-9]+$", "pediatric chest X-rays, e.g. IM-0115-0001.jpeg"),
+    ("IM-NNNN-NNNN", r"^((?:NORMAL2-)?IM-\d+)(?:-\d+)+\.[A-Za-z0-9]+$", "pediatric chest X-rays, e.g. IM-0115-0001.jpeg"),
     ("NNNNNNNN_NNN", r"^(\d{8})_\d{3}\.[A-Za-z0-9]+$", "NIH ChestX-ray14, e.g. 00000001_000.png"),
 )
 _NAME_SCHEMES = tuple((name, re.compile(regex), what) for name, regex, what in NAME_SCHEMES)
