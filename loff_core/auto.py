@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, replace
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import steps
-from .errors import LoffError, ProjectError
+from .errors import LoffError, ProjectError, TrainingError
 from .fsutil import atomic_write_json
 from .progress import Partial, Progress, format_duration
 from .settings import AutoSettings, ExtractSettings, ImportSettings, TrainConfig, TuneSettings
@@ -182,9 +183,9 @@ def import_guesses(project: Any, imports: ImportSettings) -> list[str]:
         lines.append("labels: the names of the sub-folders")
     lines += describe_split_source(project.settings.split_source)
     if not imports.classes:
-        lines.append("class order: " + ", ".join(project.settings.classes) + " (sorted; --classes sets another)")
+        lines.append("class order: " + ", ".join(project.settings.classes) + " (--classes sets another)")
     if imports.task is None:
-        lines.append(f"task: {project.settings.task} (--task ordinal for ordered levels)")
+        lines.append(f"task: {project.settings.task} (the project's; --task sets another)")
     return lines + [f"warning: {w}" for w in project.import_summary().warnings]
 
 
@@ -248,6 +249,11 @@ def _tune_step(project: Any, settings: AutoSettings, state: dict[str, Any], out:
     search, watch = _budget_progress(progress, time.monotonic() + settings.budget - plan["probe_seconds"])
     try:
         result = steps.tune(project, tune_settings, progress=search)
+    except TrainingError:
+        if not progress.stop_requested:
+            raise
+        _done(out, "find the best head", "stopped", started)  # Stop before the first configuration was scored
+        return True
     finally:
         watch.set()
     found = result.to_dict()
@@ -268,6 +274,8 @@ def plan_search(project: Any, budget: float, progress: Progress) -> dict[str, An
     from a timed first fold and stops starting configurations once the budget is spent
     (`_budget_progress`). Once `search.tune` honours the budget, this probe can go: pass
     TuneSettings(budget=...) with the default trials and folds."""
+    import numpy as np
+
     from .training import _in_memory, train_head
     from .validation import grouped_folds, inner_split, project_pool
 
@@ -281,6 +289,8 @@ def plan_search(project: Any, budget: float, progress: Progress) -> dict[str, An
             cache = project.open_cache(block=config.block)
             pool, classes = project_pool(project, cache)
             data = _in_memory(cache)
+        # no more folds than the largest class has images (grouped_folds' rule): a small set gets fewer
+        folds = max(2, min(folds, int(np.bincount(pool.y).max())))
         train_idx, _ = grouped_folds(pool.y, pool.groups, folds, config.seed)[0]
         fit_idx, val_idx = inner_split(train_idx, pool.y, pool.groups, config.seed)
         t0 = time.monotonic()
@@ -292,7 +302,7 @@ def plan_search(project: Any, budget: float, progress: Progress) -> dict[str, An
         return {"trials": most, "folds": folds, "fold_seconds": None, "probe_seconds": 0.0}
     per_trial = 1.5 * fold_s * folds  # the sampled heads and lengths cost about 1.5 default ones
     left = budget - probe_s
-    if left < per_trial and folds > 3:
+    if left < per_trial and folds > 3:  # a slow machine: three folds rather than no second configuration
         folds = 3
         per_trial = 1.5 * fold_s * folds
     trials = max(1, min(most, int(left // per_trial)))
@@ -391,3 +401,68 @@ def operating_point_summary(project: Any, run_id: str) -> Optional[dict[str, Any
     rates = operating_point_rates(y, probs, 0.5 if threshold is None else threshold)
     return {**rates, "positive": classes[1], "decision": describe(op), "n": len(rows)}
 
+
+# -- what it says ------------------------------------------------------------------------------
+def _interval(ci: Optional[list[float]]) -> str:
+    return f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def summary_text(out: dict[str, Any]) -> str:
+    """The human summary: what was guessed, what each step did, the test metrics with their
+    95 % intervals, sensitivity and specificity for a binary task, where the head and the
+    report are."""
+    imp = out.get("import") or {}
+    lines = [f"project {out['project']}: {imp.get('imported', 0)} images ({imp.get('labelled', 0)} labelled), "
+             "classes " + ", ".join(f"{c} ({n})" for c, n in (imp.get("per_class") or {}).items())
+             + "; split " + ", ".join(f"{k} {v}" for k, v in sorted((imp.get("splits") or {}).items()))]
+    lines += ["found without being told:"] + [f"  {g}" for g in out.get("guesses", [])]
+    lines.append("steps: " + "; ".join(f"{name} {s['done']} ({format_duration(s['seconds'])})"
+                                        for name, s in out["steps"].items()))
+    ext = out.get("extract")
+    if ext:
+        lines.append(f"features: backbone {ext['backbone']}, cache {ext['cache']} ({ext['images']} images)")
+    search = out.get("search")
+    if search:
+        plan = search.get("plan") or {}
+        best = ", ".join(f"{k}={v}" for k, v in (search.get("best") or {}).items())
+        lines.append(f"head search: {search['trials']} configurations x {search['folds']} patient-grouped folds "
+                     f"within the budget of {format_duration(out['budget'])}"
+                     + (f" (one fold of the default head: about {plan['fold_seconds']:.0f} s)"
+                        if plan.get("fold_seconds") else "")
+                     + f"; winner: {best}")
+        if search.get("test"):
+            lines.append(f"test split ({search['n_test']} images), evaluated once, with 95% intervals:")
+            lines += [f"  {name:22s} {'n/a' if v is None else f'{v:.3f}'}{_interval((search.get('test_ci') or {}).get(name))}"
+                      for name, v in search["test"].items()]
+        else:
+            lines.append("no test split with features: the head was not tested")
+    op = out.get("operating_point")
+    if op:
+        lines.append(f"at the operating point (positive class {op['positive']}; {op['decision']}):")
+        for name in ("sensitivity", "specificity"):
+            value = "n/a" if op[name] is None else f"{op[name]:.3f}"
+            lines.append(f"  {name:22s} {value}{_interval(op[f'{name}_ci'])}")
+    if out.get("stopped_after"):
+        lines.append(f"stopped during {out['stopped_after']}: what was finished is kept; run the same command "
+                     f"again to go on")
+    if out.get("head"):
+        lines.append(f"exported head: {out['head']}")
+    if out.get("report"):
+        lines.append(f"report: {out['report']}")
+    lines.append(f"total {format_duration(out.get('seconds', 0))}")
+    return "\n".join(lines)
+
+
+#: a progress message of `build_model`: "STEP (I/N)[, about T left][: DETAIL]"
+_STEP_MESSAGE = re.compile(r"^(?P<step>[^(]+?) \((?P<index>\d+)/(?P<steps>\d+)\)(?:, about (?P<left>.+?) left)?"
+                           r"(?:: (?P<detail>.*))?$", re.DOTALL)
+
+
+def parse_step_message(message: str) -> Optional[dict[str, Any]]:
+    """A progress message of `build_model` split into step, index (1-based), steps, time
+    left (text or None) and detail; None for any other message (the window's progress view)."""
+    m = _STEP_MESSAGE.match(message or "")
+    if not m:
+        return None
+    return {"step": m["step"], "index": int(m["index"]), "steps": int(m["steps"]), "left": m["left"],
+            "detail": m["detail"] or ""}

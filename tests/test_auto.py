@@ -122,7 +122,7 @@ def _scheme_folder(root: Path) -> Path:
 def test_auto_end_to_end_then_reused(tmp_path, capsys, monkeypatch):
     from loff_core import auto
     from loff_core.backbones import BackboneSpec
-    from loff_core.cli.auto import describe_auto
+    from loff_core.auto import summary_text
 
     # the smallest real extraction (the default backbone is checked above and on mini-MIAS)
     monkeypatch.setattr(auto, "default_spec", lambda settings=None: BackboneSpec(
@@ -140,7 +140,7 @@ def test_auto_end_to_end_then_reused(tmp_path, capsys, monkeypatch):
     assert "out-of-fold" in op["decision"]  # the operating point was fitted on the folds' predictions
     head, report = Path(out["head"]), Path(out["report"])
     assert (head / "card.json").is_file() and (head / "head.safetensors").is_file() and report.is_file()
-    text = describe_auto(out)
+    text = summary_text(out)
     assert "sensitivity" in text and "specificity" in text and str(head) in text and str(report) in text
 
     again = loff_json(capsys, "auto", images, "--project", project, "--budget", "6s")

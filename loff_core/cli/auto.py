@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .project import _labels_args
+from ..auto import summary_text
 from .terminal import declared, run_with_progress
 
 
@@ -24,58 +25,6 @@ def cmd_auto(args: argparse.Namespace) -> dict[str, Any]:
     settings = AutoSettings(budget=args.budget)
     return run_with_progress("auto", args.quiet, lambda p: build_model(args.images_dir, project, imports, settings,
                                                                          progress=p))
-
-
-def _interval(ci: Optional[list[float]]) -> str:
-    return f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-
-
-def describe_auto(out: dict[str, Any]) -> str:
-    """The human summary: what was guessed, what each step did, the test metrics with their
-    95 % intervals, sensitivity and specificity for a binary task, where the head and the
-    report are."""
-    from ..progress import format_duration
-
-    imp = out.get("import") or {}
-    lines = [f"project {out['project']}: {imp.get('imported', 0)} images ({imp.get('labelled', 0)} labelled), "
-             "classes " + ", ".join(f"{c} ({n})" for c, n in (imp.get("per_class") or {}).items())
-             + "; split " + ", ".join(f"{k} {v}" for k, v in sorted((imp.get("splits") or {}).items()))]
-    lines += ["found without being told:"] + [f"  {g}" for g in out.get("guesses", [])]
-    lines.append("steps: " + "; ".join(f"{name} {s['done']} ({format_duration(s['seconds'])})"
-                                        for name, s in out["steps"].items()))
-    ext = out.get("extract")
-    if ext:
-        lines.append(f"features: backbone {ext['backbone']}, cache {ext['cache']} ({ext['images']} images)")
-    search = out.get("search")
-    if search:
-        plan = search.get("plan") or {}
-        best = ", ".join(f"{k}={v}" for k, v in (search.get("best") or {}).items())
-        lines.append(f"head search: {search['trials']} configurations x {search['folds']} patient-grouped folds "
-                     f"within the budget of {format_duration(out['budget'])}"
-                     + (f" (one fold of the default head: about {plan['fold_seconds']:.0f} s)"
-                        if plan.get("fold_seconds") else "")
-                     + f"; winner: {best}")
-        if search.get("test"):
-            lines.append(f"test split ({search['n_test']} images), evaluated once, with 95% intervals:")
-            lines += [f"  {name:22s} {'n/a' if v is None else f'{v:.3f}'}{_interval((search.get('test_ci') or {}).get(name))}"
-                      for name, v in search["test"].items()]
-        else:
-            lines.append("no test split with features: the head was not tested")
-    op = out.get("operating_point")
-    if op:
-        lines.append(f"at the operating point (positive class {op['positive']}; {op['decision']}):")
-        for name in ("sensitivity", "specificity"):
-            value = "n/a" if op[name] is None else f"{op[name]:.3f}"
-            lines.append(f"  {name:22s} {value}{_interval(op[f'{name}_ci'])}")
-    if out.get("stopped_after"):
-        lines.append(f"stopped during {out['stopped_after']}: what was finished is kept; run the same command "
-                     f"again to go on")
-    if out.get("head"):
-        lines.append(f"exported head: {out['head']}")
-    if out.get("report"):
-        lines.append(f"report: {out['report']}")
-    lines.append(f"total {format_duration(out.get('seconds', 0))}")
-    return "\n".join(lines)
 
 
 def add_auto(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -107,4 +56,4 @@ def add_auto(sub: Any, common: argparse.ArgumentParser) -> None:
                    help=f"{budget.help} (default: {budget.default:g} s)".replace("%", "%%"))
     add_options(p, ImportSettings)
     p.add_argument("--classes", help="comma-separated class order (low to high for ordinal labels), e.g. F,G,D")
-    p.set_defaults(func=cmd_auto, describe=describe_auto)
+    p.set_defaults(func=cmd_auto, describe=summary_text)
