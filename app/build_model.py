@@ -55,6 +55,7 @@ class BuildModelDialog(QDialog):
         super().__init__(parent)
         self.state = state
         self.job: Optional[Job] = None
+        self._last_step = ""
         self.result: Optional[dict[str, Any]] = None
         self.setWindowTitle("Build a model")
         self.banner = Banner()
@@ -64,6 +65,7 @@ class BuildModelDialog(QDialog):
         self.buttons = QDialogButtonBox()
         self.build_button = self.buttons.addButton("Build", QDialogButtonBox.ButtonRole.AcceptRole)
         self.build_button.clicked.connect(self.start)
+        self.build_button.setDefault(True)  # Return in the form builds
         self.close_button = self.buttons.addButton(QDialogButtonBox.StandardButton.Close)
         self.close_button.clicked.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -106,6 +108,9 @@ class BuildModelDialog(QDialog):
         v.addWidget(note)
         v.addStretch(1)
         self._read_columns(label_column)
+        for first, second in ((self.folder, self.labels), (self.labels, self.label_column),
+                              (self.label_column, self.budget), (self.budget, self.project)):
+            QWidget.setTabOrder(first, second)  # the fields first, the Browse buttons after
         return box
 
     def _choose_folder(self) -> None:
@@ -180,6 +185,7 @@ class BuildModelDialog(QDialog):
         self.pages.setCurrentIndex(1)
         self.build_button.setEnabled(False)
         self.summary.clear()
+        self._last_step = ""
         self.step.setText("<b>starting...</b>")
         self.strip.set_running(True)
         job.progress.connect(self._progress)
@@ -208,7 +214,13 @@ class BuildModelDialog(QDialog):
         if parsed is None:
             self.strip.report(done, total, message)
             return
-        self.step.setText(f"<b>Step {parsed['index']} of {parsed['steps']}: {parsed['step']}</b>")
+        title = f"Step {parsed['index']} of {parsed['steps']}: {parsed['step']}"
+        if title != self._last_step:  # a log of the steps in the box the summary fills at the end
+            import time
+
+            self._last_step = title
+            self.summary.appendPlainText(f"{time.strftime('%H:%M:%S')}  {title}")
+        self.step.setText(f"<b>{title}</b>")
         self.left.setText(f"about {parsed['left']} left" if parsed["left"] else "")
         self.strip.report(done, total, parsed["detail"])
 
