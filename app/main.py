@@ -67,6 +67,7 @@ class MainWindow(QMainWindow):
         self._shortcuts()
         self.state.message.connect(self.show_message)
         self.state.project_changed.connect(self._project_changed)
+        self.import_page.build_requested.connect(self.build_model)
         self.state.browse.connect(lambda ids, caption: self.tabs.setCurrentWidget(self.viewer_page))
         self.state.busy_changed.connect(lambda busy: self.statusBar().showMessage(
             f"{self.state.runner.job.name} running..." if busy and self.state.runner.job else "ready"))
@@ -84,7 +85,8 @@ class MainWindow(QMainWindow):
         menu = self.menuBar().addMenu("&File")
         for text, shortcut, slot in (("&New project...", QKeySequence.StandardKey.New, self.new_project),
                                      ("&Open project...", QKeySequence.StandardKey.Open, self.choose_project),
-                                     ("Open the &demo project", None, self.open_demo)):
+                                     ("Open the &demo project", None, self.open_demo),
+                                     ("&Build a model...", None, self.build_model)):
             action = QAction(text, self)
             if shortcut is not None:
                 action.setShortcut(shortcut)
@@ -269,6 +271,16 @@ class MainWindow(QMainWindow):
             job.on_close = "stop"
             wire(job, strip=self.cache_page.strip, banner=self.cache_page.banner,
                  done=lambda _: (self.state.cache_changed.emit(), self.state.catalog_changed.emit()))
+    def build_model(self) -> Any:
+        """The Build a model dialog (app/build_model.py), filled from the Import page's form."""
+        from .build_model import BuildModelDialog
+
+        page, project = self.import_page, self.state.project
+        self.build_dialog = BuildModelDialog(
+            self.state, self, folder=page.folder.text().strip(), labels=page.labels.text().strip(),
+            label_column=page.label_column.currentData(), project=str(project.root) if project is not None else "")
+        self.build_dialog.show()
+        return self.build_dialog
 
     def _project_changed(self, project: Any) -> None:
         if project is None:

@@ -416,6 +416,39 @@ def _patient_pattern(regex: Optional[str]) -> Optional["re.Pattern[str]"]:
     return pattern
 
 
+#: common file-name schemes that name the patient, tried (after a CSV's patient column, a
+#: typed --patient-from-name pattern and a DICOM PatientID) when nothing else names it:
+#: (scheme, a regular expression on the file name whose one group is the patient, where it is from)
+NAME_SCHEMES: tuple[tuple[str, str, str], ...] = (
+    ("personN_bacteria_M", r"^(person\d+)_(?:bacteria|virus)(?:_\d+)+\.[A-Za-z0-9]+$",
+     "pediatric chest X-rays, e.g. person123_bacteria_4.jpeg"),
+    ("IM-NNNN-NNNN", r"^((?:NORMAL2-)?IM-\d+)(?:-\d+)+\.[A-Za-z0-9]+$", "pediatric chest X-rays, e.g. IM-0115-0001.jpeg"),
+    ("NNNNNNNN_NNN", r"^(\d{8})_\d{3}\.[A-Za-z0-9]+$", "NIH ChestX-ray14, e.g. 00000001_000.png"),
+)
+_NAME_SCHEMES = tuple((name, re.compile(regex), what) for name, regex, what in NAME_SCHEMES)
+
+
+def patient_from_scheme(file_name: str) -> Optional[tuple[str, str]]:
+    """(patient, scheme) from a file name that follows one of NAME_SCHEMES, else None."""
+    for name, pattern, _ in _NAME_SCHEMES:
+        match = pattern.match(file_name)
+        if match:
+            return match.group(1), name
+    return None
+
+
+def _scheme_sources(patients_from: Counter, scheme_patients: dict[str, set[str]]) -> dict[str, int]:
+    """patients_from with each file-name scheme's entry saying what the scheme is and how
+    many patients it found (the key `loff import` and `loff info` print)."""
+    out: dict[str, int] = {}
+    for source, n in patients_from.items():
+        if source in scheme_patients:
+            what = next(w for name, _, w in _NAME_SCHEMES if name == source)
+            source = f"file name scheme {source} ({what}): {len(scheme_patients[source])} patients"
+        out[source] = n
+    return out
+
+
 def scan_folder(root: Path | str, *, salt: bytes, labels_csv: Any = None,
                 label_column: Optional[str] = None, file_column: Optional[str] = None,
                 patient_column: Optional[str] = None, classes: Optional[Sequence[str]] = None,
@@ -644,6 +677,7 @@ def _entries(infos: list[tuple[str, Any]], versions: dict[str, str], labels: dic
     unmatched_name = 0
     cbis_patients: Counter = Counter()
     patients_from: Counter = Counter()
+    scheme_patients: dict[str, set[str]] = {}
     for rel, info in infos:
         pid = given.patients.get(rel)
         source = f"CSV column {given.patient_cols.get(rel)}" if pid else ""
@@ -655,6 +689,11 @@ def _entries(infos: list[tuple[str, Any]], versions: dict[str, str], labels: dic
                 unmatched_name += 1
         if not pid and info.patient_id:
             pid, source = info.patient_id, "DICOM PatientID"
+        if not pid:
+            found = patient_from_scheme(rel.rsplit("/", 1)[-1])
+            if found:
+                pid, source = found
+                scheme_patients.setdefault(source, set()).add(pid)
         identifiers = [pid or "", info.patient_id or "", *info.patient_names]
         cbis = cbis_ddsm_parts(pid) if pid and source == "DICOM PatientID" else None
         if cbis is not None:  # CBIS-DDSM's PatientID names the image; its P_ number the woman
@@ -679,7 +718,8 @@ def _entries(infos: list[tuple[str, Any]], versions: dict[str, str], labels: dic
         warnings.append(f"{unmatched_name} file names do not match the patient-from-name pattern {patient_from_name!r}; "
                         f"their patient comes from the DICOM header or each is its own patient")
     if no_patient:
-        warnings.append(f"{no_patient} images have no patient ID (no DICOM PatientID and no patient column); "
+        warnings.append(f"{no_patient} images have no patient ID (no DICOM PatientID, no patient column and no "
+                        f"known file-name scheme); "
                         f"each is treated as its own patient for the split")
     if cbis_patients:
         n = sum(cbis_patients.values())
@@ -687,7 +727,7 @@ def _entries(infos: list[tuple[str, Any]], versions: dict[str, str], labels: dic
                         f"Mass-Test_P_#####_LEFT_CC) and grouped by their P_ number into {len(cbis_patients)} "
                         f"patients for the split; view and laterality are read from the ID where the header "
                         f"lacks them")
-    return entries, dict(patients_from)
+    return entries, _scheme_sources(patients_from, scheme_patients)
 
 
 def _format_warnings(root: Path, infos: list[tuple[str, Any]], entries: list[CatalogEntry]) -> list[str]:

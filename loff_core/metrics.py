@@ -269,3 +269,30 @@ def evaluate_predictions(
         "confusion_matrix": [[int(v) for v in row] for row in cm],
         "roc": roc,
     }
+
+
+def _wilson(k: int, n: int, z: float = 1.959964) -> Optional[list[float]]:
+    """The Wilson score 95 % interval of a proportion k / n (None when n is 0)."""
+    if n <= 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def operating_point_rates(y: Sequence[int], probs: Any, threshold: float) -> dict[str, Any]:
+    """Sensitivity and specificity of a binary decision `probs[:, 1] >= threshold` (class 1
+    the positive class), each with its Wilson 95 % interval, and the four counts. `probs`:
+    the run's adjusted probabilities (as `evaluate` scores them)."""
+    y_arr = np.asarray(y, dtype=np.int64).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape != (len(y_arr), 2):
+        raise ValueError(f"binary probabilities must be [{len(y_arr)}, 2]; got {list(p.shape)}")
+    pred = p[:, 1] >= float(threshold)
+    pos = y_arr == 1
+    tp, fn = int((pred & pos).sum()), int((~pred & pos).sum())
+    tn, fp = int((~pred & ~pos).sum()), int((pred & ~pos).sum())
+    return {"threshold": float(threshold), "tp": tp, "fn": fn, "tn": tn, "fp": fp,
+            "sensitivity": tp / (tp + fn) if tp + fn else None, "sensitivity_ci": _wilson(tp, tp + fn),
+            "specificity": tn / (tn + fp) if tn + fp else None, "specificity_ci": _wilson(tn, tn + fp)}

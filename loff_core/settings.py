@@ -358,6 +358,17 @@ class TuneSettings(Checked):
                                            optional=True)
 
 
+@dataclass(frozen=True)
+class AutoSettings(Checked):
+    """How `loff auto` (and the window's Build a model) goes from a folder to an exported head:
+    the import's columns are ImportSettings', the extraction ExtractSettings' defaults, the
+    search TuneSettings' with this budget."""
+
+    budget: float = setting(300.0, "time budget of the head search in seconds (command line: 90s, 5m, 1h); the "
+                            "import and the extraction come before it and are not counted", kind=float, unit="s",
+                            low=1)
+
+
 def input_size_problem(value: Any) -> Optional[str]:
     """Why `value` is not an input size in the declared range (ExtractSettings.image_size);
     None when it is. Booleans and fractions are not sizes."""

@@ -8,7 +8,7 @@ import csv
 from pathlib import Path
 from typing import Any, Optional
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QLabel, QLineEdit, QListWidget,
                                QMessageBox, QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
 
@@ -111,6 +111,8 @@ class CatalogModel(QAbstractTableModel):
 
 
 class ImportPage(QWidget):
+    build_requested = Signal()  # Build a model (app/build_model.py), once images and labels are in
+
     def __init__(self, state: AppState):
         super().__init__()
         self.state = state
@@ -149,6 +151,11 @@ class ImportPage(QWidget):
         self.import_button.clicked.connect(self.start_import)
         self.strip = ProgressStrip()
         self.strip.stop_clicked.connect(self.state.runner.cancel)
+        self.build_button = QPushButton("Build a model...")
+        self.build_button.setToolTip("from these images and labels to an exported head and its report in one job: "
+                                     "extract, find the best head within a time budget, test, export, report")
+        self.build_button.clicked.connect(self.build_requested)
+        self.build_button.hide()
 
         form = QFormLayout()
         form.addRow("Images", form_row(self.folder, browse, stretch_last=True))
@@ -171,7 +178,7 @@ class ImportPage(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         # folds to one line once the project has images, so the table gets the height at 1280 x 720;
         # Import and its progress stay in the header
-        self.import_box = Collapsible("Import images", body, (self.import_button, self.strip))
+        self.import_box = Collapsible("Import images", body, (self.import_button, self.build_button, self.strip))
         return self.import_box
 
     def _catalog_and_viewer(self) -> QWidget:
@@ -364,6 +371,7 @@ class ImportPage(QWidget):
 
     def _busy(self, busy: bool) -> None:
         self.import_button.setEnabled(not busy and self.state.project is not None)
+        self.build_button.setEnabled(not busy)
         self.strip.set_running(busy and self.state.runner.job is not None and self.state.runner.job.name == "import")
 
     # -- showing -----------------------------------------------------------------------
@@ -377,6 +385,7 @@ class ImportPage(QWidget):
             self._count_shown()
             self.counts.setText("No images imported yet.")
             self.viewer.show_image(None, "")
+            self.build_button.hide()
             self._busy(self.state.busy)
             return
         catalog = project.catalog()
@@ -394,6 +403,7 @@ class ImportPage(QWidget):
             f"{s.imported} images from {self.folder.text().strip() or 'a folder that moved'}"
             + (f"; labels: {Path(labels).name}, column {self.label_column.currentText()}" if labels else "")
             + f"; task {project.settings.task}")
+        self.build_button.setVisible(s.labelled > 0)
         for f in s.failed:
             self.problems.addItem(f"{f['path']}: {f['reason']}")
         for w in s.warnings:

@@ -5,8 +5,9 @@ stdout, else a short human summary. Exit status 0 on success; 1 with a one-line 
 for a problem the user can fix; 130 when interrupted (work already done is kept).
 
 One module per command group, each adding its sub-commands to the parser: `project`
-(import, info, demo), `extract`, `train` (train, evaluate, calibrate), `validate` (cv,
-tune), `predict` (export, predict), `weights`; `terminal` holds what they share.
+(import, info, demo), `auto` (folder to report), `extract`, `train` (train, evaluate,
+calibrate), `validate` (cv, tune), `predict` (export, predict), `weights`; `terminal` holds
+what they share.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 from ..errors import LoffError, explain_file_error, one_line
 from ..progress import Cancelled
-from . import audit, extract, predict, project, train, validate, weights
+from . import audit, auto, extract, predict, project, train, validate, weights
 from .remedies import terminal_text
 
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (project.add_import, extract.add_extract, train.add_train, validate.add_cv, validate.add_tune, audit.add_audit,
                 train.add_evaluate, train.add_calibrate, predict.add_export, predict.add_predict, project.add_demo,
-                project.add_info, weights.register):  # the order `loff --help` lists them in
+                project.add_info, auto.add_auto, weights.register):  # the order `loff --help` lists them in
         add(sub, common)
     return parser
 
