@@ -323,6 +323,10 @@ METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy"
                 "accuracy_within_1": "accuracy within one level"}
 
 
+#: the metrics shown per side / view (the full list is in the table above)
+SUBGROUP_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "kendall_tau", "amae")
+
+
 def _metric_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": METRIC_NAMES.get(k, k), "key": k, "value": v, "ci": evaluation["ci"].get(k)}
             for k, v in evaluation["metrics"].items()]
@@ -384,8 +388,8 @@ def subgroups(project: Any, evaluation: dict[str, Any], y: np.ndarray, probs: np
             scored = evaluate_predictions(y[mask], probs[mask], evaluation["classes"], evaluation["task"],
                                           n_bootstrap=EvaluateSettings.bootstrap, seed=project.settings.seed,
                                           predicted=predicted[mask])
-            rows.append({"what": what, "value": value, "n": int(mask.sum()),
-                         "metrics": _metric_rows(scored)})
+            scored["metrics"] = {k: v for k, v in scored["metrics"].items() if k in SUBGROUP_METRICS}
+            rows.append({"what": what, "value": value, "n": int(mask.sum()), "metrics": _metric_rows(scored)})
     return rows
 
 

@@ -177,13 +177,22 @@ def per_class_auc(per_class: dict[str, dict[str, Any]]) -> Optional[str]:
 
 
 def heat_example(pixels: Optional[np.ndarray], heat: np.ndarray) -> str:
-    """An image (grey) with the head's heat map over it (the viewer's colours), no axes."""
-    fig, ax = _figure(2.3, 2.3)
+    """An image (grey) with the head's heat map over it, no axes, no margin. As in the
+    viewer, the map is stretched between its 2nd and 98th percentiles."""
+    h, w = (pixels if pixels is not None else heat).shape[:2]
+    scale = 2.3 / max(h, w)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(w * scale, 0.5), max(h * scale, 0.5)), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    lo, hi = (float(v) for v in np.percentile(heat, [2, 98]))
     if pixels is not None:
-        h, w = pixels.shape[:2]
         ax.imshow(pixels, cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0))
-        ax.imshow(heat, cmap="inferno", alpha=0.45, extent=(0, w, h, 0), vmin=0, vmax=max(float(heat.max()), 1e-6))
-    else:
-        ax.imshow(heat, cmap="inferno")
+    ax.imshow(heat, cmap="inferno", alpha=0.4 if pixels is not None else 1.0, extent=(0, w, h, 0), vmin=lo,
+              vmax=max(hi, lo + 1e-6))
     ax.set_axis_off()
-    return _uri(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
