@@ -135,23 +135,30 @@ def _test_evaluation(project: Any, run: Any, progress: Progress) -> tuple[dict[s
 _ABSOLUTE = re.compile(r"(?<![\w.])(?:[A-Za-z]:[\\/]|/)(?:[^\s/\\,;:()'\"]+[\\/])+[^\s,;:()'\"]*")
 
 
-def _identifier_parts(project: Any) -> set[str]:
-    """The parts of image paths that name a patient (where the catalog masked them)."""
-    parts: set[str] = set()
-    for e in project.catalog().entries:
-        if e.masked_path:
-            for a, b in zip(e.path.split("/"), e.masked_path.split("/")):
-                if a != b:
-                    parts.add(a)
-    return parts
+def _identifier_parts(project: Any) -> list[str]:
+    """The parts of image paths that name a patient (where the catalog masked them), longest
+    first; parts under 4 characters are left out (they would mask ordinary words)."""
+    key = (str(project.root), project.settings.catalog_version)
+    if key not in _PARTS:
+        parts: set[str] = set()
+        for e in project.catalog().entries:
+            if e.masked_path:
+                parts.update(a for a, b in zip(e.path.split("/"), e.masked_path.split("/")) if a != b and len(a) >= 4)
+        _PARTS.clear()  # one project at a time
+        _PARTS[key] = sorted(parts, key=len, reverse=True)
+    return _PARTS[key]
+
+
+_PARTS: dict[tuple[str, int], list[str]] = {}
 
 
 def scrub(text: Any, project: Any) -> str:
     """Free text from the project fit for the report: absolute paths and the patient parts
     of file names replaced."""
     text = _ABSOLUTE.sub("[path]", str(text)).replace("`", "")  # the page shows no markdown
-    for part in sorted(_identifier_parts(project), key=len, reverse=True):
-        text = text.replace(part, "[patient]")
+    for part in _identifier_parts(project):
+        if part in text:
+            text = text.replace(part, "[patient]")
     return text
 
 
@@ -164,7 +171,7 @@ def check_private(html: str, project: Any) -> None:
     if project.settings.images_root_absolute:
         needles.append(project.settings.images_root_absolute)
     needles += sorted({e.patient_key for e in catalog.entries})
-    needles += sorted(_identifier_parts(project))
+    needles += _identifier_parts(project)
     found = [n for n in needles if n and len(n) >= 4 and n in html]
     if found:
         raise ReportError("the report would show a path or patient identifier; nothing was written "
