@@ -4,7 +4,9 @@ saved with the run (eval-SPLIT.json, predictions-SPLIT.csv).
 
 The body of the `evaluate` step (loff_core/steps.py takes the reader lock around it); `export`
 (a card carries val / test metrics) and `tune` (the winner tested once) call it too, which is
-why it lives on the workflows floor below the steps (docs/architecture.md).
+why it lives on the workflows floor below the steps (docs/architecture.md). `explain_images`
+(the body of the `explain` step: probabilities and heat maps of some images) is here for the
+same reason: the model report (loff_core/report.py) shows heat maps too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .errors import ProjectError
 from .fsutil import atomic_write_json
 from .predictions import write_evaluation_csv
 from .progress import Progress
+from .results import ExplainResult
 from .settings import EvaluateSettings
 
 
@@ -94,3 +97,51 @@ def evaluate_decisions(y_true: Sequence[int], probs: Any, classes: Sequence[str]
     predicted = np.asarray(predicted, dtype=np.int64).reshape(-1)
     return predicted, evaluate_predictions(y_true, p, classes, task, n_bootstrap=n_bootstrap, seed=seed,
                                            predicted=predicted)
+
+
+def explain_images(project: Any, run_id: Optional[str], image_ids: list[str], *, batch: int = 64,
+                   progress: Progress = Progress()) -> ExplainResult:
+    """Per image: class probabilities and the head's attention over the token grid
+    ([h, w], max 1), for the viewer's heat map. Reads only these images' features,
+    `batch` at a time (progress reported, cancel checked between batches)."""
+    import numpy as np
+    import torch
+
+    from .heads import attention_map, build_head, probabilities
+
+    run = project.run(run_id)
+    cache = project.open_cache(run.record["cache_fingerprint"], block=run.record.get("block"))
+    project.check_cache_fits(run, cache)
+    head_config, state = project.load_head(run)
+    head = build_head(head_config)
+    head.load_state_dict(state, strict=True)
+    head.eval()
+    idx = cache.indices(image_ids)
+    order = np.argsort(idx)  # h5py reads fastest in file order
+    prob_parts, map_parts = [], []
+    for s in range(0, max(len(order), 1), batch):  # one read when empty, as before
+        progress.check()
+        progress.report(s, len(order), f"explaining {len(order)} images")
+        cls, grid = cache.read(idx[order[s:s + batch]])
+        with torch.inference_mode():
+            c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
+            prob_parts.append(probabilities(head(c, g), run.record["task"]).numpy())
+            map_parts.append(attention_map(head, c, g).numpy())
+    progress.report(len(order), len(order), f"explained {len(order)} images")
+    probs, maps = np.concatenate(prob_parts), np.concatenate(map_parts)
+    from .calibration import adjust, decide
+    from .predictions import heat_on_image
+
+    op = run.record.get("operating_point")
+    probs = adjust(probs, op)
+    decided = decide(probs, run.record["task"], op)
+    back = np.argsort(order)
+    maps = maps[back]
+    entries = project.catalog().by_id()
+    size = int(cache.backbone["image_size"])
+    heat = [heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
+            for m, i in zip(maps, image_ids)]
+    return ExplainResult(run=run.run_id, image_ids=list(image_ids), classes=list(run.record["classes"]),
+                         task=run.record["task"], probabilities=probs[back],
+                         predicted=[run.record["classes"][int(c)] for c in decided[back]], attention=maps, heat=heat,
+                         operating_point=op)

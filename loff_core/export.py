@@ -1,5 +1,5 @@
-"""Exported heads: write `head.safetensors` + `card.json` (+ `model.onnx`), load them back
-safely, and predict new images headless.
+"""Exported heads: write `head.safetensors` + `card.json` (+ `model.onnx`) and the model
+report `report.html` beside them, load them back safely, and predict new images headless.
 
 The card is self-describing (classes, task, head config, backbone name and weights hash,
 preprocessing, metrics, versions) and is validated against `CARD_SCHEMA` on load. Loading
@@ -152,6 +152,8 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
         card["files"]["card_sha256"] = card_seal(card)
         validate_card(card, out_dir / "card.json")
         atomic_write_json(staging / "card.json", card)
+        warnings: list[str] = []
+        report = _write_report(project, run, staging / "report.html", progress, warnings)
         progress.check()
         if out_dir.exists():
             os.replace(out_dir, old)  # (an empty out_dir made above goes the same way)
@@ -172,8 +174,29 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
     written = {"head": str(out_dir / "head.safetensors"), "card": str(out_dir / "card.json")}
     if onnx:
         written["onnx"] = str(out_dir / "model.onnx")
+    if report:
+        written["report"] = str(out_dir / "report.html")
     progress.report(3 if onnx else 2, 3 if onnx else 2, "exported")
-    return {"run": run.run_id, "out_dir": str(out_dir), "files": written, "card": card}
+    return {"run": run.run_id, "out_dir": str(out_dir), "files": written, "card": card, "warnings": warnings}
+
+
+def _write_report(project: Any, run: Any, path: Path, progress: Progress, warnings: list[str]) -> bool:
+    """The model report (loff_core/report.py) beside the card. A report that cannot be
+    written loses nothing of the export: the head and card are exported without it, and
+    why is a notice (the window shows it at once) and one of `warnings`."""
+    from .errors import one_line
+    from .progress import Cancelled
+    from .report import write_report
+
+    try:
+        write_report(project, run.run_id, path, progress=progress.linked(lambda d, n, m: None))
+        return True
+    except Cancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the report: the export goes on
+        warnings.append(f"the export has no report.html: {one_line(str(exc))}")
+        progress.notice(warnings[-1])
+        return False
 
 
 def _clean_killed_exports(out_dir: Path) -> None:

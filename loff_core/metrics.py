@@ -83,6 +83,9 @@ def _point(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, task: str, k: int
             "balanced_accuracy": _f(balanced_accuracy_score(y, pred)),
             "auc": _auc(y, probs, k),
         }
+    if task == "classification" and k == 2:  # at the decision made (the run's operating point)
+        out["sensitivity"] = _f(((pred == 1) & (y == 1)).sum() / (y == 1).sum()) if (y == 1).any() else None
+        out["specificity"] = _f(((pred == 0) & (y == 0)).sum() / (y == 0).sum()) if (y == 0).any() else None
     if task == "ordinal":
         err = np.abs(pred - y)
         out["kendall_tau"] = _tau(y, pred)
@@ -134,6 +137,8 @@ def _bootstrap(
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = np.where(n_c > 0, hit_c / np.maximum(n_c, 1), np.nan)
         values["balanced_accuracy"] = np.nanmean(np.where(n_c > 0, recall, np.nan), axis=1)
+    if k == 2:  # recall of the positive / negative class: sensitivity / specificity
+        values["sensitivity"], values["specificity"] = recall[:, 1], recall[:, 0]
 
     if k == 2:
         values["auc"] = _boot_auc_binary(yb == 1, probs[idx, 1])

@@ -144,8 +144,9 @@ _EVALUATE_OWN = frozenset(("run", "split", "task", "classes", "n", "stale", "ope
 class ExportResult(StepResult):
     run: str
     out_dir: str
-    files: dict[str, str]  # head, card (, onnx) -> path
+    files: dict[str, str]  # head, card (, onnx, report) -> path
     card: dict[str, Any] = field(repr=False)
+    warnings: list[str] = field(default_factory=list)  # e.g. why report.html is missing (summary only)
 
     @property
     def onnx(self) -> Optional[dict[str, Any]]:
@@ -153,6 +154,9 @@ class ExportResult(StepResult):
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "out_dir": self.out_dir, "files": self.files, "onnx": self.onnx}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.to_json(), "warnings": list(self.warnings)}
 
 
 @dataclass

@@ -4,7 +4,7 @@
 
 Each public step takes the project's lock itself (the writer lock for what changes the
 project: import, extract, train, cross-validate, tune; the shared reader lock for what only
-reads it: evaluate, explain, export, predict; see loff_core/locks.py), reports progress and
+reads it: evaluate, explain, export, report, predict; see loff_core/locks.py), reports progress and
 checks for cancel between batches. The CLI (`loff_core/cli/`) and the app's pages call
 these and nothing below them, so both front ends do the same thing:
 
@@ -29,9 +29,8 @@ import numpy as np
 
 from .catalog import scan_folder
 from .errors import LoffError, ProjectError, Remedy, TrainingError
-from .evaluation import evaluate_run
+from .evaluation import evaluate_run, explain_images
 from .fsutil import relative_or_none, utc_now
-from .predictions import heat_on_image
 from .progress import Progress
 from .project import RunInfo
 from .project_file import PROJECT_FILE
@@ -138,7 +137,18 @@ def export(project: Any, out_dir: Path | str, *, run_id: Optional[str] = None, o
 
     with project.read_lock():
         out = export_head(project, out_dir, run_id=run_id, onnx=onnx, progress=progress)
-    return ExportResult(run=out["run"], out_dir=out["out_dir"], files=out["files"], card=out["card"])
+    return ExportResult(run=out["run"], out_dir=out["out_dir"], files=out["files"], card=out["card"],
+                        warnings=out.get("warnings", []))
+
+
+def report(project: Any, run_id: Optional[str] = None, out: Optional[Path | str] = None, *,
+           progress: Progress = Progress()) -> Path:
+    """The model report of a run (default: the project's best) as one self-contained HTML
+    file, default PROJECT/reports/RUN.html (reader lock; loff_core/report.py)."""
+    from .report import write_report
+
+    with project.read_lock():
+        return write_report(project, run_id, None if out is None else Path(out), progress=progress)
 
 
 def cross_validate(project: Any, settings: CVSettings = CVSettings(), *,
@@ -441,45 +451,5 @@ def _train(
 
 def _explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
              progress: Progress = Progress()) -> ExplainResult:
-    """Per image: class probabilities and the head's attention over the token grid
-    ([h, w], max 1), for the viewer's heat map. Reads only these images' features,
-    `EXPLAIN_BATCH` at a time (progress reported, cancel checked between batches)."""
-    import torch
-
-    from .heads import attention_map, build_head, probabilities
-
-    run = project.run(run_id)
-    cache = project.open_cache(run.record["cache_fingerprint"], block=run.record.get("block"))
-    project.check_cache_fits(run, cache)
-    head_config, state = project.load_head(run)
-    head = build_head(head_config)
-    head.load_state_dict(state, strict=True)
-    head.eval()
-    idx = cache.indices(image_ids)
-    order = np.argsort(idx)  # h5py reads fastest in file order
-    prob_parts, map_parts = [], []
-    for s in range(0, max(len(order), 1), EXPLAIN_BATCH):  # one read when empty, as before
-        progress.check()
-        progress.report(s, len(order), f"explaining {len(order)} images")
-        cls, grid = cache.read(idx[order[s:s + EXPLAIN_BATCH]])
-        with torch.inference_mode():
-            c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
-            prob_parts.append(probabilities(head(c, g), run.record["task"]).numpy())
-            map_parts.append(attention_map(head, c, g).numpy())
-    progress.report(len(order), len(order), f"explained {len(order)} images")
-    probs, maps = np.concatenate(prob_parts), np.concatenate(map_parts)
-    from .calibration import adjust, decide
-
-    op = run.record.get("operating_point")
-    probs = adjust(probs, op)
-    decided = decide(probs, run.record["task"], op)
-    back = np.argsort(order)
-    maps = maps[back]
-    entries = project.catalog().by_id()
-    size = int(cache.backbone["image_size"])
-    heat = [heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
-            for m, i in zip(maps, image_ids)]
-    return ExplainResult(run=run.run_id, image_ids=list(image_ids), classes=list(run.record["classes"]),
-                         task=run.record["task"], probabilities=probs[back],
-                         predicted=[run.record["classes"][int(c)] for c in decided[back]], attention=maps, heat=heat,
-                         operating_point=op)
+    """`explain` without the lock (`evaluation.explain_images`, `EXPLAIN_BATCH` images a batch)."""
+    return explain_images(project, run_id, image_ids, batch=EXPLAIN_BATCH, progress=progress)

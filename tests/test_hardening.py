@@ -198,7 +198,8 @@ def test_patient_identifiers_never_leave_the_project(tmp_path):
         ["extract", project, *TINY, "--workers", "1"],
         ["train", project, "--head", "attention", "--epochs", "2"],
         ["evaluate", project],
-        ["export", project, export, "--onnx"],
+        ["export", project, export, "--onnx"],  # with the model report beside the card
+        ["report", project, "--out", out_dir / "report.html"],
         ["predict", export, tmp_path / "site", "--random-init", "--csv", out_dir / "predictions.csv"],
         ["info", project],
     ]
@@ -209,6 +210,11 @@ def test_patient_identifiers_never_leave_the_project(tmp_path):
             assert code == 0, (step, log.read_text()[-2000:])
     written = [f for f in out_dir.rglob("*") if f.is_file()]
     assert len(written) > 10 and any(f.suffix == ".onnx" for f in written)
+    reports = [out_dir / "report.html", export / "report.html"]
+    assert all(r in written for r in reports)
+    for r in reports:  # no path outside the project either (the images' folder, where the project lives)
+        html = r.read_text(encoding="utf-8")
+        assert str(tmp_path) not in html and "site" + os.sep not in html, r
     needles = [v.encode() for v in SENTINELS.values()] + [b"Sentinel", b"SENTINEL", b"Zzyzx", b"Quux"]
     needles += [v.split("^")[0].encode() for v in SENTINELS.values() if "^" in v]
     for f in written:

@@ -77,6 +77,11 @@ class ResultsPage(QWidget):
         self.split.addItems(["test", "val", "train"])
         self.evaluate_button = QPushButton("Evaluate")
         self.evaluate_button.clicked.connect(self.start_evaluate)
+        self.report_button = QPushButton("Save report")
+        self.report_button.setToolTip("the run's model report (data, protocol, test results with plots, examples, "
+                                      "limitations, CLAIM checklist) as one HTML file in the project's reports/ "
+                                      "folder; open it in a browser, print it to PDF from there")
+        self.report_button.clicked.connect(self.start_report)
         self.strip = ProgressStrip()
         # an evaluation has nothing partial to keep: Stop drops it (the saved one stays as it was)
         self.strip.stop_button.setToolTip("Stop evaluating; the evaluation saved before stays as it was")
@@ -116,8 +121,8 @@ class ResultsPage(QWidget):
         self.cell_ids: list[str] = []
         self.cell_caption = ""
 
-        top = form_row(QLabel("run"), self.run, QLabel("split"), self.split, self.evaluate_button, self.strip,
-                       stretch_last=True)
+        top = form_row(QLabel("run"), self.run, QLabel("split"), self.split, self.evaluate_button,
+                       self.report_button, self.strip, stretch_last=True)
         grid = QGridLayout()
         left = QVBoxLayout()
         left.addWidget(bold("Metrics"))
@@ -213,8 +218,9 @@ class ResultsPage(QWidget):
 
     def _busy(self, busy: bool) -> None:
         self.evaluate_button.setEnabled(not busy and self.run.count() > 0)
+        self.report_button.setEnabled(not busy and self.run.count() > 0)
         job = self.state.runner.job
-        self.strip.set_running(busy and job is not None and job.name == "evaluate")
+        self.strip.set_running(busy and job is not None and job.name in ("evaluate", "report"))
 
     def start_evaluate(self) -> None:
         project, run_id, split = self.state.project, self.run_id(), self.split.currentText()
@@ -229,6 +235,24 @@ class ResultsPage(QWidget):
             return steps.evaluate(project, run_id, split, EvaluateSettings(), progress=progress).to_json()
         wire(self.state.start("evaluate", work, banner=self.banner), strip=self.strip, banner=self.banner,
              done=self.show_result)
+
+    def start_report(self) -> None:
+        """Write the chosen run's model report to PROJECT/reports/RUN.html (a heavy job: it
+        evaluates on test and draws the plots); the message names the file."""
+        project, run_id = self.state.project, self.run_id()
+        if project is None or not run_id:
+            return
+
+        def work(progress: Any) -> Any:
+            from loff_core import steps
+
+            return str(steps.report(project, run_id, progress=progress))
+
+        def done(path: str) -> None:
+            text = f"report of run {run_id} saved: {path}"
+            self.state.message.emit("info", text)
+            self.strip.finish(text)
+        wire(self.state.start("report", work, banner=self.banner), strip=self.strip, banner=self.banner, done=done)
 
     # -- showing -----------------------------------------------------------------------
     def show_result(self, result: dict) -> None:

@@ -6,8 +6,8 @@ for a problem the user can fix; 130 when interrupted (work already done is kept)
 
 One module per command group, each adding its sub-commands to the parser: `project`
 (import, info, demo), `auto` (folder to report), `extract`, `train` (train, evaluate,
-calibrate), `validate` (cv, tune), `predict` (export, predict), `weights`; `terminal` holds
-what they share.
+calibrate), `validate` (cv, tune), `predict` (export, predict), `report`, `weights`;
+`terminal` holds what they share.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from ..errors import LoffError, explain_file_error, one_line
 from ..progress import Cancelled
-from . import audit, auto, extract, predict, project, train, validate, weights
+from . import audit, auto, extract, predict, project, report, train, validate, weights
 from .remedies import terminal_text
 
 
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (project.add_import, extract.add_extract, train.add_train, validate.add_cv, validate.add_tune, audit.add_audit,
-                train.add_evaluate, train.add_calibrate, predict.add_export, predict.add_predict, project.add_demo,
-                project.add_info, auto.add_auto, weights.register):  # the order `loff --help` lists them in
+                train.add_evaluate, train.add_calibrate, predict.add_export, report.add_report, predict.add_predict,
+                project.add_demo, project.add_info, auto.add_auto, weights.register):  # the order `loff --help` lists them in
         add(sub, common)
     return parser
 
@@ -62,6 +62,8 @@ def _written_location(args: argparse.Namespace) -> Optional[Path]:
         return args.out_dir
     if args.command == "predict":
         return args.csv
+    if args.command == "report" and args.out is not None:
+        return args.out
     return getattr(args, "project", None)
 
 

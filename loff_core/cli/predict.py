@@ -23,6 +23,7 @@ def _describe_export(out: dict[str, Any]) -> str:
     lines += [f"  {kind:5s} {path}" for kind, path in out["files"].items()]
     if out.get("onnx") and "max_abs_diff_vs_torch" in out["onnx"]:
         lines.append(f"  ONNX checked against torch: max difference {out['onnx']['max_abs_diff_vs_torch']:.2e}")
+    lines += [f"warning: {w}" for w in out.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -74,7 +75,8 @@ def _describe_predict(out: dict[str, Any]) -> str:
 
 def add_export(sub: Any, common: argparse.ArgumentParser) -> None:
     """`loff export PROJECT OUT_DIR`."""
-    p = sub.add_parser("export", parents=[common], help="write head.safetensors + card.json (+ model.onnx)")
+    p = sub.add_parser("export", parents=[common],
+                       help="write head.safetensors + card.json (+ model.onnx) and the model report report.html")
     p.add_argument("project", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--run")

@@ -112,7 +112,8 @@ def metric_lines(out: dict[str, Any]) -> list[str]:
 
 #: what each metric name of `evaluate` / `cv` / `tune` means (shown in --help and docs/cli.md)
 METRICS_HELP = ("Metrics: accuracy (share right); balanced_accuracy (mean recall over classes); auc (ROC AUC; "
-                "macro one-vs-rest over classes); ordinal tasks also: kendall_tau (Kendall's tau-b between true and "
+                "macro one-vs-rest over classes); binary classification also: sensitivity and specificity (recall of the "
+                "positive / negative class at the run's operating point); ordinal tasks also: kendall_tau (Kendall's tau-b between true and "
                 "predicted levels), kendall_tau_score (tau-b between true level and the expected level, a "
                 "continuous score: no ties from rounding), amae (mean absolute error per true level, averaged), "
                 "mae, accuracy_within_1 (predicted level at most one off).")
