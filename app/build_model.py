@@ -171,6 +171,8 @@ class BuildModelDialog(QDialog):
         if inputs is None:
             return None
         folder, project, imports, settings = inputs
+        if not self._may_replace(folder, project):
+            return None
 
         def work(progress: Any) -> Any:
             from loff_core.auto import build_model
@@ -191,6 +193,30 @@ class BuildModelDialog(QDialog):
         job.progress.connect(self._progress)
         job.ended.connect(self._ended)
         return wire(job, banner=self.banner, done=self._done)
+
+    def confirm(self, text: str) -> bool:
+        """Ask before replacing a catalog (tests replace this method)."""
+        from PySide6.QtWidgets import QMessageBox
+
+        return QMessageBox.question(self, "Build a model", text) == QMessageBox.StandardButton.Yes
+
+    def _may_replace(self, folder: Path, project: Path) -> bool:
+        """A project that holds images of another folder: its catalog is replaced only when
+        the user says so (as the Import page asks before a re-import)."""
+        from loff_core.errors import LoffError
+        from loff_core.project import Project
+
+        if not (project / "loff-project.json").is_file():
+            return True
+        try:
+            existing = Project.open(project)
+            before = existing.settings.images_root_absolute if existing.has_catalog() else None
+        except LoffError:
+            return True  # the build names what is wrong with it
+        if not before or Path(before).resolve() == folder.resolve():
+            return True
+        return self.confirm(f"The project {project} holds the images of {before}.\n\nBuilding a model from "
+                            f"{folder} replaces its catalog (its runs are kept but marked stale).\n\nContinue?")
 
     def _progress_view(self) -> QWidget:
         self.step = QLabel("")

@@ -289,8 +289,8 @@ def plan_search(project: Any, budget: float, progress: Progress) -> dict[str, An
             cache = project.open_cache(block=config.block)
             pool, classes = project_pool(project, cache)
             data = _in_memory(cache)
-        # no more folds than the largest class has images (grouped_folds' rule): a small set gets fewer
-        folds = max(2, min(folds, int(np.bincount(pool.y).max())))
+        # no more folds than patients, nor than the largest class has images (grouped_folds' rules)
+        folds = max(2, min(folds, int(np.bincount(pool.y).max()), len(np.unique(pool.groups))))
         train_idx, _ = grouped_folds(pool.y, pool.groups, folds, config.seed)[0]
         fit_idx, val_idx = inner_split(train_idx, pool.y, pool.groups, config.seed)
         t0 = time.monotonic()

@@ -95,3 +95,14 @@ def test_file_menu_opens_it(qtbot, window, demo):  # noqa: F811
     action = next(a for a in window.menuBar().actions()[0].menu().actions() if a.text() == "&Build a model...")
     action.trigger()
     assert window.build_dialog.isVisible() and window.build_dialog.project.text() == str(demo.root)
+
+
+def test_another_folder_asks_before_replacing_the_catalog(qtbot, window, demo, tmp_path):  # noqa: F811
+    dialog = _dialog(qtbot, window, demo)
+    other = tmp_path / "other"
+    other.mkdir()
+    dialog.folder.setText(str(other))
+    asked: list[str] = []
+    dialog.confirm = lambda text: asked.append(text) or False  # the user says No
+    assert dialog.start() is None and not window.state.busy
+    assert len(asked) == 1 and str(demo.images_root()) in asked[0] and "replaces its catalog" in asked[0]

@@ -60,6 +60,18 @@ def test_a_typed_pattern_beats_the_schemes(tmp_path):
     assert len({e.patient_key for e in catalog.entries}) == 2
 
 
+def test_a_dicom_patient_id_beats_the_schemes(tmp_path):
+    from loff_core.synthetic import write_synthetic_dataset
+
+    labels = write_synthetic_dataset(tmp_path / "img", n_patients=2, views=("CC",), size=(64, 48))
+    labels.unlink()
+    for i, path in enumerate(sorted((tmp_path / "img").rglob("*.dcm"))):
+        path.rename(path.parent / f"IM-0001-000{i}.dcm")  # one scheme patient; two DICOM patients
+    catalog = scan_folder(tmp_path / "img", salt=b"s")
+    assert catalog.patients_from == {"DICOM PatientID": 2}
+    assert len({e.patient_key for e in catalog.entries}) == 2
+
+
 def test_schemes_on_the_real_file_names():
     """Every file name of the pediatric chest X-rays gives the patient the data README's
     pattern gives; NIH's names give their 8-digit patient; other names match no scheme."""
