@@ -249,7 +249,10 @@ def backbone_origin(backbone: dict[str, Any]) -> dict[str, str]:
     k = weights.known(name) or weights.known_by_architecture(name)
     if k is not None:
         where = f"Hugging Face Hub {k.repo}" if k.source == "hf" else f"Python package {k.repo}"
-        return {"licence": k.licence, "source": where, "trained_on": k.trained_on or "see the model card"}
+        trained_on = k.trained_on or ("ImageNet (natural images)" if "imagenet" in k.note.lower() else
+                                      "LVD-142M (natural images, self-supervised)" if k.family == "dinov2" else
+                                      "see the model card")
+        return {"licence": k.licence, "source": where, "trained_on": trained_on}
     added = weights.added(name)
     if added is not None:
         return {"licence": added.licence or "not given when added", "source": f"added by the user ({added.source_format}, "
@@ -309,12 +312,13 @@ def head_choice(project: Any, run: Any) -> dict[str, Any]:
         cv = [g for g in groups if g.get("kind") == "cv" and g.get("cache_fingerprint") == run.record.get("cache_fingerprint")]
         board = sorted((row(g.get("config"), g.get("metrics") or {}) for g in cv),
                        key=lambda e: -(e["metrics"].get(primary) if e["metrics"].get(primary) is not None else -math.inf))
-        how = ("trained directly (loff train or the Train page) with the configuration below"
+        how = ("trained directly (loff train or the Train page) with the configuration above"
                + ("; the project's cross-validation groups on the same cache are listed for comparison" if board else
                   "; no cross-validation of it in the project"))
         nested = False
     names = [primary] + sorted({k for e in board for k in e["metrics"]} - {primary})
-    return {"how": how, "nested": nested, "board": board, "names": names, "primary": primary}
+    return {"how": how, "nested": nested, "board": board, "names": names, "primary": primary,
+            "tuned": own is not None and own.get("kind") == "tune"}
 
 
 def _config_text(config: Any) -> str:
@@ -482,7 +486,7 @@ def limitations(project: Any, run: Any, evaluation: dict[str, Any], context: dic
     if op is None:
         add("operating point", "the run has no operating point (no calibration, argmax decision)")
     choice = context["protocol"]["choice"]
-    if choice["board"] and not choice["nested"]:
+    if choice["tuned"] and not choice["nested"]:
         add("model selection", "the head was chosen by cross-validation on train + val without nesting: the chosen "
             "configuration's cross-validation score is optimistic; the test split, read once, is the estimate")
     excluded = sum(context["data"]["excluded"].values())
@@ -512,9 +516,8 @@ def _weights_limits(backbone: dict[str, Any], add: Any) -> None:
     if backbone.get("licence", "").startswith("none (random"):
         add("backbone weights", "the backbone has random weights (no pre-training): its features are not a "
             "foundation model's; use this run to test the pipeline, not to judge the method")
-    elif "imagenet" in trained_on.lower() or "laion" in trained_on.lower():
-        add("backbone weights", f"the backbone was pre-trained on natural images ({trained_on}), not on medical "
-            "images")
+    elif any(word in trained_on.lower() for word in ("imagenet", "laion", "lvd-142m", "natural images")):
+        add("backbone weights", f"the backbone was pre-trained on {trained_on}, not on medical images")
 
 
 def audit_findings(project: Any) -> list[dict[str, str]]:
@@ -536,20 +539,21 @@ def audit_findings(project: Any) -> list[dict[str, str]]:
     out = []
     dups = rows("duplicates.csv")
     leaks = [r for r in dups if r.get("leak") == "1"]
-    if dups:
+    if (folder / "duplicates.csv").is_file():
         out.append({"topic": "audit: duplicates", "text": f"{len(dups)} near-duplicate groups, {len(leaks)} across "
                     "splits (leaks)" + (": " + "; ".join(r.get("images", "").replace(";", ", ") + " ("
                                                           + r.get("splits", "").replace(";", ", ") + ")"
                                                           for r in leaks[:5]) if leaks else "")})
     suspects = rows("label_suspects.csv")
-    if suspects:
-        out.append({"topic": "audit: label suspects", "text": f"{len(suspects)} suspected label errors; most "
-                    "suspicious: " + ", ".join(f"{r.get('image')} (label {r.get('label')}, predicted "
+    if (folder / "label_suspects.csv").is_file():
+        out.append({"topic": "audit: label suspects", "text": f"{len(suspects)} suspected label errors"
+                    + ("" if not suspects else "; most suspicious: ") + ", ".join(f"{r.get('image')} (label {r.get('label')}, predicted "
                                               f"{r.get('predicted')})" for r in suspects[:5])})
     outliers = rows("outliers.csv")
     if outliers:
-        out.append({"topic": "audit: outliers", "text": f"{len(outliers)} images ranked by distance to their "
-                    "class; the farthest: " + ", ".join(r.get("image", "") for r in outliers[:5])})
+        out.append({"topic": "audit: outliers", "text": f"farthest from their class (of {len(outliers)} images "
+                    "ranked): " + ", ".join(f"{r.get('image', '')} ({r.get('score', '')[:5]})" for r in outliers[:5])
+                    + " (1 = as typical as the class's own images)"})
     shift = {r.get("measure"): r.get("value") for r in rows("shift.csv")}
     auc = _float(shift.get("test_vs_train_auc"))
     if auc is not None:
@@ -586,7 +590,8 @@ def claim_rows(ctx: dict[str, Any]) -> list[dict[str, str]]:
         item("Data", "selection of data subsets; images left out", f"Data: {data['n_refused']} refused, "
              f"{sum(data['excluded'].values())} excluded, reasons listed"),
         item("Data", "de-identification", "images named by a salted hash (image_id); no paths or patient keys here"),
-        item("Data", "how missing data were handled", f"Data: {data['unlabelled']} images without a label not used"),
+        item("Data", "how missing data were handled", f"Data: images without a label are not used "
+             f"({data['unlabelled']})"),
         item("Ground truth", "definition of the reference standard and its rationale", None),
         item("Ground truth", "source of annotations, annotators' qualifications, tools", None),
         item("Ground truth", "measurement of inter- and intra-rater variability", None),

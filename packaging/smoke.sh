@@ -45,6 +45,8 @@ step "frozen loff train / evaluate / export"
 "$LOFF" evaluate "$work/demo" --bootstrap 50 --json --quiet > "$work/evaluate.json"
 "$LOFF" export "$work/demo" "$work/export" --onnx --json --quiet > "$work/export.json"  # ONNX checked against torch
 [ -s "$work/export/model.onnx" ] || { step "no model.onnx"; exit 1; }
+# the model report beside the card: the bundle carries its template (loff_core/templates) and matplotlib
+grep -q '<section id="claim">' "$work/export/report.html" || { step "no report.html in the export"; exit 1; }
 ls "$work/export"
 "$LOFF" info "$work/demo" --json > /dev/null
 

@@ -142,6 +142,9 @@ def test_wheel_installs_into_a_fresh_venv_with_working_commands_and_resources(tm
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(wheels), str(REPO)], check=True)
     wheel, = wheels.glob("loff_studio-*.whl")
+    import zipfile
+
+    assert "loff_core/templates/report.html.j2" in zipfile.ZipFile(wheel).namelist()  # the model report's page
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
