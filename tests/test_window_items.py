@@ -58,10 +58,10 @@ def test_the_first_run_is_chosen_by_a_stated_rule_never_by_comparing_cv_with_val
     # accuracy of 0.99 is not compared with AUCs
     run, rule = choose_run(_Runs(bal, high_val, low_val))
     assert run == "val-high" and "val auc" in rule
-    # a stale winner is no candidate
+    # a stale winner is no candidate while an up-to-date run exists
     assert choose_run(_Runs(high_val, tuned, stale={"tuned"}))[0] == "val-high"
-    assert choose_run(_Runs(high_val, stale={"val-high"})) == ("val-high", "the newest run (none is up to date "
-                                                                            "with the active cache and labels)")
+    run, rule = choose_run(_Runs(high_val, low_val, stale={"val-high", "val-low"}))
+    assert run == "val-high" and rule.endswith("(none is up to date with the active cache and labels)")
 
 
 def test_a_tuned_logistic_regression_is_named_one_way_with_its_score_kind():
