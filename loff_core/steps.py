@@ -483,3 +483,16 @@ def _explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
                          task=run.record["task"], probabilities=probs[back],
                          predicted=[run.record["classes"][int(c)] for c in decided[back]], attention=maps, heat=heat,
                          operating_point=op)
+
+
+def default_predictions_csv(source: Path | str, run: Optional[str] = None, *, now: Optional[str] = None) -> Path:
+    """Where predictions are saved unless the user says otherwise: into the project they belong
+    to, PROJECT/predictions/<run>-<time>.csv, PROJECT being `source` when it is a project, else
+    the project an exported head folder lies in (exports/<run>); a head from outside any
+    project: HEAD/predictions/. Never the working folder."""
+    import datetime as _dt
+
+    source = Path(source).resolve()
+    home = next((p for p in (source, *source.parents) if (p / PROJECT_FILE).is_file()), source)
+    stamp = now or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return home / "predictions" / f"{run or source.name}-{stamp}.csv"

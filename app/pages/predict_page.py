@@ -293,7 +293,7 @@ class PredictPage(QWidget):
     def default_csv(self) -> Path:
         """PROJECT/predictions/<run>-<time>.csv in the project the head belongs to (the open
         project for its runs; an exported head's own project), never the working folder."""
-        from loff_core.predictions import default_predictions_csv
+        from loff_core.steps import default_predictions_csv
 
         result = self.result or {}
         project = self.state.project
