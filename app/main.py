@@ -256,7 +256,22 @@ class MainWindow(QMainWindow):
         self.show_message("info", f"writing the synthetic demo project to {root} and extracting its features")
         job = self.state.start("demo", work)
         if job is not None:
-            wire(job, done=self.state.set_project)
+            wire(job, done=self._demo_ready)
+
+    def _demo_ready(self, project: Any) -> None:
+        """Open the new demo; its Cache page shows the backbone its cache was made with (not
+        the default, which would make a second cache on Extract)."""
+        import json
+
+        from loff_core.demo import DEMO_IMAGE_SIZE, demo_cache_spec
+
+        from .state import _project_key
+
+        spec = demo_cache_spec()
+        if spec is not None and project.settings.active_cache:
+            settings().setValue(f"projects/{_project_key(project)}/cache", json.dumps(
+                {"backbone": spec.name, "image_size": DEMO_IMAGE_SIZE}))
+        self.state.set_project(project)
 
     def _extract_demo_cache(self) -> None:
         project = self.state.project

@@ -102,8 +102,11 @@ class ValidationPanel(QGroupBox):
         project = self.state.project
         ready = (project is not None and project.has_catalog() and bool(project.settings.active_cache)
                  and not project.cache_partial())  # the engine refuses a partial cache
-        self.cv_button.setEnabled(ready and not busy)
-        self.tune_button.setEnabled(ready and not busy)
+        why = ("a job is running" if busy else "import images first" if project is None or not project.has_catalog()
+               else "extract features first (Cache page)" if not project.settings.active_cache
+               else "the feature cache is partial: Extract again on the Cache page to finish it")
+        enable(self.cv_button, ready and not busy, why)
+        enable(self.tune_button, ready and not busy, why)
         job = self.state.runner.job
         self.strip.set_running(busy and job is not None and job.name in ("cross-validate", "find the best head"))
 

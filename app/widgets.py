@@ -18,11 +18,15 @@ def enable(button: QWidget, on: bool, why: str = "") -> None:
     """Enable a control, or disable it saying why in its tooltip (issue 23, item 7: a control
     that looks usable and does nothing, or is greyed out without a word, is a defect). The
     control's own tooltip comes back when it is enabled again."""
-    if button.property("own_tip") is None:
-        button.setProperty("own_tip", button.toolTip())
-    button.setEnabled(on)
+    current, last = button.toolTip(), button.property("why_tip")
+    if last is None or current != last:  # a tooltip set since (by the page): the control's own
+        button.setProperty("own_tip", current)
     own = button.property("own_tip") or ""
-    button.setToolTip(own if on or not why else f"{why}" + (f"\n({own})" if own else ""))
+    button.setEnabled(on)
+    tip = own if on or not why else why + (f"\n({own})" if own else "")
+    button.setToolTip(tip)
+    button.setProperty("why_tip", tip)
+    button.setProperty("why", "" if on else why)
 
 
 class ProgressStrip(QWidget):
@@ -70,8 +74,8 @@ class ProgressStrip(QWidget):
         its end (stopped, failed, or nothing to do) is emptied rather than shown full."""
         was_running = self._running
         self._running = running
-        self.stop_button.setEnabled(running)
-        self.cancel_button.setEnabled(running)
+        enable(self.stop_button, running, "nothing is running here")
+        enable(self.cancel_button, running, "nothing is running here")
         if running and not was_running:
             self._stopped = False
         if running or not was_running:

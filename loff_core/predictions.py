@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -68,17 +68,3 @@ def write_predictions_csv(path: Path, result: dict[str, Any], *, with_failed: bo
             writer.writerow([trust.csv_cell(f["path"]), trust.csv_cell(f"not read: {f['reason']}"), *[""] * len(classes),
                              *named])
 
-
-def default_predictions_csv(source: Path | str, run: Optional[str] = None, *, now: Optional[str] = None) -> Path:
-    """Where predictions are saved unless the user says otherwise: into the project they belong
-    to, PROJECT/predictions/<run>-<time>.csv, PROJECT being `source` when it is a project, else
-    the project an exported head folder lies in (exports/<run>); a head from outside any
-    project: HEAD/predictions/. Never the working folder."""
-    import datetime as _dt
-
-    from .project_file import PROJECT_FILE
-
-    source = Path(source).resolve()
-    home = next((p for p in (source, *source.parents) if (p / PROJECT_FILE).is_file()), source)
-    stamp = now or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return home / "predictions" / f"{run or source.name}-{stamp}.csv"

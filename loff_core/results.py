@@ -343,23 +343,25 @@ def choose_run(project: Any, runs: Optional[list[Any]] = None) -> tuple[Optional
     runs that are up to date (the active cache, the current labels) are candidates: the
     latest `loff tune` winner (chosen by cross-validation), else the best validation score
     among the runs with the same monitor as the newest one (a validation AUC is never
-    compared with a CV AUC or a balanced accuracy); else the newest run."""
+    compared with a CV AUC or a balanced accuracy); else the newest. When no run is up to
+    date, the same rule over all runs (the rule's text says so)."""
     runs = list(project.runs() if runs is None else runs)
     if not runs:
         return None, ""
     fresh = [r for r in runs if not project.stale_reasons(r)]
-    tuned = [r for r in fresh if score_kind(r.record) == "cv"]
+    among = "the up-to-date runs on the active cache" if fresh else \
+        "the runs (none is up to date with the active cache and labels)"
+    candidates = fresh or runs
+    tuned = [r for r in candidates if score_kind(r.record) == "cv"]
     if tuned:
-        return tuned[-1].run_id, "the latest Find-the-best-head winner (chosen by cross-validation)"
-    val = [r for r in fresh if score_kind(r.record) == "val" and r.record.get("best_score") is not None]
+        return tuned[-1].run_id, f"the latest Find-the-best-head winner (chosen by cross-validation) among {among}"
+    val = [r for r in candidates if score_kind(r.record) == "val" and r.record.get("best_score") is not None]
     if val:
         monitor = val[-1].record["monitor"]
         same = [(r.record["best_score"], i, r) for i, r in enumerate(val) if r.record["monitor"] == monitor]
         best = max(same, key=lambda t: (t[0], t[1]))[2]
-        return best.run_id, (f"the best {monitor.replace('_', ' ')} among the up-to-date runs on the active cache")
-    if fresh:
-        return fresh[-1].run_id, "the newest up-to-date run (none has a validation score)"
-    return runs[-1].run_id, "the newest run (none is up to date with the active cache and labels)"
+        return best.run_id, f"the best {monitor.replace('_', ' ')} among {among}"
+    return candidates[-1].run_id, f"the newest of {among} (none has a validation score)"
 
 
 def model_of(card: dict[str, Any]) -> dict[str, Any]:

@@ -453,3 +453,16 @@ def _explain(project: Any, run_id: Optional[str], image_ids: list[str], *,
              progress: Progress = Progress()) -> ExplainResult:
     """`explain` without the lock (`evaluation.explain_images`, `EXPLAIN_BATCH` images a batch)."""
     return explain_images(project, run_id, image_ids, batch=EXPLAIN_BATCH, progress=progress)
+
+
+def default_predictions_csv(source: Path | str, run: Optional[str] = None, *, now: Optional[str] = None) -> Path:
+    """Where predictions are saved unless the user says otherwise: into the project they belong
+    to, PROJECT/predictions/<run>-<time>.csv, PROJECT being `source` when it is a project, else
+    the project an exported head folder lies in (exports/<run>); a head from outside any
+    project: HEAD/predictions/. Never the working folder."""
+    import datetime as _dt
+
+    source = Path(source).resolve()
+    home = next((p for p in (source, *source.parents) if (p / PROJECT_FILE).is_file()), source)
+    stamp = now or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return home / "predictions" / f"{run or source.name}-{stamp}.csv"

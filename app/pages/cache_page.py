@@ -14,7 +14,7 @@ from loff_core.weights import TEST_MODEL, suggested
 from ..cache_plan import plan
 from ..forms import control_for
 from ..state import AppState
-from ..widgets import Banner, ProgressStrip, form_row
+from ..widgets import Banner, ProgressStrip, enable, form_row
 from ..workers import wire
 
 # name, parameters (millions), note: from the engine's registry (loff_core.weights, torch-free)
@@ -207,7 +207,8 @@ class CachePage(QWidget):
 
     def _busy(self, busy: bool) -> None:
         project = self.state.project
-        self.extract_button.setEnabled(not busy and project is not None and project.has_catalog())
+        enable(self.extract_button, not busy and project is not None and project.has_catalog(),
+               "a job is running" if busy else "import images first (Import page)")
         job = self.state.runner.job
         self.strip.set_running(busy and job is not None and job.name == "extract")
 

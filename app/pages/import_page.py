@@ -18,7 +18,7 @@ from loff_core.settings import TASKS
 
 from ..remedies import window_text
 from ..state import AppState
-from ..widgets import Banner, ImagePanel, ProgressStrip, form_row
+from ..widgets import Banner, ImagePanel, ProgressStrip, enable, form_row
 from ..workers import wire
 
 COLUMNS = [("shown_path", "File"), ("label", "Label"), ("split", "Split"), ("patient_key", "Patient key"),
@@ -370,8 +370,9 @@ class ImportPage(QWidget):
                            f"{total} rows")
 
     def _busy(self, busy: bool) -> None:
-        self.import_button.setEnabled(not busy and self.state.project is not None)
-        self.build_button.setEnabled(not busy)
+        enable(self.import_button, not busy and self.state.project is not None,
+               "a job is running" if busy else "create or open a project first (File menu)")
+        enable(self.build_button, not busy, "a job is running")
         self.strip.set_running(busy and self.state.runner.job is not None and self.state.runner.job.name == "import")
 
     # -- showing -----------------------------------------------------------------------

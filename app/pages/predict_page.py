@@ -156,9 +156,9 @@ class PredictPage(QWidget):
 
     def _busy(self, busy: bool) -> None:
         has_run = self.run.count() > 0
-        self.export_button.setEnabled(not busy and has_run)
-        self.export_button.setToolTip("" if has_run else "train a head first")
-        self.predict_button.setEnabled(not busy and (has_run or bool(self.head_dir.text().strip())))
+        enable(self.export_button, not busy and has_run, "a job is running" if busy else "train a head first")
+        enable(self.predict_button, not busy and (has_run or bool(self.head_dir.text().strip())),
+               "a job is running" if busy else "train a head first, or give an exported head folder below")
         job = self.state.runner.job
         self.strip.set_running(busy and job is not None and job.name in ("predict", "export"))
 
@@ -293,7 +293,7 @@ class PredictPage(QWidget):
     def default_csv(self) -> Path:
         """PROJECT/predictions/<run>-<time>.csv in the project the head belongs to (the open
         project for its runs; an exported head's own project), never the working folder."""
-        from loff_core.predictions import default_predictions_csv
+        from loff_core.steps import default_predictions_csv
 
         result = self.result or {}
         project = self.state.project

@@ -217,8 +217,10 @@ class ResultsPage(QWidget):
             self.extras.clear()  # its Save operating point was left enabled for a result no longer shown
 
     def _busy(self, busy: bool) -> None:
-        self.evaluate_button.setEnabled(not busy and self.run.count() > 0)
-        self.report_button.setEnabled(not busy and self.run.count() > 0)
+        enable(self.evaluate_button, not busy and self.run.count() > 0,
+               "a job is running" if busy else "train a head first (Train page)")
+        enable(self.report_button, not busy and self.run.count() > 0,
+               "a job is running" if busy else "train a head first (Train page)")
         job = self.state.runner.job
         self.strip.set_running(busy and job is not None and job.name in ("evaluate", "report"))
 

@@ -19,7 +19,7 @@ from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig, all_field
 from ..forms import control_for, train_config
 from ..remedies import window_text
 from ..state import AppState
-from ..widgets import Banner, ProgressStrip, form_row
+from ..widgets import Banner, ProgressStrip, enable, form_row
 from ..workers import wire
 
 #: Okabe-Ito colours: distinguishable with the common colour-vision deficiencies
@@ -351,8 +351,7 @@ class TrainPage(QWidget):
 
     def _busy(self, busy: bool) -> None:
         ready, why = self.ready()
-        self.train_button.setEnabled(ready and not busy)
-        self.train_button.setToolTip(why)
+        enable(self.train_button, ready and not busy, why or "a job is running")
         job = self.state.runner.job
         self.strip.set_running(busy and job is not None and job.name == "train")
 

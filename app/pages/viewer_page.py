@@ -19,7 +19,7 @@ from loff_core.errors import LoffError
 
 from ..remedies import window_text
 from ..state import AppState
-from ..widgets import ImagePanel, form_row
+from ..widgets import ImagePanel, enable, form_row
 from ..workers import load_image, start_light, wire
 
 #: what the heat map shows, per head kind (the colour bar's one line)
@@ -158,9 +158,10 @@ class ViewerPage(QWidget):
 
     def show_current(self) -> None:
         project = self.state.project
-        self.prev_button.setEnabled(len(self.ids) > 1)
-        self.next_button.setEnabled(len(self.ids) > 1)
-        self.exam_button.setEnabled(bool(self.ids))
+        one = "no images to step through" if not self.ids else "only one image in this set"
+        enable(self.prev_button, len(self.ids) > 1, one)
+        enable(self.next_button, len(self.ids) > 1, one)
+        enable(self.exam_button, bool(self.ids), "no image shown: choose a set of images first")
         if project is None or not self.ids:
             self.position.setText("no images to show: evaluate a run, or click a confusion-matrix cell")
             self.panel.show_image(None)

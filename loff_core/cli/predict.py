@@ -37,7 +37,8 @@ def cmd_predict(args: argparse.Namespace) -> Any:
     result = run_with_progress("predict", args.quiet, lambda p: steps.predict(args.head_dir, args.files, settings,
                                                                               progress=p))
     if args.csv:
-        from ..predictions import default_predictions_csv, write_predictions_csv
+        from ..predictions import write_predictions_csv
+        from ..steps import default_predictions_csv
 
         # --csv alone: into the project the head belongs to (PROJECT/predictions/), not the working folder
         path = default_predictions_csv(args.head_dir, result.run or (result.model or {}).get("run")) \
