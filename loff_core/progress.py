@@ -31,7 +31,8 @@ ReportFn = Callable[[int, int, str], None]
 PARTIAL_KINDS = {
     "epoch": "one training epoch's history entry (train_loss, val_loss, the monitor, lr, ...), as in run.json",
     "fold": "a finished cross-validation fold: {fold, folds, label, metrics} (label names the tuning trial)",
-    "trial": "a scored tuning configuration: {config, cv, per_fold, best_epochs, fold_extra}",
+    "trial": "a scored tuning configuration: {config, cv, per_fold, best_epochs, fold_extra} (+ trial: its number "
+             "in the study, pruned: true when it stopped after its first folds)",
 }
 
 

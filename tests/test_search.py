@@ -210,3 +210,35 @@ def test_a_tune_killed_with_sigkill_resumes_to_the_same_leaderboard(tmp_path, ca
     again = subprocess.run(_tune_cmd(twin), env=env, capture_output=True, text=True, timeout=900)
     assert json.loads(again.stdout)["leaderboard"] == b["leaderboard"]
     assert np.isfinite([e["cv"]["auc"]["mean"] for e in b["leaderboard"]]).all()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_tune_keeping_the_best_so_far_and_the_next_tune_resumes(tmp_path, capsys):
+    """Ctrl-C / SIGTERM is Stop: the winner among the finished configurations is saved at once,
+    the dropped trial is not scored, and the next tune runs it and finishes the study."""
+    project = binary_png_project(tmp_path, capsys)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_tune_cmd(project), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        journals = list((project / "tune").glob("*.journal"))
+        if journals and _finished_trials(journals[0]) >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopping: the trial in progress is dropped" in err
+    stopped = json.loads(out)
+    heads = [e for e in stopped["leaderboard"] if e["config"]["head"] != LOGREG]
+    assert 1 <= len(heads) < 4
+    record = json.loads(next((project / "groups").iterdir()).joinpath("group.json").read_text())
+    assert record["stopped"] and record["run"] == stopped["run"]
+    resumed = subprocess.run(_tune_cmd(project), env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    board = json.loads(resumed.stdout)["leaderboard"]
+    assert len([e for e in board if e["config"]["head"] != LOGREG]) == 4
+    assert all(e in board for e in heads)  # what was scored before the stop stands

@@ -43,8 +43,37 @@ def cmd_tune(args: argparse.Namespace) -> Any:
     project = Project.open(args.project)
     settings = TuneSettings(**declared(args, TuneSettings, skip=("train",)),
                             train=train_config_from_args(args, project))
+
+    def run(progress: Any) -> Any:
+        restore = _stop_on_signals(progress)
+        try:
+            return steps.tune(project, settings, progress=progress)
+        finally:
+            restore()
     # --json: exactly the documented document; the rest is in groups/GROUP/group.json
-    return run_with_progress("tune", args.quiet, lambda p: steps.tune(project, settings, progress=p))
+    return run_with_progress("tune", args.quiet, run)
+
+
+def _stop_on_signals(progress: Any) -> Any:
+    """Ctrl-C or SIGTERM during `loff tune` is Stop: the trial in progress is dropped (the next
+    tune with the same settings runs it again), the best so far is retrained and saved; a
+    second one aborts. (Without this, the interrupt would end one fold's training early and
+    that fold would be scored as if complete.) Returns what restores the handlers."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum: int, frame: Any) -> None:
+        if progress.stop_requested:
+            raise KeyboardInterrupt
+        progress.request_stop()
+        print("loff tune: stopping: the trial in progress is dropped (the next tune resumes it), the best so far is "
+              "retrained and saved; interrupt again to abort", file=sys.stderr, flush=True)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
 
 
