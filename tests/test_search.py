@@ -103,6 +103,14 @@ def test_budget_stops_new_trials_but_the_default_is_always_tried():
     out = _search(trials=None, budget=1e-3)
     heads = [e for e in out["leaderboard"] if e["config"]["head"] != LOGREG]
     assert len(heads) == 1 and heads[0]["trial"] == 1
+    # the default: 8 trials, no new one after 150 s; a budget alone: trials until it is spent
+    assert search.stop_rule(None, None) == (8, 150.0)
+    assert search.stop_rule(5, None) == (5, None) and search.stop_rule(None, 60.0) == (None, 60.0)
+    clock = search._Clock(None, 5, budget=10.0)
+    clock.start -= 3.0  # 3 s spent, 7 s left
+    assert not clock.spent()
+    clock.trial_seconds.append(8.0)  # a trial takes 8 s: it would not end within the budget
+    assert clock.spent()
     assert parse_duration("3m") == 180 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("soon")
