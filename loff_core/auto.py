@@ -21,24 +21,21 @@ import hashlib
 import json
 import os
 import re
-import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import steps
 from .errors import LoffError, ProjectError, TrainingError
 from .fsutil import atomic_write_json
-from .progress import Partial, Progress, format_duration
-from .settings import AutoSettings, ExtractSettings, ImportSettings, TrainConfig, TuneSettings
+from .progress import Progress, format_duration
+from .settings import AutoSettings, ExtractSettings, ImportSettings, TuneSettings
 
 #: the steps in order, as the progress names them
 STEPS = ("import", "extract", "find the best head", "export", "report")
 #: what each step did, beside loff-project.json
 STATE_FILE = "auto.json"
-#: epochs of the timed fold that sizes the search (`plan_search`)
-PROBE_EPOCHS = 3
 #: the folder, inside the project, that the head is exported to (one sub-folder per run)
 EXPORT_DIR = "export"
 
@@ -238,105 +235,33 @@ def _tune_step(project: Any, settings: AutoSettings, state: dict[str, Any], out:
         except (LoffError, KeyError):
             found = None
         if found is not None:
-            out["search"] = _search_summary(found, previous.get("plan") or {})
+            out["search"] = _search_summary(found)
             _done(out, "find the best head", "reused", started)
             return False
-    plan = plan_search(project, settings.budget, progress)
-    if progress.stop_requested:  # stopped while the fold was timed: nothing scored yet
-        _done(out, "find the best head", "stopped", started)
-        return True
-    tune_settings = TuneSettings(trials=plan["trials"], folds=plan["folds"], budget=settings.budget)
-    search, watch = _budget_progress(progress, time.monotonic() + settings.budget - plan["probe_seconds"])
+    # the search honours the budget itself (search.stop_rule: no trial starts that would not end
+    # within it; trial 1, the default configuration, always runs)
+    tune_settings = TuneSettings(budget=settings.budget)
     try:
-        result = steps.tune(project, tune_settings, progress=search)
+        result = steps.tune(project, tune_settings, progress=progress)
     except TrainingError:
         if not progress.stop_requested:
             raise
         _done(out, "find the best head", "stopped", started)  # Stop before the first configuration was scored
         return True
-    finally:
-        watch.set()
     found = result.to_dict()
     user_stop = progress.stop_requested
-    out["search"] = _search_summary(found, plan)
+    out["search"] = _search_summary(found)
     _done(out, "find the best head", "stopped" if user_stop else "ran", started)
     if not user_stop:  # a search cut short by Stop is not reused: the next run searches again
-        state["tune"] = {**wanted, "group": found["group"], "run": found["run"], "plan": plan}
+        state["tune"] = {**wanted, "group": found["group"], "run": found["run"]}
         _save_state(project, state)
     return user_stop
 
 
-def plan_search(project: Any, budget: float, progress: Progress) -> dict[str, Any]:
-    """Trials and folds that fit `budget`, from one timed fold of the default head.
-
-    TEMPORARY (integrator: revisit when branch tune-search is merged): today's
-    `validation.tune` ignores TuneSettings.budget, so `loff auto` sizes the search itself
-    from a timed first fold and stops starting configurations once the budget is spent
-    (`_budget_progress`). Once `search.tune` honours the budget, this probe can go: pass
-    TuneSettings(budget=...) with the default trials and folds."""
-    import numpy as np
-
-    from .training import _in_memory, train_head
-    from .validation import grouped_folds, inner_split, project_pool
-
-    folds, most = TuneSettings.folds, TuneSettings.trials
-    full = TrainConfig(task=project.settings.task)
-    # a few epochs, scaled to the default's: an upper bound (early stopping often ends sooner)
-    config = replace(full, epochs=min(PROBE_EPOCHS, full.epochs), patience=min(PROBE_EPOCHS, full.epochs))
-    progress.report(0, 1, "timing one fold of the default head")
-    try:
-        with project.read_lock():
-            cache = project.open_cache(block=config.block)
-            pool, classes = project_pool(project, cache)
-            data = _in_memory(cache)
-        # no more folds than patients, nor than the largest class has images (grouped_folds' rules)
-        folds = max(2, min(folds, int(np.bincount(pool.y).max()), len(np.unique(pool.groups))))
-        train_idx, _ = grouped_folds(pool.y, pool.groups, folds, config.seed)[0]
-        fit_idx, val_idx = inner_split(train_idx, pool.y, pool.groups, config.seed)
-        t0 = time.monotonic()
-        train_head(data, [pool.ids[i] for i in fit_idx], pool.y[fit_idx].tolist(), [pool.ids[i] for i in val_idx],
-                   pool.y[val_idx].tolist(), config, num_classes=len(classes), progress=progress.linked(None))
-        probe_s = time.monotonic() - t0
-        fold_s = probe_s * full.epochs / config.epochs
-    except LoffError:  # too little data to time: the search itself says why
-        return {"trials": most, "folds": folds, "fold_seconds": None, "probe_seconds": 0.0}
-    per_trial = 1.5 * fold_s * folds  # the sampled heads and lengths cost about 1.5 default ones
-    left = budget - probe_s
-    if left < per_trial and folds > 3:  # a slow machine: three folds rather than no second configuration
-        folds = 3
-        per_trial = 1.5 * fold_s * folds
-    trials = max(1, min(most, int(left // per_trial)))
-    return {"trials": trials, "folds": folds, "fold_seconds": round(fold_s, 2), "probe_seconds": round(probe_s, 2)}
-
-
-def _budget_progress(progress: Progress, deadline: float) -> tuple[Progress, threading.Event]:
-    """A Progress for the search that asks it to stop (keep the configurations scored) once
-    the deadline has passed and at least one configuration is scored, or when `progress`
-    is asked to stop. Returns (it, an event that ends the watch)."""
-    scored, ended = threading.Event(), threading.Event()
-    search = progress.linked(progress.report, stop=False)
-    forward = search.on_partial
-
-    def on_partial(item: Partial) -> None:
-        if item.kind == "trial":
-            scored.set()
-        if forward is not None:
-            forward(item)
-    search.on_partial = on_partial
-
-    def watch() -> None:
-        while not ended.wait(0.25):
-            if progress.stop_requested or (scored.is_set() and time.monotonic() > deadline):
-                search.request_stop()
-                return
-    threading.Thread(target=watch, name="loff-auto-budget", daemon=True).start()
-    return search, ended
-
-
-def _search_summary(found: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+def _search_summary(found: dict[str, Any]) -> dict[str, Any]:
     best = found.get("best") or {}
     return {"group": found.get("group"), "run": found.get("run"), "trials": found.get("trials"),
-            "folds": found.get("folds"), "plan": plan, "best": best.get("config"), "cv": best.get("cv"),
+            "folds": found.get("folds"), "best": best.get("config"), "cv": best.get("cv"),
             "test": found.get("test"), "test_ci": found.get("test_ci"), "n_test": found.get("n_test"),
             "stopped": found.get("stopped")}
 
@@ -423,13 +348,9 @@ def summary_text(out: dict[str, Any]) -> str:
         lines.append(f"features: backbone {ext['backbone']}, cache {ext['cache']} ({ext['images']} images)")
     search = out.get("search")
     if search:
-        plan = search.get("plan") or {}
         best = ", ".join(f"{k}={v}" for k, v in (search.get("best") or {}).items())
         lines.append(f"head search: {search['trials']} configurations x {search['folds']} patient-grouped folds "
-                     f"within the budget of {format_duration(out['budget'])}"
-                     + (f" (one fold of the default head: about {plan['fold_seconds']:.0f} s)"
-                        if plan.get("fold_seconds") else "")
-                     + f"; winner: {best}")
+                     f"within the budget of {format_duration(out['budget'])}; winner: {best}")
         if search.get("test"):
             lines.append(f"test split ({search['n_test']} images), evaluated once, with 95% intervals:")
             lines += [f"  {name:22s} {'n/a' if v is None else f'{v:.3f}'}{_interval((search.get('test_ci') or {}).get(name))}"
