@@ -49,15 +49,23 @@ def heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.n
 
 
 def write_predictions_csv(path: Path, result: dict[str, Any], *, with_failed: bool = True) -> None:
-    """`predict_files`' result as CSV (path, predicted, p_<class>...; with_failed: then one
+    """`predict_files`' result as CSV (path, predicted, p_<class>..., out_of_distribution (the
+    reason, empty when in distribution), model (the head's folder), run; with_failed: then one
     row per unreadable file with "not read: <reason>"). UTF-8; a non-UTF-8 file name is
     written as its original bytes. Temp file + rename."""
     classes = result["classes"]
+    model = Path(str(result.get("head") or "")).name
+    run = result.get("head_run") or result.get("run") or ""
+    note = result.get("ood") or ""  # "no OOD summary in this head"
     with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8",
                                               errors="surrogateescape") as fh:
         writer = csv.writer(fh)
-        writer.writerow([trust.csv_cell(v) for v in ("path", "predicted", *[f"p_{c}" for c in classes])])
+        writer.writerow([trust.csv_cell(v) for v in ("path", "predicted", *[f"p_{c}" for c in classes],
+                                                     "out_of_distribution", "model", "run")])
+        tail = [trust.csv_cell(model), trust.csv_cell(run)]
         for p in result["predictions"]:
-            writer.writerow([trust.csv_cell(p["path"]), trust.csv_cell(p["predicted"]), *p["probabilities"]])
+            writer.writerow([trust.csv_cell(p["path"]), trust.csv_cell(p["predicted"]), *p["probabilities"],
+                             trust.csv_cell(p.get("out_of_distribution") or note), *tail])
         for f in result.get("failed", []) if with_failed else []:
-            writer.writerow([trust.csv_cell(f["path"]), trust.csv_cell(f"not read: {f['reason']}"), *[""] * len(classes)])
+            writer.writerow([trust.csv_cell(f["path"]), trust.csv_cell(f"not read: {f['reason']}"), *[""] * len(classes),
+                             "", *tail])

@@ -166,10 +166,15 @@ class PredictResult(StepResult):
     labelled: Optional[int] = None  # files that came with a label (None: labels not looked for)
     evaluation: Optional[dict[str, Any]] = None  # as `evaluate`'s, over the labelled files
     n: Optional[int] = None
+    # each prediction's "out_of_distribution" is its reason or None; `ood` says why there are
+    # no such flags ("no OOD summary in this head"); head_run: the run the head was trained as
+    ood: Optional[str] = None
+    head_run: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"head": self.head, "classes": self.classes, "task": self.task,
-                               "predictions": self.predictions, "failed": self.failed}
+                               "predictions": self.predictions, "failed": self.failed, "ood": self.ood,
+                               "head_run": self.head_run}
         if self.run is not None:
             out["run"] = self.run
         if self.labelled is not None:
@@ -262,6 +267,9 @@ class AuditResult(StepResult):
     top: int = 50
     date: str = ""
     saved: list[str] = field(default_factory=list)
+    # where the label check's out-of-fold probabilities came from: {"block", "group" (a cv /
+    # tune group whose oof.npz was reused, or None), "from_group", "from_probe"}
+    label_source: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"duplicates": self.duplicates[:self.top], "label_suspects": self.label_suspects[:self.top],
@@ -270,4 +278,4 @@ class AuditResult(StepResult):
     def to_dict(self) -> dict[str, Any]:
         return {**self.to_json(), "cache": self.cache, "images": self.images, "leaks": self.leaks,
                 "n_duplicates": len(self.duplicates), "n_label_suspects": len(self.label_suspects),
-                "saved": list(self.saved), "date": self.date}
+                "saved": list(self.saved), "date": self.date, "label_source": dict(self.label_source)}

@@ -56,6 +56,15 @@ def audit(project: Any, settings: AuditSettings = AuditSettings(), *,
         return run_audit(project, settings, progress=progress)
 
 
+def on_leak(project: Any, action: str, settings: AuditSettings = AuditSettings()) -> dict[str, Any]:
+    """`loff audit --on-leak`: drop the val / test copies of cross-split duplicates, re-split
+    by patient joined on the duplicate groups, or undo the last of these (writer lock)."""
+    from .audit import act_on_leaks
+
+    with project.lock():
+        return act_on_leaks(project, action, settings)
+
+
 def exclude(project: Any, image_ids: list[str], reason: Optional[str]) -> dict[str, Any]:
     """Leave images out of training, cv, tune and evaluation, recording `reason` in the
     catalog; reason None includes them again (writer lock)."""
@@ -195,7 +204,8 @@ def predict(source: Path | str, files: Iterable[Path | str], settings: PredictSe
                                               settings.bootstrap)
     return PredictResult(head=out["head"], classes=out["classes"], task=out["task"], predictions=out["predictions"],
                          failed=out["failed"], run=None if isinstance(head, Path) else head.card["run"],
-                         labelled=labelled, n=n, evaluation=evaluation)
+                         labelled=labelled, n=n, evaluation=evaluation, ood=out.get("ood"),
+                         head_run=out.get("head_run"))
 
 
 def _score_labelled(out: dict[str, Any], files: list[Path], labels: Optional[Path], label_column: str,

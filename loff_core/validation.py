@@ -398,7 +398,9 @@ def cross_validate(project: Any, settings: Any, *, progress: Progress = Progress
               "fold_sizes": result["fold_sizes"], "best_epochs": result["best_epochs"],
               "started": started, "finished": utc_now(), "catalog_version": project.settings.catalog_version,
               "cache_fingerprint": cache.fingerprint, "block": cache.block}
-    _save_group(project, record)
+    folder = _save_group(project, record)
+    done = ~np.isnan(result["oof"]).any(axis=1)  # `loff audit` ranks label suspects on them
+    np.savez(folder / "oof.npz", probabilities=result["oof"][done], labels=pool.y[done], ids=np.asarray(pool.ids)[done])
     return record
 
 
@@ -582,7 +584,8 @@ def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dic
     folder = project.root / GROUPS_DIR / group
     folder.mkdir(parents=True, exist_ok=True)
     done = ~np.isnan(best["_oof"]).any(axis=1)
-    np.savez(folder / "oof.npz", probabilities=best["_oof"][done], labels=pool.y[done])
+    np.savez(folder / "oof.npz", probabilities=best["_oof"][done], labels=pool.y[done],
+             ids=np.asarray(pool.ids)[done])  # ids: `loff audit` ranks label suspects on them
     if len(np.unique(pool.y[done])) >= 2:  # calibrated / thresholded on the out-of-fold predictions
         from .calibration import calibrate_run
 
