@@ -98,3 +98,25 @@ def test_the_audit_lists_fill_and_a_row_shows_its_images_side_by_side(page, qtbo
     p.colour.setCurrentText("audit")  # every flagged image gets its flag's colour
     names = {i.name().split(" (")[0] for i in p.plot.items}
     assert "duplicate" in names or "leak" in names
+
+
+def test_the_predict_table_marks_out_of_distribution_images_with_the_reason(page, qtbot):
+    from loff_core import steps
+    from loff_core.settings import PredictSettings
+
+    w, p, project = page
+    files = [project.image_path(e) for e in project.catalog().entries[:3]]
+    result = steps.predict(project.root, files, PredictSettings(bootstrap=0)).to_json()
+    assert result["ood"] is None and all("out_of_distribution" in r for r in result["predictions"])
+    result["predictions"][1]["out_of_distribution"] = "modality CR; the head was trained on MG"
+    messages = []
+    w.state.message.connect(lambda level, text: messages.append((level, text)))
+    page_ = w.predict_page
+    page_.show_predictions({**result, "run": result["head_run"]})
+    table = page_.table
+    column = table.columnCount() - 1
+    assert table.horizontalHeaderItem(column).text() == "out of distribution"
+    assert table.item(1, column).text() == "modality CR; the head was trained on MG"
+    assert table.item(1, 0).background().color().name() == "#ffd8a8" and "modality CR" in table.item(1, 0).toolTip()
+    assert table.item(0, 0).toolTip() == ""
+    assert any(level == "warning" and "1 of 3 images are out of distribution" in text for level, text in messages)

@@ -187,6 +187,7 @@ class DataMapPage(QWidget):
         sl = QHBoxLayout(side)
         sl.setContentsMargins(0, 0, 0, 0)
         for panel in self.panels:
+            panel.view.ui.histogram.hide()  # side by side: the image alone (the Viewer has the levels)
             sl.addWidget(panel)
         right = QSplitter(Qt.Orientation.Vertical)
         top = QWidget()
@@ -196,6 +197,7 @@ class DataMapPage(QWidget):
         tl.addWidget(self.shift)
         right.addWidget(top)
         right.addWidget(side)
+        right.setSizes([260, 300])
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.plot)
         split.addWidget(right)
@@ -348,6 +350,7 @@ class DataMapPage(QWidget):
         by_id = project.catalog().by_id() if project is not None and project.has_catalog() else {}
         for n, panel in enumerate(self.panels):
             entry = by_id.get(ids[n]) if n < len(ids) else None
+            panel.setVisible(entry is not None or n == 0)
             if entry is None:
                 panel.show_image(None)
                 continue
