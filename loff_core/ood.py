@@ -199,3 +199,25 @@ def run_summary(project: Any, run: Any) -> tuple[dict[str, np.ndarray], dict[str
     finally:
         cache.close()
     return summarize(x, [e.patient_key for e in entries], training_metadata(project, entries), block)
+
+
+#: (project root, run, catalog version, cache) -> (card block, model): the viewer explains
+#: one image at a time and the summary reads every training embedding
+_RUN_SUMMARIES: dict[tuple[str, str, Any, Any], tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
+
+
+def flag_cached(project: Any, run: Any, x: np.ndarray, paths: Sequence[Path | str]) -> list[Optional[str]]:
+    """`flag` against the run's summary (computed once per run, catalog and cache); None for
+    every image when the summary cannot be made (e.g. fewer than 5 training images)."""
+    key = (str(project.root), run.run_id, project.settings.catalog_version, run.record.get("cache_fingerprint"))
+    if key not in _RUN_SUMMARIES:
+        from .errors import LoffError
+
+        try:
+            model, card = run_summary(project, run)
+        except (ValueError, OSError, KeyError, LoffError):
+            return [None] * len(x)
+        _RUN_SUMMARIES.clear()  # one run at a time is enough for the viewer
+        _RUN_SUMMARIES[key] = (card, model)
+    card, model = _RUN_SUMMARIES[key]
+    return flag(card, model, x, paths)

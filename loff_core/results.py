@@ -200,6 +200,8 @@ class ExplainResult(StepResult):
     attention: Any  # numpy [N, h, w]
     heat: list[Any]  # numpy arrays, one per image
     operating_point: Optional[dict[str, Any]] = None
+    # per image: why it is out of distribution for the run (loff_core/ood.py), or None
+    out_of_distribution: list[Optional[str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "image_ids": self.image_ids, "classes": self.classes, "task": self.task,

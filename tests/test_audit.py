@@ -286,6 +286,15 @@ def test_predict_flags_chest_films_with_a_mammogram_head_and_old_heads_still_pre
     rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="")))
     assert {r["run"] for r in rows} == {card["run"]} and {r["model"] for r in rows} == {"head"}
     assert sum(bool(r["out_of_distribution"]) for r in rows) == len(chest) + flagged
+    # the viewer's explain step flags the project's own chest films (unlabelled, never trained on)
+    from loff_core import steps
+    from loff_core.project import Project
+
+    ids = planted["id"]
+    shown = [ids[n] for n in planted["chest"]] + [ids[Path(f).name] for f in held_out[:10]]
+    explained = steps.explain(Project.open(project), None, shown)
+    flags = explained.out_of_distribution
+    assert all(flags[:len(planted["chest"])]) and sum(bool(f) for f in flags[len(planted["chest"]):]) <= 1
     # a head exported before the summary (card version 3, no ood.safetensors) predicts, unflagged
     old = dict(card, format_version=3)
     del old["ood"]
