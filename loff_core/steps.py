@@ -56,6 +56,15 @@ def audit(project: Any, settings: AuditSettings = AuditSettings(), *,
         return run_audit(project, settings, progress=progress)
 
 
+def data_map(project: Any, method: str = "pca", *, progress: Progress = Progress()) -> dict[str, Any]:
+    """The 2-D map of the cached embeddings (reader lock; cached in maps/, see
+    loff_core/datamap.py)."""
+    from .datamap import compute_map
+
+    with project.read_lock():
+        return compute_map(project, method, progress=progress)
+
+
 def on_leak(project: Any, action: str, settings: AuditSettings = AuditSettings()) -> dict[str, Any]:
     """`loff audit --on-leak`: drop the val / test copies of cross-split duplicates, re-split
     by patient joined on the duplicate groups, or undo the last of these (writer lock)."""

@@ -93,7 +93,7 @@ def test_operating_point_is_used_by_evaluate_export_and_predict(tmp_path, capsys
 
     loff_json(capsys, "export", project, tmp_path / "head")
     card = json.loads((tmp_path / "head" / "card.json").read_text())
-    assert card["format_version"] == 3 and card["operating_point"] == cal["operating_point"]
+    assert card["format_version"] == 4 and card["operating_point"] == cal["operating_point"]
     files = sorted((tmp_path / "img" / "normal").glob("*.png"))[:3]
     predicted = loff_json(capsys, "predict", tmp_path / "head", *files, "--random-init", "--device", "cpu")
     t = card["operating_point"]["threshold"]["value"]

@@ -54,8 +54,11 @@ def test_the_map_shows_every_cached_image_and_is_cached_in_the_project(page, qtb
         assert {labels[p.map["ids"][r]] or "none" for r in item.rows} == {name}
     p.colour.setCurrentText("split")
     assert {i.name().split(" (")[0] for i in p.plot.items} == {e.split for e in catalog.entries if e.split}
-    p.colour.setCurrentText("prediction")  # the trained demo's run has been evaluated? either way: drawn
+    p.colour.setCurrentText("prediction")
     assert _points(p) == len(p.map["ids"])
+    p.method.setCurrentText("tsne")  # another method: computed (a light job) and cached beside the first
+    qtbot.waitUntil(lambda: p.map["method"] == "tsne", timeout=LONG)
+    assert _points(p) == len(p.map["ids"]) and len(list((project.root / "maps").glob("*.npz"))) == 2
 
 
 def test_click_and_rectangle_select_points_and_open_them_in_the_viewer(page, qtbot):

@@ -239,11 +239,11 @@ class DataMapPage(QWidget):
         if project is None or not project.has_catalog() or not getattr(project.settings, "active_cache", None):
             self.status.setText("no cache yet: import and extract, then the map shows every cached image")
             return
-        from loff_core.datamap import compute_map
+        from loff_core import steps
 
         method = self.method.currentText()
         self.status.setText(f"computing the {method} map...")
-        wire(start_light("data map", compute_map, project, method, newest=(self, "map")), banner=self.banner,
+        wire(start_light("data map", steps.data_map, project, method, newest=(self, "map")), banner=self.banner,
              done=self._mapped, failed=lambda text: self.status.setText(f"no map: {text}"))
 
     def _mapped(self, result: dict[str, Any]) -> None:
