@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QApplication, QDialog, QDialogButtonBox, QDockWid
 from loff_core.errors import LoffError
 
 from .pages.cache_page import CachePage
+from .pages.data_map_page import DataMapPage
 from .pages.import_page import ImportPage
 from .pages.predict_page import PredictPage
 from .pages.results_page import ResultsPage
@@ -45,10 +46,12 @@ class MainWindow(QMainWindow):
         self.results_page = ResultsPage(self.state)
         self.viewer_page = ViewerPage(self.state)
         self.predict_page = PredictPage(self.state)
+        self.data_map_page = DataMapPage(self.state)
         for page, name, icon_name in ((self.import_page, "1 Import", "import"), (self.cache_page, "2 Cache", "extract"),
                                       (self.train_page, "3 Train", "train"), (self.results_page, "4 Results", "evaluate"),
                                       (self.viewer_page, "5 Viewer", "viewer"),
-                                      (self.predict_page, "6 Predict && export", "export")):
+                                      (self.predict_page, "6 Predict && export", "export"),
+                                      (self.data_map_page, "7 Data map", "viewer")):
             self.tabs.addTab(page, icon(icon_name), name)
             self.tabs.setTabToolTip(self.tabs.count() - 1, f"Ctrl+{self.tabs.count()}")
         self.setCentralWidget(self.tabs)
@@ -122,7 +125,7 @@ class MainWindow(QMainWindow):
         help_menu.addAction(about)
 
     def _shortcuts(self) -> None:
-        """Ctrl+1..6 pages; Left / Right images in the Viewer; Ctrl+E extract; Ctrl+T train."""
+        """Ctrl+1..7 pages; Left / Right images in the Viewer; Ctrl+E extract; Ctrl+T train."""
         self.shortcuts: dict[str, QShortcut] = {}
         for k in range(self.tabs.count()):
             sc = QShortcut(QKeySequence(f"Ctrl+{k + 1}"), self)

@@ -248,17 +248,74 @@ def shift_report(x: np.ndarray, entries: Sequence[Any], settings: AuditSettings)
 
 
 # -- the audit -----------------------------------------------------------------------------
+def _read_blocks(project: Any, name: Optional[str]) -> tuple[list[Any], np.ndarray, np.ndarray, str, str]:
+    """Entries, the embeddings the map / duplicates / outliers / shift use (the cache's `last`
+    block when it holds one: the pooled embedding), those the label probe uses (the cache's
+    first block, the one heads train on by default), the fingerprint and the label block."""
+    cache = project.open_cache(name)
+    try:
+        label_block = cache.blocks[0]
+        if "last" in cache.blocks:  # the pooled embedding (docs/benchmarks.md)
+            cache.use_block("last")
+        entries, x = _audited(project, cache)
+        x_label = x
+        if cache.block != label_block:
+            cache.use_block(label_block)
+            _, x_label = _audited(project, cache)
+        return entries, x, x_label, cache.fingerprint, label_block
+    finally:
+        cache.close()
+
+
+def stored_oof(project: Any, fingerprint: str, classes: Sequence[str]) -> Optional[dict[str, Any]]:
+    """The newest out-of-fold predictions `loff cv` / `loff tune` saved (groups/G/oof.npz
+    with image ids) for this cache, catalog version and classes; None when there are none."""
+    import json
+
+    base = project.root / "groups"
+    for folder in sorted(base.iterdir(), reverse=True) if base.is_dir() else []:
+        try:
+            record = json.loads((folder / "group.json").read_text(encoding="utf-8"))
+            if (record.get("cache_fingerprint") != fingerprint or list(record.get("classes") or []) != list(classes)
+                    or record.get("catalog_version") != project.settings.catalog_version):
+                continue
+            with np.load(folder / "oof.npz", allow_pickle=False) as data:
+                if "ids" not in data.files:
+                    continue  # saved before the ids were (the rows cannot be matched)
+                ids, probs = [str(i) for i in data["ids"]], np.asarray(data["probabilities"], dtype=np.float64)
+        except (OSError, ValueError, KeyError):
+            continue
+        if probs.ndim == 2 and probs.shape == (len(ids), len(classes)) and np.isfinite(probs).all():
+            return {"group": folder.name, "kind": record.get("kind"), "probs": dict(zip(ids, probs))}
+    return None
+
+
+def label_probabilities(project: Any, entries: Sequence[Any], x: np.ndarray, y: np.ndarray, labelled: np.ndarray,
+                        classes: Sequence[str], fingerprint: str, settings: AuditSettings,
+                        progress: Progress) -> tuple[np.ndarray, dict[str, Any]]:
+    """Out-of-fold probabilities of the labelled images: `cv`'s or `tune`'s where they exist
+    for this cache and catalog (train + val), the logistic-regression probe's for the rest
+    (and for all when there are none). Returns them and where they came from."""
+    stored = stored_oof(project, fingerprint, classes)
+    ids = [entries[i].image_id for i in labelled]
+    covered = np.asarray([stored is not None and i in stored["probs"] for i in ids], dtype=bool)
+    probs = np.zeros((len(labelled), len(classes)))
+    rest = np.where(~covered)[0]
+    if len(rest):
+        groups = np.asarray([entries[labelled[i]].patient_key for i in rest])
+        probs[rest] = np.mean([out_of_fold(x[labelled[rest]], y[rest], groups, len(classes), settings.folds,
+                                           settings.seed + 1000 * r, progress) for r in range(PROBE_REPEATS)], axis=0)
+    if covered.any():
+        probs[covered] = np.stack([stored["probs"][ids[i]] for i in np.where(covered)[0]])
+    source = {"group": stored["group"] if covered.any() else None, "from_group": int(covered.sum()),
+              "from_probe": int(len(rest))}
+    return probs, source
+
+
 def run_audit(project: Any, settings: AuditSettings = AuditSettings(), *,
               progress: Progress = Progress()) -> AuditResult:
     """The audit's body (the caller holds the reader lock): find, rank, write audit/*.csv."""
-    cache = project.open_cache(settings.cache)
-    if "last" in cache.blocks:  # the pooled embedding the linear probe ranks best (docs/benchmarks.md)
-        cache.use_block("last")
-    try:
-        entries, x = _audited(project, cache)
-        fingerprint = cache.fingerprint
-    finally:
-        cache.close()
+    entries, x, x_label, fingerprint, label_block = _read_blocks(project, settings.cache)
     progress.report(0, 4, "near-duplicates")
     z = unit_centred(x)
     duplicates = find_duplicates(z, entries, settings.duplicate_similarity)
@@ -267,10 +324,11 @@ def run_audit(project: Any, settings: AuditSettings = AuditSettings(), *,
     y_all = np.asarray([classes.index(e.label) if e.label in classes else -1 for e in entries], dtype=np.int64)
     labelled = np.where(y_all >= 0)[0]
     suspects: list[dict[str, Any]] = []
+    source: dict[str, Any] = {"block": label_block}
     if len(labelled) and len(np.unique(y_all[labelled])) >= 2:
-        groups = np.asarray([entries[i].patient_key for i in labelled])
-        probs = np.mean([out_of_fold(z[labelled], y_all[labelled], groups, len(classes), settings.folds,
-                                     settings.seed + 1000 * r, progress) for r in range(PROBE_REPEATS)], axis=0)
+        probs, found = label_probabilities(project, entries, unit_centred(x_label), y_all[labelled], labelled,
+                                           classes, fingerprint, settings, progress)
+        source.update(found)
         order, self_conf = label_suspects(probs, y_all[labelled])
         suspects = [{"image": entries[labelled[i]].image_id, "label": classes[y_all[labelled[i]]],
                      "predicted": classes[int(np.argmax(probs[i]))], "score": round(1.0 - float(self_conf[i]), 4)}
@@ -283,7 +341,7 @@ def run_audit(project: Any, settings: AuditSettings = AuditSettings(), *,
     shift = shift_report(z, entries, settings)
     result = AuditResult(duplicates=duplicates, label_suspects=suspects, outliers=outliers, shift=shift,
                          cache=fingerprint, images=len(entries), leaks=sum(is_leak(g) for g in duplicates),
-                         top=settings.top, date=utc_now())
+                         top=settings.top, date=utc_now(), label_source=source)
     result.saved = write_csvs(project, result)
     progress.report(4, 4, "done")
     return result
@@ -342,3 +400,100 @@ def set_excluded(project: Any, image_ids: Sequence[str], reason: Optional[str]) 
         project.save_catalog(catalog)
     return {"changed": changed, "excluded": sum(e.excluded is not None for e in catalog.entries),
             "images": wanted, "reason": reason}
+
+
+# -- acting on leaks -----------------------------------------------------------------------
+#: the record of `--on-leak` actions, newest last (what `--on-leak undo` reverses)
+ON_LEAK_FILE = "on_leak.json"
+
+
+def act_on_leaks(project: Any, action: str, settings: AuditSettings = AuditSettings()) -> dict[str, Any]:
+    """`loff audit --on-leak ACTION` (the caller holds the writer lock): drop-from-test
+    excludes the val / test copies of each cross-split duplicate group (the reason names the
+    kept image); regroup moves every image of the patients a duplicate group links into one
+    split (the joined group's majority, ties to the earlier split); undo reverses the last
+    action. Each action is recorded in audit/on_leak.json and in the catalog."""
+    import json
+
+    path = project.root / AUDIT_DIR / ON_LEAK_FILE
+    history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    catalog = project.catalog()
+    if action == "undo":
+        if not history:
+            raise ProjectError(f"{path}: no --on-leak action to undo")
+        last = history.pop()
+        changes = _undo(catalog, last)
+    else:
+        entries, x, _, _, _ = _read_blocks(project, settings.cache)
+        leaks = [g for g in find_duplicates(unit_centred(x), entries, settings.duplicate_similarity) if is_leak(g)]
+        changes = (_drop_changes(leaks) if action == "drop-from-test" else _regroup_changes(catalog, leaks))
+        last = {"action": action, "date": utc_now(), "changes": changes}
+        if changes:
+            history.append(last)
+    if changes:
+        by_id = {c["image"]: c for c in changes}
+        entries = []
+        for e in catalog.entries:
+            c = by_id.get(e.image_id)
+            entries.append(e if c is None else replace(e, **{k: c[k] for k in ("split", "excluded") if k in c}))
+        project.save_catalog(replace(catalog, entries=entries))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(history, indent=1), encoding="utf-8")
+    return {"action": action, "changed": len(changes), "undone": last["action"] if action == "undo" else None,
+            "changes": changes}
+
+
+def _drop_changes(leaks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    changes = []
+    for g in leaks:
+        rank = [SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 3 for s in g["splits"]]
+        keep = g["images"][int(np.argmin(rank))]
+        kept_split = g["splits"][int(np.argmin(rank))]
+        for image, split in zip(g["images"], g["splits"]):
+            if split != kept_split:
+                changes.append({"image": image, "excluded": f"audit: near-duplicate of {keep} ({kept_split}), "
+                                                            f"similarity {g['similarity']:.3f}",
+                                "was_excluded": None})
+    return changes
+
+
+def _regroup_changes(catalog: Any, leaks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_id = catalog.by_id()
+    parent: dict[str, str] = {}
+
+    def root(k: str) -> str:
+        parent.setdefault(k, k)
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for g in leaks:
+        keys = [by_id[i].patient_key for i in g["images"]]
+        for k in keys[1:]:
+            parent[root(k)] = root(keys[0])
+    members: dict[str, list[Any]] = {}
+    for e in catalog.entries:
+        if e.patient_key in parent and e.split:
+            members.setdefault(root(e.patient_key), []).append(e)
+    changes = []
+    for joined in members.values():
+        counts = {s: sum(e.split == s for e in joined) for s in SPLIT_ORDER}
+        target = max(SPLIT_ORDER, key=lambda s: (counts[s], -SPLIT_ORDER.index(s)))
+        changes += [{"image": e.image_id, "split": target, "was_split": e.split} for e in joined if e.split != target]
+    return changes
+
+
+def _undo(catalog: Any, last: dict[str, Any]) -> list[dict[str, Any]]:
+    by_id = catalog.by_id()
+    undo = []
+    for c in last["changes"]:
+        e = by_id.get(c["image"])
+        if e is None:
+            continue
+        if "split" in c and e.split == c["split"]:
+            undo.append({"image": e.image_id, "split": c["was_split"], "was_split": c["split"]})
+        if "excluded" in c and e.excluded == c["excluded"]:
+            undo.append({"image": e.image_id, "excluded": c["was_excluded"], "was_excluded": c["excluded"]})
+    return undo

@@ -118,13 +118,14 @@ def explain_images(project: Any, run_id: Optional[str], image_ids: list[str], *,
     head.eval()
     idx = cache.indices(image_ids)
     order = np.argsort(idx)  # h5py reads fastest in file order
-    prob_parts, map_parts = [], []
+    prob_parts, map_parts, cls_parts = [], [], []
     for s in range(0, max(len(order), 1), batch):  # one read when empty, as before
         progress.check()
         progress.report(s, len(order), f"explaining {len(order)} images")
         cls, grid = cache.read(idx[order[s:s + batch]])
         with torch.inference_mode():
             c, g = torch.from_numpy(cls).float(), torch.from_numpy(grid).float()
+            cls_parts.append(c.numpy())
             prob_parts.append(probabilities(head(c, g), run.record["task"]).numpy())
             map_parts.append(attention_map(head, c, g).numpy())
     progress.report(len(order), len(order), f"explained {len(order)} images")
@@ -141,7 +142,11 @@ def explain_images(project: Any, run_id: Optional[str], image_ids: list[str], *,
     size = int(cache.backbone["image_size"])
     heat = [heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
             for m, i in zip(maps, image_ids)]
+    from .ood import flag_cached
+
+    ood = flag_cached(project, run, np.concatenate(cls_parts)[back],
+                      [project.image_path(entries[i]) if i in entries else "" for i in image_ids])
     return ExplainResult(run=run.run_id, image_ids=list(image_ids), classes=list(run.record["classes"]),
                          task=run.record["task"], probabilities=probs[back],
                          predicted=[run.record["classes"][int(c)] for c in decided[back]], attention=maps, heat=heat,
-                         operating_point=op)
+                         operating_point=op, out_of_distribution=ood)

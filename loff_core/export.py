@@ -29,8 +29,9 @@ from . import trust
 
 CARD_FORMAT = "loff-head"
 # 2: operating_point (calibration, prevalence, threshold); 3: files.card_sha256 seals the
-# card (classes, task, operating point, ... with the head's SHA-256); 1 and 2 still load
-CARD_VERSION = 3
+# card (classes, task, operating point, ... with the head's SHA-256); 4: ood (a summary of the
+# training embeddings in ood.safetensors, loff_core/ood.py); 1 to 3 still load (no OOD flags)
+CARD_VERSION = 4
 
 CARD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -90,6 +91,8 @@ CARD_SCHEMA: dict[str, Any] = {
         },
         "metrics": {"type": "object"},
         "operating_point": {"type": ["object", "null"]},
+        "ood": {"type": ["object", "null"], "required": ["file", "sha256", "threshold"],
+                "properties": {"file": {"const": "ood.safetensors"}, "threshold": {"type": "number"}}},
     },
 }
 
@@ -102,6 +105,7 @@ class LoadedHead:
     card: dict[str, Any]
     head_config: Any
     module: Any  # torch.nn.Module in eval mode
+    ood: Any = None  # the out-of-distribution summary's tensors (loff_core/ood.py); None: the head has none
 
     @property
     def classes(self) -> list[str]:
@@ -146,6 +150,7 @@ def export_head(project: Any, out_dir: Path | str, *, run_id: Optional[str] = No
                   metadata={"format": CARD_FORMAT})
         progress.report(1, 3 if onnx else 2, "writing card")
         card = _make_card(project, run, head_config, sha256_file(staging / "head.safetensors"))
+        card["ood"] = _write_ood(project, run, staging)
         if onnx:
             progress.check()
             card["onnx"] = export_onnx(staging, card, head_config, state, progress=progress)
@@ -197,6 +202,20 @@ def _write_report(project: Any, run: Any, path: Path, progress: Progress, warnin
         warnings.append(f"the export has no report.html: {one_line(str(exc))}")
         progress.notice(warnings[-1])
         return False
+
+
+def _write_ood(project: Any, run: Any, folder: Path) -> Optional[dict[str, Any]]:
+    """ood.safetensors in `folder` and the card's `ood` block; None (no summary, the head
+    still exports) when the run's training features cannot be read."""
+    from . import ood
+    from .errors import LoffError
+
+    try:
+        model, block = ood.run_summary(project, run)
+    except (LoffError, ValueError, OSError, KeyError):
+        return None
+    path = ood.save(folder, model)
+    return {**block, "file": ood.OOD_FILE, "sha256": sha256_file(path)}
 
 
 def _clean_killed_exports(out_dir: Path) -> None:
@@ -434,7 +453,21 @@ def load_exported_head(folder: Path | str, device: str = "cpu") -> LoadedHead:
         module = _build_head(head_config, state)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise ExportError(f"head weights do not fit the head described in card.json ({exc})", head_path) from None
-    return LoadedHead(folder, card, head_config, module.to(device))
+    return LoadedHead(folder, card, head_config, module.to(device), _load_ood(folder, card))
+
+
+def _load_ood(folder: Path, card: dict[str, Any]) -> Any:
+    from . import ood
+
+    if not card.get("ood"):
+        return None
+    path = folder / ood.OOD_FILE
+    if not path.is_file() or sha256_file(path) != card["ood"]["sha256"]:
+        raise ExportError("ood.safetensors is missing or does not match the checksum in card.json", path)
+    try:
+        return ood.load(path)
+    except Exception as exc:  # noqa: BLE001 - a malformed file: refused with the reason
+        raise ExportError(f"cannot read the OOD summary ({exc})", path) from None
 
 
 def load_run_head(project: Any, run_id: Optional[str] = None, device: str = "cpu") -> LoadedHead:
@@ -443,7 +476,14 @@ def load_run_head(project: Any, run_id: Optional[str] = None, device: str = "cpu
     run = project.run(run_id)
     head_config, state = project.load_head(run)
     card = _make_card(project, run, head_config, sha256_file(run.head_path))
-    return LoadedHead(run.path, card, head_config, _build_head(head_config, state).to(device))
+    from . import ood
+    from .errors import LoffError
+
+    try:
+        model, card["ood"] = ood.run_summary(project, run)
+    except (LoffError, ValueError, OSError, KeyError):
+        model = None
+    return LoadedHead(run.path, card, head_config, _build_head(head_config, state).to(device), model)
 
 
 def _build_head(head_config: Any, state: dict[str, Any]) -> Any:
@@ -512,6 +552,7 @@ def predict_files(head_dir: Path | str | LoadedHead, paths: Iterable[Path | str]
     files = collect_image_files(paths)
     predictions: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
+    pooled: list[Any] = []  # the pooled embeddings, for the out-of-distribution flags
     for start in range(0, len(files), batch_size):
         progress.check()
         chunk, pixels = [], []
@@ -524,6 +565,7 @@ def predict_files(head_dir: Path | str | LoadedHead, paths: Iterable[Path | str]
         if chunk:
             batch = torch.from_numpy(np.stack(pixels)).to(backbone.device)
             cls, grid = backbone.tokens(batch)
+            pooled.append(cls.half().float().cpu().numpy())
             with torch.inference_mode():
                 probs = probabilities(head(cls.half().float(), grid.half().float()), loaded.task).cpu().numpy()
             from .calibration import adjust, decide
@@ -534,6 +576,13 @@ def predict_files(head_dir: Path | str | LoadedHead, paths: Iterable[Path | str]
                 predictions.append({"path": str(f), "predicted": loaded.classes[int(p)],
                                     "probabilities": [round(float(x), 6) for x in row]})
         progress.report(min(start + batch_size, len(files)), len(files), f"predicted {len(predictions)} images")
+    from .ood import NO_SUMMARY, flag
+
+    flags = flag(loaded.card.get("ood"), loaded.ood, np.concatenate(pooled) if pooled else np.zeros((0, 1)),
+                 [p["path"] for p in predictions])
+    for p, reason in zip(predictions, flags):
+        p["out_of_distribution"] = reason
     return {"head": str(head_dir), "classes": loaded.classes, "task": loaded.task,
-            "predictions": predictions, "failed": failures, "operating_point": loaded.card.get("operating_point")}
+            "predictions": predictions, "failed": failures, "operating_point": loaded.card.get("operating_point"),
+            "ood": None if loaded.ood is not None else NO_SUMMARY, "head_run": loaded.card.get("run")}
 

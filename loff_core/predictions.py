@@ -49,22 +49,27 @@ def heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.n
 
 
 def write_predictions_csv(path: Path, result: dict[str, Any], *, with_failed: bool = True) -> None:
-    """`predict`'s result as CSV (path, predicted, p_<class>..., run, model; with_failed: then
-    one row per unreadable file with "not read: <reason>"). `run` and `model` name what made
-    every row (the run id, and e.g. "attention head on tf_efficientnet_lite0 at 224 px"; empty
-    when the result does not say). UTF-8; a non-UTF-8 file name is written as its original
+    """`predict`'s result as CSV (path, predicted, p_<class>..., out_of_distribution (the
+    reason, empty when in distribution), run, model; with_failed: then one row per
+    unreadable file with "not read: <reason>"). `run` and `model` name what made every row
+    (the run id, and e.g. "attention head on tf_efficientnet_lite0 at 224 px"; empty when
+    the result does not say). UTF-8; a non-UTF-8 file name is written as its original
     bytes. Temp file + rename; the folder is made when missing."""
     classes = result["classes"]
     model = result.get("model") or {}
-    named = [trust.csv_cell(str(model.get("run") or result.get("run") or "")), trust.csv_cell(str(model.get("text") or ""))]
+    named = [trust.csv_cell(str(model.get("run") or result.get("head_run") or result.get("run") or "")),
+             trust.csv_cell(str(model.get("text") or ""))]
+    note = result.get("ood") or ""  # "no OOD summary in this head"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8",
                                               errors="surrogateescape") as fh:
         writer = csv.writer(fh)
-        writer.writerow([trust.csv_cell(v) for v in ("path", "predicted", *[f"p_{c}" for c in classes], "run", "model")])
+        writer.writerow([trust.csv_cell(v) for v in ("path", "predicted", *[f"p_{c}" for c in classes],
+                                                     "out_of_distribution", "run", "model")])
         for p in result["predictions"]:
-            writer.writerow([trust.csv_cell(p["path"]), trust.csv_cell(p["predicted"]), *p["probabilities"], *named])
+            writer.writerow([trust.csv_cell(p["path"]), trust.csv_cell(p["predicted"]), *p["probabilities"],
+                             trust.csv_cell(p.get("out_of_distribution") or note), *named])
         for f in result.get("failed", []) if with_failed else []:
             writer.writerow([trust.csv_cell(f["path"]), trust.csv_cell(f"not read: {f['reason']}"), *[""] * len(classes),
-                             *named])
+                             "", *named])
 

@@ -171,10 +171,15 @@ class PredictResult(StepResult):
     evaluation: Optional[dict[str, Any]] = None  # as `evaluate`'s, over the labelled files
     n: Optional[int] = None
     model: Optional[dict[str, Any]] = None  # which model made them: `model_of(card)`
+    # each prediction's "out_of_distribution" is its reason or None; `ood` says why there are
+    # no such flags ("no OOD summary in this head"); head_run: the run the head was trained as
+    ood: Optional[str] = None
+    head_run: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"head": self.head, "classes": self.classes, "task": self.task,
-                               "predictions": self.predictions, "failed": self.failed}
+                               "predictions": self.predictions, "failed": self.failed, "ood": self.ood,
+                               "head_run": self.head_run}
         if self.model is not None:
             out["model"] = self.model
         if self.run is not None:
@@ -202,6 +207,8 @@ class ExplainResult(StepResult):
     attention: Any  # numpy [N, h, w]
     heat: list[Any]  # numpy arrays, one per image
     operating_point: Optional[dict[str, Any]] = None
+    # per image: why it is out of distribution for the run (loff_core/ood.py), or None
+    out_of_distribution: list[Optional[str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "image_ids": self.image_ids, "classes": self.classes, "task": self.task,
@@ -270,6 +277,9 @@ class AuditResult(StepResult):
     top: int = 50
     date: str = ""
     saved: list[str] = field(default_factory=list)
+    # where the label check's out-of-fold probabilities came from: {"block", "group" (a cv /
+    # tune group whose oof.npz was reused, or None), "from_group", "from_probe"}
+    label_source: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"duplicates": self.duplicates[:self.top], "label_suspects": self.label_suspects[:self.top],
@@ -278,7 +288,7 @@ class AuditResult(StepResult):
     def to_dict(self) -> dict[str, Any]:
         return {**self.to_json(), "cache": self.cache, "images": self.images, "leaks": self.leaks,
                 "n_duplicates": len(self.duplicates), "n_label_suspects": len(self.label_suspects),
-                "saved": list(self.saved), "date": self.date}
+                "saved": list(self.saved), "date": self.date, "label_source": dict(self.label_source)}
 
 
 # -- what a run is called and what its score is (issue 23, item 4) ------------------------------

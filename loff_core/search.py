@@ -680,7 +680,8 @@ def _finish(project: Any, settings: Any, found: dict[str, Any], caches: dict[str
     oof = best["_oof"]
     if oof is not None:
         done = ~np.isnan(oof).any(axis=1)
-        np.savez(folder / "oof.npz", probabilities=oof[done], labels=pool.y[done])
+        np.savez(folder / "oof.npz", probabilities=oof[done], labels=pool.y[done],
+                 ids=np.asarray(pool.ids)[done])  # ids: `loff audit` ranks label suspects on them
         if len(np.unique(pool.y[done])) >= 2:  # calibrated / thresholded on the out-of-fold predictions
             from .calibration import calibrate_run
 

@@ -382,8 +382,17 @@ def input_size_problem(value: Any) -> Optional[str]:
     return None
 
 
+#: what `loff audit --on-leak` does with near-duplicates across splits (loff_core/audit.py)
+ON_LEAK_ACTIONS: dict[str, str] = {
+    "drop-from-test": "exclude the val / test copies of each leak (the train copy stays; reversible with --include)",
+    "regroup": "join the patients linked by a duplicate group and move each joined group into one split (its "
+               "majority; ties to train), recorded in audit/on_leak.json",
+    "undo": "undo the last --on-leak action (splits back, excluded copies included again)",
+}
+
+
 @dataclass(frozen=True)
-class AuditSettings:
+class AuditSettings(Checked):
     """How `loff audit` looks at the cached embeddings (no forward pass): near-duplicates,
     suspected label errors, outliers and the shift between splits."""
 
@@ -399,6 +408,29 @@ class AuditSettings:
     bootstrap: int = setting(200, "bootstrap resamples of the shift AUC's interval", kind=int, low=0)
     top: int = setting(50, "longest list shown per finding (the CSVs in audit/ hold them all)", kind=int, low=1)
     seed: int = setting(0, "seed of the folds and the bootstrap", kind=int)
+
+
+#: 2-D projections of the data map (loff_core/datamap.py; the first is the default)
+MAP_METHODS: dict[str, str] = {
+    "pca": "principal components 1 and 2 (seconds)",
+    "tsne": "t-SNE (scikit-learn; neighbourhoods kept, distances between clusters not meaningful; minutes on "
+            "20,000 images)",
+}
+#: what the data map's points can be coloured by
+MAP_COLOURS: dict[str, str] = {"label": "the catalog's label", "split": "train / val / test",
+                               "prediction": "the latest run's evaluated prediction",
+                               "audit": "the audit's flag (leak, duplicate, label suspect, outlier)"}
+
+
+@dataclass(frozen=True)
+class DataMapSettings(Checked):
+    """How the window's Data map draws the cached embeddings (app/pages/data_map_page.py)."""
+
+    method: str = setting(next(iter(MAP_METHODS)), "2-D projection: " + "; ".join(f"{k}: {v}" for k, v in
+                                                                               MAP_METHODS.items()),
+                          choices=MAP_METHODS)
+    colour: str = setting("label", "what colours the points: " + "; ".join(f"{k}: {v}" for k, v in
+                                                                       MAP_COLOURS.items()), choices=MAP_COLOURS)
 
 
 # -- command-line options from the declarations ----------------------------------------

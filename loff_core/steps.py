@@ -55,6 +55,24 @@ def audit(project: Any, settings: AuditSettings = AuditSettings(), *,
         return run_audit(project, settings, progress=progress)
 
 
+def data_map(project: Any, method: str = "pca", *, progress: Progress = Progress()) -> dict[str, Any]:
+    """The 2-D map of the cached embeddings (reader lock; cached in maps/, see
+    loff_core/datamap.py)."""
+    from .datamap import compute_map
+
+    with project.read_lock():
+        return compute_map(project, method, progress=progress)
+
+
+def on_leak(project: Any, action: str, settings: AuditSettings = AuditSettings()) -> dict[str, Any]:
+    """`loff audit --on-leak`: drop the val / test copies of cross-split duplicates, re-split
+    by patient joined on the duplicate groups, or undo the last of these (writer lock)."""
+    from .audit import act_on_leaks
+
+    with project.lock():
+        return act_on_leaks(project, action, settings)
+
+
 def exclude(project: Any, image_ids: list[str], reason: Optional[str]) -> dict[str, Any]:
     """Leave images out of training, cv, tune and evaluation, recording `reason` in the
     catalog; reason None includes them again (writer lock)."""
@@ -208,7 +226,8 @@ def predict(source: Path | str, files: Iterable[Path | str], settings: PredictSe
     card = head.card if not isinstance(head, Path) else _card_of(head)
     return PredictResult(head=out["head"], classes=out["classes"], task=out["task"], predictions=out["predictions"],
                          failed=out["failed"], run=None if isinstance(head, Path) else head.card["run"],
-                         labelled=labelled, n=n, evaluation=evaluation, model=model_of(card))
+                         labelled=labelled, n=n, evaluation=evaluation, model=model_of(card), ood=out.get("ood"),
+                         head_run=out.get("head_run"))
 
 
 def _card_of(head_dir: Path) -> dict[str, Any]:

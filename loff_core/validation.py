@@ -395,7 +395,9 @@ def cross_validate(project: Any, settings: Any, *, progress: Progress = Progress
               "fold_sizes": result["fold_sizes"], "best_epochs": result["best_epochs"],
               "started": started, "finished": utc_now(), "catalog_version": project.settings.catalog_version,
               "cache_fingerprint": cache.fingerprint, "block": cache.block}
-    _save_group(project, record)
+    folder = _save_group(project, record)
+    done = ~np.isnan(result["oof"]).any(axis=1)  # `loff audit` ranks label suspects on them
+    np.savez(folder / "oof.npz", probabilities=result["oof"][done], labels=pool.y[done], ids=np.asarray(pool.ids)[done])
     return record
 
 

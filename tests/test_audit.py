@@ -20,8 +20,9 @@ if not (SHARED / "mini-mias" / "labels.csv").is_file():
     SHARED = Path("/work/shared/data")  # a worktree beside the main checkout
 MIAS, CHEST = SHARED / "mini-mias", SHARED / "chest-xray-samples"
 
-pytestmark = pytest.mark.skipif(not (MIAS / "labels.csv").is_file() or not CHEST.is_dir(),
-                                reason=f"the shared real data ({SHARED}: mini-mias, chest-xray-samples) is absent")
+pytestmark = [pytest.mark.skipif(not (MIAS / "labels.csv").is_file() or not CHEST.is_dir(),
+                                 reason=f"the shared real data ({SHARED}: mini-mias, chest-xray-samples) is absent"),
+              pytest.mark.slow]  # extraction of 334 real images (Lite0 at 192 px)
 
 
 def _plant(root: Path, seed: int = 0) -> dict:
@@ -127,7 +128,10 @@ def test_every_planted_copy_is_a_cross_split_duplicate(planted, audited):
 def test_flipped_labels_lead_the_suspects(planted, audited):
     flipped = {planted["id"][f] for f in planted["flipped"]}
     top = [s["image"] for s in audited["label_suspects"][:32]]
-    assert len(flipped & set(top)) >= 8, f"only {len(flipped & set(top))} of 16 flipped labels in the top 32"
+    found = len(flipped & set(top))
+    print(f"label suspects: {found} of 16 flipped labels in the top 32 (precision at 32 {found / 32:.2f})")
+    # the issue asks for 8; the probe on the cache's first block (-2) found 10 with two fold seeds
+    assert found >= 9, f"only {found} of 16 flipped labels in the top 32"
     assert all(s["predicted"] != s["label"] for s in audited["label_suspects"])
 
 
@@ -198,3 +202,107 @@ def test_a_catalog_written_before_exclusions_still_opens(planted, tmp_path):
         writer.writerows(rows)
     catalog = Catalog.load(old)
     assert len(catalog.entries) == len(rows) and all(e.excluded is None for e in catalog.entries)
+
+
+def _copy_project(planted, tmp_path) -> Path:
+    copy = tmp_path / "project"
+    shutil.copytree(planted["project"], copy)
+    return copy
+
+
+def test_on_leak_drop_from_test_regroup_and_undo(planted, audited, tmp_path, capsys):
+    project = _copy_project(planted, tmp_path)
+    before = (project / "catalog.csv").read_bytes()
+    ids = planted["id"]
+    out = loff_json(capsys, "audit", project, "--on-leak", "drop-from-test")
+    dropped = {c["image"] for c in out["changes"]}
+    assert dropped == {ids[original] for original, _ in planted["copies"]}  # the test copies; train keeps its own
+    by_id = Catalog.load(project / "catalog.csv").by_id()
+    assert all(by_id[i].excluded.startswith("audit: near-duplicate of ") for i in dropped)
+    after = loff_json(capsys, "audit", project, "--top", "1000")
+    assert not any(len(set(g["splits"])) > 1 for g in after["duplicates"])  # no leak left
+    assert loff_json(capsys, "audit", project, "--on-leak", "undo")["changed"] == len(dropped)
+    assert (project / "catalog.csv").read_bytes() == before
+    out = loff_json(capsys, "audit", project, "--on-leak", "regroup")
+    moved = {c["image"]: c for c in out["changes"]}
+    by_id = Catalog.load(project / "catalog.csv").by_id()
+    for original, copy in planted["copies"]:  # each copy now sits in its original's split
+        assert by_id[ids[copy]].split == by_id[ids[original]].split
+        assert ids[copy] in moved or ids[original] in moved
+    assert all(by_id[i].split == c["split"] and c["was_split"] != c["split"] for i, c in moved.items())
+    assert loff_json(capsys, "audit", project, "--on-leak", "undo")["changed"] == len(moved)
+    assert (project / "catalog.csv").read_bytes() == before
+    assert main(["audit", str(project), "--on-leak", "undo", "--quiet"]) == 1  # nothing left to undo
+    assert "no --on-leak action to undo" in capsys.readouterr().err
+
+
+def test_the_label_check_reuses_cvs_out_of_fold_predictions(planted, audited, tmp_path, capsys):
+    project = _copy_project(planted, tmp_path)
+    cv = loff_json(capsys, "cv", project, "--head", "logreg", "--folds", "3")
+    folder = project / "groups" / cv["group"]
+    with np.load(folder / "oof.npz") as data:
+        stored = dict(zip(data["ids"], data["probabilities"]))
+    from loff_core.project import Project
+    from loff_core.steps import audit
+
+    result = audit(Project.open(project))
+    source = result.label_source
+    train_val = [e for e in Catalog.load(project / "catalog.csv").entries if e.split in ("train", "val") and e.label]
+    assert source["group"] == cv["group"] and source["from_group"] == len(train_val) == len(stored)
+    assert source["from_probe"] > 0  # the test split's labels: the probe
+    classes = ["F", "G", "D"]
+    for s in result.label_suspects:
+        if s["image"] in stored:  # ranked on the stored probabilities
+            assert s["score"] == pytest.approx(1 - stored[s["image"]][classes.index(s["label"])], abs=1e-4)
+
+
+def test_predict_flags_chest_films_with_a_mammogram_head_and_old_heads_still_predict(planted, tmp_path, capsys):
+    """Issue 22 point 3: a head trained on mammograms flags every chest film as out of
+    distribution, and at most 5 % of held-out mammograms (the test split it never saw)."""
+    import json
+
+    from loff_core.export import card_seal
+    from loff_core.ood import NO_SUMMARY, OOD_FILE
+
+    project = _copy_project(planted, tmp_path)
+    loff_json(capsys, "train", project, "--head", "linear", "--epochs", "3")
+    head = tmp_path / "head"
+    loff_json(capsys, "export", project, head)
+    card = json.loads((head / "card.json").read_text())
+    assert card["format_version"] == 4 and card["ood"]["n"] > 100 and (head / OOD_FILE).is_file()
+    root = planted["project"].parent
+    held_out = sorted(root / "images" / name for name in planted["id"] if name.startswith("mdb") and
+                      Catalog.load(project / "catalog.csv").by_id()[planted["id"][name]].split == "test")
+    out = loff_json(capsys, "predict", head, CHEST, *held_out, "--csv", tmp_path / "p.csv")
+    chest = [p for p in out["predictions"] if Path(p["path"]).parent == CHEST]
+    mammo = [p for p in out["predictions"] if Path(p["path"]).parent != CHEST]
+    assert len(chest) == len(planted["chest"]) and len(mammo) == len(held_out) >= 30
+    assert all(p["out_of_distribution"] and "far outside the training data" in p["out_of_distribution"]
+               for p in chest), [p["out_of_distribution"] for p in chest]
+    flagged = sum(bool(p["out_of_distribution"]) for p in mammo)
+    print(f"out of distribution: {len(chest)} of {len(chest)} chest films, {flagged} of {len(mammo)} held-out "
+          f"mammograms flagged")
+    assert flagged <= 0.05 * len(mammo)
+    rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="")))
+    assert {r["run"] for r in rows} == {card["run"]} and {r["model"] for r in rows} == {"head"}
+    assert sum(bool(r["out_of_distribution"]) for r in rows) == len(chest) + flagged
+    # the viewer's explain step flags the project's own chest films (unlabelled, never trained on)
+    from loff_core import steps
+    from loff_core.project import Project
+
+    ids = planted["id"]
+    shown = [ids[n] for n in planted["chest"]] + [ids[Path(f).name] for f in held_out[:10]]
+    explained = steps.explain(Project.open(project), None, shown)
+    flags = explained.out_of_distribution
+    assert all(flags[:len(planted["chest"])]) and sum(bool(f) for f in flags[len(planted["chest"]):]) <= 1
+    # a head exported before the summary (card version 3, no ood.safetensors) predicts, unflagged
+    old = dict(card, format_version=3)
+    del old["ood"]
+    old["files"] = {k: v for k, v in card["files"].items() if k != "card_sha256"}
+    old["files"]["card_sha256"] = card_seal(old)
+    (head / "card.json").write_text(json.dumps(old))
+    (head / OOD_FILE).unlink()
+    out = loff_json(capsys, "predict", head, CHEST / "h0001.png", held_out[0])
+    assert out["ood"] == NO_SUMMARY and all(p["out_of_distribution"] is None for p in out["predictions"])
+    assert main(["predict", str(head), str(CHEST / "h0001.png"), "--quiet"]) == 0
+    assert NO_SUMMARY in capsys.readouterr().out

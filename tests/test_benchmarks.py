@@ -82,3 +82,9 @@ def test_encoders_smoke(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "r.json").read_text())
     assert [r["label"] for r in rows] == ["efficientnet-lite2", "dinov3-vits16"]
     assert rows[1]["grid"] == [16, 16] and rows[1]["feature_dim"] == 384 and rows[1]["gflops"] > rows[0]["gflops"]
+
+
+@pytest.mark.timeout(300)
+def test_data_map_smoke() -> None:
+    out = _run("data_map.py", "--smoke")
+    assert _has_table(out, "points") and "| 2000 |" in out

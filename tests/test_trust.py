@@ -408,7 +408,7 @@ def test_csv_text_cells_that_a_spreadsheet_would_run_are_escaped(tmp_path, capsy
               "failed": [{"path": "+x.png", "reason": "bad"}]}
     write_predictions_csv(tmp_path / "pred.csv", result)
     rows = (tmp_path / "pred.csv").read_text().splitlines()
-    assert rows[1] == "'@SUM(1),'-dark,-0.5,1.5,," and rows[2].startswith("'+x.png,")
+    assert rows[1] == "'@SUM(1),'-dark,-0.5,1.5,,," and rows[2].startswith("'+x.png,")
     back = read_predictions_csv(tmp_path / "pred.csv")
     assert back[0]["path"] == "@SUM(1)" and back[0]["predicted"] == "-dark"
 

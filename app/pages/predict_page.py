@@ -273,20 +273,38 @@ class PredictPage(QWidget):
         rows = result["predictions"]
         self.model_text.setText(self.describe_model(result))
         self.table.clear()
-        self.table.setColumnCount(2 + len(classes))
-        self.table.setHorizontalHeaderLabels(["file", "predicted", *[f"P({c})" for c in classes]])
+        self.table.setColumnCount(3 + len(classes))
+        self.table.setHorizontalHeaderLabels(["file", "predicted", *[f"P({c})" for c in classes],
+                                              "out of distribution"])
         self.table.setRowCount(len(rows) + len(result["failed"]))
+        from PySide6.QtGui import QBrush, QColor
+
         from loff_core.catalog import display_path  # a non-UTF-8 name shown with U+FFFD, not dropped
 
+        flag_colour = QBrush(QColor("#ffd8a8"))
         for i, p in enumerate(rows):
-            for j, v in enumerate([display_path(p["path"]), p["predicted"], *[f"{x:.3f}" for x in p["probabilities"]]]):
-                self.table.setItem(i, j, QTableWidgetItem(str(v)))
+            reason = p.get("out_of_distribution")
+            for j, v in enumerate([display_path(p["path"]), p["predicted"], *[f"{x:.3f}" for x in p["probabilities"]],
+                                   reason or ("" if not result.get("ood") else "not checked")]):
+                item = QTableWidgetItem(str(v))
+                if reason:  # the prediction of an image unlike the training images: marked, with the reason
+                    item.setBackground(flag_colour)
+                    item.setToolTip(f"out of distribution: {reason}")
+                self.table.setItem(i, j, item)
         for k, f in enumerate(result["failed"]):
             self.table.setItem(len(rows) + k, 0, QTableWidgetItem(f["path"]))
             self.table.setItem(len(rows) + k, 1, QTableWidgetItem(f"not read: {f['reason']}"))
         self.table.resizeColumnsToContents()
         enable(self.save_button, bool(rows or result["failed"]), "nothing was predicted")
         text = f"predicted {len(rows)} images; {len(result['failed'])} could not be read"
+        flagged = sum(bool(p.get("out_of_distribution")) for p in rows)
+        if flagged:
+            text += f"; {flagged} out of distribution (marked: their predictions are not to be trusted)"
+            self.state.message.emit("warning", f"{flagged} of {len(rows)} images are out of distribution for this "
+                                               f"head (unlike its training images): see the table")
+        if result.get("ood"):
+            self.model_text.setText(self.model_text.text() + f"<br>{result['ood']}: images unlike its training data "
+                                                             f"are not flagged")
         self.state.message.emit("info", text)
         self.strip.finish(text, complete=bool(rows))
 

@@ -218,7 +218,8 @@ class ViewerPage(QWidget):
             kind = run.record["head_config"]["kind"]
             return [{"image_id": i, "probabilities": out.probabilities[k], "heat": out.heat[k],
                      "classes": out.classes, "task": out.task, "head": kind, "run": run.run_id,
-                     "project": str(project.root), "decided": out.predicted[k]}
+                     "project": str(project.root), "decided": out.predicted[k],
+                     "ood": out.out_of_distribution[k] if out.out_of_distribution else None}
                     for k, i in enumerate(image_ids)]
         wire(start_light("explain", work, newest=(self, key)), done=lambda outs: [slot(o) for o in outs],
              failed=lambda text: self.details.setText(f"no prediction: {text}"))
@@ -244,7 +245,9 @@ class ViewerPage(QWidget):
         predicted, extra = self.predicted(out)
         self.details.setText(f"run {out.get('run', '')}<br><b>predicted: {predicted}</b>"
                              + (f"<br>{extra}" if extra else "") + "<br>"
-                             + "<br>".join(f"{c}: {p:.3f}" for c, p in zip(classes, probs)))
+                             + "<br>".join(f"{c}: {p:.3f}" for c, p in zip(classes, probs))
+                             + (f"<br><span style='color:#b35900'><b>out of distribution</b>: {out['ood']}</span>"
+                                if out.get("ood") else ""))
         self.bars.clear()
         self.bars.addItem(pg.BarGraphItem(x=np.arange(len(classes)), height=probs, width=0.7, brush="#0072B2"))
         self.bars.getAxis("bottom").setTicks([[(i, c) for i, c in enumerate(classes)]])

@@ -61,7 +61,11 @@ def _describe_predict(out: dict[str, Any]) -> str:
     lines = [f"{len(out['predictions'])} predictions ({out['task']}; classes {', '.join(classes)})"]
     for row in out["predictions"]:
         p = row["probabilities"][classes.index(row["predicted"])] if row["predicted"] in classes else None
-        lines.append(f"  {row['path']}: {row['predicted']}" + (f"  (P {p:.2f})" if p is not None else ""))
+        lines.append(f"  {row['path']}: {row['predicted']}" + (f"  (P {p:.2f})" if p is not None else "")
+                     + (f"  OUT OF DISTRIBUTION: {row['out_of_distribution']}" if row.get("out_of_distribution")
+                        else ""))
+    if out.get("ood"):
+        lines.append(f"({out['ood']}: images far from its training data are not flagged)")
     lines += [f"  failed {f['path']}: {f['reason']}" for f in out.get("failed", [])]
     if out.get("model"):
         lines.insert(1, f"  by run {out['model'].get('run')}: {out['model'].get('text')}")
