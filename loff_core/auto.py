@@ -240,7 +240,7 @@ def _tune_step(project: Any, settings: AutoSettings, state: dict[str, Any], out:
             return False
     # the search honours the budget itself (search.stop_rule: no trial starts that would not end
     # within it; trial 1, the default configuration, always runs)
-    tune_settings = TuneSettings(budget=settings.budget)
+    tune_settings = TuneSettings(budget=settings.budget, folds=_folds_that_fit(project))
     try:
         result = steps.tune(project, tune_settings, progress=progress)
     except TrainingError:
@@ -256,6 +256,25 @@ def _tune_step(project: Any, settings: AutoSettings, state: dict[str, Any], out:
         state["tune"] = {**wanted, "group": found["group"], "run": found["run"]}
         _save_state(project, state)
     return user_stop
+
+
+def _folds_that_fit(project: Any) -> int:
+    """The default number of folds, or fewer on a small project: no more than it has
+    patients, nor than its largest class has images in train + val (`grouped_folds`' rules;
+    at least 2, and a project too small even for that is refused by the search itself)."""
+    import numpy as np
+
+    from .validation import project_pool
+
+    folds = TuneSettings().folds
+    try:
+        with project.read_lock():
+            pool, _ = project_pool(project, project.open_cache())
+    except LoffError:
+        return folds
+    if not len(pool.y):
+        return folds
+    return max(2, min(folds, int(np.bincount(pool.y).max()), len(np.unique(pool.groups))))
 
 
 def _search_summary(found: dict[str, Any]) -> dict[str, Any]:

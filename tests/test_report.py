@@ -182,7 +182,7 @@ def test_a_report_that_fails_does_not_lose_the_export(binary, tmp_path, monkeypa
     assert main(["export", str(project), str(tmp_path / "head"), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "warning: the export has no report.html: template exploded" in captured.out
-    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == ["card.json", "head.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == ["card.json", "head.safetensors", "ood.safetensors"]
 
 
 def test_check_private_refuses_a_page_with_a_patient_path(trained_demo, tmp_path):
