@@ -108,6 +108,9 @@ def test_binary_report_has_every_section_plot_and_the_operating_point(binary, ca
         if ci:
             assert f"[{ci[0]:.3f}, {ci[1]:.3f}]" in parts["results"], name
     assert "At the operating point (threshold" in parts["results"]
+    assert main(["evaluate", str(binary), "--quiet"]) == 0  # the summary shows them too
+    summary = capsys.readouterr().out
+    assert re.search(r"sensitivity\s+\d\.\d{3}", summary) and re.search(r"specificity\s+\d\.\d{3}", summary)
     for alt in ("ROC curve", "precision-recall curve", "reliability diagram", "confusion matrix", "per-class AUC"):
         assert f'alt="{alt}"' in parts["results"], alt
     # examples: named by image_id only, each with its heat map
