@@ -39,6 +39,7 @@ def binary(tmp_path_factory):
             path = root / "img" / cls / f"{cls}{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.clip(rng.normal(value, 45, (40, 40)), 0, 255).astype(np.uint8)).save(path)
+    (root / "img" / "normal" / "scanner-dump-7731.png").write_bytes(b"not a PNG at all")  # refused by the import
     project = root / "p"
     _loff("import", project, root / "img")
     _loff("extract", project, *TINY, "--device", "cpu")
@@ -92,6 +93,8 @@ def test_binary_report_has_every_section_plot_and_the_operating_point(binary, ca
     # data: images per split and label, patients per split, how the split was found
     assert "normal" in parts["data"] and "pneumonia" in parts["data"] and "patients" in parts["data"]
     assert "random by patient" in parts["data"]
+    # what the import refused: counted by reason, never named (a file name may name a patient)
+    assert "Refused by import and extraction (1 files)" in parts["data"] and "scanner-dump" not in html
     # protocol: backbone, weights hash, licence (random weights here), head, augmentations, versions
     run = project.runs()[-1].record
     for text in (run["backbone"]["name"], run["backbone"]["weights_hash"], "random weights", "attention",
