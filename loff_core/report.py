@@ -155,7 +155,8 @@ _PARTS: dict[tuple[str, int], list[str]] = {}
 def scrub(text: Any, project: Any) -> str:
     """Free text from the project fit for the report: absolute paths and the patient parts
     of file names replaced."""
-    text = _ABSOLUTE.sub("[path]", str(text)).replace("`", "")  # the page shows no markdown
+    text = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # undecodable names: U+FFFD
+    text = _ABSOLUTE.sub("[path]", text).replace("`", "")  # the page shows no markdown
     for part in _identifier_parts(project):
         if part in text:
             text = text.replace(part, "[patient]")

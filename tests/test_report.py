@@ -39,6 +39,7 @@ def binary(tmp_path_factory):
             path = root / "img" / cls / f"{cls}{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.clip(rng.normal(value, 45, (40, 40)), 0, 255).astype(np.uint8)).save(path)
+    (root / "img" / "normal" / "scanner-dump-7731.png").write_bytes(b"not a PNG at all")  # refused by the import
     project = root / "p"
     _loff("import", project, root / "img")
     _loff("extract", project, *TINY, "--device", "cpu")
@@ -92,6 +93,8 @@ def test_binary_report_has_every_section_plot_and_the_operating_point(binary, ca
     # data: images per split and label, patients per split, how the split was found
     assert "normal" in parts["data"] and "pneumonia" in parts["data"] and "patients" in parts["data"]
     assert "random by patient" in parts["data"]
+    # what the import refused: counted by reason, never named (a file name may name a patient)
+    assert "Refused by import and extraction (1 files)" in parts["data"] and "scanner-dump" not in html
     # protocol: backbone, weights hash, licence (random weights here), head, augmentations, versions
     run = project.runs()[-1].record
     for text in (run["backbone"]["name"], run["backbone"]["weights_hash"], "random weights", "attention",
@@ -108,6 +111,9 @@ def test_binary_report_has_every_section_plot_and_the_operating_point(binary, ca
         if ci:
             assert f"[{ci[0]:.3f}, {ci[1]:.3f}]" in parts["results"], name
     assert "At the operating point (threshold" in parts["results"]
+    assert main(["evaluate", str(binary), "--quiet"]) == 0  # the summary shows them too
+    summary = capsys.readouterr().out
+    assert re.search(r"sensitivity\s+\d\.\d{3}", summary) and re.search(r"specificity\s+\d\.\d{3}", summary)
     for alt in ("ROC curve", "precision-recall curve", "reliability diagram", "confusion matrix", "per-class AUC"):
         assert f'alt="{alt}"' in parts["results"], alt
     # examples: named by image_id only, each with its heat map
