@@ -69,6 +69,7 @@ def apply_theme(name: str, root: QWidget) -> dict[str, str]:
     # Save operating point looked enabled and did nothing, issue 23 item 7)
     for role in (QPalette.ColorRole.Text, QPalette.ColorRole.WindowText, QPalette.ColorRole.ButtonText):
         palette.setColor(QPalette.ColorGroup.Disabled, role, QColor(c["disabled_text"]))
+    palette.setColor(QPalette.ColorRole.PlaceholderText, QColor(c["disabled_text"]))  # hints readable on base
     app.setPalette(palette)
     app.setStyleSheet(resource_path("themes", f"{name}.qss").read_text(encoding="utf-8"))
     pg.setConfigOption("background", c["plot_background"])
