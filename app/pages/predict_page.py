@@ -114,7 +114,7 @@ class PredictPage(QWidget):
         layout.addWidget(self.table, 1)
         self.result: Optional[dict] = None
         state.project_changed.connect(lambda _: self._project_changed())
-        state.runs_changed.connect(self.refresh)
+        state.project_state.runs_changed.connect(self.refresh)  # the run box renders from the project state
         state.busy_changed.connect(self._busy)
         self._busy(state.busy)  # no run and no head folder yet: Predict starts disabled
 
@@ -139,8 +139,7 @@ class PredictPage(QWidget):
         self.onnx.setChecked(bool(values.get("onnx", False)))
 
     def refresh(self) -> None:
-        project = self.state.project
-        fill_runs(self.run, project, self.run_id())
+        fill_runs(self.run, self.state.project_state, self.run_id())
         self._default_export_dir()
         self._busy(self.state.busy)
 

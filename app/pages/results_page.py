@@ -24,30 +24,32 @@ PALETTE = OKABE_ITO  # colour-blind safe (Okabe-Ito)
 CORRECT, WRONG = QColor(0, 114, 178), QColor(230, 159, 0)  # blue / orange: distinguishable without red-green
 
 
-def best_run(project: Any, runs: list[Any]) -> Optional[str]:
+def best_run(ps: Any, runs: list[Any]) -> Optional[str]:
     """The run with the best validation score (its monitor; all monitors are higher-better),
-    preferring runs that are up to date; ties go to the newest."""
+    preferring runs that are up to date (`ps`: the ProjectState); ties go to the newest."""
     if not runs:
         return None
-    fresh = [r for r in runs if not project.stale_reasons(r)] or runs
+    fresh = [r for r in runs if not ps.stale.get(r.run_id)] or runs
     return max(enumerate(fresh), key=lambda ir: (ir[1].record.get("best_score", float("-inf")), ir[0]))[1].run_id
 
 
-def run_label(run: Any) -> str:
-    """A run as the run boxes list it: its full name, and how it ended when not completed."""
+def run_label(run: Any, stale: bool = False) -> str:
+    """A run as the run boxes list it: its full name, how it ended when not completed, and
+    "stale" when the labels or the cache changed since it was trained."""
     stopped = run.record.get("stopped", "completed")
-    return run.run_id if stopped == "completed" else f"{run.run_id}  ({STOPPED_WORDS.get(stopped, stopped)})"
+    notes = ([] if stopped == "completed" else [STOPPED_WORDS.get(stopped, stopped)]) + (["stale"] if stale else [])
+    return run.run_id + (f"  ({', '.join(notes)})" if notes else "")
 
 
-def fill_runs(combo: QComboBox, project: Any, keep: Optional[str]) -> None:
-    """Every run of `project`, newest first, its id as the item's data; `keep` stays chosen
-    if it still exists, else the best run is chosen."""
+def fill_runs(combo: QComboBox, ps: Any, keep: Optional[str]) -> None:
+    """Every run of the open project (`ps`: the window's ProjectState), newest first, its id
+    as the item's data; `keep` stays chosen if it still exists, else the best run is chosen."""
     combo.blockSignals(True)
     combo.clear()
-    runs = project.runs() if project is not None else []
+    runs = ps.runs
     for r in reversed(runs):
-        combo.addItem(run_label(r), r.run_id)
-    chosen = keep if keep and combo.findData(keep) >= 0 else best_run(project, runs)
+        combo.addItem(run_label(r, bool(ps.stale.get(r.run_id))), r.run_id)
+    chosen = keep if keep and combo.findData(keep) >= 0 else best_run(ps, runs)
     if chosen:
         combo.setCurrentIndex(combo.findData(chosen))
     combo.blockSignals(False)
@@ -71,6 +73,7 @@ class ResultsPage(QWidget):
         self.banner = Banner()
         self.split = QComboBox()
         self.split.addItems(["test", "val", "train"])
+        self.split.currentTextChanged.connect(lambda text: self.state.project_state.select(split=text))
         self.evaluate_button = QPushButton("Evaluate")
         self.evaluate_button.clicked.connect(self.start_evaluate)
         self.strip = ProgressStrip()
@@ -141,44 +144,55 @@ class ResultsPage(QWidget):
         self.extras = ResultsExtras(state, self)
         layout.addWidget(self.extras)
         layout.addLayout(grid, 1)
-        self.result: Optional[dict] = None
-        state.project_changed.connect(lambda _: (self.clear(), self.refresh()))
-        state.runs_changed.connect(self.refresh)
-        state.catalog_changed.connect(self.computed_rocs.clear)  # new labels: a computed ROC is out of date
+        # renders from the window's ProjectState: the selected run and split, and their evaluation
+        ps = state.project_state
+        ps.reset.connect(lambda _: (self.clear(), self.computed_rocs.clear(), self.refresh()))
+        ps.runs_changed.connect(self.refresh)
+        ps.catalog_changed.connect(self.computed_rocs.clear)  # new labels: a computed ROC is out of date
+        ps.selection_changed.connect(self._selection_changed)
+        ps.evaluation_changed.connect(lambda result: self.clear() if result is None else self._render(result))
         state.busy_changed.connect(self._busy)
+
+    @property
+    def result(self) -> Optional[dict]:
+        """The evaluation shown: the project state's (the selected run on the selected split)."""
+        return self.state.project_state.evaluation
 
     def run_id(self) -> str:
         """The chosen run's id (the box shows it with how the run ended)."""
         return self.run.currentData() or ""
 
     def refresh(self) -> None:
-        project = self.state.project
-        fill_runs(self.run, project, self.run_id())
+        ps = self.state.project_state
+        fill_runs(self.run, ps, ps.run_id or self.run_id())
         keep = self.compare.currentData()
         self.compare.blockSignals(True)
         self.compare.clear()
         self.compare.addItem("(none)", None)
-        for r in reversed(project.runs() if project is not None else []):
-            self.compare.addItem(run_label(r), r.run_id)
+        for r in reversed(ps.runs):
+            self.compare.addItem(run_label(r, bool(ps.stale.get(r.run_id))), r.run_id)
         self.compare.setCurrentIndex(max(0, self.compare.findData(keep)) if keep else 0)
         self.compare.blockSignals(False)
-        if self.result is not None and self.run.findData(self.result["run"]) < 0:
-            self.clear()  # the evaluated run is gone (or another project is open)
-        elif self.result is not None and self.result["run"] != self.run_id():
-            self.clear()
+        ps.select(run_id=self.run_id(), split=self.split.currentText())  # the best run, chosen by default
         self._busy(self.state.busy)
 
     def _run_changed(self, _index: int) -> None:
-        """Another run chosen: the previous run's results leave the screen."""
-        if self.result is not None and self.result["run"] != self.run_id():
-            self.clear()
+        """Another run chosen: the state drops the previous run's evaluation (and this page clears)."""
+        self.state.project_state.select(run_id=self.run_id())
         self._busy(self.state.busy)
 
+    def _selection_changed(self, run_id: str, split: str) -> None:
+        for box, value in ((self.run, self.run.findData(run_id) if run_id else -1),
+                           (self.split, self.split.findText(split))):
+            if value >= 0 and box.currentIndex() != value:
+                box.blockSignals(True)
+                box.setCurrentIndex(value)
+                box.blockSignals(False)
+        self.extras.show_run(run_id)
+
     def clear(self) -> None:
-        """Show no evaluation: summary, metrics, confusion matrix, ROC and levels emptied."""
-        if self.result is not None and self.state.last_evaluation is self.result:
-            self.state.last_evaluation = None  # the viewer no longer explains with that run
-        self.result = None
+        """Show no evaluation: summary, metrics, confusion matrix, ROC, levels and the
+        evaluation's warnings and decision emptied (the fold spread stays: it is the run's)."""
         self.summary.setText("")
         self.strip.label.setText("")
         self.metrics.setRowCount(0)
@@ -204,6 +218,7 @@ class ResultsPage(QWidget):
         self.threshold.blockSignals(True)
         self.threshold.setValue(500)
         self.threshold.blockSignals(False)
+        self.extras.clear_result()
 
     def _busy(self, busy: bool) -> None:
         self.evaluate_button.setEnabled(not busy and self.run.count() > 0)
@@ -214,6 +229,7 @@ class ResultsPage(QWidget):
         project, run_id, split = self.state.project, self.run_id(), self.split.currentText()
         if project is None or not run_id:
             return
+        generation = self.state.project_state.generation  # a result for another project is dropped
 
         def work(progress: Any) -> Any:
             from loff_core import steps
@@ -222,14 +238,15 @@ class ResultsPage(QWidget):
             # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
             return steps.evaluate(project, run_id, split, EvaluateSettings(), progress=progress).to_json()
         wire(self.state.start("evaluate", work, banner=self.banner), strip=self.strip, banner=self.banner,
-             done=self.show_result)
+             done=lambda result: self.show_result(result, generation))
 
     # -- showing -----------------------------------------------------------------------
-    def show_result(self, result: dict) -> None:
-        self.result = result
+    def show_result(self, result: dict, generation: Optional[int] = None) -> None:
+        """An evaluation finished: it goes to the project state, which every page renders from."""
         self.strip.label.setText("")
-        self.state.last_evaluation = result
-        self.state.evaluation_changed.emit(result)
+        self.state.project_state.set_evaluation(result, generation)
+
+    def _render(self, result: dict) -> None:
         stale = result.get("stale") or []
         self.summary.setText(f"run <b>{result['run']}</b> on the {result['split']} split: {result['n']} images, "
                              f"task {result['task']}" + (f" &nbsp; <span style='color:#c0392b'>stale: "

@@ -120,8 +120,11 @@ class ViewerPage(QWidget):
         self.heat: Optional[np.ndarray] = None
         self.head_kind = ""
         state.browse.connect(self.browse)
-        state.evaluation_changed.connect(self._evaluation)
-        state.project_changed.connect(lambda _: self._project_changed())
+        ps = state.project_state  # the run explained, the classes and the labels shown come from it
+        ps.evaluation_changed.connect(self._evaluation)
+        ps.selection_changed.connect(lambda run_id, split: self._run_changed())
+        ps.catalog_changed.connect(lambda: self.browse([], ""))  # labels re-imported: no old label stays
+        ps.reset.connect(lambda _: self._project_changed())
 
     def _project_changed(self) -> None:
         self.exam_button.setChecked(False)
@@ -133,9 +136,31 @@ class ViewerPage(QWidget):
             self.index = row
             self.show_current()
 
-    def _evaluation(self, result: dict) -> None:
+    def _evaluation(self, result: Optional[dict]) -> None:
+        if result is None:
+            return
         if not self.ids:
             self.browse([p["image_id"] for p in result["predictions"]], f"{result['split']} split of run {result['run']}")
+        else:
+            self._run_changed()
+
+    def explained_run(self) -> str:
+        """The run whose predictions and heat maps are shown: the selected one, else the latest."""
+        ps = self.state.project_state
+        return ps.run_id or (ps.runs[-1].run_id if ps.runs else "")
+
+    def _run_changed(self) -> None:
+        """Another run selected: no prediction or heat map of the previous run stays; the
+        image is explained again with the run now selected (one in flight is superseded)."""
+        self.explained = {}
+        self.details.setText("")
+        self._clear_bars()
+        self.heat = None
+        self.panel.show_heatmap(None)
+        if self.ids and self.exam_button.isChecked():
+            self.show_current()
+        elif self.ids:
+            self._explain(self.ids[self.index])
 
     def browse(self, ids: list[str], caption: str) -> None:
         self.ids, self.index, self.explained = list(ids), 0, {}
@@ -165,7 +190,7 @@ class ViewerPage(QWidget):
             self.position.setText("no images to show: evaluate a run, or click a confusion-matrix cell")
             self.panel.show_image(None)
             self.details.setText("")
-            self.bars.clear()
+            self._clear_bars()
             self.heat = None
             self._clear_exam()
             return
@@ -188,6 +213,12 @@ class ViewerPage(QWidget):
             return
         load_image(self, path, lambda px, err: self._shown(image_id, px, caption, err))
 
+    def _clear_bars(self) -> None:
+        """No bars and no class names on the axis (another project's classes stayed there)."""
+        self.bars.clear()
+        self.bars.getAxis("bottom").setTicks(None)
+        self.bars.setTitle("probability per class")
+
     def _shown(self, image_id: str, pixels: Any, caption: str, error: Optional[str]) -> None:
         self.panel.show_image(pixels, caption if error is None else f"{caption}: {error}")
         self.heat = None
@@ -198,7 +229,9 @@ class ViewerPage(QWidget):
         """Probabilities and attention for the current image, computed as a light job; the
         run is the one last evaluated (or the latest)."""
         project = self.state.project
-        if project is None or not project.runs() or not project.settings.active_cache:
+        if project is None or not self.explained_run() or not project.settings.active_cache:
+            self.details.setText("")
+            self._clear_bars()
             return
         if image_id in self.explained:
             self._explanation(self.explained[image_id])
@@ -206,8 +239,7 @@ class ViewerPage(QWidget):
         self._start_explain(project, [image_id], self._explanation, key="explain")
 
     def _start_explain(self, project: Any, image_ids: list[str], slot: Any, key: str) -> None:
-        evaluation = self.state.last_evaluation
-        run_id = evaluation["run"] if evaluation else None
+        run_id, generation = self.explained_run(), self.state.project_state.generation
 
         def work() -> list[dict]:
             from loff_core import steps
@@ -217,7 +249,7 @@ class ViewerPage(QWidget):
             kind = run.record["head_config"]["kind"]
             return [{"image_id": i, "probabilities": out.probabilities[k], "heat": out.heat[k],
                      "classes": out.classes, "task": out.task, "head": kind, "run": run.run_id,
-                     "project": str(project.root), "decided": out.predicted[k]}
+                     "project": str(project.root), "decided": out.predicted[k], "generation": generation}
                     for k, i in enumerate(image_ids)]
         wire(start_light("explain", work, newest=(self, key)), done=lambda outs: [slot(o) for o in outs],
              failed=lambda text: self.details.setText(f"no prediction: {text}"))
@@ -234,8 +266,10 @@ class ViewerPage(QWidget):
 
     def _explanation(self, out: dict) -> None:
         project = self.state.project
-        if project is None or out.get("project") not in (None, str(project.root)):
-            return  # computed for a project that is no longer open
+        if project is None or out.get("project") not in (None, str(project.root)) \
+                or out.get("generation", self.state.project_state.generation) != self.state.project_state.generation \
+                or out.get("run", self.explained_run()) != self.explained_run():
+            return  # computed for a project (or a run) that is no longer the one shown
         self.explained[out["image_id"]] = out
         if not self.ids or self.ids[self.index] != out["image_id"]:
             return
@@ -244,7 +278,8 @@ class ViewerPage(QWidget):
         self.details.setText(f"run {out.get('run', '')}<br><b>predicted: {predicted}</b>"
                              + (f"<br>{extra}" if extra else "") + "<br>"
                              + "<br>".join(f"{c}: {p:.3f}" for c, p in zip(classes, probs)))
-        self.bars.clear()
+        self._clear_bars()
+        self.bars.setTitle(f"probability per class (run {out.get('run', '')})")
         self.bars.addItem(pg.BarGraphItem(x=np.arange(len(classes)), height=probs, width=0.7, brush="#0072B2"))
         self.bars.getAxis("bottom").setTicks([[(i, c) for i, c in enumerate(classes)]])
         self.heat = np.asarray(out["heat"])
@@ -326,7 +361,8 @@ class ViewerPage(QWidget):
 
     def _exam_explained(self, out: dict) -> None:
         panel = self.exam_panels.get(out["image_id"])
-        if panel is None:
+        if panel is None or out.get("generation", self.state.project_state.generation) != \
+                self.state.project_state.generation or out.get("run") != self.explained_run():
             return
         predicted, extra = self.predicted(out)
         probs = ", ".join(f"{c} {p:.2f}" for c, p in zip(out["classes"], out["probabilities"]))
