@@ -231,6 +231,7 @@ class ProjectState(QObject):
     def __init__(self) -> None:
         super().__init__()
         self.generation = 0
+        self._resetting = False
         self._clear(None)
 
     def _clear(self, project: Any) -> None:
@@ -257,7 +258,15 @@ class ProjectState(QObject):
             self._read_catalog()
             self._read_caches()
             self._read_runs()
-        self.reset.emit(project)
+        # a page that chooses the default run while the others still show the previous project
+        # must not make them act on it: the choice is announced once every page has reset
+        self._resetting = True
+        try:
+            self.reset.emit(project)
+        finally:
+            self._resetting = False
+        if self.run_id:
+            self.selection_changed.emit(self.run_id, self.split)
 
     def reload_catalog(self) -> None:
         """After an import: a new catalog version makes runs stale and the shown evaluation old."""
@@ -337,7 +346,8 @@ class ProjectState(QObject):
         if (run_id, split) == (self.run_id, self.split):
             return
         self.run_id, self.split = run_id, split
-        self.selection_changed.emit(run_id, split)
+        if not self._resetting:
+            self.selection_changed.emit(run_id, split)
         if self.evaluation is not None and (self.evaluation["run"], self.evaluation["split"]) != (run_id, split):
             self._set_evaluation(None)
 

@@ -146,7 +146,7 @@ class ResultsPage(QWidget):
         layout.addLayout(grid, 1)
         # renders from the window's ProjectState: the selected run and split, and their evaluation
         ps = state.project_state
-        ps.reset.connect(lambda _: (self.clear(), self.computed_rocs.clear(), self.refresh()))
+        ps.reset.connect(lambda _: (self.clear(), self.strip.clear(), self.computed_rocs.clear(), self.refresh()))
         ps.runs_changed.connect(self.refresh)
         ps.catalog_changed.connect(self.computed_rocs.clear)  # new labels: a computed ROC is out of date
         ps.selection_changed.connect(self._selection_changed)
@@ -174,6 +174,7 @@ class ResultsPage(QWidget):
         self.compare.setCurrentIndex(max(0, self.compare.findData(keep)) if keep else 0)
         self.compare.blockSignals(False)
         ps.select(run_id=self.run_id(), split=self.split.currentText())  # the best run, chosen by default
+        self.extras.show_run(ps.run_id)  # a new cross-validation or tuning group may belong to it
         self._busy(self.state.busy)
 
     def _run_changed(self, _index: int) -> None:

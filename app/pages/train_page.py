@@ -170,7 +170,8 @@ class TrainPage(QWidget):
         return curves
 
     def _split_body(self, curves: QWidget) -> None:
-        """`self.body`: validation, curves and runs in one vertical splitter."""
+        """`self.body`: the validation toggle, curves (and the validation panel beside them when
+        opened) and runs in one vertical splitter."""
         # validation, curves and runs share the height in a splitter: at 1280 x 720 the curves
         # were squeezed to a few pixels under the validation panel; the user moves the lines
         from PySide6.QtWidgets import QSplitter
@@ -184,19 +185,25 @@ class TrainPage(QWidget):
         self.body.setChildrenCollapsible(False)
         from ..collapsible import Collapsible
 
-        # folded to one line until the user opens it: the curves are what training shows. Its body
-        # scrolls inside its splitter pane: laid out at full height it grew the window to 798 px
-        # at 1280 x 720 and squeezed the CV table to its header (issue 23 item 8)
+        # folded to one line until the user opens it: the curves are what training shows. Opened,
+        # the panel sits BESIDE the curves (a horizontal splitter) and scrolls there: above them it
+        # grew the window to 798 px at 1280 x 720, pushed the Messages dock and the status bar
+        # off the screen and squeezed the CV table to its header (issue 23 item 8)
         self.validation_scroll = QScrollArea()
         self.validation_scroll.setWidget(self.validation)
         self.validation_scroll.setWidgetResizable(True)
         self.validation_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        self.validation_scroll.setMinimumHeight(40)
-        self.validation_box = Collapsible(self.validation.title(), self.validation_scroll)
+        self.validation_scroll.setMinimumSize(240, 40)
+        self.validation_box = Collapsible(self.validation.title(), QWidget())  # the toggle line
         self.validation.setTitle("")
+        self.middle = QSplitter(Qt.Orientation.Horizontal)
+        self.middle.setChildrenCollapsible(False)
+        self.middle.addWidget(curves)
+        self.middle.addWidget(self.validation_scroll)
         self.validation_box.set_expanded(False)
+        self.validation_scroll.hide()
         self.validation_box.toggled.connect(self._validation_toggled)
-        for part, stretch in ((self.validation_box, 0), (curves, 3), (runs_part, 1)):
+        for part, stretch in ((self.validation_box, 0), (self.middle, 3), (runs_part, 1)):
             self.body.addWidget(part)
             self.body.setStretchFactor(self.body.count() - 1, stretch)
         board = self.validation.board  # its header and three rows, whatever the pane's height (it scrolls)
@@ -238,13 +245,11 @@ class TrainPage(QWidget):
             job.progress.connect(self._progress)
 
     def _validation_toggled(self, expanded: bool) -> None:
-        sizes = self.body.sizes()
-        # the panel gets what it needs, up to what the curves' and runs' minimums leave (it scrolls beyond)
-        room = sum(sizes) - self.body.widget(1).minimumHeight() - self.body.widget(2).minimumSizeHint().height()
-        want = min(self.validation_box.sizeHint().height() + self.validation.sizeHint().height(), max(room, 40)) \
-            if expanded else self.validation_box.minimumSizeHint().height()
-        curves = max(self.body.widget(1).minimumHeight(), sum(sizes) - want - sizes[2])
-        self.body.setSizes([want, curves, max(sum(sizes) - want - curves, 0)])
+        self.validation_scroll.setVisible(expanded)
+        if expanded:  # the panel's width (no sideways scrolling) up to 60 %; the two curves get the rest
+            width = sum(self.middle.sizes()) or self.middle.width()
+            panel = min(max(self.validation.minimumSizeHint().width() + 24, width // 2), width * 3 // 5)
+            self.middle.setSizes([width - panel, panel])
 
     def _progress(self, done: int, total: int, message: str) -> None:
         """The engine's step count and loss, with the time left estimated from the pace so far."""

@@ -115,6 +115,7 @@ class ViewerPage(QWidget):
                                   self.heat_on, QLabel("blend"), self.opacity, self.source, stretch_last=True))
         layout.addLayout(main, 1)
         self.ids: list[str] = []
+        self.list_run = ""  # the run whose evaluation listed `ids`
         self.index = 0
         self.explained: dict[str, Any] = {}
         self.heat: Optional[np.ndarray] = None
@@ -137,33 +138,27 @@ class ViewerPage(QWidget):
             self.show_current()
 
     def _evaluation(self, result: Optional[dict]) -> None:
-        if result is None:
-            return
-        if not self.ids:
+        """A new evaluation shown: its split's images, explained with its run (the list of
+        another run's evaluation or cell goes)."""
+        if result is not None:
             self.browse([p["image_id"] for p in result["predictions"]], f"{result['split']} split of run {result['run']}")
-        else:
-            self._run_changed()
 
     def explained_run(self) -> str:
-        """The run whose predictions and heat maps are shown: the selected one, else the latest."""
+        """The run whose predictions and heat maps are shown: the one whose evaluation (or
+        confusion cell) listed the images, else the selected one, else the latest."""
         ps = self.state.project_state
-        return ps.run_id or (ps.runs[-1].run_id if ps.runs else "")
+        return self.list_run or ps.run_id or (ps.runs[-1].run_id if ps.runs else "")
 
     def _run_changed(self) -> None:
-        """Another run selected: no prediction or heat map of the previous run stays; the
-        image is explained again with the run now selected (one in flight is superseded)."""
-        self.explained = {}
-        self.details.setText("")
-        self._clear_bars()
-        self.heat = None
-        self.panel.show_heatmap(None)
-        if self.ids and self.exam_button.isChecked():
-            self.show_current()
-        elif self.ids:
-            self._explain(self.ids[self.index])
+        """Another run selected: the images listed from the previous run's evaluation, their
+        predictions and heat maps go (the Results page clears the same way)."""
+        if self.ids and self.list_run != self.state.project_state.run_id:
+            self.browse([], "")
 
     def browse(self, ids: list[str], caption: str) -> None:
+        """Step through `ids` (an evaluation's split or a confusion cell: the selected run's)."""
         self.ids, self.index, self.explained = list(ids), 0, {}
+        self.list_run = self.state.project_state.run_id if self.ids else ""
         self.source.setText(caption)
         project = self.state.project
         by_id = project.catalog().by_id() if project is not None and project.has_catalog() else {}
@@ -217,7 +212,6 @@ class ViewerPage(QWidget):
         """No bars and no class names on the axis (another project's classes stayed there)."""
         self.bars.clear()
         self.bars.getAxis("bottom").setTicks(None)
-        self.bars.setTitle("probability per class")
 
     def _shown(self, image_id: str, pixels: Any, caption: str, error: Optional[str]) -> None:
         self.panel.show_image(pixels, caption if error is None else f"{caption}: {error}")
@@ -251,8 +245,11 @@ class ViewerPage(QWidget):
                      "classes": out.classes, "task": out.task, "head": kind, "run": run.run_id,
                      "project": str(project.root), "decided": out.predicted[k], "generation": generation}
                     for k, i in enumerate(image_ids)]
+        def failed(text: str) -> None:  # said only while that project and run are still the ones shown
+            if generation == self.state.project_state.generation and run_id == self.explained_run():
+                self.details.setText(f"no prediction: {text}")
         wire(start_light("explain", work, newest=(self, key)), done=lambda outs: [slot(o) for o in outs],
-             failed=lambda text: self.details.setText(f"no prediction: {text}"))
+             failed=failed)
 
     @staticmethod
     def predicted(out: dict) -> tuple[str, str]:
@@ -279,9 +276,9 @@ class ViewerPage(QWidget):
                              + (f"<br>{extra}" if extra else "") + "<br>"
                              + "<br>".join(f"{c}: {p:.3f}" for c, p in zip(classes, probs)))
         self._clear_bars()
-        self.bars.setTitle(f"probability per class (run {out.get('run', '')})")
         self.bars.addItem(pg.BarGraphItem(x=np.arange(len(classes)), height=probs, width=0.7, brush="#0072B2"))
         self.bars.getAxis("bottom").setTicks([[(i, c) for i, c in enumerate(classes)]])
+        self.bars.setXRange(-0.5, len(classes) - 0.5)  # every class's name in view
         self.heat = np.asarray(out["heat"])
         self.head_kind = out.get("head", "")
         self._redraw_heat()
