@@ -248,6 +248,9 @@ class ProjectState(QObject):
         self.run_id = ""
         self.split = "test"
         self.evaluation: Optional[dict[str, Any]] = None
+        # what the window computed from a run without saving it (another run's ROC for the
+        # overlay), by key; dropped with the project and with a new catalog version
+        self.computed: dict[Any, Any] = {}
 
     # -- from the engine ---------------------------------------------------------------
     def rebuild(self, project: Any) -> None:
@@ -278,6 +281,7 @@ class ProjectState(QObject):
         self.catalog_changed.emit()
         self.runs_changed.emit()
         if before != self.catalog_version:
+            self.computed.clear()
             self._set_evaluation(None)
 
     def reload_caches(self) -> None:

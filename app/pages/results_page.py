@@ -95,7 +95,6 @@ class ResultsPage(QWidget):
         self.roc.setLabel("bottom", "false positive rate")
         self.roc.setLabel("left", "true positive rate")
         self.compare_items: list[Any] = []
-        self.computed_rocs: dict[tuple[str, str, str], dict] = {}  # (project, run, split) -> ROC computed here
         self.threshold = QSlider(Qt.Orientation.Horizontal)
         self.threshold.setRange(0, 1000)
         self.threshold.setValue(500)
@@ -146,9 +145,8 @@ class ResultsPage(QWidget):
         layout.addLayout(grid, 1)
         # renders from the window's ProjectState: the selected run and split, and their evaluation
         ps = state.project_state
-        ps.reset.connect(lambda _: (self.clear(), self.strip.clear(), self.computed_rocs.clear(), self.refresh()))
+        ps.reset.connect(lambda _: (self.clear(), self.strip.clear(), self.refresh()))
         ps.runs_changed.connect(self.refresh)
-        ps.catalog_changed.connect(self.computed_rocs.clear)  # new labels: a computed ROC is out of date
         ps.selection_changed.connect(self._selection_changed)
         ps.evaluation_changed.connect(lambda result: self.clear() if result is None else self._render(result))
         state.busy_changed.connect(self._busy)
@@ -361,7 +359,7 @@ class ResultsPage(QWidget):
 
             split = self.result["split"]
             key = (str(project.root), other, split)
-            saved = roc_overlay.saved(project, other, split) or self.computed_rocs.get(key)
+            saved = roc_overlay.saved(project, other, split) or self.state.project_state.computed.get(("roc",) + key)
             if saved is None:
                 legend.append(f"(computing run {other}'s ROC on the {split} split...)")
                 self._compute_compare(project, other, split)
@@ -384,8 +382,13 @@ class ResultsPage(QWidget):
         from .. import roc_overlay
         from ..workers import start_light
 
+        ps = self.state.project_state
+        made_for = (ps.generation, ps.catalog_version)
+
         def done(out: dict) -> None:
-            self.computed_rocs[(out["project"], out["run"], out["split"])] = out
+            if made_for != (ps.generation, ps.catalog_version):
+                return  # computed for a project or labels no longer open
+            ps.computed[("roc", out["project"], out["run"], out["split"])] = out
             current = self.state.project
             if (self.result is not None and current is not None and str(current.root) == out["project"]
                     and self.compare.currentData() == out["run"] and self.result["split"] == out["split"]):
