@@ -408,3 +408,62 @@ def test_1280_x_720_more_settings_and_validation_stay_on_the_screen(qtbot, windo
             assert result.height() >= result.heightForWidth(result.width()) - 2, (state, result.height())
             assert result.visibleRegion().boundingRect().height() >= result.height() - 2, state
             assert panel.cv_button.isVisible() and train.loss_plot.height() >= 120, state
+
+
+def test_project_state_drops_what_belongs_to_another_project_run_or_catalog(qtbot, tmp_path):
+    """The state's rules, without a window: a late evaluation for another project is
+    dropped; another run or split drops the evaluation; a new catalog version drops it and
+    marks the runs stale; a run's fold spread is its own tune group or a CV of exactly its
+    settings, never another head's CV."""
+    import json
+
+    from app.state import ProjectState
+    from loff_core.project import Project
+    from loff_core.settings import TrainConfig, config_record
+    from loff_core.validation import GROUPS_DIR
+    from test_app import _evaluation, _write_run
+
+    project = Project.create(tmp_path / "p")
+    _write_run(project, "r-linear", head="linear", epochs=3)
+    _write_run(project, "r-attention", head="attention", epochs=3)
+    for run in project.runs():  # trained on the catalog as it is now
+        record = dict(run.record, catalog_version=project.settings.catalog_version)
+        (run.path / "run.json").write_text(json.dumps(record))
+
+    def group(gid, kind, run=None, **config):
+        folder = project.root / GROUPS_DIR / gid
+        folder.mkdir(parents=True)
+        record = {"group": gid, "kind": kind, "folds": 2, "completed": 2, "task": "classification", "run": run,
+                  "catalog_version": project.settings.catalog_version,
+                  "config": {"head": config.get("head")}, "train_config": config_record(TrainConfig(**config)),
+                  "metrics": {"auc": {"mean": 0.8, "sd": 0.1}}, "best": {"cv": {"auc": {"mean": 0.8, "sd": 0.1}},
+                                                                           "config": {"head": config.get("head")}}}
+        (folder / "group.json").write_text(json.dumps(record))
+
+    group("g1-cv", "cv", head="linear", epochs=3)
+    group("g2-cv", "cv", head="linear", epochs=5)  # other settings: not the linear run's
+    ps = ProjectState()
+    events = []
+    ps.evaluation_changed.connect(lambda r: events.append(None if r is None else r["run"]))
+    ps.rebuild(project)
+    assert [r.run_id for r in ps.runs] == ["r-attention", "r-linear"] and ps.classes == ["a", "b"]
+    assert [g["group"] for g in ps.groups_of("r-linear")] == ["g1-cv"]
+    assert ps.groups_of("r-attention") == []  # the linear head's CV is not the attention run's
+    old = ps.generation
+    ps.rebuild(Project.open(project.root))  # the project opened again (or another one)
+    assert not ps.set_evaluation(_evaluation("r-linear"), old) and ps.evaluation is None  # late: dropped
+    assert ps.set_evaluation(_evaluation("r-linear"), ps.generation) and ps.run_id == "r-linear"
+    assert not ps.set_evaluation(_evaluation("no-such-run"))
+    ps.select(split="val")  # another split: the test split's evaluation goes
+    assert ps.evaluation is None and events == ["r-linear", None]
+    ps.set_evaluation(_evaluation("r-linear"))
+    ps.select(run_id="r-attention")
+    assert ps.evaluation is None and events[-1] is None
+    ps.set_evaluation(_evaluation("r-linear"))
+    group("g3-tune", "tune", run="r-attention", head="attention")
+    ps.reload_runs()
+    assert [g["group"] for g in ps.groups_of("r-attention")] == ["g3-tune"]
+    assert not any("re-imported" in " ".join(ps.stale[r.run_id]) for r in ps.runs)
+    ps.project.settings.catalog_version += 1  # what the import step does to the open project
+    ps.reload_catalog()
+    assert ps.evaluation is None and all("re-imported" in " ".join(ps.stale[r.run_id]) for r in ps.runs)
