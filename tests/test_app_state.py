@@ -236,7 +236,9 @@ def evaluate(qtbot, w, run_id: str, split: str = "test") -> dict:
 def visit_every_page(qtbot, w) -> None:
     """Every page as a user would: runs' curves and comparison, More settings and the
     validation panel, every run evaluated with its ROC compared, a confusion cell in the
-    Viewer with its prediction, the Predict page."""
+    Viewer with its prediction and the exam view, two images predicted on the Predict page."""
+    from PySide6.QtCore import Qt
+
     from app.workers import wait_light
 
     for k in range(w.tabs.count()):
@@ -265,9 +267,16 @@ def visit_every_page(qtbot, w) -> None:
         qtbot.waitUntil(lambda: viewer.ids[viewer.index] in viewer.explained
                         or "no prediction" in viewer.details.text(), timeout=LONG)
         assert viewer.ids[viewer.index] in viewer.explained, (viewer.details.text(), viewer.position.text())
+        viewer.exam_button.setChecked(True)  # the patient's images with their predictions, left open
     wait_light()
-    w.tabs.setCurrentWidget(w.predict_page)
-    qtbot.wait(5)
+    predict = w.predict_page  # two of the project's images, predicted with its run
+    w.tabs.setCurrentWidget(predict)
+    images = sorted(w.state.project.images_root().glob("*.png"))[:2]
+    predict.files.setText(";".join(str(p) for p in images))
+    qtbot.mouseClick(predict.predict_button, Qt.MouseButton.LeftButton)
+    _idle(qtbot, w)
+    qtbot.waitUntil(lambda: predict.table.rowCount() == 2, timeout=LONG)
+    wait_light()
 
 
 def _open(qtbot, w, root: Path) -> None:
