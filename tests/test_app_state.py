@@ -342,6 +342,10 @@ def test_another_run_shows_none_of_the_previous_runs_lines(qtbot, window, two):
     lines = [t for t in all_texts(w) if "fold spread" in t or "decision" in t or "warning" in t]
     assert not [t for t in lines if attention in t], lines  # nothing of the attention run beside the linear one
     assert all(texts)  # the linear run's lines were there before
+    train = w.train_page  # the curves drawn say whose they are
+    for row in range(train.runs.rowCount()):
+        train._run_clicked(row, 0)
+        assert f"run <b>{train.runs.item(row, 0).text()}</b>" in train.legend.text()
 
 
 def test_a_reimport_with_another_label_column_leaves_no_old_class_and_marks_runs_stale(qtbot, window, two):

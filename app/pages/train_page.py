@@ -305,6 +305,8 @@ class TrainPage(QWidget):
         items = [(OKABE_ITO[0], "train loss", "solid"), (OKABE_ITO[1], "validation loss", "solid"),
                  (OKABE_ITO[2], monitor.replace("_", " ") if monitor else "validation metric", "solid")]
         text = " &nbsp; ".join(f"<span style='color:{c}'>&#9644;</span> {name}" for c, name, _ in items)
+        if self.curves_run and self.history:  # whose curves these are (a live training: not saved yet)
+            text = f"run <b>{self.curves_run}</b>: {text}"
         if best is not None:
             text += f" &nbsp; &#8942; best epoch {best}"
         if other:
@@ -333,8 +335,8 @@ class TrainPage(QWidget):
         run = self.state.project_state.run(item.text()) if item is not None else None
         if run is None or self.state.busy:
             return
+        self.curves_run = run.run_id  # before drawing: the legend names it
         self.show_history(run.record.get("history", []))
-        self.curves_run = run.run_id
 
     def _trained(self, result: Any) -> None:
         r = result  # loff_core.results.TrainResult
