@@ -93,10 +93,18 @@ class ValidationPanel(QGroupBox):
         layout.addWidget(self.result)
         layout.addWidget(self.board)
         state.busy_changed.connect(self._busy)
-        state.project_changed.connect(lambda _: self._busy(self.state.busy))
+        state.project_state.reset.connect(lambda _: self.forget())
         state.cache_changed.connect(lambda: self._busy(self.state.busy))
         state.catalog_changed.connect(lambda: self._busy(self.state.busy))
         self._busy(state.busy)
+
+    def forget(self) -> None:
+        """Another project: no result, trial or progress of the previous one stays."""
+        self.entries = []
+        self.board.setRowCount(0)
+        self.result.setText("")
+        self.strip.clear()
+        self._busy(self.state.busy)
 
     def _busy(self, busy: bool) -> None:
         project = self.state.project
@@ -260,18 +268,20 @@ class ResultsExtras(QWidget):
         layout.addWidget(self.warnings)
         layout.addLayout(row)
 
-    def clear(self) -> None:
-        """No evaluation shown (another run or project): nothing to save an operating point of."""
+    def clear_result(self) -> None:
+        """No evaluation shown (another run or project): no warning, decision or operating point
+        of another run or project, and nothing to save an operating point of."""
         self.operating.setText("")
         self.warnings.setText("")
         enable(self.save_button, False, "evaluate a run first (binary classification runs only)")
 
     def show_result(self, result: dict[str, Any]) -> None:
+        """The evaluation's warnings and decision, each naming its run (and split)."""
         from loff_core.calibration import describe
 
-        project = self.state.project
-        self.warnings.setText("<br>".join(f"warning: {w}" for w in result.get("warnings", [])))
-        self.operating.setText(f"decision: {describe(result.get('operating_point'))}")
+        where = f"run {result.get('run')}, {result.get('split')} split"
+        self.warnings.setText("<br>".join(f"warning ({where}): {w}" for w in result.get("warnings", [])))
+        self.operating.setText(f"decision: {describe(result.get('operating_point'))} (run {result.get('run')})")
         binary = result.get("task") == "classification" and len(result.get("classes", [])) == 2
         why = "" if binary else (
             f"a decision threshold is saved only for two-class runs; this run has {len(result.get('classes', []))} "
@@ -279,28 +289,29 @@ class ResultsExtras(QWidget):
         enable(self.save_button, binary, why)
         if why:
             self.operating.setText(f"{self.operating.text()} <i>(Save operating point: {why})</i>")
-        self.spread.setText(self.spread_for(project, result.get("run")) if project is not None else "")
+        self.show_run(result.get("run") or "")
+
+    def show_run(self, run_id: str) -> None:
+        """The fold spread of the selected run (the project state's), or none."""
+        self.spread.setText(self.spread_for(self.state.project_state, run_id) if run_id else "")
 
     @staticmethod
-    def spread_for(project: Any, run_id: Optional[str]) -> str:
-        """The fold spread to show beside a run's metrics: its own tune group, else the
-        project's latest cross-validation."""
-        from loff_core.validation import list_groups, load_group
-
-        groups = list_groups(project)
-        if not groups:
+    def spread_for(ps: Any, run_id: Optional[str]) -> str:
+        """The fold spread to show beside run `run_id` (`ps`: the window's ProjectState): the
+        tune group that made it, else a cross-validation of exactly its settings; never
+        another run's group (issue 23: a linear head's CV was shown beside an attention run)."""
+        if not ps.groups:
             return "no cross-validation yet: a single split's metrics can be noise; Cross-validate on the Train page"
-        own = next((g for g in groups if g.get("run") == run_id), None)
-        if own is not None:
-            rec = load_group(project, own["group"])
-            return (f"fold spread (tune group {own['group']}, {rec['folds']} folds, winner): "
+        mine = ps.groups_of(run_id) if run_id else []
+        if not mine:
+            return (f"no cross-validation of run {run_id}'s settings: a single split's metrics can be noise; "
+                    f"Cross-validate with them on the Train page")
+        rec = mine[0]
+        if rec.get("kind") != "cv":
+            return (f"fold spread (tune group {rec['group']}, {rec['folds']} folds, winner = run {run_id}): "
                     f"{spread_text(rec['best']['cv'])}")
-        latest = next((g for g in reversed(groups) if g.get("kind") == "cv"), None)
-        if latest is None:
-            return ""
-        rec = load_group(project, latest["group"])
-        return (f"fold spread (cross-validation {latest['group']}, {rec['config'].get('head')}, "
-                f"{rec['completed']} folds): {spread_text(rec['metrics'])}")
+        return (f"fold spread (cross-validation {rec['group']} of run {run_id}'s settings, "
+                f"{(rec.get('config') or {}).get('head')}, {rec['completed']} folds): {spread_text(rec['metrics'])}")
 
     def save_threshold(self) -> None:
         from loff_core.calibration import describe, set_threshold

@@ -128,7 +128,7 @@ def test_results_page_saves_the_operating_point(qtbot, window, tmp_path, capsys)
     _open(w, path)
     results = w.results_page
     results.refresh()
-    assert "no cross-validation yet" in results.extras.spread_for(w.state.project, run)
+    assert "no cross-validation yet" in results.extras.spread_for(w.state.project_state, run)
     qtbot.mouseClick(results.evaluate_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: results.result is not None, timeout=LONG)
     assert results.extras.save_button.isEnabled()

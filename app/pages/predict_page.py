@@ -115,7 +115,8 @@ class PredictPage(QWidget):
         layout.addWidget(self.table, 1)
         self.result: Optional[dict] = None
         state.project_changed.connect(lambda _: self._project_changed())
-        state.runs_changed.connect(self.refresh)
+        state.project_state.runs_changed.connect(self.refresh)  # the run box renders from the project state
+        state.project_state.catalog_changed.connect(self._labels_changed)
         state.busy_changed.connect(self._busy)
         self._busy(state.busy)  # no run and no head folder yet: Predict starts disabled
 
@@ -139,9 +140,19 @@ class PredictPage(QWidget):
         values = self.state.page_settings("predict")
         self.onnx.setChecked(bool(values.get("onnx", False)))
 
+    def _labels_changed(self) -> None:
+        """A re-import: predictions made with the old classes leave the screen (issue 23 item 3)."""
+        if self.result is not None and list(self.result.get("classes") or []) != self.state.project_state.classes:
+            self.result = None
+            self.table.clear()
+            self.table.setRowCount(0)
+            self.table.setColumnCount(0)
+            self.model_text.setText("")
+            self.save_button.setEnabled(False)
+            self.strip.clear()
+
     def refresh(self) -> None:
-        project = self.state.project
-        fill_runs(self.run, project, self.run_id())
+        fill_runs(self.run, self.state.project_state, self.run_id())
         self._default_export_dir()
         self._busy(self.state.busy)
 

@@ -25,31 +25,34 @@ PALETTE = OKABE_ITO  # colour-blind safe (Okabe-Ito)
 CORRECT, WRONG = QColor(0, 114, 178), QColor(230, 159, 0)  # blue / orange: distinguishable without red-green
 
 
-def best_run(project: Any, runs: list[Any]) -> Optional[str]:
+def best_run(ps: Any, runs: list[Any]) -> Optional[str]:
     """The run chosen first, by the engine's stated rule (`loff_core.results.choose_run`: the
-    latest tune winner, else the best validation score among comparable up-to-date runs)."""
+    latest tune winner, else the best validation score among comparable up-to-date runs);
+    `ps`: the window's ProjectState."""
     from loff_core.results import choose_run
 
-    return choose_run(project, runs)[0] if runs else None
+    return choose_run(ps.project, runs)[0] if runs and ps.project is not None else None
 
 
-def run_label(run: Any) -> str:
-    """A run as the run boxes list it: its full name, and how it ended when not completed."""
+def run_label(run: Any, stale: bool = False) -> str:
+    """A run as the run boxes list it: its full name, how it ended when not completed, and
+    "stale" when the labels or the cache changed since it was trained."""
     stopped = run.record.get("stopped", "completed")
-    return run.run_id if stopped == "completed" else f"{run.run_id}  ({STOPPED_WORDS.get(stopped, stopped)})"
+    notes = ([] if stopped == "completed" else [STOPPED_WORDS.get(stopped, stopped)]) + (["stale"] if stale else [])
+    return run.run_id + (f"  ({', '.join(notes)})" if notes else "")
 
 
-def fill_runs(combo: QComboBox, project: Any, keep: Optional[str]) -> None:
-    """Every run of `project`, newest first, its id as the item's data; `keep` stays chosen
-    if it still exists, else the best run is chosen."""
+def fill_runs(combo: QComboBox, ps: Any, keep: Optional[str]) -> None:
+    """Every run of the open project (`ps`: the window's ProjectState), newest first, its id
+    as the item's data; `keep` stays chosen if it still exists, else the best run is chosen."""
     combo.blockSignals(True)
     combo.clear()
-    runs = project.runs() if project is not None else []
+    runs = ps.runs
     for r in reversed(runs):
-        combo.addItem(run_label(r), r.run_id)
+        combo.addItem(run_label(r, bool(ps.stale.get(r.run_id))), r.run_id)
     from loff_core.results import choose_run
 
-    best, rule = choose_run(project, runs) if runs else (None, "")
+    best, rule = choose_run(ps.project, runs) if runs and ps.project is not None else (None, "")
     chosen = keep if keep and combo.findData(keep) >= 0 else best
     if chosen:
         combo.setCurrentIndex(combo.findData(chosen))
@@ -75,6 +78,7 @@ class ResultsPage(QWidget):
         self.banner = Banner()
         self.split = QComboBox()
         self.split.addItems(["test", "val", "train"])
+        self.split.currentTextChanged.connect(lambda text: self.state.project_state.select(split=text))
         self.evaluate_button = QPushButton("Evaluate")
         self.evaluate_button.clicked.connect(self.start_evaluate)
         self.report_button = QPushButton("Save report")
@@ -101,7 +105,6 @@ class ResultsPage(QWidget):
         self.roc.setLabel("bottom", "false positive rate")
         self.roc.setLabel("left", "true positive rate")
         self.compare_items: list[Any] = []
-        self.computed_rocs: dict[tuple[str, str, str], dict] = {}  # (project, run, split) -> ROC computed here
         self.threshold = QSlider(Qt.Orientation.Horizontal)
         self.threshold.setRange(0, 1000)
         self.threshold.setValue(500)
@@ -150,44 +153,55 @@ class ResultsPage(QWidget):
         self.extras = ResultsExtras(state, self)
         layout.addWidget(self.extras)
         layout.addLayout(grid, 1)
-        self.result: Optional[dict] = None
-        state.project_changed.connect(lambda _: (self.clear(), self.refresh()))
-        state.runs_changed.connect(self.refresh)
-        state.catalog_changed.connect(self.computed_rocs.clear)  # new labels: a computed ROC is out of date
+        # renders from the window's ProjectState: the selected run and split, and their evaluation
+        ps = state.project_state
+        ps.reset.connect(lambda _: (self.clear(), self.strip.clear(), self.refresh()))
+        ps.runs_changed.connect(self.refresh)
+        ps.selection_changed.connect(self._selection_changed)
+        ps.evaluation_changed.connect(lambda result: self.clear() if result is None else self._render(result))
         state.busy_changed.connect(self._busy)
+
+    @property
+    def result(self) -> Optional[dict]:
+        """The evaluation shown: the project state's (the selected run on the selected split)."""
+        return self.state.project_state.evaluation
 
     def run_id(self) -> str:
         """The chosen run's id (the box shows it with how the run ended)."""
         return self.run.currentData() or ""
 
     def refresh(self) -> None:
-        project = self.state.project
-        fill_runs(self.run, project, self.run_id())
+        ps = self.state.project_state
+        fill_runs(self.run, ps, ps.run_id or self.run_id())
         keep = self.compare.currentData()
         self.compare.blockSignals(True)
         self.compare.clear()
         self.compare.addItem("(none)", None)
-        for r in reversed(project.runs() if project is not None else []):
-            self.compare.addItem(run_label(r), r.run_id)
+        for r in reversed(ps.runs):
+            self.compare.addItem(run_label(r, bool(ps.stale.get(r.run_id))), r.run_id)
         self.compare.setCurrentIndex(max(0, self.compare.findData(keep)) if keep else 0)
         self.compare.blockSignals(False)
-        if self.result is not None and self.run.findData(self.result["run"]) < 0:
-            self.clear()  # the evaluated run is gone (or another project is open)
-        elif self.result is not None and self.result["run"] != self.run_id():
-            self.clear()
+        ps.select(run_id=self.run_id(), split=self.split.currentText())  # the best run, chosen by default
+        self.extras.show_run(ps.run_id)  # a new cross-validation or tuning group may belong to it
         self._busy(self.state.busy)
 
     def _run_changed(self, _index: int) -> None:
-        """Another run chosen: the previous run's results leave the screen."""
-        if self.result is not None and self.result["run"] != self.run_id():
-            self.clear()
+        """Another run chosen: the state drops the previous run's evaluation (and this page clears)."""
+        self.state.project_state.select(run_id=self.run_id())
         self._busy(self.state.busy)
 
+    def _selection_changed(self, run_id: str, split: str) -> None:
+        for box, value in ((self.run, self.run.findData(run_id) if run_id else -1),
+                           (self.split, self.split.findText(split))):
+            if value >= 0 and box.currentIndex() != value:
+                box.blockSignals(True)
+                box.setCurrentIndex(value)
+                box.blockSignals(False)
+        self.extras.show_run(run_id)
+
     def clear(self) -> None:
-        """Show no evaluation: summary, metrics, confusion matrix, ROC and levels emptied."""
-        if self.result is not None and self.state.last_evaluation is self.result:
-            self.state.last_evaluation = None  # the viewer no longer explains with that run
-        self.result = None
+        """Show no evaluation: summary, metrics, confusion matrix, ROC, levels and the
+        evaluation's warnings and decision emptied (the fold spread stays: it is the run's)."""
         self.summary.setText("")
         self.strip.label.setText("")
         self.metrics.setRowCount(0)
@@ -213,8 +227,7 @@ class ResultsPage(QWidget):
         self.threshold.blockSignals(True)
         self.threshold.setValue(500)
         self.threshold.blockSignals(False)
-        if hasattr(self, "extras"):
-            self.extras.clear()  # its Save operating point was left enabled for a result no longer shown
+        self.extras.clear_result()
 
     def _busy(self, busy: bool) -> None:
         enable(self.evaluate_button, not busy and self.run.count() > 0,
@@ -228,6 +241,7 @@ class ResultsPage(QWidget):
         project, run_id, split = self.state.project, self.run_id(), self.split.currentText()
         if project is None or not run_id:
             return
+        generation = self.state.project_state.generation  # a result for another project is dropped
 
         def work(progress: Any) -> Any:
             from loff_core import steps
@@ -236,7 +250,7 @@ class ResultsPage(QWidget):
             # the same resamples as `loff evaluate`: one eval-SPLIT.json, one interval
             return steps.evaluate(project, run_id, split, EvaluateSettings(), progress=progress).to_json()
         wire(self.state.start("evaluate", work, banner=self.banner), strip=self.strip, banner=self.banner,
-             done=self.show_result)
+             done=lambda result: self.show_result(result, generation))
 
     def start_report(self) -> None:
         """Write the chosen run's model report to PROJECT/reports/RUN.html (a heavy job: it
@@ -257,11 +271,12 @@ class ResultsPage(QWidget):
         wire(self.state.start("report", work, banner=self.banner), strip=self.strip, banner=self.banner, done=done)
 
     # -- showing -----------------------------------------------------------------------
-    def show_result(self, result: dict) -> None:
-        self.result = result
+    def show_result(self, result: dict, generation: Optional[int] = None) -> None:
+        """An evaluation finished: it goes to the project state, which every page renders from."""
         self.strip.label.setText("")
-        self.state.last_evaluation = result
-        self.state.evaluation_changed.emit(result)
+        self.state.project_state.set_evaluation(result, generation)
+
+    def _render(self, result: dict) -> None:
         stale = result.get("stale") or []
         self.summary.setText(f"run <b>{result['run']}</b> on the {result['split']} split: {result['n']} images, "
                              f"task {result['task']}" + (f" &nbsp; <span style='color:{warning_colour()}'>stale: "
@@ -375,7 +390,7 @@ class ResultsPage(QWidget):
 
             split = self.result["split"]
             key = (str(project.root), other, split)
-            saved = roc_overlay.saved(project, other, split) or self.computed_rocs.get(key)
+            saved = roc_overlay.saved(project, other, split) or self.state.project_state.computed.get(("roc",) + key)
             if saved is None:
                 legend.append(f"(computing run {other}'s ROC on the {split} split...)")
                 self._compute_compare(project, other, split)
@@ -398,8 +413,13 @@ class ResultsPage(QWidget):
         from .. import roc_overlay
         from ..workers import start_light
 
+        ps = self.state.project_state
+        made_for = (ps.generation, ps.catalog_version)
+
         def done(out: dict) -> None:
-            self.computed_rocs[(out["project"], out["run"], out["split"])] = out
+            if made_for != (ps.generation, ps.catalog_version):
+                return  # computed for a project or labels no longer open
+            ps.computed[("roc", out["project"], out["run"], out["split"])] = out
             current = self.state.project
             if (self.result is not None and current is not None and str(current.root) == out["project"]
                     and self.compare.currentData() == out["run"] and self.result["split"] == out["split"]):

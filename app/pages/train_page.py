@@ -10,14 +10,13 @@ from typing import Any, Optional
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
-                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QPushButton, QScrollArea, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from loff_core.results import epochs_text, head_name, score_text
 from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig, all_fields
 
 from ..forms import control_for, train_config
-from ..remedies import window_text
 from ..state import AppState
 from ..widgets import Banner, ProgressStrip, enable, form_row
 from ..workers import wire
@@ -27,6 +26,7 @@ OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "
 STOPPED_WORDS = {"user_stop": "stopped by user", "early_stopping": "early stop", "completed": "completed"}
 
 
+MORE_PER_ROW = 4  # More settings: label / control pairs per line
 #: the runs table's columns; "stale?" stays last (it stretches)
 RUN_COLUMNS = ("run", "head", "task", "best score", "monitor", "epochs", "learning rate", "seed", "augment",
                "stale?")
@@ -66,10 +66,11 @@ class TrainPage(QWidget):
         self.history: list[dict] = []
         self.curves_run: str | None = None  # the run whose curves are drawn (None: live training or none)
         self._defaults = self.settings()  # what a project with no remembered settings gets
-        state.project_changed.connect(lambda _: self._project_changed())
-        state.catalog_changed.connect(self.refresh)
-        state.cache_changed.connect(self.refresh)
-        state.runs_changed.connect(self.refresh)
+        ps = state.project_state  # the runs table and the curves' run render from it
+        ps.reset.connect(lambda _: self._project_changed())
+        ps.catalog_changed.connect(self.refresh)
+        ps.caches_changed.connect(self.refresh)
+        ps.runs_changed.connect(self.refresh)
         state.busy_changed.connect(self._busy)
         self.runs.cellClicked.connect(self._run_clicked)
 
@@ -95,11 +96,15 @@ class TrainPage(QWidget):
         # every other training setting that `loff train` offers, built from its declaration: a
         # setting added to TrainConfig appears here without touching this page
         self.more = {info.name: control_for(TrainConfig, info.name) for info in more_settings()}
-        more_form = QFormLayout()
+        # label / control pairs, MORE_PER_ROW to a row: one line for today's four settings (one per
+        # line, opening them grew the window past 720 px; issue 23 item 8)
+        more_form = QGridLayout()
         more_form.setContentsMargins(0, 0, 0, 0)
-        more_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
-        for name, control in self.more.items():
-            more_form.addRow(name.replace("_", " "), control)
+        for k, (name, control) in enumerate(self.more.items()):
+            row, col = divmod(k, MORE_PER_ROW)
+            more_form.addWidget(QLabel(name.replace("_", " ")), row, 2 * col)
+            more_form.addWidget(control, row, 2 * col + 1)
+        more_form.setColumnStretch(2 * MORE_PER_ROW, 1)
         more_body = QWidget()
         more_body.setLayout(more_form)
         from ..collapsible import Collapsible
@@ -166,7 +171,8 @@ class TrainPage(QWidget):
         return curves
 
     def _split_body(self, curves: QWidget) -> None:
-        """`self.body`: validation, curves and runs in one vertical splitter."""
+        """`self.body`: the validation toggle, curves (and the validation panel beside them when
+        opened) and runs in one vertical splitter."""
         # validation, curves and runs share the height in a splitter: at 1280 x 720 the curves
         # were squeezed to a few pixels under the validation panel; the user moves the lines
         from PySide6.QtWidgets import QSplitter
@@ -180,15 +186,30 @@ class TrainPage(QWidget):
         self.body.setChildrenCollapsible(False)
         from ..collapsible import Collapsible
 
-        # folded to one line until the user opens it: the curves are what training shows
-        self.validation_box = Collapsible(self.validation.title(), self.validation)
+        # folded to one line until the user opens it: the curves are what training shows. Opened,
+        # the panel sits BESIDE the curves (a horizontal splitter) and scrolls there: above them it
+        # grew the window to 798 px at 1280 x 720, pushed the Messages dock and the status bar
+        # off the screen and squeezed the CV table to its header (issue 23 item 8)
+        self.validation_scroll = QScrollArea()
+        self.validation_scroll.setWidget(self.validation)
+        self.validation_scroll.setWidgetResizable(True)
+        self.validation_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.validation_scroll.setMinimumSize(240, 40)
+        self.validation_box = Collapsible(self.validation.title(), QWidget())  # the toggle line
         self.validation.setTitle("")
+        self.middle = QSplitter(Qt.Orientation.Horizontal)
+        self.middle.setChildrenCollapsible(False)
+        self.middle.addWidget(curves)
+        self.middle.addWidget(self.validation_scroll)
         self.validation_box.set_expanded(False)
+        self.validation_scroll.hide()
         self.validation_box.toggled.connect(self._validation_toggled)
-        for part, stretch in ((self.validation_box, 0), (curves, 3), (runs_part, 1)):
+        for part, stretch in ((self.validation_box, 0), (self.middle, 3), (runs_part, 1)):
             self.body.addWidget(part)
             self.body.setStretchFactor(self.body.count() - 1, stretch)
-        self.validation.board.setMinimumHeight(0)
+        board = self.validation.board  # its header and three rows, whatever the pane's height (it scrolls)
+        board.setMinimumHeight(board.horizontalHeader().sizeHint().height() + 3 * board.verticalHeader()
+                               .defaultSectionSize() + 2 * board.frameWidth())
         curves.setMinimumHeight(160)
         self.body.setSizes([30, 330, 110])
 
@@ -225,9 +246,11 @@ class TrainPage(QWidget):
             job.progress.connect(self._progress)
 
     def _validation_toggled(self, expanded: bool) -> None:
-        sizes = self.body.sizes()
-        want = self.validation_box.sizeHint().height() if expanded else self.validation_box.minimumSizeHint().height()
-        self.body.setSizes([want, max(160, sum(sizes) - want - sizes[2]), sizes[2]])
+        self.validation_scroll.setVisible(expanded)
+        if expanded:  # the panel's width (no sideways scrolling) up to 60 %; the two curves get the rest
+            width = sum(self.middle.sizes()) or self.middle.width()
+            panel = min(max(self.validation.minimumSizeHint().width() + 24, width // 2), width * 3 // 5)
+            self.middle.setSizes([width - panel, panel])
 
     def _progress(self, done: int, total: int, message: str) -> None:
         """The engine's step count and loss, with the time left estimated from the pace so far."""
@@ -283,6 +306,8 @@ class TrainPage(QWidget):
         items = [(OKABE_ITO[0], "train loss", "solid"), (OKABE_ITO[1], "validation loss", "solid"),
                  (OKABE_ITO[2], monitor.replace("_", " ") if monitor else "validation metric", "solid")]
         text = " &nbsp; ".join(f"<span style='color:{c}'>&#9644;</span> {name}" for c, name, _ in items)
+        if self.curves_run and self.history:  # whose curves these are (a live training: not saved yet)
+            text = f"run <b>{self.curves_run}</b>: {text}"
         if best is not None:
             text += f" &nbsp; &#8942; best epoch {best}"
         if other:
@@ -297,14 +322,9 @@ class TrainPage(QWidget):
         return max(scored)[2] if scored else None
 
     def _compare_history(self) -> list[dict]:
-        project = self.state.project
         run_id = self.compare.currentData()
-        if project is None or not run_id or run_id == self.curves_run:
-            return []
-        try:
-            return list(project.run(run_id).record.get("history", []))
-        except Exception:  # noqa: BLE001 - a damaged run folder: nothing to compare
-            return []
+        run = self.state.project_state.run(run_id) if run_id and run_id != self.curves_run else None
+        return list(run.record.get("history", [])) if run is not None else []
 
     def show_history(self, history: list[dict]) -> None:
         """Draw the curves of a finished run (click a row of the runs table)."""
@@ -312,15 +332,12 @@ class TrainPage(QWidget):
         self._plot()
 
     def _run_clicked(self, row: int, _col: int) -> None:
-        project = self.state.project
         item = self.runs.item(row, 0)
-        if project is None or item is None or self.state.busy:
+        run = self.state.project_state.run(item.text()) if item is not None else None
+        if run is None or self.state.busy:
             return
-        try:
-            self.show_history(project.run(item.text()).record.get("history", []))
-            self.curves_run = item.text()
-        except Exception as exc:  # noqa: BLE001 - a damaged run folder is a message
-            self.state.message.emit("error", window_text(exc))
+        self.curves_run = run.run_id  # before drawing: the legend names it
+        self.show_history(run.record.get("history", []))
 
     def _trained(self, result: Any) -> None:
         r = result  # loff_core.results.TrainResult
@@ -386,21 +403,21 @@ class TrainPage(QWidget):
         self.state.save_page_settings("train", self.settings())
 
     def refresh(self) -> None:
-        project = self.state.project
+        project, ps = self.state.project, self.state.project_state
         self._busy(self.state.busy)
         ready, why = self.ready()
         self.status.setText("" if ready else why)
         self.runs.setRowCount(0)
         if project is None:
             return
-        self.task.setCurrentText(project.settings.task)
-        runs = project.runs()
+        self.task.setCurrentText(ps.task)
+        runs = ps.runs
         if self.curves_run is not None and self.curves_run not in {r.run_id for r in runs}:
             self.show_history([])  # the run whose curves were drawn is gone
             self.curves_run = None
         for r in runs:
             rec = r.record
-            stale = project.stale_reasons(r)
+            stale = ps.stale.get(r.run_id, [])
             config = rec.get("train_config") or {}
             lr, seed = config.get("lr"), config.get("seed")
             # each score with its kind (CV / val): a tune winner's CV AUC is not a validation AUC

@@ -115,13 +115,17 @@ class ViewerPage(QWidget):
                                   self.heat_on, QLabel("blend"), self.opacity, self.source, stretch_last=True))
         layout.addLayout(main, 1)
         self.ids: list[str] = []
+        self.list_run = ""  # the run whose evaluation listed `ids`
         self.index = 0
         self.explained: dict[str, Any] = {}
         self.heat: Optional[np.ndarray] = None
         self.head_kind = ""
         state.browse.connect(self.browse)
-        state.evaluation_changed.connect(self._evaluation)
-        state.project_changed.connect(lambda _: self._project_changed())
+        ps = state.project_state  # the run explained, the classes and the labels shown come from it
+        ps.evaluation_changed.connect(self._evaluation)
+        ps.selection_changed.connect(lambda run_id, split: self._run_changed())
+        ps.catalog_changed.connect(lambda: self.browse([], ""))  # labels re-imported: no old label stays
+        ps.reset.connect(lambda _: self._project_changed())
 
     def _project_changed(self) -> None:
         self.exam_button.setChecked(False)
@@ -133,12 +137,28 @@ class ViewerPage(QWidget):
             self.index = row
             self.show_current()
 
-    def _evaluation(self, result: dict) -> None:
-        if not self.ids:
+    def _evaluation(self, result: Optional[dict]) -> None:
+        """A new evaluation shown: its split's images, explained with its run (the list of
+        another run's evaluation or cell goes)."""
+        if result is not None:
             self.browse([p["image_id"] for p in result["predictions"]], f"{result['split']} split of run {result['run']}")
 
+    def explained_run(self) -> str:
+        """The run whose predictions and heat maps are shown: the one whose evaluation (or
+        confusion cell) listed the images, else the selected one, else the latest."""
+        ps = self.state.project_state
+        return self.list_run or ps.run_id or (ps.runs[-1].run_id if ps.runs else "")
+
+    def _run_changed(self) -> None:
+        """Another run selected: the images listed from the previous run's evaluation, their
+        predictions and heat maps go (the Results page clears the same way)."""
+        if self.ids and self.list_run != self.state.project_state.run_id:
+            self.browse([], "")
+
     def browse(self, ids: list[str], caption: str) -> None:
+        """Step through `ids` (an evaluation's split or a confusion cell: the selected run's)."""
         self.ids, self.index, self.explained = list(ids), 0, {}
+        self.list_run = self.state.project_state.run_id if self.ids else ""
         self.source.setText(caption)
         project = self.state.project
         by_id = project.catalog().by_id() if project is not None and project.has_catalog() else {}
@@ -166,7 +186,7 @@ class ViewerPage(QWidget):
             self.position.setText("no images to show: evaluate a run, or click a confusion-matrix cell")
             self.panel.show_image(None)
             self.details.setText("")
-            self.bars.clear()
+            self._clear_bars()
             self.heat = None
             self._clear_exam()
             return
@@ -189,6 +209,11 @@ class ViewerPage(QWidget):
             return
         load_image(self, path, lambda px, err: self._shown(image_id, px, caption, err))
 
+    def _clear_bars(self) -> None:
+        """No bars and no class names on the axis (another project's classes stayed there)."""
+        self.bars.clear()
+        self.bars.getAxis("bottom").setTicks(None)
+
     def _shown(self, image_id: str, pixels: Any, caption: str, error: Optional[str]) -> None:
         self.panel.show_image(pixels, caption if error is None else f"{caption}: {error}")
         self.heat = None
@@ -199,7 +224,9 @@ class ViewerPage(QWidget):
         """Probabilities and attention for the current image, computed as a light job; the
         run is the one last evaluated (or the latest)."""
         project = self.state.project
-        if project is None or not project.runs() or not project.settings.active_cache:
+        if project is None or not self.explained_run() or not project.settings.active_cache:
+            self.details.setText("")
+            self._clear_bars()
             return
         if image_id in self.explained:
             self._explanation(self.explained[image_id])
@@ -207,8 +234,7 @@ class ViewerPage(QWidget):
         self._start_explain(project, [image_id], self._explanation, key="explain")
 
     def _start_explain(self, project: Any, image_ids: list[str], slot: Any, key: str) -> None:
-        evaluation = self.state.last_evaluation
-        run_id = evaluation["run"] if evaluation else None
+        run_id, generation = self.explained_run(), self.state.project_state.generation
 
         def work() -> list[dict]:
             from loff_core import steps
@@ -218,11 +244,14 @@ class ViewerPage(QWidget):
             kind = run.record["head_config"]["kind"]
             return [{"image_id": i, "probabilities": out.probabilities[k], "heat": out.heat[k],
                      "classes": out.classes, "task": out.task, "head": kind, "run": run.run_id,
-                     "project": str(project.root), "decided": out.predicted[k],
+                     "project": str(project.root), "decided": out.predicted[k], "generation": generation,
                      "ood": out.out_of_distribution[k] if out.out_of_distribution else None}
                     for k, i in enumerate(image_ids)]
+        def failed(text: str) -> None:  # said only while that project and run are still the ones shown
+            if generation == self.state.project_state.generation and run_id == self.explained_run():
+                self.details.setText(f"no prediction: {text}")
         wire(start_light("explain", work, newest=(self, key)), done=lambda outs: [slot(o) for o in outs],
-             failed=lambda text: self.details.setText(f"no prediction: {text}"))
+             failed=failed)
 
     @staticmethod
     def predicted(out: dict) -> tuple[str, str]:
@@ -236,8 +265,10 @@ class ViewerPage(QWidget):
 
     def _explanation(self, out: dict) -> None:
         project = self.state.project
-        if project is None or out.get("project") not in (None, str(project.root)):
-            return  # computed for a project that is no longer open
+        if project is None or out.get("project") not in (None, str(project.root)) \
+                or out.get("generation", self.state.project_state.generation) != self.state.project_state.generation \
+                or out.get("run", self.explained_run()) != self.explained_run():
+            return  # computed for a project (or a run) that is no longer the one shown
         self.explained[out["image_id"]] = out
         if not self.ids or self.ids[self.index] != out["image_id"]:
             return
@@ -248,9 +279,10 @@ class ViewerPage(QWidget):
                              + "<br>".join(f"{c}: {p:.3f}" for c, p in zip(classes, probs))
                              + (f"<br><span style='color:#b35900'><b>out of distribution</b>: {out['ood']}</span>"
                                 if out.get("ood") else ""))
-        self.bars.clear()
+        self._clear_bars()
         self.bars.addItem(pg.BarGraphItem(x=np.arange(len(classes)), height=probs, width=0.7, brush="#0072B2"))
         self.bars.getAxis("bottom").setTicks([[(i, c) for i, c in enumerate(classes)]])
+        self.bars.setXRange(-0.5, len(classes) - 0.5)  # every class's name in view
         self.heat = np.asarray(out["heat"])
         self.head_kind = out.get("head", "")
         self._redraw_heat()
@@ -330,7 +362,8 @@ class ViewerPage(QWidget):
 
     def _exam_explained(self, out: dict) -> None:
         panel = self.exam_panels.get(out["image_id"])
-        if panel is None:
+        if panel is None or out.get("generation", self.state.project_state.generation) != \
+                self.state.project_state.generation or out.get("run") != self.explained_run():
             return
         predicted, extra = self.predicted(out)
         probs = ", ".join(f"{c} {p:.2f}" for c, p in zip(out["classes"], out["probabilities"]))
