@@ -102,6 +102,49 @@ def measure(code_root: Path, args: dict, env: dict) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def vmap_probe(folds: int, grid: int, reps: int) -> None:
+    """Would training the K fold heads of a configuration together pay on this CPU? One
+    training step (forward + backward, batch 32, 120-dim tokens on a grid x grid grid) of K
+    heads one after another vs the K heads stacked and run as one (torch.func.vmap over
+    stack_module_state), interleaved, median of `reps`."""
+    import copy
+    import statistics
+
+    import torch
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from loff_core.heads import HeadConfig, build_head
+
+    print(f"\n{folds} fold heads, one step each (ms, median of {reps}; {torch.get_num_threads()} thread(s)):\n")
+    print("| head | one after another | stacked (vmap) |")
+    print("|---|---|---|")
+    for kind in ("attention", "linear", "vit"):
+        heads = [build_head(HeadConfig(kind=kind, task="classification", num_classes=3, feature_dim=120,
+                                       grid_hw=(grid, grid))) for _ in range(folds)]
+        cls, tokens = torch.randn(folds, 32, 120), torch.randn(folds, 32, 120, grid, grid)
+        params, buffers = stack_module_state(heads)
+        skeleton = copy.deepcopy(heads[0]).to("meta")
+
+        def one(p, b, c, g):
+            return functional_call(skeleton, (p, b), (c, g))
+
+        def apart():
+            for i, h in enumerate(heads):
+                h(cls[i], tokens[i]).sum().backward()
+
+        def together():
+            vmap(one, randomness="different")(params, buffers, cls, tokens).sum().backward()
+
+        times: dict[str, list[float]] = {"apart": [], "together": []}
+        for r in range(reps + 1):
+            for name, fn in (("apart", apart), ("together", together)):
+                start = time.perf_counter()
+                fn()
+                if r:  # the first round warms up
+                    times[name].append(1000 * (time.perf_counter() - start))
+        print(f"| {kind} | {statistics.median(times['apart']):.1f} | {statistics.median(times['together']):.1f} |")
+
+
 def fmt(v: object, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
@@ -118,7 +161,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads for old and new (0: each one's own choice)")
     p.add_argument("--quick", action="store_true", help="3 folds, 10 epochs, attention and linear")
     p.add_argument("--json", type=Path, help="also write the measurements here")
+    p.add_argument("--vmap-probe", action="store_true", help="only time one step of K fold heads one after another "
+                   "vs stacked with torch.func.vmap (this process, --threads or 1 thread)")
     a = p.parse_args()
+    if a.vmap_probe:
+        import torch
+
+        torch.set_num_threads(a.threads or 1)
+        return vmap_probe(a.folds, 16, 5)
     if a.quick:
         a.folds, a.epochs, a.heads = 3, a.epochs or 10, "attention,linear"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
@@ -132,9 +182,13 @@ def main() -> None:
         job = {"what": "cv", "project": str(project), "head": head, "folds": a.folds, "epochs": a.epochs,
                "threads": a.threads}
         pair = {side: measure(root, job, env) for side, root in (("old", old), ("new", ROOT))}
+        if a.json:  # what is measured so far
+            a.json.write_text(json.dumps({"cv": dict(rows + [(head, pair)])}, indent=1))
         rows.append((head, pair))
         o, n = pair["old"], pair["new"]
-        print(f"  cv {head}: old {o['seconds']:.1f} s, new {n['seconds']:.1f} s", flush=True)
+        print(f"  cv {head}: old {o['seconds']:.1f} s (acc {fmt(o['accuracy'])}, AUC {fmt(o['auc'])}, best epochs "
+              f"{o.get('best_epochs')}), new {n['seconds']:.1f} s (acc {fmt(n['accuracy'])}, AUC {fmt(n['auc'])}, "
+              f"best epochs {n.get('best_epochs')}); load {os.getloadavg()[0]:.1f}", flush=True)
     print(f"\n{a.folds}-fold CV of one configuration (TrainConfig defaults, head as named), old vs new, same run:\n")
     print("| head | old s | new s | speed-up | old acc / AUC | new acc / AUC | old / new threads |")
     print("|---|---|---|---|---|---|---|")
