@@ -161,3 +161,12 @@ def test_cross_validation_runs_on_the_chosen_threads_and_gives_them_back(monkeyp
     run_folds(src, pool, ["a", "b", "c"], "classification", cfg, folds=2, seed=0, progress=progress)
     assert set(seen) == {min(64, len(__import__("os").sched_getaffinity(0)))}
     assert torch.get_num_threads() == before
+
+
+def test_the_train_page_marks_the_best_epoch_the_engine_kept():
+    from app.pages.train_page import TrainPage
+
+    saved = [{"epoch": 1, "val_auc": 0.9}, {"epoch": 2, "val_auc": 0.9}]  # a run.json history: no best_epoch
+    assert TrainPage.best_epoch(saved, "val_auc") == 1
+    live = [dict(saved[0], best_epoch=1), dict(saved[1], best_epoch=2)]  # the engine took the lower loss on a tie
+    assert TrainPage.best_epoch(live, "val_auc") == 2
