@@ -18,6 +18,17 @@ def _rand(generator: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.rand(shape, generator=generator)
 
 
+def _sample_std(grid: torch.Tensor) -> torch.Tensor:
+    """[B, 1, 1, 1]: each image's standard deviation over its grid (ddof 1; two passes, faster
+    on a CPU than torch.std's one-pass Welford); |value| for a one-element grid."""
+    b = grid.shape[0]
+    flat = grid.reshape(b, -1)
+    if flat.shape[1] <= 1:
+        return grid.abs().clamp_min(1e-6)
+    dev = flat - flat.mean(dim=1, keepdim=True)
+    return (dev.square().sum(dim=1) / (flat.shape[1] - 1)).sqrt().view(b, 1, 1, 1)
+
+
 class TensorAugment:
     """Applies an `AugmentConfig` to a batch; all randomness comes from `generator`.
 
@@ -25,9 +36,11 @@ class TensorAugment:
     device) and moved to the tensors' device.
     """
 
-    def __init__(self, config: AugmentConfig, generator: torch.Generator):
+    def __init__(self, config: AugmentConfig, generator: torch.Generator, *, grid: bool = True):
         self.config = config
         self.generator = generator
+        self.grid = grid  # False: the head never reads the grid (the linear probe): it is passed on as given
+
 
     def __call__(
         self, cls: torch.Tensor, grid: torch.Tensor, targets: torch.Tensor
@@ -36,26 +49,28 @@ class TensorAugment:
         if not c.enabled or cls.shape[0] == 0:
             return cls, grid, targets
         g = self.generator
-        dev = grid.device
-        b, ch, h, w = grid.shape
+        dev = cls.device
+        b, ch = cls.shape
+        h, w = grid.shape[2:] if self.grid else (1, 1)  # no grid: none of its random numbers drawn
 
         if c.hflip > 0 and w > 1:
             flip = (_rand(g, b) < c.hflip).to(dev)
-            grid = torch.where(flip.view(b, 1, 1, 1), grid.flip(-1), grid)
+            if bool(flip.any()):
+                grid = grid.clone()
+                grid[flip] = grid[flip].flip(-1)
 
         if c.crop_prob > 0 and (h > 1 or w > 1):
             grid = self._crop(grid)
 
         if c.noise_std > 0:
             n_cls = torch.randn(cls.shape, generator=g).to(dev)
-            n_grid = torch.randn(grid.shape, generator=g).to(dev)
             std_cls = cls.std(dim=1, keepdim=True) if ch > 1 else cls.abs().clamp_min(1e-6)
-            std_grid = grid.reshape(b, -1).std(dim=1).view(b, 1, 1, 1) if grid[0].numel() > 1 \
-                else grid.abs().clamp_min(1e-6)
             cls = cls + c.noise_std * std_cls.nan_to_num(0.0) * n_cls
-            grid = grid + c.noise_std * std_grid.nan_to_num(0.0) * n_grid
+            if self.grid:
+                n_grid = torch.randn(grid.shape, generator=g).to(dev)
+                grid = torch.addcmul(grid, n_grid, c.noise_std * _sample_std(grid).nan_to_num(0.0))
 
-        if c.token_dropout > 0:
+        if c.token_dropout > 0 and self.grid:
             keep = (_rand(g, b, 1, h, w) >= c.token_dropout).to(dev, grid.dtype)
             grid = grid * keep
 
@@ -68,7 +83,8 @@ class TensorAugment:
             if do_mix:
                 lam_c = lam.view(b, 1)
                 cls = lam_c * cls + (1 - lam_c) * cls[perm]
-                grid = lam.view(b, 1, 1, 1) * grid + (1 - lam.view(b, 1, 1, 1)) * grid[perm]
+                if self.grid:
+                    grid = lam.view(b, 1, 1, 1) * grid + (1 - lam.view(b, 1, 1, 1)) * grid[perm]
                 targets = lam_c.to(targets.dtype) * targets + (1 - lam_c.to(targets.dtype)) * targets[perm]
         return cls, grid, targets
 
@@ -106,9 +122,9 @@ class TensorAugment:
         theta[:, 0, 2] = cx
         theta[:, 1, 1] = fh
         theta[:, 1, 2] = cy
-        ident = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-        theta = torch.where(apply.view(b, 1, 1), theta, ident)
-        theta = theta.to(grid.device, grid.dtype)
-        sample = F.affine_grid(theta, [b, ch, h, w], align_corners=False)
-        cropped = F.grid_sample(grid, sample, mode="bilinear", padding_mode="border", align_corners=False)
-        return torch.where(apply.to(grid.device).view(b, 1, 1, 1), cropped, grid)
+        rows = apply.nonzero().flatten().to(grid.device)  # only the cropped images are resampled
+        theta = theta[apply].to(grid.device, grid.dtype)
+        sample = F.affine_grid(theta, [len(rows), ch, h, w], align_corners=False)
+        out = grid.clone()
+        out[rows] = F.grid_sample(grid[rows], sample, mode="bilinear", padding_mode="border", align_corners=False)
+        return out

@@ -171,7 +171,34 @@ class AttentionPoolHead(nn.Module):
         return logits, weights
 
     def forward(self, cls: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        return self._run(cls, grid, False)[0]
+        return self.out(self.drop(self.norm(self._pooled(cls, grid))))
+
+    def _pooled(self, cls: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """The pooled vector [B, width] of `_run`, computed without embedding every token.
+
+        With one learned query, the attention is linear in the tokens: each head's score of
+        token j is q_h . (W_k,h (W_e n_j + b_e) + b_k,h), i.e. n_j . u_h plus a term the same for
+        every j (which softmax drops), with n_j = in_norm(token j) and u_h = W_e^T W_k,h^T q_h;
+        and the value it pools is W_v,h (W_e (sum_j a_jh n_j) + b_e) + b_v,h since the weights
+        a_jh sum to 1. So the [B, hw+1, C] tokens meet a [C, heads] matrix and a weighted sum
+        instead of three [C or width, width] projections: the same function (equal to float
+        rounding, tests/test_heads.py), about 100x fewer operations on a 16 x 16 grid. The
+        LayerNorm's affine is moved the same way (gamma into u, beta added after the mean), so
+        no gradient flows through a [B, hw+1, C] tensor."""
+        pool, heads, d, norm = self.pool, self.pool.num_heads, self.pool.head_dim, self.in_norm
+        tokens = torch.cat([_tokens(grid), cls.unsqueeze(1)], dim=1)  # [B, n, C]
+        normed = F.layer_norm(tokens, norm.normalized_shape, eps=norm.eps)  # no parameters: no gradient here
+        q = pool.q(self.query.reshape(1, -1)).reshape(heads, d)  # [heads, d]
+        w_k = pool.kv.weight[: heads * d].reshape(heads, d, -1)  # [heads, d, width]
+        u = (q.unsqueeze(1) @ w_k).squeeze(1) @ self.embed.weight * norm.weight  # [heads, C]
+        scores = (normed @ u.t()) / math.sqrt(d)  # [B, n, heads]
+        weights = torch.softmax(scores, dim=1)
+        mixed = (weights.transpose(1, 2) @ normed) * norm.weight + norm.bias  # [B, heads, C]: weighted mean token
+        x = self.embed(mixed)  # [B, heads, width]
+        w_v = pool.kv.weight[heads * d:].reshape(heads, d, -1)  # [heads, d, width]
+        b_v = pool.kv.bias[heads * d:].reshape(heads, d)
+        v = (w_v.unsqueeze(0) @ x.unsqueeze(-1)).squeeze(-1) + b_v  # [B, heads, d]
+        return pool.proj(v.reshape(v.shape[0], heads * d))
 
     def attention(self, cls: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         _, weights = self._run(cls, grid, True)  # [B, heads, 1, hw+1]

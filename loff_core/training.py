@@ -8,11 +8,13 @@ redoing the epoch from a snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from .augment import TensorAugment
 from .models import resolve_device
 from .errors import Remedy, TrainingError, is_out_of_memory
+from .features import InMemoryFeatures
 from .heads import HeadConfig, build_head, predicted_class, probabilities
 from .progress import Progress
 from .settings import TrainConfig  # declared once, with defaults and help
@@ -41,23 +44,88 @@ class TrainedHead:
     notes: list[str] = field(default_factory=list)  # what was done differently, e.g. a GPU out-of-memory retry
 
 
+class TensorFeatures(InMemoryFeatures):
+    """Features in RAM with their torch tensors made once (float32 when that fits in the
+    memory limit, else the cache's float16, converted a batch at a time): what one
+    cross-validation hands to every fold's training and prediction, so no fold or epoch
+    converts the arrays again."""
+
+    def __init__(self, image_ids: Sequence[str], cls: np.ndarray, grid: np.ndarray):
+        super().__init__(image_ids, cls, grid)
+        as_float = (cls.size + grid.size) * 4 <= _MEMORY_LIMIT
+        convert = (lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))) if as_float \
+            else (lambda a: torch.from_numpy(np.ascontiguousarray(a)))
+        self.cls_t, self.grid_t = convert(cls), convert(grid)
+
+    def to_memory(self) -> "TensorFeatures":
+        return self
+
+    def read_tensors(self, indices: np.ndarray, device: torch.device, grid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        cls = self.cls_t.index_select(0, idx).to(device).float()
+        if not grid:
+            return cls, cls[:, :, None, None]
+        return cls, self.grid_t.index_select(0, idx).to(device).float()
+
+
+#: torch's intra-op threads while a cross-validation trains heads on the CPU (`cv_threads`),
+#: unless OMP_NUM_THREADS or LOFF_CV_THREADS says otherwise: a head's step works on tensors of
+#: about a million numbers, too small to split well, and on a busy 2-core machine a second
+#: thread waits for a core another job holds (docs/benchmarks.md, "One configuration's CV").
+CV_THREADS = 1
+
+
+@contextlib.contextmanager
+def cv_threads() -> Iterator[int]:
+    """torch.set_num_threads for the time of a cross-validation: LOFF_CV_THREADS when set,
+    else the user's OMP_NUM_THREADS (torch's own setting) when set, else CV_THREADS; never
+    more than the cores this process may use. Restored afterwards. Inter-op threads are
+    left alone (eager training runs no inter-op work, and they can be set only once)."""
+    before = torch.get_num_threads()
+    wanted = os.environ.get("LOFF_CV_THREADS") or ("" if os.environ.get("OMP_NUM_THREADS") else str(CV_THREADS))
+    try:
+        n = int(wanted) if wanted else before
+    except ValueError:
+        n = before
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (engines.available_cores)
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    n = max(1, min(n, cores))
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
+
+
 def _in_memory(source: Any) -> Any:
-    """The source itself, or its in-RAM copy when that fits in 2 GiB."""
-    if not hasattr(source, "to_memory"):
+    """The source itself, or its in-RAM copy (with its tensors, `TensorFeatures`) when that
+    fits in 2 GiB."""
+    if isinstance(source, TensorFeatures) or not hasattr(source, "to_memory"):
         return source
     size = 0
     if hasattr(source, "nbytes_per_image"):
         size = len(source.image_ids) * int(source.nbytes_per_image())
     elif hasattr(source, "nbytes"):
         size = int(source.nbytes())
-    return source.to_memory() if size <= _MEMORY_LIMIT else source
+    if size > _MEMORY_LIMIT:
+        return source
+    mem = source.to_memory()
+    return TensorFeatures(mem.image_ids, mem.cls, mem.grid) if isinstance(mem, InMemoryFeatures) else mem
 
 
-def _read(source: Any, indices: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of `indices` (already sorted ascending) as float32 tensors on `device`."""
-    cls, grid = source.read(indices)
+def _read(source: Any, indices: np.ndarray, device: torch.device,
+          grid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of `indices` (already sorted ascending) as float32 tensors on `device`.
+    `grid` False (a head that never reads it, the linear probe): a [B, C, 1, 1] view of cls."""
+    if isinstance(source, TensorFeatures):
+        return source.read_tensors(indices, device, grid)
+    cls, grid_a = source.read(indices)
     cls_t = torch.from_numpy(np.ascontiguousarray(cls)).to(device).float()
-    grid_t = torch.from_numpy(np.ascontiguousarray(grid)).to(device).float()
+    if not grid:
+        return cls_t, cls_t[:, :, None, None]
+    grid_t = torch.from_numpy(np.ascontiguousarray(grid_a)).to(device).float()
     return cls_t, grid_t
 
 
@@ -163,6 +231,12 @@ def train_head(
     return fit.run()
 
 
+def _reads_grid(head: str) -> bool:
+    """Whether a head kind reads the token grid (the linear probe reads only the pooled
+    embedding: its grid is neither converted nor augmented)."""
+    return head != "linear"
+
+
 def _class_weights(y: np.ndarray, num_classes: int, balanced: bool) -> np.ndarray:
     """Inverse class frequency, mean 1 over the classes present (all ones when not `balanced`)."""
     if not balanced:
@@ -234,7 +308,8 @@ class _Fit:
         optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         class_w = torch.tensor(_class_weights(ytr, num_classes, config.class_weights), dtype=torch.float32,
                                device=device)
-        return cls(config, data, head, head_config, optimizer, TensorAugment(config.augment, gen), gen, device,
+        augment = TensorAugment(config.augment, gen, grid=_reads_grid(config.head))
+        return cls(config, data, head, head_config, optimizer, augment, gen, device,
                    train_idx, val_idx, ytr, yva, class_w, num_classes,
                    _monitor(len(val_idx) > 0, config.task, yva, num_classes), int(config.batch_size), progress)
 
@@ -255,7 +330,7 @@ class _Fit:
         with torch.inference_mode():
             for s in range(0, len(order), eval_bs):
                 pos = order[s : s + eval_bs]
-                cls, grid = _read(self.data, val_idx[pos], self.device)
+                cls, grid = _read(self.data, val_idx[pos], self.device, _reads_grid(config.head))
                 y = torch.from_numpy(self.yva[pos]).to(self.device)
                 logits = head(cls, grid)
                 onehot = F.one_hot(y, self.num_classes).float()
@@ -282,7 +357,7 @@ class _Fit:
             step = epoch * per_epoch + b
             scheduler.step_update(step)
             lr = optimizer.param_groups[0]["lr"]
-            cls, grid = _read(self.data, self.train_idx[pos], self.device)
+            cls, grid = _read(self.data, self.train_idx[pos], self.device, _reads_grid(config.head))
             onehot = F.one_hot(torch.from_numpy(self.ytr[pos]), self.num_classes).float().to(self.device)
             cls, grid, onehot = self.augment(cls, grid, onehot)
             loss = _loss(head(cls, grid), onehot, self.class_w, config.task)
@@ -297,10 +372,17 @@ class _Fit:
                                     "try a lower learning rate")
             loss_sum += loss_value * len(pos)
             seen += len(pos)
-            progress.report(step + 1, total, f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.4f}")
+            progress.report(step + 1, total, f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.4f}"
+                                             f"{self.best_so_far()}")
             if progress.stop_requested:
                 return loss_sum / seen, lr, True
         return loss_sum / max(seen, 1), lr, False
+
+    def best_so_far(self) -> str:
+        """', best val auc 0.812 (epoch 7)' once an epoch was scored on validation, else ''."""
+        if not self.history or not self.monitor.startswith("val_"):
+            return ""
+        return f", best {self.monitor.replace('_', ' ')} {self.best_score:.3f} (epoch {self.best_epoch})"
 
     def snapshot(self) -> tuple[Any, ...]:
         return (copy.deepcopy(self.head.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
@@ -322,7 +404,8 @@ class _Fit:
         torch.set_rng_state(snapshot[3])
 
     def record_epoch(self, epoch: int, train_loss: float, lr: float, ev: Optional[_Eval], started: float) -> None:
-        """The epoch's history entry (sent as an "epoch" partial result) and the best head so far."""
+        """The epoch's history entry and the best head so far; the entry goes out as an "epoch"
+        partial result with `monitor` (the score's name), `score`, `best_epoch` and `best_score`."""
         score = ev.score if ev is not None else -train_loss
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -336,7 +419,6 @@ class _Fit:
             "batch_size": int(self.batch_size),
         }
         self.history.append(entry)
-        self.progress.partial("epoch", dict(entry))
         # better monitor, or (a saturated monitor such as AUC = 1) an equal one with a lower
         # validation loss: ranking alone would keep an early, badly calibrated head
         loss_now = ev.loss if ev is not None else train_loss
@@ -346,6 +428,9 @@ class _Fit:
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
         else:
             self.stale += 1
+        # the partial result also says what the epoch's score is called and the best so far
+        self.progress.partial("epoch", {**entry, "monitor": self.monitor, "score": float(score),
+                                        "best_epoch": self.best_epoch, "best_score": float(self.best_score)})
 
     def run(self) -> TrainedHead:
         """The epochs: early stopping, Stop (keep the best so far), Ctrl-C (the same, noted),
@@ -418,7 +503,7 @@ def predict_probabilities(
                 progress.report(s, len(idx), f"predicting {len(idx)} images")
             chunk = idx[s : s + batch_size]
             order = np.argsort(chunk, kind="stable")
-            cls, grid = _read(source, chunk[order], dev)
+            cls, grid = _read(source, chunk[order], dev, _reads_grid(head_config.kind))
             probs = probabilities(head(cls, grid), head_config.task).double().cpu().numpy()
             out[s + order] = probs
     if progress is not None:

@@ -191,15 +191,33 @@ def _read_cls(source: Any, ids: Sequence[str]) -> np.ndarray:
 
 
 def run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config: Any, *, folds: int, seed: int,
-              progress: Progress = Progress(), label: str = "") -> dict[str, Any]:
+              progress: Progress = Progress(), label: str = "",
+              only: Optional[Sequence[int]] = None) -> dict[str, Any]:
     """Train `config` (a TrainConfig, or LOGREG) on each fold's training part and score it
     on the held-out fold with `evaluate`'s metrics. Returns {"folds", "completed",
-    "metrics": {name: {"mean", "sd", "per_fold"}}, "best_epochs", "stopped", "fold_sizes"}."""
+    "metrics": {name: {"mean", "sd", "per_fold"}}, "best_epochs", "stopped", "fold_sizes",
+    "fold_extra", "oof", "fold_indices"}. `only` (fold indices, 0-based): train and score only
+    those folds of the same splits (a search scores folds 0-1 first and prunes before the
+    rest); per_fold, best_epochs and oof then hold only them. The features are made tensors
+    once for all folds, and torch runs on `training.cv_threads()` threads meanwhile."""
+    from .training import cv_threads
+
+    splits = grouped_folds(pool.y, pool.groups, folds, seed)
+    chosen = list(range(folds)) if only is None else sorted({int(f) for f in only})
+    if any(f < 0 or f >= folds for f in chosen):
+        raise TrainingError(f"fold indices {list(only or [])} are outside 0..{folds - 1}")
+    with cv_threads():
+        return _run_folds(source, pool, classes, task, config, folds, seed, progress, label, splits, chosen)
+
+
+def _run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config: Any, folds: int, seed: int,
+               progress: Progress, label: str, splits: list[tuple[np.ndarray, np.ndarray]],
+               chosen: list[int]) -> dict[str, Any]:
+    """run_folds's loop over the `chosen` folds of `splits`."""
     from .metrics import evaluate_predictions
     from .training import predict_probabilities, train_head
 
     k = len(classes)
-    splits = grouped_folds(pool.y, pool.groups, folds, seed)
     per_fold: list[dict[str, Optional[float]]] = []
     best_epochs: list[int] = []
     extra: list[dict[str, Any]] = []
@@ -213,7 +231,9 @@ def run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config
     cls_all = _read_cls(data, pool.ids) if config == LOGREG else None
     ids = np.asarray(pool.ids, dtype=object)
     oof = np.full((len(pool.ids), k), np.nan)  # out-of-fold probabilities
-    for f, (train_idx, test_idx) in enumerate(splits):
+    done: list[int] = []
+    for f in chosen:
+        train_idx, test_idx = splits[f]
         progress.check()
         if progress.stop_requested and per_fold:
             stopped = True
@@ -242,10 +262,12 @@ def run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config
         metrics = evaluate_predictions(pool.y[test_idx], probs, classes, task, n_bootstrap=0)["metrics"]
         per_fold.append(metrics)
         sizes.append(int(len(test_idx)))
+        done.append(f)
         progress.partial("fold", {"fold": f + 1, "folds": folds, "label": label, "metrics": dict(metrics)})
         progress.report((f + 1) * 1000, folds * 1000, f"{label}fold {f + 1}/{folds} done")
     return {"folds": folds, "completed": len(per_fold), "metrics": summarise(per_fold),
-            "best_epochs": best_epochs, "fold_extra": extra, "fold_sizes": sizes, "stopped": stopped, "oof": oof}
+            "best_epochs": best_epochs, "fold_extra": extra, "fold_sizes": sizes, "stopped": stopped, "oof": oof,
+            "fold_indices": done}
 
 
 def summarise(per_fold: list[dict[str, Optional[float]]]) -> dict[str, dict[str, Any]]:

@@ -58,10 +58,10 @@ def train_step_faults(monkeypatch) -> Faults:
 
     faults, real = Faults(), training._read
 
-    def read(source, indices, device):
+    def read(source, indices, device, grid=True):
         if faults.fn is not None and not torch.is_inference_mode_enabled():
             faults.fn(len(indices))
-        return real(source, indices, device)
+        return real(source, indices, device, grid)
     monkeypatch.setattr(training, "_read", read)
     return faults
 

@@ -57,7 +57,15 @@ def test_learns_and_predicts(head, task):
     assert result.monitor == monitor
     assert len(result.history) == len(seen) and seen[0]["epoch"] == 1
     assert set(seen[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", monitor,
-                            "lr", "seconds", "batch_size"}
+                            "lr", "seconds", "batch_size", "monitor", "score", "best_epoch", "best_score"}
+    assert set(result.history[0]) == set(seen[0]) - {"monitor", "score", "best_epoch", "best_score"}
+    # each epoch says its validation score and the best epoch so far, as the history bears out
+    for i, entry in enumerate(seen):
+        assert entry["monitor"] == monitor and entry["score"] == entry[monitor]
+        best = max(range(i + 1), key=lambda j: (seen[j][monitor], -j))  # ties: the engine may prefer a later lower loss
+        assert entry["best_score"] == pytest.approx(seen[best][monitor], abs=1e-4)
+        assert seen[entry["best_epoch"] - 1][monitor] == pytest.approx(entry["best_score"])
+    assert seen[-1]["best_epoch"] == result.best_epoch
     assert result.best_score > 0.7
     assert 1 <= result.best_epoch <= len(result.history)
     assert all(v.device.type == "cpu" for v in result.state_dict.values())

@@ -318,6 +318,8 @@ class TrainPage(QWidget):
     def best_epoch(history: list[dict], monitor: Optional[str]) -> Optional[int]:
         if not history or not monitor:
             return None
+        if history[-1].get("best_epoch") is not None:  # the engine's own choice (its tie rule), sent live
+            return int(history[-1]["best_epoch"])
         scored = [(h[monitor], -h["epoch"], h["epoch"]) for h in history if h.get(monitor) is not None]
         return max(scored)[2] if scored else None
 
