@@ -108,18 +108,55 @@ def image_kind(entries: Iterable[Any]) -> str:
     return best
 
 
-def cache_bytes_per_image(backbone: str, image_size: int, grid: Optional[int]) -> Optional[int]:
-    """float16 CLS + token grid (pooled to at most grid x grid), as the cache stores it."""
+#: EfficientNet-Lite feature stages as timm's feature_info gives them: (channels, stride) from the
+#: first stage to the last. The blocks `-K` / `N` of `--layers` are these stages; `last` is the
+#: network's own output (1280 channels, stride 32). tests/test_defaults.py checks it against timm.
+CNN_STAGES: dict[str, tuple[tuple[int, int], ...]] = {
+    "tf_efficientnet_lite0": ((16, 2), (24, 4), (40, 8), (112, 16), (320, 32)),
+    "tf_efficientnet_lite1": ((16, 2), (24, 4), (40, 8), (112, 16), (320, 32)),
+    "tf_efficientnet_lite2": ((16, 2), (24, 4), (48, 8), (120, 16), (352, 32)),
+}
+
+
+def block_grids(architecture: str, kind: str, step: int, dim: int, size: int, grid: Optional[int],
+                layers: Optional[str] = None) -> list[tuple[str, int, int, int]]:
+    """(block, tokens per side before pooling, after pooling to at most grid, channels) of each
+    block `layers` caches (None: ExtractSettings.layers; `default`: DEFAULT_LAYERS of the kind,
+    "cnn" or "vit"), for a model whose output has `step` pixels per token and `dim` channels.
+    A ViT's blocks all share its patch grid and width; a CNN's `-K` / `N` is a feature stage."""
     import math
 
+    from .settings import DEFAULT_LAYERS, ExtractSettings
+
+    text = (layers or ExtractSettings.layers).strip()
+    if text == "default":
+        text = DEFAULT_LAYERS[kind]
+    out = []
+    for block in [b.strip() for b in text.split(",") if b.strip()] or ["last"]:
+        b_step, b_dim = step, dim
+        stages = CNN_STAGES.get(architecture)
+        if kind == "cnn" and block != "last" and stages:
+            try:
+                b_dim, b_step = stages[-1 if block.endswith(":") else int(block)]
+            except (ValueError, IndexError):
+                pass  # not a block this table knows: counted as the output (the engine checks it)
+        side = size // b_step if kind == "vit" else math.ceil(size / b_step)
+        out.append((block, side, min(grid, side) if grid else side, b_dim))
+    return out
+
+
+def cache_bytes_per_image(backbone: str, image_size: int, grid: Optional[int],
+                          layers: Optional[str] = None) -> Optional[int]:
+    """float16 CLS + token grid (pooled to at most grid x grid) of every cached block (`layers`:
+    None = the Extract default), as the cache stores them."""
     from .weights import known
 
     k = known(backbone)
     if k is None or not k.feature_dim or not k.token_px:
         return None
-    side = math.ceil(image_size / k.token_px) if k.family == "efficientnet" else image_size // k.token_px
-    after = min(grid, side) if grid else side
-    return (after * after + 1) * k.feature_dim * 2
+    kind = "cnn" if k.family == "efficientnet" else "vit"
+    grids = block_grids(k.architecture, kind, k.token_px, k.feature_dim, image_size, grid, layers)
+    return sum((after * after + 1) * d * 2 for _, _, after, d in grids)
 
 
 def _size(n: float) -> str:

@@ -89,20 +89,27 @@ class TrainResult(StepResult):
     n_train: int
     n_val: int
     notes: list[str]
+    decision: str = ""  # which rule decides the run's predictions, in one line (calibration.decision_line)
 
     @classmethod
     def from_record(cls, record: dict[str, Any], run_id: str) -> "TrainResult":
         """From a run's run.json."""
+        from .calibration import decision_line
+
         r = record
         return cls(run=run_id, head=r["head_config"]["kind"], task=r["task"], classes=list(r["classes"]),
                    best_epoch=r["best_epoch"], monitor=r["monitor"], best_score=r["best_score"], stopped=r["stopped"],
-                   epochs=len(r["history"]), n_train=r["n_train"], n_val=r["n_val"], notes=list(r.get("notes", [])))
+                   epochs=len(r["history"]), n_train=r["n_train"], n_val=r["n_val"], notes=list(r.get("notes", [])),
+                   decision=decision_line(r.get("operating_point"), r["task"], len(r["classes"])))
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "head": self.head, "task": self.task, "classes": self.classes,
                 "best_epoch": self.best_epoch, "monitor": self.monitor, "best_score": self.best_score,
                 "stopped": self.stopped, "epochs": self.epochs, "n_train": self.n_train, "n_val": self.n_val,
                 "notes": self.notes}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.to_json(), "decision": self.decision}
 
 
 @dataclass

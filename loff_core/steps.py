@@ -157,7 +157,13 @@ def tune(project: Any, settings: TuneSettings = TuneSettings(), *, progress: Pro
     from .validation import tune as run_tune
 
     with project.lock():
-        return TuneResult.from_dict(run_tune(project, settings, progress=progress))
+        out = run_tune(project, settings, progress=progress)
+        if out.get("run"):  # which rule decides the winner's predictions, in one line
+            from .calibration import decision_line
+
+            out["decision"] = decision_line(project.run(out["run"]).record.get("operating_point"), out["task"],
+                                            len(project.run(out["run"]).record["classes"]))
+        return TuneResult.from_dict(out)
 
 
 def predict(source: Path | str, files: Iterable[Path | str], settings: PredictSettings = PredictSettings(), *,

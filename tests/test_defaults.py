@@ -1,0 +1,113 @@
+"""The CPU defaults (issue 20 point 4, issue 23 item 9): the advice, the Extract default and the
+Cache page's plan agree; every cached block counts in the plan; the decision rule binary heads
+use by default, and the one line that says which rule decided. Evidence: docs/benchmarks.md,
+"Defaults from both real data sets" (benchmarks/defaults_evidence.py)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+
+from loff_cli import binary_png_project, loff_json
+
+
+def _entry(rows=1024, cols=1024, modality=None, view=None):
+    return SimpleNamespace(rows=rows, cols=cols, modality=modality, view=view)
+
+
+# -- the plan counts every cached block -----------------------------------------------------
+def test_the_plan_counts_every_cached_block_as_the_engine_caches_it():
+    from app.cache_plan import plan
+    from loff_core.advice import cache_bytes_per_image
+
+    e = [_entry()]
+    lite2 = "tf_efficientnet_lite2"
+    one = (9 * 9 * 1280 + 1280) * 2  # `last` at 260 px: 9 x 9 x 1280 + the CLS, float16
+    stage = (16 * 16 * 120 + 120) * 2  # `-2`: the 120-channel stride-16 stage, 17 x 17 pooled to 16 x 16
+    assert plan(e, lite2, None, 16, "last").bytes_per_image == one
+    assert plan(e, lite2, None, 16, "-2").bytes_per_image == stage
+    both = plan(e, lite2, None, 16, "-2,last")
+    assert both.bytes_per_image == one + stage and both.blocks == ("-2", "last")
+    assert both.grid_after == (16, 16) and both.feature_dim == 120  # the first block: the one training uses
+    assert plan(e, lite2, None, 16, "default").bytes_per_image == one + stage
+    assert plan(e, lite2, None, 16).bytes_per_image == one + stage  # None: the Extract default, -2,last
+    assert "blocks cached from one forward pass: -2 (16 x 16 x 120), last (9 x 9 x 1280)" in "\n".join(both.lines())
+    # a ViT's blocks share its patch grid: two blocks cost twice one
+    vit = "vit_tiny_patch16_224"
+    assert plan(e, vit, 224, 16, "-4,last").bytes_per_image == 2 * plan(e, vit, 224, 16, "last").bytes_per_image
+    assert plan(e, vit, 224, 16).bytes_per_image == plan(e, vit, 224, 16, "last").bytes_per_image
+    # the advice's cache size is the plan's, blocks included
+    assert cache_bytes_per_image("efficientnet-lite2", 260, 16) == one + stage
+    assert cache_bytes_per_image("efficientnet-lite2", 260, 16, "last") == one
+
+
+def test_the_stage_table_is_timms():
+    import timm
+
+    from loff_core.advice import CNN_STAGES
+
+    for name, stages in CNN_STAGES.items():
+        model = timm.create_model(name, pretrained=False)
+        assert tuple((f["num_chs"], f["reduction"]) for f in model.feature_info) == stages, name
+
+
+# -- the decision rule ------------------------------------------------------------------------
+def test_the_default_decision_rule_is_declared_once_and_fitted_by_default():
+    from loff_core.calibration import decide, decision_line, fit_operating_point
+    from loff_core.settings import DECISION_RULES, DEFAULT_DECISION, DEFAULT_DECISION_WHY
+
+    assert DEFAULT_DECISION in DECISION_RULES and DEFAULT_DECISION_WHY
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(40, int), np.zeros(120, int)]
+    score = np.clip(np.where(y == 1, rng.normal(0.4, 0.15, 160), rng.normal(0.2, 0.15, 160)), 0.01, 0.99)
+    probs = np.c_[1 - score, score]
+    default = fit_operating_point(probs, y, ["normal", "pneumonia"], "classification", source=[0.5, 0.5],
+                                  fitted_on="validation")
+    assert default["threshold"]["criterion"] == DEFAULT_DECISION
+    argmax = fit_operating_point(probs, y, ["normal", "pneumonia"], "classification", source=[0.5, 0.5],
+                                 fitted_on="validation", criterion="argmax")
+    youden = fit_operating_point(probs, y, ["normal", "pneumonia"], "classification", source=[0.5, 0.5],
+                                 fitted_on="validation", criterion="youden")
+    assert argmax["threshold"]["value"] == 0.5 and youden["threshold"]["value"] < 0.45  # the scores lie low
+    from loff_core.calibration import adjust
+
+    # argmax decides as the probabilities' argmax (temperature does not move 0.5); Youden differs here
+    assert (decide(adjust(probs, argmax), "classification", argmax) == probs.argmax(1)).all()
+    assert (decide(adjust(probs, youden), "classification", youden) != probs.argmax(1)).any()
+    line_a = decision_line(argmax, "classification", 2)
+    line_y = decision_line(youden, "classification", 2)
+    assert line_a.startswith("decision rule: argmax, pneumonia when P(pneumonia) >= 0.5")
+    assert "Youden's J" in line_y and "on validation" in line_y and "\n" not in line_a + line_y
+    chosen, other = (line_a, line_y) if DEFAULT_DECISION == "argmax" else (line_y, line_a)
+    assert f"(the default: {DEFAULT_DECISION_WHY})" in chosen and "(the default" not in other
+    assert decision_line(None, "classification", 3) == "decision rule: argmax of the class probabilities (3 " \
+                                                      "classes: no threshold)"
+    assert "ordinal decode" in decision_line(None, "ordinal", 4)
+    # a run fitted before issue 20 (Youden's J, the default then) still reads as what it is
+    old = {"fitted_on": "the validation split (9 images)", "threshold": {"value": 0.31, "positive_class": "b",
+                                                                        "criterion": "youden"}}
+    assert decision_line(old, "classification", 2).startswith("decision rule: threshold 0.310 on P(b) by Youden's J")
+
+
+def test_train_evaluate_and_calibrate_say_which_rule_decided(tmp_path, capsys):
+    from loff_core.cli import main
+    from loff_core.settings import DEFAULT_DECISION
+
+    project = binary_png_project(tmp_path, capsys, pneumonia=30)
+    assert main(["train", str(project), "--head", "linear", "--epochs", "2", "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    rule = [line for line in out.splitlines() if line.startswith("decision rule:")]
+    assert len(rule) == 1 and "(the default: " in rule[0]
+    assert ("argmax" in rule[0]) == (DEFAULT_DECISION == "argmax")
+    record = json.loads(next((project / "runs").glob("*/run.json")).read_text())
+    assert record["operating_point"]["threshold"]["criterion"] == DEFAULT_DECISION
+    assert main(["evaluate", str(project), "--bootstrap", "0", "--quiet"]) == 0
+    assert sum(line.startswith("decision rule:") for line in capsys.readouterr().out.splitlines()) == 1
+    other = "youden" if DEFAULT_DECISION == "argmax" else "argmax"
+    cal = loff_json(capsys, "calibrate", project, "--criterion", other)
+    assert cal["operating_point"]["threshold"]["criterion"] == other
+    assert main(["evaluate", str(project), "--bootstrap", "0", "--quiet"]) == 0
+    rule = [line for line in capsys.readouterr().out.splitlines() if line.startswith("decision rule:")]
+    assert len(rule) == 1 and f"(default: {DEFAULT_DECISION}" in rule[0]
