@@ -17,6 +17,13 @@ from loff_core.weights import TEST_MODEL, suggested
 GEOMETRY: dict[str, tuple[int, int, int, str]] = {
     k.architecture: (k.native_size, k.token_px, k.feature_dim, "cnn" if k.family == "efficientnet" else "vit")
     for k in [*suggested(), TEST_MODEL]}
+#: what the evidence says about the input size of mammograms (docs/benchmarks.md, "Defaults
+#: from both real data sets"; the advice table, loff_core.advice, says the same)
+MAMMO_NOTE = ("on a CPU the model's own input size is the default: 512 px gave no gain beyond the noise for "
+              "breast density on mini-MIAS, for 2.7x the extraction time; small lesions (calcifications) were not "
+              "measured here, so try a larger input for them")
+
+
 @dataclass
 class CachePlan:
     images: int
@@ -57,6 +64,8 @@ class CachePlan:
                 + f"; training uses {self.blocks[0]} unless another is chosen")
         out.append(f"cache: {_size(self.bytes_per_image)} per image, {_size(self.total_bytes)} for "
                    f"{self.images} images (float16{', every block' if len(self.block_grids) > 1 else ''})")
+        if self.mammograms and self.native and max(self.native) > self.input_size:
+            out.append(f"mammograms: {MAMMO_NOTE}")
         return out
 
 

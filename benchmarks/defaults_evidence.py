@@ -68,7 +68,7 @@ def load_minimias(root: Path) -> dict[str, Any]:
             "group_word": "woman"}
 
 
-def load_chest(root: Path, n: int | None) -> dict[str, Any]:
+def load_chest(root: Path, n: int | None, halve: bool = False) -> dict[str, Any]:
     import numpy as np
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -82,6 +82,11 @@ def load_chest(root: Path, n: int | None) -> dict[str, Any]:
     if n and n < len(items):
         k = max(2, round(len(items) / n))
         _, keep = next(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0)
+                       .split(np.zeros(len(ys)), ys, groups))
+        keep = sorted(keep)
+        items, ys, groups = [items[i] for i in keep], [ys[i] for i in keep], [groups[i] for i in keep]
+    if halve:  # half of that subset, again stratified and grouped by patient (its features are cached)
+        _, keep = next(StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=0)
                        .split(np.zeros(len(ys)), ys, groups))
         keep = sorted(keep)
         items, ys, groups = [items[i] for i in keep], [ys[i] for i in keep], [groups[i] for i in keep]
@@ -192,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/defaults-ev/caches"))
     p.add_argument("--sets", nargs="+", default=["mini-mias", "mini-mias-dense", "chest"])
     p.add_argument("--chest-n", type=int, default=None, help="a stratified patient-grouped subset of about N images")
+    p.add_argument("--chest-halve", action="store_true", help="half of the --chest-n subset (stratified, grouped)")
     p.add_argument("--candidates", nargs="+", default=None, help="backbone@px to run (default: all of CANDIDATES)")
     p.add_argument("--blocks", nargs="+", default=list(BLOCKS))
     p.add_argument("--folds", type=int, default=5, help="how many of the 5 outer folds to run")
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = []  # (data set, backbone, size, cache path, extraction info)
     for name in args.sets:
         if name == "chest":
-            ds = load_chest(args.data / "chest-xray-pneumonia", args.chest_n)
+            ds = load_chest(args.data / "chest-xray-pneumonia", args.chest_n, args.chest_halve)
         else:
             ds = load_minimias(args.data / "mini-mias")
         cands = CANDIDATES["chest" if name == "chest" else "mini-mias"]
@@ -231,12 +237,19 @@ def main(argv: list[str] | None = None) -> int:
             cache = FeatureCache.open(path, block=block)
             sources[(ds["name"], backbone, size, block)] = cache.to_memory()
             cache.close()
+    done = set()  # (data, backbone, size, block, fold) already in --json: a stopped run resumes
+    if args.json and args.json.is_file():
+        for line in args.json.read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            done.add((r["data"], r["backbone"], r["size"], r["block"], r["fold"]))
     # folds outermost: whenever the run is stopped, every candidate has the same folds done
     for fold in range(args.folds):
         for ds, backbone, size, path, info in plan:
             y, g = np.asarray(ds["y"]), np.asarray([str(x) for x in ds["groups"]])
             tr, te = grouped_folds(y, g, 5, 0)[fold]
             for block in args.blocks:
+                if (ds["name"], backbone, size, block, fold) in done:
+                    continue
                 rec = run_fold(ds, sources[(ds["name"], backbone, size, block)], fold, tr, te, args)
                 rec.update(data=ds["name"], n=len(ds["items"]), groups=len(set(ds["groups"])), backbone=backbone,
                            size=size, block=block, extraction=info)
@@ -249,5 +262,96 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _pm(vals: list) -> str:
+    import numpy as np
+
+    vals = [v for v in vals if v is not None]
+    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if vals else "-"
+
+
+def _short(backbone: str) -> str:
+    return backbone.replace("tf_efficientnet_", "").replace("lite", "Lite")
+
+
+def tables(recs: list[dict[str, Any]], heads: tuple[str, ...] = ("logreg", "attention")) -> str:
+    """Markdown tables from the JSON lines: outer-fold test metrics per cache, block and head;
+    the nested choice (by validation AUC inside each outer fold); both decision rules."""
+    import numpy as np
+
+    out = []
+    names = {"logreg": "logistic-regression probe", "attention": "attention head + tensor aug"}
+    for data in dict.fromkeys(r["data"] for r in recs):
+        rs = [r for r in recs if r["data"] == data]
+        folds = sorted({r["fold"] for r in rs})
+        caches = list(dict.fromkeys((r["backbone"], r["size"]) for r in rs))
+        # only folds every cache and block finished: the rows compare like with like
+        full = [f for f in folds if all(any(r["fold"] == f and (r["backbone"], r["size"]) == c for r in rs)
+                                        for c in caches)]
+        blocks = list(dict.fromkeys(r["block"] for r in rs))
+        r0 = rs[0]
+        out.append(f"#### {data}: {r0['n']} images, {r0['groups']} groups; outer folds done: {len(full)} of 5\n")
+        out.append("| cache | block | head | accuracy | balanced acc. | AUC | validation AUC |")
+        out.append("|---|---|---|---|---|---|---|")
+        for c in caches:
+            for b in blocks:
+                sel = [r for r in rs if (r["backbone"], r["size"]) == c and r["block"] == b and r["fold"] in full]
+                for h in heads:
+                    if not sel or h not in sel[0]:
+                        continue
+                    out.append(f"| {_short(c[0])} {c[1]} px | `{b}` | {names.get(h, h)} | "
+                               + " | ".join(_pm([r[h][k] for r in sel]) for k in ("accuracy", "balanced_accuracy",
+                                                                                   "auc", "val_auc")) + " |")
+        # nested: inside each outer fold the candidate with the best validation AUC
+        def chosen(pool: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
+            picks, what = [], []
+            for f in full:
+                cands = [(r[h]["val_auc"], r, h) for r in pool if r["fold"] == f for h in heads if h in r]
+                _, r, h = max(cands, key=lambda t: t[0])
+                picks.append(r[h])
+                what.append(f"{_short(r['backbone'])} {r['size']} `{r['block']}` {h}")
+            return picks, what
+        for c in caches:
+            picks, what = chosen([r for r in rs if (r["backbone"], r["size"]) == c])
+            out.append(f"| {_short(c[0])} {c[1]} px | chosen inside | **nested: best validation AUC** | "
+                       + " | ".join(_pm([m[k] for m in picks]) for k in ("accuracy", "balanced_accuracy", "auc",
+                                                                        "val_auc")) + " |")
+        picks, what = chosen(rs)
+        out.append("| all caches | chosen inside | **nested: best validation AUC** | "
+                   + " | ".join(_pm([m[k] for m in picks]) for k in ("accuracy", "balanced_accuracy", "auc",
+                                                                    "val_auc")) + " |")
+        out.append(f"\nNested choices per fold (all caches): {'; '.join(what)}.\n")
+        if any("youden" in r[h]["rules"] for r in rs for h in heads if h in r):
+            out.append(f"Decision rule on {data} (the same test predictions decided two ways; Youden's J threshold "
+                       f"fitted on the validation part):\n")
+            out.append("| cache | block | head | rule | accuracy | balanced acc. | sensitivity | specificity |")
+            out.append("|---|---|---|---|---|---|---|---|")
+            diffs: dict[str, list] = {"accuracy": [], "balanced_accuracy": []}
+            for c in caches:
+                for b in blocks:
+                    sel = [r for r in rs if (r["backbone"], r["size"]) == c and r["block"] == b and r["fold"] in full]
+                    for h in heads:
+                        if not sel or h not in sel[0]:
+                            continue
+                        for rule in ("argmax", "youden"):
+                            out.append(f"| {_short(c[0])} {c[1]} px | `{b}` | {names.get(h, h)} | {rule} | "
+                                       + " | ".join(_pm([r[h]["rules"][rule][k] for r in sel])
+                                                    for k in ("accuracy", "balanced_accuracy", "sensitivity",
+                                                              "specificity")) + " |")
+                        for k in diffs:
+                            diffs[k] += [r[h]["rules"]["youden"][k] - r[h]["rules"]["argmax"][k] for r in sel]
+            for k, d in diffs.items():
+                d = np.asarray(d)
+                out.append(f"\n- Youden minus argmax, {k}: mean {d.mean():+.3f} over {len(d)} (model, fold) pairs; "
+                           f"Youden better in {(d > 1e-9).sum()}, worse in {(d < -1e-9).sum()}, equal in "
+                           f"{(abs(d) <= 1e-9).sum()}.")
+        out.append("")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--tables":  # tables from earlier runs' JSON lines
+        import json
+
+        print(tables([json.loads(line) for f in sys.argv[2:] for line in open(f, encoding="utf-8")]))
+        raise SystemExit(0)
     raise SystemExit(main())

@@ -193,3 +193,33 @@ def describe(advice: Advice, images: Optional[int] = None, grid: Optional[int] =
         get = f"; weights {k.size_mb:,.0f} MB, {k.licence.split(' (')[0]}" + (", gated" if k.gated else "")
     return (f"for {advice.images} on a {advice.device.upper()}: start with {advice.backbone} at "
             f"{advice.image_size} px: {cost}{get}. Why: {advice.why}. Evidence: {advice.evidence}")
+
+
+def default_reason(images: str = "other", gpu: bool = False, *, backbone: Optional[str] = None,
+                   image_size: Optional[int] = None, layers: Optional[str] = None,
+                   block: Optional[str] = None) -> str:
+    """One line for `loff extract` and `loff tune` (and the window): which default they use and
+    why. Pass what the user chose (None: the default was used; then it is named, with the
+    evidence). `block`: the cache block a tune or training uses (the cache's first unless chosen)."""
+    from .settings import DEFAULT_LAYERS, ExtractSettings
+    from .weights import CPU_DEFAULT_ORDER, known
+
+    row = advise(images, gpu)
+    used = []
+    if backbone is None:
+        name = row.backbone if not gpu else "the best DINOv2 model present (else " + CPU_DEFAULT_ORDER[0] + ")"
+        used.append(f"backbone {name}")
+    if image_size is None:
+        k = known(backbone or row.backbone)
+        native = k.native_size if k is not None and k.native_size else None
+        used.append(f"input {native} px (the model's own)" if native else "the model's own input size")
+    if layers is None or layers == "default":
+        used.append(f"blocks {DEFAULT_LAYERS['cnn']} for CNNs, {DEFAULT_LAYERS['vit']} for ViTs"
+                    if ExtractSettings.layers == "default" else f"blocks {ExtractSettings.layers}")
+    if block is not None:
+        first = DEFAULT_LAYERS["cnn"].split(",")[0]
+        used.append(f"block {block}" + (" (the cache's first, the attention head's best stage)" if block == first
+                                        else ""))
+    if not used:
+        return ""
+    return f"defaults used: {', '.join(used)}. Why: {row.why}. Evidence: {row.evidence}"

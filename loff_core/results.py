@@ -93,14 +93,11 @@ class TrainResult(StepResult):
 
     @classmethod
     def from_record(cls, record: dict[str, Any], run_id: str) -> "TrainResult":
-        """From a run's run.json."""
-        from .calibration import decision_line
-
+        """From a run's run.json (`decision`: the caller's, calibration.decision_line)."""
         r = record
         return cls(run=run_id, head=r["head_config"]["kind"], task=r["task"], classes=list(r["classes"]),
                    best_epoch=r["best_epoch"], monitor=r["monitor"], best_score=r["best_score"], stopped=r["stopped"],
-                   epochs=len(r["history"]), n_train=r["n_train"], n_val=r["n_val"], notes=list(r.get("notes", [])),
-                   decision=decision_line(r.get("operating_point"), r["task"], len(r["classes"])))
+                   epochs=len(r["history"]), n_train=r["n_train"], n_val=r["n_val"], notes=list(r.get("notes", [])))
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "head": self.head, "task": self.task, "classes": self.classes,

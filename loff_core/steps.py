@@ -107,9 +107,13 @@ def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings
 def train(project: Any, config: Any, *, progress: Progress = Progress()) -> TrainResult:
     """Train a head (`config`: TrainConfig) on the active cache (writer lock); the run folder
     appears only when complete. Each epoch is an "epoch" partial result of `progress`."""
+    from .calibration import decision_line
+
     with project.lock():
         run = _train(project, config, progress=progress)
-    return TrainResult.from_record(run.record, run.run_id)
+    result = TrainResult.from_record(run.record, run.run_id)
+    result.decision = decision_line(run.record.get("operating_point"), run.record["task"], len(run.record["classes"]))
+    return result
 
 
 def evaluate(project: Any, run_id: Optional[str] = None, split: str = "test",
