@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", nargs="+", default=None, help="backbone@px to run (default: all of CANDIDATES)")
     p.add_argument("--blocks", nargs="+", default=list(BLOCKS))
     p.add_argument("--folds", type=int, default=5, help="how many of the 5 outer folds to run")
+    p.add_argument("--fold-list", type=int, nargs="+", default=None, help="run these outer folds (0-4) only: "
+                   "processes side by side, appending to one --json")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--engine", default="auto")
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             r = json.loads(line)
             done.add((r["data"], r["backbone"], r["size"], r["block"], r["fold"]))
     # folds outermost: whenever the run is stopped, every candidate has the same folds done
-    for fold in range(args.folds):
+    for fold in args.fold_list or range(args.folds):
         for ds, backbone, size, path, info in plan:
             y, g = np.asarray(ds["y"]), np.asarray([str(x) for x in ds["groups"]])
             tr, te = grouped_folds(y, g, 5, 0)[fold]

@@ -111,3 +111,53 @@ def test_train_evaluate_and_calibrate_say_which_rule_decided(tmp_path, capsys):
     assert main(["evaluate", str(project), "--bootstrap", "0", "--quiet"]) == 0
     rule = [line for line in capsys.readouterr().out.splitlines() if line.startswith("decision rule:")]
     assert len(rule) == 1 and f"(default: {DEFAULT_DECISION}" in rule[0]
+
+
+# -- the advice, the Extract default and the plan agree ----------------------------------------
+def test_the_cpu_advice_is_the_extract_default_for_every_kind_of_image():
+    """Issue 23 item 9: the advice (`loff weights list`, the Cache page) names the backbone, input
+    size and blocks Extract uses by default on a CPU, for mammograms, chest radiographs and other."""
+    from app.cache_plan import plan
+    from loff_core import advice as A
+    from loff_core import weights as W
+    from loff_core.settings import DEFAULT_LAYERS, ExtractSettings
+
+    default = W.CPU_DEFAULT_ORDER[0]
+    k = W.known(default)
+    size = ExtractSettings.image_size or k.native_size  # None: the model's own
+    if W.present_file(k) is not None:  # the rule `loff extract` and the window apply
+        assert W.default_backbone(gpu=False)["registry_name"] == default
+    for kind in A.IMAGE_KINDS:
+        a = A.advise(kind, gpu=False)
+        assert (a.backbone, a.image_size) == (default, size), kind
+        assert f"start with {default} at {size} px" in A.describe(a)
+        # the plan for the default extraction of such images suggests nothing else
+        e = [_entry(modality="MG", view="CC")] if kind == "mammograms" else [_entry(rows=224, cols=224)]
+        p = plan(e, k.architecture, None, ExtractSettings.grid)
+        assert p.input_size == size and p.blocks == tuple(DEFAULT_LAYERS["cnn"].split(","))
+        assert p.bytes_per_image == A.cache_bytes_per_image(a.backbone, a.image_size, ExtractSettings.grid)
+        assert "at least" not in "\n".join(p.lines())
+    reason = A.default_reason("mammograms", gpu=False)
+    assert reason.startswith(f"defaults used: backbone {default}, input {size} px (the model's own), blocks "
+                             f"{DEFAULT_LAYERS['cnn']} for CNNs") and "Evidence: docs/benchmarks.md" in reason
+    assert A.default_reason("other", backbone="x", image_size=300, layers="last") == ""  # all chosen: nothing
+    assert A.default_reason("other", backbone="x", image_size=300, layers="last", block="-2").startswith(
+        "defaults used: block -2 (the cache's first")
+
+
+def test_extract_says_which_defaults_it_used(tmp_path, capsys):
+    from loff_core.cli import main
+
+    project = binary_png_project(tmp_path, capsys)  # extracted with every option given: no line
+    assert "defaults used" not in capsys.readouterr().err
+    assert main(["extract", str(project), "--backbone", "vit_tiny_patch16_224", "--random-init", "--grid", "2",
+                 "--image-size", "32", "--workers", "0", "--device", "cpu", "--layers=-2,last"]) == 0
+    err = capsys.readouterr().err
+    assert "defaults used" not in err
+    assert main(["extract", str(project), "--backbone", "vit_tiny_patch16_224", "--random-init", "--grid", "2",
+                 "--workers", "0", "--device", "cpu", "--layers", "last", "--quiet"]) == 0
+    assert "defaults used" not in capsys.readouterr().err  # --quiet: nothing on stderr but notes
+    assert main(["extract", str(project), "--backbone", "vit_tiny_patch16_224", "--random-init", "--grid", "2",
+                 "--image-size", "32", "--workers", "0", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "loff extract: defaults used: blocks -2,last for CNNs, last for ViTs. Why:" in err
