@@ -161,3 +161,13 @@ def test_extract_says_which_defaults_it_used(tmp_path, capsys):
                  "--image-size", "32", "--workers", "0", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "loff extract: defaults used: blocks -2,last for CNNs, last for ViTs. Why:" in err
+
+
+def test_tune_says_which_rule_decides_its_winner(tmp_path, capsys):
+    from loff_core.cli import main
+
+    project = binary_png_project(tmp_path, capsys, pneumonia=30)
+    assert main(["tune", str(project), "--trials", "1", "--folds", "2", "--device", "cpu",
+                 "--quiet"]) == 0
+    rule = [line for line in capsys.readouterr().out.splitlines() if line.startswith("decision rule:")]
+    assert len(rule) == 1 and "P(pneumonia)" in rule[0]
