@@ -1,31 +1,32 @@
 """Evidence for the CPU defaults (issue 20 point 4, issue 23 item 9): nested cross-validation
-on BOTH real data sets, for each candidate cache (backbone x input size x block), and the
+on BOTH real data sets for each candidate cache (backbone x input size x block), and the
 decision rule (Youden's J on validation vs plain argmax) on the same outer folds.
 
 Data sets (`/work/shared/data`, see its README; the script prints `skipped: data absent` and
 exits 0 without them):
 - mini-MIAS, 322 films, label `tissue` (F / G / D), outer folds grouped by woman
-  (woman = (refnum + 1) // 2); for the decision rule also the binary "dense (D) vs not".
+  (woman = (refnum + 1) // 2); `mini-mias-dense`: the binary "dense (D) vs not" for the rule.
 - the pediatric chest radiographs (Kermany, train part: 5,216 JPEGs of 224 x 224, NORMAL vs
   PNEUMONIA, 1:3), outer folds grouped by patient (from the file name); `--chest-n N` takes a
-  stratified, patient-grouped subset of about N images (a fold of StratifiedGroupKFold).
+  stratified, patient-grouped subset of about N images, `--chest-halve` half of that.
 
-Per candidate cache and data set, 5 outer folds (StratifiedGroupKFold, seed 0). Inside each
-outer fold, on its training part only (the outer test fold is never seen):
-- **nested (compact search)**: `validation.tune_source` with `--trials` attention
-  configurations (the defaults first) plus the logistic-regression probe on the pooled
-  vector, scored by `--inner-folds` grouped CV; the winner retrained on the whole outer
-  training part (`retrain_final`) and scored once on the outer test fold;
-- **default head (as `loff train`)**: the attention head with the default tensor
-  augmentation on 80 % of the training groups, best epoch and the binary threshold chosen on
-  the other 20 % (the validation split); its test predictions are decided both by argmax and
-  by the Youden threshold fitted on validation (calibration.choose_threshold), so the two
-  rules are compared on identical predictions.
+Per candidate cache, block and data set, 5 outer folds (StratifiedGroupKFold, seed 0). Inside
+each outer fold, on its training part only (the outer test fold is never seen): each candidate
+head (`--heads`: the logistic-regression probe on the pooled vector, the attention head with
+the default tensor augmentation) is fitted on five sixths of the training groups and scored on
+the other sixth (`validation.inner_split`, as `loff train` holds out a validation split); the
+outer test fold is scored once, its predictions decided by argmax and by the operating point
+`train` used to fit by default (temperature, then a Youden's J threshold on the validation
+part). `--tables` prints the markdown tables: every (cache, block, head), the nested choice
+(the best validation AUC inside each outer fold) and both decision rules. A compact search, not
+the full `loff tune` (one validation part instead of inner K-fold CV): see docs/benchmarks.md.
 
-Extraction (the costly part) runs once per cache with the ORT engine where it wins
-(`--engine auto`); `--extract-only` just fills the caches.
+Folds are the outer loop, so a stopped run has the same folds for every candidate; `--json`
+appends one line per (fold, cache, block) and a run resumes from it; `--fold-list` runs chosen
+outer folds (processes side by side, one file).
 
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/defaults_evidence.py --threads 1
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/defaults_evidence.py --json out.jsonl
+    python benchmarks/defaults_evidence.py --tables out.jsonl
 """
 
 from __future__ import annotations
@@ -286,12 +287,13 @@ def tables(recs: list[dict[str, Any]], heads: tuple[str, ...] = ("logreg", "atte
         rs = [r for r in recs if r["data"] == data]
         folds = sorted({r["fold"] for r in rs})
         caches = list(dict.fromkeys((r["backbone"], r["size"]) for r in rs))
-        # only folds every cache and block finished: the rows compare like with like
-        full = [f for f in folds if all(any(r["fold"] == f and (r["backbone"], r["size"]) == c for r in rs)
-                                        for c in caches)]
         blocks = list(dict.fromkeys(r["block"] for r in rs))
+        # only folds every cache and block finished: the rows compare like with like
+        full = [f for f in folds if all(any(r["fold"] == f and (r["backbone"], r["size"]) == c and r["block"] == b
+                                            for r in rs) for c in caches for b in blocks)]
         r0 = rs[0]
-        out.append(f"#### {data}: {r0['n']} images, {r0['groups']} groups; outer folds done: {len(full)} of 5\n")
+        out.append(f"#### {data}: {r0['n']} images, {r0['groups']} groups; outer folds done: {len(full)} of 5 "
+                   f"({', '.join(map(str, full))})\n")
         out.append("| cache | block | head | accuracy | balanced acc. | AUC | validation AUC |")
         out.append("|---|---|---|---|---|---|---|")
         for c in caches:

@@ -171,3 +171,42 @@ def test_tune_says_which_rule_decides_its_winner(tmp_path, capsys):
                  "--quiet"]) == 0
     rule = [line for line in capsys.readouterr().out.splitlines() if line.startswith("decision rule:")]
     assert len(rule) == 1 and "P(pneumonia)" in rule[0]
+
+
+def test_the_evidence_tables_compare_the_rules_on_the_same_predictions(tmp_path):
+    """benchmarks/defaults_evidence.py's tables, on two made-up folds: only folds every cache and
+    block finished count; the nested row takes the best validation AUC; Youden minus argmax."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import defaults_evidence as de
+    finally:
+        sys.path.remove(str(bench))
+
+    def head(auc, val, acc, y_acc):
+        rule = {"accuracy": acc, "balanced_accuracy": acc, "sensitivity": acc, "specificity": acc}
+        return {"accuracy": acc, "balanced_accuracy": acc, "auc": auc, "val_auc": val,
+                "rules": {"argmax": rule, "youden": dict(rule, accuracy=y_acc, balanced_accuracy=y_acc)}}
+
+    recs = []
+    for fold in (0, 1, 2):
+        for block, val in (("-2", 0.9), ("last", 0.8)):
+            if fold == 2 and block == "last":
+                continue  # an unfinished fold: left out of every row
+            recs.append({"data": "d", "n": 10, "groups": 5, "backbone": "tf_efficientnet_lite2", "size": 260,
+                         "block": block, "fold": fold, "logreg": head(0.7, val - 0.1, 0.6, 0.5),
+                         "attention": head(0.8 + fold / 100, val, 0.7, 0.7)})
+    text = de.tables(recs)
+    assert "outer folds done: 2 of 5 (0, 1)" in text
+    assert "| Lite2 260 px | `-2` | attention head + tensor aug | 0.700 ± 0.000 | 0.700 ± 0.000 | 0.805 ± 0.005 |" \
+        in text
+    assert "Nested choices per fold (all caches): Lite2 260 `-2` attention; Lite2 260 `-2` attention." in text
+    assert "Youden minus argmax, accuracy: mean -0.050 over 8 (model, fold) pairs; Youden better in 0, worse in 4, " \
+           "equal in 4." in text
+    out = subprocess.run([sys.executable, str(bench / "defaults_evidence.py"), "--data", str(tmp_path / "none")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "skipped: data absent"
