@@ -5,7 +5,6 @@ table of the suggested backbones; a test checks the table against timm."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from statistics import median
 from typing import Any, Optional
@@ -18,7 +17,11 @@ from loff_core.weights import TEST_MODEL, suggested
 GEOMETRY: dict[str, tuple[int, int, int, str]] = {
     k.architecture: (k.native_size, k.token_px, k.feature_dim, "cnn" if k.family == "efficientnet" else "vit")
     for k in [*suggested(), TEST_MODEL]}
-MAMMO_MIN_INPUT = 512  # px: fine structure in mammograms needs at least this (LOFF-TA used 512)
+#: what the evidence says about the input size of mammograms (docs/benchmarks.md, "Defaults
+#: from both real data sets"; the advice table, loff_core.advice, says the same)
+MAMMO_NOTE = ("on a CPU the model's own input size is the default: 512 px gave no gain beyond the noise for "
+              "breast density on mini-MIAS, for 2.7x the extraction time; small lesions (calcifications) were not "
+              "measured here, so try a larger input for them")
 
 
 @dataclass
@@ -29,8 +32,10 @@ class CachePlan:
     grid_before: Optional[tuple[int, int]]  # tokens per side before pooling
     grid_after: Optional[tuple[int, int]]  # after average pooling to at most `grid`
     feature_dim: Optional[int]
-    bytes_per_image: Optional[int]
+    bytes_per_image: Optional[int]  # every cached block together
     mammograms: bool
+    blocks: tuple[str, ...] = ("last",)  # the cached blocks, the first is the default block
+    block_grids: tuple[tuple[str, int, int], ...] = ()  # (block, grid side after pooling, channels)
 
     @property
     def total_bytes(self) -> Optional[int]:
@@ -53,13 +58,14 @@ class CachePlan:
         px = f", each token covers about {max(self.native) / ga[0]:.0f} native px" if self.native and ga else ""
         out.append(f"token grid: {gb[0]} x {gb[1]} before pooling, {ga[0]} x {ga[1]} x {self.feature_dim} cached"
                    f"{' (average-pooled)' if ga != gb else ''}{px}")
+        if len(self.block_grids) > 1:
+            out.append("blocks cached from one forward pass: " + ", ".join(
+                f"{b} ({side} x {side} x {dim})" for b, side, dim in self.block_grids)
+                + f"; training uses {self.blocks[0]} unless another is chosen")
         out.append(f"cache: {_size(self.bytes_per_image)} per image, {_size(self.total_bytes)} for "
-                   f"{self.images} images (float16)")
-        # images smaller than 512 px gain nothing from a larger input: the suggestion stops at their own size
-        target = min(MAMMO_MIN_INPUT, max(self.native)) if self.native else MAMMO_MIN_INPUT
-        if self.mammograms and self.input_size < target:
-            out.append(f"suggestion: these look like mammograms; an input of at least {target} px keeps "
-                       f"fine structure (calcifications, spiculation) that {self.input_size} px loses")
+                   f"{self.images} images (float16{', every block' if len(self.block_grids) > 1 else ''})")
+        if self.mammograms and self.native and max(self.native) > self.input_size:
+            out.append(f"mammograms: {MAMMO_NOTE}")
         return out
 
 
@@ -81,7 +87,12 @@ def looks_like_mammograms(entries: list[Any]) -> bool:
     return median(max(e.rows, e.cols) for e in entries) >= 1000
 
 
-def plan(entries: list[Any], backbone: str, image_size: Optional[int], grid: Optional[int]) -> CachePlan:
+def plan(entries: list[Any], backbone: str, image_size: Optional[int], grid: Optional[int],
+         layers: Optional[str] = None) -> CachePlan:
+    """The plan for `layers` (the Extract setting; None: its default): every cached block's
+    token grid and CLS counts in the cache size."""
+    from loff_core.advice import block_grids
+
     native = (int(median(e.rows for e in entries)), int(median(e.cols for e in entries))) if entries else None
     geometry = GEOMETRY.get(backbone) or _registry_geometry(backbone)
     mammo = looks_like_mammograms(entries)
@@ -89,10 +100,19 @@ def plan(entries: list[Any], backbone: str, image_size: Optional[int], grid: Opt
         return CachePlan(len(entries), native, None, None, None, None, None, mammo)
     default, step, dim, kind = geometry
     size = image_size or default
-    side = size // step if kind == "vit" else math.ceil(size / step)
-    after = min(grid, side) if grid else side
-    return CachePlan(len(entries), native, size, (side, side), (after, after), dim, (after * after * dim + dim) * 2,
-                     mammo)
+    grids = block_grids(_architecture(backbone), kind, step, dim, size, grid, layers)
+    blocks = tuple(b for b, _, _, _ in grids)
+    _, side, after, first_dim = grids[0]
+    return CachePlan(len(entries), native, size, (side, side), (after, after), first_dim,
+                     sum((a * a * d + d) * 2 for _, _, a, d in grids), mammo, blocks,
+                     tuple((b, a, d) for b, _, a, d in grids))
+
+
+def _architecture(name: str) -> str:
+    from loff_core.weights import known
+
+    k = known(name)
+    return k.architecture if k is not None else name
 
 
 def _registry_geometry(name: str) -> Optional[tuple[int, int, int, str]]:

@@ -9,8 +9,8 @@ OUT/<page>.png with `window.grab()`. Works headless (QT_QPA_PLATFORM=offscreen).
     --quick          extract with a random-init vit_tiny at 32 px (no weights needed; for
                      trying the script on the synthetic demo, the pictures mean nothing)
     --backbone NAME  backbone for a missing cache (default: the Cache page's default)
-    --image-size PX  input size for a missing cache (default: the model's; the Cache page
-                     suggests >= 512 px for mammograms)
+    --image-size PX  input size for a missing cache (default: the model's, as the Cache page
+                     advises on a CPU)
     --size WxH       window size (default 1280x720, the smallest screen the window is made for)
     --theme NAME     light (default) or dark
 

@@ -8,10 +8,12 @@ measurement in docs/benchmarks.md, or a model card's own figure, named). The cac
 computed from the backbone's geometry (the registry's patch and feature width) and the grid
 cap, as the Cache page's plan computes it. `loff weights list` and the Cache page show it.
 
-The CPU times were measured on the shared 2-core development machine (docs/benchmarks.md,
-"Encoders: cost of the advised rows"), so a user's CPU is likely faster; GPU rows give the
-forward compute counted there (no GPU was lent when the table was made): their time is a
-stated estimate, not a measurement.
+The CPU rows are the Extract default on a CPU (`CPU_BACKBONE` at `CPU_SIZE`, chosen by nested
+CV on both real data sets, docs/benchmarks.md "Defaults from both real data sets"; a test
+fails if the default and the advice part); their time is `loff extract` end to end measured
+on the shared 2-core development machine, so a user's CPU is likely faster. GPU rows give the
+forward compute counted in "Encoders: cost of the advised rows" (no GPU was lent when the
+table was made): their time is a stated estimate, not a measurement.
 """
 
 from __future__ import annotations
@@ -46,35 +48,51 @@ class Advice:
 
     def time_note(self) -> str:
         if self.device == "cpu" and self.cpu_images_per_s:
-            return "forward pass measured on a busy shared 2-core CPU, 1 thread"
+            return ("`loff extract` end to end measured on a shared 2-core CPU, 1 thread, small images; large "
+                    "images decode slower")
         return (f"estimate: {self.gflops:g} GFLOPs per image at an assumed {ASSUMED_GPU_TFLOPS:g} TFLOP/s, forward "
                 f"only; decoding large images may take longer")
 
 
-# Figures: docs/benchmarks.md, "Encoders: cost of the advised rows" (benchmarks/encoders.py,
-# forward only, random weights, 1 torch thread) and the Lite rows of "EfficientNet-Lite0 / 1 / 2".
+#: the CPU rows' encoder and input: the Extract default on a CPU (weights.CPU_DEFAULT_ORDER[0] at
+#: its own size, ExtractSettings.image_size None) -- tests/test_defaults.py fails if they part.
+#: Chosen by nested CV on both real data sets: docs/benchmarks.md, "Defaults from both real data
+#: sets" (benchmarks/defaults_evidence.py).
+CPU_BACKBONE, CPU_SIZE = "efficientnet-lite2", 260
+#: `loff extract` end to end (ONNX Runtime, 1 thread, blocks -2,last) in docs/benchmarks.md
+#: section 2, "Issue 20: `loff extract` against the fastest forward engine": Lite2 30.0, Lite0 51.1
+#: images/s on small DICOMs, measured side by side on the shared 2-core machine
+CPU_IMAGES_PER_S = {"efficientnet-lite2": 30.0, "efficientnet-lite0": 51.1}
+CPU_GFLOPS = {"efficientnet-lite2": 1.72, "efficientnet-lite0": 0.77}
+_CPU_EVIDENCE = ("docs/benchmarks.md, 'Defaults from both real data sets': nested CV on mini-MIAS (by woman) and "
+                 "the pediatric chest radiographs (by patient), Lite0 vs Lite2, blocks -2 / last; speed: section 2, "
+                 "`loff extract` end to end")
+
+
+def _cpu_row(images: str, why: str) -> "Advice":
+    return Advice(images, "cpu", CPU_BACKBONE, CPU_SIZE, CPU_GFLOPS[CPU_BACKBONE], CPU_IMAGES_PER_S[CPU_BACKBONE],
+                  why, _CPU_EVIDENCE)
+
+
+_CPU_WHY = ("the best of the installable CPU encoders on both real data sets with the attention head on its "
+            "second-to-last stage (-2, cached with the output block from one forward pass)")
+# GPU figures: docs/benchmarks.md, "Encoders: cost of the advised rows" (benchmarks/encoders.py,
+# forward GFLOPs counted; no GPU was lent, so their time is an estimate).
 TABLE: list[Advice] = [
-    Advice("mammograms", "cpu", "efficientnet-lite2", 260, 1.72, 1.74,
-           "the CPU default; 512 px gave no gain beyond the noise on mini-MIAS for 2.7x the time",
-           "docs/benchmarks.md, EfficientNet-Lite0 / 1 / 2 on mini-MIAS (macro AUC 0.849 linear probe, 5 folds) "
-           "and its 512 px rows; speed: 'Encoders: cost of the advised rows'"),
+    _cpu_row("mammograms", _CPU_WHY + "; 512 px gave no gain beyond the noise for breast density on mini-MIAS for "
+             "2.7x the time (small lesions were not measured: try a larger input for them)"),
     Advice("mammograms", "gpu", "dinov3-vitl16", 512, 727.19, None,
            "DINOv3 is trained for high-resolution dense features; 512 px keeps calcifications and spiculation "
            "(LOFF-TA used 512 px); no mammography encoder with clear terms is public (docs/backbones.md)",
            "DINOv3 model card (facebook/dinov3-vitl16-pretrain-lvd1689m): ViT-L/16 distilled, dense results "
            "e.g. ADE20k linear 54.9 mIoU; compute counted in docs/benchmarks.md"),
-    Advice("chest radiographs", "cpu", "rad-dino", 224, 46.32, 0.20,
-           "trained on 882,775 chest radiographs; 224 px (16 x 16 tokens) keeps a CPU run to minutes per "
-           "hundred images (8.7x Lite2's time at 260 px, measured side by side)",
-           "RAD-DINO model card (microsoft/rad-dino): five public chest X-ray data sets, 'fine-tuning typically "
-           "not necessary'; CPU speed measured in docs/benchmarks.md"),
+    _cpu_row("chest radiographs", _CPU_WHY + "; the chest encoder RAD-DINO (Get it: 0.20 images/s here, 8.7x "
+             "Lite2's forward time) was not measured for accuracy here"),
     Advice("chest radiographs", "gpu", "rad-dino", 518, 303.15, None,
            "its native size (37 x 37 tokens), as its model card uses it",
            "RAD-DINO model card (microsoft/rad-dino): 518 px input, 37 x 37 patch tokens; compute counted in "
            "docs/benchmarks.md"),
-    Advice("other", "cpu", "efficientnet-lite2", 260, 1.72, 1.74,
-           "the CPU default: the best of the shipped CNNs measured here",
-           "docs/benchmarks.md, EfficientNet-Lite0 / 1 / 2 (mini-MIAS); speed: 'Encoders: cost of the advised rows'"),
+    _cpu_row("other", _CPU_WHY),
     Advice("other", "gpu", "dinov3-vitl16", 256, 164.74, None,
            "DINOv3 ViT-L/16 at its native 256 px: the strongest workstation-sized general encoder listed",
            "DINOv3 model card (facebook/dinov3-vitl16-pretrain-lvd1689m): e.g. ImageNet linear probe and ADE20k "
@@ -108,18 +126,55 @@ def image_kind(entries: Iterable[Any]) -> str:
     return best
 
 
-def cache_bytes_per_image(backbone: str, image_size: int, grid: Optional[int]) -> Optional[int]:
-    """float16 CLS + token grid (pooled to at most grid x grid), as the cache stores it."""
+#: EfficientNet-Lite feature stages as timm's feature_info gives them: (channels, stride) from the
+#: first stage to the last. The blocks `-K` / `N` of `--layers` are these stages; `last` is the
+#: network's own output (1280 channels, stride 32). tests/test_defaults.py checks it against timm.
+CNN_STAGES: dict[str, tuple[tuple[int, int], ...]] = {
+    "tf_efficientnet_lite0": ((16, 2), (24, 4), (40, 8), (112, 16), (320, 32)),
+    "tf_efficientnet_lite1": ((16, 2), (24, 4), (40, 8), (112, 16), (320, 32)),
+    "tf_efficientnet_lite2": ((16, 2), (24, 4), (48, 8), (120, 16), (352, 32)),
+}
+
+
+def block_grids(architecture: str, kind: str, step: int, dim: int, size: int, grid: Optional[int],
+                layers: Optional[str] = None) -> list[tuple[str, int, int, int]]:
+    """(block, tokens per side before pooling, after pooling to at most grid, channels) of each
+    block `layers` caches (None: ExtractSettings.layers; `default`: DEFAULT_LAYERS of the kind,
+    "cnn" or "vit"), for a model whose output has `step` pixels per token and `dim` channels.
+    A ViT's blocks all share its patch grid and width; a CNN's `-K` / `N` is a feature stage."""
     import math
 
+    from .settings import DEFAULT_LAYERS, ExtractSettings
+
+    text = (layers or ExtractSettings.layers).strip()
+    if text == "default":
+        text = DEFAULT_LAYERS[kind]
+    out = []
+    for block in [b.strip() for b in text.split(",") if b.strip()] or ["last"]:
+        b_step, b_dim = step, dim
+        stages = CNN_STAGES.get(architecture)
+        if kind == "cnn" and block != "last" and stages:
+            try:
+                b_dim, b_step = stages[-1 if block.endswith(":") else int(block)]
+            except (ValueError, IndexError):
+                pass  # not a block this table knows: counted as the output (the engine checks it)
+        side = size // b_step if kind == "vit" else math.ceil(size / b_step)
+        out.append((block, side, min(grid, side) if grid else side, b_dim))
+    return out
+
+
+def cache_bytes_per_image(backbone: str, image_size: int, grid: Optional[int],
+                          layers: Optional[str] = None) -> Optional[int]:
+    """float16 CLS + token grid (pooled to at most grid x grid) of every cached block (`layers`:
+    None = the Extract default), as the cache stores them."""
     from .weights import known
 
     k = known(backbone)
     if k is None or not k.feature_dim or not k.token_px:
         return None
-    side = math.ceil(image_size / k.token_px) if k.family == "efficientnet" else image_size // k.token_px
-    after = min(grid, side) if grid else side
-    return (after * after + 1) * k.feature_dim * 2
+    kind = "cnn" if k.family == "efficientnet" else "vit"
+    grids = block_grids(k.architecture, kind, k.token_px, k.feature_dim, image_size, grid, layers)
+    return sum((after * after + 1) * d * 2 for _, _, after, d in grids)
 
 
 def _size(n: float) -> str:
@@ -156,3 +211,33 @@ def describe(advice: Advice, images: Optional[int] = None, grid: Optional[int] =
         get = f"; weights {k.size_mb:,.0f} MB, {k.licence.split(' (')[0]}" + (", gated" if k.gated else "")
     return (f"for {advice.images} on a {advice.device.upper()}: start with {advice.backbone} at "
             f"{advice.image_size} px: {cost}{get}. Why: {advice.why}. Evidence: {advice.evidence}")
+
+
+def default_reason(images: str = "other", gpu: bool = False, *, backbone: Optional[str] = None,
+                   image_size: Optional[int] = None, layers: Optional[str] = None,
+                   block: Optional[str] = None) -> str:
+    """One line for `loff extract` and `loff tune` (and the window): which default they use and
+    why. Pass what the user chose (None: the default was used; then it is named, with the
+    evidence). `block`: the cache block a tune or training uses (the cache's first unless chosen)."""
+    from .settings import DEFAULT_LAYERS, ExtractSettings
+    from .weights import CPU_DEFAULT_ORDER, known
+
+    row = advise(images, gpu)
+    used = []
+    if backbone is None:
+        name = row.backbone if not gpu else "the best DINOv2 model present (else " + CPU_DEFAULT_ORDER[0] + ")"
+        used.append(f"backbone {name}")
+    if image_size is None:
+        k = known(backbone or row.backbone)
+        native = k.native_size if k is not None and k.native_size else None
+        used.append(f"input {native} px (the model's own)" if native else "the model's own input size")
+    if layers is None or layers == "default":
+        used.append(f"blocks {DEFAULT_LAYERS['cnn']} for CNNs, {DEFAULT_LAYERS['vit']} for ViTs"
+                    if ExtractSettings.layers == "default" else f"blocks {ExtractSettings.layers}")
+    if block is not None:
+        first = DEFAULT_LAYERS["cnn"].split(",")[0]
+        used.append(f"block {block}" + (" (the cache's first, the attention head's best stage)" if block == first
+                                        else ""))
+    if not used:
+        return ""
+    return f"defaults used: {', '.join(used)}. Why: {row.why}. Evidence: {row.evidence}"

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import models
 from .errors import BackboneError, Remedy
-from .settings import ExtractSettings
+from .settings import DEFAULT_LAYERS, ExtractSettings
 
 PREPROCESS_VERSION = 2  # bump when decoding or Preprocessor output changes (2: 16-bit PNG/TIFF min-max stretched)
 
@@ -380,11 +380,7 @@ def parse_layers(text: Optional[str]) -> Optional[list[int]]:
     return list(range(k, 0)) if match.group(2) else [k]
 
 
-#: `--layers default`: the blocks the default extraction stores (docs/benchmarks.md, "Which
-#: layer"): for CNNs the second-to-last stage first (the attention head's best on mini-MIAS:
-#: Lite0 and Lite2 AUC 0.864 vs 0.835 / 0.830 from `last`), then the network's output (the
-#: linear probe's best: 0.836 / 0.849 vs 0.716 / 0.758); ViTs: their output only (no evidence yet)
-DEFAULT_LAYERS = {"cnn": "-2,last", "vit": "last"}
+# `--layers default`: settings.DEFAULT_LAYERS (declared there, with its evidence)
 
 
 def parse_blocks(text: Optional[str], model: Any = None) -> list[str]:

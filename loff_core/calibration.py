@@ -16,10 +16,12 @@ under-confident. Three corrections, applied in this order and stored with the ru
    Bayes' rule, p'(c) ∝ p(c) · target(c) / source(c), where source is the prior the head
    learned (uniform with class weights, else the training frequencies).
 3. **Decision threshold** (binary classification): the positive class is predicted when its
-   (corrected) probability reaches the threshold, chosen on validation by a stated criterion:
-   Youden's J (= the best balanced accuracy; the default), a target sensitivity (the highest
-   threshold reaching it) or a target specificity (the lowest threshold reaching it), or set
-   by hand. Other tasks decide as before (argmax / ordinal decode) on the corrected
+   (corrected) probability reaches the threshold, chosen by a stated criterion: argmax (0.5,
+   whatever the validation says), Youden's J on validation (= the best balanced accuracy), a
+   target sensitivity (the highest threshold reaching it) or a target specificity (the lowest
+   threshold reaching it), or set by hand. The default is `settings.DEFAULT_DECISION`, chosen
+   on both real data sets (docs/benchmarks.md, "The decision rule"); `decision_line` says in
+   one line which rule decides a run. Other tasks decide as before (argmax / ordinal decode) on the corrected
    probabilities.
 """
 
@@ -33,7 +35,8 @@ import numpy as np
 from .errors import TrainingError
 
 OP_VERSION = 1
-CRITERIA = ("youden", "sensitivity", "specificity", "manual")
+CRITERIA = ("argmax", "youden", "sensitivity", "specificity", "manual")
+FITTED = CRITERIA[:4]  # the criteria a threshold is fitted by (manual: set by hand)
 
 
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> Optional[float]:
@@ -145,6 +148,8 @@ def _rates(score: np.ndarray, pos: np.ndarray, thr: float) -> tuple[float, float
 def choose_threshold(score: np.ndarray, pos: np.ndarray, criterion: str = "youden",
                      target: Optional[float] = None) -> float:
     """A threshold on `score` (probability of the positive class) by `criterion`."""
+    if criterion == "argmax":
+        return 0.5
     score = np.asarray(score, dtype=np.float64)
     pos = np.asarray(pos, dtype=bool)
     if pos.all() or not pos.any():
@@ -167,7 +172,7 @@ def choose_threshold(score: np.ndarray, pos: np.ndarray, criterion: str = "youde
     if criterion == "specificity":
         ok = [t for t, (_, sp) in zip(mids, rates) if sp >= target - 1e-12]
         return float(min(ok)) if ok else 1.0
-    raise TrainingError(f"unknown criterion {criterion!r}; expected youden, sensitivity or specificity")
+    raise TrainingError(f"unknown criterion {criterion!r}; expected {', '.join(FITTED)}")
 
 
 def source_prior(train_config: Optional[dict[str, Any]], train_counts: Sequence[int]) -> list[float]:
@@ -181,13 +186,17 @@ def source_prior(train_config: Optional[dict[str, Any]], train_counts: Sequence[
 
 
 def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: Sequence[str], task: str, *,
-                        source: Sequence[float], fitted_on: str, criterion: str = "youden",
+                        source: Sequence[float], fitted_on: str, criterion: Optional[str] = None,
                         target: Optional[float] = None, threshold: Optional[float] = None,
                         prevalence: Optional[Sequence[float]] = None,
                         prevalence_from: Optional[str] = None) -> dict[str, Any]:
     """The operating point fitted on (`probs`, `y`) (raw head probabilities of held-out
     images): temperature, optional prior shift to `prevalence`, and for binary
-    classification the threshold by `criterion` (or the given `threshold`)."""
+    classification the threshold by `criterion` (None: the default rule, settings.DEFAULT_DECISION)
+    or the given `threshold`."""
+    from .settings import DEFAULT_DECISION
+
+    criterion = criterion or DEFAULT_DECISION
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     k = len(classes)
@@ -210,7 +219,7 @@ def fit_operating_point(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]
             if not 0 <= threshold <= 1:
                 raise TrainingError(f"the threshold must be between 0 and 1, got {threshold}")
             value, crit = float(threshold), "manual"
-        elif len(y) and pos.any() and not pos.all():
+        elif criterion == "argmax" or (len(y) and pos.any() and not pos.all()):
             value, crit = choose_threshold(score, pos, criterion, target), criterion
         else:
             value, crit = 0.5, "default (validation lacks a class)"
@@ -292,7 +301,30 @@ def describe_temperature(op: dict[str, Any]) -> str:
     return text
 
 
-def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: str = "youden",
+def decision_line(op: Optional[dict[str, Any]], task: str, n_classes: int) -> str:
+    """One line: which rule decides this run's predictions, and for the default, why."""
+    from .settings import DECISION_RULES, DEFAULT_DECISION, DEFAULT_DECISION_WHY
+
+    if task != "classification":
+        return "decision rule: the ordinal decode of the level probabilities (ordinal tasks have no threshold)"
+    thr = (op or {}).get("threshold")
+    if n_classes != 2 or not thr:
+        return ("decision rule: argmax of the class probabilities"
+                + (" (no operating point)" if n_classes == 2 else f" ({n_classes} classes: no threshold)"))
+    crit, value, on = thr.get("criterion"), float(thr["value"]), (op or {}).get("fitted_on", "")
+    default = " (the default" + (f": {DEFAULT_DECISION_WHY})" if crit == DEFAULT_DECISION else ")")
+    if crit == "argmax":
+        return (f"decision rule: argmax, {thr['positive_class']} when P({thr['positive_class']}) >= {value:g}"
+                + (default if crit == DEFAULT_DECISION else ""))
+    how = {"youden": "Youden's J (best balanced accuracy)", "manual": "set by hand"}.get(
+        crit, f"target {crit} {thr.get('target')}")
+    where = "" if crit == "manual" else f" on {on}"
+    return (f"decision rule: threshold {value:.3f} on P({thr['positive_class']}) by {how}{where}"
+            + (default if crit == DEFAULT_DECISION else f" (default: {DEFAULT_DECISION}, "
+               f"{DECISION_RULES[DEFAULT_DECISION].split(' (')[0]})"))
+
+
+def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: Optional[str] = None,
                   target: Optional[float] = None, threshold: Optional[float] = None,
                   prevalence: Optional[Sequence[float]] = None, prevalence_from_test: bool = False,
                   held_out: Optional[tuple[np.ndarray, np.ndarray, str]] = None) -> dict[str, Any]:
@@ -303,12 +335,15 @@ def calibrate_run(project: Any, run_id: Optional[str] = None, *, criterion: str 
     from .fsutil import atomic_write_json
     from .training import predict_probabilities
 
+    from .settings import DEFAULT_DECISION
+
     run = project.run(run_id)
     record = run.record
     classes = list(record["classes"])
     task = record["task"]
-    if criterion not in CRITERIA[:3]:
-        raise TrainingError(f"unknown criterion {criterion!r}; expected youden, sensitivity or specificity")
+    criterion = criterion or DEFAULT_DECISION
+    if criterion not in FITTED:
+        raise TrainingError(f"unknown criterion {criterion!r}; expected {', '.join(FITTED)}")
     if prevalence is not None:
         check_prevalence(prevalence, classes)  # before any work
     project.check_run_classes(run)  # a stale run (other classes) is refused as evaluate refuses it

@@ -89,10 +89,11 @@ class TrainResult(StepResult):
     n_train: int
     n_val: int
     notes: list[str]
+    decision: str = ""  # which rule decides the run's predictions, in one line (calibration.decision_line)
 
     @classmethod
     def from_record(cls, record: dict[str, Any], run_id: str) -> "TrainResult":
-        """From a run's run.json."""
+        """From a run's run.json (`decision`: the caller's, calibration.decision_line)."""
         r = record
         return cls(run=run_id, head=r["head_config"]["kind"], task=r["task"], classes=list(r["classes"]),
                    best_epoch=r["best_epoch"], monitor=r["monitor"], best_score=r["best_score"], stopped=r["stopped"],
@@ -103,6 +104,9 @@ class TrainResult(StepResult):
                 "best_epoch": self.best_epoch, "monitor": self.monitor, "best_score": self.best_score,
                 "stopped": self.stopped, "epochs": self.epochs, "n_train": self.n_train, "n_val": self.n_val,
                 "notes": self.notes}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.to_json(), "decision": self.decision}
 
 
 @dataclass

@@ -215,6 +215,29 @@ class TrainConfig(Checked):
     block: Optional[str] = _block()
 
 
+#: how a binary classification head decides by default: the criterion of the threshold that
+#: `train` (on the validation split) and `tune` (on the out-of-fold predictions) fit; `loff
+#: calibrate --criterion` and the Results page change a run's. Multi-class and ordinal heads
+#: always decide by argmax / ordinal decode.
+DECISION_RULES = {
+    "argmax": "the positive class when its probability is at least 0.5 (the heads are trained with class "
+              "weights, so 0.5 already balances the classes)",
+    "youden": "the threshold with the best balanced accuracy (Youden's J) on the held-out images",
+}
+DEFAULT_DECISION = "argmax"
+#: why, in one line (docs/benchmarks.md, "The decision rule"; benchmarks/defaults_evidence.py)
+DEFAULT_DECISION_WHY = ("on the outer folds of both real data sets (mini-MIAS dense vs not, by woman; pediatric "
+                        "chest X-rays, by patient) argmax was at least as accurate as a Youden threshold fitted "
+                        "on validation")
+
+
+#: `--layers default`: the blocks the default extraction stores (docs/benchmarks.md, "Which
+#: layer"): for CNNs the second-to-last stage first (the attention head's best on mini-MIAS:
+#: Lite0 and Lite2 AUC 0.864 vs 0.835 / 0.830 from `last`), then the network's output (the
+#: linear probe's best: 0.836 / 0.849 vs 0.716 / 0.758); ViTs: their output only (no evidence yet)
+DEFAULT_LAYERS = {"cnn": "-2,last", "vit": "last"}
+
+
 @dataclass(frozen=True)
 class ExtractSettings(Checked):
     """How the frozen backbone is run over the images (`loff extract`, the Cache page)."""

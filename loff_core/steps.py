@@ -124,9 +124,13 @@ def extract(project: Any, spec: Any, settings: ExtractSettings = ExtractSettings
 def train(project: Any, config: Any, *, progress: Progress = Progress()) -> TrainResult:
     """Train a head (`config`: TrainConfig) on the active cache (writer lock); the run folder
     appears only when complete. Each epoch is an "epoch" partial result of `progress`."""
+    from .calibration import decision_line
+
     with project.lock():
         run = _train(project, config, progress=progress)
-    return TrainResult.from_record(run.record, run.run_id)
+    result = TrainResult.from_record(run.record, run.run_id)
+    result.decision = decision_line(run.record.get("operating_point"), run.record["task"], len(run.record["classes"]))
+    return result
 
 
 def evaluate(project: Any, run_id: Optional[str] = None, split: str = "test",
@@ -185,7 +189,13 @@ def tune(project: Any, settings: TuneSettings = TuneSettings(), *, progress: Pro
     from .search import tune as run_tune
 
     with project.lock():
-        return TuneResult.from_dict(run_tune(project, settings, progress=progress))
+        out = run_tune(project, settings, progress=progress)
+        if out.get("run"):  # which rule decides the winner's predictions, in one line
+            from .calibration import decision_line
+
+            out["decision"] = decision_line(project.run(out["run"]).record.get("operating_point"), out["task"],
+                                            len(project.run(out["run"]).record["classes"]))
+        return TuneResult.from_dict(out)
 
 
 def predict(source: Path | str, files: Iterable[Path | str], settings: PredictSettings = PredictSettings(), *,

@@ -454,6 +454,9 @@ def resolve(name: str) -> Resolved:
 # Chosen on mini-MIAS (docs/benchmarks.md, "EfficientNet-Lite0 / 1 / 2"): Lite2 at its native
 # 260 px had the best accuracy and macro AUC with both heads (by less than one fold SD) for
 # about 2.2x Lite0's extraction compute; Lite1 was last. The next installed one otherwise.
+# Checked again for issue 20 by nested CV on both real data sets (mini-MIAS by woman, the
+# pediatric chest radiographs by patient): docs/benchmarks.md, "Defaults from both real data
+# sets"; the advice's CPU rows (advice.CPU_BACKBONE) name the same model (tests/test_defaults.py).
 CPU_DEFAULT_ORDER = ["efficientnet-lite2", "efficientnet-lite0", "efficientnet-lite1"]
 
 

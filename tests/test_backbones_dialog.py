@@ -155,4 +155,6 @@ def test_gated_get_tells_before_asks_for_a_token_and_the_cache_page_shows_advice
         qtbot.waitUntil(lambda: _cell(dialog, "dinov3-vits16", "present") == "yes", timeout=LONG)
         assert all(a == "Bearer hf_dialog_token" for _, _, a in server.hosts_seen)
     window.cache_page.show_advice([])
-    assert "start with efficientnet-lite2 at 260 px" in window.cache_page.advice.text()
+    from loff_core.advice import CPU_BACKBONE, CPU_SIZE
+
+    assert f"start with {CPU_BACKBONE} at {CPU_SIZE} px" in window.cache_page.advice.text()  # the CPU default

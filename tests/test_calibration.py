@@ -15,6 +15,7 @@ from loff_core.calibration import (adjust, choose_temperature, choose_threshold,
 from loff_core.errors import TrainingError
 from loff_core.export import load_exported_head
 from loff_core.project import Project
+from loff_core.settings import DEFAULT_DECISION
 
 
 def _overconfident(n=600, seed=0):
@@ -95,7 +96,7 @@ def test_threshold_criteria():
         choose_threshold(score[pos], pos[pos])
     op = fit_operating_point(np.c_[1 - score, score], pos.astype(int), ["no", "yes"], "classification",
                              source=[0.5, 0.5], fitted_on="test data", prevalence=[3, 1])
-    assert op["prior"]["target"] == [0.75, 0.25] and op["threshold"]["criterion"] == "youden"
+    assert op["prior"]["target"] == [0.75, 0.25] and op["threshold"]["criterion"] == DEFAULT_DECISION
     assert op["threshold"]["balanced_accuracy"] == pytest.approx((op["threshold"]["sensitivity"]
                                                                  + op["threshold"]["specificity"]) / 2)
 
@@ -106,7 +107,7 @@ def test_operating_point_is_used_by_evaluate_export_and_predict(tmp_path, capsys
     run = loff_json(capsys, "train", project, "--head", "linear", "--epochs", "4", "--device", "cpu")["run"]
     record = json.loads((project / "runs" / run / "run.json").read_text())
     op = record["operating_point"]
-    assert op["threshold"]["criterion"] == "youden" and op["threshold"]["positive_class"] == "pneumonia"
+    assert op["threshold"]["criterion"] == DEFAULT_DECISION and op["threshold"]["positive_class"] == "pneumonia"
     assert op["temperature"] > 0 and op["ece_after"] <= op["ece_before"] + 1e-9
     out = loff_json(capsys, "evaluate", project, "--bootstrap", "0")
     assert out["operating_point"] == op

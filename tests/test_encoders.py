@@ -275,7 +275,9 @@ def test_advice_table_is_complete_named_and_consistent_with_the_registry_and_the
     assert plan([entry], "dinov3-vitl16", 512, 16).bytes_per_image == (16 * 16 + 1) * 1024 * 2  # the Cache page
     assert plan([entry], "dinov3-vitl16", None, 16).input_size == 256
     assert A.advise("mammograms", gpu=True).backbone.startswith("dinov3-")
-    assert A.advise("chest radiographs", gpu=False).backbone == "rad-dino"
+    # on a CPU every kind starts with the Extract default (tests/test_defaults.py); RAD-DINO on a GPU
+    assert A.advise("chest radiographs", gpu=False).backbone == W.CPU_DEFAULT_ORDER[0]
+    assert A.advise("chest radiographs", gpu=True).backbone == "rad-dino"
 
 
 def test_image_kind_from_the_catalog_and_advice_is_torch_free():
@@ -300,10 +302,10 @@ def test_weights_list_prints_the_advice_and_get_of_a_gated_model_without_a_token
 
     listed = loff_json(capsys, "weights", "list", "--images", "chest radiographs")
     assert [a["images"] for a in listed["advice"]] == ["chest radiographs"]
-    assert listed["advice"][0]["backbone"] == "rad-dino" and "Evidence:" in listed["advice"][0]["text"]
+    assert listed["advice"][0]["backbone"] == W.CPU_DEFAULT_ORDER[0] and "Evidence:" in listed["advice"][0]["text"]
     assert main(["weights", "list"]) == 0
     out = capsys.readouterr().out
-    assert out.count("advice for ") == 3 and "dinov3-vitl16" in out and "gated" in out
+    assert out.count("advice for ") == 3 and "dinov3-vitl16" in out and "gated" in out and "RAD-DINO" in out
     monkeypatch.setattr("sys.stdin", open("/dev/null"))  # no terminal: the token cannot be asked for
     code = main(["weights", "get", "dinov3-vits16"])
     err = capsys.readouterr().err

@@ -62,7 +62,7 @@ class CachePage(QWidget):
         self.advice = QLabel("")  # where to start, for these images and this device (loff_core.advice)
         self.advice.setWordWrap(True)
         self.banner = Banner()
-        for w in (self.backbone, self.image_size, self.grid):
+        for w in (self.backbone, self.image_size, self.grid, self.layers):
             signal = w.currentTextChanged if isinstance(w, QComboBox) else w.valueChanged
             signal.connect(lambda *_: self.show_plan())
 
@@ -247,8 +247,8 @@ class CachePage(QWidget):
             self.plan.setText("import images first: the plan needs their sizes")
             return
         name = self.spec_name()
-        self.plan.setText("<br>".join(plan(entries, name, self.image_size.value() or None,
-                                           self.grid.value()).lines()))
+        self.plan.setText("<br>".join(plan(entries, name, self.image_size.value() or None, self.grid.value(),
+                                           self.layers.currentText().strip() or None).lines()))
 
     def show_advice(self, entries: list) -> None:
         """One line from the declared advice table for the project's images and the device found."""

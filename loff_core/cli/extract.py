@@ -27,6 +27,8 @@ def cmd_extract(args: argparse.Namespace) -> Any:
     project = Project.open(args.project)
     spec = backbone_spec_from_args(args)
     rank, _ = distributed_rank_world()  # under torchrun: N processes, one cache; rank 0 reports
+    if rank == 0 and not args.quiet:
+        print_default_reason(args, project, spec)
     settings = ExtractSettings(device=args.device, batch_size=args.batch_size, workers=args.workers,
                                engine=args.engine)
     result = run_with_progress("extract", args.quiet or rank != 0,
@@ -34,6 +36,20 @@ def cmd_extract(args: argparse.Namespace) -> Any:
     if rank == 0:
         print_notes("extract", result.notes)
     return result
+
+
+def print_default_reason(args: argparse.Namespace, project: Any, spec: Any) -> None:
+    """Which defaults this extraction uses and why, in one line on stderr (none: all chosen)."""
+    import sys
+
+    from ..advice import default_reason, image_kind
+    from ..weights import default_backbone
+
+    gpu = args.backbone is None and spec.name != default_backbone(gpu=False)["name"]  # the GPU rule chose it
+    line = default_reason(image_kind(project.catalog().entries if project.has_catalog() else []), gpu,
+                          backbone=args.backbone, image_size=args.image_size, layers=args.layers)
+    if line:
+        print(f"loff extract: {line}", file=sys.stderr)
 
 
 

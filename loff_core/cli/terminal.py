@@ -98,9 +98,10 @@ def metric_lines(out: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:22s} {shown}" + (f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
     lines.append("confusion matrix (rows true, columns predicted): " + " ".join(out["classes"]))
     lines += ["  " + " ".join(f"{v:4d}" for v in row) for row in out["confusion_matrix"]]
-    from ..calibration import describe
+    from ..calibration import decision_line, describe
 
     lines.append(f"decision: {describe(out.get('operating_point'))}")
+    lines.append(decision_line(out.get("operating_point"), out.get("task", "classification"), len(out["classes"])))
     pc = out.get("per_class_auc") or {}
     if pc and len(out["classes"]) > 2:
         lines.append("per-class AUC (one vs rest): " + ", ".join(

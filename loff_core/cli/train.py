@@ -40,7 +40,8 @@ def _describe_train(out: dict[str, Any]) -> str:
     return "\n".join([
         f"run {out['run']}: {out['head']} head, {out['task']} ({', '.join(out['classes'])})",
         f"best {out['monitor']} {score} at epoch {out['best_epoch']} of {out['epochs']} "
-        f"({why.get(out['stopped'], out['stopped'])}); {out['n_train']} train / {out['n_val']} val images"])
+        f"({why.get(out['stopped'], out['stopped'])}); {out['n_train']} train / {out['n_val']} val images",
+        *([out["decision"]] if out.get("decision") else [])])
 
 
 
@@ -162,26 +163,30 @@ def add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def add_calibrate(sub: Any, common: argparse.ArgumentParser) -> None:
     """`loff calibrate PROJECT`."""
+    from ..calibration import FITTED
+    from ..settings import DECISION_RULES, DEFAULT_DECISION, DEFAULT_DECISION_WHY
+
     p = sub.add_parser("calibrate", parents=[common], help="fit a run's operating point: temperature, prevalence, "
                                                            "binary threshold",
                        description="Temperature scaling fitted on the validation split (tune winners: on the "
                                    "cross-validation's out-of-fold predictions), an optional prevalence correction "
                                    "(Bayes' prior shift) and, for binary tasks, the decision threshold by a criterion. "
                                    "Saved in run.json; evaluate, predict (via the exported card) and the viewer use it. "
-                                   "`loff train` already fits the default (Youden's J).")
+                                   "`loff train` already fits the default rule (" + DEFAULT_DECISION + ").")
     p.add_argument("project", type=Path)
     p.add_argument("--run", help="run id (default: the latest)")
-    p.add_argument("--criterion", choices=["youden", "sensitivity", "specificity"], default="youden",
-                   help="youden (default): best balanced accuracy on validation; sensitivity / specificity: reach "
-                        "--target on validation")
+    p.add_argument("--criterion", choices=list(FITTED), default=None,
+                   help=f"binary runs: {'; '.join(f'{k}: {v}' for k, v in DECISION_RULES.items())}; sensitivity / "
+                        f"specificity: reach --target on validation (default: {DEFAULT_DECISION}, "
+                        f"{DEFAULT_DECISION_WHY})")
     p.add_argument("--target", type=float, help="the sensitivity or specificity to reach, e.g. 0.9")
     p.add_argument("--threshold", type=float, help="set the threshold by hand (probability of the second class)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--prevalence", help="class shares expected where the model is used, in class order, e.g. 0.3,0.7 "
                                         "(finite, above 0). It moves the probabilities (Bayes' prior shift); for a "
-                                        "binary run whose threshold is refitted by a criterion the decisions stay "
-                                        "the same (the threshold moves with them); with --threshold or more than "
-                                        "two classes it changes decisions. The summary says how many changed")
+                                        "binary run whose threshold is refitted by youden, sensitivity or specificity "
+                                        "the decisions stay the same (the threshold moves with them); with argmax, "
+                                        "--threshold or more than two classes it changes decisions. The summary says how many changed")
     g.add_argument("--prevalence-from-test", action="store_true",
                    help="take the prevalence from the test split's labels (you say the test split is like the use); "
                         "does to the decision what --prevalence does, and marks the operating point as using test "

@@ -96,6 +96,7 @@ def _describe_tune(out: dict[str, Any]) -> str:
             ci = (out.get("test_ci") or {}).get(name)
             lines.append(f"  {name:22s} {'n/a' if v is None else f'{v:.3f}'}"
                          + (f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+    lines += [out["decision"]] if out.get("decision") else []
     return "\n".join(lines)
 
 
