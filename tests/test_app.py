@@ -566,8 +566,9 @@ def test_failed_csv_save_is_a_message_and_the_csv_lists_unreadable_files(window,
     assert predict.result is not None and predict.table.rowCount() == 2 and predict.save_button.isEnabled()
     good = tmp_path / "predictions.csv"
     predict.save_csv(str(good))
-    assert good.read_text().splitlines() == ["path,predicted,p_a,p_b,run,model", "/data/one.png,b,0.25,0.75,,",
-                                             "/data/broken.dcm,not read: not a DICOM file,,,,"]
+    assert good.read_text().splitlines() == ["path,predicted,p_a,p_b,out_of_distribution,run,model",
+                                             "/data/one.png,b,0.25,0.75,,,",
+                                             "/data/broken.dcm,not read: not a DICOM file,,,,,"]
     assert "saved 1 predictions and 1 unreadable files to" in w.problems.item(w.problems.count() - 1).text()
 
 

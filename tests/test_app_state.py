@@ -13,6 +13,7 @@ screen, the Messages dock and the status bar visible and the tables' rows in vie
 from __future__ import annotations
 
 import csv
+import time
 import os
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def build_project(root: Path, spec: dict, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     base = tmp_path_factory.mktemp("state")
-    return build_project(base / "project-A", SPEC_A, 1), build_project(base / "project-B", SPEC_B, 2)
+    a = build_project(base / "project-A", SPEC_A, 1)
+    time.sleep(1.1)  # run ids name the second they were made: B's differ from A's
+    return a, build_project(base / "project-B", SPEC_B, 2)
 
 
 @pytest.fixture()
@@ -191,7 +194,8 @@ def sentinels_of(root: Path, other: Path) -> dict[str, str]:
 
     p, q = Project.open(root), Project.open(other)
     out = {str(root): "path", root.name: "name"}
-    out.update({r.run_id: "run id" for r in p.runs()})
+    theirs_ids = {r.run_id for r in q.runs()}  # run ids are times: two projects may share one
+    out.update({r.run_id: "run id" for r in p.runs() if r.run_id not in theirs_ids})
     out.update({g["group"]: "group" for g in list_groups(p)})
     out.update({c: "class" for c in p.catalog().classes})
 

@@ -13,6 +13,7 @@ import pytest
 
 from loff_cli import loff_json
 from loff_core.catalog import Catalog
+from loff_core.results import model_of
 from loff_core.cli import main
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -284,7 +285,7 @@ def test_predict_flags_chest_films_with_a_mammogram_head_and_old_heads_still_pre
           f"mammograms flagged")
     assert flagged <= 0.05 * len(mammo)
     rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="")))
-    assert {r["run"] for r in rows} == {card["run"]} and {r["model"] for r in rows} == {"head"}
+    assert {r["run"] for r in rows} == {card["run"]} and {r["model"] for r in rows} == {model_of(card)["text"]}
     assert sum(bool(r["out_of_distribution"]) for r in rows) == len(chest) + flagged
     # the viewer's explain step flags the project's own chest films (unlabelled, never trained on)
     from loff_core import steps

@@ -27,7 +27,7 @@ from loff_core.settings import AuditSettings, DataMapSettings, MAP_COLOURS
 
 from ..forms import control_for
 from ..state import AppState
-from ..widgets import Banner, ImagePanel, ProgressStrip, form_row
+from ..widgets import Banner, ImagePanel, ProgressStrip, enable, form_row
 from ..workers import load_image, start_light, wire
 
 #: rows shown per audit list (the CSVs in audit/ hold them all)
@@ -156,6 +156,7 @@ class DataMapPage(QWidget):
         self.select_box.setToolTip("drag a rectangle to select points (Shift+drag does it too)")
         self.open_button = QPushButton("Open in Viewer")
         self.open_button.clicked.connect(self.open_selection)
+        enable(self.open_button, False, "select points on the map first (click one, or Shift+drag a rectangle)")
         self.similarity = control_for(AuditSettings, "duplicate_similarity", step=0.01, decimals=2)
         self.folds = control_for(AuditSettings, "folds", high=20)
         self.audit_button = QPushButton("Run audit")
@@ -224,6 +225,7 @@ class DataMapPage(QWidget):
     def reload(self) -> None:
         """Another project, cache or catalog: the map is computed again when the page shows."""
         self.map, self.selection = None, []
+        self._selection_changed()
         self.plot.set_points(np.zeros((0, 2)), [])
         self.fill_lists()
         if self.isVisible():
@@ -267,6 +269,7 @@ class DataMapPage(QWidget):
         if self.map is None:
             return
         self.selection = [self.map["ids"][int(r)] for r in rows]
+        self._selection_changed()
         self.plot.ring(rows)
         if len(rows) == 1 and self.columns:
             r = int(rows[0])
@@ -276,6 +279,10 @@ class DataMapPage(QWidget):
         else:
             self.status.setText(f"{len(rows)} images selected: Open in Viewer steps through them")
         self.show_images(self.selection[:SIDE_BY_SIDE])
+
+    def _selection_changed(self) -> None:
+        enable(self.open_button, bool(self.selection),
+               "select points on the map first (click one, or Shift+drag a rectangle)")
 
     def open_selection(self) -> None:
         if self.selection:
@@ -336,6 +343,7 @@ class DataMapPage(QWidget):
             where = {image_id: n for n, image_id in enumerate(self.map["ids"])}
             self.plot.ring(np.asarray([where[i] for i in ids if i in where], dtype=np.int64))
         self.selection = ids
+        self._selection_changed()
         self.show_images(ids[:SIDE_BY_SIDE])
 
     def open_row(self, name: str, row: int) -> None:

@@ -19,6 +19,7 @@ from loff_core.errors import LoffError
 
 from ..remedies import window_text
 from ..state import AppState
+from ..theme import warning_colour
 from ..widgets import ImagePanel, enable, form_row
 from ..workers import load_image, start_light, wire
 
@@ -277,7 +278,7 @@ class ViewerPage(QWidget):
         self.details.setText(f"run {out.get('run', '')}<br><b>predicted: {predicted}</b>"
                              + (f"<br>{extra}" if extra else "") + "<br>"
                              + "<br>".join(f"{c}: {p:.3f}" for c, p in zip(classes, probs))
-                             + (f"<br><span style='color:#b35900'><b>out of distribution</b>: {out['ood']}</span>"
+                             + (f"<br><span style='color:{warning_colour()}'><b>out of distribution</b>: {out['ood']}</span>"
                                 if out.get("ood") else ""))
         self._clear_bars()
         self.bars.addItem(pg.BarGraphItem(x=np.arange(len(classes)), height=probs, width=0.7, brush="#0072B2"))
