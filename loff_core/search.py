@@ -275,16 +275,16 @@ def rank_key(entry: dict[str, Any], task: str) -> tuple[int, float, float]:
 
 
 def _score(source: Any, pool: Pool, classes: Sequence[str], task: str, config: Any, *, folds: int, seed: int,
-           progress: Progress, report: Callable[[int, str], None], on_fold: Optional[Callable[[float], bool]] = None
-           ) -> tuple[dict[str, Any], bool]:
-    """run_folds with its own Stop flag: set by the caller's Stop (checked at each report)
-    or by `on_fold` (given the running mean primary score after each fold; True: prune).
-    Returns (run_folds' result, pruned)."""
+           progress: Progress, report: Callable[[int, str], None], on_fold: Optional[Callable[[float], bool]] = None,
+           over_budget: Optional[Callable[[], bool]] = None) -> tuple[dict[str, Any], bool]:
+    """run_folds with its own Stop flag: set by the caller's Stop or by `over_budget` (both
+    checked at each report) or by `on_fold` (given the running mean primary score after each
+    fold; True: prune). Returns (run_folds' result, pruned)."""
     scores: list[float] = []
     pruned = [False]
 
     def on_report(done: int, total: int, message: str) -> None:
-        if progress.stop_requested and not sub.stop_requested:
+        if (progress.stop_requested or (over_budget is not None and over_budget())) and not sub.stop_requested:
             sub.request_stop()
         report(done, message)
 
@@ -326,6 +326,11 @@ class _Clock:
             return False
         left = self.budget - self.elapsed()
         return left <= 0 or (bool(self.trial_seconds) and left < float(np.mean(self.trial_seconds)))
+
+    def overrun(self) -> bool:
+        """A running trial has gone well past the budget (10 % and 10 s over it): it is cut,
+        so a slow trial (a ViT at twice the epochs) cannot hold the search far beyond it."""
+        return self.budget is not None and self.elapsed() > 1.1 * self.budget + 10
 
     def seconds_left(self, trial_index: int, folds_done: int) -> Optional[float]:
         """Trials before this one: `trial_index`; folds of this one done: `folds_done`."""
@@ -444,10 +449,14 @@ def _run_trial(study: Study, space: dict[str, Any], base: Any, sources: dict[Opt
 
     started = time.monotonic()
     result, pruned = _score(sources[block], pool, classes, task, config, folds=folds, seed=seed,
-                            progress=progress, report=report, on_fold=on_fold)
+                            progress=progress, report=report, on_fold=on_fold,
+                            over_budget=lambda: n >= 1 and clock.overrun())
     clock.trial_seconds.append(time.monotonic() - started)
     if not pruned and result["completed"] < folds:
         study.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if not progress.stop_requested:
+            progress.notice(f"the time budget ran out during trial {n + 1} ({config.head}): it is left out, "
+                            f"as a trial scored on fewer folds is not comparable")
         return None
     entry = {**_entry(config, block, result), "trial": n + 1}
     if pruned:

@@ -250,3 +250,19 @@ def test_sigterm_stops_the_tune_keeping_the_best_so_far_and_the_next_tune_resume
     board = json.loads(resumed.stdout)["leaderboard"]
     assert len([e for e in board if e["config"]["head"] != LOGREG]) == 4
     assert all(e in board for e in heads)  # what was scored before the stop stands
+
+
+def test_a_trial_that_runs_well_past_the_budget_is_cut_and_left_out(monkeypatch):
+    """A slow trial (a ViT at twice the epochs) must not hold a budgeted search far past its
+    time: once the budget is overrun (10 % and 10 s over it) the running trial stops and is
+    left out (fewer folds are not comparable); the default configuration, trial 1, is never cut."""
+    clock = search._Clock(None, 5, budget=100.0)
+    clock.start -= 105.0
+    assert not clock.overrun()  # 5 s over: within the grace
+    clock.start -= 20.0
+    assert clock.overrun() and not search._Clock(None, 5, budget=None).overrun()
+    monkeypatch.setattr(search._Clock, "overrun", lambda self: True)
+    out = _search(trials=3, budget=1e6)
+    heads = [e for e in out["leaderboard"] if e["config"]["head"] != LOGREG]
+    assert [e["trial"] for e in heads] == [1] and not heads[0].get("pruned")
+    assert out["stopped"]
