@@ -299,12 +299,17 @@ def head_choice(project: Any, run: Any) -> dict[str, Any]:
     groups = _groups(project)
     own = next((g for g in groups if g.get("group") == run.record.get("group")), None)
 
-    def row(config: Any, cv: dict[str, Any]) -> dict[str, Any]:
-        return {"config": _config_text(config), "metrics": {k: (v or {}).get("mean") for k, v in cv.items()},
+    def row(config: Any, cv: dict[str, Any], pruned: Optional[int] = None) -> dict[str, Any]:
+        # a pruned trial was scored on fewer folds (listed last, never the winner): said beside it
+        return {"config": _config_text(config) + ("" if pruned is None else f" (pruned after {pruned} of "
+                                                                          f"{own.get('folds')} folds)"),
+                "metrics": {k: (v or {}).get("mean") for k, v in cv.items()},
                 "sd": {k: (v or {}).get("sd") for k, v in cv.items()}}
 
     if own is not None and own.get("kind") == "tune":
-        board = [row(e.get("config"), e.get("cv") or {}) for e in own.get("leaderboard", [])]
+        board = [row(e.get("config"), e.get("cv") or {},
+                     len(e.get("best_epochs") or []) if e.get("pruned") else None)
+                 for e in own.get("leaderboard", [])]
         how = (f"loff tune (group {own.get('group')}): {own.get('trials', len(board))} configurations scored by "
                f"{own.get('folds')}-fold patient-grouped cross-validation on train + val, ranked by {primary}; "
                f"the winner retrained on train + val")

@@ -246,3 +246,19 @@ def test_the_report_renders_in_headless_chromium(binary, tmp_path):
                    capture_output=True, timeout=180)
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", data)) >= 2
+
+
+def test_the_leaderboard_says_which_rows_were_pruned(monkeypatch):
+    """A pruned trial was scored on fewer folds than the others: the report's leaderboard says
+    so beside it (it showed one value with no SD and no word why)."""
+    from types import SimpleNamespace
+
+    from loff_core import report
+
+    group = {"group": "g1", "kind": "tune", "folds": 5, "trials": 2, "leaderboard": [
+        {"config": {"head": "attention"}, "cv": {"auc": {"mean": 0.9, "sd": 0.02}}, "best_epochs": [3] * 5},
+        {"config": {"head": "vit"}, "cv": {"auc": {"mean": 0.7, "sd": None}}, "best_epochs": [4], "pruned": True}]}
+    monkeypatch.setattr(report, "_groups", lambda project: [group])
+    run = SimpleNamespace(record={"task": "classification", "group": "g1"})
+    rows = report.head_choice(None, run)["board"]
+    assert rows[0]["config"] == "head attention" and rows[1]["config"] == "head vit (pruned after 1 of 5 folds)"
