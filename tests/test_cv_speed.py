@@ -13,24 +13,18 @@ import torch
 from loff_core import training
 from loff_core.augment import TensorAugment, _sample_std
 from loff_core.errors import TrainingError
-from loff_core.features import InMemoryFeatures
 from loff_core.heads import AttentionPoolHead, HeadConfig, build_head
 from loff_core.progress import Progress
 from loff_core.settings import AugmentConfig, TrainConfig
-from loff_core.validation import Pool, run_folds
+from loff_core.validation import run_folds
+from test_validation import _pool as validation_pool
 
 C, H, W = 8, 3, 3
 
 
-def _pool(n=72, k=3, shift=2.5, seed=0):
-    """Separable features; two images per patient, both with the patient's label."""
-    rng = np.random.default_rng(seed)
-    y = (np.arange(n) // 2) % k
-    proto = shift * rng.normal(size=(k, C))
-    cls = (rng.normal(size=(n, C)) + proto[y]).astype(np.float16)
-    grid = (rng.normal(size=(n, C, H, W)) + proto[y][:, :, None, None]).astype(np.float16)
-    ids = [f"img{i:03d}" for i in range(n)]
-    return InMemoryFeatures(ids, cls, grid), Pool(ids, y, np.asarray([f"p{i // 2}" for i in range(n)]))
+def _pool(n=72):
+    """test_validation's separable pool (two images per patient), on a 3 x 3 grid."""
+    return validation_pool(n=n, grid_hw=(H, W))
 
 
 def _cfg(**kw):

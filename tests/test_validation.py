@@ -24,13 +24,14 @@ from loff_core.validation import (Pool, _logreg_features, fit_logreg, grouped_fo
 C, H, W = 8, 2, 2
 
 
-def _pool(n=90, k=3, shift=2.5, seed=0):
+def _pool(n=90, k=3, shift=2.5, seed=0, grid_hw=(H, W)):
     """Separable features; two images per patient, both with the patient's label."""
+    h, w = grid_hw
     rng = np.random.default_rng(seed)
     y = (np.arange(n) // 2) % k
     proto = shift * rng.normal(size=(k, C))
     cls = (rng.normal(size=(n, C)) + proto[y]).astype(np.float16)
-    grid = (rng.normal(size=(n, C, H, W)) + proto[y][:, :, None, None]).astype(np.float16)
+    grid = (rng.normal(size=(n, C, h, w)) + proto[y][:, :, None, None]).astype(np.float16)
     ids = [f"img{i:03d}" for i in range(n)]
     groups = np.asarray([f"p{i // 2}" for i in range(n)])
     return InMemoryFeatures(ids, cls, grid), Pool(ids, y, groups)
