@@ -21,8 +21,9 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog
                                QPlainTextEdit, QPushButton, QStackedWidget, QVBoxLayout, QWidget)
 
 from loff_core.progress import parse_duration
-from loff_core.settings import AutoSettings, field_info
+from loff_core.settings import AutoSettings
 
+from .forms import duration_control
 from .state import AppState
 from .widgets import Banner, ProgressStrip, form_row
 from .workers import Job, wire
@@ -37,14 +38,6 @@ def csv_columns(path: str) -> list[str]:
         return next(csv.reader(sample.splitlines(), dialect), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
-
-
-def budget_text(seconds: float) -> str:
-    """A budget as the command line writes it (300 -> "5m"), which `parse_duration` reads back."""
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
 
 
 class BuildModelDialog(QDialog):
@@ -83,9 +76,7 @@ class BuildModelDialog(QDialog):
         self.labels.editingFinished.connect(self._read_columns)
         self.label_column = QComboBox()
         self.label_column.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        info = field_info(AutoSettings, "budget")
-        self.budget = QLineEdit(budget_text(info.default))
-        self.budget.setToolTip(info.help)
+        self.budget = duration_control(AutoSettings, "budget")  # declared once with `loff auto --budget`
         self.project = QLineEdit(project)
         self.project.setPlaceholderText("project folder (new or existing)")
         form = QFormLayout()

@@ -5,11 +5,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QLineEdit, QSpinBox, QWidget
 
 from loff_core.settings import field_info
 
 _INT_MAX = 2**31 - 1
+
+
+def budget_text(seconds: float) -> str:
+    """A duration as the command line writes it (300 -> "5m"), which `parse_duration` reads back."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def duration_control(cls: type, name: str, default: float | None = None) -> QLineEdit:
+    """A line edit for a declared duration setting (a time budget: "90s", "3m", "1h", as on the
+    command line), set to `default` or the declaration's default, with its help as the tooltip;
+    read it back with `duration_value`."""
+    info = field_info(cls, name)
+    value = default if default is not None else info.default
+    box = QLineEdit("" if value is None else budget_text(float(value)))
+    box.setPlaceholderText("no limit" if info.default is None else "")
+    box.setToolTip(info.help)
+    return box
+
+
+def duration_value(box: QLineEdit) -> float | None:
+    """Seconds in a `duration_control`; None when it is empty (no limit); ValueError naming
+    the text when it is not a duration."""
+    from loff_core.progress import parse_duration
+
+    text = box.text().strip()
+    return parse_duration(text) if text else None
 
 
 def control_for(cls: type, name: str, *, step: float | None = None, decimals: int | None = None,

@@ -17,6 +17,8 @@ from typing import Any, Callable, Optional
 from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QPushButton, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
+from loff_core.progress import format_duration
+
 from .remedies import window_text
 from .state import AppState
 from .widgets import ProgressStrip, enable, form_row
@@ -62,13 +64,17 @@ class ValidationPanel(QGroupBox):
         self.settings = settings  # the Train page's head / task / epochs / lr / seed / augment
         from loff_core.settings import TuneSettings
 
-        from .forms import control_for
+        from .forms import control_for, duration_control
 
         self.folds = control_for(TuneSettings, "folds", high=20)  # declared once with `loff cv / tune --folds`
-        from loff_core.settings import DEFAULT_TUNE_TRIALS
+        from loff_core.settings import DEFAULT_TUNE_BUDGET, DEFAULT_TUNE_TRIALS
 
         self.trials = control_for(TuneSettings, "trials", high=100)
         self.trials.setValue(DEFAULT_TUNE_TRIALS)  # the declaration's None: this many without a budget
+        # a plain `loff tune` stops starting trials after DEFAULT_TUNE_BUDGET: the window's default does too;
+        # emptied, the trials alone decide
+        self.budget = duration_control(TuneSettings, "budget", default=DEFAULT_TUNE_BUDGET)
+        self.budget.setMaximumWidth(80)
         self.cv_button = QPushButton("Cross-validate")
         self.cv_button.setToolTip("train the head above once per fold and report each metric as mean ± SD")
         self.cv_button.clicked.connect(self.start_cv)
@@ -89,7 +95,7 @@ class ValidationPanel(QGroupBox):
         self.plan = ""
         layout = QVBoxLayout(self)
         layout.addWidget(form_row(QLabel("folds"), self.folds, self.cv_button, QLabel("trials"), self.trials,
-                                  self.tune_button, self.strip, stretch_last=True))
+                                  QLabel("budget"), self.budget, self.tune_button, self.strip, stretch_last=True))
         layout.addWidget(self.result)
         layout.addWidget(self.board)
         state.busy_changed.connect(self._busy)
@@ -168,11 +174,19 @@ class ValidationPanel(QGroupBox):
             return
         from loff_core.settings import TuneSettings
 
+        from .forms import duration_value
+
         trials, folds = self.trials.value(), self.folds.value()
+        try:
+            budget = duration_value(self.budget)
+        except ValueError as exc:
+            self.result.setText(f"budget: {exc}")
+            self.state.message.emit("error", f"Find the best head: budget {exc}")
+            return
         # the page's task, seed, epochs (the search's base length: it tries them and twice them),
         # device, batch size, ...: the engine keeps what the search does not vary (search.tune_base)
         config = self.cv_config()
-        settings = TuneSettings(trials=trials, folds=folds, train=config)
+        settings = TuneSettings(trials=trials, folds=folds, budget=budget, train=config)
         self.entries = []
         self.board.setRowCount(0)
         def work(progress: Any) -> Any:
@@ -182,8 +196,9 @@ class ValidationPanel(QGroupBox):
         job = self.state.start("find the best head", work)
         if job is not None:
             job.on_close = "stop"
+            within = f", no new one after {format_duration(budget)}" if budget else ""
             self.plan = (f"trying {trials} head configurations ({config.epochs} or {2 * config.epochs} epochs) after a "
-                         f"logistic regression, {folds} folds each; Stop keeps the best so far")
+                         f"logistic regression, {folds} folds each{within}; Stop keeps the best so far")
             self.result.setText(self.plan)
             job.notice.connect(self.show_notice)
             wire(job, strip=self.strip, partial={"trial": self.add_entry}, done=self.show_tune)

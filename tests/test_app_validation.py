@@ -121,6 +121,38 @@ def test_find_the_best_head_honours_the_form_fills_in_marks_pruned_and_shows_tim
     assert "pruned" in panel.result.text()
 
 
+def test_find_the_best_head_has_the_command_lines_default_budget(qtbot, window, tmp_path, capsys, monkeypatch):
+    """The window's default search stops where a plain `loff tune` does (DEFAULT_TUNE_TRIALS
+    trials, no new one after DEFAULT_TUNE_BUDGET); an emptied budget is no limit; a budget that
+    is not a duration is refused with its text and starts nothing."""
+    from loff_core import steps
+    from loff_core.search import stop_rule
+    from loff_core.settings import DEFAULT_TUNE_BUDGET
+
+    asked = []
+
+    def fake_tune(project, settings, progress=None):
+        asked.append(settings)
+        raise RuntimeError("stopped by the test")
+    monkeypatch.setattr(steps, "tune", fake_tune)
+    path = binary_png_project(tmp_path, capsys)
+    w = window
+    _open(w, path)
+    panel = w.train_page.validation
+    qtbot.mouseClick(panel.tune_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
+    assert (asked[-1].trials, asked[-1].budget) == stop_rule(None, None)
+    assert asked[-1].budget == DEFAULT_TUNE_BUDGET
+    panel.budget.setText("")
+    qtbot.mouseClick(panel.tune_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
+    assert asked[-1].budget is None
+    panel.budget.setText("soon")
+    qtbot.mouseClick(panel.tune_button, Qt.MouseButton.LeftButton)
+    assert not w.state.busy and len(asked) == 2
+    assert "'soon' is not a duration" in panel.result.text()
+
+
 def test_results_page_saves_the_operating_point(qtbot, window, tmp_path, capsys):
     path = binary_png_project(tmp_path, capsys)
     run = loff_json(capsys, "train", path, "--head", "linear", "--epochs", "3", "--device", "cpu")["run"]
