@@ -152,9 +152,11 @@ def extract_features(items: list[tuple[str, Path]], spec: Any, caches_dir: Path,
         from .engines import choose_engine
 
         # decided on the whole plan, not on what is left: a resumed run uses the same engine
-        forward = choose_engine(backbone, engine, notes, images=len(plan.work))
-        engine_label = forward.label
-        extracted, stopped = _run_batches(plan, backbone, forward, num_workers, world, progress, notes)
+        def make_forward() -> Any:
+            return choose_engine(backbone, engine, notes, images=len(plan.work))
+
+        extracted, stopped, engine_label = _run_batches(plan, backbone, make_forward, num_workers, world, progress,
+                                                        notes)
     if world > 1:
         import torch.distributed as dist
 
@@ -240,11 +242,13 @@ class _Plan:
         return cls(work, batches, names, finished, todo, failed_before, len(done_ids), batch_size, parts)
 
 
-def _run_batches(plan: _Plan, backbone: Any, forward: Any, num_workers: Optional[int], world: int,
-                 progress: Progress, notes: list[str]) -> tuple[int, bool]:
-    """Decode (DataLoader workers), forward (`forward`: the engine) and write one shard per
-    batch of `plan.todo`; the cost said from the first batch, then a steady time left;
-    returns (images extracted, stopped early)."""
+def _run_batches(plan: _Plan, backbone: Any, make_forward: Any, num_workers: Optional[int], world: int,
+                 progress: Progress, notes: list[str]) -> tuple[int, bool, str]:
+    """Decode (DataLoader workers), forward (the engine `make_forward()` prepares) and write
+    one shard per batch of `plan.todo`; the cost said from the first batch, then a steady time
+    left; returns (images extracted, stopped early, the engine's label). The decode workers
+    start before the engine is prepared (ONNX Runtime: an export of about a second), so the
+    first batches are decoded meanwhile (issue 20: fixed costs count on small sets)."""
     import torch
 
     from .progress import TimeLeft
@@ -259,11 +263,13 @@ def _run_batches(plan: _Plan, backbone: Any, forward: Any, num_workers: Optional
         persistent_workers=False, worker_init_fn=_worker_init,
     )
     extracted, sub_batch = 0, plan.batch_size
-    t0 = time.monotonic()
-    to_do = total - done_count
-    clock = TimeLeft(to_do, t0)
+    decoded = iter(loader)  # forks the workers, which start decoding now
     try:
-        for k, (indices, batch, bad) in zip(plan.todo, loader):
+        forward = make_forward()
+        t0 = time.monotonic()  # the estimate times the forward passes, not the engine's preparation
+        to_do = total - done_count
+        clock = TimeLeft(to_do, t0)
+        for k, (indices, batch, bad) in zip(plan.todo, decoded):
             progress.check()
             ids = [plan.work[i][0] for i in indices]
             bad_named = [(plan.work[i][0], r) for i, r in bad]
@@ -286,10 +292,10 @@ def _run_batches(plan: _Plan, backbone: Any, forward: Any, num_workers: Optional
             _report_batch(progress, clock, t0, extracted * world, to_do, len(ids) * world, done_count, total,
                           forward.label, notes)
             if progress.stop_requested:
-                return extracted, True
+                return extracted, True, forward.label
     finally:
-        del loader
-    return extracted, False
+        del decoded, loader
+    return extracted, False, forward.label
 
 
 def _report_batch(progress: Progress, clock: Any, t0: float, extracted: int, to_do: int, batch: int,
