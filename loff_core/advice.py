@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
+from .progress import rough_duration
+
 IMAGE_KINDS = ("mammograms", "chest radiographs", "other")
 DEVICES = ("cpu", "gpu")
 #: GPU time estimates: forward GFLOPs / this many effective TFLOP/s (bf16 autocast, a workstation
@@ -184,14 +186,6 @@ def _size(n: float) -> str:
     return f"{n:.0f} bytes"
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def describe(advice: Advice, images: Optional[int] = None, grid: Optional[int] = None) -> str:
     """One line: what to start with, what it costs (for `images` images if given), why, evidence."""
     from .settings import ExtractSettings
@@ -203,7 +197,7 @@ def describe(advice: Advice, images: Optional[int] = None, grid: Optional[int] =
     per_bytes = cache_bytes_per_image(advice.backbone, advice.image_size, grid)
     n = f" for {images} images" if images else " per 1000 images"
     count = images or 1000
-    cost = f"about {_duration(per * count)}{n} ({advice.time_note()})"
+    cost = f"about {rough_duration(per * count)}{n} ({advice.time_note()})"
     if per_bytes:
         cost += f", cache {_size(per_bytes * count)}"
     get = ""

@@ -191,6 +191,15 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def rough_duration(seconds: float) -> str:
+    """An estimate, rounded as a person would say it: 45 s, 12 min, 1.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def parse_duration(text: str) -> float:
     """Seconds from '90', '90s', '3m', '1.5h' (a time budget on the command line); ValueError otherwise."""
     import re

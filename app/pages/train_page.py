@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QScrollArea, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from loff_core.progress import rough_duration
 from loff_core.results import epochs_text, head_name, score_text
 from loff_core.settings import HEAD_KINDS, AugmentConfig, TrainConfig, all_fields
 
@@ -257,7 +258,7 @@ class TrainPage(QWidget):
         elapsed = time.monotonic() - getattr(self, "_started", time.monotonic())
         if 0 < done < total and elapsed > 1:
             left = elapsed * (total - done) / done
-            message += f", about {_duration(left)} left"
+            message += f", about {rough_duration(left)} left"
         self.strip.report(done, total, message)
 
     def _epoch(self, entry: dict) -> None:
@@ -465,11 +466,3 @@ def _set_value(control: Any, value: Any) -> None:
         control.setCurrentText(str(value))
     else:
         control.setValue(value)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
