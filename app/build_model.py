@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
+from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QLineEdit,
                                QPlainTextEdit, QPushButton, QStackedWidget, QVBoxLayout, QWidget)
 
 from loff_core.progress import parse_duration
@@ -25,7 +25,7 @@ from loff_core.settings import AutoSettings
 
 from .forms import duration_control
 from .state import AppState
-from .widgets import Banner, ProgressStrip, form_row
+from .widgets import LABELS_FILTER, Banner, ProgressStrip, choose_into, form_row
 from .workers import Job, wire
 
 
@@ -105,20 +105,14 @@ class BuildModelDialog(QDialog):
         return box
 
     def _choose_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Image folder", self.folder.text())
-        if path:
-            self.folder.setText(path)
+        choose_into(self.folder, "Image folder")
 
     def _choose_csv(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Labels CSV", self.folder.text(), "CSV (*.csv *.tsv *.txt)")
-        if path:
-            self.labels.setText(path)
+        if choose_into(self.labels, "Labels CSV", file_filter=LABELS_FILTER, start=self.folder.text()):
             self._read_columns()
 
     def _choose_project(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Project folder", self.project.text())
-        if path:
-            self.project.setText(path)
+        choose_into(self.project, "Project folder")
 
     def _read_columns(self, wanted: Optional[str] = None) -> None:
         wanted = wanted or self.label_column.currentData()

@@ -8,10 +8,26 @@ from typing import Any, Optional
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
+                               QSizePolicy, QVBoxLayout, QWidget)
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
+
+#: the file types a labels table may have (Import page, Build a model)
+LABELS_FILTER = "CSV (*.csv *.tsv *.txt)"
+
+
+def choose_into(edit: QLineEdit, title: str, *, file_filter: Optional[str] = None, start: Optional[str] = None) -> bool:
+    """A folder (or, with `file_filter`, a file) chosen in the system dialog, written into
+    `edit`; the dialog opens at `start` (default: what `edit` holds). True when one was chosen."""
+    start = edit.text() if start is None else start
+    if file_filter is None:
+        path = QFileDialog.getExistingDirectory(edit.window(), title, start)
+    else:
+        path, _ = QFileDialog.getOpenFileName(edit.window(), title, start, file_filter)
+    if path:
+        edit.setText(path)
+    return bool(path)
 
 
 def enable(button: QWidget, on: bool, why: str = "") -> None:

@@ -106,3 +106,34 @@ def test_another_folder_asks_before_replacing_the_catalog(qtbot, window, demo, t
     dialog.confirm = lambda text: asked.append(text) or False  # the user says No
     assert dialog.start() is None and not window.state.busy
     assert len(asked) == 1 and str(demo.images_root()) in asked[0] and "replaces its catalog" in asked[0]
+
+
+def test_browse_buttons_fill_the_fields_and_read_the_labels_columns(qtbot, window, tmp_path, monkeypatch):  # noqa: F811
+    """Import page and Build a model share one chooser (widgets.choose_into): a chosen labels
+    CSV fills the field and its columns; a cancelled dialog changes nothing."""
+    from PySide6.QtWidgets import QFileDialog
+
+    from app.build_model import BuildModelDialog
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,density,woman\na.png,F,1\n", encoding="utf-8")
+    answers = {"getOpenFileName": (str(labels), "CSV"), "getExistingDirectory": str(tmp_path)}
+    opened_at = []
+
+    def answer(name):
+        return staticmethod(lambda parent, title, start="", *a: (opened_at.append((title, start)), answers[name])[1])
+    for name in answers:
+        monkeypatch.setattr(QFileDialog, name, answer(name))
+    dialog = BuildModelDialog(window.state)
+    page = window.import_page
+    for owner in (dialog, page):
+        owner._choose_folder()
+        assert owner.folder.text() == str(tmp_path)
+        owner._choose_csv()
+        assert owner.labels.text() == str(labels) and opened_at[-1] == ("Labels CSV", str(tmp_path))
+        assert "density" in [owner.label_column.itemText(i) for i in range(owner.label_column.count())]
+    dialog._choose_project()
+    assert dialog.project.text() == str(tmp_path)
+    answers["getExistingDirectory"] = ""  # cancelled
+    dialog._choose_project()
+    assert dialog.project.text() == str(tmp_path)

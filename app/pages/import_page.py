@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QLabel, QLineEdit, QListWidget,
+from PySide6.QtWidgets import (QComboBox, QFormLayout, QLabel, QLineEdit, QListWidget,
                                QMessageBox, QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
 
 from loff_core.catalog import CatalogEntry
@@ -18,7 +18,7 @@ from loff_core.settings import TASKS
 
 from ..remedies import window_text
 from ..state import AppState
-from ..widgets import Banner, ImagePanel, ProgressStrip, enable, form_row
+from ..widgets import LABELS_FILTER, Banner, ImagePanel, ProgressStrip, choose_into, enable, form_row
 from ..workers import wire
 
 COLUMNS = [("shown_path", "File"), ("label", "Label"), ("split", "Split"), ("patient_key", "Patient key"),
@@ -242,14 +242,10 @@ class ImportPage(QWidget):
 
     # -- choosing inputs ---------------------------------------------------------------
     def _choose_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Image folder", self.folder.text())
-        if path:
-            self.folder.setText(path)
+        choose_into(self.folder, "Image folder")
 
     def _choose_csv(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Labels CSV", self.folder.text(), "CSV (*.csv *.tsv *.txt)")
-        if path:
-            self.labels.setText(path)
+        if choose_into(self.labels, "Labels CSV", file_filter=LABELS_FILTER, start=self.folder.text()):
             self._read_columns()
 
     def _fill_from_project(self) -> None:
