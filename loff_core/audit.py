@@ -444,6 +444,41 @@ def act_on_leaks(project: Any, action: str, settings: AuditSettings = AuditSetti
             "changes": changes}
 
 
+def reapply_regroups(project: Any, entries: Sequence[Any]) -> tuple[list[Any], Optional[str]]:
+    """A re-import draws the splits again; the split moves of `--on-leak regroup` actions that
+    were not undone (audit/on_leak.json) are applied again to the images whose fresh split is
+    the one the move started from. Returns (entries, a line for the import's warnings or None).
+    (Exclusions, and so drop-from-test, outlive a re-import on their own.)"""
+    import json
+
+    path = project.root / AUDIT_DIR / ON_LEAK_FILE
+    if not path.is_file():
+        return list(entries), None
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return list(entries), f"{path}: not read ({exc}); earlier --on-leak regroup moves were not applied again"
+    moves = {}
+    for record in history:
+        if record.get("action") == "regroup":
+            moves.update({c["image"]: c for c in record.get("changes", []) if "split" in c})
+    if not moves:
+        return list(entries), None
+    out, applied, stale = [], 0, 0
+    for e in entries:
+        c = moves.get(e.image_id)
+        if c is not None and e.split == c["was_split"]:
+            out.append(replace(e, split=c["split"]))
+            applied += 1
+        else:
+            stale += c is not None and e.split != c["split"]
+            out.append(e)
+    line = (f"--on-leak regroup applied again after the re-import: {applied} images moved to their linked "
+            f"patients' split" + (f"; {stale} left where the new import put them (their split changed since)"
+                                  if stale else ""))
+    return out, line if applied or stale else None
+
+
 def _drop_changes(leaks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     changes = []
     for g in leaks:

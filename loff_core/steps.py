@@ -336,7 +336,10 @@ def _import_images(project: Any, images_dir: Path | str, settings: ImportSetting
     if project.has_catalog():  # exclusions (`loff audit --exclude`) outlive a re-import
         left_out = {e.image_id: e.excluded for e in project.catalog().entries if e.excluded is not None}
         entries = [replace(e, excluded=left_out[e.image_id]) if e.image_id in left_out else e for e in entries]
-    warnings = list(catalog.warnings)
+    from .audit import reapply_regroups
+
+    entries, regrouped = reapply_regroups(project, entries)  # `loff audit --on-leak regroup` outlives it too
+    warnings = list(catalog.warnings) + ([regrouped] if regrouped else [])
     from .catalog import identical_across_splits
 
     copies = identical_across_splits(images_dir, entries)

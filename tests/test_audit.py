@@ -231,6 +231,12 @@ def test_on_leak_drop_from_test_regroup_and_undo(planted, audited, tmp_path, cap
         assert by_id[ids[copy]].split == by_id[ids[original]].split
         assert ids[copy] in moved or ids[original] in moved
     assert all(by_id[i].split == c["split"] and c["was_split"] != c["split"] for i, c in moved.items())
+    regrouped = {e.image_id: e.split for e in Catalog.load(project / "catalog.csv").entries}
+    root = planted["project"].parent  # a re-import draws the splits again: the regroup is applied again
+    imported = loff_json(capsys, "import", project, root / "images", "--labels", root / "labels.csv", "--label-column",
+                         "tissue", "--patient-column", "woman", "--split-column", "split", "--classes", "F,G,D")
+    assert any(f"regroup applied again after the re-import: {len(moved)} images" in w for w in imported["warnings"])
+    assert {e.image_id: e.split for e in Catalog.load(project / "catalog.csv").entries} == regrouped
     assert loff_json(capsys, "audit", project, "--on-leak", "undo")["changed"] == len(moved)
     assert (project / "catalog.csv").read_bytes() == before
     assert main(["audit", str(project), "--on-leak", "undo", "--quiet"]) == 1  # nothing left to undo
