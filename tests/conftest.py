@@ -28,6 +28,22 @@ def isolated_studio_config(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def working_folder_restored(tmp_path):  # set up after tmp_path, so put back before it goes
+    """A test that moves the working folder (os.chdir) gets it put back when it ends. A passed
+    test's tmp_path is removed (pyproject: tmp_path_retention_policy), and a worker left inside
+    a removed folder broke every later subprocess on it (CI: spawn's FileNotFoundError, "failed
+    to make path absolute", oneMKL "Cannot load libtorch_cpu.so"): 9 tests failed in one run."""
+    before = os.getcwd()
+    yield
+    try:
+        moved = os.getcwd() != before
+    except FileNotFoundError:  # already inside a removed folder
+        moved = True
+    if moved:
+        os.chdir(before)
+
+
+@pytest.fixture(autouse=True)
 def no_qthread_left_running(request):
     yield
     if request.node.get_closest_marker("gui") is None:

@@ -486,9 +486,9 @@ def test_dark_theme_colours_warnings_with_its_own_red(qtbot, demo_copy):
     w.state.runner.shutdown()
 
 
-def test_predictions_csv_names_run_and_model_and_lands_in_the_project(demo_copy, tmp_path, capsys):
+def test_predictions_csv_names_run_and_model_and_lands_in_the_project(demo_copy, tmp_path, capsys, monkeypatch):
     files = sorted((demo_copy / "images").rglob("*.dcm"))[:2]
-    os.chdir(tmp_path)  # the working folder gets nothing
+    monkeypatch.chdir(tmp_path)  # the working folder gets nothing
     out = loff_json(capsys, "predict", demo_copy, *files, "--random-init", "--csv")
     saved = Path(out["csv"])
     assert saved.parent == (demo_copy / "predictions").resolve() and saved.name.startswith(out["run"])
