@@ -29,6 +29,8 @@ def duration_control(cls: type, name: str, default: float | None = None) -> QLin
     box = QLineEdit("" if value is None else budget_text(float(value)))
     box.setPlaceholderText("no limit" if info.default is None else "")
     box.setToolTip(info.help)
+    # wide enough for "no limit" and "1h 30m" in any crowded row (it was squeezed to "50s")
+    box.setMinimumWidth(box.fontMetrics().horizontalAdvance("no limit") + 16)
     return box
 
 

@@ -321,7 +321,7 @@ class MainWindow(QMainWindow):
 
     # -- messages ----------------------------------------------------------------------
     def show_message(self, level: str, text: str) -> None:
-        prefix = {"error": "Problem: ", "warning": "Warning: "}.get(level, "")
+        prefix = {"error": "Problem: ", "warning": "Warning: ", "note": "Note: "}.get(level, "")
         self.problems.addItem(prefix + text)
         self.problems.scrollToBottom()
         self.statusBar().showMessage(prefix + text, 15000)

@@ -86,7 +86,7 @@ class AppState(QObject):
     runs_changed = Signal()
     evaluation_changed = Signal(dict)  # an evaluation became the shown one (project_state.evaluation)
     browse = Signal(list, str)  # image ids to step through in the viewer, and a caption
-    message = Signal(str, str)  # level ("info" | "warning" | "error"), text
+    message = Signal(str, str)  # level ("info" | "note" | "warning" | "error"), text
     busy_changed = Signal(bool)
 
     def __init__(self) -> None:
@@ -123,6 +123,7 @@ class AppState(QObject):
         job = Job(name, fn, *args, **kwargs)
         job.failed.connect(lambda text: self.message.emit("error", text))
         job.notice.connect(lambda text: self.message.emit("warning", text))  # at once, while it runs
+        job.info.connect(lambda text: self.message.emit("note", text))  # a plan, an estimate: no warning
         job.cancelled.connect(lambda: self.message.emit("info", f"{name} cancelled; nothing was changed"))
         log.info("start %s", name)
         return self.runner.start(job)

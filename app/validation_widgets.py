@@ -94,8 +94,11 @@ class ValidationPanel(QGroupBox):
         self.entries: list[dict[str, Any]] = []
         self.plan = ""
         layout = QVBoxLayout(self)
+        # the progress strip on a line of its own: beside the controls it made the row wider than
+        # the panel at 1280 x 720 (a horizontal scroll bar, Stop off-screen)
         layout.addWidget(form_row(QLabel("folds"), self.folds, self.cv_button, QLabel("trials"), self.trials,
-                                  QLabel("budget"), self.budget, self.tune_button, self.strip, stretch_last=True))
+                                  QLabel("budget"), self.budget, self.tune_button))
+        layout.addWidget(self.strip)
         layout.addWidget(self.result)
         layout.addWidget(self.board)
         state.busy_changed.connect(self._busy)
@@ -201,6 +204,7 @@ class ValidationPanel(QGroupBox):
                          f"logistic regression, {folds} folds each{within}; Stop keeps the best so far")
             self.result.setText(self.plan)
             job.notice.connect(self.show_notice)
+            job.info.connect(self.show_notice)
             wire(job, strip=self.strip, partial={"trial": self.add_entry}, done=self.show_tune)
 
     def show_notice(self, text: str) -> None:

@@ -45,6 +45,28 @@ def enable(button: QWidget, on: bool, why: str = "") -> None:
     button.setProperty("why", "" if on else why)
 
 
+class ElidedLabel(QLabel):
+    """One line that gives way: it never widens its row past the window (a long progress line
+    pushed the Validate panel's controls off-screen at 1280 x 720, with a scroll bar); what
+    does not fit ends in "…", and the whole text is the tooltip. `text()` is the whole text."""
+
+    def __init__(self, text: str = "", parent: Optional[QWidget] = None):
+        super().__init__(text, parent)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(self.fontMetrics().horizontalAdvance("0000 …"))
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
+        super().setText(text)
+        self.setToolTip(text)
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        from PySide6.QtGui import QPainter
+
+        painter = QPainter(self)
+        shown = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.contentsRect().width())
+        painter.drawText(self.contentsRect(), int(self.alignment()), shown)
+
+
 class ProgressStrip(QWidget):
     """Progress bar + message + Stop (keep what is done) + Cancel (drop it)."""
 
@@ -55,8 +77,7 @@ class ProgressStrip(QWidget):
         super().__init__(parent)
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
-        self.label = QLabel("")
-        self.label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.label = ElidedLabel("")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Finish early and keep what is done")
         self.stop_button.clicked.connect(self.stop_clicked)

@@ -62,7 +62,8 @@ class Job(QObject):
     finished = Signal(object)
     failed = Signal(str)
     cancelled = Signal()
-    notice = Signal(str)  # a report the user must see at once (the job goes on)
+    notice = Signal(str)  # a warning the user must see at once (the job goes on)
+    info = Signal(str)  # a line the user should see at once that is no warning (a plan, an estimate)
     ended = Signal()  # after finished / failed / cancelled (also for a stale light job)
     _relay = Signal(str, object)  # kind, payload: emitted on the worker thread, queued to the GUI thread
 
@@ -71,7 +72,8 @@ class Job(QObject):
         self.name = name
         self._fn, self._args, self._kwargs = fn, args, kwargs
         self._takes_progress = takes_progress
-        self.progress_state = Progress(on_report=self._report, on_notice=self._notice, on_partial=self._partial)
+        self.progress_state = Progress(on_report=self._report, on_notice=self._notice, on_info=self._info,
+                                       on_partial=self._partial)
         self.thread_name: Optional[str] = None  # recorded for tests: never the GUI thread
         self.on_close = "cancel"  # or "stop": what closing the window does to this job
         self.notices: list[str] = []  # the notices already emitted (pages skip them in the result)
@@ -93,6 +95,11 @@ class Job(QObject):
         if message not in self.notices:
             self.notices.append(message)
             self._send("notice", str(message))
+
+    def _info(self, message: str) -> None:
+        if message not in self.notices:
+            self.notices.append(message)
+            self._send("info", str(message))
 
     def _partial(self, item: Partial) -> None:
         self._send("partial", item)
@@ -127,6 +134,8 @@ class Job(QObject):
                 self.partial.emit(payload)
             elif kind == "notice":
                 self.notice.emit(payload)
+            elif kind == "info":
+                self.info.emit(payload)
             elif kind == "finished":
                 self.finished.emit(payload)
             elif kind == "failed":

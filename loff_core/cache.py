@@ -311,7 +311,7 @@ def _report_batch(progress: Progress, clock: Any, t0: float, extracted: int, to_
                    f"about {format_duration(estimate)} for the {to_do} images")
         if estimate >= ESTIMATE_NOTICE_SECONDS:
             notes.append(message)
-            progress.notice(message)
+            progress.inform(message)
         else:
             progress.report(done_count, total, message)
     else:

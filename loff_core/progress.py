@@ -57,6 +57,9 @@ class Progress:
     #: called with a message the user must see at once while the job goes on (e.g. "GPU out
     #: of memory: retrying with batch size 8"); the app shows it as a warning
     on_notice: Optional[Callable[[str], None]] = None
+    #: called with a line the user should see at once that is no warning (a plan, an estimate,
+    #: "resuming the study"); the app shows it as a note. Unset: `on_notice` gets it.
+    on_info: Optional[Callable[[str], None]] = None
     #: called with each `Partial` result (an epoch, a fold, a trial), on the job's thread
     on_partial: Optional[Callable[[Partial], None]] = None
     _event: threading.Event = field(default_factory=threading.Event, repr=False)  # cancel
@@ -77,6 +80,17 @@ class Progress:
     def _send_notice(self, message: str) -> None:
         if self.on_notice is not None:
             self.on_notice(message)
+
+    def inform(self, message: str) -> None:
+        """Like `notice`, for a line that is no warning (what the job plans, what it will cost)."""
+        self.report(self._last[0], self._last[1], message)
+        self._send_info(message)
+
+    def _send_info(self, message: str) -> None:
+        if self.on_info is not None:
+            self.on_info(message)
+        else:
+            self._send_notice(message)
 
     def partial(self, kind: str, value: Any) -> None:
         """Hand a partial result to whoever watches (see PARTIAL_KINDS)."""
@@ -115,7 +129,8 @@ class Progress:
         part's counts into this one's); it shares this one's cancel flag and, unless `stop`
         is False (a part that must run to its end), its Stop flag; its notices and partial
         results reach this one's watchers."""
-        return Progress(on_report=on_report, on_notice=self._send_notice, on_partial=self._send_partial,
+        return Progress(on_report=on_report, on_notice=self._send_notice, on_info=self._send_info,
+                        on_partial=self._send_partial,
                         _event=self._event, _stop=self._stop if stop else threading.Event())
 
     def child(self, offset: int, total: int) -> "Progress":

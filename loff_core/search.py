@@ -455,7 +455,7 @@ def _run_trial(study: Study, space: dict[str, Any], base: Any, sources: dict[Opt
     if not pruned and result["completed"] < folds:
         study.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if not progress.stop_requested:
-            progress.notice(f"the time budget ran out during trial {n + 1} ({config.head}): it is left out, "
+            progress.inform(f"the time budget ran out during trial {n + 1} ({config.head}): it is left out, "
                             f"as a trial scored on fewer folds is not comparable")
         return None
     entry = {**_entry(config, block, result), "trial": n + 1}
@@ -485,18 +485,18 @@ def _estimate(progress: Progress, clock: _Clock, head: str, done: int) -> None:
     room = None if clock.budget is None else max(0.0, clock.budget - clock.elapsed()) + fold
     if clock.target is None:
         fits = max(1, int((room or 0.0) / per_trial))
-        progress.notice(said + f"about {fits} trials x {clock.folds} folds fit the {format_duration(clock.budget or 0)}"
+        progress.inform(said + f"about {fits} trials x {clock.folds} folds fit the {format_duration(clock.budget or 0)}"
                                f" budget")
         return
     trials = clock.target - done
     total = trials * per_trial
     if room is not None and total > room:
         fits = max(1, min(trials, int(room / per_trial)))
-        progress.notice(said + f"about {fits} of {trials} trials x {clock.folds} folds fit the "
+        progress.inform(said + f"about {fits} of {trials} trials x {clock.folds} folds fit the "
                                f"{format_duration(clock.budget or 0)} budget (all would take about "
                                f"{format_duration(total)})")
     else:
-        progress.notice(said + f"about {format_duration(total)} for {trials} trials x {clock.folds} folds")
+        progress.inform(said + f"about {format_duration(total)} for {trials} trials x {clock.folds} folds")
 
 
 def tune_source(sources: Any, pool: Pool, classes: Sequence[str], task: str, *, trials: Optional[int] = None,
@@ -524,7 +524,7 @@ def tune_source(sources: Any, pool: Pool, classes: Sequence[str], task: str, *, 
     baseline_stopped = with_logreg and task == "classification" and len(rows) < len(by_block)
     restored = study.finished()
     if restored:
-        progress.notice(f"resuming the study {study.path.name if study.path else ''}: {len(restored)} trials were "
+        progress.inform(f"resuming the study {study.path.name if study.path else ''}: {len(restored)} trials were "
                         f"done by an earlier tune with these settings")
     for t in restored[:target]:  # what an earlier, stopped or killed, tune of this study scored
         entry = t.user_attrs["entry"]
@@ -649,7 +649,7 @@ def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dic
     with_logreg = task == "classification"
     key = study_key(cache.fingerprint, project.settings.catalog_version, space, folds, seed, base, with_logreg)
     study_path = project.root / TUNE_DIR / f"{key}.journal"
-    progress.notice(describe_search(space, target, folds, budget, seed))
+    progress.inform(describe_search(space, target, folds, budget, seed))
     search = progress.linked(lambda d, n, m: progress.report(int(950 * d / n) if n else 0, 1000, m))
     found = tune_source(sources, pool, classes, task, trials=target, folds=folds, seed=seed, base=base,
                         progress=search, heads=heads, budget=budget, study_path=study_path,

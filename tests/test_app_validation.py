@@ -210,3 +210,52 @@ def test_import_page_takes_csaw_m_official_split_and_says_how(qtbot, window, tmp
     text = page.extras.assigned.text()
     assert "labels CSVs per split (train: CSAW-M_train.csv, test: CSAW-M_test.csv)" in text
     assert "val carved from train by patient" in text and "patients from:" in text
+
+
+def test_the_search_plan_is_a_note_and_the_running_panel_fits_1280x720(qtbot, window, tmp_path, capsys, monkeypatch):
+    """What the search plans and what it will cost reach Messages as notes ("Note: ..."), not
+    warnings (they were "Warning: default search: ..."); a real warning stays one. While a long
+    progress line shows, the Validate panel is no wider than its pane at 1280 x 720: the line
+    ends in "…" with the whole text as its tooltip (it used to widen the row, with a horizontal
+    scroll bar and Stop off-screen, and the budget box squeezed to "50s")."""
+    from loff_core import steps
+
+    def fake_tune(project, settings, progress=None):
+        progress.inform("default search: 8 trials x 5 folds, at most 2 min 30 s (Optuna TPE, seed 0)")
+        progress.notice("the weights file changed since the cache was made")
+        progress.report(3, 40, "tune: trial 2/8 (attention, lr 0.0005, augment strong, block -2): fold 3/5, "
+                                "best so far auc 0.812, about 1 min 20 s left")
+        while not progress.stop_requested:
+            import time
+            time.sleep(0.02)
+        raise RuntimeError("stopped by the test")
+    monkeypatch.setattr(steps, "tune", fake_tune)
+    path = binary_png_project(tmp_path, capsys)
+    w = window
+    w.resize(1280, 720)
+    w.show()
+    _open(w, path)
+    page = w.train_page
+    w.tabs.setCurrentWidget(page)
+    page.validation_box.set_expanded(True)
+    panel = page.validation
+    seen = []
+    w.state.message.connect(lambda level, text: seen.append((level, text)))
+    qtbot.mouseClick(panel.tune_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "best so far" in panel.strip.label.text(), timeout=LONG)
+    qtbot.wait(50)
+    assert ("note", "default search: 8 trials x 5 folds, at most 2 min 30 s (Optuna TPE, seed 0)") in seen
+    assert ("warning", "the weights file changed since the cache was made") in seen
+    texts = [w.problems.item(i).text() for i in range(w.problems.count())]
+    assert any(t.startswith("Note: default search:") for t in texts)
+    assert not any(t.startswith("Warning: default search") for t in texts)
+    scroll = page.validation_scroll
+    assert not scroll.horizontalScrollBar().isVisible(), (panel.sizeHint(), scroll.viewport().width())
+    assert panel.strip.stop_button.isVisible() and panel.strip.stop_button.isEnabled()
+    stop = panel.strip.stop_button
+    assert stop.mapTo(scroll.viewport(), stop.rect().topRight()).x() <= scroll.viewport().width()
+    assert panel.strip.label.toolTip() == panel.strip.label.text()
+    budget = panel.budget
+    assert budget.width() >= budget.fontMetrics().horizontalAdvance(budget.text())
+    qtbot.mouseClick(stop, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.state.busy, timeout=LONG)
