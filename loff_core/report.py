@@ -464,15 +464,8 @@ def limitations(project: Any, run: Any, evaluation: dict[str, Any], context: dic
     if project.settings.synthetic:
         add("synthetic data", "the images are synthetic (the demo): the figures say nothing about real patients")
     n = evaluation["n"]
-    primary = PRIMARY.get(evaluation["task"], "accuracy")
-    for name in dict.fromkeys((primary, "accuracy")):
-        ci = evaluation["ci"].get(name)
-        if ci:
-            add("test split size", f"{n} test images: the 95% interval of {METRIC_NAMES.get(name, name)} is "
-                f"[{ci[0]:.3f}, {ci[1]:.3f}] (width {ci[1] - ci[0]:.3f})"
-                + ("; too wide to tell heads apart" if ci[1] - ci[0] > 0.2 else ""))
-    for w in evaluation.get("warnings", []):
-        add("test split size", scrub(w, project))
+    _split_size(n, evaluation, project, add)
+    _calibration_on_test(context.get("results") or {}, add)
     overlap = (project.settings.split_source or {}).get("patient_overlap")
     if overlap and overlap.get("action") == "keep":
         add("patient overlap", f"the given split puts {overlap.get('patients')} patients ({overlap.get('images')} "
@@ -502,6 +495,40 @@ def limitations(project: Any, run: Any, evaluation: dict[str, Any], context: dic
     add("images", "example images are shown as stored: text burned into the pixels is not removed; check them "
         "before sharing this report")
     return out
+
+
+def _split_size(n: int, evaluation: dict[str, Any], project: Any, add: Any) -> None:
+    """One line for the test split's size: each reported interval with its width, and the
+    advice when one is too wide (the evaluation's small-split warning says the same: it is
+    not repeated; any other warning of the evaluation is kept)."""
+    from .metrics import SMALL_SPLIT_CI_WIDTH, small_split_warning
+
+    primary = PRIMARY.get(evaluation["task"], "accuracy")
+    parts, wide = [], False
+    for name in dict.fromkeys((primary, "accuracy")):
+        ci = evaluation["ci"].get(name)
+        if ci:
+            parts.append(f"{METRIC_NAMES.get(name, name)} [{ci[0]:.3f}, {ci[1]:.3f}] (width {ci[1] - ci[0]:.3f})")
+            wide = wide or ci[1] - ci[0] > SMALL_SPLIT_CI_WIDTH
+    if parts:
+        add("test split size", f"{n} test images: 95% interval of " + ", of ".join(parts)
+            + (f"; wider than {SMALL_SPLIT_CI_WIDTH}, too wide to tell heads apart: compare heads with "
+               "cross-validation (loff cv, or Cross-validate on the Train page)" if wide else ""))
+    said = small_split_warning(n, evaluation["ci"].get("accuracy"), "test") if parts else None
+    for w in evaluation.get("warnings", []):
+        if w != said:
+            add("evaluation", scrub(w, project))
+
+
+def _calibration_on_test(results: dict[str, Any], add: Any) -> None:
+    """The temperature is fitted on held-out (validation or out-of-fold) predictions; when it
+    raised the calibration error on test, the reader is told, not left to read it off a plot."""
+    ece = results.get("ece") or {}
+    before, after = ece.get("before"), ece.get("after")
+    if before is not None and after is not None and after > before + 1e-9:
+        add("calibration", f"the calibration fitted on held-out predictions raised the calibration error on test "
+            f"(ECE {before:.3f} → {after:.3f}): the probabilities on new data may be no better calibrated than "
+            "the head's own")
 
 
 def _prevalence(data: dict[str, Any], add: Any) -> None:

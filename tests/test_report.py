@@ -262,3 +262,41 @@ def test_the_leaderboard_says_which_rows_were_pruned(monkeypatch):
     run = SimpleNamespace(record={"task": "classification", "group": "g1"})
     rows = report.head_choice(None, run)["board"]
     assert rows[0]["config"] == "head attention" and rows[1]["config"] == "head vit (pruned after 1 of 5 folds)"
+
+
+def test_the_split_size_is_one_limitation_and_a_worse_calibration_on_test_is_said():
+    """The test split's size was three lines (each interval, then the evaluation's small-split
+    warning saying the accuracy's again); now one, with the evaluation's other warnings kept.
+    A temperature that raised the calibration error on test is stated (seen in a mini-MIAS
+    report: ECE 0.118 -> 0.141 on test, told only by the reliability plot)."""
+    from loff_core.metrics import small_split_warning
+    from loff_core.report import _calibration_on_test, _split_size
+
+    class _P:  # scrub() reads the catalog's masked path parts: none here
+        root = "/nowhere"
+
+        class settings:  # noqa: N801
+            catalog_version = 1
+
+        @staticmethod
+        def catalog():
+            return type("C", (), {"entries": []})()
+
+    said: list[tuple[str, str]] = []
+    ci = {"auc": [0.865, 0.973], "accuracy": [0.625, 0.875]}
+    evaluation = {"task": "classification", "ci": ci,
+                  "warnings": [small_split_warning(48, ci["accuracy"]), "another warning"]}
+    _split_size(48, evaluation, _P(), lambda topic, text: said.append((topic, text)))
+    assert [t for t, _ in said] == ["test split size", "evaluation"]
+    assert "ROC AUC [0.865, 0.973] (width 0.108), of accuracy [0.625, 0.875] (width 0.250)" in said[0][1]
+    assert "too wide to tell heads apart" in said[0][1] and said[1][1] == "another warning"
+    said.clear()
+    _split_size(500, {"task": "classification", "ci": {"auc": [0.90, 0.95], "accuracy": [0.80, 0.86]},
+                      "warnings": []}, _P(), lambda topic, text: said.append((topic, text)))
+    assert len(said) == 1 and "too wide" not in said[0][1]
+    said.clear()
+    _calibration_on_test({"ece": {"before": 0.118, "after": 0.141}}, lambda t, x: said.append((t, x)))
+    assert said and said[0][0] == "calibration" and "0.118 → 0.141" in said[0][1]
+    said.clear()
+    _calibration_on_test({"ece": {"before": 0.141, "after": 0.118}}, lambda t, x: said.append((t, x)))
+    assert not said
