@@ -50,7 +50,7 @@ class Advice:
 
     def time_note(self) -> str:
         if self.device == "cpu" and self.cpu_images_per_s:
-            return ("`loff extract` end to end measured on a shared 2-core CPU, 1 thread, small images; large "
+            return ("loff extract end to end measured on a shared 2-core CPU, 1 thread, small images; large "
                     "images decode slower")
         return (f"estimate: {self.gflops:g} GFLOPs per image at an assumed {ASSUMED_GPU_TFLOPS:g} TFLOP/s, forward "
                 f"only; decoding large images may take longer")
@@ -68,7 +68,7 @@ CPU_IMAGES_PER_S = {"efficientnet-lite2": 30.0, "efficientnet-lite0": 51.1}
 CPU_GFLOPS = {"efficientnet-lite2": 1.72, "efficientnet-lite0": 0.77}
 _CPU_EVIDENCE = ("docs/benchmarks.md, 'Defaults from both real data sets': nested CV on mini-MIAS (by woman) and "
                  "the pediatric chest radiographs (by patient), Lite0 vs Lite2, blocks -2 / last; speed: section 2, "
-                 "`loff extract` end to end")
+                 "loff extract end to end")
 
 
 def _cpu_row(images: str, why: str) -> "Advice":

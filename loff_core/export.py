@@ -350,7 +350,7 @@ def export_onnx(out_dir: Path, card: dict[str, Any], head_config: Any, state: di
             "opset": 18,
             "decision": "the head's raw probabilities: apply card.operating_point (temperature: p^(1/T) renormalised; "
                         "prior: p * target / source renormalised; threshold: positive class when its probability "
-                        ">= value), as `loff predict` does" if card.get("operating_point") else "argmax"}
+                        ">= value), as loff predict does" if card.get("operating_point") else "argmax"}
 
 
 class _ImageToProbabilities(torch.nn.Module):

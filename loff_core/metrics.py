@@ -201,7 +201,7 @@ def small_split_warning(n: int, ci: Optional[Sequence[float]], split: str = "tes
         return None
     return (f"the {split} split ({n} images) is too small to tell heads apart: the 95% interval of the accuracy is "
             f"[{ci[0]:.2f}, {ci[1]:.2f}], wider than {SMALL_SPLIT_CI_WIDTH}; compare heads with cross-validation "
-            f"(`loff cv`, or Cross-validate on the Train page)")
+            f"(loff cv, or Cross-validate on the Train page)")
 
 
 def evaluate_predictions(

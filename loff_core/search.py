@@ -367,7 +367,7 @@ def stop_rule(trials: Optional[int], budget: Optional[float]) -> tuple[Optional[
     tune fits in 3 minutes on a 2-core CPU; docs/validation.md)."""
     if trials is not None and trials < 1:
         raise TrainingError(f"--trials {trials}: a search needs at least 1 trial (the default configuration is "
-                            "trial 1); to score one configuration use `loff cv`")
+                            "trial 1); to score one configuration use loff cv")
     if trials is None and budget is None:
         return DEFAULT_TUNE_TRIALS, DEFAULT_TUNE_BUDGET
     return trials, budget
@@ -678,7 +678,7 @@ def _finish(project: Any, settings: Any, found: dict[str, Any], caches: dict[str
         "head_config": head_config.to_dict(), "history": notes.get("history", []),
         "best_epoch": notes.get("epochs", 0), "best_score": _primary_mean(best, task) or 0.0,
         "monitor": f"cv_{PRIMARY[task]}", "stopped": "completed",
-        "notes": [f"chosen by `loff tune` (group {group}): {folds}-fold grouped CV on train + val, then retrained on "
+        "notes": [f"chosen by loff tune (group {group}): {folds}-fold grouped CV on train + val, then retrained on "
                   f"train + val"], "n_train": len(pool.ids), "n_val": 0,
         "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
         "block": cache.block, "backbone": cache.block_backbone, "group": group,
