@@ -40,7 +40,7 @@ from .results import AuditResult
 from .settings import AuditSettings
 
 #: the project's folder for the audit's CSVs
-AUDIT_DIR = "audit"
+from .splits import AUDIT_DIR, ON_LEAK_FILE, union_keys as _union  # noqa: F401 (AUDIT_DIR: datamap)
 SPLIT_ORDER = ("train", "val", "test")
 #: principal components the logistic-regression probe sees
 PROBE_COMPONENTS = 32
@@ -404,9 +404,6 @@ def set_excluded(project: Any, image_ids: Sequence[str], reason: Optional[str]) 
 
 # -- acting on leaks -----------------------------------------------------------------------
 #: the record of `--on-leak` actions, newest last (what `--on-leak undo` reverses)
-ON_LEAK_FILE = "on_leak.json"
-
-
 def act_on_leaks(project: Any, action: str, settings: AuditSettings = AuditSettings()) -> dict[str, Any]:
     """`loff audit --on-leak ACTION` (the caller holds the writer lock): drop-from-test
     excludes the val / test copies of each cross-split duplicate group (the reason names the
@@ -428,6 +425,8 @@ def act_on_leaks(project: Any, action: str, settings: AuditSettings = AuditSetti
         leaks = [g for g in find_duplicates(unit_centred(x), entries, settings.duplicate_similarity) if is_leak(g)]
         changes = (_drop_changes(leaks) if action == "drop-from-test" else _regroup_changes(catalog, leaks))
         last = {"action": action, "date": utc_now(), "changes": changes}
+        if action == "regroup":  # cross-validation groups the linked patients as one (`joined_patients`)
+            last["joined"] = _joined_keys(catalog, leaks)
         if changes:
             history.append(last)
     if changes:
@@ -493,21 +492,19 @@ def _drop_changes(leaks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return changes
 
 
+def _joined_keys(catalog: Any, leaks: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The patient keys each duplicate group links, as sorted components (two or more keys)."""
+    by_id = catalog.by_id()
+    parent, root = _union([[by_id[i].patient_key for i in g["images"]] for g in leaks])
+    components: dict[str, set[str]] = {}
+    for k in list(parent):
+        components.setdefault(root(k), set()).add(k)
+    return sorted(sorted(c) for c in components.values() if len(c) > 1)
+
+
 def _regroup_changes(catalog: Any, leaks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     by_id = catalog.by_id()
-    parent: dict[str, str] = {}
-
-    def root(k: str) -> str:
-        parent.setdefault(k, k)
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
-    for g in leaks:
-        keys = [by_id[i].patient_key for i in g["images"]]
-        for k in keys[1:]:
-            parent[root(k)] = root(keys[0])
+    parent, root = _union([[by_id[i].patient_key for i in g["images"]] for g in leaks])
     members: dict[str, list[Any]] = {}
     for e in catalog.entries:
         if e.patient_key in parent and e.split:

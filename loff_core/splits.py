@@ -6,11 +6,14 @@ unless the user chose to keep or re-split). `loff_core.project` re-exports these
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .catalog import Catalog, CatalogEntry, assign_splits
 from .errors import ProjectError, Remedy
 from .settings import PATIENT_OVERLAP_ACTIONS  # what to do when a given split puts a patient on two sides
+
+AUDIT_DIR = "audit"  # PROJECT/audit: `loff audit`'s lists and its --on-leak record
+ON_LEAK_FILE = "on_leak.json"  # the --on-leak actions, newest last (undo pops them)
 
 
 def complete_split(catalog: Catalog, *, seed: int, fractions: Any,
@@ -78,3 +81,45 @@ def describe_split_source(source: Optional[dict[str, Any]]) -> list[str]:
     if source.get("patients_from"):
         lines.append("patients from: " + ", ".join(f"{k} ({v} images)" for k, v in source["patients_from"].items()))
     return lines
+
+
+# -- patients linked by `loff audit --on-leak regroup` ----------------------------------------
+def union_keys(links: Sequence[Sequence[str]]) -> tuple[dict[str, str], Any]:
+    """Union-find over patient keys: (parent map, root function)."""
+    parent: dict[str, str] = {}
+
+    def root(k: str) -> str:
+        parent.setdefault(k, k)
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for keys in links:
+        for k in keys[1:]:
+            parent[root(k)] = root(keys[0])
+    return parent, root
+
+
+def joined_patients(project: Any) -> dict[str, str]:
+    """Patient key -> the key of the group `--on-leak regroup` joined it into (the smallest
+    key of the group), for the regroup actions not undone. Cross-validation groups by this,
+    so the images a duplicate links stay in one fold as they stay in one split. Actions
+    recorded before the join was (2026-12-03) moved splits only: they join nothing here."""
+    import json
+
+    path = project.root / AUDIT_DIR / ON_LEAK_FILE
+    if not path.is_file():
+        return {}
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # reapply_regroups says so at the next import; grouping falls back to patients
+    links = [keys for record in history if record.get("action") == "regroup" for keys in record.get("joined", [])]
+    if not links:
+        return {}
+    parent, root = union_keys(links)
+    groups: dict[str, list[str]] = {}
+    for k in list(parent):
+        groups.setdefault(root(k), []).append(k)
+    return {k: min(members) for members in groups.values() for k in members}

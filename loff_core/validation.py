@@ -288,7 +288,8 @@ def summarise(per_fold: list[dict[str, Optional[float]]]) -> dict[str, dict[str,
 
 # -- over a project ------------------------------------------------------------------------
 def project_pool(project: Any, cache: Any) -> tuple[Pool, list[str]]:
-    """Train + val labelled images with features (the test split is not read)."""
+    """Train + val labelled images with features (the test split is not read), grouped by
+    patient (patients joined by `loff audit --on-leak regroup` as one)."""
     catalog = project.catalog()
     cached = set(cache.image_ids)
     entries = [e for e in catalog.entries
@@ -296,7 +297,11 @@ def project_pool(project: Any, cache: Any) -> tuple[Pool, list[str]]:
     if not entries:
         raise TrainingError(f"{project.root}: no labelled train / val images with features; import and extract first")
     y = np.asarray([catalog.class_index(e.label) for e in entries], dtype=np.int64)
-    return Pool([e.image_id for e in entries], y, np.asarray([e.patient_key for e in entries])), list(catalog.classes)
+    from .splits import joined_patients
+
+    joined = joined_patients(project)  # patients an `--on-leak regroup` linked: one group, so one fold
+    groups = np.asarray([joined.get(e.patient_key, e.patient_key) for e in entries])
+    return Pool([e.image_id for e in entries], y, groups), list(catalog.classes)
 
 
 def check_every_class_twice(pool: Pool, classes: Sequence[str], where: Any) -> None:

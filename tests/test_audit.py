@@ -211,6 +211,16 @@ def _copy_project(planted, tmp_path) -> Path:
     return copy
 
 
+def _cv_groups(project: Path) -> dict:
+    """image_id -> the group cross-validation folds it by (`validation.project_pool`)."""
+    from loff_core.project import Project
+    from loff_core.validation import project_pool
+
+    p = Project.open(project)
+    pool, _ = project_pool(p, p.open_cache())
+    return dict(zip(pool.ids, pool.groups))
+
+
 def test_on_leak_drop_from_test_regroup_and_undo(planted, audited, tmp_path, capsys):
     project = _copy_project(planted, tmp_path)
     before = (project / "catalog.csv").read_bytes()
@@ -231,6 +241,13 @@ def test_on_leak_drop_from_test_regroup_and_undo(planted, audited, tmp_path, cap
         assert by_id[ids[copy]].split == by_id[ids[original]].split
         assert ids[copy] in moved or ids[original] in moved
     assert all(by_id[i].split == c["split"] and c["was_split"] != c["split"] for i, c in moved.items())
+    # the patients each duplicate links are recorded as joined (cross-validation groups them as one)
+    from loff_core.project import Project
+    from loff_core.splits import joined_patients
+
+    joined = joined_patients(Project.open(project))
+    for original, copy in planted["copies"]:
+        assert joined[by_id[ids[copy]].patient_key] == joined[by_id[ids[original]].patient_key]
     regrouped = {e.image_id: e.split for e in Catalog.load(project / "catalog.csv").entries}
     root = planted["project"].parent  # a re-import draws the splits again: the regroup is applied again
     imported = loff_json(capsys, "import", project, root / "images", "--labels", root / "labels.csv", "--label-column",
@@ -239,8 +256,37 @@ def test_on_leak_drop_from_test_regroup_and_undo(planted, audited, tmp_path, cap
     assert {e.image_id: e.split for e in Catalog.load(project / "catalog.csv").entries} == regrouped
     assert loff_json(capsys, "audit", project, "--on-leak", "undo")["changed"] == len(moved)
     assert (project / "catalog.csv").read_bytes() == before
+    assert joined_patients(Project.open(project)) == {}  # undone: every patient is its own group again
     assert main(["audit", str(project), "--on-leak", "undo", "--quiet"]) == 1  # nothing left to undo
     assert "no --on-leak action to undo" in capsys.readouterr().err
+
+
+def test_cross_validation_keeps_patients_a_regroup_joined_in_one_fold(planted, tmp_path):
+    """Two train patients a regroup record joins are one group in the pool every CV, tune and
+    auto search folds by (they were two groups: a near-duplicate pair could sit in two folds,
+    one trained on and one scored); a record written before joins were recorded joins nothing."""
+    import json
+
+    from loff_core.splits import AUDIT_DIR, ON_LEAK_FILE
+
+    project = _copy_project(planted, tmp_path)
+    before = _cv_groups(project)
+    entries = [e for e in Catalog.load(project / "catalog.csv").entries if e.split == "train" and e.label]
+    a = entries[0]
+    b = next(e for e in entries if e.patient_key != a.patient_key)
+    assert before[a.image_id] != before[b.image_id]
+    record = project / AUDIT_DIR / ON_LEAK_FILE
+    record.parent.mkdir(exist_ok=True)
+    record.write_text(json.dumps([{"action": "regroup", "date": "2026-12-02T00:00:00+00:00", "changes": []}]))
+    assert _cv_groups(project) == before  # an older record: no joins
+    record.write_text(json.dumps([{"action": "regroup", "date": "2026-12-03T00:00:00+00:00", "changes": [],
+                                   "joined": [sorted([a.patient_key, b.patient_key])]}]))
+    after = _cv_groups(project)
+    assert after[a.image_id] == after[b.image_id]
+    same = [i for i in after if before[i] in (before[a.image_id], before[b.image_id])]
+    assert len({after[i] for i in same}) == 1 and len(set(after.values())) == len(set(before.values())) - 1
+    record.write_text("not json")  # unreadable: patients as they are (the next import says so)
+    assert _cv_groups(project) == before
 
 
 def test_the_label_check_reuses_cvs_out_of_fold_predictions(planted, audited, tmp_path, capsys):
