@@ -94,8 +94,8 @@ class ValidationPanel(QGroupBox):
         self.entries: list[dict[str, Any]] = []
         self.plan = ""
         layout = QVBoxLayout(self)
-        # the progress strip on a line of its own: beside the controls it made the row wider than
-        # the panel at 1280 x 720 (a horizontal scroll bar, Stop off-screen)
+        # the progress strip on a line of its own, while a job runs: beside the controls it made the
+        # row wider than the panel at 1280 x 720 (a horizontal scroll bar, Stop off-screen)
         layout.addWidget(form_row(QLabel("folds"), self.folds, self.cv_button, QLabel("trials"), self.trials,
                                   QLabel("budget"), self.budget, self.tune_button))
         layout.addWidget(self.strip)
@@ -125,7 +125,10 @@ class ValidationPanel(QGroupBox):
         enable(self.cv_button, ready and not busy, why)
         enable(self.tune_button, ready and not busy, why)
         job = self.state.runner.job
-        self.strip.set_running(busy and job is not None and job.name in ("cross-validate", "find the best head"))
+        running = busy and job is not None and job.name in ("cross-validate", "find the best head")
+        self.strip.set_running(running)
+        # shown while its job runs: the outcome is the result line (the leaderboard keeps its rows at 1280 x 720)
+        self.strip.setVisible(running)
 
     # -- cross-validation ---------------------------------------------------------------
     def cv_config(self) -> Any:
