@@ -261,6 +261,12 @@ def test_a_trial_that_runs_well_past_the_budget_is_cut_and_left_out(monkeypatch)
     assert not clock.overrun()  # 5 s over: within the grace
     clock.start -= 20.0
     assert clock.overrun() and not search._Clock(None, 5, budget=None).overrun()
+    # cut as soon as its own folds say it cannot end by then: 50 s in, one fold of 30 s done, 4 to go
+    early = search._Clock(None, 5, budget=100.0)
+    early.start -= 50.0
+    assert early.cannot_finish([30.0]) and not early.cannot_finish([10.0])  # 170 s > 120 s; 90 s fits
+    assert not early.cannot_finish([]) and not early.cannot_finish([30.0] * 5)  # nothing known / nothing left
+    assert not search._Clock(None, 5, budget=None).cannot_finish([30.0])
     monkeypatch.setattr(search._Clock, "overrun", lambda self: True)
     out = _search(trials=3, budget=1e6)
     heads = [e for e in out["leaderboard"] if e["config"]["head"] != LOGREG]
