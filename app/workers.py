@@ -92,14 +92,16 @@ class Job(QObject):
         self._send("progress", (int(done), int(total), str(message)))
 
     def _notice(self, message: str) -> None:
-        if message not in self.notices:
-            self.notices.append(message)
-            self._send("notice", str(message))
+        self._once("notice", message)
 
     def _info(self, message: str) -> None:
+        self._once("info", message)
+
+    def _once(self, kind: str, message: str) -> None:
+        """A notice or note, sent once per job (the pages skip `notices` in the result)."""
         if message not in self.notices:
             self.notices.append(message)
-            self._send("info", str(message))
+            self._send(kind, str(message))
 
     def _partial(self, item: Partial) -> None:
         self._send("partial", item)

@@ -38,9 +38,8 @@ from .fsutil import atomic_path, utc_now
 from .progress import Progress
 from .results import AuditResult
 from .settings import AuditSettings
+from .splits import AUDIT_DIR, ON_LEAK_FILE, linked_patients  # the audit's folder and --on-leak record
 
-#: the project's folder for the audit's CSVs
-from .splits import AUDIT_DIR, ON_LEAK_FILE, union_keys as _union  # noqa: F401 (AUDIT_DIR: datamap)
 SPLIT_ORDER = ("train", "val", "test")
 #: principal components the logistic-regression probe sees
 PROBE_COMPONENTS = 32
@@ -403,7 +402,6 @@ def set_excluded(project: Any, image_ids: Sequence[str], reason: Optional[str]) 
 
 
 # -- acting on leaks -----------------------------------------------------------------------
-#: the record of `--on-leak` actions, newest last (what `--on-leak undo` reverses)
 def act_on_leaks(project: Any, action: str, settings: AuditSettings = AuditSettings()) -> dict[str, Any]:
     """`loff audit --on-leak ACTION` (the caller holds the writer lock): drop-from-test
     excludes the val / test copies of each cross-split duplicate group (the reason names the
@@ -493,22 +491,17 @@ def _drop_changes(leaks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _joined_keys(catalog: Any, leaks: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """The patient keys each duplicate group links, as sorted components (two or more keys)."""
+    """The patient keys the duplicate groups link, as sorted groups of two or more."""
     by_id = catalog.by_id()
-    parent, root = _union([[by_id[i].patient_key for i in g["images"]] for g in leaks])
-    components: dict[str, set[str]] = {}
-    for k in list(parent):
-        components.setdefault(root(k), set()).add(k)
-    return sorted(sorted(c) for c in components.values() if len(c) > 1)
+    return linked_patients([[by_id[i].patient_key for i in g["images"]] for g in leaks])
 
 
 def _regroup_changes(catalog: Any, leaks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_id = catalog.by_id()
-    parent, root = _union([[by_id[i].patient_key for i in g["images"]] for g in leaks])
-    members: dict[str, list[Any]] = {}
+    group_of = {k: n for n, keys in enumerate(_joined_keys(catalog, leaks)) for k in keys}
+    members: dict[int, list[Any]] = {}
     for e in catalog.entries:
-        if e.patient_key in parent and e.split:
-            members.setdefault(root(e.patient_key), []).append(e)
+        if e.patient_key in group_of and e.split:
+            members.setdefault(group_of[e.patient_key], []).append(e)
     changes = []
     for joined in members.values():
         counts = {s: sum(e.split == s for e in joined) for s in SPLIT_ORDER}

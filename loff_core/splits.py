@@ -84,8 +84,9 @@ def describe_split_source(source: Optional[dict[str, Any]]) -> list[str]:
 
 
 # -- patients linked by `loff audit --on-leak regroup` ----------------------------------------
-def union_keys(links: Sequence[Sequence[str]]) -> tuple[dict[str, str], Any]:
-    """Union-find over patient keys: (parent map, root function)."""
+def linked_patients(links: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The groups of patient keys that `links` (each a list of keys seen together, e.g. a
+    duplicate group's patients) join, transitively: sorted, each of two or more keys."""
     parent: dict[str, str] = {}
 
     def root(k: str) -> str:
@@ -98,7 +99,10 @@ def union_keys(links: Sequence[Sequence[str]]) -> tuple[dict[str, str], Any]:
     for keys in links:
         for k in keys[1:]:
             parent[root(k)] = root(keys[0])
-    return parent, root
+    groups: dict[str, set[str]] = {}
+    for k in list(parent):
+        groups.setdefault(root(k), set()).add(k)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
 
 
 def joined_patients(project: Any) -> dict[str, str]:
@@ -116,10 +120,4 @@ def joined_patients(project: Any) -> dict[str, str]:
     except (OSError, ValueError):
         return {}  # reapply_regroups says so at the next import; grouping falls back to patients
     links = [keys for record in history if record.get("action") == "regroup" for keys in record.get("joined", [])]
-    if not links:
-        return {}
-    parent, root = union_keys(links)
-    groups: dict[str, list[str]] = {}
-    for k in list(parent):
-        groups.setdefault(root(k), []).append(k)
-    return {k: min(members) for members in groups.values() for k in members}
+    return {k: group[0] for group in linked_patients(links) for k in group}
