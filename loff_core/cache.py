@@ -262,22 +262,27 @@ def _run_batches(plan: _Plan, backbone: Any, make_forward: Any, num_workers: Opt
         pin_memory=backbone.device.type == "cuda", prefetch_factor=4 if workers else None,
         persistent_workers=False, worker_init_fn=_worker_init,
     )
-    extracted, sub_batch = 0, plan.batch_size
+    extracted = 0
+    sub_batch = [plan.batch_size]  # halved by a CUDA out-of-memory retry, for the batches after
     decoded = iter(loader)  # forks the workers, which start decoding now
     try:
         forward = make_forward()
+
+        def compute(batch: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+            if batch is None:
+                return [(np.zeros((0, dim), np.float16), np.zeros((0, *hw, dim), np.float16))
+                        for dim, hw in backbone.block_shapes]
+            blocks, sub_batch[0] = _forward_with_retry(backbone, batch, sub_batch[0], progress, notes, forward)
+            return blocks
+
         t0 = time.monotonic()  # the estimate times the forward passes, not the engine's preparation
         to_do = total - done_count
         clock = TimeLeft(to_do, t0)
-        for k, (indices, batch, bad) in zip(plan.todo, decoded):
-            progress.check()
+
+        def write(k: int, indices: list[int], bad: list[tuple[int, str]], blocks: Any) -> None:
+            nonlocal extracted, done_count
             ids = [plan.work[i][0] for i in indices]
             bad_named = [(plan.work[i][0], r) for i, r in bad]
-            if batch is None:
-                blocks = [(np.zeros((0, dim), np.float16), np.zeros((0, *hw, dim), np.float16))
-                          for dim, hw in backbone.block_shapes]
-            else:
-                blocks, sub_batch = _forward_with_retry(backbone, batch, sub_batch, progress, notes, forward)
             try:
                 _write_shard(plan.parts / plan.names[k], ids, blocks[0][0], blocks[0][1], bad_named,
                              tuple(blocks[1:]))
@@ -291,11 +296,58 @@ def _run_batches(plan: _Plan, backbone: Any, make_forward: Any, num_workers: Opt
             clock.update(extracted * world, time.monotonic())
             _report_batch(progress, clock, t0, extracted * world, to_do, len(ids) * world, done_count, total,
                           forward.label, notes)
-            if progress.stop_requested:
-                return extracted, True, forward.label
+
+        with _Pipeline(backbone.device.type == "cpu") as pipeline:
+            for k, (indices, batch, bad) in zip(plan.todo, decoded):
+                progress.check()
+                # on the CPU the next batch's forward runs while this one's shard is written
+                for done in pipeline.push((k, indices, bad), compute, batch):
+                    write(*done)
+                if progress.stop_requested:
+                    break
+            for done in pipeline.drain():
+                write(*done)
+        if progress.stop_requested:
+            return extracted, True, forward.label
     finally:
         del decoded, loader
     return extracted, False, forward.label
+
+
+class _Pipeline:
+    """The forward passes one batch ahead of the shard writes (CPU): `push` starts a batch's
+    forward in a thread of its own and gives back the batch before it, computed, to write;
+    `drain` the last one. Without `ahead` (CUDA: its out-of-memory retry halves the batches
+    that follow) each forward ends before `push` returns."""
+
+    def __init__(self, ahead: bool):
+        self.pending: Optional[tuple[tuple[int, list[int], list[tuple[int, str]]], Any]] = None
+        self.pool = None
+        if ahead:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="loff-forward")
+
+    def __enter__(self) -> "_Pipeline":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def push(self, key: tuple[int, list[int], list[tuple[int, str]]], compute: Any, batch: Any) -> list[Any]:
+        if self.pool is None:
+            return [(*key, compute(batch))]
+        before = self.drain()
+        self.pending = (key, self.pool.submit(compute, batch))
+        return before
+
+    def drain(self) -> list[Any]:
+        if self.pending is None:
+            return []
+        key, future = self.pending
+        self.pending = None
+        return [(*key, future.result())]
 
 
 def _report_batch(progress: Progress, clock: Any, t0: float, extracted: int, to_do: int, batch: int,

@@ -61,7 +61,6 @@ def _merge(final: Path, parts: Path, shard_names: list[str], backbone: Any, engi
             failed += got[1] if got else []
     n = sum(count for _, count in sources)
     shapes = list(getattr(backbone, "block_shapes", None) or [(backbone.feature_dim, tuple(backbone.grid_hw))])
-    c = backbone.feature_dim
     gh, gw = backbone.grid_hw
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
 

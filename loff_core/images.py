@@ -282,6 +282,12 @@ def cbis_ddsm_parts(patient_id: Optional[str]) -> Optional[tuple[str, str, str]]
 
 
 def _dicom_info(path: Path) -> ImageInfo:
+    return _dicom_header(path)[0]
+
+
+def _dicom_header(path: Path) -> tuple[ImageInfo, Any]:
+    """(ImageInfo, the header dataset): every header check; the dataset's big values (the
+    pixel data) stay on disk until asked for, so a decode reads the header only once."""
     from pydicom.uid import UID
 
     ds = _dcmread_header(path)
@@ -352,7 +358,7 @@ def _dicom_info(path: Path) -> ImageInfo:
         bits_stored=int(bits_stored) if bits_stored is not None else None,
         patient_id=str(pid).strip() if pid not in (None, "") else None,
         patient_names=tuple(part for part in re.split(r"[\^=\s,]+", str(_get(ds, "PatientName") or "")) if part),
-    )
+    ), ds
 
 
 _NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99")
@@ -582,18 +588,22 @@ def _dicom_stream(path: Path, info: ImageInfo, max_side: Optional[int]) -> Optio
         raise UnreadableImage(path, f"pixel data cannot be decoded ({_short(exc)})") from None
 
 
-def _dicom_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
+def _dicom_pixels(path: Path, max_side: Optional[int] = None, header: Optional[tuple[ImageInfo, Any]] = None) -> np.ndarray:
     import pydicom
+    from pydicom.dataset import FileDataset
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    info = _dicom_info(path)  # all header checks first: nothing big is allocated for a bad header
+    # all header checks first: nothing big is allocated for a bad header
+    info, header_ds = header if header is not None else _dicom_header(path)
     # at least 1 byte a stored pixel and 21 per decoded one: smaller images skip the look
     big = info.rows * info.cols * (info.frames + 21) > STREAM_DECODE_BYTES
     streamed = _dicom_stream(path, info, max_side) if info.samples == 1 and big else None
     if streamed is not None:
         return streamed
     try:
-        ds = pydicom.dcmread(path)
+        # the header's dataset reads its deferred pixel data from the file when the decoder
+        # asks (a deflated file's header came from an inflated prefix: read it whole)
+        ds = header_ds if isinstance(header_ds, FileDataset) else pydicom.dcmread(path)
     except Exception as exc:  # noqa: BLE001
         raise UnreadableImage(path, f"damaged DICOM ({_short(exc)})") from None
     frame = info.frames // 2 if info.frames > 1 else None
@@ -741,8 +751,8 @@ def _raster_info(path: Path) -> ImageInfo:
 _GREY_LUT = np.arange(256, dtype=np.float64) / 255.0
 
 
-def _raster_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
-    info = _raster_info(path)
+def _raster_pixels(path: Path, max_side: Optional[int] = None, info: Optional[ImageInfo] = None) -> np.ndarray:
+    info = info or _raster_info(path)
     img = _open_raster(path)
     try:
         with img:
@@ -939,10 +949,10 @@ def _nifti_stream(path: Path, max_side: Optional[int]) -> Optional[np.ndarray]:
         raise UnreadableImage(path, f"volume cannot be decoded ({_short(exc)})") from None
 
 
-def _volume_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
+def _volume_pixels(path: Path, max_side: Optional[int] = None, info: Optional[ImageInfo] = None) -> np.ndarray:
     import SimpleITK as sitk
 
-    _volume_info(path)
+    info = info or _volume_info(path)  # the header checks
     streamed = _nifti_stream(path, max_side)
     if streamed is not None:
         return streamed
@@ -959,12 +969,12 @@ def _volume_pixels(path: Path, max_side: Optional[int] = None) -> np.ndarray:
     return _finish(path, arr, invert=False, max_side=max_side)
 
 
-def _decode_slot(path: Path, kind: str) -> Any:
+def _decode_slot(path: Path, kind: str, info: Optional[ImageInfo] = None) -> Any:
     """A big image (above BIG_DECODE_PIXELS) decodes only while holding this user's one
     big-decode file lock, so parallel decode workers never hold several at once."""
     import contextlib
 
-    info = read_info(path)  # header only
+    info = info or read_info(path)  # header only
     pixels = info.rows * info.cols * max(1, info.samples)
     if pixels <= BIG_DECODE_PIXELS:
         return contextlib.nullcontext()
@@ -977,23 +987,27 @@ def _decode_slot(path: Path, kind: str) -> Any:
 
 
 # -- public ----------------------------------------------------------------------------
-def read_info(path: Path | str) -> ImageInfo:
-    """Header only; raises UnreadableImage with the reason."""
-    path = Path(path)
-    _basic_checks(path)
-    kind = _kind(path)
+def _header(path: Path, kind: str) -> tuple[ImageInfo, Any]:
+    """(ImageInfo, for DICOM the header dataset, else None); raises UnreadableImage with the reason."""
     try:
         if kind == "dicom":
-            return _dicom_info(path)
+            return _dicom_header(path)
         if kind in ("nifti", "mha", "nrrd"):
-            return _volume_info(path)
-        return _raster_info(path)
+            return _volume_info(path), None
+        return _raster_info(path), None
     except UnreadableImage:
         raise
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - a bad header never crashes an import
         raise UnreadableImage(path, f"unreadable header ({type(exc).__name__}: {_short(exc)})") from None
+
+
+def read_info(path: Path | str) -> ImageInfo:
+    """Header only; raises UnreadableImage with the reason."""
+    path = Path(path)
+    _basic_checks(path)
+    return _header(path, _kind(path))[0]
 
 
 def load_pixels(path: Path | str, max_side: Optional[int] = None) -> np.ndarray:
@@ -1004,13 +1018,14 @@ def load_pixels(path: Path | str, max_side: Optional[int] = None) -> np.ndarray:
     path = Path(path)
     _basic_checks(path)
     kind = _kind(path)
+    info, header = _header(path, kind)  # read once: the decoders below take it
     try:
-        with _decode_slot(path, kind):
+        with _decode_slot(path, kind, info):
             if kind == "dicom":
-                return _dicom_pixels(path, max_side)
+                return _dicom_pixels(path, max_side, (info, header))
             if kind in ("nifti", "mha", "nrrd"):
-                return _volume_pixels(path, max_side)
-            return _raster_pixels(path, max_side)
+                return _volume_pixels(path, max_side, info)
+            return _raster_pixels(path, max_side, info)
     except UnreadableImage:
         raise
     except MemoryError:

@@ -10,7 +10,6 @@ from typing import Any, Optional, Sequence
 
 from .catalog import Catalog, CatalogEntry, assign_splits
 from .errors import ProjectError, Remedy
-from .settings import PATIENT_OVERLAP_ACTIONS  # what to do when a given split puts a patient on two sides
 
 AUDIT_DIR = "audit"  # PROJECT/audit: `loff audit`'s lists and its --on-leak record
 ON_LEAK_FILE = "on_leak.json"  # the --on-leak actions, newest last (undo pops them)

@@ -21,9 +21,11 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def isolated_studio_config(tmp_path, monkeypatch):
-    """LOFF Studio's settings, demo project and log go under tmp_path, never the user's."""
+    """LOFF Studio's settings, demo project, log, added backbones and exported engine graphs
+    go under tmp_path, never the user's."""
     monkeypatch.setenv("LOFF_STUDIO_CONFIG_DIR", str(tmp_path / "studio-config"))
     monkeypatch.setenv("LOFF_WEIGHTS_DIR", str(tmp_path / "weights"))  # added backbones (loff weights add)
+    monkeypatch.setenv("LOFF_ENGINE_CACHE_DIR", str(tmp_path / "engines"))  # exported ONNX graphs
     yield
 
 

@@ -230,11 +230,13 @@ def test_stop_keeps_what_is_done_and_resume_finishes(images, tmp_path):
     progress.on_report = lambda d, t, m: progress.request_stop() if d >= 4 else None
     stopped = extract_features(images, SPEC, tmp_path / "c", device="cpu", batch_size=4, num_workers=0,
                                progress=progress)
-    assert stopped.stopped and stopped.extracted == 4
+    # on the CPU the next batch's forward runs while a shard is written: the batch under way
+    # when Stop came is finished and kept too
+    assert stopped.stopped and stopped.extracted in (4, 8)
     with FeatureCache.open(stopped.cache_path) as c:
-        assert len(c.image_ids) == 4
+        assert len(c.image_ids) == stopped.extracted
     rest = extract_features(images, SPEC, tmp_path / "c", device="cpu", batch_size=4, num_workers=0)
-    assert rest.extracted == 7
+    assert rest.extracted == 11 - stopped.extracted
     with FeatureCache.open(rest.cache_path) as c:
         assert sorted(c.image_ids) == sorted(i for i, _ in images)
 

@@ -100,6 +100,68 @@ def test_auto_engine_uses_onnxruntime_on_the_cpu_for_many_images_only():
         choose_engine(b, "tensorrt")
 
 
+def test_the_exported_graph_is_kept_and_later_engines_start_from_it(monkeypatch, tmp_path):
+    """The ONNX export (1-2 s for an EfficientNet) happens once per backbone on a machine."""
+    import loff_core.engines as engines
+
+    b = load_backbone(LITE, "cpu")
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    first = OnnxRuntimeEngine(b, threads=1)
+    assert not first.from_cache and engines.cached_graph_path(b).is_file()
+    exports = []
+    monkeypatch.setattr(engines, "_export", lambda backbone: exports.append(1) or pytest.fail("exported again"))
+    second = OnnxRuntimeEngine(b, threads=1)
+    assert second.from_cache and not exports
+    for (c1, g1), (c2, g2) in zip(first(x), second(x)):
+        assert torch.equal(c1, c2) and torch.equal(g1, g2)
+    # a few images with a cached graph: ONNX Runtime, the export being paid already
+    assert isinstance(choose_engine(b, "auto", images=8), OnnxRuntimeEngine)
+    # another backbone (here: other blocks) has a graph of its own
+    other = load_backbone(BackboneSpec(**{**LITE.__dict__, "layers": "-2,last"}), "cpu")
+    assert engines.cached_graph_path(other) != engines.cached_graph_path(b)
+
+
+def test_a_damaged_cached_graph_is_exported_again(monkeypatch):
+    import loff_core.engines as engines
+
+    b = load_backbone(LITE, "cpu")
+    path = engines.cached_graph_path(b)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not an onnx graph")
+    engine = OnnxRuntimeEngine(b, threads=1)
+    assert not engine.from_cache and path.stat().st_size > 1000
+    assert OnnxRuntimeEngine(b, threads=1).from_cache
+    # an engine cache that cannot be written is not used, and extraction still runs
+    monkeypatch.setenv("LOFF_ENGINE_CACHE_DIR", "/proc/no-such-folder")
+    assert len(OnnxRuntimeEngine(b, threads=1)(torch.zeros(1, 3, 64, 64))) == 1
+
+
+def test_the_engine_cache_keeps_the_newest_graphs_only(monkeypatch):
+    import loff_core.engines as engines
+
+    monkeypatch.setattr(engines, "ENGINE_CACHE_KEEP", 2)
+    paths = []
+    for grid in (1, 2, 3):
+        b = load_backbone(BackboneSpec(**{**LITE.__dict__, "grid": grid}), "cpu")
+        OnnxRuntimeEngine(b, threads=1)
+        paths.append(engines.cached_graph_path(b))
+    assert [p.is_file() for p in paths] == [False, True, True]
+
+
+def test_parallel_runs_give_the_tokens_of_one_run():
+    """From 2 threads the batch is cut into pieces run side by side on one thread each."""
+    b = load_backbone(BackboneSpec(**{**LITE.__dict__, "layers": "-2,last"}), "cpu")
+    x = torch.randn(11, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    one = OnnxRuntimeEngine(b, threads=2, parallel=False)
+    parallel = OnnxRuntimeEngine(b, threads=2)
+    assert parallel.runs == 2 and one.runs == 1 and "parallel" in parallel.label
+    for (c1, g1), (c2, g2) in zip(one(x), parallel(x)):
+        assert c2.shape == c1.shape and g2.shape == g1.shape
+        assert torch.allclose(c1, c2, atol=1e-5) and torch.allclose(g1, g2, atol=1e-5)
+    assert len(parallel(x[:1])[0][0]) == 1  # one image: one run
+    parallel.close()
+
+
 # -- several blocks from one forward pass ------------------------------------------------
 def test_parse_blocks_and_the_default_preset():
     assert parse_blocks("last") == ["last"] and parse_blocks(" -2 , last ") == ["-2", "last"]
