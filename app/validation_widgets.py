@@ -80,8 +80,8 @@ class ValidationPanel(QGroupBox):
         self.cv_button.clicked.connect(self.start_cv)
         self.tune_button = QPushButton("Find the best head")
         self.tune_button.setToolTip("search the cache's blocks, head kinds, learning rates, augmentation and length "
-                                    "(the epochs above, or twice them) by cross-validation (Optuna); retrain the "
-                                    "winner on train + val and evaluate it once on test")
+                                    "(the epochs above, or twice them) by cross-validation (Optuna); keep the "
+                                    "winner's fold heads, averaged, and evaluate them once on test")
         self.tune_button.clicked.connect(self.start_tune)
         self.strip = ProgressStrip()
         self.strip.stop_clicked.connect(self.state.runner.stop)
@@ -251,9 +251,12 @@ class ValidationPanel(QGroupBox):
         done = (f"{search.get('trials_run', 0) + search.get('resumed', 0)} trials"
                 + (f", {search['pruned']} pruned" if search.get("pruned") else "")
                 + (", stopped: best so far" if out.get("stopped") else "")) if search else ""
+        final = out.get("final") or {}
+        kept = (f"its {final.get('members')} fold heads averaged" if final.get("model") == "fold-heads"
+                else "retrained on train + val")
         self.result.setText(f"<b>best: {config_text(out['best']['config'])}</b> (cross-validation "
-                            f"{spread_text(out['best']['cv'])}{'; ' + done if done else ''}); retrained on train + "
-                            f"val as run <b>{out['run']}</b>" + (f"; on the test split, once: {shown}" if shown else ""))
+                            f"{spread_text(out['best']['cv'])}{'; ' + done if done else ''}); {kept} as run "
+                            f"<b>{out['run']}</b>" + (f"; on the test split, once: {shown}" if shown else ""))
         self.strip.finish(f"best head: run {out['run']}")
         self.state.message.emit("info", f"best head: run {out['run']}")
         self.state.runs_changed.emit()

@@ -12,7 +12,7 @@ the same settings on the same catalog and cache is not run again.
 
 Stop (the window's button, `Progress.request_stop`) ends the running step as that step's
 Stop does (extraction keeps the images done; the search keeps the configurations scored and
-still retrains and tests its winner) and starts no later step.
+still saves and tests its winner) and starts no later step.
 """
 
 from __future__ import annotations

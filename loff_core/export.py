@@ -57,6 +57,7 @@ CARD_SCHEMA: dict[str, Any] = {
                 "depth": {"type": "integer", "minimum": 0, "maximum": trust.MAX_DEPTH},
                 "num_heads": {"type": "integer", "minimum": 1, "maximum": trust.MAX_HEADS},
                 "dropout": {"type": "number", "minimum": 0, "maximum": 1},
+                "members": {"type": "integer", "minimum": 1, "maximum": trust.MAX_MEMBERS},
             },
         },
         "backbone": {

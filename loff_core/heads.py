@@ -36,6 +36,8 @@ class HeadConfig:
     depth: int = 2
     num_heads: int = 4
     dropout: float = 0.1
+    #: heads of this kind averaged (`EnsembleHead`); 1: one head (every card before members existed)
+    members: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -258,7 +260,42 @@ class ViTHead(nn.Module):
         return weights[:, :, 0, 1:].mean(dim=1)
 
 
+class EnsembleHead(nn.Module):
+    """`config.members` heads of one kind whose probabilities are averaged: `forward` returns
+    logits of the mean probabilities (classification: log of the mean softmax, so softmax
+    gives the mean back; ordinal: logit of the mean P(y > k), still non-increasing in k), so
+    everything that reads logits (probabilities, calibration, ONNX export) reads the ensemble
+    as one head. `attention`: the members' maps averaged. Used for the K fold heads of a
+    cross-validated configuration (`loff tune`'s final model, docs/validation.md)."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        from dataclasses import replace
+
+        self.config = config
+        one = replace(config, members=1)
+        self.members = nn.ModuleList([build_head(one) for _ in range(config.members)])
+
+    def forward(self, cls: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([m(cls, grid) for m in self.members])  # [M, B, K or K-1]
+        if self.config.task == "ordinal":
+            p = torch.sigmoid(logits).mean(dim=0).clamp(1e-7, 1 - 1e-7)
+            return torch.log(p) - torch.log1p(-p)
+        return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(len(self.members))
+
+    def attention(self, cls: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        maps = [m.attention(cls, grid).float() for m in self.members]
+        return torch.stack(maps).mean(dim=0)
+
+
+def ensemble_state(states: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """One EnsembleHead state dict from its members' state dicts."""
+    return {f"members.{i}.{k}": v for i, state in enumerate(states) for k, v in state.items()}
+
+
 def build_head(config: HeadConfig) -> nn.Module:
+    if config.members > 1:
+        return EnsembleHead(config)
     if config.kind not in KINDS:
         raise ValueError(f"unknown head kind {config.kind!r}; expected one of {', '.join(KINDS)}")
     if config.task not in TASKS:

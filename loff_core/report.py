@@ -312,7 +312,7 @@ def head_choice(project: Any, run: Any) -> dict[str, Any]:
                  for e in own.get("leaderboard", [])]
         how = (f"loff tune (group {own.get('group')}): {own.get('trials', len(board))} configurations scored by "
                f"{own.get('folds')}-fold patient-grouped cross-validation on train + val, ranked by {primary}; "
-               f"the winner retrained on train + val")
+               + _final_words(own.get("final")))
         nested = bool(own.get("nested"))
     else:
         cv = [g for g in groups if g.get("kind") == "cv" and g.get("cache_fingerprint") == run.record.get("cache_fingerprint")]
@@ -495,6 +495,13 @@ def limitations(project: Any, run: Any, evaluation: dict[str, Any], context: dic
     add("images", "example images are shown as stored: text burned into the pixels is not removed; check them "
         "before sharing this report")
     return out
+
+
+def _final_words(final: Any) -> str:
+    """How a tune group's final model was made (groups before `final` was recorded: retrained)."""
+    if isinstance(final, dict) and final.get("model") == "fold-heads":
+        return f"the winner's {final.get('members')} cross-validation fold heads averaged as the final model"
+    return "the winner retrained on train + val"
 
 
 def _split_size(n: int, evaluation: dict[str, Any], project: Any, add: Any) -> None:

@@ -243,7 +243,8 @@ class CVResult(StepResult):
 
 @dataclass
 class TuneResult(StepResult):
-    """`loff tune`: the leaderboard (best first), the winner retrained as `run`, its single
+    """`loff tune`: the leaderboard (best first), the final model (the winner's fold heads, or
+    retrained: `details["final"]`) as `run`, its single
     test evaluation; the rest in `details` and groups/GROUP/group.json."""
 
     leaderboard: list[dict[str, Any]]
@@ -303,11 +304,14 @@ LOGREG_NAME = "logistic regression"
 
 def head_name(record: dict[str, Any]) -> str:
     """A run's head as every front end names it: "logistic regression" for `loff tune`'s
-    fitted logistic regression (stored as a linear head), else the head kind."""
+    fitted logistic regression (stored as a linear head), else the head kind, with "x5" for
+    tune's five fold heads averaged ("attention x5")."""
     config = record.get("train_config") or {}
     if config.get("head") == "logistic_regression":
         return LOGREG_NAME
-    return str((record.get("head_config") or {}).get("kind", "?"))
+    head = record.get("head_config") or {}
+    members = head.get("members") or 1
+    return str(head.get("kind", "?")) + (f" x{members}" if isinstance(members, int) and members > 1 else "")
 
 
 def config_head_name(head: Any) -> str:
@@ -347,6 +351,9 @@ def epochs_text(record: dict[str, Any]) -> str:
     if head_name(record) == LOGREG_NAME:
         return "none (fitted, not trained by epochs)"
     history = record.get("history") or []
+    members = (record.get("head_config") or {}).get("members") or 1
+    if isinstance(members, int) and members > 1:
+        return f"{members} fold heads, each early-stopped (median best epoch {record.get('best_epoch')})"
     if score_kind(record) == "cv":
         return f"{len(history)} (fixed: the folds' median best epoch)"
     return f"{len(history)} (best {record.get('best_epoch')}), {stopped}"

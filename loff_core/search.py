@@ -482,7 +482,10 @@ def _run_trial(study: Study, space: dict[str, Any], base: Any, sources: dict[Opt
         study.study.tell(trial, -1.0 if value is None else float(value))
     clock.note_best(entry, task)
     progress.partial("trial", entry)
-    return {**entry, "_name": name, "_params": params}
+    row = {**entry, "_name": name, "_params": params}
+    if not pruned:
+        row["_fold_heads"] = result["fold_heads"]  # kept for the best trial only (tune_source)
+    return row
 
 
 def _estimate(progress: Progress, clock: _Clock, head: str, done: int) -> None:
@@ -557,7 +560,16 @@ def tune_source(sources: Any, pool: Pool, classes: Sequence[str], task: str, *, 
             break
         rows.append(row)
         ran += 1
+        _keep_best_heads(rows, task)
     return _board(rows, study, space, base, task, stopped=stopped, ran=ran, resumed=len(restored))
+
+
+def _keep_best_heads(rows: list[dict[str, Any]], task: str) -> None:
+    """The fold heads stay in memory for the best row so far only (the final model's)."""
+    best = max(rows, key=lambda e: rank_key(e, task))
+    for r in rows:
+        if r is not best:
+            r.pop("_fold_heads", None)
 
 
 def _board(rows: list[dict[str, Any]], study: Study, space: dict[str, Any], base: Any, task: str, *,
@@ -595,6 +607,40 @@ def retrain_final(source: Any, pool: Pool, classes: Sequence[str], task: str, be
     result = train_head(source, pool.ids, pool.y.tolist(), [], [], final, num_classes=k, progress=progress)
     return result.head_config, result.state_dict, {"epochs": final.epochs, "history": result.history,
                                                    "train_config": _jsonable(final)}
+
+
+def final_model(source: Any, pool: Pool, classes: Sequence[str], task: str, best: dict[str, Any], seed: int, *,
+                folds: int, final: str = "fold-heads", progress: Progress = Progress()
+                ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The model `loff tune` keeps of its winner `best` (a tune_source "best"); returns
+    (HeadConfig, state dict, notes for the run record) as retrain_final does.
+
+    final "fold-heads" (the default): the winner's K cross-validation heads, each trained on
+    its fold's training part and early-stopped on that part's validation patients, as one
+    EnsembleHead averaging their probabilities (nested CV on mini-MIAS: accuracy and macro AUC
+    above one head retrained on train + val, docs/benchmarks.md "Which final model"). The
+    search's own heads are used; when it did not keep them (the winner was scored by an
+    earlier, resumed tune) its folds are trained again with the same splits and seeds, which
+    on the CPU gives the same heads. "retrain", and the logistic-regression baseline always:
+    retrain_final."""
+    from .heads import ensemble_state
+
+    from .trust import MAX_MEMBERS
+
+    config = best["_config"]
+    if final != "fold-heads" or config == LOGREG or folds > MAX_MEMBERS:  # a card holds at most MAX_MEMBERS
+        return retrain_final(source, pool, classes, task, best, seed, progress)
+    heads = best.get("_fold_heads") or []
+    if len(heads) < folds:
+        progress.report(0, folds, "training the winner's fold heads again (its trial was scored by an earlier tune)")
+        heads = run_folds(source, pool, classes, task, config, folds=folds, seed=seed, progress=progress)["fold_heads"]
+    if len(heads) < folds:  # stopped meanwhile: one head on everything is still a model
+        return retrain_final(source, pool, classes, task, best, seed, progress)
+    head_config = replace(heads[0][0], members=len(heads))
+    progress.report(1, 1, f"the winner's {len(heads)} fold heads averaged")
+    epochs = int(np.median(best["best_epochs"])) if best.get("best_epochs") else config.epochs
+    return head_config, ensemble_state([state for _, state in heads]), {
+        "epochs": epochs, "history": [], "train_config": _jsonable(config), "members": len(heads)}
 
 
 def tune_base(config: Any) -> Any:
@@ -678,8 +724,9 @@ def _finish(project: Any, settings: Any, found: dict[str, Any], caches: dict[str
     cache, data = caches[block], sources[block]
     # not linked to Stop: the winner is always trained to the end (a few seconds)
     final_progress = progress.linked(lambda d, n, m: progress.report(950 + int(50 * d / n) if n else 950, 1000,
-                                                                     f"winner on train + val: {m}"), stop=False)
-    head_config, state, notes = retrain_final(data, pool, classes, task, best, seed, final_progress)
+                                                                     f"final model: {m}"), stop=False)
+    head_config, state, notes = final_model(data, pool, classes, task, best, seed, folds=folds,
+                                            final=settings.final, progress=final_progress)
     group = _new_group_id(project, "tune")
     run_id = project.new_run_id(head_config.kind)
     record = {
@@ -689,8 +736,10 @@ def _finish(project: Any, settings: Any, found: dict[str, Any], caches: dict[str
         "head_config": head_config.to_dict(), "history": notes.get("history", []),
         "best_epoch": notes.get("epochs", 0), "best_score": _primary_mean(best, task) or 0.0,
         "monitor": f"cv_{PRIMARY[task]}", "stopped": "completed",
-        "notes": [f"chosen by loff tune (group {group}): {folds}-fold grouped CV on train + val, then retrained on "
-                  f"train + val"], "n_train": len(pool.ids), "n_val": 0,
+        "notes": [f"chosen by loff tune (group {group}): {folds}-fold grouped CV on train + val, then "
+                  + (f"its {notes['members']} fold heads averaged (each trained on its fold's training part)"
+                     if notes.get("members") else "retrained on train + val")],
+        "n_train": len(pool.ids), "n_val": 0,
         "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
         "block": cache.block, "backbone": cache.block_backbone, "group": group,
     }
@@ -714,6 +763,7 @@ def _finish(project: Any, settings: Any, found: dict[str, Any], caches: dict[str
            "test": None if test is None else test["metrics"], "test_ci": None if test is None else test["ci"],
            "n_test": None if test is None else test["n"], "stopped": found["stopped"], "seed": seed,
            "started": started, "finished": utc_now(), "n_images": len(pool.ids),
+           "final": {"model": "fold-heads" if notes.get("members") else "retrain", "members": notes.get("members", 1)},
            "catalog_version": project.settings.catalog_version, "cache_fingerprint": cache.fingerprint,
            "block": cache.block, "search": {"study": found["study"], "trials_run": found["trials_run"],
                                             "resumed": found["resumed"], "budget": settings.budget,

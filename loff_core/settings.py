@@ -359,6 +359,14 @@ class CVSettings(Checked):
                                            optional=True)
 
 
+#: what `loff tune` keeps of its winner (docs/validation.md; the evidence: docs/benchmarks.md,
+#: "Which final model")
+FINAL_MODELS: dict[str, str] = {
+    "fold-heads": "the winner's K cross-validation heads, their probabilities averaged (no retraining)",
+    "retrain": "one head of the winner retrained on train + val",
+}
+
+
 @dataclass(frozen=True)
 class TuneSettings(Checked):
     """How `loff tune` (and the Train page's Find the best head) searches (loff_core/search.py).
@@ -377,6 +385,8 @@ class TuneSettings(Checked):
     heads: Optional[tuple[str, ...]] = setting(None, "head kinds searched, e.g. attention,linear (default: "
                                                + ", ".join(HEAD_KINDS) + ")", choices=HEAD_KINDS,
                                                option=None, optional=True)
+    final: str = setting("fold-heads", "the model tune keeps: " + "; ".join(f"{k}: {v}" for k, v in FINAL_MODELS.items()),
+                         choices=FINAL_MODELS)
     train: Optional[TrainConfig] = setting(None, "the base training settings", kind=object, option=None,
                                            optional=True)
 

@@ -184,7 +184,7 @@ def cross_validate(project: Any, settings: CVSettings = CVSettings(), *,
 
 
 def tune(project: Any, settings: TuneSettings = TuneSettings(), *, progress: Progress = Progress()) -> TuneResult:
-    """Head search by grouped CV, winner retrained as a run and tested once (writer lock).
+    """Head search by grouped CV, the winner's final model saved as a run and tested once (writer lock).
     Each scored configuration is a "trial" partial result of `progress`."""
     from .search import tune as run_tune
 

@@ -45,6 +45,7 @@ MAX_IMAGE_SIZE = INPUT_SIZE_MAX  # the declared input size range (settings.Extra
 MAX_WIDTH = 8192
 MAX_DEPTH = 64
 MAX_HEADS = 256
+MAX_MEMBERS = 32  # heads averaged in one (tune keeps its K fold heads; more folds: one retrained head)
 
 _NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.+-]{0,127}")
 
@@ -178,7 +179,8 @@ def head_shape_problem(head: Any, *, classes: Optional[int] = None, image_size: 
         v = _int(head.get(key))
         if v is None or not lo <= v <= hi:
             return f"head {key} {_show(head.get(key))} is out of bounds ({lo}..{hi})"
-    for key, lo, hi in (("width", 1, MAX_WIDTH), ("depth", 0, MAX_DEPTH), ("num_heads", 1, MAX_HEADS)):
+    for key, lo, hi in (("width", 1, MAX_WIDTH), ("depth", 0, MAX_DEPTH), ("num_heads", 1, MAX_HEADS),
+                        ("members", 1, MAX_MEMBERS)):
         if key in head:
             v = _int(head[key])
             if v is None or not lo <= v <= hi:

@@ -196,7 +196,8 @@ def run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, config
     """Train `config` (a TrainConfig, or LOGREG) on each fold's training part and score it
     on the held-out fold with `evaluate`'s metrics. Returns {"folds", "completed",
     "metrics": {name: {"mean", "sd", "per_fold"}}, "best_epochs", "stopped", "fold_sizes",
-    "fold_extra", "oof", "fold_indices"}. `only` (fold indices, 0-based): train and score only
+    "fold_extra", "oof", "fold_indices", "fold_heads" (the trained heads' (HeadConfig, state
+    dict), not for LOGREG)}. `only` (fold indices, 0-based): train and score only
     those folds of the same splits (a search scores folds 0-1 first and prunes before the
     rest); per_fold, best_epochs and oof then hold only them. The features are made tensors
     once for all folds, and torch runs on `training.cv_threads()` threads meanwhile."""
@@ -232,6 +233,7 @@ def _run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, confi
     ids = np.asarray(pool.ids, dtype=object)
     oof = np.full((len(pool.ids), k), np.nan)  # out-of-fold probabilities
     done: list[int] = []
+    heads: list[tuple[Any, dict[str, Any]]] = []  # (HeadConfig, state dict) of each trained fold
     for f in chosen:
         train_idx, test_idx = splits[f]
         progress.check()
@@ -256,6 +258,7 @@ def _run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, confi
                 stopped = True
                 break  # an interrupted fold is not counted
             best_epochs.append(int(result.best_epoch))
+            heads.append((result.head_config, result.state_dict))
             probs = predict_probabilities(result.head_config, result.state_dict, data, list(ids[test_idx]),
                                           device=config.device)
         oof[test_idx] = probs
@@ -267,7 +270,7 @@ def _run_folds(source: Any, pool: Pool, classes: Sequence[str], task: str, confi
         progress.report((f + 1) * 1000, folds * 1000, f"{label}fold {f + 1}/{folds} done")
     return {"folds": folds, "completed": len(per_fold), "metrics": summarise(per_fold),
             "best_epochs": best_epochs, "fold_extra": extra, "fold_sizes": sizes, "stopped": stopped, "oof": oof,
-            "fold_indices": done}
+            "fold_indices": done, "fold_heads": heads}
 
 
 def summarise(per_fold: list[dict[str, Optional[float]]]) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,8 @@ round-trips its config and weights, exports to ONNX, and gives an attention map.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 
 import numpy as np
@@ -88,12 +90,13 @@ class _Probs(torch.nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter is the one export.py uses
+@pytest.mark.parametrize("members", [1, 3])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("task", TASKS)
-def test_onnx_export_matches_torch(kind, task, tmp_path):
+def test_onnx_export_matches_torch(kind, task, members, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(1)
-    model = _Probs(build_head(_config(kind, task)).eval(), task).eval()
+    model = _Probs(build_head(replace(_config(kind, task), members=members)).eval(), task).eval()
     cls, grid = _inputs(2)
     path = tmp_path / "head.onnx"
     torch.onnx.export(model, (cls, grid), str(path), input_names=["cls", "grid"], output_names=["probabilities"],
@@ -107,6 +110,30 @@ def test_onnx_export_matches_torch(kind, task, tmp_path):
     with torch.no_grad():
         want = model(cls, grid).numpy()
     assert np.abs(got - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_an_ensemble_averages_its_members_probabilities_and_maps(task):
+    """`loff tune` keeps its K fold heads as one EnsembleHead (HeadConfig.members)."""
+    from loff_core.heads import attention_map, ensemble_state
+
+    torch.manual_seed(2)
+    config = _config("attention", task)
+    members = [build_head(config).eval() for _ in range(3)]
+    ensemble = build_head(replace(config, members=3)).eval()
+    ensemble.load_state_dict(ensemble_state([m.state_dict() for m in members]), strict=True)
+    cls, grid = _inputs(5, seed=4)
+    with torch.no_grad():
+        got = probabilities(ensemble(cls, grid), task)
+        each = [probabilities(m(cls, grid), task) for m in members]
+        maps = [m.attention(cls, grid) for m in members]
+    assert torch.allclose(got, torch.stack(each).mean(0), atol=1e-5)
+    assert not torch.allclose(each[0], each[1], atol=1e-3)  # the members differ: the mean is not one of them
+    want_map = torch.stack(maps).mean(0)
+    want_map = (want_map / want_map.amax(dim=1, keepdim=True)).reshape(attention_map(ensemble, cls, grid).shape)
+    assert torch.allclose(attention_map(ensemble, cls, grid), want_map, atol=1e-5)
+    with pytest.raises(RuntimeError):  # a member's weights missing: refused, not silently random
+        ensemble.load_state_dict(ensemble_state([m.state_dict() for m in members[:2]]), strict=True)
 
 
 def test_probability_decoding():

@@ -213,6 +213,13 @@ def test_a_tune_killed_with_sigkill_resumes_to_the_same_leaderboard(tmp_path, ca
     ga, gb = group(project, a), group(twin, b)
     assert ga["leaderboard"] == gb["leaderboard"]  # trial numbers, pruned marks, best epochs too
     assert ga["search"]["resumed"] >= 1 and gb["search"]["resumed"] == 0
+    # the same final model: the winner's fold heads, bit for bit (trained again where the
+    # winner was scored before the kill)
+    from safetensors.numpy import load_file
+
+    ha = load_file(str(project / "runs" / a["run"] / "head.safetensors"))
+    hb = load_file(str(twin / "runs" / b["run"] / "head.safetensors"))
+    assert ha.keys() == hb.keys() and all(np.array_equal(ha[k], hb[k]) for k in ha)
     assert len([e for e in ga["leaderboard"] if e["config"]["head"] != LOGREG]) == 4
     # the resumed tune told so; a second run of a finished study scores nothing again
     again = subprocess.run(_tune_cmd(twin), env=env, capture_output=True, text=True, timeout=900)
@@ -272,3 +279,33 @@ def test_a_trial_that_runs_well_past_the_budget_is_cut_and_left_out(monkeypatch)
     heads = [e for e in out["leaderboard"] if e["config"]["head"] != LOGREG]
     assert [e["trial"] for e in heads] == [1] and not heads[0].get("pruned")
     assert out["stopped"]
+
+
+def test_the_final_model_is_the_winners_fold_heads_averaged():
+    """`loff tune` keeps the winner's K cross-validation heads as one averaging head (nested
+    CV: docs/benchmarks.md, "Which final model"); a winner scored by an earlier, resumed tune
+    has its folds trained again, which gives the same heads; `--final retrain` keeps one head."""
+    import torch
+
+    from loff_core.heads import build_head
+    from loff_core.training import predict_probabilities
+
+    src, pool = _pool(n=60)
+    out = tune_source(src, pool, CLASSES, "classification", trials=2, folds=2, seed=0, base=_cfg(epochs=2),
+                      with_logreg=False)
+    best = out["best"]
+    heads = best["_fold_heads"]
+    assert len(heads) == 2
+    head_config, state, notes = search.final_model(src, pool, CLASSES, "classification", best, 0, folds=2)
+    assert head_config.members == 2 and notes["members"] == 2
+    build_head(head_config).load_state_dict(state, strict=True)
+    ids = pool.ids[:12]
+    got = predict_probabilities(head_config, state, src, ids, device="cpu")
+    members = [predict_probabilities(c, s, src, ids, device="cpu") for c, s in heads]
+    assert np.allclose(got, np.mean(members, axis=0), atol=1e-6)
+    assert not np.allclose(members[0], members[1], atol=1e-3)  # two different heads were averaged
+    # the heads of a resumed study's winner are trained again: the same heads (CPU training is deterministic)
+    again = search.final_model(src, pool, CLASSES, "classification", {**best, "_fold_heads": None}, 0, folds=2)[1]
+    assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)
+    one, one_state, _ = search.final_model(src, pool, CLASSES, "classification", best, 0, folds=2, final="retrain")
+    assert one.members == 1 and not any(k.startswith("members.") for k in one_state)

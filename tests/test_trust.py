@@ -317,7 +317,7 @@ def test_card_with_shapes_out_of_bounds_is_refused_before_allocation(trained, tm
     """Old: the head was built first (5-12 GB, up to 150 s), then refused as not fitting."""
     from loff_core.export import load_exported_head
 
-    for field, value in (("feature_dim", 100_000), ("num_classes", 5000)):
+    for field, value in (("feature_dim", 100_000), ("num_classes", 5000), ("members", 100_000)):
         _, head = _copy(trained, tmp_path / field)
         card = json.loads((head / "card.json").read_text())
         card["head"][field] = value

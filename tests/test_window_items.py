@@ -74,6 +74,9 @@ def test_a_tuned_logistic_regression_is_named_one_way_with_its_score_kind():
     assert score_text(logreg) == "CV auc 0.840" and score_text(trained) == "val auc 0.836"
     assert "0 (best 0)" not in epochs_text(logreg) and epochs_text(logreg).startswith("none")
     assert epochs_text(trained) == "5 (best 3), completed"
+    fold_heads = {**trained, "head_config": {"kind": "attention", "members": 5}, "monitor": "cv_auc", "best_epoch": 12}
+    assert head_name(fold_heads) == "attention x5"
+    assert epochs_text(fold_heads) == "5 fold heads, each early-stopped (median best epoch 12)"
     card = {"run": "r1", "head": {"kind": "linear"}, "training": {"config": {"head": "logistic_regression"}},
             "backbone": {"name": "tf_efficientnet_lite0", "image_size": 192}}
     assert model_of(card)["text"] == "logistic regression on tf_efficientnet_lite0 at 192 px"

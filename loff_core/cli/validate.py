@@ -129,11 +129,12 @@ def add_tune(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "Optuna's seeded TPE sampler, scored by patient-grouped cross-validation on train "
                                    "+ val after a logistic regression on the pooled embedding; a trial clearly behind "
                                    "after fold 1-2 is pruned. The study is kept in PROJECT/tune/, so a stopped or "
-                                   "killed tune resumes when run again with the same settings. The winner is "
-                                   "retrained on train + val as a normal run and evaluated once on test. "
+                                   "killed tune resumes when run again with the same settings. The winner's fold "
+                                   "heads, averaged, are saved as a normal run (--final retrain: one head retrained "
+                                   "on train + val) and evaluated once on test. "
                                    + METRICS_HELP)
     p.add_argument("project", type=Path)
-    add_options(p, TuneSettings, names=["folds"])
+    add_options(p, TuneSettings, names=["folds", "final"])
     trials, budget = field_info(TuneSettings, "trials"), field_info(TuneSettings, "budget")
     p.add_argument("--trials", type=_trials, default=None, help=trials.help.replace("%", "%%"))
     p.add_argument("--budget", type=_duration, default=None, metavar="DURATION",
