@@ -687,7 +687,7 @@ def _open_blocks(project: Any, base: Any) -> tuple[dict[str, Any], dict[str, Any
 
 def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dict[str, Any]:
     """`loff tune`: the search scored by grouped CV on train + val (`settings`: TuneSettings;
-    the study in PROJECT/tune/), winner retrained on train + val as a normal run, evaluated
+    the study in PROJECT/tune/), the winner's final model (`final_model`) saved as a normal run, evaluated
     once on test. Returns {"group", "leaderboard", "best", "run", "test", ...}."""
     from .settings import TrainConfig
 
@@ -717,8 +717,8 @@ def tune(project: Any, settings: Any, *, progress: Progress = Progress()) -> dic
 def _finish(project: Any, settings: Any, found: dict[str, Any], caches: dict[str, Any], sources: dict[str, Any],
             pool: Pool, classes: Sequence[str], task: str, seed: int, started: str,
             progress: Progress) -> dict[str, Any]:
-    """The winner retrained on train + val, saved as a run (calibrated on the out-of-fold
-    predictions), evaluated once on test; the group record written."""
+    """The winner's final model (its fold heads, or retrained on train + val) saved as a run
+    (calibrated on the out-of-fold predictions), evaluated once on test; the group record written."""
     best, folds = found["best"], settings.folds
     block = best["config"].get("block")
     cache, data = caches[block], sources[block]

@@ -89,7 +89,10 @@ def _describe_tune(out: dict[str, Any]) -> str:
                        for n, v in e["cv"].items() if v["mean"] is not None)
         mark = f" [pruned after {len(e.get('best_epochs') or [])} folds]" if e.get("pruned") else ""
         lines.append(f"  {i:2d}. {shown}{mark}\n      {cv}")
-    lines.append(f"winner retrained on train + val as run {out['run']}")
+    final = out.get("final") or {}
+    kept = (f"the winner's {final.get('members')} fold heads, averaged," if final.get("model") == "fold-heads"
+            else "winner retrained on train + val")
+    lines.append(f"{kept} saved as run {out['run']}")
     if out.get("test"):
         lines.append(f"test split ({out['n_test']} images), evaluated once:")
         for name, v in out["test"].items():
