@@ -33,12 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nested_default import every_labelled, score, sub  # noqa: E402
+from nested_default import default_setup, score, sub  # noqa: E402
 
-from loff_core.project import Project  # noqa: E402
-from loff_core.search import LOGREG, retrain_final, stop_rule, tune_base, tune_source  # noqa: E402
-from loff_core.settings import TrainConfig  # noqa: E402
-from loff_core.training import _in_memory, predict_probabilities, train_head  # noqa: E402
+from loff_core.search import LOGREG, retrain_final, stop_rule, tune_source  # noqa: E402
+from loff_core.training import predict_probabilities, train_head  # noqa: E402
 from loff_core.validation import (_logreg_features, _read_cls, augment_named, fit_logreg, grouped_folds,  # noqa: E402
                                   inner_split, logreg_probabilities)
 
@@ -78,12 +76,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5, help="the search's inner folds (tune's default)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    project = Project.open(args.project)
-    base = tune_base(TrainConfig(task=project.settings.task))
-    first = project.open_cache()
-    blocks = [first.block] + [b for b in first.blocks if b != first.block]
-    sources = {b: _in_memory(project.open_cache(block=b)) for b in blocks}
-    pool, classes = every_labelled(project, first)
+    base, blocks, sources, pool, classes = default_setup(args.project)
     trials, budget = stop_rule(None, None)
     arms = ["retrain", "retrain x5", "fold heads", "fold heads + retrain", "top-3 retrain", "probe"]
     rows = {a: [] for a in arms}

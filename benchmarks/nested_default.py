@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,18 @@ def sub(pool: Pool, idx: np.ndarray) -> Pool:
     return Pool([pool.ids[i] for i in idx], pool.y[idx], pool.groups[idx])
 
 
+def default_setup(path: str) -> tuple[Any, list[str], dict[str, Any], Pool, list[str]]:
+    """(tune's base config, the cache's blocks default first, {block: in-RAM features}, every
+    labelled image as a Pool, classes) of a project imported and extracted with the defaults."""
+    project = Project.open(path)
+    base = tune_base(TrainConfig(task=project.settings.task))
+    first = project.open_cache()
+    blocks = [first.block] + [b for b in first.blocks if b != first.block]
+    sources = {b: _in_memory(project.open_cache(block=b)) for b in blocks}
+    pool, classes = every_labelled(project, first)
+    return base, blocks, sources, pool, classes
+
+
 def score(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float]:
     m = evaluate_predictions(y, probs, classes, "classification", n_bootstrap=0)["metrics"]
     return {"accuracy": float(m["accuracy"]), "auc": float(m["auc"])}
@@ -61,12 +74,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5, help="the search's inner folds (tune's default)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    project = Project.open(args.project)
-    base = tune_base(TrainConfig(task=project.settings.task))
-    first = project.open_cache()
-    blocks = [first.block] + [b for b in first.blocks if b != first.block]
-    sources = {b: _in_memory(project.open_cache(block=b)) for b in blocks}
-    pool, classes = every_labelled(project, first)
+    base, blocks, sources, pool, classes = default_setup(args.project)
     trials, budget = stop_rule(None, None)
     rows = {f"default tune (nested), final model {args.final}": [], f"logistic regression probe (block {blocks[0]})": []}
     winners, seconds = [], []
