@@ -67,7 +67,7 @@ PRUNE_FOLDS = 2
 #: random configurations before TPE models the results (the default trial counts)
 STARTUP_TRIALS = 4
 TUNE_DIR = "tune"
-STUDY_VERSION = 1
+STUDY_VERSION = 2  # 2: folds numbered patients by first appearance (validation.grouped_folds)
 
 
 # -- the search space ------------------------------------------------------------------------

@@ -68,10 +68,17 @@ def augment_named(name: str) -> Any:
 # -- folds -------------------------------------------------------------------------------
 def grouped_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """K (train, held-out) index pairs: no patient in both, label proportions kept
-    (scikit-learn's StratifiedGroupKFold, shuffled with `seed`)."""
+    (scikit-learn's StratifiedGroupKFold, shuffled with `seed`).
+
+    The patients are numbered in the order they first appear before the split, so the folds
+    depend on the images' order, their labels and `seed` only, not on the patient keys'
+    values: two projects of the same folder (each with its own salted keys) get the same
+    folds. (Before search.STUDY_VERSION 2 the keys' sorted order decided.)"""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    n_groups = len(np.unique(groups))
+    _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    groups = np.argsort(np.argsort(first))[inverse.reshape(-1)]  # each patient's rank of first appearance
+    n_groups = len(first)
     if k < 2:
         raise TrainingError(f"cross-validation needs at least 2 folds, got {k}")
     if n_groups < k:

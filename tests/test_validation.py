@@ -59,6 +59,20 @@ def test_folds_are_grouped_stratified_complete_and_repeatable():
         grouped_folds(y[:12], groups[:12], 5, seed=0)
 
 
+def test_folds_do_not_depend_on_the_patient_keys_values():
+    """Two projects of one folder salt their patient keys differently: the same images in the
+    same order must get the same folds (the keys' sorted order used to decide them)."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 90)
+    patient = np.repeat(np.arange(45), 2)
+    one = np.asarray([f"{(p * 7919) % 1000:04d}a" for p in patient])    # two different salts:
+    other = np.asarray([f"{(p * 104729) % 997:04d}b" for p in patient])  # other values, other sort order
+    assert sorted(set(one), key=list(one).index) != sorted(set(one))  # the keys' order is not the images'
+    for seed in (0, 1):
+        a, b = grouped_folds(y, one, 5, seed), grouped_folds(y, other, 5, seed)
+        assert all((t1 == t2).all() and (h1 == h2).all() for (t1, h1), (t2, h2) in zip(a, b))
+
+
 def test_run_folds_reports_mean_sd_and_per_fold_of_evaluate_metrics():
     src, pool = _pool()
     out = run_folds(src, pool, ["a", "b", "c"], "classification", _cfg(), folds=3, seed=0)
