@@ -212,7 +212,11 @@ class TrainPage(QWidget):
         board.setMinimumHeight(board.horizontalHeader().sizeHint().height() + 3 * board.verticalHeader()
                                .defaultSectionSize() + 2 * board.frameWidth())
         curves.setMinimumHeight(160)
-        self.body.setSizes([30, 330, 110])
+        # the runs table keeps its header and two rows (the splitter's share left it one at
+        # 1280 x 720, so comparing two runs meant dragging the line first)
+        self.runs.setMinimumHeight(self.runs.horizontalHeader().sizeHint().height() + 2 * self.runs.verticalHeader()
+                                   .defaultSectionSize() + 2 * self.runs.frameWidth())
+        self.body.setSizes([30, 300, 140])
 
     # -- training ----------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -410,6 +414,7 @@ class TrainPage(QWidget):
         self._busy(self.state.busy)
         ready, why = self.ready()
         self.status.setText("" if ready else why)
+        self.status.setVisible(not ready)  # an empty line took 23 px from the curves at 1280 x 720
         self.runs.setRowCount(0)
         if project is None:
             return
