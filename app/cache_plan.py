@@ -36,6 +36,7 @@ class CachePlan:
     mammograms: bool
     blocks: tuple[str, ...] = ("last",)  # the cached blocks, the first is the default block
     block_grids: tuple[tuple[str, int, int], ...] = ()  # (block, grid side after pooling, channels)
+    crop: str = "none"  # settings.CROPS
 
     @property
     def total_bytes(self) -> Optional[int]:
@@ -52,8 +53,13 @@ class CachePlan:
             return out
         scale = f"; the longer side is shrunk {max(self.native) / self.input_size:.1f}x" if (
             self.native and max(self.native) > self.input_size) else ""
-        out.append(f"input size: {self.input_size} x {self.input_size} px (longer side resized, padded to a "
-                   f"square){scale}")
+        how = {"body": "cut to the body (film labels and background left out), longer side resized, padded to "
+                       "a square",
+               "body-fill": "cut to the body (film labels and background left out), stretched to the square"
+               }.get(self.crop, "longer side resized, padded to a square")
+        out.append(f"input size: {self.input_size} x {self.input_size} px ({how}; an image with no clear "
+                   f"background is not cut){scale}" if self.crop != "none" else
+                   f"input size: {self.input_size} x {self.input_size} px ({how}){scale}")
         gb, ga = self.grid_before, self.grid_after
         px = f", each token covers about {max(self.native) / ga[0]:.0f} native px" if self.native and ga else ""
         out.append(f"token grid: {gb[0]} x {gb[1]} before pooling, {ga[0]} x {ga[1]} x {self.feature_dim} cached"
@@ -88,7 +94,7 @@ def looks_like_mammograms(entries: list[Any]) -> bool:
 
 
 def plan(entries: list[Any], backbone: str, image_size: Optional[int], grid: Optional[int],
-         layers: Optional[str] = None) -> CachePlan:
+         layers: Optional[str] = None, crop: str = "none") -> CachePlan:
     """The plan for `layers` (the Extract setting; None: its default): every cached block's
     token grid and CLS counts in the cache size."""
     from loff_core.advice import block_grids
@@ -105,7 +111,7 @@ def plan(entries: list[Any], backbone: str, image_size: Optional[int], grid: Opt
     _, side, after, first_dim = grids[0]
     return CachePlan(len(entries), native, size, (side, side), (after, after), first_dim,
                      sum((a * a * d + d) * 2 for _, _, a, d in grids), mammo, blocks,
-                     tuple((b, a, d) for b, _, a, d in grids))
+                     tuple((b, a, d) for b, _, a, d in grids), crop)
 
 
 def _architecture(name: str) -> str:

@@ -55,12 +55,16 @@ def bench_one(args: argparse.Namespace, work: Path, name: str, size: int, thread
     from loff_core.engines import OnnxRuntimeEngine, TorchEngine
     from loff_core.images import load_pixels
     from loff_core.progress import Progress
+    from loff_core.settings import ExtractSettings
 
     torch.set_num_threads(threads)
     if args.smoke:
         size = 64
-    spec = BackboneSpec(name=name, random_init=True, image_size=size, grid=16)
-    two = BackboneSpec(name=name, random_init=True, image_size=size, grid=16, layers="-2,last")
+    # the crop `loff extract` applies by default (ExtractSettings.crop): its box is found in
+    # the decode worker, so it is part of the end-to-end cost
+    spec = BackboneSpec(name=name, random_init=True, image_size=size, grid=16, crop=ExtractSettings.crop)
+    two = BackboneSpec(name=name, random_init=True, image_size=size, grid=16, layers="-2,last",
+                       crop=ExtractSettings.crop)
     backbone = load_backbone(spec, device="cpu")
     images = torch.from_numpy(np.stack([backbone.preprocessor(load_pixels(p)) for _, p in items]))
     bs = args.batch_size

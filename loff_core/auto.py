@@ -192,7 +192,7 @@ def default_spec(settings: ExtractSettings = ExtractSettings()) -> Any:
     from .backbones import BackboneSpec, default_backbone_name
 
     return BackboneSpec(name=default_backbone_name(settings.device), image_size=settings.image_size,
-                        grid=settings.grid, layers=settings.layers)
+                        grid=settings.grid, layers=settings.layers, crop=settings.crop)
 
 
 def _extract_step(project: Any, state: dict[str, Any], out: dict[str, Any], progress: Progress) -> bool:

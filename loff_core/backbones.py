@@ -42,6 +42,7 @@ class BackboneSpec:
     image_size: Optional[int] = None  # None: the model's default input size
     grid: Optional[int] = ExtractSettings.grid  # average-pool the token grid to at most grid x grid (None: keep)
     layers: str = "last"  # which block(s) give the tokens: "last", "-4" (a block), "-4:" (mean of the last 4)
+    crop: str = "none"  # what the preprocessing cuts first (settings.CROPS; `loff extract`'s default: ExtractSettings.crop)
 
 
 IDENTITY_KEYS = ("name", "weights_hash", "image_size", "grid", "mean", "std", "preprocess_version")
@@ -60,6 +61,8 @@ def identity_of(described: dict[str, Any]) -> dict[str, Any]:
     identity = {k: described[k] for k in IDENTITY_KEYS if k in described}
     if described.get("layers") not in (None, "", "last"):
         identity["layers"] = described["layers"]
+    if described.get("crop") not in (None, "", "none"):  # caches made before crops existed keep theirs
+        identity["crop"] = described["crop"]
     return identity
 
 
@@ -67,14 +70,26 @@ def identity_of(described: dict[str, Any]) -> dict[str, Any]:
 class Preprocessor:
     """Decoded image (float32 HxW in [0, 1]) -> normalised (3, S, S) float32.
 
-    The longer side is resized to S keeping the aspect ratio, the image is centred on a
-    black (0) square, repeated to 3 channels and normalised with the model's mean / std.
-    Plain numpy + Pillow, picklable, so it runs in DataLoader worker processes.
+    With `crop` "body" or "body-fill" the image is first cut to the body (`crop.foreground_box`;
+    an image with no clear background is not cut); "body-fill" then stretches the cut to the
+    whole square. Otherwise the longer side is resized to S keeping the aspect ratio, the
+    image is centred on a black (0) square, repeated to 3 channels and normalised with the
+    model's mean / std. Plain numpy + Pillow, picklable, so it runs in DataLoader worker
+    processes.
     """
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop: str = "none"  # settings.CROPS
+
+    def box(self, pixels: np.ndarray) -> Optional[tuple[int, int, int, int]]:
+        """(top, bottom, left, right) of the part of `pixels` the model sees, or None: all of it."""
+        if self.crop == "none":
+            return None
+        from .crop import foreground_box
+
+        return foreground_box(pixels)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         from PIL import Image
@@ -82,9 +97,14 @@ class Preprocessor:
         if pixels.ndim != 2:
             raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
         s = self.image_size
+        box = self.box(pixels)
+        if box is not None:
+            pixels = pixels[box[0]:box[1], box[2]:box[3]]
         h, w = pixels.shape
         scale = s / max(h, w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        if box is not None and self.crop == "body-fill":
+            nh = nw = s
         img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
         resized = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.float32)
         canvas = np.zeros((s, s), dtype=np.float32)
@@ -162,7 +182,7 @@ class FrozenBackbone:
         self.spec = spec
         self.model = model
         self.device = device
-        self.preprocessor = Preprocessor(image_size, tuple(map(float, mean)), tuple(map(float, std)))
+        self.preprocessor = Preprocessor(image_size, tuple(map(float, mean)), tuple(map(float, std)), spec.crop)
         self.weights_source = weights_source
         self.weights_hash = _state_hash(model)
         self.model.to(device)
@@ -184,13 +204,13 @@ class FrozenBackbone:
         layers = ",".join(self.blocks) if layers is None else layers
         return identity_of({"name": self.spec.name, "weights_hash": self.weights_hash, "image_size": p.image_size,
                             "grid": self.spec.grid, "mean": list(p.mean), "std": list(p.std),
-                            "preprocess_version": PREPROCESS_VERSION, "layers": layers})
+                            "preprocess_version": PREPROCESS_VERSION, "layers": layers, "crop": p.crop})
 
     def describe(self) -> dict[str, Any]:
         weights_file = None
         if self.spec.weights:
             weights_file = str(Path(self.spec.weights).resolve())
-        out = {**self._identity(), "layers": ",".join(self.blocks),
+        out = {**self._identity(), "layers": ",".join(self.blocks), "crop": self.preprocessor.crop,
                "fingerprint": self.fingerprint, "grid_hw": list(self.grid_hw),
                "feature_dim": self.feature_dim, "random_init": self.spec.random_init, "seed": self.spec.seed,
                "weights_source": self.weights_source, "weights_file": weights_file}

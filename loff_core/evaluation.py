@@ -140,8 +140,10 @@ def explain_images(project: Any, run_id: Optional[str], image_ids: list[str], *,
     maps = maps[back]
     entries = project.catalog().by_id()
     size = int(cache.backbone["image_size"])
-    heat = [heat_on_image(m, size, entries[i].rows, entries[i].cols) if i in entries else m
-            for m, i in zip(maps, image_ids)]
+    crop = str(cache.backbone.get("crop") or "none")
+    heat = [heat_on_image(m, size, entries[i].rows, entries[i].cols,
+                          box=_seen_box(project, entries[i], size, crop), fill=crop == "body-fill")
+            if i in entries else m for m, i in zip(maps, image_ids)]
     from .ood import flag_cached
 
     ood = flag_cached(project, run, np.concatenate(cls_parts)[back],
@@ -150,3 +152,23 @@ def explain_images(project: Any, run_id: Optional[str], image_ids: list[str], *,
                          task=run.record["task"], probabilities=probs[back],
                          predicted=[run.record["classes"][int(c)] for c in decided[back]], attention=maps, heat=heat,
                          operating_point=op, out_of_distribution=ood)
+
+
+def _seen_box(project: Any, entry: Any, size: int, crop: str) -> Optional[tuple[float, float, float, float]]:
+    """The part of the image a cropping cache's backbone saw (fractions: top, bottom, left,
+    right), found again from the image as the extraction found it; None: the whole image
+    (no crop, nothing cut, or the file cannot be read now)."""
+    if crop == "none":
+        return None
+    from .backbones import Preprocessor
+    from .images import decode_max_side, load_pixels
+
+    try:
+        pixels = load_pixels(project.image_path(entry), decode_max_side(size))
+    except Exception:  # noqa: BLE001 - moved or damaged since extraction: the map is placed as uncropped
+        return None
+    box = Preprocessor(size, (0.0,) * 3, (1.0,) * 3, crop).box(pixels)
+    if box is None:
+        return None
+    h, w = pixels.shape
+    return box[0] / h, box[1] / h, box[2] / w, box[3] / w

@@ -24,14 +24,14 @@ from . import __version__
 from .errors import ExportError, Remedy, UnreadableImage
 from .fsutil import atomic_path, atomic_write_json, sha256_file
 from .progress import Progress
-from .settings import HEAD_KINDS, TASKS
+from .settings import CROPS, HEAD_KINDS, TASKS
 from . import trust
 
 CARD_FORMAT = "loff-head"
 # 2: operating_point (calibration, prevalence, threshold); 3: files.card_sha256 seals the
 # card (classes, task, operating point, ... with the head's SHA-256); 4: ood (a summary of the
 # training embeddings in ood.safetensors, loff_core/ood.py); 1 to 3 still load (no OOD flags)
-CARD_VERSION = 4
+CARD_VERSION = 5  # 5: backbone.crop (written as 5 only by a cropped head: older readers refuse it)
 
 CARD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -73,6 +73,7 @@ CARD_SCHEMA: dict[str, Any] = {
                 "random_init": {"type": "boolean"},
                 "weights_file": {"type": ["string", "null"]},
                 "layers": {"type": "string", "pattern": "^(last|-?[0-9]+|-[0-9]+:)$"},
+                "crop": {"enum": list(CROPS)},
             },
         },
         "preprocessing": {
@@ -264,7 +265,8 @@ def _make_card(project: Any, run: Any, head_config: Any, head_sha256: str) -> di
             metrics[split] = {"n": saved.get("n"), "metrics": saved.get("metrics"), "ci": saved.get("ci")}
     return {
         "format": CARD_FORMAT,
-        "format_version": CARD_VERSION,
+        # a head on uncropped features keeps version 4, which every reader since then opens
+        "format_version": CARD_VERSION if backbone.get("crop", "none") != "none" else 4,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "run": run.run_id,
         "task": record["task"],
@@ -278,7 +280,12 @@ def _make_card(project: Any, run: Any, head_config: Any, head_sha256: str) -> di
             "grid": backbone.get("grid"),
             "decode": "DICOM modality LUT + VOI LUT/window, MONOCHROME1 inverted, scaled to [0, 1]; "
                       "PNG/JPEG grey; multi-frame: central frame",
-            "resize": "aspect-preserving resize of the longer side to image_size, zero-padded to a square",
+            "crop": backbone.get("crop", "none"),
+            "resize": ("cut to the body (the largest bright region, loff_core/crop.py) first; " if
+                       backbone.get("crop", "none") != "none" else "")
+                      + ("the cut stretched to image_size x image_size (an image with no clear background: as below)"
+                         if backbone.get("crop") == "body-fill" else
+                         "aspect-preserving resize of the longer side to image_size, zero-padded to a square"),
             "channels": "grey repeated to 3 channels, then (x - mean) / std",
             "features": "tokens average-pooled to at most grid x grid and rounded to float16, as in the cache",
         },
@@ -508,6 +515,7 @@ def _backbone_for_card(card: dict[str, Any], *, weights: Optional[str], random_i
     spec = BackboneSpec(
         name=b["name"], weights=weights, random_init=bool(use_random), seed=int(b.get("seed", 0)),
         image_size=int(b["image_size"]), grid=b.get("grid"), layers=b.get("layers") or "last",
+        crop=b.get("crop") or "none",
     )
     backbone = load_backbone(spec, device=device)
     if backbone.weights_hash != b["weights_hash"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -35,17 +35,38 @@ def read_predictions_csv(path: Path | str) -> list[dict[str, str]]:
         return [{trust.csv_uncell(k): trust.csv_uncell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int) -> np.ndarray:
-    """A token-grid map over the padded square the backbone saw -> the part over the image
-    (the preprocessor centres the aspect-kept image on a size x size square)."""
+def heat_on_image(grid_map: np.ndarray, size: int, rows: int, cols: int,
+                  box: Optional[tuple[float, float, float, float]] = None, fill: bool = False) -> np.ndarray:
+    """A token-grid map over the padded square the backbone saw -> the map over the image
+    (the preprocessor centres the aspect-kept image on a size x size square).
+
+    `box`: the part of the image the model saw when its cache crops (`Preprocessor.box`, as
+    fractions of the image: top, bottom, left, right); `fill`: that part was stretched to the
+    whole square ("body-fill"). The map then covers the box and is 0 outside it (the model saw
+    nothing there), at the scale the box was resized to."""
     from PIL import Image
 
     up = np.asarray(Image.fromarray(grid_map.astype(np.float32), mode="F").resize((size, size),
                                                                                  Image.Resampling.BILINEAR))
-    scale = size / max(rows, cols)
-    nh, nw = max(1, round(rows * scale)), max(1, round(cols * scale))
-    top, left = (size - nh) // 2, (size - nw) // 2
-    return up[top:top + nh, left:left + nw]
+    if box is None:
+        scale = size / max(rows, cols)
+        nh, nw = max(1, round(rows * scale)), max(1, round(cols * scale))
+        top, left = (size - nh) // 2, (size - nw) // 2
+        return up[top:top + nh, left:left + nw]
+    t, b, l, r = (float(v) for v in box)
+    box_rows, box_cols = max(1.0, (b - t) * rows), max(1.0, (r - l) * cols)
+    scale = size / max(box_rows, box_cols)
+    nh, nw = max(1, round(box_rows * scale)), max(1, round(box_cols * scale))
+    if fill:  # the square is the box, stretched: back to the box's own shape
+        part = np.asarray(Image.fromarray(up, mode="F").resize((nw, nh), Image.Resampling.BILINEAR))
+    else:
+        top, left = (size - nh) // 2, (size - nw) // 2
+        part = up[top:top + nh, left:left + nw]
+    full_h, full_w = max(nh, round(rows * scale)), max(nw, round(cols * scale))
+    out = np.zeros((full_h, full_w), np.float32)
+    y0, x0 = min(full_h - nh, round(t * rows * scale)), min(full_w - nw, round(l * cols * scale))
+    out[y0:y0 + nh, x0:x0 + nw] = part
+    return out
 
 
 def write_predictions_csv(path: Path, result: dict[str, Any], *, with_failed: bool = True) -> None:

@@ -43,6 +43,16 @@ ENGINES: dict[str, str] = {
 }
 
 
+#: what the preprocessing cuts before the resize (loff_core/crop.py does it)
+CROPS: dict[str, str] = {
+    "none": "the whole image, its aspect kept, centred on a black square (caches made before 2026-12-03)",
+    "body": "cut to the body (the largest bright region: the breast, the chest; labels and markers outside it "
+            "dropped), its aspect kept",
+    "body-fill": "cut to the body, then stretched to fill the square (a mammogram's breast is about twice as high "
+                 "as wide: this doubles the pixels across it)",
+}
+
+
 def _block() -> Any:
     """`--block`: which of the cache's blocks a head is trained on (train, cv, tune: one
     declaration); recorded in the run, its fingerprint'd backbone record and the exported card."""
@@ -252,6 +262,10 @@ class ExtractSettings(Checked):
                                         low=INPUT_SIZE_MIN, high=INPUT_SIZE_MAX, unit="px", optional=True)
     grid: int = setting(16, "average-pool the token grid to at most GRID x GRID (LOFF-TA's high-resolution route)",
                         kind=int, low=1, unit="tokens")
+    crop: str = setting("body-fill", "what is cut before the resize: " + "; ".join(f"{k}: {v}" for k, v in CROPS.items())
+                        + " (part of the cache's fingerprint; an image with no clear background, e.g. a chest "
+                          "radiograph filled edge to edge, is never cut); default from nested CV on mini-MIAS "
+                          "(docs/benchmarks.md section 11)", choices=CROPS)
     batch_size: int = setting(16, "images per backbone forward pass", kind=int, low=1, unit="images")
     workers: Optional[int] = setting(None, "decode worker processes (default: 1 on a CPU with 2+ cores, up to 4 "
                                      "with a GPU)", kind=int, low=0, optional=True)

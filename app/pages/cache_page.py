@@ -46,6 +46,7 @@ class CachePage(QWidget):
         self.grid = control_for(ExtractSettings, "grid", high=64)
         self.layers = control_for(ExtractSettings, "layers", suggestions=["last", "-2", "-2,last", "-4", "-4:"])
         self.batch = control_for(ExtractSettings, "batch_size", high=1024)
+        self.crop = control_for(ExtractSettings, "crop")  # none / body / body-fill, default from settings
         self.device = QComboBox()
         self.device.addItem("auto", "auto")
         self.device.addItem("CPU", "cpu")  # GPUs are listed by "Find GPUs" (that imports torch)
@@ -62,7 +63,7 @@ class CachePage(QWidget):
         self.advice = QLabel("")  # where to start, for these images and this device (loff_core.advice)
         self.advice.setWordWrap(True)
         self.banner = Banner()
-        for w in (self.backbone, self.image_size, self.grid, self.layers):
+        for w in (self.backbone, self.image_size, self.grid, self.layers, self.crop):
             signal = w.currentTextChanged if isinstance(w, QComboBox) else w.valueChanged
             signal.connect(lambda *_: self.show_plan())
 
@@ -72,7 +73,8 @@ class CachePage(QWidget):
         form.addRow("Backbone", form_row(self.backbone, self.backbones_button, self.note))
         form.addRow("Weights", form_row(self.weights, pick, self.random_init, stretch_last=True))
         form.addRow("Input", form_row(QLabel("size"), self.image_size, QLabel("token grid at most"), self.grid,
-                                      QLabel("layers"), self.layers, QLabel("batch"), self.batch))
+                                      QLabel("layers"), self.layers, QLabel("crop"), self.crop, QLabel("batch"),
+                                      self.batch))
         self.devices_found = QLabel("")
         form.addRow("Device", form_row(self.device, self.devices_button, self.devices_found))
         form.addRow("", form_row(self.extract_button, self.strip, stretch_last=True))
@@ -170,7 +172,8 @@ class CachePage(QWidget):
         return BackboneSpec(name=name, weights=self.weights.text().strip() or None,
                             random_init=self.random_init.isChecked(), seed=0,
                             image_size=self.image_size.value() or None, grid=self.grid.value(),
-                            layers=self.layers.currentText().strip() or ExtractSettings.layers)
+                            layers=self.layers.currentText().strip() or ExtractSettings.layers,
+                            crop=self.crop.currentText() or ExtractSettings.crop)
 
     def start_extract(self) -> None:
         project = self.state.project
@@ -230,6 +233,7 @@ class CachePage(QWidget):
             self.image_size.setValue(int(values.get("image_size", 0)))
             self.grid.setValue(int(values.get("grid", ExtractSettings.grid)))
             self.layers.setCurrentText(str(values.get("layers", ExtractSettings.layers)))
+            self.crop.setCurrentText(str(values.get("crop", ExtractSettings.crop)))
             self.batch.setValue(int(values.get("batch", ExtractSettings.batch_size)))
         self.refresh()
 
@@ -237,7 +241,8 @@ class CachePage(QWidget):
         self.state.save_page_settings("cache", {
             "backbone": self.backbone.currentText(), "weights": self.weights.text(),
             "random_init": self.random_init.isChecked(), "image_size": self.image_size.value(),
-            "grid": self.grid.value(), "layers": self.layers.currentText(), "batch": self.batch.value()})
+            "grid": self.grid.value(), "layers": self.layers.currentText(), "crop": self.crop.currentText(),
+            "batch": self.batch.value()})
 
     def show_plan(self) -> None:
         project = self.state.project
@@ -248,7 +253,8 @@ class CachePage(QWidget):
             return
         name = self.spec_name()
         self.plan.setText("<br>".join(plan(entries, name, self.image_size.value() or None, self.grid.value(),
-                                           self.layers.currentText().strip() or None).lines()))
+                                           self.layers.currentText().strip() or None,
+                                           self.crop.currentText() or "none").lines()))
 
     def show_advice(self, entries: list) -> None:
         """One line from the declared advice table for the project's images and the device found."""
@@ -306,7 +312,7 @@ class CachePage(QWidget):
             b = c["backbone"]
             total = len(project.catalog().entries) if project.has_catalog() else 0
             return (f"fingerprint {c['fingerprint']}: {b['name']} ({b.get('weights_source', '')}, weights "
-                    f"{b['weights_hash']}), input {b['image_size']} px, token grid {c['grid_hw'][0]} x "
+                    f"{b['weights_hash']}), input {b['image_size']} px, crop {b.get('crop') or 'none'}, token grid {c['grid_hw'][0]} x "
                     f"{c['grid_hw'][1]} x {c['feature_dim']}, {c['bytes_per_image'] / 1024:.1f} KB per image; "
                     f"{c['images']} of {total} images done")
         except (LoffError, KeyError, TypeError, IndexError, ValueError) as exc:

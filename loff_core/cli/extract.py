@@ -14,7 +14,8 @@ def backbone_spec_from_args(args: argparse.Namespace) -> Any:
 
     name = args.backbone or default_backbone_name(args.device)
     return BackboneSpec(name=name, weights=args.weights, random_init=args.random_init, seed=args.weights_seed,
-                        image_size=args.image_size, grid=args.grid, layers=args.layers or ExtractSettings.layers)
+                        image_size=args.image_size, grid=args.grid, layers=args.layers or ExtractSettings.layers,
+                        crop=getattr(args, "crop", None) or ExtractSettings.crop)
 
 
 
@@ -47,10 +48,16 @@ def print_default_reason(args: argparse.Namespace, project: Any, spec: Any) -> N
 
     gpu = args.backbone is None and spec.name != default_backbone(gpu=False)["name"]  # the GPU rule chose it
     line = default_reason(image_kind(project.catalog().entries if project.has_catalog() else []), gpu,
-                          backbone=args.backbone, image_size=args.image_size, layers=args.layers)
+                          backbone=args.backbone, image_size=args.image_size, layers=args.layers,
+                          crop=getattr(args, "crop", None))
     if line:
         print(f"loff extract: {line}", file=sys.stderr)
 
+
+
+def _crop_words(backbone: dict[str, Any]) -> str:
+    crop = backbone.get("crop") or "none"
+    return "" if crop == "none" else f" (crop {crop})"
 
 
 def _describe_extract(out: dict[str, Any]) -> str:
@@ -60,7 +67,7 @@ def _describe_extract(out: dict[str, Any]) -> str:
     h, w = b.get("grid_hw", ("?", "?"))
     state = "stopped early (run extract again to resume)" if out["stopped"] else "complete"
     lines = [f"cache {out['cache']} ({state}): {out['images']} images, backbone {b.get('name')} at "
-             f"{b.get('image_size')} px, {h} x {w} tokens of {b.get('feature_dim')}, "
+             f"{b.get('image_size')} px{_crop_words(b)}, {h} x {w} tokens of {b.get('feature_dim')}, "
              f"{out['bytes_per_image'] / 1024:.0f} KiB per image",
              f"extracted {out['extracted']}, reused {out['skipped']}, failed {len(out['failed'])} "
              f"in {out['seconds']:.1f} s"]
