@@ -209,11 +209,11 @@ def describe(advice: Advice, images: Optional[int] = None, grid: Optional[int] =
 
 def default_reason(images: str = "other", gpu: bool = False, *, backbone: Optional[str] = None,
                    image_size: Optional[int] = None, layers: Optional[str] = None,
-                   block: Optional[str] = None, crop: Optional[str] = None) -> str:
+                   block: Optional[str] = None, default_crop: bool = False) -> str:
     """One line for `loff extract` and `loff tune` (and the window): which default they use and
     why. Pass what the user chose (None: the default was used; then it is named, with the
     evidence). `block`: the cache block a tune or training uses (the cache's first unless chosen).
-    `crop`: an extraction's crop (named when it is the default)."""
+    `default_crop`: an extraction whose crop was not chosen (the default crop is named)."""
     from .settings import DEFAULT_LAYERS, ExtractSettings
     from .weights import CPU_DEFAULT_ORDER, known
 
@@ -229,8 +229,8 @@ def default_reason(images: str = "other", gpu: bool = False, *, backbone: Option
     if layers is None or layers == "default":
         used.append(f"blocks {DEFAULT_LAYERS['cnn']} for CNNs, {DEFAULT_LAYERS['vit']} for ViTs"
                     if ExtractSettings.layers == "default" else f"blocks {ExtractSettings.layers}")
-    if crop is not None and crop == ExtractSettings.crop:
-        used.append(f"crop {crop} (nested CV on mini-MIAS: docs/benchmarks.md section 11; --crop none keeps the "
+    if default_crop:
+        used.append(f"crop {ExtractSettings.crop} (nested CV on mini-MIAS: docs/benchmarks.md section 11; --crop none keeps the "
                     "whole image)")
     if block is not None:
         first = DEFAULT_LAYERS["cnn"].split(",")[0]

@@ -132,7 +132,8 @@ def test_flipped_labels_lead_the_suspects(planted, audited):
     found = len(flipped & set(top))
     print(f"label suspects: {found} of 16 flipped labels in the top 32 (precision at 32 {found / 32:.2f})")
     # the issue asks for 8; the probe on the cache's first block (-2) found 10 with two fold seeds
-    assert found >= 9, f"only {found} of 16 flipped labels in the top 32"
+    # on uncropped films, 8 since the default crop is body-fill (2026-12-03)
+    assert found >= 8, f"only {found} of 16 flipped labels in the top 32"
     assert all(s["predicted"] != s["label"] for s in audited["label_suspects"])
 
 
@@ -322,7 +323,7 @@ def test_predict_flags_chest_films_with_a_mammogram_head_and_old_heads_still_pre
     head = tmp_path / "head"
     loff_json(capsys, "export", project, head)
     card = json.loads((head / "card.json").read_text())
-    assert card["format_version"] == 4 and card["ood"]["n"] > 100 and (head / OOD_FILE).is_file()
+    assert card["format_version"] == (5 if card["backbone"]["crop"] != "none" else 4) and card["ood"]["n"] > 100 and (head / OOD_FILE).is_file()
     root = planted["project"].parent
     held_out = sorted(root / "images" / name for name in planted["id"] if name.startswith("mdb") and
                       Catalog.load(project / "catalog.csv").by_id()[planted["id"][name]].split == "test")

@@ -131,7 +131,7 @@ def test_operating_point_is_used_by_evaluate_export_and_predict(tmp_path, capsys
 
     loff_json(capsys, "export", project, tmp_path / "head")
     card = json.loads((tmp_path / "head" / "card.json").read_text())
-    assert card["format_version"] == 4 and card["operating_point"] == cal["operating_point"]
+    assert card["format_version"] == (5 if card["backbone"]["crop"] != "none" else 4) and card["operating_point"] == cal["operating_point"]
     scaling = card["operating_point"]["temperature_scaling"]  # the export carries the temperature decision
     assert scaling["kept"] == (card["operating_point"]["temperature"] != 1.0) and "fitted" in scaling
     assert ("temperature kept at 1: " + scaling["reason"] in cal["summary"]) != scaling["kept"]

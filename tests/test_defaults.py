@@ -151,7 +151,7 @@ def test_extract_says_which_defaults_it_used(tmp_path, capsys):
     project = binary_png_project(tmp_path, capsys)  # extracted with every option given: no line
     assert "defaults used" not in capsys.readouterr().err
     assert main(["extract", str(project), "--backbone", "vit_tiny_patch16_224", "--random-init", "--grid", "2",
-                 "--image-size", "32", "--workers", "0", "--device", "cpu", "--layers=-2,last"]) == 0
+                 "--image-size", "32", "--workers", "0", "--device", "cpu", "--layers=-2,last", "--crop", "none"]) == 0
     err = capsys.readouterr().err
     assert "defaults used" not in err
     assert main(["extract", str(project), "--backbone", "vit_tiny_patch16_224", "--random-init", "--grid", "2",
@@ -160,7 +160,7 @@ def test_extract_says_which_defaults_it_used(tmp_path, capsys):
     assert main(["extract", str(project), "--backbone", "vit_tiny_patch16_224", "--random-init", "--grid", "2",
                  "--image-size", "32", "--workers", "0", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
-    assert "loff extract: defaults used: blocks -2,last for CNNs, last for ViTs. Why:" in err
+    assert "loff extract: defaults used: blocks -2,last for CNNs, last for ViTs, crop body-fill (nested CV" in err
 
 
 def test_tune_says_which_rule_decides_its_winner(tmp_path, capsys):

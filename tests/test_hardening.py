@@ -51,7 +51,10 @@ def test_sigkill_extract_at_ten_points_resumes_to_an_identical_cache(tmp_path, c
     items = [(e.image_id, p.image_path(e)) for e in p.catalog().entries]
     from loff_core.backbones import BackboneSpec
 
-    spec = BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2)
+    from loff_core.settings import ExtractSettings
+
+    # what `loff extract` with TINY runs: the default crop too
+    spec = BackboneSpec(name="vit_tiny_patch16_224", random_init=True, image_size=32, grid=2, crop=ExtractSettings.crop)
     reference = extract_features(items, spec, tmp_path / "reference", device="cpu", batch_size=4, num_workers=0)
 
     rng = random.Random(11)

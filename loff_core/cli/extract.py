@@ -49,7 +49,7 @@ def print_default_reason(args: argparse.Namespace, project: Any, spec: Any) -> N
     gpu = args.backbone is None and spec.name != default_backbone(gpu=False)["name"]  # the GPU rule chose it
     line = default_reason(image_kind(project.catalog().entries if project.has_catalog() else []), gpu,
                           backbone=args.backbone, image_size=args.image_size, layers=args.layers,
-                          crop=getattr(args, "crop", None))
+                          default_crop=getattr(args, "crop", None) is None)
     if line:
         print(f"loff extract: {line}", file=sys.stderr)
 
@@ -96,5 +96,6 @@ def add_extract(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--random-init", action="store_true", help="seeded random weights (tests, speed checks)")
     p.add_argument("--weights-seed", type=int, default=0, help="seed of --random-init weights")
     add_options(p, ExtractSettings)
-    p.set_defaults(func=cmd_extract, describe=_describe_extract)
+    # None: not typed (ExtractSettings.crop is used, and the defaults line names it)
+    p.set_defaults(func=cmd_extract, describe=_describe_extract, crop=None)
 
