@@ -67,11 +67,3 @@ def foreground_box(pixels: np.ndarray) -> Optional[tuple[int, int, int, int]]:
         return None
     return int(top), int(bottom), int(left), int(right)
 
-
-def crop_to_body(pixels: np.ndarray) -> np.ndarray:
-    """`pixels` cut to `foreground_box` (the same array when there is nothing to cut)."""
-    box = foreground_box(pixels)
-    if box is None:
-        return pixels
-    top, bottom, left, right = box
-    return pixels[top:bottom, left:right]
