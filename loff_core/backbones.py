@@ -92,6 +92,12 @@ class Preprocessor:
         return foreground_box(pixels)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.normalize(self.gray(pixels))
+
+    def gray(self, pixels: np.ndarray) -> np.ndarray:
+        """The (S, S) float32 canvas in [0, 1] before normalisation: what a decode worker hands
+        over (a third of the normalised 3-channel image's bytes; `normalize_batch` finishes it
+        where the forward runs)."""
         from PIL import Image
 
         if pixels.ndim != 2:
@@ -107,12 +113,27 @@ class Preprocessor:
             nh = nw = s
         img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
         resized = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.float32)
+        if (nh, nw) == (s, s):
+            return np.ascontiguousarray(resized)
         canvas = np.zeros((s, s), dtype=np.float32)
         top, left = (s - nh) // 2, (s - nw) // 2
         canvas[top:top + nh, left:left + nw] = resized
+        return canvas
+
+    def normalize(self, gray: np.ndarray) -> np.ndarray:
+        """(S, S) canvas -> (3, S, S) repeated and normalised with the model's mean / std."""
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        return (canvas[None] - mean) / std
+        return (gray[None] - mean) / std
+
+    def normalize_batch(self, batch: Any) -> Any:
+        """A torch batch of canvases (B, S, S) -> (B, 3, S, S), on the batch's device; the same
+        float32 operations as `normalize`, so the result is bit for bit the same."""
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=torch.float32, device=batch.device)[:, None, None]
+        return (batch.to(torch.float32)[:, None] - mean) / std
 
 
 def cached_weights_file(name: str) -> Optional[Path]:

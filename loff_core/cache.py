@@ -64,7 +64,7 @@ class Extraction:
 
 # -- extraction ------------------------------------------------------------------------
 class _DecodeDataset:
-    """(index, preprocessed image or None, reason) for items[index]; runs in workers."""
+    """(index, the (S, S) canvas or None, reason) for items[index]; runs in workers."""
 
     def __init__(self, paths: list[str], preprocessor: Any):
         self.paths = paths
@@ -78,7 +78,9 @@ class _DecodeDataset:
 
         try:
             pixels = load_pixels(Path(self.paths[index]), decode_max_side(self.preprocessor.image_size))
-            return index, self.preprocessor(pixels), ""
+            # the canvas before normalisation (a third of the bytes to hand over; issue 20):
+            # `_run_batches` normalises the batch where the forward runs
+            return index, self.preprocessor.gray(pixels), ""
         except UnreadableImage as exc:
             return index, None, exc.reason
         except MemoryError:
@@ -272,6 +274,7 @@ def _run_batches(plan: _Plan, backbone: Any, make_forward: Any, num_workers: Opt
             if batch is None:
                 return [(np.zeros((0, dim), np.float16), np.zeros((0, *hw, dim), np.float16))
                         for dim, hw in backbone.block_shapes]
+            batch = backbone.preprocessor.normalize_batch(batch.to(backbone.device, non_blocking=True))
             blocks, sub_batch[0] = _forward_with_retry(backbone, batch, sub_batch[0], progress, notes, forward)
             return blocks
 

@@ -27,6 +27,26 @@ def test_preprocessor_keeps_aspect_and_pads_black():
     assert np.allclose(out[:, :, 8:24], 1.0) and np.allclose(out[:, :, :8], -1.0) and np.allclose(out[:, :, 24:], -1.0)
 
 
+@pytest.mark.parametrize("crop", ["none", "body", "body-fill"])
+def test_the_decode_workers_canvas_normalised_in_a_batch_is_the_preprocessed_image(crop):
+    """Extraction hands the (S, S) canvas from its decode worker and normalises the batch where
+    the forward runs (issue 20: a third of the bytes between processes); the model must get
+    bit for bit what `Preprocessor.__call__` (predict, export checks) gives."""
+    rng = np.random.default_rng(3)
+    pre = Preprocessor(48, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), crop)
+    images = []
+    for shape in [(120, 90), (64, 200), (48, 48), (300, 300)]:
+        img = rng.random(shape, dtype=np.float32)
+        img[:, : shape[1] // 3] = 0  # a background to crop
+        images.append(img)
+    canvases = [pre.gray(img) for img in images]
+    assert all(c.shape == (48, 48) and c.dtype == np.float32 for c in canvases)
+    batch = pre.normalize_batch(torch.from_numpy(np.stack(canvases)))
+    assert batch.shape == (4, 3, 48, 48) and batch.dtype == torch.float32
+    for got, img in zip(batch, images):
+        assert np.array_equal(got.numpy(), pre(img))
+
+
 def test_random_init_is_the_same_in_every_process():
     here = load_backbone(BackboneSpec(**TINY), "cpu")
     code = ("from loff_core.backbones import BackboneSpec, load_backbone; "
