@@ -119,6 +119,8 @@ def _default_workers(device_type: str = "cuda") -> int:
     return max(0, min(4, cores - 1))
 
 
+#: the CPU's warm-up forward (`_Pipeline.warm_up`) runs for extractions of at least this many batches
+WARM_UP_MIN_BATCHES = 4
 #: an extraction whose estimate (from the timed first batch) is longer than this says so up front
 ESTIMATE_NOTICE_SECONDS = 60.0
 
@@ -301,6 +303,8 @@ def _run_batches(plan: _Plan, backbone: Any, make_forward: Any, num_workers: Opt
                           forward.label, notes)
 
         with _Pipeline(backbone.device.type == "cpu") as pipeline:
+            if getattr(forward, "name", "") == "onnxruntime" and len(plan.todo) >= WARM_UP_MIN_BATCHES:
+                pipeline.warm_up(forward, backbone.preprocessor.image_size, plan.batch_size)
             for k, (indices, batch, bad) in zip(plan.todo, decoded):
                 progress.check()
                 # on the CPU the next batch's forward runs while this one's shard is written
@@ -337,6 +341,18 @@ class _Pipeline:
     def __exit__(self, *exc: Any) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def warm_up(self, forward: Any, size: int, batch: int) -> None:
+        """One forward of a black batch while the decode workers make the first real one: ONNX
+        Runtime's first runs are slower (it sizes its memory then); the real forwards queue
+        behind it in the same thread. Lite0, 1 thread, 320 images: 5.65 s instead of 6.34 s
+        (medians of 6 alternating runs); no change at 2 threads, where the worker has no core
+        of its own."""
+        if self.pool is None:
+            return
+        import torch
+
+        self.pool.submit(forward, torch.zeros(batch, 3, size, size))
 
     def push(self, key: tuple[int, list[int], list[tuple[int, str]]], compute: Any, batch: Any) -> list[Any]:
         if self.pool is None:

@@ -290,3 +290,35 @@ def test_the_cli_prints_a_notice_such_as_the_estimate_at_once(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1] == "extract: first batch: 2.0 s for 16 images (onnxruntime); about 12 min 10 s for the 5840 images"
     terminal.close()
+
+
+def test_onnxruntime_is_warmed_up_on_a_black_batch_before_the_first_real_one(images, tmp_path, monkeypatch):
+    """Extraction on the CPU runs one black batch through ONNX Runtime while the first real
+    batch is decoded (its first runs are slower, issue 20); the warm-up's output is dropped,
+    so the cache holds what the torch engine gives. Short extractions skip it."""
+    from loff_core import cache as cache_module
+
+    seen = []
+    real_call = OnnxRuntimeEngine.__call__
+
+    def recording(self, batch):
+        seen.append((len(batch), bool((batch == 0).all())))
+        return real_call(self, batch)
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "__call__", recording)
+    batches = -(-len(images) // 2)
+    assert batches >= cache_module.WARM_UP_MIN_BATCHES
+    ort = extract_features(images, LITE, tmp_path / "ort", device="cpu", batch_size=2, num_workers=0,
+                           engine="onnxruntime")
+    assert seen[0] == (2, True) and len(seen) == batches + 1
+    assert not any(black for _, black in seen[1:])
+    ref = extract_features(images, LITE, tmp_path / "torch", device="cpu", batch_size=2, num_workers=0,
+                           engine="torch")
+    with FeatureCache.open(ort.cache_path) as co, FeatureCache.open(ref.cache_path) as ct:
+        mo, mt = co.to_memory(), ct.to_memory()
+        assert co.image_ids == ct.image_ids == [i for i, _ in images]
+        assert _close_in_f16(mo.cls, mt.cls) and _close_in_f16(mo.grid, mt.grid)
+    seen.clear()
+    extract_features(images, LITE, tmp_path / "short", device="cpu", batch_size=4, num_workers=0,
+                     engine="onnxruntime")
+    assert len(seen) == 3 and not any(black for _, black in seen)
