@@ -18,8 +18,12 @@ with exactly the same batch composition, so the result is identical bit for bit 
 uninterrupted run. At the end all shards (and the previous final file, if any) are merged
 into a temporary file that is renamed over `<fingerprint>.h5`, then the shards go.
 
-Decoding and resizing run in DataLoader worker processes so the backbone does not wait
-for the disk; a CUDA out-of-memory error halves the batch and retries (the user is told).
+Decoding, cropping and resizing run in DataLoader worker processes so the backbone does not
+wait for the disk; a worker hands over the one-channel canvas and the batch is normalised to
+the model's three channels where the forward runs (`Preprocessor.gray` / `normalize_batch`:
+the same values as `Preprocessor.__call__`, a third of the bytes). On the CPU the forwards run
+one batch ahead of the shard writes, ONNX Runtime after one warm-up batch. A CUDA
+out-of-memory error halves the batch and retries (the user is told).
 
 This module plans and runs an extraction (`extract_features`: the batch plan, decoding in
 worker processes, the forward pass with out-of-memory retry). The reader is in
