@@ -13,7 +13,9 @@ Runtime intra-op threads), in one process and one run:
     holds the exported graph (the forward timing exported it) as on every extraction after
     a machine's first, and one more run starts from an empty engine cache (the export included).
 Repeats interleaved, medians. Targets: end to end / fastest forward >= 0.8; two blocks /
-one block <= 1.15 (time).
+one block <= 1.15 (time). Beside the ratio, the decode worker's CPU per image (its rusage,
+the DataLoader run alone) and the ratio that CPU allows: when the forward's threads take
+every core, the worker's time is taken from the forward (docs/benchmarks.md, section 2).
 
 Part 2: DICOM decode throughput on one core for 16-bit (12 stored) RLE Lossless and JPEG 2000
 Lossless 512x416 synthetic mammograms: pydicom + pylibjpeg, pydicom + GDCM, SimpleITK;
@@ -135,6 +137,7 @@ def bench_one(args: argparse.Namespace, work: Path, name: str, size: int, thread
     for _, p in items[:32]:
         backbone.preprocessor(load_pixels(p))
     decode_ms = (time.perf_counter() - t0) / min(32, len(items)) * 1000
+    worker_ms = worker_cpu_ms(items, backbone.preprocessor, bs)
 
     jobs = [lambda k=k: run_fwd(k) for k in engines]
     for r in range(args.repeats):
@@ -144,6 +147,12 @@ def bench_one(args: argparse.Namespace, work: Path, name: str, size: int, thread
             job()
     best_name = max(fwd, key=lambda k: median(fwd[k]))
     best = median(fwd[best_name])
+    # what the decode worker leaves to the forward: it runs on a core of its own when the
+    # forward's threads leave one free, otherwise its CPU time is taken from the forward
+    from loff_core.engines import available_cores
+
+    forward_ms = threads / best * 1000  # CPU per image of the reference, its threads all busy
+    bound = min(1.0, available_cores() * forward_ms / (threads * (forward_ms + worker_ms)), forward_ms / worker_ms)
     one, both, cold = median(e2e["one block"]), median(e2e["two blocks"]), median(e2e["cold"])
     return {"backbone": name, "image_size": size, "threads": threads, "images": len(items), "batch_size": bs,
             "forward_img_s": fwd, "forward_median": {k: median(v) for k, v in fwd.items()},
@@ -152,7 +161,30 @@ def bench_one(args: argparse.Namespace, work: Path, name: str, size: int, thread
             "ratio": one / best, "two_over_one_time": one / both, "e2e_cold_median": cold, "ratio_cold": cold / best,
             "steady_img_s": steady, "steady_median": median(steady) if steady else None,
             "fixed_s": median(seconds["one block"]) - len(items) / median(steady) if steady else None,
-            "decode_ms": decode_ms}
+            "decode_ms": decode_ms, "worker_cpu_ms": worker_ms, "forward_cpu_ms": forward_ms, "bound": bound,
+            "cores": available_cores()}
+
+
+def worker_cpu_ms(items: list[tuple[str, Path]], preprocessor: Any, batch_size: int) -> float:
+    """CPU of the decode worker per image (its rusage, its start included), with the DataLoader
+    of `loff extract` (one worker, the same dataset and collate) run alone, nothing forwarded."""
+    import resource
+
+    import torch
+
+    from loff_core.cache import _collate, _DecodeDataset, _worker_init
+
+    dataset = _DecodeDataset([str(p) for _, p in items], preprocessor)
+    batches = [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=1, collate_fn=_collate,
+                                         prefetch_factor=4, worker_init_fn=_worker_init)
+    for _ in loader:
+        pass
+    del loader  # the worker exits and is waited for: its rusage is then counted
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return used / len(items) * 1000
 
 
 def bench_extract(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -276,7 +308,7 @@ def report(ext: list[dict[str, Any]], dec: list[dict[str, Any]], info: dict[str,
                      e["e2e_cold_median"], f"{e['ratio_cold']:.2f} ({cold})",
                      e["e2e_two_blocks_median"], f"{e['two_over_one_time']:.2f} ({two})",
                      e["steady_median"], f"{e['steady_median'] / e['fastest_img_s']:.2f}" if e["steady_median"] else "-",
-                     e["fixed_s"], e["decode_ms"]])
+                     e["fixed_s"], e["decode_ms"], e["worker_cpu_ms"], f"{e['bound']:.2f}"])
     t1 = table(["backbone", "input", "threads", "torch NCHW img/s (before)", "torch channels_last img/s",
                 "onnxruntime intra-op threads img/s", "onnxruntime parallel 1-thread runs img/s", "fastest forward",
                 "`loff extract` img/s (end to end, 1 block)", f"ratio to fastest (target >= {TARGET_RATIO})",
@@ -284,7 +316,8 @@ def report(ext: list[dict[str, Any]], dec: list[dict[str, Any]], info: dict[str,
                 "`loff extract` img/s, 2 blocks (-2,last)",
                 f"time 2 blocks / 1 block (target <= {TARGET_TWO_BLOCKS})",
                 "`loff extract` img/s after the first batch (1 block)", "that / fastest",
-                "fixed cost s (end to end - images / steady rate)", "decode + preprocess ms/img (1 core)"], rows)
+                "fixed cost s (end to end - images / steady rate)", "decode + preprocess ms/img (1 core)",
+                "decode worker CPU ms/img", "bound from the worker's CPU"], rows)
     t2_rows = []
     for syntax in sorted({r["syntax"] for r in dec}):
         rows_ = [r for r in dec if r["syntax"] == syntax]
@@ -305,7 +338,12 @@ def report(ext: list[dict[str, Any]], dec: list[dict[str, Any]], info: dict[str,
            f"cache; first on the machine: the same with an empty engine cache; forward = the engine alone on "
            f"preprocessed tensors in RAM. ONNX export + session (no engine cache): {setup}. After the first batch: the rate between "
            f"the first and the last batch's progress reports (what a long extraction runs at); fixed cost: what "
-           f"end to end spends beyond that rate (backbone load, engine preparation, worker start, merge).")
+           f"end to end spends beyond that rate (backbone load, engine preparation, worker start, merge). "
+           f"Decode worker CPU: its rusage per image, the DataLoader of `loff extract` run alone. Bound: the "
+           f"highest ratio that CPU allows on {ext[0]['cores'] if ext else '?'} cores, min(1, cores x F / "
+           f"(threads x (F + W)), F / W), F = threads / fastest forward (CPU per image of the reference), "
+           f"W = the worker's CPU per image: with a core to spare the worker costs the forward nothing; "
+           f"with every core in the forward, its time is taken from the forward.")
     if dec:
         out += (f"\n\n## DICOM decode, 512x416, 12 bits stored in 16, one thread\n\n{t2}\n\n"
                 f"- {args.decode_images} files per syntax, medians of {args.repeats} interleaved passes; "
