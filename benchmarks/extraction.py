@@ -14,8 +14,9 @@ Runtime intra-op threads), in one process and one run:
     a machine's first, and one more run starts from an empty engine cache (the export included).
 Repeats interleaved, medians. Targets: end to end / fastest forward >= 0.8; two blocks /
 one block <= 1.15 (time). Beside the ratio, the decode worker's CPU per image (its rusage,
-the DataLoader run alone) and the ratio that CPU allows: when the forward's threads take
-every core, the worker's time is taken from the forward (docs/benchmarks.md, section 2).
+the DataLoader run alone) and the ratio that CPU allows (an estimate: the reference's threads
+taken as fully busy): when the forward's threads take every core, the worker's time is taken
+from the forward (docs/benchmarks.md, section 2).
 
 Part 2: DICOM decode throughput on one core for 16-bit (12 stored) RLE Lossless and JPEG 2000
 Lossless 512x416 synthetic mammograms: pydicom + pylibjpeg, pydicom + GDCM, SimpleITK;
@@ -317,7 +318,7 @@ def report(ext: list[dict[str, Any]], dec: list[dict[str, Any]], info: dict[str,
                 f"time 2 blocks / 1 block (target <= {TARGET_TWO_BLOCKS})",
                 "`loff extract` img/s after the first batch (1 block)", "that / fastest",
                 "fixed cost s (end to end - images / steady rate)", "decode + preprocess ms/img (1 core)",
-                "decode worker CPU ms/img", "bound from the worker's CPU"], rows)
+                "decode worker CPU ms/img", "ceiling the worker's CPU allows (estimate)"], rows)
     t2_rows = []
     for syntax in sorted({r["syntax"] for r in dec}):
         rows_ = [r for r in dec if r["syntax"] == syntax]
@@ -339,8 +340,8 @@ def report(ext: list[dict[str, Any]], dec: list[dict[str, Any]], info: dict[str,
            f"preprocessed tensors in RAM. ONNX export + session (no engine cache): {setup}. After the first batch: the rate between "
            f"the first and the last batch's progress reports (what a long extraction runs at); fixed cost: what "
            f"end to end spends beyond that rate (backbone load, engine preparation, worker start, merge). "
-           f"Decode worker CPU: its rusage per image, the DataLoader of `loff extract` run alone. Bound: the "
-           f"highest ratio that CPU allows on {ext[0]['cores'] if ext else '?'} cores, min(1, cores x F / "
+           f"Decode worker CPU: its rusage per image, the DataLoader of `loff extract` run alone. Ceiling: the "
+           f"ratio that CPU allows on {ext[0]['cores'] if ext else '?'} cores, min(1, cores x F / "
            f"(threads x (F + W)), F / W), F = threads / fastest forward (CPU per image of the reference), "
            f"W = the worker's CPU per image: with a core to spare the worker costs the forward nothing; "
            f"with every core in the forward, its time is taken from the forward.")
