@@ -171,15 +171,11 @@ def worker_cpu_ms(items: list[tuple[str, Path]], preprocessor: Any, batch_size: 
     of `loff extract` (one worker, the same dataset and collate) run alone, nothing forwarded."""
     import resource
 
-    import torch
+    from loff_core.cache import decode_loader
 
-    from loff_core.cache import _collate, _DecodeDataset, _worker_init
-
-    dataset = _DecodeDataset([str(p) for _, p in items], preprocessor)
     batches = [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=1, collate_fn=_collate,
-                                         prefetch_factor=4, worker_init_fn=_worker_init)
+    loader = decode_loader([str(p) for _, p in items], preprocessor, batches, 1)
     for _ in loader:
         pass
     del loader  # the worker exits and is waited for: its rusage is then counted

@@ -111,6 +111,20 @@ def _worker_init(_worker_id: int) -> None:
     close_inherited_locks()
 
 
+def decode_loader(paths: list[str], preprocessor: Any, batches: list[list[int]], workers: int, *,
+                  pin_memory: bool = False) -> Any:
+    """The DataLoader an extraction decodes with: batches of (indices, canvases, failures) of
+    `paths`, decoded by `workers` processes (none: in this one). benchmarks/extraction.py
+    times the same loader alone."""
+    import torch
+
+    return torch.utils.data.DataLoader(
+        _DecodeDataset(paths, preprocessor), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+        pin_memory=pin_memory, prefetch_factor=4 if workers else None, persistent_workers=False,
+        worker_init_fn=_worker_init,
+    )
+
+
 def _default_workers(device_type: str = "cuda") -> int:
     """Decode worker processes. On a GPU up to 4 (the GPU waits for the disk otherwise); on
     the CPU the forward pass takes all the cores (engines.cpu_threads) and decoding is ~10 %
@@ -257,19 +271,13 @@ def _run_batches(plan: _Plan, backbone: Any, make_forward: Any, num_workers: Opt
     left; returns (images extracted, stopped early, the engine's label). The decode workers
     start before the engine is prepared (ONNX Runtime: an export of about a second), so the
     first batches are decoded meanwhile (issue 20: fixed costs count on small sets)."""
-    import torch
-
     from .progress import TimeLeft
 
     total, done_count = len(plan.work), plan.skipped_images
-    dataset = _DecodeDataset([str(p) for _, p in plan.work], backbone.preprocessor)
     batches = [[k * plan.batch_size + j for j in range(len(plan.batches[k]))] for k in plan.todo]
     workers = _default_workers(backbone.device.type) if num_workers is None else max(0, num_workers)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-        pin_memory=backbone.device.type == "cuda", prefetch_factor=4 if workers else None,
-        persistent_workers=False, worker_init_fn=_worker_init,
-    )
+    loader = decode_loader([str(p) for _, p in plan.work], backbone.preprocessor, batches, workers,
+                           pin_memory=backbone.device.type == "cuda")
     extracted = 0
     sub_batch = [plan.batch_size]  # halved by a CUDA out-of-memory retry, for the batches after
     decoded = iter(loader)  # forks the workers, which start decoding now
