@@ -38,7 +38,7 @@ from .fsutil import atomic_path, utc_now
 from .progress import Progress
 from .results import AuditResult
 from .settings import AuditSettings
-from .splits import AUDIT_DIR, ON_LEAK_FILE, linked_patients  # the audit's folder and --on-leak record
+from .splits import AUDIT_DIR, ON_LEAK_FILE, first_appearance_ranks, linked_patients  # the audit's folder and --on-leak record
 
 SPLIT_ORDER = ("train", "val", "test")
 #: principal components the logistic-regression probe sees
@@ -118,6 +118,7 @@ def is_leak(group: dict[str, Any]) -> bool:
 def _folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import StratifiedGroupKFold
 
+    groups = first_appearance_ranks(groups)  # the folds do not depend on the project's salt
     k = max(2, min(k, len(np.unique(groups)), int(np.bincount(y).max())))
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(y)), y, groups))

@@ -83,6 +83,16 @@ def describe_split_source(source: Optional[dict[str, Any]]) -> list[str]:
 
 
 # -- patients linked by `loff audit --on-leak regroup` ----------------------------------------
+def first_appearance_ranks(groups: Any) -> Any:
+    """Each image's patient numbered by the order patients first appear (an int array): folds
+    split on these depend on the images' order only, not on the values of the project's salted
+    patient keys, so two projects of the same folder get the same folds."""
+    import numpy as np
+
+    _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse.reshape(-1)]
+
+
 def linked_patients(links: Sequence[Sequence[str]]) -> list[list[str]]:
     """The groups of patient keys that `links` (each a list of keys seen together, e.g. a
     duplicate group's patients) join, transitively: sorted, each of two or more keys."""

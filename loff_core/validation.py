@@ -30,6 +30,7 @@ from .errors import TrainingError
 from .fsutil import atomic_write_json, utc_now
 from .progress import Progress
 from .settings import config_record
+from .splits import first_appearance_ranks
 
 #: the metric `tune` ranks by: macro AUC for classification, Kendall's tau for ordinal labels
 PRIMARY = {"classification": "auc", "ordinal": "kendall_tau"}
@@ -76,9 +77,8 @@ def grouped_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[
     folds. (Before search.STUDY_VERSION 2 the keys' sorted order decided.)"""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
-    groups = np.argsort(np.argsort(first))[inverse.reshape(-1)]  # each patient's rank of first appearance
-    n_groups = len(first)
+    groups = first_appearance_ranks(groups)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
     if k < 2:
         raise TrainingError(f"cross-validation needs at least 2 folds, got {k}")
     if n_groups < k:
