@@ -22,7 +22,7 @@ Decoding, cropping and resizing run in DataLoader worker processes so the backbo
 wait for the disk; a worker hands over the one-channel canvas and the batch is normalised to
 the model's three channels where the forward runs (`Preprocessor.gray` / `normalize_batch`:
 the same values as `Preprocessor.__call__`, a third of the bytes). On the CPU the forwards run
-one batch ahead of the shard writes, ONNX Runtime after one warm-up batch. A CUDA
+one batch ahead of the shard writes, ONNX Runtime after one warm-up run of the shape its runs get. A CUDA
 out-of-memory error halves the batch and retries (the user is told).
 
 This module plans and runs an extraction (`extract_features`: the batch plan, decoding in
@@ -355,16 +355,14 @@ class _Pipeline:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def warm_up(self, forward: Any, size: int, batch: int) -> None:
-        """One forward of a black batch while the decode workers make the first real one: ONNX
-        Runtime's first runs are slower (it sizes its memory then); the real forwards queue
-        behind it in the same thread. Lite0, 1 thread, 320 images: 5.65 s instead of 6.34 s
-        (medians of 6 alternating runs); no change at 2 threads, where the worker has no core
-        of its own."""
+        """The engine's warm-up (`OnnxRuntimeEngine.warm_up`: one run of a black input of the
+        shape its runs will get) while the decode workers make the first real batch: ONNX
+        Runtime's first run of a shape is slower; the real forwards queue behind it in the
+        same thread. Lite0, 1 thread, 320 images: 5.65 s instead of 6.34 s (medians of 6
+        alternating runs)."""
         if self.pool is None:
             return
-        import torch
-
-        self.pool.submit(forward, torch.zeros(batch, 3, size, size))
+        self.pool.submit(forward.warm_up, batch, size)
 
     def push(self, key: tuple[int, list[int], list[tuple[int, str]]], compute: Any, batch: Any) -> list[Any]:
         if self.pool is None:

@@ -162,6 +162,21 @@ def test_parallel_runs_give_the_tokens_of_one_run():
     parallel.close()
 
 
+def test_onnxruntime_sessions_plan_no_memory_pattern_and_every_shape_gives_the_same_tokens():
+    """The memory pattern made the first two runs of each batch shape slow (docs/benchmarks.md
+    section 2); without it the batch sizes of one extraction (a full batch, a short last
+    batch, the parallel runs' pieces) still give the tokens of one image at a time."""
+    b = load_backbone(LITE, "cpu")
+    engine = OnnxRuntimeEngine(b, threads=1)
+    assert engine.session.get_session_options().enable_mem_pattern is False
+    x = torch.randn(7, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    whole = engine(x)
+    singles = [engine(x[i:i + 1]) for i in range(len(x))]
+    for k, (cls, grid) in enumerate(whole):
+        assert torch.allclose(cls, torch.cat([s[k][0] for s in singles]), atol=1e-5)
+        assert torch.allclose(grid, torch.cat([s[k][1] for s in singles]), atol=1e-5)
+
+
 # -- several blocks from one forward pass ------------------------------------------------
 def test_parse_blocks_and_the_default_preset():
     assert parse_blocks("last") == ["last"] and parse_blocks(" -2 , last ") == ["-2", "last"]
@@ -292,33 +307,45 @@ def test_the_cli_prints_a_notice_such_as_the_estimate_at_once(capsys):
     terminal.close()
 
 
-def test_onnxruntime_is_warmed_up_on_a_black_batch_before_the_first_real_one(images, tmp_path, monkeypatch):
-    """Extraction on the CPU runs one black batch through ONNX Runtime while the first real
-    batch is decoded (its first runs are slower, issue 20); the warm-up's output is dropped,
-    so the cache holds what the torch engine gives. Short extractions skip it."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onnxruntime_is_warmed_up_on_the_shape_of_its_runs_before_the_first_real_batch(images, tmp_path,
+                                                                                      monkeypatch, threads):
+    """Extraction on the CPU runs ONE black input through ONNX Runtime while the first real
+    batch is decoded (a shape's first run is slower, issue 20): the whole batch with one
+    run, one piece with parallel runs (a batch would take every core from the decode worker).
+    Its output is dropped, so the cache holds what the torch engine gives. Short extractions
+    skip it."""
+    import onnxruntime
+
     from loff_core import cache as cache_module
+    from loff_core import engines
 
-    seen = []
-    real_call = OnnxRuntimeEngine.__call__
+    runs = []  # (rows, black) of every ONNX Runtime run, in order
+    real_run = onnxruntime.InferenceSession.run
 
-    def recording(self, batch):
-        seen.append((len(batch), bool((batch == 0).all())))
-        return real_call(self, batch)
+    def recording(self, outputs, feed, *args, **kwargs):
+        x = feed["image"]
+        runs.append((len(x), bool((x == 0).all())))
+        return real_run(self, outputs, feed, *args, **kwargs)
 
-    monkeypatch.setattr(OnnxRuntimeEngine, "__call__", recording)
-    batches = -(-len(images) // 2)
-    assert batches >= cache_module.WARM_UP_MIN_BATCHES
-    ort = extract_features(images, LITE, tmp_path / "ort", device="cpu", batch_size=2, num_workers=0,
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", recording)
+    monkeypatch.setattr(engines, "cpu_threads", lambda: threads)
+    batch, batches = 8, cache_module.WARM_UP_MIN_BATCHES  # the fewest batches that warm up
+    images = [(f"{i}-{k}", p) for k, (i, p) in enumerate((images * batches * batch)[:batches * batch])]
+    ort = extract_features(images, LITE, tmp_path / "ort", device="cpu", batch_size=batch, num_workers=0,
                            engine="onnxruntime")
-    assert seen[0] == (2, True) and len(seen) == batches + 1
-    assert not any(black for _, black in seen[1:])
-    ref = extract_features(images, LITE, tmp_path / "torch", device="cpu", batch_size=2, num_workers=0,
+    assert runs[0][1] and not any(black for _, black in runs[1:])  # one warm-up run, first
+    real = [rows for rows, _ in runs[1:]]
+    assert sum(real) == len(images)
+    assert runs[0][0] == real[0]  # the shape the real runs get
+    assert runs[0][0] == (batch if threads == 1 else real[0]) and (threads == 1) == (real[0] == batch)
+    ref = extract_features(images, LITE, tmp_path / "torch", device="cpu", batch_size=batch, num_workers=0,
                            engine="torch")
     with FeatureCache.open(ort.cache_path) as co, FeatureCache.open(ref.cache_path) as ct:
         mo, mt = co.to_memory(), ct.to_memory()
         assert co.image_ids == ct.image_ids == [i for i, _ in images]
         assert _close_in_f16(mo.cls, mt.cls) and _close_in_f16(mo.grid, mt.grid)
-    seen.clear()
-    extract_features(images, LITE, tmp_path / "short", device="cpu", batch_size=4, num_workers=0,
+    runs.clear()
+    extract_features(images[:2 * batch], LITE, tmp_path / "short", device="cpu", batch_size=batch, num_workers=0,
                      engine="onnxruntime")
-    assert len(seen) == 3 and not any(black for _, black in seen)
+    assert runs and not any(black for _, black in runs)
