@@ -120,20 +120,34 @@ def decode_loader(paths: list[str], preprocessor: Any, batches: list[list[int]],
 
     return torch.utils.data.DataLoader(
         _DecodeDataset(paths, preprocessor), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-        pin_memory=pin_memory, prefetch_factor=4 if workers else None, persistent_workers=False,
+        # batches in flight: 4 per worker for one or two, 2 each beyond (RAM: canvases of S x S)
+        pin_memory=pin_memory, prefetch_factor=(4 if workers <= 2 else 2) if workers else None,
+        persistent_workers=False,
         worker_init_fn=_worker_init,
     )
 
 
+#: at most this many decode workers on the CPU (each holds one image's decode at its peak)
+CPU_DECODE_WORKERS_MAX = 8
+
+
 def _default_workers(device_type: str = "cuda") -> int:
-    """Decode worker processes. On a GPU up to 4 (the GPU waits for the disk otherwise); on
-    the CPU the forward pass takes all the cores (engines.cpu_threads) and decoding is ~10 %
-    of its time, so one worker when there are 2+ cores, none on 1 core (no oversubscription)."""
+    """Decode worker processes. On a GPU up to 4 (the GPU waits for the disk otherwise).
+
+    On the CPU the forward's threads take every core (engines.cpu_threads) and one worker per
+    core beside them, up to CPU_DECODE_WORKERS_MAX, decodes: one worker caps an extraction at
+    1 / (its time per image) whatever the cores, 190 images/s for the benchmark's small DICOMs
+    (5.3 ms each) and 7-15 for full-size mammograms (65-140 ms), while the forward alone runs
+    far faster on many cores (docs/benchmarks.md, section 2). More workers add no decoding,
+    they spread it: each image is decoded once, and a worker whose batches wait in the queue
+    (`decode_loader`'s prefetch) sleeps, so cheap decoding leaves the cores to the forward.
+    2 cores: one worker (a second was not faster on mini-MIAS: 8.8 against 8.0 s); 1 core:
+    none (decoding runs between the forwards)."""
     from .engines import available_cores
 
     cores = available_cores()
     if device_type == "cpu":
-        return 1 if cores >= 2 else 0
+        return max(0, min(CPU_DECODE_WORKERS_MAX, cores - 1))
     return max(0, min(4, cores - 1))
 
 

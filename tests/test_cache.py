@@ -300,3 +300,34 @@ def test_merge_holds_one_shard_open_at_a_time(images, tmp_path, monkeypatch):
     assert most[0] <= 2, f"{most[0]} HDF5 files open at once"
     monkeypatch.setattr(h5py, "File", real_file)
     assert _arrays(result.cache_path)[0] == [i for i, _ in images]
+
+
+@pytest.mark.parametrize("cores, cpu, gpu", [(1, 0, 0), (2, 1, 1), (3, 2, 2), (4, 3, 3), (16, 8, 4), (64, 8, 4)])
+def test_decode_workers_follow_the_cores(monkeypatch, cores, cpu, gpu):
+    """On the CPU one decode worker per core beside the forward's (capped): one worker caps an
+    extraction at 1 / its time per image whatever the cores; 2 cores keep one."""
+    from loff_core import cache as cache_module
+    from loff_core import engines
+
+    monkeypatch.setattr(engines, "available_cores", lambda: cores)
+    assert cache_module._default_workers("cpu") == cpu
+    assert cache_module._default_workers("cuda") == gpu
+    assert cpu <= cache_module.CPU_DECODE_WORKERS_MAX
+
+
+def test_several_decode_workers_give_the_cache_of_one(images, tmp_path):
+    """Batches decoded by three workers come back in order: the same ids, features and
+    failures as one worker (and as decoding in this process)."""
+    bad = tmp_path / "img" / "bad.png"
+    bad.write_bytes(b"not an image")
+    items = images[:6] + [("bad", bad)] + images[6:]
+    caches = {}
+    for workers in (0, 1, 3):
+        result = extract_features(items, SPEC, tmp_path / f"w{workers}", device="cpu", batch_size=2,
+                                  num_workers=workers)
+        assert [f.path for f in result.failures] == [str(bad)]
+        caches[workers] = _arrays(result.cache_path)
+    for workers in (1, 3):
+        ids, cls, grid = caches[workers]
+        assert ids == caches[0][0] == [i for i, _ in images]
+        assert np.array_equal(cls, caches[0][1]) and np.array_equal(grid, caches[0][2])
