@@ -315,6 +315,25 @@ def test_decode_workers_follow_the_cores(monkeypatch, cores, cpu, gpu):
     assert cpu <= cache_module.CPU_DECODE_WORKERS_MAX
 
 
+def test_no_more_decode_workers_than_batches_by_default(images, tmp_path, monkeypatch):
+    from loff_core import cache as cache_module
+    from loff_core import engines
+
+    monkeypatch.setattr(engines, "available_cores", lambda: 16)
+    seen = []
+    real = cache_module.decode_loader
+
+    def recording(paths, preprocessor, batches, workers, **kwargs):
+        seen.append((len(batches), workers))
+        return real(paths, preprocessor, batches, 0, **kwargs)  # decoded here: the count is what matters
+
+    monkeypatch.setattr(cache_module, "decode_loader", recording)
+    extract_features(images[:4], SPEC, tmp_path / "a", device="cpu", batch_size=2)
+    extract_features(images, SPEC, tmp_path / "b", device="cpu", batch_size=1)
+    extract_features(images, SPEC, tmp_path / "c", device="cpu", batch_size=1, num_workers=2)
+    assert seen == [(2, 2), (11, 8), (11, 2)]
+
+
 def test_several_decode_workers_give_the_cache_of_one(images, tmp_path):
     """Batches decoded by three workers come back in order: the same ids, features and
     failures as one worker (and as decoding in this process)."""
