@@ -34,6 +34,21 @@ def test_the_threshold_is_held_out_so_new_images_of_the_same_kind_pass():
     assert ood.flag(None, None, far, [""] * 20) == [None] * 20  # a head without a summary: no flags
 
 
+def test_the_threshold_does_not_depend_on_the_salted_patient_keys():
+    """Two projects of the same images salt their patient keys differently: the held-out folds
+    (and so the threshold an exported head carries) must not follow the keys' values."""
+    data = _data(60, 1)
+    patients = np.arange(60) // 3  # 20 patients of 3 images: every tie GroupKFold can have
+    rng = np.random.default_rng(7)
+    thresholds = set()
+    for _ in range(4):
+        salted = {p: rng.bytes(8).hex() for p in range(20)}  # another project's keys
+        keys = [salted[p] for p in patients]
+        thresholds.add(ood.summarize(data, keys, {}, "last")[1]["threshold"])
+        assert np.array_equal(ood.held_out_scores(data, keys), ood.held_out_scores(data, patients))
+    assert len(thresholds) == 1
+
+
 @pytest.mark.skipif(CHEST_DCM is None, reason="the shared chest X-ray samples are absent")
 def test_a_dicom_of_another_modality_or_body_part_is_flagged_with_the_reason(tmp_path):
     fields = ood.dicom_fields(CHEST_DCM)
