@@ -200,11 +200,10 @@ class OnnxRuntimeEngine:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # the memory pattern is planned on a shape's first run and its block allocated on the
-        # second, so the first TWO runs of every batch shape were slow (Lite0, 1 thread, 16
-        # images: 0.32 / 0.27 / 0.20 s); without it 0.30 / 0.21 / 0.20 s, and the same
-        # steady speed (medians 0.1926 vs 0.1919 s a batch, 0.0215 vs 0.0216 s for 2 images)
-        options.enable_mem_pattern = False
+        # the memory pattern stays on (ONNX Runtime's default): without it a shape's second run
+        # is faster (Lite0, 1 thread, 16 images: 0.21 instead of 0.27 s) and one run after
+        # another as fast, but `loff extract` on mini-MIAS (2 parallel runs beside the decode
+        # worker) took 7.7-8.8 s (median 8.55) against 7.7-7.8 s with it (6 alternating runs each)
         options.log_severity_level = 3
         return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
