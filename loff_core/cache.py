@@ -22,8 +22,8 @@ Decoding, cropping and resizing run in DataLoader worker processes so the backbo
 wait for the disk; a worker hands over the one-channel canvas and the batch is normalised to
 the model's three channels where the forward runs (`Preprocessor.gray` / `normalize_batch`:
 the same values as `Preprocessor.__call__`, a third of the bytes). On the CPU the forwards run
-one batch ahead of the shard writes, ONNX Runtime after one warm-up run of the shape its runs get. A CUDA
-out-of-memory error halves the batch and retries (the user is told).
+one batch ahead of the shard writes, ONNX Runtime after one warm-up run of the shape its runs
+get. A CUDA out-of-memory error halves the batch and retries (the user is told).
 
 This module plans and runs an extraction (`extract_features`: the batch plan, decoding in
 worker processes, the forward pass with out-of-memory retry). The reader is in

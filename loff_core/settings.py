@@ -268,7 +268,8 @@ class ExtractSettings(Checked):
                           "(docs/benchmarks.md section 11)", choices=CROPS)
     batch_size: int = setting(16, "images per backbone forward pass", kind=int, low=1, unit="images")
     workers: Optional[int] = setting(None, "decode worker processes (default: one per core beside the "
-                                     "forward's, up to 8 on a CPU, 4 with a GPU; 1 on 2 cores)", kind=int, low=0, optional=True)
+                                     "forward's, up to 8 on a CPU, 4 with a GPU; 1 on 2 cores)",
+                                     kind=int, low=0, optional=True)
     device: str = setting("auto", DEVICE_HELP)
     engine: str = setting("auto", "who runs the backbone: " + "; ".join(f"{k}: {v}" for k, v in ENGINES.items())
                           + " (the features are the same within float16; the cache records the engine)",
